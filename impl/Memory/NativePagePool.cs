@@ -1,0 +1,82 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+
+namespace MmuSpec.Impl.Memory;
+
+/// <summary>
+/// Hands out zeroed, page-aligned runs of 4 KiB pages from native memory and counts them.
+/// Owners free their own runs; <see cref="Dispose"/> frees nothing (tests check
+/// <see cref="PagesInUse"/> == 0 to find leaks). Thread-safe.
+/// </summary>
+public sealed unsafe class NativePagePool : IDisposable
+{
+    /// <summary>Bytes in one page (x86 4 KiB page).</summary>
+    public const int PageSize = 4096;
+
+    private long _pagesAllocated;
+    private long _pagesFreed;
+    private volatile bool _disposed;
+
+#if DEBUG
+    // Live runs (base -> page count): catches double frees and size mismatches in DEBUG builds.
+    private readonly Dictionary<nuint, int> _liveRuns = new();
+#endif
+
+    /// <summary>Pages handed out since creation.</summary>
+    public long PagesAllocated => Interlocked.Read(ref _pagesAllocated);
+
+    /// <summary>Pages returned since creation.</summary>
+    public long PagesFreed => Interlocked.Read(ref _pagesFreed);
+
+    /// <summary>Pages currently handed out.</summary>
+    public long PagesInUse => PagesAllocated - PagesFreed;
+
+    /// <summary>Allocates <paramref name="count"/> contiguous zeroed pages aligned to <see cref="PageSize"/>.</summary>
+    public byte* AllocatePages(int count)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (count <= 0)
+            ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
+
+        nuint bytes = (nuint)count * PageSize;
+        byte* p = (byte*)NativeMemory.AlignedAlloc(bytes, PageSize); // throws OutOfMemoryException on failure
+        NativeMemory.Clear(p, bytes);
+        Debug.Assert(p != null, "AlignedAlloc returned null");
+        Debug.Assert(((nuint)p & (PageSize - 1)) == 0, "run is not page aligned");
+
+#if DEBUG
+        lock (_liveRuns)
+            _liveRuns.Add((nuint)p, count);
+#endif
+        Interlocked.Add(ref _pagesAllocated, count);
+        return p;
+    }
+
+    /// <summary>
+    /// Returns a run obtained from <see cref="AllocatePages"/> with the same <paramref name="count"/>.
+    /// Allowed after <see cref="Dispose"/> so owners may be disposed in any order.
+    /// </summary>
+    public void FreePages(byte* p, int count)
+    {
+        if (p == null)
+            ThrowHelper.ArgumentNull(nameof(p));
+        if (count <= 0)
+            ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
+        Debug.Assert(((nuint)p & (PageSize - 1)) == 0, "freeing a pointer that is not page aligned");
+
+#if DEBUG
+        lock (_liveRuns)
+        {
+            if (!_liveRuns.Remove((nuint)p, out int liveCount))
+                ThrowHelper.InvalidOperation("Double free, or a run this pool did not allocate.");
+            if (liveCount != count)
+                ThrowHelper.InvalidOperation($"Run was allocated with {liveCount} pages but freed with {count}.");
+        }
+#endif
+        NativeMemory.AlignedFree(p);
+        Interlocked.Add(ref _pagesFreed, count);
+    }
+
+    /// <summary>Marks the pool disposed (no further allocations). Frees nothing: owners free their runs.</summary>
+    public void Dispose() => _disposed = true;
+}

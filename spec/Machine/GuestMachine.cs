@@ -1,0 +1,62 @@
+using MmuSpec.Spec.Memory;
+using MmuSpec.Spec.Paging;
+
+namespace MmuSpec.Spec.Machine;
+
+/// <summary>The state after an operation and what the operation returned.</summary>
+public sealed record Stepped(GuestMachine Machine, OpResult Result);
+
+/// <summary>
+/// A vCPU's paging state and the guest memory it walks: the architecture layer's whole state.
+/// <see cref="Step"/> is a pure function from (state, operation) to (state, result).
+/// </summary>
+public sealed record GuestMachine(CpuState Cpu, GuestMemory Memory)
+{
+    /// <summary>
+    /// A machine with the given controls whose CR3 is loaded from <paramref name="cr3"/>, or null if
+    /// that MOV CR3 would raise #GP (e.g. a PAE PDPTE with a reserved bit).
+    /// </summary>
+    public static GuestMachine? Boot(PagingControls controls, ulong cr3, GuestMemory memory)
+    {
+        var loaded = CpuState.LoadCr3(controls, cr3, memory);
+        return loaded.State is { } cpu ? new GuestMachine(cpu, memory) : null;
+    }
+
+    public GuestMachine WithCpu(CpuState value) => new(value, Memory);
+    public GuestMachine WithMemory(GuestMemory value) => new(Cpu, value);
+
+    public Stepped Step(Op op)
+    {
+        switch (op)
+        {
+            case Op.GuestAccess a:
+                var (result, memory) = PageWalk.Translate(Cpu, Memory, a.Access);
+                return new Stepped(WithMemory(memory), new OpResult.Walked(result));
+
+            case Op.WriteGuest w:
+                // A store outside every memslot goes nowhere (in KVM it would exit to userspace as MMIO).
+                return new Stepped(WithMemory(Memory.Write(w.Gpa, w.Value, w.Size)), OpResult.Completed.Instance);
+
+            case Op.LoadCr3 l:
+                return Reload(Cpu.Controls, l.Cr3);
+
+            case Op.SetControls s:
+                // Changing paging controls re-reads the PDPTEs in PAE mode (SDM §4.4.1), with the
+                // same checks as MOV CR3 against the current CR3.
+                return Reload(s.Controls, Cpu.Cr3);
+
+            default:
+                throw new ArgumentException($"unknown operation {op}", nameof(op));
+        }
+    }
+
+    Stepped Reload(PagingControls controls, ulong cr3)
+    {
+        var loaded = CpuState.LoadCr3(controls, cr3, Memory);
+        return loaded.State is { } cpu
+            ? new Stepped(WithCpu(cpu), OpResult.Completed.Instance)
+            : new Stepped(this, new OpResult.GeneralProtection(loaded.Fault!.Value));
+    }
+
+    public override string ToString() => $"{Cpu}; {Memory}";
+}
