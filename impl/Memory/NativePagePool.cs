@@ -67,10 +67,11 @@ public sealed unsafe class NativePagePool : IDisposable
 #if DEBUG
         lock (_liveRuns)
         {
-            if (!_liveRuns.Remove((nuint)p, out int liveCount))
+            if (!_liveRuns.TryGetValue((nuint)p, out int liveCount))
                 ThrowHelper.InvalidOperation("Double free, or a run this pool did not allocate.");
             if (liveCount != count)
                 ThrowHelper.InvalidOperation($"Run was allocated with {liveCount} pages but freed with {count}.");
+            _liveRuns.Remove((nuint)p);
         }
 #endif
         NativeMemory.AlignedFree(p);

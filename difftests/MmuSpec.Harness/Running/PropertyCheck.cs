@@ -1,0 +1,66 @@
+using System.Globalization;
+using FsCheck;
+using FsCheck.Fluent;
+using Microsoft.FSharp.Core;
+
+namespace MmuSpec.Harness.Running;
+
+/// <summary>A property failed; the message is the rendered counterexample with its replay line.</summary>
+public sealed class PropertyFailedException(string message) : Exception(message);
+
+/// <summary>
+/// Runs one FsCheck property with our runner. The environment decides depth and replay, so CI
+/// and a developer's shell run the same tests differently without code changes:
+/// <c>MMUSPEC_MAX_TEST</c> (cases per property) and <c>MMUSPEC_REPLAY</c> ("seed,gamma,size").
+/// </summary>
+public static class PropertyCheck
+{
+    public const string MaxTestVariable = "MMUSPEC_MAX_TEST";
+    public const string ReplayVariable = "MMUSPEC_REPLAY";
+
+    /// <summary>Cases per property: MMUSPEC_MAX_TEST if set, else <paramref name="defaultCount"/>.</summary>
+    public static int MaxTest(int defaultCount)
+    {
+        string? v = Environment.GetEnvironmentVariable(MaxTestVariable);
+        if (string.IsNullOrWhiteSpace(v)) return defaultCount;
+        return int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n > 0
+            ? n : throw new ArgumentException($"{MaxTestVariable}='{v}' is not a positive integer");
+    }
+
+    public static Replay? ReplayFromEnvironment()
+    {
+        string? v = Environment.GetEnvironmentVariable(ReplayVariable);
+        return string.IsNullOrWhiteSpace(v) ? null : ParseReplay(v);
+    }
+
+    /// <summary>Parses "seed,gamma,size" (as printed on failure).</summary>
+    public static Replay ParseReplay(string token)
+    {
+        var parts = token.Split(',', StringSplitOptions.TrimEntries);
+        if (parts.Length != 3
+            || !ulong.TryParse(parts[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out ulong seed)
+            || !ulong.TryParse(parts[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out ulong gamma)
+            || !int.TryParse(parts[2], NumberStyles.Integer, CultureInfo.InvariantCulture, out int size))
+            throw new FormatException($"replay token '{token}' is not 'seed,gamma,size' (three integers, as printed by a failure)");
+        return new Replay(new Rnd(seed, gamma), FSharpOption<int>.Some(size));
+    }
+
+    public static string FormatReplay(Replay r) =>
+        string.Create(CultureInfo.InvariantCulture, $"{r.Rnd.Seed},{r.Rnd.Gamma},{(FSharpOption<int>.get_IsSome(r.Size) ? r.Size.Value : 100)}");
+
+    /// <summary>
+    /// Checks <paramref name="holds"/> on <paramref name="maxTest"/> cases (one case when replaying)
+    /// and throws <see cref="PropertyFailedException"/> with the rendered counterexample on failure.
+    /// </summary>
+    public static PropertyRunner Check<T>(string name, Arbitrary<T> arbitrary, Func<T, bool> holds, Func<T, string> explain,
+        Action<string> output, int maxTest, Replay? replay = null, bool throwOnFailure = true, bool verbose = false)
+    {
+        var runner = new PropertyRunner(name, output, o => explain((T)o), verbose);
+        var config = Config.Quick.WithRunner(runner).WithName(name)
+            .WithMaxTest(replay is null ? maxTest : 1)
+            .WithReplay(replay is null ? FSharpOption<Replay>.None : FSharpOption<Replay>.Some(replay));
+        FsCheck.Check.One(config, Prop.ForAll(arbitrary, holds));
+        if (throwOnFailure && runner.FailureReport is { } report) throw new PropertyFailedException(report);
+        return runner;
+    }
+}

@@ -1,0 +1,216 @@
+using System.Collections.ObjectModel;
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+
+namespace MmuSpec.Impl.Memory;
+
+/// <summary>
+/// Guest physical address space as a handful of memslots (KVM's kvm_memory_slot / gfn_to_hva):
+/// each slot maps a run of guest frames onto host memory. Addresses outside every slot are unbacked.
+/// Lookups may run concurrently with each other; adding slots or disposing must not race with them.
+/// </summary>
+public sealed unsafe class GuestPhysicalMemory : IDisposable
+{
+    private const int PageShift = 12;
+    private const ulong PageSize = 1UL << PageShift;
+
+    /// <summary>Frame numbers are below 2^52: GPA 2^64 / 4 KiB.</summary>
+    private const ulong GfnLimit = 1UL << (64 - PageShift);
+
+    /// <summary>Alignment demanded of external host memory: entries are read as aligned 8-byte words.</summary>
+    private const nuint ExternalHostAlignment = sizeof(ulong);
+
+    private readonly NativePagePool _pool;
+    private readonly List<MemslotInfo> _infos = new();
+    private readonly ReadOnlyCollection<MemslotInfo> _infosView;
+
+    // Copy-on-add array so a lookup never sees a half-built list.
+    private Slot[] _slots = [];
+
+    // Last slot hit (KVM keeps a similar last_used_slot): a whole walk usually stays in one slot,
+    // so this turns the slot search into one subtract and one compare. One reference, so it never tears.
+    private Slot _lastHit = Slot.Empty;
+
+    private bool _disposed;
+
+    public GuestPhysicalMemory(NativePagePool pool)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        _pool = pool;
+        _infosView = _infos.AsReadOnly();
+    }
+
+    /// <summary>The slots in the order they were added; the index matches <see cref="SlotBytes"/>.</summary>
+    public IReadOnlyList<MemslotInfo> Slots => _infosView;
+
+    /// <summary>Adds a slot backed by fresh zeroed pages from the pool (freed by <see cref="Dispose"/>).</summary>
+    public void AddSlot(ulong baseGfn, ulong pages)
+    {
+        ValidateRange(baseGfn, pages);
+        if (pages > int.MaxValue)
+            ThrowHelper.ArgumentOutOfRange(nameof(pages), "Pool-backed slots are limited to int.MaxValue pages.");
+        byte* host = _pool.AllocatePages((int)pages);
+        Insert(new Slot(baseGfn, pages, host, ownedByPool: true));
+    }
+
+    /// <summary>
+    /// Adds a slot over host memory this object does not own (e.g. a mapped copy-on-write image).
+    /// The memory must stay valid for this object's lifetime and is not freed by <see cref="Dispose"/>.
+    /// </summary>
+    public void AddExternalSlot(ulong baseGfn, ulong pages, byte* host)
+    {
+        if (host == null)
+            ThrowHelper.ArgumentNull(nameof(host));
+        Debug.Assert(((nuint)host & (ExternalHostAlignment - 1)) == 0, "external host memory must be 8-byte aligned");
+        ValidateRange(baseGfn, pages);
+        Insert(new Slot(baseGfn, pages, host, ownedByPool: false));
+    }
+
+    /// <summary>Host address backing <paramref name="gpa"/>, or null when no slot covers it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public byte* HostAddress(ulong gpa)
+    {
+        Slot last = _lastHit;
+        // Unsigned wrap turns "below base" into a huge offset: one compare checks both bounds.
+        ulong offset = gpa - last.BaseGpa;
+        if (offset < last.Bytes)
+            return last.Host + offset;
+        return HostAddressSlow(gpa);
+    }
+
+    public bool TryRead64(ulong gpa, out ulong value)
+    {
+        Debug.Assert((gpa & (sizeof(ulong) - 1)) == 0, "unaligned 64-bit guest read");
+        byte* p = HostAddress(gpa);
+        if (p == null)
+        {
+            value = 0;
+            return false;
+        }
+        value = *(ulong*)p;
+        return true;
+    }
+
+    public bool TryRead32(ulong gpa, out uint value)
+    {
+        Debug.Assert((gpa & (sizeof(uint) - 1)) == 0, "unaligned 32-bit guest read");
+        byte* p = HostAddress(gpa);
+        if (p == null)
+        {
+            value = 0;
+            return false;
+        }
+        value = *(uint*)p;
+        return true;
+    }
+
+    public bool TryWrite64(ulong gpa, ulong value)
+    {
+        Debug.Assert((gpa & (sizeof(ulong) - 1)) == 0, "unaligned 64-bit guest write");
+        byte* p = HostAddress(gpa);
+        if (p == null)
+            return false;
+        *(ulong*)p = value;
+        return true;
+    }
+
+    public bool TryWrite32(ulong gpa, uint value)
+    {
+        Debug.Assert((gpa & (sizeof(uint) - 1)) == 0, "unaligned 32-bit guest write");
+        byte* p = HostAddress(gpa);
+        if (p == null)
+            return false;
+        *(uint*)p = value;
+        return true;
+    }
+
+    /// <summary>Every byte of slot <paramref name="index"/> (index into <see cref="Slots"/>).</summary>
+    public ReadOnlySpan<byte> SlotBytes(int index)
+    {
+        Slot[] slots = _slots;
+        if ((uint)index >= (uint)slots.Length)
+            ThrowHelper.ArgumentOutOfRange(nameof(index), "No such slot.");
+        Slot s = slots[index];
+        if (s.Bytes > int.MaxValue)
+            ThrowHelper.InvalidOperation("Slot is too large to expose as a single span.");
+        return new ReadOnlySpan<byte>(s.Host, (int)s.Bytes);
+    }
+
+    /// <summary>Returns pool-owned slots to the pool; afterwards every address is unbacked.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        Slot[] slots = _slots;
+        _slots = [];
+        _lastHit = Slot.Empty;
+        _infos.Clear();
+        foreach (Slot s in slots)
+        {
+            if (s.OwnedByPool)
+                _pool.FreePages(s.Host, (int)(s.Bytes >> PageShift));
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)] // keeps HostAddress's inlined fast path tiny
+    private byte* HostAddressSlow(ulong gpa)
+    {
+        foreach (Slot s in _slots)
+        {
+            ulong offset = gpa - s.BaseGpa;
+            if (offset < s.Bytes)
+            {
+                _lastHit = s;
+                return s.Host + offset;
+            }
+        }
+        return null;
+    }
+
+    private void ValidateRange(ulong baseGfn, ulong pages)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (pages == 0)
+            ThrowHelper.ArgumentOutOfRange(nameof(pages), "A slot needs at least one page.");
+        // pages < GfnLimit also keeps the slot's byte length representable in a ulong.
+        if (baseGfn >= GfnLimit || pages >= GfnLimit || pages > GfnLimit - baseGfn)
+            ThrowHelper.ArgumentOutOfRange(nameof(pages), "Slot extends past the 64-bit guest physical address space.");
+        ulong end = baseGfn + pages;
+        foreach (MemslotInfo existing in _infos)
+        {
+            if (baseGfn < existing.BaseGfn + existing.Pages && existing.BaseGfn < end)
+                ThrowHelper.Argument(nameof(baseGfn), "Slot overlaps an existing slot.");
+        }
+    }
+
+    private void Insert(Slot slot)
+    {
+        Slot[] grown = new Slot[_slots.Length + 1];
+        _slots.CopyTo(grown, 0);
+        grown[^1] = slot;
+        _slots = grown;
+        _infos.Add(new MemslotInfo(slot.BaseGpa >> PageShift, slot.Bytes >> PageShift));
+    }
+
+    /// <summary>Immutable slot record; a class so the last-hit cache is a single atomic reference.</summary>
+    private sealed class Slot
+    {
+        public static readonly Slot Empty = new();
+
+        public readonly ulong BaseGpa;
+        public readonly ulong Bytes;
+        public readonly byte* Host;
+        public readonly bool OwnedByPool;
+
+        private Slot() { }
+
+        public Slot(ulong baseGfn, ulong pages, byte* host, bool ownedByPool)
+        {
+            BaseGpa = baseGfn << PageShift;
+            Bytes = pages * PageSize;
+            Host = host;
+            OwnedByPool = ownedByPool;
+        }
+    }
+}

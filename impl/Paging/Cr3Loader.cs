@@ -1,0 +1,47 @@
+using MmuSpec.Impl.Memory;
+
+namespace MmuSpec.Impl.Paging;
+
+/// <summary>
+/// Validates a CR3 value for a paging mode and derives the root table address, loading the PAE PDPTE
+/// registers when needed (SDM 4.4.1 / KVM load_pdptrs and kvm_set_cr3). Pure: commits nothing.
+/// </summary>
+internal static class Cr3Loader
+{
+    public enum Result : byte
+    {
+        Loaded,
+
+        /// <summary>MOV to CR3 (or the mode change) would raise #GP.</summary>
+        GeneralProtection,
+
+        /// <summary>A 32-bit mode was given a CR3 wider than 32 bits: not a representable register value.</summary>
+        OutOfRange,
+    }
+
+    public static Result TryLoad(WalkContext ctx, GuestPhysicalMemory memory, ulong cr3, out ulong root, out PdpteRegisters pdptes)
+    {
+        root = 0;
+        pdptes = default;
+
+        if (!ctx.WideLinearAddresses && cr3 > uint.MaxValue)
+            return Result.OutOfRange;
+        if ((cr3 & ctx.Cr3ReservedMask) != 0)
+            return Result.GeneralProtection;
+
+        root = cr3 & ctx.RootAddressMask;
+        if (!ctx.UsesPdpteRegisters)
+            return Result.Loaded;
+
+        for (int i = 0; i < PdpteRegisters.Count; i++)
+        {
+            // An unbacked PDPT cannot be loaded; a present PDPTE with reserved bits is rejected.
+            if (!memory.TryRead64(root + (ulong)(i * sizeof(ulong)), out ulong pdpte))
+                return Result.GeneralProtection;
+            if ((pdpte & PagingEntryBits.Present) != 0 && (pdpte & ctx.PdpteReservedMask) != 0)
+                return Result.GeneralProtection;
+            pdptes[i] = pdpte;
+        }
+        return Result.Loaded;
+    }
+}

@@ -1,0 +1,133 @@
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
+using MmuSpec.Impl.Memory;
+using static MmuSpec.Impl.Paging.PageFaultErrorCode;
+
+namespace MmuSpec.Impl.Paging;
+
+/// <summary>The guest page walk (KVM paging_tmpl.h walk_addr_generic + permission_fault).</summary>
+public sealed partial class GuestVcpu
+{
+    // Error-code bit per AccessType packed into one constant, one byte lane per type (Read=0, Write=W,
+    // Fetch=I/D): a shift and mask instead of a table load or branches.
+    private const int AccessLaneBits = 8;
+    private const uint AccessLaneMask = (1u << AccessLaneBits) - 1;
+    private const uint AccessTypeErrorBits =
+        (Write << (AccessLaneBits * (int)AccessType.Write)) |
+        (InstructionFetch << (AccessLaneBits * (int)AccessType.Fetch));
+
+    /// <summary>
+    /// Translates <paramref name="gva"/> for one access, checks rights (SDM 4.6) and, when permitted,
+    /// sets the accessed/dirty bits (SDM 4.8). Allocation-free.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Undefined enum value, or gva &gt;= 2^32 in 32-bit/PAE paging.</exception>
+    /// <exception cref="ArgumentException">A fetch with <see cref="Privilege.ImplicitSupervisor"/>.</exception>
+    [SkipLocalsInit] // WalkedEntries slots are written before they are read: skip zeroing the frame
+    public unsafe WalkOutcome Access(ulong gva, AccessType type, Privilege priv)
+    {
+        WalkContext ctx = _context;
+        if ((uint)type > (uint)AccessType.Fetch || (uint)priv > (uint)Privilege.ImplicitSupervisor ||
+            (type == AccessType.Fetch && priv == Privilege.ImplicitSupervisor))
+            ThrowInvalidAccess(type, priv);
+
+        int canonicalShift = ctx.CanonicalShift;
+        if (canonicalShift == 0)
+        {
+            if (gva > uint.MaxValue)
+                ThrowHelper.ArgumentOutOfRange(nameof(gva), "Linear addresses are 32 bits in 32-bit and PAE paging.");
+        }
+        else if ((ulong)((long)(gva << canonicalShift) >> canonicalShift) != gva)
+        {
+            // Sign-extending from the top implemented bit must reproduce the address (SDM 3.3.7.1).
+            return WalkOutcome.GeneralProtection;
+        }
+
+        uint pfec = ((AccessTypeErrorBits >> (AccessLaneBits * (int)type)) & AccessLaneMask) |
+                    (priv == Privilege.User ? User : 0);
+        uint reported = pfec & ctx.ReportedAccessBits;
+
+        ulong table;
+        if (ctx.UsesPdpteRegisters)
+        {
+            // PAE: the top level comes from the PDPTE registers; it adds no rights and gets no A bit.
+            ulong pdpte = _pdptes[(int)(gva >> PdpteRegisters.IndexShift) & PdpteRegisters.IndexMask];
+            if ((pdpte & PagingEntryBits.Present) == 0)
+                return WalkOutcome.PageFault(reported);
+            table = pdpte & ctx.TableAddressMask;
+        }
+        else
+        {
+            table = _rootTable;
+        }
+
+        GuestPhysicalMemory memory = _memory; // local copy: saves a field reload per level
+        bool wide = ctx.WideEntries;
+        int level = ctx.RootLevel;
+        int walked = 0;
+        uint rights = AccessRights.All;
+        Unsafe.SkipInit(out WalkedEntries entries); // only slots [0, walked) are ever read: saves zeroing 40 bytes
+        byte* entry;
+        ulong pte;
+        while (true)
+        {
+            ulong index = (gva >> ctx.Levels[level].Shift) & ctx.IndexMask;
+            entry = memory.HostAddress(table + (index << ctx.EntryShift));
+            if (entry == null)
+                return WalkOutcome.PageFault(reported); // unbacked table: like a not-present entry (KVM)
+            pte = PagingEntry.Read(entry, wide);
+            if ((pte & PagingEntryBits.Present) == 0)
+                return WalkOutcome.PageFault(reported);
+            int pageSizeBit = (int)(pte >> PagingEntryBits.PageSizeShift) & 1;
+            if ((pte & ctx.Reserved.Mask(pageSizeBit, level)) != 0)
+                return WalkOutcome.PageFault(reported | Present | ReservedBit);
+
+            entries[walked++] = (nint)entry;
+            // P sits where ACC exec does and is known to be 1: XOR with XD yields "executable",
+            // so U, W and X accumulate with one AND (KVM gpte_access). 4-byte entries have no XD.
+            rights &= ((uint)pte & AccessRights.All) ^ (uint)(pte >> PagingEntryBits.NoExecuteShift);
+
+            if (ctx.IsLeaf(level, pageSizeBit))
+                break;
+            table = pte & ctx.TableAddressMask;
+            level--;
+        }
+
+        // Rights (SDM 4.6.1): one table lookup; the SMAP/AC exemption rides in the RSVD index bit.
+        bool smapLifted = priv == Privilege.Supervisor && ctx.EflagsAc;
+        uint faultCode = ctx.Permissions.Denies(pfec | (smapLifted ? PermissionTable.SmapLiftedBit : 0), rights) ? Present : 0;
+
+        // Protection keys (SDM 4.6.2), independent of the rights verdict (KVM permission_fault).
+        uint key = (uint)(pte >> PagingEntryBits.ProtectionKeyShift) & ctx.ProtectionKeyMask;
+        if (ctx.PkruMask != 0)
+        {
+            uint keyBits = ctx.Pkru >> (int)(key * PkruBitmask.PkruBitsPerKey);
+            uint offset = pfec | ((rights & AccessRights.User) != 0 ? PkruBitmask.UserAddressBit : 0);
+            if ((keyBits & (ctx.PkruMask >> (int)offset) & (PkruBitmask.AccessDisable | PkruBitmask.WriteDisable)) != 0)
+                faultCode = Present | ProtectionKey;
+        }
+        if (faultCode != 0)
+            return WalkOutcome.PageFault(faultCode | reported);
+
+        // Accessed/dirty (SDM 4.8): only now that the access is permitted, re-reading each entry.
+        for (int i = 0; i < walked; i++)
+            PagingEntry.SetBits((byte*)entries[i], wide, PagingEntryBits.Accessed);
+        if (type == AccessType.Write)
+            PagingEntry.SetBits(entry, wide, PagingEntryBits.Dirty);
+
+        ref readonly LevelShape leaf = ref ctx.Levels[level];
+        ulong pageBase = (pte & leaf.LeafAddressMask) |
+                         (((pte >> PagingEntryBits.Pse36LowBit) & leaf.Pse36Mask) << PagingEntryBits.Pse36TargetBit);
+        ulong offsetMask = (1UL << leaf.Shift) - 1;
+        return WalkOutcome.Translated(pageBase | (gva & offsetMask), leaf.Shift, rights, key);
+    }
+
+    [DoesNotReturn, MethodImpl(MethodImplOptions.NoInlining)]
+    private static void ThrowInvalidAccess(AccessType type, Privilege priv)
+    {
+        if ((uint)type > (uint)AccessType.Fetch)
+            ThrowHelper.ArgumentOutOfRange(nameof(type), "Unknown access type.");
+        if ((uint)priv > (uint)Privilege.ImplicitSupervisor)
+            ThrowHelper.ArgumentOutOfRange(nameof(priv), "Unknown privilege.");
+        ThrowHelper.Argument(nameof(priv), "Implicit supervisor accesses are never instruction fetches.");
+    }
+}

@@ -1,0 +1,90 @@
+using System.Diagnostics.CodeAnalysis;
+using MmuSpec.Impl.Memory;
+
+namespace MmuSpec.Impl.Paging;
+
+/// <summary>
+/// A guest vCPU's paging state: controls, CR3 and the PAE PDPTE registers, over guest memory it does
+/// not own. Translates linear addresses with <see cref="Access"/>. Not thread-safe.
+/// </summary>
+public sealed partial class GuestVcpu
+{
+    private readonly GuestPhysicalMemory _memory;
+    private WalkContext _context;
+    private ulong _cr3;
+
+    /// <summary>Root table (or PAE PDPT) address derived from CR3.</summary>
+    private ulong _rootTable;
+
+    private PdpteRegisters _pdptes;
+
+    /// <exception cref="ArgumentException">Controls out of range, or CR3 would raise #GP in this mode.</exception>
+    public GuestVcpu(GuestPhysicalMemory memory, PagingControls controls, ulong cr3)
+    {
+        ArgumentNullException.ThrowIfNull(memory);
+        _memory = memory;
+        WalkContext context = WalkContext.Create(controls);
+        switch (Cr3Loader.TryLoad(context, memory, cr3, out ulong root, out PdpteRegisters pdptes))
+        {
+            case Cr3Loader.Result.OutOfRange:
+                ThrowHelper.ArgumentOutOfRange(nameof(cr3), "CR3 must fit in 32 bits in 32-bit and PAE paging.");
+                break;
+            case Cr3Loader.Result.GeneralProtection:
+                ThrowHelper.Argument(nameof(cr3), "CR3 (or the PDPTEs it points to) is invalid for this paging mode.");
+                break;
+        }
+        Commit(context, cr3, root, pdptes);
+    }
+
+    public ulong Cr3 => _cr3;
+
+    public PagingControls Controls => _context.Controls;
+
+    /// <summary>PAE PDPTE register <paramref name="i"/> (0..3): the value last loaded in PAE mode, else 0.</summary>
+    public ulong Pdpte(int i)
+    {
+        if ((uint)i >= PdpteRegisters.Count)
+            ThrowHelper.ArgumentOutOfRange(nameof(i), "PDPTE register index must be 0..3.");
+        return _pdptes[i];
+    }
+
+    /// <summary>
+    /// Changes the paging controls. Returns false (#GP, nothing changes) when the current CR3 is not valid
+    /// for the new mode or, entering/staying in PAE, the PDPTEs cannot be loaded.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Unknown mode or MAXPHYADDR outside 36..52.</exception>
+    public bool SetControls(PagingControls c)
+    {
+        WalkContext context = WalkContext.Create(c);
+        if (Cr3Loader.TryLoad(context, _memory, _cr3, out ulong root, out PdpteRegisters pdptes) != Cr3Loader.Result.Loaded)
+            return false;
+        Commit(context, _cr3, root, pdptes);
+        return true;
+    }
+
+    /// <summary>MOV to CR3. Returns false (#GP, nothing changes) for reserved CR3 bits or bad PAE PDPTEs.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">A value of 2^32 or more in 32-bit or PAE paging.</exception>
+    public bool LoadCr3(ulong cr3)
+    {
+        switch (Cr3Loader.TryLoad(_context, _memory, cr3, out ulong root, out PdpteRegisters pdptes))
+        {
+            case Cr3Loader.Result.OutOfRange:
+                ThrowHelper.ArgumentOutOfRange(nameof(cr3), "CR3 must fit in 32 bits in 32-bit and PAE paging.");
+                return false;
+            case Cr3Loader.Result.GeneralProtection:
+                return false;
+        }
+        Commit(_context, cr3, root, pdptes);
+        return true;
+    }
+
+    [MemberNotNull(nameof(_context))]
+    private void Commit(WalkContext context, ulong cr3, ulong root, in PdpteRegisters pdptes)
+    {
+        _context = context;
+        _cr3 = cr3;
+        _rootTable = root;
+        if (context.UsesPdpteRegisters)
+            _pdptes = pdptes; // outside PAE the registers keep their last PAE value
+    }
+}

@@ -1,0 +1,15 @@
+using System.Runtime.CompilerServices;
+
+namespace MmuSpec.Impl.Paging;
+
+/// <summary>
+/// Host addresses of the entries read by one walk, kept so the A/D pass needs no second slot lookup.
+/// An inline array on the stack: no allocation.
+/// </summary>
+[InlineArray(MaxLevels)]
+internal struct WalkedEntries
+{
+    public const int MaxLevels = 5;
+
+    private nint _element0;
+}
