@@ -39,12 +39,22 @@ public static class WalkDiff
 {
     public static DiffReport Run(WalkCase c)
     {
+        var pool = new MmuSpec.Impl.Memory.NativePagePool();
+        var report = Run(c, pool);
+        // Native memory: every page the impl allocated for this case must be back in the pool.
+        if (report.Agreed && pool.PagesInUse != 0)
+            return report with { Divergence = new Divergence(c.Ops.Length - 1, null, "all pages freed", $"{pool.PagesInUse} pages still allocated", ImmutableArray<string>.Empty) };
+        return report;
+    }
+
+    static DiffReport Run(WalkCase c, MmuSpec.Impl.Memory.NativePagePool pool)
+    {
         var spec = c.BootSpec();
         ImplWalkEngine? impl = null;
         string implBoot;
         try
         {
-            impl = ImplWalkEngine.Boot(c);
+            impl = ImplWalkEngine.Boot(c, pool);
             implBoot = impl is null ? "#GP" : "ok";
         }
         catch (Exception e) { implBoot = Threw(e); }
