@@ -2,7 +2,7 @@ using MmuSpec.Harness.Walk;
 using Xunit;
 using Xunit.Abstractions;
 
-namespace MmuSpec.Tests.Walk;
+namespace MmuSpec.Tests.Differential;
 
 /// <summary>The kvm-unit-tests access.c style enumeration, spec against impl.</summary>
 public sealed class AccessEnumerationTests(ITestOutputHelper output)

@@ -3,7 +3,7 @@ using MmuSpec.Harness.Walk;
 using MmuSpec.Impl.Memory;
 using Xunit;
 
-namespace MmuSpec.Tests.Walk;
+namespace MmuSpec.Tests.Differential;
 
 /// <summary>Native memory accounting: every page the impl allocates is freed.</summary>
 public sealed class NativeMemoryTests

@@ -3,7 +3,7 @@ using MmuSpec.Harness.Walk;
 using Xunit;
 using Xunit.Abstractions;
 
-namespace MmuSpec.Tests.Walk;
+namespace MmuSpec.Tests.Differential;
 
 /// <summary>
 /// Oracle 1 for the guest page walk: random operation sequences (accesses, page-table edits,
