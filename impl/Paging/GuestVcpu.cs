@@ -50,17 +50,30 @@ public sealed partial class GuestVcpu
 
     /// <summary>
     /// Changes the paging controls. Returns false (#GP, nothing changes) when the current CR3 is not valid
-    /// for the new mode or, entering/staying in PAE, the PDPTEs cannot be loaded.
+    /// for the new mode or, when the PDPTEs are reloaded, they cannot be loaded.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">Unknown mode or MAXPHYADDR outside 36..52.</exception>
     public bool SetControls(PagingControls c)
     {
         WalkContext context = WalkContext.Create(c);
+        if (c.Mode == PagingMode.Pae && !ReloadsPdptes(Controls, c))
+        {
+            // SDM 4.4.1 (KVM kvm_set_cr0/kvm_set_cr4): staying in PAE paging, only a change of
+            // CR4.PSE or CR4.SMEP (of the bits modelled) re-reads the PDPTEs; every other control
+            // change keeps the registers, even if the PDPT in memory has changed since.
+            PdpteRegisters kept = _pdptes;
+            Commit(context, _cr3, _rootTable, kept);
+            return true;
+        }
         if (Cr3Loader.TryLoad(context, _memory, _cr3, out ulong root, out PdpteRegisters pdptes) != Cr3Loader.Result.Loaded)
             return false;
         Commit(context, _cr3, root, pdptes);
         return true;
     }
+
+    /// <summary>Entering PAE paging, or changing CR4.PSE or CR4.SMEP in it, loads the PDPTEs (SDM 4.4.1).</summary>
+    private static bool ReloadsPdptes(PagingControls before, PagingControls after) =>
+        before.Mode != PagingMode.Pae || before.Cr4Pse != after.Cr4Pse || before.Cr4Smep != after.Cr4Smep;
 
     /// <summary>MOV to CR3. Returns false (#GP, nothing changes) for reserved CR3 bits or bad PAE PDPTEs.</summary>
     /// <exception cref="ArgumentOutOfRangeException">A value of 2^32 or more in 32-bit or PAE paging.</exception>

@@ -41,14 +41,25 @@ public sealed record GuestMachine(CpuState Cpu, GuestMemory Memory)
                 return Reload(Cpu.Controls, l.Cr3);
 
             case Op.SetControls s:
-                // Changing paging controls re-reads the PDPTEs in PAE mode (SDM §4.4.1), with the
-                // same checks as MOV CR3 against the current CR3.
+                if (s.Controls.Mode == PagingMode.Pae && !ReloadsPdptes(Cpu.Controls, s.Controls))
+                    return new Stepped(WithCpu(Cpu.WithControls(s.Controls)), OpResult.Completed.Instance);
+                // Otherwise the current CR3 is loaded again under the new controls, with MOV CR3's checks.
                 return Reload(s.Controls, Cpu.Cr3);
 
             default:
                 throw new ArgumentException($"unknown operation {op}", nameof(op));
         }
     }
+
+    /// <summary>
+    /// SDM §4.4.1: the PDPTE registers are loaded when PAE paging is entered and, in PAE paging,
+    /// when a MOV to CR0/CR4 changes CR0.CD, CR0.NW, CR0.PG, CR4.PAE, CR4.PGE, CR4.PSE or CR4.SMEP.
+    /// Of those the model has CR4.PSE and CR4.SMEP (PG and PAE are the mode). Any other control
+    /// change keeps the registers as they are, whatever the PDPT in memory now holds.
+    /// </summary>
+    public static bool ReloadsPdptes(PagingControls before, PagingControls after) =>
+        after.Mode == PagingMode.Pae
+        && (before.Mode != PagingMode.Pae || before.Cr4Pse != after.Cr4Pse || before.Cr4Smep != after.Cr4Smep);
 
     Stepped Reload(PagingControls controls, ulong cr3)
     {
