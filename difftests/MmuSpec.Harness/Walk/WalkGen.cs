@@ -37,10 +37,11 @@ public static class WalkGen
         var controls = GenControls(rng, mode ?? (PagingMode)rng.Next(4));
         var forest = new ForestBuilder(rng, controls);
         forest.Grow(paths: 1 + rng.Next(2 + size / 8));
+        var setup = forest.SetupWrites();   // before the ops: entry edits must not leak into the boot image
         int opCount = 1 + rng.Next(1 + Math.Max(4, size));
         var ops = ImmutableArray.CreateBuilder<Op>(opCount);
         for (int i = 0; i < opCount; i++) ops.Add(forest.NextOp(ref controls));
-        return new WalkCase(Slots, forest.BootControls, forest.Cr3, forest.SetupWrites(), ops.ToImmutable());
+        return new WalkCase(Slots, forest.BootControls, forest.Cr3, setup, ops.ToImmutable());
     }
 
     static readonly int[] MaxPhyAddrs = [36, 39, 40, 42, 46, 48, 52];
@@ -70,7 +71,8 @@ public static class WalkGen
 internal sealed class ForestBuilder
 {
     readonly Random rng;
-    readonly Dictionary<ulong, ulong> entries = new();      // entry gpa -> value (setup)
+    readonly Dictionary<ulong, ulong> entries = new();      // entry gpa -> current value
+    readonly Dictionary<ulong, ulong> original = new();     // entry gpa -> value at boot
     readonly List<ulong> entryOrder = new();                 // setup write order
     readonly List<ulong> freePages;                          // table pages not used yet
     readonly List<(ulong Page, int Level)> tables = new();   // table pages and the level they were built for
@@ -97,8 +99,12 @@ internal sealed class ForestBuilder
     public PagingControls BootControls { get; }
     public ulong Cr3 { get; private set; }
 
-    public ImmutableArray<Op.WriteGuest> SetupWrites() =>
-        entryOrder.Select(g => new Op.WriteGuest(g, entries[g], entryBytes)).ToImmutableArray();
+    /// <summary>The boot image; also remembers it so that later edits can restore entries.</summary>
+    public ImmutableArray<Op.WriteGuest> SetupWrites()
+    {
+        foreach (var (gpa, value) in entries) original[gpa] = value;
+        return entryOrder.Select(g => new Op.WriteGuest(g, entries[g], entryBytes)).ToImmutableArray();
+    }
 
     ulong TakePage()
     {
@@ -179,9 +185,12 @@ internal sealed class ForestBuilder
         int roll = rng.Next(100);
         var sameLevel = tables.Where(t => t.Level == level).ToList();
         if (roll < 20 && sameLevel.Count > 0) return sameLevel[rng.Next(sameLevel.Count)].Page;
-        if (roll < 24) return tables[rng.Next(tables.Count)].Page;
-        if (roll < 27) return 0x80UL << 12;   // in the hole between the memslots
-        if (freePages.Count == 0) return tables[rng.Next(tables.Count)].Page;
+        // Any table, but never PAE's PDPT page: entries written there would land on the PDPTEs
+        // and make the boot-time CR3 load fault (edits and MOV CR3 ops cover that case).
+        var anyLevel = tables.Where(t => !(bootMode == PagingMode.Pae && t.Page == RootTable)).ToList();
+        if (roll < 23 && anyLevel.Count > 0) return anyLevel[rng.Next(anyLevel.Count)].Page;
+        if (roll < 25) return 0x80UL << 12;   // in the hole between the memslots
+        if (freePages.Count == 0) return sameLevel.Count > 0 ? sameLevel[rng.Next(sameLevel.Count)].Page : 0x80UL << 12;
         ulong page = TakePage();
         tables.Add((page, level));
         return page;
@@ -216,7 +225,7 @@ internal sealed class ForestBuilder
     ulong CommonFlags(bool leaf)
     {
         ulong f = 0;
-        if (rng.Next(100) < 92) f |= 1UL << PagingEntry.PresentBit;
+        if (rng.Next(100) < 95) f |= 1UL << PagingEntry.PresentBit;
         if (rng.Next(100) < 75) f |= 1UL << PagingEntry.WritableBit;
         if (rng.Next(100) < 75) f |= 1UL << PagingEntry.UserBit;
         if (rng.Next(100) < 40) f |= PagingEntry.Accessed;
@@ -231,7 +240,7 @@ internal sealed class ForestBuilder
     /// <summary>Sometimes a bit that is reserved at some level, MAXPHYADDR or mode (or merely suspicious).</summary>
     ulong MaybeReservedBit(int level, bool large)
     {
-        if (rng.Next(100) >= 5) return 0;
+        if (rng.Next(100) >= 3) return 0;
         if (bootMode == PagingMode.Bits32) return large ? 1UL << (13 + rng.Next(9)) : 0;
         int m = BootControls.MaxPhyAddr;
         int[] candidates = [Math.Min(m, 51), 51, 62, 63, 7, 13, 20, 29, rng.Next(m, 52)];
@@ -259,7 +268,7 @@ internal sealed class ForestBuilder
     Access RandomAccess(PagingControls current)
     {
         ulong gva;
-        if (pathGvas.Count > 0 && rng.Next(100) < 85)
+        if (pathGvas.Count > 0 && rng.Next(100) < 90)
             gva = (pathGvas[rng.Next(pathGvas.Count)] & ~0xFFFUL) | (uint)rng.Next(0x1000);
         else
             gva = RandomGva();
@@ -279,10 +288,11 @@ internal sealed class ForestBuilder
         ulong gpa = entryOrder[rng.Next(entryOrder.Count)];
         ulong value = entries[gpa];
         int roll = rng.Next(100);
-        if (roll < 50) value ^= 1UL << new[] { 0, 1, 2, 5, 6, 7 }[rng.Next(6)];
-        else if (roll < 60 && entryBytes == 8) value ^= 1UL << PagingEntry.XdBit;
-        else if (roll < 72) value |= MaybeReservedBitAlways();
-        else if (roll < 88 && tables.Count > 0) value = (value & 0xFFF) | tables[rng.Next(tables.Count)].Page;
+        if (roll < 45) value ^= 1UL << new[] { 0, 1, 2, 5, 6, 7 }[rng.Next(6)];
+        else if (roll < 55 && entryBytes == 8) value ^= 1UL << PagingEntry.XdBit;
+        else if (roll < 65) value |= MaybeReservedBitAlways();
+        else if (roll < 75 && tables.Count > 0) value = (value & 0xFFF) | tables[rng.Next(tables.Count)].Page;
+        else if (roll < 92) value = original[gpa];      // the guest puts the entry back
         else value = 0;
         entries[gpa] = value;
         return new Op.WriteGuest(gpa, value, entryBytes);
@@ -310,7 +320,10 @@ internal sealed class ForestBuilder
             case 7: case 8: return c.WithPkru(WalkGen.GenPkru(rng));
             case 9: return c.WithMaxPhyAddr(new[] { 36, 40, 46, 52 }[rng.Next(4)]);
             default:
-                // A mode switch reinterprets the same tables; stay in modes whose CR3 fits.
+                // A mode switch reinterprets the same tables (most paths stop translating), so
+                // it is rare and usually a return to the mode the tables were built for.
+                if (c.Mode != bootMode && rng.Next(2) == 0) return c.WithMode(bootMode);
+                if (rng.Next(3) != 0) return c.WithPkru(WalkGen.GenPkru(rng));
                 var modes = new[] { PagingMode.Bits32, PagingMode.Pae, PagingMode.Long4, PagingMode.Long5 };
                 return c.WithMode(modes[rng.Next(modes.Length)]);
         }
@@ -319,7 +332,8 @@ internal sealed class ForestBuilder
     ulong NewCr3(PagingControls c)
     {
         int roll = rng.Next(100);
-        ulong cr3 = roll < 50 ? Cr3 : tables[rng.Next(tables.Count)].Page;
+        // Mostly the tables' own root (a flush-like reload); sometimes another table as a root.
+        ulong cr3 = roll < 75 ? Cr3 : tables[rng.Next(tables.Count)].Page;
         if (c.Mode == PagingMode.Pae && rng.Next(4) == 0) cr3 += 32UL * (ulong)rng.Next(128);
         if (c.Mode.IsLongMode() && roll >= 90) cr3 |= 1UL << rng.Next(c.MaxPhyAddr, 64);   // reserved: #GP
         return cr3;

@@ -1,0 +1,423 @@
+/// Properties of the spec's page walk (SDM Vol. 3 ch. 4), checked with FsCheck on small page-table
+/// trees built by hand: one path of entries from CR3 down to a leaf, in any of the four modes.
+module MmuSpec.FSharp.SpecProperties
+
+open System
+open FsCheck
+open FsCheck.FSharp
+open Xunit
+open MmuSpec.Spec.Memory
+open MmuSpec.Spec.Paging
+open MmuSpec.Spec.Machine
+open MmuSpec.FSharp.Patterns
+
+// ---------------------------------------------------------------------------------------------
+// Running: FsCheck.Xunit is not available, so each [<Fact>] hands its property to Check.One.
+// MMUSPEC_MAX_TEST sets the number of cases (default 300).
+// ---------------------------------------------------------------------------------------------
+
+let private maxTest =
+    match Environment.GetEnvironmentVariable "MMUSPEC_MAX_TEST" with
+    | null | "" -> 300
+    | text -> int text
+
+let private check (property: Property) =
+    Check.One(Config.QuickThrowOnFailure.WithMaxTest maxTest, property)
+
+// ---------------------------------------------------------------------------------------------
+// Entry bits as the SDM lays them out (Tables 4-4 to 4-20), written out here rather than taken
+// from the spec, so that the properties do not trust the code they check.
+// ---------------------------------------------------------------------------------------------
+
+let private P, W, U, A, D, PS = 0x1UL, 0x2UL, 0x4UL, 0x20UL, 0x40UL, 0x80UL
+let private XD = 1UL <<< 63
+
+let private isLong (mode: PagingMode) = mode = PagingMode.Long4 || mode = PagingMode.Long5
+
+/// The root level: 2 (32-bit), 3 (PAE's PDPT), 4 (PML4) or 5 (PML5).
+let private rootLevel (mode: PagingMode) =
+    match mode with
+    | PagingMode.Bits32 -> 2
+    | PagingMode.Pae -> 3
+    | PagingMode.Long4 -> 4
+    | _ -> 5
+
+/// Linear-address width (SDM §3.3.7.1, §4.1.1).
+let private linearBits (mode: PagingMode) =
+    match mode with
+    | PagingMode.Long4 -> 48
+    | PagingMode.Long5 -> 57
+    | _ -> 32
+
+/// The index of a level's entry in its table (SDM §4.3, §4.4.2, §4.5).
+let private index (mode: PagingMode) level (gva: uint64) =
+    match mode with
+    | PagingMode.Bits32 -> (gva >>> (12 + 10 * (level - 1))) &&& 0x3FFUL
+    | PagingMode.Pae when level = 3 -> (gva >>> 30) &&& 0x3UL
+    | _ -> (gva >>> (12 + 9 * (level - 1))) &&& 0x1FFUL
+
+/// The size of the page an entry maps at a level: 4 KiB, 4 MiB or 2 MiB, 1 GiB.
+let private pageBytes (mode: PagingMode) level =
+    match level with
+    | 1 -> 0x1000UL
+    | 2 when mode = PagingMode.Bits32 -> 0x400000UL
+    | 2 -> 0x200000UL
+    | _ -> 0x40000000UL
+
+let private entryName level =
+    match level with
+    | 1 -> "PTE"
+    | 2 -> "PDE"
+    | 3 -> "PDPTE"
+    | 4 -> "PML4E"
+    | _ -> "PML5E"
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios: 64 KiB of guest RAM at gpa 0; the table of level k sits at page (root - k + 1), so the
+// root is at 0x1000 and every level has its own page. One path of entries leads to a leaf.
+// ---------------------------------------------------------------------------------------------
+
+let private ram = [ Memslot(0UL, 16UL) ]
+
+let private tableGpa root level = 0x1000UL * uint64 (root - level + 1)
+
+type Entry =
+    { Level: int
+      /// Where the entry lives in guest memory.
+      Gpa: uint64
+      /// Its raw contents (4 bytes in 32-bit paging, else 8).
+      Value: uint64
+      /// PAE's PDPTE: loaded into a register by MOV CR3, never read or written by a walk.
+      IsPdpteRegister: bool }
+
+[<StructuredFormatDisplay("{Show}")>]
+type Scenario =
+    { Controls: PagingControls
+      Cr3: uint64
+      Access: Access
+      /// Root first, down to the leaf (entries below a not-present one are written all the same).
+      Path: Entry list
+      /// The frame written in the leaf, and the size of the page it maps.
+      Frame: uint64
+      PageBytes: uint64
+      Memory: GuestMemory }
+
+    member s.Mode = s.Controls.Mode
+    member s.EntryBytes = if s.Mode = PagingMode.Bits32 then 4 else 8
+    /// Entries the walk reads from memory (all but PAE's PDPTE register).
+    member s.WalkedEntries = s.Path |> List.filter (fun e -> not e.IsPdpteRegister)
+    member s.Leaf = List.last s.Path
+
+    member s.Show =
+        let entries =
+            s.Path |> List.map (fun e -> sprintf "    %-5s @ 0x%x = 0x%x" (entryName e.Level) e.Gpa e.Value)
+        String.Join("\n", [ sprintf "%O, CR3=0x%x" s.Controls s.Cr3; sprintf "    %O" s.Access ] @ entries)
+
+    override s.ToString() = s.Show
+
+/// Writes each entry of the path into memory.
+let private layOut (s: Scenario) =
+    { s with Memory = s.Path |> List.fold (fun (m: GuestMemory) e -> m.Write(e.Gpa, e.Value, s.EntryBytes)) s.Memory }
+
+/// The same scenario with every entry's value passed through f.
+let private rewrite (f: Entry -> uint64) (s: Scenario) =
+    layOut { s with Path = s.Path |> List.map (fun e -> { e with Value = f e }) }
+
+type private Shape =
+    { Modes: PagingMode list
+      Types: AccessType list
+      /// Every entry present, no reserved bit set.
+      Clean: bool }
+
+let private anyShape =
+    { Modes = [ PagingMode.Bits32; PagingMode.Pae; PagingMode.Long4; PagingMode.Long5 ]
+      Types = [ AccessType.Read; AccessType.Write; AccessType.Fetch ]
+      Clean = false }
+
+let private longShape = { anyShape with Modes = [ PagingMode.Long4; PagingMode.Long5 ] }
+
+/// true with probability 1/n.
+let private oneIn n = Gen.frequency [ (n - 1, Gen.constant false); (1, Gen.constant true) ]
+let private bool = Gen.elements [ false; true ]
+
+let private genU64 =
+    Gen.map4
+        (fun a b c d -> (uint64 a <<< 48) ||| (uint64 b <<< 32) ||| (uint64 c <<< 16) ||| uint64 d)
+        (Gen.choose (0, 0xFFFF)) (Gen.choose (0, 0xFFFF)) (Gen.choose (0, 0xFFFF)) (Gen.choose (0, 0xFFFF))
+
+let private genControls mode =
+    gen {
+        let! wp = bool
+        let! pse = bool
+        let! smep = bool
+        let! smap = bool
+        let! pke = bool
+        let! nxe = bool
+        let! ac = bool
+        let! pkru = Gen.oneof [ Gen.constant 0u; genU64 |> Gen.map uint32 ]
+        return
+            PagingControls(
+                mode, cr0Wp = wp, cr4Pse = pse, cr4Smep = smep, cr4Smap = smap,
+                cr4Pke = pke, eferNxe = nxe, eflagsAc = ac, pkru = pkru)
+    }
+
+let private genAccess gva types =
+    gen {
+        let! t = Gen.elements types
+        let! who =
+            if t = AccessType.Fetch then Gen.elements [ Privilege.Supervisor; Privilege.User ]
+            else Gen.elements [ Privilege.Supervisor; Privilege.User; Privilege.ImplicitSupervisor ]
+        return Access(gva, t, who)
+    }
+
+/// Bits that are reserved (with MAXPHYADDR 46, the default) where the noise is put; none of them is
+/// an address bit, so a noisy entry either faults or maps the same frame.
+let private noiseBits (mode: PagingMode) level largeLeaf =
+    match mode with
+    | PagingMode.Bits32 -> if largeLeaf then [ 1UL <<< 21 ] else []                 // Table 4-4: 4 MiB PDE bit 21
+    | PagingMode.Pae -> [ 1UL <<< 62; 1UL <<< 50 ] @ (if largeLeaf then [ 1UL <<< 13 ] else [])   // 62:M; 2 MiB 20:13
+    | _ ->
+        [ 1UL <<< 51 ]                                                               // 51:M
+        @ (if level >= 4 then [ PS ] else [])                                        // PS in PML4E/PML5E
+        @ (if largeLeaf then [ 1UL <<< 13 ] else [])                                 // 2 MiB 20:13, 1 GiB 29:13
+
+let private genEntry (shape: Shape) (c: PagingControls) root leaf gva frame pkey level =
+    gen {
+        let mode = c.Mode
+        let bytes = if mode = PagingMode.Bits32 then 4UL else 8UL
+        let gpa = tableGpa root level + bytes * index mode level gva
+        let target = if level = leaf then frame else tableGpa root (level - 1)
+        if mode = PagingMode.Pae && level = 3 then
+            // A PDPTE has only P and the address (bits 2:1 and 8:5 are reserved, Table 4-8).
+            let! present = if shape.Clean then Gen.constant true else oneIn 16 |> Gen.map not
+            return { Level = level; Gpa = gpa; Value = target ||| (if present then P else 0UL); IsPdpteRegister = true }
+        else
+            let isLeaf = level = leaf
+            let! present = if shape.Clean then Gen.constant true else oneIn 16 |> Gen.map not
+            let! w = oneIn 4 |> Gen.map not
+            let! u = oneIn 4 |> Gen.map not
+            // XD is a rights bit with EFER.NXE=1 and a reserved bit without it (so rarer then).
+            let! xd =
+                if mode = PagingMode.Bits32 then Gen.constant false
+                elif c.EferNxe then oneIn 4
+                elif shape.Clean then Gen.constant false
+                else oneIn 20
+            let! a = bool
+            let! d = if isLeaf then bool else Gen.constant false
+            let candidates = noiseBits mode level (isLeaf && level > 1)
+            let! noise =
+                if shape.Clean || List.isEmpty candidates then Gen.constant 0UL
+                else Gen.frequency [ (15, Gen.constant 0UL); (1, Gen.elements candidates) ]
+            let flag b bit = if b then bit else 0UL
+            let value =
+                target ||| flag present P ||| flag w W ||| flag u U ||| flag xd XD ||| flag a A ||| flag d D
+                ||| flag (isLeaf && level > 1) PS
+                ||| (if isLeaf && isLong mode then uint64 pkey <<< 59 else 0UL)
+                ||| noise
+            return { Level = level; Gpa = gpa; Value = value; IsPdpteRegister = false }
+    }
+
+let private genScenario (shape: Shape) =
+    gen {
+        let! mode = Gen.elements shape.Modes
+        let! c = genControls mode
+        let root = rootLevel mode
+        let! leaf =
+            match mode with
+            | PagingMode.Bits32 -> Gen.elements (if c.Cr4Pse then [ 1; 2 ] else [ 1 ])
+            | PagingMode.Pae -> Gen.elements [ 1; 2 ]
+            | _ -> Gen.elements [ 1; 2; 3 ]
+        let! raw = genU64
+        let width = linearBits mode
+        // Canonical in IA-32e paging (bits 63:width-1 equal), a 32-bit address otherwise.
+        let gva =
+            if isLong mode then uint64 ((int64 (raw <<< (64 - width))) >>> (64 - width))
+            else raw &&& 0xFFFFFFFFUL
+        let size = pageBytes mode leaf
+        // Frames below 4 GiB outside IA-32e paging, below 64 GiB (< MAXPHYADDR) inside it.
+        let top = if isLong mode then 0x1000000000UL else 0x100000000UL
+        let! page = Gen.choose (0, int (top / size) - 1)
+        let frame = uint64 page * size
+        let! pkey = Gen.choose (0, 15)
+        let! path = [ root .. -1 .. leaf ] |> Gen.collectToList (genEntry shape c root leaf gva frame pkey)
+        let! access = genAccess gva shape.Types
+        let cr3 = tableGpa root root
+        return
+            layOut
+                { Controls = c; Cr3 = cr3; Access = access; Path = path
+                  Frame = frame; PageBytes = size; Memory = GuestMemory.FromSlots ram }
+    }
+
+let private arb shape = Arb.fromGen (genScenario shape)
+
+// ---------------------------------------------------------------------------------------------
+// Running the spec on a scenario.
+// ---------------------------------------------------------------------------------------------
+
+/// MOV CR3 then the CPU state; the generator never writes a PDPTE with reserved bits.
+let private cpuOf (s: Scenario) =
+    match CpuState.LoadCr3(s.Controls, s.Cr3, s.Memory).State with
+    | null -> failwithf "MOV CR3 raised #GP for\n%s" s.Show
+    | cpu -> cpu
+
+let private walkWith (s: Scenario) (memory: GuestMemory) =
+    let struct (result, after) = PageWalk.Translate(cpuOf s, memory, s.Access)
+    result, after
+
+let private walk (s: Scenario) = walkWith s s.Memory
+
+/// Every non-zero qword of memory, to compare two memories.
+let private contents (m: GuestMemory) = [ for kv in m.Written -> kv.Key, kv.Value ]
+
+let private entryIn (m: GuestMemory) bytes (e: Entry) = m.Read(e.Gpa, bytes).Value
+
+let private isSet bit value = value &&& bit = bit
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+// SDM §4.3, §4.4.2, §4.5.4: the final physical address is the leaf's frame plus the low bits of
+// the linear address (12, 21, 22 or 30 of them).
+[<Fact>]
+let ``A translated gpa is the leaf's frame plus the gva's offset within a page of the leaf's size`` () =
+    Prop.forAll (arb anyShape) (fun s ->
+        match walk s with
+        | Translated(gpa, size, _), _ ->
+            uint64 size = s.PageBytes && gpa = (s.Frame ||| (s.Access.Gva &&& (s.PageBytes - 1UL)))
+        | (PageFault _ | GeneralProtection _), _ -> true)
+    |> check
+
+// SDM §4.8 sets A/D only for translations used by an access; the spec (like KVM's
+// walk_addr_generic) writes nothing on a faulting walk.
+[<Fact>]
+let ``A faulting walk changes no memory, so the leaf's A and D bits stay as they were`` () =
+    Prop.forAll (arb anyShape) (fun s ->
+        match walk s with
+        | Translated _, _ -> true
+        | (PageFault _ | GeneralProtection _), after -> contents after = contents s.Memory)
+    |> check
+
+// SDM §4.8: every paging-structure entry used gets A; the entry that maps the page gets D on a
+// write. PAE's PDPTEs have no A bit and live in registers, so the PDPT is untouched.
+[<Fact>]
+let ``A successful write sets A on every entry used and D on the leaf`` () =
+    Prop.forAll (arb { anyShape with Types = [ AccessType.Write ] }) (fun s ->
+        match walk s with
+        | Translated _, after ->
+            let now = entryIn after s.EntryBytes
+            (s.WalkedEntries |> List.forall (now >> isSet A))
+            && isSet D (now s.Leaf)
+            && (s.Path |> List.filter _.IsPdpteRegister |> List.forall (fun e -> now e = e.Value))
+        | _ -> true)
+    |> check
+
+// SDM §4.8: D is set only "whenever there is a write to a linear address".
+[<Fact>]
+let ``Reads and fetches never change a D bit`` () =
+    Prop.forAll (arb { anyShape with Types = [ AccessType.Read; AccessType.Fetch ] }) (fun s ->
+        let _, after = walk s
+        s.Path |> List.forall (fun e -> (entryIn after s.EntryBytes e &&& D) = (e.Value &&& D)))
+    |> check
+
+// SDM §4.6: an address is a user-mode address only if U/S=1 in every paging-structure entry
+// controlling it; user-mode accesses to supervisor-mode addresses are never allowed (§4.6.1), and
+// the fault is a protection fault: P=1, U/S=1 in the error code (§4.7).
+[<Fact>]
+let ``Clearing U/S at any level makes every user access fault with P=1 and U=1`` () =
+    let gen =
+        gen {
+            let! s = genScenario { anyShape with Clean = true }
+            let! level = s.WalkedEntries |> List.map _.Level |> Gen.elements
+            let! t = Gen.elements [ AccessType.Read; AccessType.Write; AccessType.Fetch ]
+            let s = rewrite (fun e -> if e.Level = level && not e.IsPdpteRegister then e.Value &&& ~~~U else e.Value) s
+            return { s with Access = Access(s.Access.Gva, t, Privilege.User) }
+        }
+    Prop.forAll (Arb.fromGen gen) (fun s ->
+        match walk s with
+        | PageFault(FaultBits b), _ -> b.Present && b.User && not b.Reserved && not b.ProtectionKey
+        | _ -> false)
+    |> check
+
+// SDM §3.3.7.1 / §4.5: in IA-32e mode a linear address whose bits 63:47 (63:56 with 5-level
+// paging) are not all equal is non-canonical; using it is #GP, never #PF, whatever the tables hold.
+[<Fact>]
+let ``A non-canonical address is always #GP in IA-32e paging and writes nothing`` () =
+    let gen =
+        gen {
+            let! s = genScenario longShape
+            let! bit = Gen.choose (linearBits s.Mode - 1, 63)
+            return { s with Access = s.Access.WithGva(s.Access.Gva ^^^ (1UL <<< bit)) }
+        }
+    Prop.forAll (Arb.fromGen gen) (fun s ->
+        match walk s with
+        | GeneralProtection GpReason.NonCanonical, after -> contents after = contents s.Memory
+        | _ -> false)
+    |> check
+
+// SDM §4.8: A and D are sticky flags the processor only sets, so the second identical access
+// sees the same tables (up to A/D) and has nothing left to write.
+[<Fact>]
+let ``Walking twice gives the same result and the second walk writes nothing`` () =
+    Prop.forAll (arb anyShape) (fun s ->
+        let first, once = walk s
+        let second, twice = walkWith s once
+        first = second && contents twice = contents once)
+    |> check
+
+// SDM §4.7, Figure 4-12: W/R is 1 for a write, U/S is 1 for a user-mode access (not an implicit
+// supervisor access), I/D is 1 for a fetch only when CR4.SMEP=1 or (PAE/IA-32e and EFER.NXE=1).
+[<Fact>]
+let ``The error code's W, U and I/D bits describe the access`` () =
+    Prop.forAll (arb anyShape) (fun s ->
+        match walk s with
+        | PageFault(FaultBits b), _ ->
+            let c = s.Controls
+            let fetch = s.Access.Type = AccessType.Fetch
+            b.Write = (s.Access.Type = AccessType.Write)
+            && b.User = (s.Access.Privilege = Privilege.User)
+            && b.Fetch = (fetch && (c.Cr4Smep || (c.Mode <> PagingMode.Bits32 && c.EferNxe)))
+        | _ -> true)
+    |> check
+
+// SDM §4.6.2: protection keys govern only data accesses to user-mode addresses; instruction
+// fetches and supervisor-mode addresses are never checked against PKRU.
+[<Fact>]
+let ``PKRU changes nothing for fetches and for supervisor-mode addresses`` () =
+    Prop.forAll (arb longShape) (fun s ->
+        let supervisorAddress = s.WalkedEntries |> List.exists (fun e -> not (isSet U e.Value))
+        let withPkru pkru = fst (walk { s with Controls = s.Controls.WithCr4Pke(true).WithPkru(pkru) })
+        let exempt = s.Access.Type = AccessType.Fetch || supervisorAddress
+        not exempt || withPkru 0u = withPkru UInt32.MaxValue)
+    |> check
+
+// SDM §4.6.2: with AD=1 for a key, no data access to a user-mode address with that key is
+// allowed, whoever makes it; the fault sets PK (and P) in the error code (§4.7).
+[<Fact>]
+let ``With AD set for every key, a complete data walk to a user-mode address faults with PK`` () =
+    let shape = { longShape with Clean = true; Types = [ AccessType.Read; AccessType.Write ] }
+    Prop.forAll (arb shape) (fun s ->
+        let s = { s with Controls = s.Controls.WithCr4Pke(true).WithPkru(0x55555555u) }
+        let userAddress = s.WalkedEntries |> List.forall (fun e -> isSet U e.Value)
+        match walk s with
+        | PageFault(FaultBits b), _ when userAddress -> b.Present && b.ProtectionKey && not b.Reserved
+        | _ when userAddress -> false
+        | _ -> true)
+    |> check
+
+// SDM §4.4.1: PAE paging uses the four PDPTE registers loaded by MOV CR3; a later write to the
+// PDPT in memory changes nothing until CR3 is loaded again.
+[<Fact>]
+let ``PAE ignores a write to the PDPT until CR3 is reloaded`` () =
+    Prop.forAll (arb { anyShape with Modes = [ PagingMode.Pae ]; Clean = true }) (fun s ->
+        let access = Op.GuestAccess(s.Access)
+        let machine = GuestMachine.Boot(s.Controls, s.Cr3, s.Memory)
+        let first = machine.Step access
+        let cleared = first.Machine.Step(Op.WriteGuest(s.Path.Head.Gpa, 0UL, 8))
+        let stale = cleared.Machine.Step access
+        let reloaded = stale.Machine.Step(Op.LoadCr3(s.Cr3))
+        let fresh = reloaded.Machine.Step access
+        match first.Result, cleared.Result, stale.Result, reloaded.Result, fresh.Result with
+        | Walked before, Completed, Walked after, Completed, Walked(NotPresentFault _) -> before = after
+        | _ -> false)
+    |> check
