@@ -261,8 +261,8 @@ let private cpuOf (s: Scenario) =
     | cpu -> cpu
 
 let private walkWith (s: Scenario) (memory: GuestMemory) =
-    let struct (result, after) = PageWalk.Translate(cpuOf s, memory, s.Access)
-    result, after
+    let t = PageWalk.Translate(cpuOf s, memory, s.Access)
+    t.Result, t.Memory
 
 let private walk (s: Scenario) = walkWith s s.Memory
 

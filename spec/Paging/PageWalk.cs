@@ -21,6 +21,9 @@ public sealed record EntryUpdate(ulong Gpa, ulong Before, ulong After)
     public override string ToString() => $"{Bits.Hex(Gpa)}: {Bits.Hex(Before)} -> {Bits.Hex(After)}";
 }
 
+/// <summary>What a walk returns: its outcome and guest memory afterwards (with any A/D updates).</summary>
+public sealed record Translation(WalkResult Result, GuestMemory Memory);
+
 /// <summary>A walk with everything it read, decided and wrote.</summary>
 public sealed record WalkExplanation(
     Access Access,
@@ -53,10 +56,10 @@ public sealed record WalkExplanation(
 public static class PageWalk
 {
     /// <summary>The outcome and the memory afterwards (A/D bits set).</summary>
-    public static (WalkResult Result, GuestMemory Memory) Translate(CpuState cpu, GuestMemory memory, Access access)
+    public static Translation Translate(CpuState cpu, GuestMemory memory, Access access)
     {
         var e = Explain(cpu, memory, access);
-        return (e.Result, e.MemoryAfter);
+        return new Translation(e.Result, e.MemoryAfter);
     }
 
     /// <summary>The walk, step by step.</summary>

@@ -101,7 +101,7 @@ internal static class PageTableBuilder
     }
 
     /// <summary>Boots with <paramref name="cr3"/> and translates one access.</summary>
-    public static (WalkResult Result, GuestMemory Memory) Walk(PagingControls controls, GuestMemory memory, Access access, ulong cr3 = 0x1000) =>
+    public static Translation Walk(PagingControls controls, GuestMemory memory, Access access, ulong cr3 = 0x1000) =>
         PageWalk.Translate(Boot(controls, memory, cr3).Cpu, memory, access);
 
     public static void AssertTranslated(WalkResult result, ulong gpa, PageSize size)
