@@ -9,6 +9,8 @@ public sealed record Memslot(ulong BaseGfn, ulong Pages)
     public const int PageShift = 12;
     public ulong EndGfn => BaseGfn + Pages;
     public bool ContainsGpa(ulong gpa) => (gpa >> PageShift) >= BaseGfn && (gpa >> PageShift) < EndGfn;
+    public Memslot WithBaseGfn(ulong value) => new(value, Pages);
+    public Memslot WithPages(ulong value) => new(BaseGfn, value);
     public override string ToString() => $"slot gfn [{Bits.Hex(BaseGfn)}, {Bits.Hex(EndGfn)})";
 }
 
