@@ -65,6 +65,9 @@ public sealed partial class GuestVcpu
         int level = ctx.RootLevel;
         int walked = 0;
         uint rights = AccessRights.All;
+        // AND of every entry used: its A bit says whether all of them are already accessed, so a
+        // warm walk skips the write-back pass and its re-reads (KVM walk_addr_generic's accessed_dirty).
+        ulong accessedAll = ~0UL;
         Unsafe.SkipInit(out WalkedEntries entries); // only slots [0, walked) are ever read: saves zeroing 40 bytes
         byte* entry;
         ulong pte;
@@ -82,6 +85,7 @@ public sealed partial class GuestVcpu
                 return WalkOutcome.PageFault(reported | Present | ReservedBit);
 
             entries[walked++] = (nint)entry;
+            accessedAll &= pte;
             // P sits where ACC exec does and is known to be 1: XOR with XD yields "executable",
             // so U, W and X accumulate with one AND (KVM gpte_access). 4-byte entries have no XD.
             rights &= ((uint)pte & AccessRights.All) ^ (uint)(pte >> PagingEntryBits.NoExecuteShift);
@@ -108,10 +112,14 @@ public sealed partial class GuestVcpu
         if (faultCode != 0)
             return WalkOutcome.PageFault(faultCode | reported);
 
-        // Accessed/dirty (SDM 4.8): only now that the access is permitted, re-reading each entry.
-        for (int i = 0; i < walked; i++)
-            PagingEntry.SetBits((byte*)entries[i], wide, PagingEntryBits.Accessed);
-        if (type == AccessType.Write)
+        // Accessed/dirty (SDM 4.8): only now that the access is permitted, re-reading each entry
+        // (an entry used at two levels must end with the union of both updates).
+        if ((accessedAll & PagingEntryBits.Accessed) == 0)
+        {
+            for (int i = 0; i < walked; i++)
+                PagingEntry.SetBits((byte*)entries[i], wide, PagingEntryBits.Accessed);
+        }
+        if (type == AccessType.Write && (pte & PagingEntryBits.Dirty) == 0)
             PagingEntry.SetBits(entry, wide, PagingEntryBits.Dirty);
 
         ref readonly LevelShape leaf = ref ctx.Levels[level];
