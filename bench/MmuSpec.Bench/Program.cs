@@ -1,0 +1,40 @@
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Running;
+
+namespace MmuSpec.Bench;
+
+/// <summary>
+/// Entry point: BenchmarkDotNet's switcher, so every BDN option works
+/// (e.g. <c>dotnet run -c Release --project bench/MmuSpec.Bench -- --filter '*'</c>).
+/// <c>--quick</c> adds a short job (1 launch, 3 warmup, 10 measured iterations) and, when no other
+/// argument is given, runs every benchmark.
+/// </summary>
+public static class Program
+{
+    public const string QuickFlag = "--quick";
+
+    /// <summary>The job <c>--quick</c> runs: enough for a ratio on a noisy machine, a few minutes in all.</summary>
+    public static Job QuickJob { get; } = Job.Default
+        .WithId("Quick")
+        .WithLaunchCount(1)
+        .WithWarmupCount(3)
+        .WithIterationCount(10);
+
+    public static int Main(string[] args)
+    {
+        bool quick = args.Contains(QuickFlag);
+        string[] rest = args.Where(a => a != QuickFlag).ToArray();
+
+        IConfig config = DefaultConfig.Instance;
+        if (quick)
+        {
+            config = config.AddJob(QuickJob);
+            if (rest.Length == 0)
+                rest = ["--filter", "*"];
+        }
+
+        var summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(rest, config);
+        return summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success)) ? 1 : 0;
+    }
+}
