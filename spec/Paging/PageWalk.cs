@@ -126,7 +126,7 @@ public static class PageWalk
                 return Fault(true, true, false, $"the {name} sets reserved bits {Bits.Hex(reserved)}");
             }
 
-            rights = Fold(c, rights, entry);
+            rights = FoldRights(c, rights, entry);
             used.Add(entryGpa);
             ulong frame = PagingLevels.FrameAddress(c, level, entry, mapsPage);
 
@@ -157,7 +157,7 @@ public static class PageWalk
     }
 
     /// <summary>§4.6: U/S and R/W are ANDed over the levels, XD is ORed (only meaningful with NXE outside 32-bit paging).</summary>
-    static TranslationRights Fold(PagingControls c, TranslationRights soFar, PagingEntry entry)
+    public static TranslationRights FoldRights(PagingControls c, TranslationRights soFar, PagingEntry entry)
     {
         bool xdApplies = c.Mode != PagingMode.Bits32 && c.EferNxe;
         return soFar with

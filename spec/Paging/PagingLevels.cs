@@ -24,12 +24,15 @@ public static class PagingLevels
     /// </summary>
     public static int Index(PagingMode mode, int level, ulong gva)
     {
-        if (mode == PagingMode.Bits32)
-            return (int)((gva >> (12 + 10 * (level - 1))) & 0x3FF);
-        if (mode == PagingMode.Pae && level == 3)
-            return (int)((gva >> 30) & 0x3);
-        return (int)((gva >> (12 + 9 * (level - 1))) & 0x1FF);
+        int shift = IndexShift(mode, level);
+        if (mode == PagingMode.Bits32) return (int)((gva >> shift) & 0x3FF);
+        if (mode == PagingMode.Pae && level == 3) return (int)((gva >> shift) & 0x3);
+        return (int)((gva >> shift) & 0x1FF);
     }
+
+    /// <summary>The lowest linear-address bit the index of <paramref name="level"/> covers.</summary>
+    public static int IndexShift(PagingMode mode, int level) =>
+        mode == PagingMode.Bits32 ? 12 + 10 * (level - 1) : 12 + 9 * (level - 1);
 
     /// <summary>
     /// Whether a present entry at <paramref name="level"/> maps a page instead of referencing a

@@ -1,0 +1,98 @@
+using System.CommandLine;
+using System.Globalization;
+using MmuSpec.Harness.Diff;
+using MmuSpec.Harness.Images;
+using MmuSpec.Harness.Running;
+using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Machine;
+
+namespace MmuSpec.Cli.Commands;
+
+/// <summary>
+/// <c>mmuspec replay</c>: regenerates one case from its "seed,gamma,size" token, traces it on spec and
+/// impl side by side up to the first divergence, and prints the diff report.
+/// </summary>
+public static class ReplayCommand
+{
+    public static Command Create()
+    {
+        var token = new Argument<string?>("token")
+        {
+            Description = $"\"seed,gamma,size\" as printed by a failure (default: ${PropertyCheck.ReplayVariable})",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        var property = new Option<string?>("--property") { Description = "the property the token came from", HelpName = "name" };
+        var command = new Command("replay", "Rerun one case from a replay token and trace spec and impl step by step.") { token, property };
+        command.SetAction(p =>
+        {
+            string text = p.GetValue(token) ?? Environment.GetEnvironmentVariable(PropertyCheck.ReplayVariable)
+                ?? throw new InputException($"replay needs a token \"seed,gamma,size\" (or ${PropertyCheck.ReplayVariable})");
+            string name = p.GetValue(property)
+                ?? throw new InputException($"replay needs --property NAME: the property the token came from ({string.Join(", ", WalkProperties.All.Select(x => x.Name))})");
+            FsCheck.Replay replay;
+            try { replay = PropertyCheck.ParseReplay(text); }
+            catch (FormatException e) { throw new InputException(e.Message); }
+            NamedProperty prop;
+            try { prop = WalkProperties.Find(name); }
+            catch (ArgumentException e) { throw new InputException($"--property: {Messages.Of(e)}"); }
+            return Run(prop, replay, text.Trim());
+        });
+        return command;
+    }
+
+    static int Run(NamedProperty p, FsCheck.Replay replay, string token)
+    {
+        // Regenerate the case exactly as the failing run drew it: a one-case run from the token. The
+        // predicate only captures the case (and says it holds, so FsCheck does not shrink it).
+        WalkCase? generated = null;
+        PropertyCheck.Check(p.Name, p.Arbitrary, c => { generated ??= c; return true; }, p.Explain, _ => { }, 1, replay, throwOnFailure: false);
+        var c = generated ?? throw new InvalidOperationException("FsCheck generated no case for the token");
+
+        var report = WalkDiff.Run(c);
+        Console.WriteLine($"replay {token} --property {p.Name}: {c.Ops.Length} ops, {c.Setup.Length} setup writes");
+        Console.WriteLine();
+        Console.WriteLine(Trace(c, report));
+        Console.WriteLine();
+        Console.WriteLine(report.Render());
+        Console.WriteLine();
+        Console.WriteLine(report.Agreed ? "result: spec and impl agree" : "result: spec and impl DIVERGE");
+        return report.Agreed ? Cli.Ok : Cli.Diverged;
+    }
+
+    /// <summary>Each op with the spec's and the impl's result side by side, up to the first divergence.</summary>
+    static string Trace(WalkCase c, DiffReport report)
+    {
+        var table = new TextTable("", "step", "op", "spec", "impl").AlignRight(1);
+        var spec = c.BootSpec();
+        ImplWalkEngine? impl = null;
+        string implBoot;
+        try { impl = ImplWalkEngine.Boot(c); implBoot = impl is null ? "#GP" : "ok"; }
+        catch (Exception e) { implBoot = Threw(e); }
+        using var implScope = impl;
+        string specBoot = spec is null ? "#GP" : "ok";
+        int stopAt = report.Divergence?.Step ?? c.Ops.Length - 1;
+        table.Add(stopAt < 0 ? ">>" : "", "boot", $"{c.Controls}, CR3={Hex.Format(c.Cr3)}", specBoot, specBoot == implBoot ? "same" : implBoot);
+        if (spec is not null && impl is not null)
+        {
+            using var specEngine = new SpecEngine(spec);
+            for (int i = 0; i <= stopAt && i < c.Ops.Length; i++)
+            {
+                var op = c.Ops[i];
+                string sr = Describe(specEngine, op), ir = Describe(impl, op);
+                bool diverges = i == stopAt && report.Divergence is not null;
+                string implCell = sr == ir ? (diverges ? "same result, state differs" : "same") : ir;
+                table.Add(diverges ? ">>" : "", (i + 1).ToString(CultureInfo.InvariantCulture), op.ToString()!, sr, implCell);
+            }
+        }
+        string tail = report.Agreed ? $"all {c.Ops.Length} steps agree" : $"stopped at the first divergence (step {(report.Divergence!.Step < 0 ? "boot" : (report.Divergence.Step + 1).ToString(CultureInfo.InvariantCulture))} of {c.Ops.Length})";
+        return "trace (spec | impl):" + Environment.NewLine + table.Render("  ") + Environment.NewLine + "  " + tail;
+    }
+
+    static string Describe(IWalkEngine engine, Op op)
+    {
+        try { return WalkDiff.Describe(engine.Step(op)); }
+        catch (Exception e) { return Threw(e); }
+    }
+
+    static string Threw(Exception e) => $"threw {e.GetType().Name}: {e.Message}";
+}

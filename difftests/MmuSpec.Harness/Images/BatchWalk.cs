@@ -1,0 +1,44 @@
+namespace MmuSpec.Harness.Images;
+
+/// <summary>
+/// Batch mode: one JSON scenario per input line, one JSON result per output line, in order. A bad
+/// line yields {"error": "line N: ..."} in its place and the batch goes on. Blank lines and lines
+/// starting with '#' or "//" are skipped and produce no output.
+/// </summary>
+public static class BatchWalk
+{
+    /// <summary>
+    /// Runs every line through <paramref name="engine"/>; returns how many lines failed. With
+    /// <paramref name="image"/>, every line walks over that image (and must not list memory).
+    /// </summary>
+    public static int Run(TextReader input, TextWriter output, Func<Scenario, WalkReport> engine, Spec.Memory.IPhysicalMemoryImage? image = null)
+    {
+        int lineNumber = 0, failed = 0;
+        for (string? line = input.ReadLine(); line is not null; line = input.ReadLine())
+        {
+            lineNumber++;
+            string trimmed = line.Trim();
+            if (trimmed.Length == 0 || trimmed.StartsWith('#') || trimmed.StartsWith("//", StringComparison.Ordinal)) continue;
+            string result;
+            try
+            {
+                var scenario = ScenarioJson.Parse(line, image);
+                if (scenario.Access is null) throw new InputException("access is missing: each batch line walks one access");
+                result = WalkJson.ToJson(engine(scenario), steps: false);
+            }
+            catch (InputException e)
+            {
+                failed++;
+                result = WalkJson.Error($"line {lineNumber}: {e.Message}");
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or OutOfMemoryException)
+            {
+                failed++;
+                result = WalkJson.Error($"line {lineNumber}: internal error: {e.GetType().Name}: {Messages.Of(e)}");
+            }
+            output.WriteLine(result);
+        }
+        output.Flush();
+        return failed;
+    }
+}
