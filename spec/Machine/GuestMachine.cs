@@ -41,6 +41,11 @@ public sealed record GuestMachine(CpuState Cpu, GuestMemory Memory)
                 return Reload(Cpu.Controls, l.Cr3);
 
             case Op.SetControls s:
+                // Leaving IA-32e mode with a CR3 wider than 32 bits. A real CPU cannot get here (it
+                // leaves long mode with paging off and reloads CR3); the model calls it #GP so that
+                // the step stays total, and the impl agrees.
+                if (!s.Controls.Mode.IsLongMode() && Cpu.Cr3 > uint.MaxValue)
+                    return new Stepped(this, new OpResult.GeneralProtection(GpReason.Cr3ReservedBits));
                 if (s.Controls.Mode == PagingMode.Pae && !ReloadsPdptes(Cpu.Controls, s.Controls))
                     return new Stepped(WithCpu(Cpu.WithControls(s.Controls)), OpResult.Completed.Instance);
                 // Otherwise the current CR3 is loaded again under the new controls, with MOV CR3's checks.
