@@ -13,7 +13,7 @@ namespace MmuSpec.Tests.Differential;
 public sealed class WalkDifferentialTests(ITestOutputHelper output)
 {
     /// <summary>Cases per property in a plain `dotnet test`; MMUSPEC_MAX_TEST overrides.</summary>
-    const int DefaultCases = 300;
+    const int DefaultCases = 1000;
 
     [Theory]
     [InlineData("walk-any-mode")]
