@@ -32,17 +32,28 @@ public sealed unsafe class NativePagePool : IDisposable
     public long PagesInUse => PagesAllocated - PagesFreed;
 
     /// <summary>Allocates <paramref name="count"/> contiguous zeroed pages aligned to <see cref="PageSize"/>.</summary>
-    public byte* AllocatePages(int count)
+    public byte* AllocatePages(int count) => AllocatePages(count, alignmentPages: 1);
+
+    /// <summary>
+    /// Allocates <paramref name="count"/> contiguous zeroed pages whose base is aligned to
+    /// <paramref name="alignmentPages"/> pages (a power of two). Owners that find per-page metadata by
+    /// masking an address down to its run (e.g. the TDP MMU's page headers) need runs aligned to their size.
+    /// Free with <see cref="FreePages"/> as usual.
+    /// </summary>
+    public byte* AllocatePages(int count, int alignmentPages)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (count <= 0)
             ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
+        if (alignmentPages <= 0 || (alignmentPages & (alignmentPages - 1)) != 0)
+            ThrowHelper.ArgumentOutOfRange(nameof(alignmentPages), "Alignment must be a positive power of two (in pages).");
 
         nuint bytes = (nuint)count * PageSize;
-        byte* p = (byte*)NativeMemory.AlignedAlloc(bytes, PageSize); // throws OutOfMemoryException on failure
+        nuint alignment = (nuint)alignmentPages * PageSize;
+        byte* p = (byte*)NativeMemory.AlignedAlloc(bytes, alignment); // throws OutOfMemoryException on failure
         NativeMemory.Clear(p, bytes);
         Debug.Assert(p != null, "AlignedAlloc returned null");
-        Debug.Assert(((nuint)p & (PageSize - 1)) == 0, "run is not page aligned");
+        Debug.Assert(((nuint)p & (alignment - 1)) == 0, "run is not aligned as requested");
 
 #if DEBUG
         lock (_liveRuns)

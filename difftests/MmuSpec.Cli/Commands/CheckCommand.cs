@@ -3,12 +3,12 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
 using MmuSpec.Harness.Images;
-using MmuSpec.Harness.Walk;
+using MmuSpec.Harness.Running;
 
 namespace MmuSpec.Cli.Commands;
 
 /// <summary>
-/// <c>mmuspec check</c>: a differential campaign of spec against impl over every walk property,
+/// <c>mmuspec check</c>: a differential campaign of spec against impl over every property (guest walk and TDP MMU),
 /// reproducible from <c>--seed</c>, within a case count or a time budget (default about 60 s).
 /// </summary>
 public static class CheckCommand
@@ -26,7 +26,7 @@ public static class CheckCommand
                 r.AddError($"--count: '{r.Tokens[0].Value}' is not a positive number");
         });
         var time = Cli.Duration("--time", "time budget: seconds, or like 90s, 10m, 1h (default 60 s unless --count is given)", "--duration");
-        var property = new Option<string?>("--property") { Description = $"check only this property ({string.Join(", ", WalkProperties.All.Select(p => p.Name))})", HelpName = "name" };
+        var property = new Option<string?>("--property") { Description = $"check only this property ({string.Join(", ", DiffProperties.All.Select(p => p.Name))})", HelpName = "name" };
         var batch = new Option<int>("--batch-size") { Description = "cases per batch (one FsCheck run)", HelpName = "n", DefaultValueFactory = _ => 100 };
         batch.Validators.Add(r =>
         {
@@ -35,11 +35,11 @@ public static class CheckCommand
         });
         var json = Cli.Flag("--json", "print the summary as JSON on stdout");
 
-        var command = new Command("check", "Run a differential campaign: random walk sequences on spec and impl, compared after every step.");
+        var command = new Command("check", "Run a differential campaign: random operation sequences (guest walks, TDP MMU) on spec and impl, compared after every step.");
         foreach (var o in new Option[] { seed, count, time, property, batch, json }) command.Add(o);
         command.SetAction(p =>
         {
-            var properties = p.GetValue(property) is { } name ? [Find(name)] : WalkProperties.All;
+            var properties = p.GetValue(property) is { } name ? [Find(name)] : DiffProperties.All;
             ulong master = p.GetValue(seed) ?? BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
             long? maxCases = p.GetValue(count);
             TimeSpan? budget = p.GetValue(time) ?? (maxCases is null ? DefaultBudget : null);
@@ -49,13 +49,13 @@ public static class CheckCommand
         return command;
     }
 
-    static NamedProperty Find(string name)
+    static DiffProperty Find(string name)
     {
-        try { return WalkProperties.Find(name); }
+        try { return DiffProperties.Find(name); }
         catch (ArgumentException e) { throw new InputException($"--property: {Messages.Of(e)}"); }
     }
 
-    static int Run(IReadOnlyList<NamedProperty> properties, ulong seed, int batchSize, long? maxCases, TimeSpan? budget, bool json)
+    static int Run(IReadOnlyList<DiffProperty> properties, ulong seed, int batchSize, long? maxCases, TimeSpan? budget, bool json)
     {
         string limit = string.Join(" or ", new[]
         {

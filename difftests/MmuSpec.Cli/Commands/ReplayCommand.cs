@@ -3,7 +3,9 @@ using System.Globalization;
 using MmuSpec.Harness.Diff;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Running;
+using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Tdp;
 using MmuSpec.Spec.Machine;
 
 namespace MmuSpec.Cli.Commands;
@@ -28,35 +30,72 @@ public static class ReplayCommand
             string text = p.GetValue(token) ?? Environment.GetEnvironmentVariable(PropertyCheck.ReplayVariable)
                 ?? throw new InputException($"replay needs a token \"seed,gamma,size\" (or ${PropertyCheck.ReplayVariable})");
             string name = p.GetValue(property)
-                ?? throw new InputException($"replay needs --property NAME: the property the token came from ({string.Join(", ", WalkProperties.All.Select(x => x.Name))})");
+                ?? throw new InputException($"replay needs --property NAME: the property the token came from ({string.Join(", ", DiffProperties.All.Select(x => x.Name))})");
             FsCheck.Replay replay;
             try { replay = PropertyCheck.ParseReplay(text); }
             catch (FormatException e) { throw new InputException(e.Message); }
-            NamedProperty prop;
-            try { prop = WalkProperties.Find(name); }
+            DiffProperty prop;
+            try { prop = DiffProperties.Find(name); }
             catch (ArgumentException e) { throw new InputException($"--property: {Messages.Of(e)}"); }
             return Run(prop, replay, text.Trim());
         });
         return command;
     }
 
-    static int Run(NamedProperty p, FsCheck.Replay replay, string token)
+    static int Run(DiffProperty p, FsCheck.Replay replay, string token)
     {
         // Regenerate the case exactly as the failing run drew it: a one-case run from the token. The
         // predicate only captures the case (and says it holds, so FsCheck does not shrink it).
-        WalkCase? generated = null;
-        PropertyCheck.Check(p.Name, p.Arbitrary, c => { generated ??= c; return true; }, p.Explain, _ => { }, 1, replay, throwOnFailure: false);
-        var c = generated ?? throw new InvalidOperationException("FsCheck generated no case for the token");
+        object? generated = null;
+        PropertyCheck.Check(p.Name, p, _ => { }, 1, replay, throwOnFailure: false, holds: c => { generated ??= c; return true; });
+        return generated switch
+        {
+            WalkCase c => RunWalk(c, p, token),
+            TdpCase c => RunTdp(c, p, token),
+            _ => throw new InvalidOperationException("FsCheck generated no case for the token"),
+        };
+    }
 
+    static int RunWalk(WalkCase c, DiffProperty p, string token)
+    {
         var report = WalkDiff.Run(c);
         Console.WriteLine($"replay {token} --property {p.Name}: {c.Ops.Length} ops, {c.Setup.Length} setup writes");
         Console.WriteLine();
         Console.WriteLine(Trace(c, report));
+        return Finish(report.Agreed, report.Render());
+    }
+
+    static int RunTdp(TdpCase c, DiffProperty p, string token)
+    {
+        var report = TdpDiff.Run(c);
+        Console.WriteLine($"replay {token} --property {p.Name}: {c.Ops.Length} ops on a {c.Config} VM");
         Console.WriteLine();
-        Console.WriteLine(report.Render());
+        var table = new TextTable("", "step", "op", "spec", "impl").AlignRight(1);
+        var spec = TdpState.Create(c.Config);
+        using (var impl = new ImplTdpEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool()))
+        {
+            int stopAt = report.Divergence is { Step: >= 0 } d ? d.Step : c.Ops.Length - 1;
+            for (int i = 0; i <= stopAt && i < c.Ops.Length; i++)
+            {
+                string sr, ir;
+                try { var s = spec.Step(c.Ops[i]); spec = s.State; sr = TdpDiff.Describe(s.Result); } catch (Exception e) { sr = Threw(e); }
+                try { ir = TdpDiff.Describe(impl.Step(c.Ops[i])); } catch (Exception e) { ir = Threw(e); }
+                bool diverges = i == stopAt && report.Divergence is not null;
+                table.Add(diverges ? ">>" : "", (i + 1).ToString(CultureInfo.InvariantCulture), c.Ops[i].ToString()!, sr,
+                    sr == ir ? (diverges ? "same result, state differs" : "same") : ir);
+            }
+        }
+        Console.WriteLine("trace (spec | impl):" + Environment.NewLine + table.Render("  "));
+        return Finish(report.Agreed, report.Render());
+    }
+
+    static int Finish(bool agreed, string rendered)
+    {
         Console.WriteLine();
-        Console.WriteLine(report.Agreed ? "result: spec and impl agree" : "result: spec and impl DIVERGE");
-        return report.Agreed ? Cli.Ok : Cli.Diverged;
+        Console.WriteLine(rendered);
+        Console.WriteLine();
+        Console.WriteLine(agreed ? "result: spec and impl agree" : "result: spec and impl DIVERGE");
+        return agreed ? Cli.Ok : Cli.Diverged;
     }
 
     /// <summary>Each op with the spec's and the impl's result side by side, up to the first divergence.</summary>

@@ -3,14 +3,13 @@ using FsCheck;
 using FsCheck.Fluent;
 using Microsoft.FSharp.Core;
 using MmuSpec.Harness.Running;
-using MmuSpec.Harness.Walk;
 
 namespace MmuSpec.Cli;
 
 /// <summary>Counts for one property over a campaign.</summary>
-public sealed class PropertyTally(NamedProperty property)
+public sealed class PropertyTally(DiffProperty property)
 {
-    public NamedProperty Property { get; } = property;
+    public DiffProperty Property { get; } = property;
     public long Cases;
     public long Ops;
     public long Batches;
@@ -33,7 +32,7 @@ public sealed record CampaignResult(
 /// only decides how many batches run). A failure shrinks and stops the campaign; its report ends
 /// with the one-case replay token.
 /// </summary>
-public sealed class Campaign(IReadOnlyList<NamedProperty> properties, ulong seed, int batchSize, long? maxCases, TimeSpan? budget)
+public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed, int batchSize, long? maxCases, TimeSpan? budget)
 {
     readonly PropertyTally[] tallies = properties.Select(p => new PropertyTally(p)).ToArray();
     readonly Stopwatch clock = new();
@@ -79,22 +78,19 @@ public sealed class Campaign(IReadOnlyList<NamedProperty> properties, ulong seed
             var tally = tallies[batch % tallies.Length];
             var p = tally.Property;
             bool failing = false;
-            bool Holds(WalkCase c)
+            bool Holds(object c)
             {
                 bool ok = p.Holds(c);
                 if (failing) { shrinkRuns++; return ok; }   // shrink candidates are not campaign cases
                 Interlocked.Increment(ref tally.Cases);
-                Interlocked.Add(ref tally.Ops, c.Ops.Length);
+                Interlocked.Add(ref tally.Ops, p.OpCount(c));
                 failing = !ok;
                 return ok;
             }
 
-            // PropertyCheck.Check runs a single case whenever it is given a replay; a batch needs the
-            // replay's seed as the start of MaxTest cases, i.e. a Replay without a size.
-            var runner = new PropertyRunner(p.Name, _ => { }, o => p.Explain((WalkCase)o));
-            var config = Config.Quick.WithRunner(runner).WithName(p.Name).WithMaxTest(size)
-                .WithReplay(FSharpOption<Replay>.Some(new Replay(BatchRnd(seed, batch), FSharpOption<int>.None)));
-            FsCheck.Check.One(config, Prop.ForAll(p.Arbitrary, (Func<WalkCase, bool>)Holds));
+            // A replay without a size makes the batch's seed the start of MaxTest cases.
+            var replay = new Replay(BatchRnd(seed, batch), FSharpOption<int>.None);
+            var runner = PropertyCheck.Check(p.Name, p, _ => { }, size, replay, throwOnFailure: false, holds: Holds);
             tally.Batches++;
 
             if (runner.FailureReport is { } report)

@@ -6,7 +6,7 @@ using MmuSpec.Spec.Machine;
 namespace MmuSpec.Harness.Diff;
 
 /// <summary>The first step where spec and impl disagree. Step is 0-based; -1 means booting.</summary>
-public sealed record Divergence(int Step, Op? Op, string SpecResult, string ImplResult, ImmutableArray<string> StateDifferences);
+public sealed record Divergence(int Step, object? Op, string SpecResult, string ImplResult, ImmutableArray<string> StateDifferences);
 
 /// <summary>The outcome of running one case on both sides.</summary>
 public sealed record DiffReport(WalkCase Case, int StepsRun, Divergence? Divergence)

@@ -49,19 +49,19 @@ public static class PropertyCheck
         string.Create(CultureInfo.InvariantCulture, $"{r.Rnd.Seed},{r.Rnd.Gamma},{(FSharpOption<int>.get_IsSome(r.Size) ? r.Size.Value : 100)}");
 
     /// <summary>
-    /// Checks <paramref name="holds"/> on <paramref name="maxTest"/> cases and throws
+    /// Checks <paramref name="property"/> on <paramref name="maxTest"/> cases and throws
     /// <see cref="PropertyFailedException"/> with the rendered counterexample on failure. A replay
     /// with a size (as a failure prints it) reruns exactly that one case; a replay without a size
     /// only fixes where the random stream starts, so <paramref name="maxTest"/> cases still run.
     /// </summary>
-    public static PropertyRunner Check<T>(string name, Arbitrary<T> arbitrary, Func<T, bool> holds, Func<T, string> explain,
-        Action<string> output, int maxTest, Replay? replay = null, bool throwOnFailure = true, bool verbose = false)
+    public static PropertyRunner Check(string name, DiffProperty property, Action<string> output, int maxTest,
+        Replay? replay = null, bool throwOnFailure = true, bool verbose = false, Func<object, bool>? holds = null)
     {
-        var runner = new PropertyRunner(name, output, o => explain((T)o), verbose);
+        var runner = new PropertyRunner(name, output, property.Explain, verbose);
         var config = Config.Quick.WithRunner(runner).WithName(name)
             .WithMaxTest(replay is not null && FSharpOption<int>.get_IsSome(replay.Size) ? 1 : maxTest)
             .WithReplay(replay is null ? FSharpOption<Replay>.None : FSharpOption<Replay>.Some(replay));
-        FsCheck.Check.One(config, Prop.ForAll(arbitrary, holds));
+        FsCheck.Check.One(config, property.ForAll(holds ?? property.Holds));
         if (throwOnFailure && runner.FailureReport is { } report) throw new PropertyFailedException(report);
         return runner;
     }

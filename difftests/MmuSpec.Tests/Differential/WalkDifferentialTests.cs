@@ -1,5 +1,4 @@
 using MmuSpec.Harness.Running;
-using MmuSpec.Harness.Walk;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -23,8 +22,7 @@ public sealed class WalkDifferentialTests(ITestOutputHelper output)
     [InlineData("walk-long5")]
     public void Spec_and_impl_agree_after_every_step_of_a_walk_sequence(string property)
     {
-        var p = WalkProperties.Find(property);
-        var runner = PropertyCheck.Check(p.Name, p.Arbitrary, p.Holds, p.Explain, output.WriteLine,
+        var runner = DiffProperties.Find(property).Check(output.WriteLine,
             PropertyCheck.MaxTest(DefaultCases), PropertyCheck.ReplayFromEnvironment());
         Assert.True(runner.TestsRun > 0, "the property ran no case");
     }

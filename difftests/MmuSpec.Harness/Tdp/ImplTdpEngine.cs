@@ -1,0 +1,82 @@
+using System.Collections.Immutable;
+using MmuSpec.Harness.Diff;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Tdp;
+using ImplMemory = MmuSpec.Impl.Memory;
+using ImplTdp = MmuSpec.Impl.Tdp;
+
+namespace MmuSpec.Harness.Tdp;
+
+/// <summary>
+/// The impl's TDP MMU as an engine: feeds it spec operations and reads its results and state back
+/// into the spec's vocabulary (a <see cref="TdpState"/>), so the two can be compared whole.
+/// </summary>
+public sealed class ImplTdpEngine : IDisposable
+{
+    readonly ImplTdp.ITdpVm vm;
+    readonly VmConfig config;
+    readonly List<ulong> dirty = new();
+
+    public ImplTdpEngine(VmConfig config, ImplMemory.NativePagePool pool)
+    {
+        this.config = config;
+        vm = ImplTdp.TdpVm.Create(config.Format == TdpFormat.Ept ? ImplTdp.TdpFormatKind.Ept : ImplTdp.TdpFormatKind.Stage2, config.SharedBit, pool);
+    }
+
+    public ImplTdp.ITdpVm Vm => vm;
+
+    public TdpResult Step(TdpOp op)
+    {
+        switch (op)
+        {
+            case TdpOp.CreateSlot c: return Status(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly));
+            case TdpOp.DeleteSlot d: return Status(vm.DeleteSlot(d.Id));
+            case TdpOp.MoveSlot m: return Status(vm.MoveSlot(m.Id, m.NewBaseGfn));
+            case TdpOp.SetDirtyLogging s: return Status(vm.SetDirtyLogging(s.Id, s.On));
+            case TdpOp.GetDirtyLog g:
+                dirty.Clear();
+                return vm.GetDirtyLog(g.Id, dirty) == ImplTdp.TdpStatus.Ok
+                    ? new TdpResult.DirtyLog(dirty.ToImmutableArray())
+                    : Rejected();
+            case TdpOp.AccessGpa a:
+                var o = vm.Access(a.Gpa, ImplWalkEngine.ToImpl(a.Type));
+                return o.Status switch
+                {
+                    ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Hpa, PageSizes.FromShift(o.PageShift), o.Faulted),
+                    ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(a.Gpa),
+                    _ => Rejected(),
+                };
+            case TdpOp.ZapRange z: return Status(vm.ZapRange(z.StartGfn, z.EndGfn));
+            case TdpOp.ZapAll: return Status(vm.ZapAll());
+            case TdpOp.SetMaxPageSize p: return Status(vm.SetMaxPageSize((byte)p.Size.Shift()));
+            default: throw new ArgumentException($"unknown operation {op}", nameof(op));
+        }
+    }
+
+    TdpResult Status(ImplTdp.TdpStatus s) => s == ImplTdp.TdpStatus.Ok ? TdpResult.Ok.Instance : Rejected();
+    TdpResult Rejected() => new TdpResult.Rejected(vm.LastRejection ?? "(no reason given)");
+
+    /// <summary>The impl's state read into the spec's vocabulary.</summary>
+    public TdpState View()
+    {
+        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new TdpMemslot(
+            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSizes.FromShift(s.HostPageShift), s.ReadOnly, s.DirtyLogging));
+        var bitmaps = slots.Values.Where(s => s.DirtyLogging)
+            .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
+        var pages = ImmutableSortedDictionary.CreateBuilder<PageKey, TablePage>();
+        vm.VisitPages((key, entries) =>
+        {
+            var k = Key(key);
+            var e = entries.ToImmutableSortedDictionary(x => x.Index, x => x.IsLeaf
+                ? (Spte)new Spte.Leaf(x.LeafGfn, x.LeafLevel, x.HostPfn, x.Writable)
+                : new Spte.Table(Key(x.Child)));
+            pages[k] = new TablePage(k, e);
+        });
+        return new TdpState(config, slots, PageSizes.FromShift(vm.MaxPageShift), bitmaps, pages.ToImmutable(),
+            vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null);
+    }
+
+    static PageKey Key(ImplTdp.TdpPageKey k) => new(k.Gfn, new MmuRole(k.Level, k.Mirror));
+
+    public void Dispose() => vm.Dispose();
+}

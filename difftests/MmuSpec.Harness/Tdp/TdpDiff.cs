@@ -1,0 +1,124 @@
+using System.Collections.Immutable;
+using System.Text;
+using MmuSpec.Harness.Diff;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Tdp;
+
+namespace MmuSpec.Harness.Tdp;
+
+/// <summary>The outcome of running one TDP case on both sides.</summary>
+public sealed record TdpReport(TdpCase Case, int StepsRun, Divergence? Divergence)
+{
+    public bool Agreed => Divergence is null;
+
+    public string Render()
+    {
+        if (Divergence is not { } d) return $"spec and impl agree on all {StepsRun} steps";
+        var sb = new StringBuilder();
+        sb.AppendLine(Case.Render(d.Step >= 0 ? d.Step : null));
+        sb.AppendLine(d.Step < 0 ? "first divergence: at the end" : $"first divergence: step {d.Step + 1}: {Case.Ops[d.Step]}");
+        sb.AppendLine($"  spec: {d.SpecResult}");
+        sb.AppendLine($"  impl: {d.ImplResult}");
+        if (d.StateDifferences.Length > 0)
+        {
+            sb.AppendLine("  state difference after the step:");
+            foreach (var line in d.StateDifferences) sb.AppendLine("    " + line);
+        }
+        return sb.ToString().TrimEnd();
+    }
+}
+
+/// <summary>
+/// Runs a <see cref="TdpCase"/> on the spec's MMU model and the impl's TDP MMU in lock step.
+/// Oracle 1: equal results and equal abstract state after every step. Oracle 2: every mapping
+/// served agrees with the memslots of that moment. Finally every table page must go back to the
+/// pool when the VM is destroyed.
+/// </summary>
+public static class TdpDiff
+{
+    public static TdpReport Run(TdpCase c)
+    {
+        var pool = new MmuSpec.Impl.Memory.NativePagePool();
+        var spec = TdpState.Create(c.Config);
+        int steps = 0;
+        using (var impl = new ImplTdpEngine(c.Config, pool))
+        {
+            for (int i = 0; i < c.Ops.Length; i++, steps++)
+            {
+                var op = c.Ops[i];
+                var before = spec;
+                string sr, ir;
+                TdpResult? specResult = null;
+                try { var s = spec.Step(op); spec = s.State; specResult = s.Result; sr = Describe(s.Result); }
+                catch (Exception e) { sr = Threw(e); }
+                try { ir = Describe(impl.Step(op)); } catch (Exception e) { ir = Threw(e); }
+                if (sr != ir) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, Differences(spec, SafeView(impl))));
+
+                if (specResult is not null && ArchitectureViolation(before, op, specResult) is { } violation)
+                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, [$"oracle 2: {violation}"]));
+
+                var diffs = Differences(spec, SafeView(impl));
+                if (diffs.Length > 0) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, diffs));
+            }
+        }
+        if (pool.PagesInUse != 0)
+            return new TdpReport(c, steps, new Divergence(-1, null, "all table pages freed", $"{pool.PagesInUse} pages still allocated after the VM was destroyed", []));
+        return new TdpReport(c, steps, null);
+    }
+
+    static TdpState? SafeView(ImplTdpEngine impl)
+    {
+        try { return impl.View(); } catch { return null; }
+    }
+
+    /// <summary>Results compare in full, except a rejection's reason (each side words it its own way).</summary>
+    public static string Describe(TdpResult r) => r is TdpResult.Rejected ? "rejected" : r.ToString()!;
+
+    /// <summary>
+    /// Oracle 2, against the memslots before the access: a mapping is served only for a gfn in a
+    /// slot, at that slot's host frame for the gfn, and never for a write to a read-only slot.
+    /// </summary>
+    public static string? ArchitectureViolation(TdpState before, TdpOp op, TdpResult result)
+    {
+        if (op is not TdpOp.AccessGpa a || result is not TdpResult.Mapped m) return null;
+        ulong gfn = (a.Gpa >> 12) & ~before.Config.DirectBits;
+        var slot = before.Slots.Values.FirstOrDefault(s => s.Contains(gfn));
+        if (slot is null) return $"gfn {Bits.Hex(gfn)} is in no memslot, yet the access was mapped";
+        if (a.Type == AccessType.Write && slot.ReadOnly) return $"a write to read-only {slot} was mapped";
+        ulong expected = (slot.HostPfn(gfn) << 12) | (a.Gpa & 0xFFF);
+        return m.Hpa == expected ? null : $"gfn {Bits.Hex(gfn)} should reach hpa {Bits.Hex(expected)} through {slot}, got {Bits.Hex(m.Hpa)}";
+    }
+
+    static string Threw(Exception e) => $"threw {e.GetType().Name}: {e.Message}";
+
+    /// <summary>Human-readable differences between the spec's state and the impl's, empty when equal.</summary>
+    public static ImmutableArray<string> Differences(TdpState spec, TdpState? impl, int max = 12)
+    {
+        if (impl is null) return ["the impl's state could not be read"];
+        var d = ImmutableArray.CreateBuilder<string>();
+        if (spec.MaxPageSize != impl.MaxPageSize) d.Add($"max page size: spec {spec.MaxPageSize.Name()} / impl {impl.MaxPageSize.Name()}");
+        if (!Equals(spec.DirectRoot, impl.DirectRoot)) d.Add($"direct root: spec {spec.DirectRoot?.ToString() ?? "-"} / impl {impl.DirectRoot?.ToString() ?? "-"}");
+        if (!Equals(spec.MirrorRoot, impl.MirrorRoot)) d.Add($"mirror root: spec {spec.MirrorRoot?.ToString() ?? "-"} / impl {impl.MirrorRoot?.ToString() ?? "-"}");
+        foreach (int id in spec.Slots.Keys.Union(impl.Slots.Keys).Order())
+        {
+            var s = spec.Slots.GetValueOrDefault(id); var i = impl.Slots.GetValueOrDefault(id);
+            if (!Equals(s, i)) d.Add($"slot {id}: spec {s?.ToString() ?? "-"} / impl {i?.ToString() ?? "-"}");
+            var sb = spec.DirtyBitmaps.GetValueOrDefault(id); var ib = impl.DirtyBitmaps.GetValueOrDefault(id);
+            if (!(sb ?? []).SetEquals(ib ?? []))
+                d.Add($"dirty bitmap of slot {id}: spec [{string.Join(", ", (sb ?? []).Select(Bits.Hex))}] / impl [{string.Join(", ", (ib ?? []).Select(Bits.Hex))}]");
+        }
+        foreach (var key in spec.Pages.Keys.Union(impl.Pages.Keys).Order())
+        {
+            if (d.Count >= max) { d.Add("..."); break; }
+            bool inSpec = spec.Pages.TryGetValue(key, out var sp), inImpl = impl.Pages.TryGetValue(key, out var ip);
+            if (!inSpec) { d.Add($"page {key}: only in impl ({ip!.Entries.Count} entries)"); continue; }
+            if (!inImpl) { d.Add($"page {key}: only in spec ({sp!.Entries.Count} entries)"); continue; }
+            foreach (int index in sp!.Entries.Keys.Union(ip!.Entries.Keys).Order())
+            {
+                var se = sp.Entries.GetValueOrDefault(index); var ie = ip.Entries.GetValueOrDefault(index);
+                if (!Equals(se, ie)) d.Add($"page {key} [{index}]: spec {se?.ToString() ?? "-"} / impl {ie?.ToString() ?? "-"}");
+            }
+        }
+        return d.ToImmutable();
+    }
+}

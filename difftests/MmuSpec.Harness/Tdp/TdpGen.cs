@@ -1,0 +1,148 @@
+using System.Collections.Immutable;
+using FsCheck;
+using FsCheck.Fluent;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Tdp;
+
+namespace MmuSpec.Harness.Tdp;
+
+/// <summary>
+/// Generators for TDP operation sequences. FsCheck draws a seed and a size; a deterministic
+/// builder turns them into a case (so every case replays from FsCheck's seed). The builder keeps
+/// a rough model of the memslots so that most operations are valid and most accesses land in a
+/// slot, and it favours the interleavings that break MMUs: faults in a range then a zap of an
+/// overlapping range, dirty logging toggled around faults, slots moved or deleted under live
+/// mappings, shared and private gpas of the same gfn, policy changes between faults.
+/// </summary>
+public static class TdpGen
+{
+    public static Gen<TdpCase> Case(VmConfig config) =>
+        Gen.Sized(size => Gen.Choose(0, int.MaxValue).Select(seed => Build(seed, size, config)));
+
+    public static Arbitrary<TdpCase> Arbitrary(VmConfig config) => Arb.From(Case(config), TdpShrink.Candidates);
+
+    public static TdpCase Build(int seed, int size, VmConfig config)
+    {
+        var b = new TdpCaseBuilder(new Random(seed), config);
+        int slots = 1 + b.Rng.Next(3);
+        for (int i = 0; i < slots; i++) b.Add(b.NewSlot(i));
+        int count = 4 + b.Rng.Next(4 + Math.Max(4, size));
+        for (int i = 0; i < count; i++) b.Add(b.NextOp());
+        return new TdpCase(config, b.Ops.ToImmutable());
+    }
+}
+
+internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
+{
+    public Random Rng => rng;
+    public ImmutableArray<TdpOp>.Builder Ops { get; } = ImmutableArray.CreateBuilder<TdpOp>();
+
+    // The builder's idea of the slots (it may be wrong after a rejected op; that is fine).
+    readonly Dictionary<int, (ulong Base, ulong Pages)> slots = new();
+    readonly List<ulong> recentGfns = new();
+
+    /// <summary>Where slots go: low memory, around 4 GiB, and high up, in gfns.</summary>
+    static readonly ulong[] Regions = [0x0, 0x100, 0x1000, 0x10_0000, 0x4_0000, 0x80_0000];
+
+    public void Add(TdpOp op)
+    {
+        Ops.Add(op);
+        switch (op)
+        {
+            case TdpOp.CreateSlot c when !slots.ContainsKey(c.Id): slots[c.Id] = (c.BaseGfn, c.Pages); break;
+            case TdpOp.DeleteSlot d: slots.Remove(d.Id); break;
+            case TdpOp.MoveSlot m when slots.TryGetValue(m.Id, out var s): slots[m.Id] = (m.NewBaseGfn, s.Pages); break;
+        }
+    }
+
+    /// <summary>genSlot: sizes from one page to 1 GiB and more, bases and host frames aligned or not.</summary>
+    public TdpOp NewSlot(int id)
+    {
+        ulong pages = rng.Next(10) switch
+        {
+            < 3 => (ulong)rng.Next(1, 64),                 // a few 4 KiB pages
+            < 7 => (ulong)rng.Next(1, 5) * 512 + (ulong)(rng.Next(3) == 0 ? rng.Next(1, 512) : 0),   // some 2 MiB pages
+            < 9 => 512 * 512 + (ulong)(rng.Next(2) * 512),  // 1 GiB (and a bit)
+            _ => (ulong)rng.Next(1, 2000),
+        };
+        ulong baseGfn = FreeBase(pages);
+        var hostSize = rng.Next(3) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G };
+        // Host frames usually share the gfn's alignment (huge pages possible), sometimes are off by a little.
+        ulong hostBase = (ulong)rng.Next(1, 64) << 18;
+        hostBase += baseGfn & 0x3FFFF;
+        if (rng.Next(5) == 0) hostBase += (ulong)rng.Next(1, 512);
+        if (rng.Next(40) == 0) hostBase = (1UL << 36) - pages + (ulong)rng.Next(0, 2);   // at the stage-2 limit
+        return new TdpOp.CreateSlot(id, baseGfn, pages, hostBase, hostSize, ReadOnly: rng.Next(6) == 0);
+    }
+
+    ulong FreeBase(ulong pages)
+    {
+        for (int attempt = 0; attempt < 20; attempt++)
+        {
+            ulong region = Regions[rng.Next(Regions.Length)];
+            ulong offset = rng.Next(3) switch { 0 => 0, 1 => (ulong)rng.Next(0, 8) * 512, _ => (ulong)rng.Next(0, 4096) };
+            ulong b = region + offset;
+            if (!slots.Values.Any(s => b < s.Base + s.Pages && s.Base < b + pages)) return b;
+        }
+        return 0x100_0000 + (ulong)rng.Next(0, 1 << 20);   // far away, usually free
+    }
+
+    /// <summary>genOp.</summary>
+    public TdpOp NextOp()
+    {
+        int roll = rng.Next(100);
+        if (roll < 52 || slots.Count == 0 && roll < 80) return Access();
+        if (roll < 60) return Zap();
+        if (roll < 67) return new TdpOp.SetDirtyLogging(SomeSlot(), rng.Next(3) != 0);
+        if (roll < 73) return new TdpOp.GetDirtyLog(SomeSlot());
+        if (roll < 78) return new TdpOp.SetMaxPageSize(rng.Next(3) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G });
+        if (roll < 83) return NewSlot(rng.Next(6) == 0 ? SomeSlot() : rng.Next(0, 8));
+        if (roll < 87) return new TdpOp.DeleteSlot(SomeSlot());
+        if (roll < 94 && slots.Count > 0)
+        {
+            int id = SomeSlot();
+            ulong pages = slots.TryGetValue(id, out var s) ? s.Pages : 1;
+            return new TdpOp.MoveSlot(id, FreeBase(pages));
+        }
+        if (roll < 96) return new TdpOp.ZapAll();
+        return Access();
+    }
+
+    int SomeSlot() => slots.Count == 0 || rng.Next(12) == 0 ? rng.Next(0, 8) : slots.Keys.ElementAt(rng.Next(slots.Count));
+
+    /// <summary>genAccess: mostly inside a slot, often a gfn touched before, shared or private.</summary>
+    TdpOp.AccessGpa Access()
+    {
+        ulong gfn;
+        int roll = rng.Next(100);
+        if (roll < 30 && recentGfns.Count > 0)
+            gfn = recentGfns[rng.Next(recentGfns.Count)] + (ulong)(rng.Next(3) == 0 ? rng.Next(-2, 3) : 0);
+        else if (roll < 90 && slots.Count > 0)
+        {
+            var s = slots.Values.ElementAt(rng.Next(slots.Count));
+            gfn = s.Base + (ulong)rng.NextInt64(0, (long)s.Pages);
+            if (rng.Next(10) == 0) gfn = s.Base + s.Pages - 1 - (ulong)rng.Next(0, 2);   // slot edges
+        }
+        else
+            gfn = (ulong)rng.NextInt64(0, 1L << 24);
+        recentGfns.Add(gfn);
+        if (recentGfns.Count > 16) recentGfns.RemoveAt(0);
+
+        ulong gpa = (gfn << 12) | (uint)rng.Next(0, 4096);
+        if (config.SharedBit is { } bit && rng.Next(2) == 0) gpa |= 1UL << bit;
+        if (rng.Next(200) == 0) gpa |= 1UL << 55;            // beyond the gpa width: rejected
+        var type = rng.Next(10) switch { < 5 => AccessType.Read, < 9 => AccessType.Write, _ => AccessType.Fetch };
+        return new TdpOp.AccessGpa(gpa, type);
+    }
+
+    /// <summary>genZap: usually a range overlapping something touched before, sometimes huge-page sized.</summary>
+    TdpOp Zap()
+    {
+        ulong start = recentGfns.Count > 0 && rng.Next(4) != 0
+            ? recentGfns[rng.Next(recentGfns.Count)] - (ulong)rng.Next(0, 3)
+            : (ulong)rng.NextInt64(0, 1L << 20);
+        ulong length = rng.Next(4) switch { 0 => 1, 1 => (ulong)rng.Next(1, 16), 2 => 512, _ => (ulong)rng.Next(1, 1 << 19) };
+        if (start > 1UL << 60) start = 0;     // the subtraction wrapped
+        return new TdpOp.ZapRange(start, start + length);
+    }
+}

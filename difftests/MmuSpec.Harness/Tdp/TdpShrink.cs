@@ -1,0 +1,41 @@
+using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Tdp;
+
+namespace MmuSpec.Harness.Tdp;
+
+/// <summary>
+/// Shrinks a failing <see cref="TdpCase"/>: drop operations (big chunks first), then make the
+/// remaining ones plainer (reads instead of writes, page offset 0, smaller zap ranges, 4K host
+/// pages off, read-only off).
+/// </summary>
+public static class TdpShrink
+{
+    public static IEnumerable<TdpCase> Candidates(TdpCase c)
+    {
+        foreach (var ops in WalkShrink.DropChunks(c.Ops)) yield return c.WithOps(ops);
+        for (int i = 0; i < c.Ops.Length; i++)
+            foreach (var simpler in Simpler(c.Ops[i]))
+                yield return c.WithOps(c.Ops.SetItem(i, simpler));
+    }
+
+    static IEnumerable<TdpOp> Simpler(TdpOp op)
+    {
+        switch (op)
+        {
+            case TdpOp.AccessGpa a:
+                if ((a.Gpa & 0xFFF) != 0) yield return a with { Gpa = a.Gpa & ~0xFFFUL };
+                if (a.Type != AccessType.Read) yield return a with { Type = AccessType.Read };
+                break;
+            case TdpOp.ZapRange z when z.EndGfn - z.StartGfn > 1:
+                yield return z with { EndGfn = z.StartGfn + (z.EndGfn - z.StartGfn) / 2 };
+                break;
+            case TdpOp.CreateSlot s:
+                if (s.ReadOnly) yield return s with { ReadOnly = false };
+                if (s.Pages > 1) yield return s with { Pages = s.Pages / 2 };
+                break;
+            case TdpOp.ZapAll:
+                break;
+        }
+    }
+}

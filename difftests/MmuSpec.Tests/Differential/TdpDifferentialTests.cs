@@ -1,0 +1,29 @@
+using MmuSpec.Harness.Running;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace MmuSpec.Tests.Differential;
+
+/// <summary>
+/// Oracle 1 and 2 for the TDP MMU: random operation sequences (memslot changes, faults, zaps,
+/// dirty logging, policy changes, shared and private gpas) run on the spec's MMU model and the
+/// impl's TDP MMU, results and abstract state compared after every step, per table format and VM kind.
+/// </summary>
+public sealed class TdpDifferentialTests(ITestOutputHelper output)
+{
+    /// <summary>Cases per property in a plain `dotnet test`; MMUSPEC_MAX_TEST overrides.</summary>
+    const int DefaultCases = 300;
+
+    [Theory]
+    [InlineData("tdp-ept")]
+    [InlineData("tdp-ept-shared47")]
+    [InlineData("tdp-ept-shared51")]
+    [InlineData("tdp-stage2")]
+    [InlineData("tdp-stage2-shared47")]
+    public void Spec_and_impl_TDP_MMUs_agree_after_every_operation(string property)
+    {
+        var runner = DiffProperties.Find(property).Check(output.WriteLine,
+            PropertyCheck.MaxTest(DefaultCases), PropertyCheck.ReplayFromEnvironment());
+        Assert.True(runner.TestsRun > 0, "the property ran no case");
+    }
+}

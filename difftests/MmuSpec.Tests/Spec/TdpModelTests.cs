@@ -1,0 +1,164 @@
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Tdp;
+using Xunit;
+
+namespace MmuSpec.Tests.Spec;
+
+/// <summary>
+/// Known answers for the spec's TDP MMU model (docs/tdp-model.md), written by hand: they pin the
+/// model itself, independent of the impl.
+/// </summary>
+public sealed class TdpModelTests
+{
+    static TdpState Run(TdpState s, params TdpOp[] ops)
+    {
+        foreach (var op in ops) s = s.Step(op).State;
+        return s;
+    }
+
+    static TdpResult Last(TdpState s, TdpOp op) => s.Step(op).Result;
+
+    static readonly TdpOp OneGiBSlot = new TdpOp.CreateSlot(0, 0x40000, 0x40000, 0x80000, PageSize.Size1G, ReadOnly: false);
+
+    [Fact]
+    public void A_read_in_an_aligned_1GiB_slot_with_1GiB_host_pages_maps_a_1GiB_page()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), OneGiBSlot);
+        var r = Last(s, new TdpOp.AccessGpa(0x4000_1234, AccessType.Read));
+        // gfn 0x40001 is frame 1 of the slot: host pfn 0x80001, hpa 0x8000_1234.
+        Assert.Equal(new TdpResult.Mapped(0x8000_1234, PageSize.Size1G, Faulted: true), r);
+    }
+
+    [Fact]
+    public void Host_frames_misaligned_with_the_gfn_limit_the_mapping_to_4KiB()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)),
+            new TdpOp.CreateSlot(0, 0x40000, 0x40000, 0x80001, PageSize.Size1G, ReadOnly: false));
+        var r = Last(s, new TdpOp.AccessGpa(0x4000_0000, AccessType.Read));
+        Assert.Equal(new TdpResult.Mapped(0x8000_1000, PageSize.Size4K, Faulted: true), r);
+    }
+
+    [Fact]
+    public void The_max_page_size_policy_caps_the_mapping_at_2MiB()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), OneGiBSlot, new TdpOp.SetMaxPageSize(PageSize.Size2M));
+        var r = Last(s, new TdpOp.AccessGpa(0x4030_0000, AccessType.Write));
+        Assert.Equal(new TdpResult.Mapped(0x8030_0000, PageSize.Size2M, Faulted: true), r);
+    }
+
+    [Fact]
+    public void A_second_access_hits_without_a_fault()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), OneGiBSlot, new TdpOp.AccessGpa(0x4000_0000, AccessType.Read));
+        Assert.Equal(new TdpResult.Mapped(0x8000_0008, PageSize.Size1G, Faulted: false), Last(s, new TdpOp.AccessGpa(0x4000_0008, AccessType.Write)));
+    }
+
+    [Fact]
+    public void An_access_outside_every_memslot_is_an_MMIO_exit_and_changes_nothing()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), OneGiBSlot);
+        var step = s.Step(new TdpOp.AccessGpa(0x1000, AccessType.Read));
+        Assert.Equal(new TdpResult.MmioExit(0x1000), step.Result);
+        Assert.Equal(s, step.State);
+    }
+
+    [Fact]
+    public void A_write_to_a_read_only_slot_exits_while_a_read_maps_read_only()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), new TdpOp.CreateSlot(0, 0x10, 4, 0x100, PageSize.Size4K, ReadOnly: true));
+        Assert.Equal(new TdpResult.MmioExit(0x10000), Last(s, new TdpOp.AccessGpa(0x10000, AccessType.Write)));
+        s = Run(s, new TdpOp.AccessGpa(0x10000, AccessType.Read));
+        var leaf = Assert.Single(s.Leaves()).Leaf;
+        Assert.Equal(new Spte.Leaf(0x10, 1, 0x100, Writable: false), leaf);
+    }
+
+    [Fact]
+    public void Dirty_logging_maps_4KiB_write_protected_and_logs_the_first_write()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), OneGiBSlot, new TdpOp.SetDirtyLogging(0, true),
+            new TdpOp.AccessGpa(0x4000_5000, AccessType.Read));
+        Assert.Equal(new Spte.Leaf(0x40005, 1, 0x80005, Writable: false), Assert.Single(s.Leaves()).Leaf);
+        s = Run(s, new TdpOp.AccessGpa(0x4000_5000, AccessType.Write));
+        Assert.Equal(new TdpResult.DirtyLog([0x40005]), Last(s, new TdpOp.GetDirtyLog(0)));
+        // Fetching the log write-protects the page again and empties the log.
+        s = Run(s, new TdpOp.GetDirtyLog(0));
+        Assert.False(Assert.Single(s.Leaves()).Leaf.Writable);
+        Assert.Equal(new TdpResult.DirtyLog([]), Last(s, new TdpOp.GetDirtyLog(0)));
+    }
+
+    [Fact]
+    public void A_write_to_a_huge_page_of_a_logged_slot_replaces_it_with_a_4KiB_mapping()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), OneGiBSlot, new TdpOp.AccessGpa(0x4000_0000, AccessType.Read),
+            new TdpOp.SetDirtyLogging(0, true));
+        var r = Last(s, new TdpOp.AccessGpa(0x4000_3000, AccessType.Write));
+        Assert.Equal(new TdpResult.Mapped(0x8000_3000, PageSize.Size4K, Faulted: true), r);
+        s = Run(s, new TdpOp.AccessGpa(0x4000_3000, AccessType.Write));
+        Assert.Equal(new Spte.Leaf(0x40003, 1, 0x80003, Writable: true), Assert.Single(s.Leaves()).Leaf);
+    }
+
+    [Fact]
+    public void Shared_bit_47_is_stripped_from_gfns_and_shared_gpas_use_the_upper_half_of_the_direct_root()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept, 47)),
+            new TdpOp.CreateSlot(0, 0x100, 1, 0x500, PageSize.Size4K, ReadOnly: false),
+            new TdpOp.AccessGpa((1UL << 47) | 0x10_0000, AccessType.Read),    // shared
+            new TdpOp.AccessGpa(0x10_0000, AccessType.Read));                 // private
+        Assert.Equal(new PageKey(0, new MmuRole(4, false)), s.DirectRoot);
+        Assert.Equal(new PageKey(0, new MmuRole(4, true)), s.MirrorRoot);
+        // Bit 47 of the gpa is index bit 8 of the 4-level root: the shared path starts at entry 256.
+        Assert.Equal([256], s.Pages[s.DirectRoot!].Entries.Keys);
+        Assert.Equal([0], s.Pages[s.MirrorRoot!].Entries.Keys);
+        // Both leaves record gfn 0x100, without the shared bit (seed 004).
+        Assert.All(s.Leaves(), l => Assert.Equal(new Spte.Leaf(0x100, 1, 0x500, Writable: true), l.Leaf));
+        // The direct root's child for entry 256 has gfn 0, not 1 << 35.
+        Assert.Equal(new Spte.Table(new PageKey(0, new MmuRole(3, false))), s.Pages[s.DirectRoot!].Entries[256]);
+    }
+
+    [Fact]
+    public void Zapping_a_range_removes_overlapping_leaves_but_keeps_tables()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), new TdpOp.CreateSlot(0, 0x10, 16, 0x10, PageSize.Size4K, ReadOnly: false),
+            new TdpOp.AccessGpa(0x10000, AccessType.Read), new TdpOp.AccessGpa(0x11000, AccessType.Read));
+        s = Run(s, new TdpOp.ZapRange(0x11, 0x12));
+        Assert.Equal(0x10UL, Assert.Single(s.Leaves()).Leaf.Gfn);
+        Assert.Equal(4, s.Pages.Count);
+        s = Run(s, new TdpOp.ZapAll());
+        Assert.Empty(s.Pages);
+        Assert.Null(s.DirectRoot);
+    }
+
+    [Fact]
+    public void A_huge_fault_over_existing_4KiB_tables_frees_the_subtree()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), new TdpOp.SetMaxPageSize(PageSize.Size4K),
+            new TdpOp.CreateSlot(0, 0x200, 0x200, 0x400, PageSize.Size2M, ReadOnly: false),
+            new TdpOp.AccessGpa(0x20_0000, AccessType.Read), new TdpOp.ZapRange(0x200, 0x201),
+            new TdpOp.SetMaxPageSize(PageSize.Size2M));
+        Assert.Equal(4, s.Pages.Count);                      // root, PDPT, PD, PT (now empty)
+        s = Run(s, new TdpOp.AccessGpa(0x20_0000, AccessType.Read));
+        Assert.Equal(3, s.Pages.Count);                      // the PT is gone
+        Assert.Equal(new Spte.Leaf(0x200, 2, 0x400, Writable: true), Assert.Single(s.Leaves()).Leaf);
+    }
+
+    [Fact]
+    public void Invalid_operations_are_rejected_and_change_nothing()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept, 47)), new TdpOp.CreateSlot(0, 0x10, 16, 0x10, PageSize.Size4K, ReadOnly: false));
+        foreach (var op in new TdpOp[]
+        {
+            new TdpOp.CreateSlot(1, 0x18, 16, 0x10, PageSize.Size4K, false),        // overlaps slot 0
+            new TdpOp.CreateSlot(0, 0x100, 1, 0x10, PageSize.Size4K, false),        // id in use
+            new TdpOp.CreateSlot(2, 1UL << 35, 1, 0x10, PageSize.Size4K, false),    // holds the shared bit
+            new TdpOp.DeleteSlot(7),
+            new TdpOp.GetDirtyLog(0),                                              // not logging
+            new TdpOp.ZapRange(5, 5),
+            new TdpOp.AccessGpa(1UL << 48, AccessType.Read),
+        })
+        {
+            var step = s.Step(op);
+            Assert.IsType<TdpResult.Rejected>(step.Result);
+            Assert.Equal(s, step.State);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+using System.Runtime.CompilerServices;
+
+namespace MmuSpec.Impl.PageTable;
+
+/// <summary>
+/// x86 EPT entries (SDM Vol. 3 29.3.2): bit 0 read, bit 1 write, bit 2 execute (present = any of them),
+/// bits 5:3 memory type on leaves, bit 7 (PS) on 2 MiB / 1 GiB leaves, address bits 51:12.
+/// Non-leaf entries grant R/W/X (KVM lets the leaf decide), leaves are write-back.
+/// </summary>
+public readonly struct EptFormat : IPteFormat
+{
+    public const ulong Read = 1UL << 0;
+    public const ulong Write = 1UL << 1;
+    public const ulong Execute = 1UL << 2;
+    public const ulong PresentMask = Read | Write | Execute;
+
+    /// <summary>Leaf memory type, bits 5:3.</summary>
+    public const int MemoryTypeShift = 3;
+    public const ulong MemoryTypeWriteBack = 6;
+
+    /// <summary>PS: the entry at level 2 or 3 maps a page instead of pointing at a table.</summary>
+    public const ulong PageSize = 1UL << 7;
+
+    public const int AddressBits = 52;
+    public const ulong AddressMask = ((1UL << AddressBits) - 1) & ~((1UL << TableGeometry.PageShift) - 1);
+
+    private const ulong LeafBase = Read | Execute | (MemoryTypeWriteBack << MemoryTypeShift);
+    private const int MaxLeafLevel = 3;
+
+    public static int MaxRootLevel => 5;
+
+    public static int OutputAddressBits => AddressBits;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool LeafAllowed(int level) => (uint)(level - 1) < MaxLeafLevel;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong MakeTable(ulong tableHpa) => tableHpa | PresentMask;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong MakeLeaf(ulong hostPfn, int level, bool writable) =>
+        (hostPfn << TableGeometry.PageShift) | LeafBase | (writable ? Write : 0) | (level > 1 ? PageSize : 0);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool IsPresent(ulong pte) => (pte & PresentMask) != 0;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool IsLeaf(ulong pte, int level) => level == 1 || (pte & PageSize) != 0;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong LeafPfn(ulong pte) => (pte & AddressMask) >> TableGeometry.PageShift;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong TableAddress(ulong pte) => pte & AddressMask;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool IsWritable(ulong pte) => (pte & Write) != 0;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong WithWritable(ulong pte, bool writable) => writable ? pte | Write : pte & ~Write;
+}

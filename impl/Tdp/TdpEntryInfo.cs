@@ -1,0 +1,14 @@
+namespace MmuSpec.Impl.Tdp;
+
+/// <summary>
+/// A present entry of a table page. A table entry has <see cref="IsLeaf"/> false and <see cref="Child"/>
+/// set (the leaf fields are zero/false); a leaf has <see cref="Child"/> = default and maps
+/// [LeafGfn, LeafGfn + 512^(LeafLevel-1)) to host frames from <see cref="HostPfn"/>.
+/// </summary>
+public readonly record struct TdpEntryInfo(
+    int Index, bool IsLeaf, TdpPageKey Child, ulong LeafGfn, int LeafLevel, ulong HostPfn, bool Writable)
+{
+    public override string ToString() => IsLeaf
+        ? $"[{Index}] Leaf(gfn=0x{LeafGfn:X}, L{LeafLevel}, pfn=0x{HostPfn:X}, {(Writable ? "rw" : "ro")})"
+        : $"[{Index}] Table{Child}";
+}

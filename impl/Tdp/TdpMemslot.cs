@@ -1,0 +1,70 @@
+using System.Runtime.CompilerServices;
+using MmuSpec.Impl.PageTable;
+
+namespace MmuSpec.Impl.Tdp;
+
+/// <summary>
+/// One memslot: frames [BaseGfn, BaseGfn + Pages) backed by host frames HostPfnBase + (gfn - BaseGfn).
+/// Mutable only through the MMU (move, dirty logging).
+/// </summary>
+internal sealed class TdpMemslot
+{
+    /// <summary>Contains no gfn: the "last slot" cache starts here so lookups need no null check.</summary>
+    public static readonly TdpMemslot None = new(-1, 0, 0, 0, TableGeometry.PageShift, false);
+
+    public TdpMemslot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
+    {
+        Id = id;
+        Pages = pages;
+        HostPfnBase = hostPfnBase;
+        HostPageShift = hostPageShift;
+        ReadOnly = readOnly;
+        MoveTo(baseGfn);
+    }
+
+    public int Id { get; }
+
+    public ulong BaseGfn { get; private set; }
+
+    public ulong Pages { get; }
+
+    public ulong HostPfnBase { get; }
+
+    public byte HostPageShift { get; }
+
+    public bool ReadOnly { get; }
+
+    /// <summary>Set while dirty logging is on (then <see cref="Dirty"/> is not null).</summary>
+    public DirtyBitmap? Dirty { get; private set; }
+
+    public bool DirtyLogging => Dirty is not null;
+
+    public ulong EndGfn => BaseGfn + Pages;
+
+    /// <summary>
+    /// Largest leaf level the slot's backing allows, before the policy and the range check:
+    /// min(host page level, 3, the largest level at which gfn and host frame are equally aligned,
+    /// i.e. hostPfnBase - baseGfn is a multiple of the leaf's frames).
+    /// </summary>
+    public int LevelCap { get; private set; }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool Contains(ulong gfn) => gfn - BaseGfn < Pages; // unsigned wrap: below base is huge
+
+    public void MoveTo(ulong baseGfn)
+    {
+        BaseGfn = baseGfn;
+        int hostLevel = (HostPageShift - TableGeometry.PageShift) / TableGeometry.IndexBits + 1;
+        ulong skew = HostPfnBase - baseGfn; // wraps when the host base is below the gfn base; the low bits still tell
+        int level = Math.Min(hostLevel, 3);
+        while (level > 1 && (skew & (TableGeometry.FramesPerEntry(level) - 1)) != 0)
+            level--;
+        LevelCap = level;
+    }
+
+    public void StartLogging() => Dirty ??= new DirtyBitmap();
+
+    public void StopLogging() => Dirty = null;
+
+    public TdpSlotInfo Info => new(Id, BaseGfn, Pages, HostPfnBase, HostPageShift, ReadOnly, DirtyLogging);
+}

@@ -1,0 +1,80 @@
+using System.Diagnostics;
+using MmuSpec.Impl.PageTable;
+using static MmuSpec.Impl.PageTable.TableGeometry;
+
+namespace MmuSpec.Impl.Tdp;
+
+/// <summary>The abstract state, for tests and tools (docs/tdp-model.md, "What the tests compare"). Allocates.</summary>
+public sealed unsafe partial class TdpMmu<TFormat>
+{
+    public IReadOnlyList<TdpSlotInfo> Slots
+    {
+        get
+        {
+            var slots = new List<TdpSlotInfo>();
+            foreach (TdpMemslot? slot in _slotsById)
+            {
+                if (slot is not null)
+                    slots.Add(slot.Info);
+            }
+            return slots;
+        }
+    }
+
+    public byte MaxPageShift => (byte)PageShiftOf(_policyLevel);
+
+    public IEnumerable<ulong> DirtyOffsets(int id)
+    {
+        var offsets = new List<ulong>();
+        Slot(id)?.Dirty?.CopySorted(offsets, bias: 0);
+        return offsets;
+    }
+
+    public TdpPageKey? DirectRoot => _directRoot == null ? null : TdpPageAllocator.HeaderOf(_directRoot).Key;
+
+    public TdpPageKey? MirrorRoot => _mirrorRoot == null ? null : TdpPageAllocator.HeaderOf(_mirrorRoot).Key;
+
+    /// <summary>
+    /// Every table page, pre-order, direct tree first. Keys come from the page headers and leaf gfns
+    /// from the direct-page formula (<see cref="TdpPageHeader.EntryGfn"/>), never from the walk, so a
+    /// comparison with the spec checks both.
+    /// </summary>
+    public void VisitPages(Action<TdpPageKey, IReadOnlyList<TdpEntryInfo>> visit)
+    {
+        ArgumentNullException.ThrowIfNull(visit);
+        ThrowIfDisposed();
+        if (_directRoot != null)
+            VisitTree(_directRoot, visit);
+        if (_mirrorRoot != null)
+            VisitTree(_mirrorRoot, visit);
+    }
+
+    private void VisitTree(ulong* table, Action<TdpPageKey, IReadOnlyList<TdpEntryInfo>> visit)
+    {
+        TdpPageHeader header = TdpPageAllocator.HeaderOf(table);
+        int level = header.Level;
+        var entries = new List<TdpEntryInfo>();
+        var children = new List<nint>();
+        for (int i = 0; i < EntriesPerTable; i++)
+        {
+            ulong pte = table[i];
+            if (!TFormat.IsPresent(pte))
+                continue;
+            if (TFormat.IsLeaf(pte, level))
+            {
+                entries.Add(new TdpEntryInfo(i, IsLeaf: true, Child: default, header.EntryGfn(i, _sharedGfnMask), level,
+                    TFormat.LeafPfn(pte), TFormat.IsWritable(pte)));
+                continue;
+            }
+            ulong* child = (ulong*)TFormat.TableAddress(pte);
+            TdpPageKey childKey = TdpPageAllocator.HeaderOf(child).Key;
+            Debug.Assert(childKey == new TdpPageKey(header.EntryGfn(i, _sharedGfnMask), level - 1, header.Mirror),
+                "a child's header disagrees with its parent's direct-page formula");
+            entries.Add(new TdpEntryInfo(i, IsLeaf: false, childKey, 0, 0, 0, false));
+            children.Add((nint)child);
+        }
+        visit(header.Key, entries);
+        foreach (nint child in children)
+            VisitTree((ulong*)child, visit);
+    }
+}

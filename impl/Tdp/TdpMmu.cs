@@ -1,0 +1,329 @@
+using System.Runtime.CompilerServices;
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.PageTable;
+using static MmuSpec.Impl.PageTable.TableGeometry;
+
+namespace MmuSpec.Impl.Tdp;
+
+/// <summary>
+/// KVM's TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c) over the generic table library, for one entry format.
+/// The behaviour is docs/tdp-model.md; comments cite its rules. Table pages live in native memory
+/// (<see cref="TdpPageAllocator"/>), each with an 8-byte header; the fault path allocates nothing on
+/// the managed heap and calls the pool only when its free list runs dry.
+/// <para>
+/// Two index spaces meet here. Slots, dirty bitmaps, page and leaf gfns never hold the shared bit
+/// (<c>gfn = gpa &gt;&gt; 12 &amp; ~shared</c>). The direct root is indexed by the gfn with the bit added back,
+/// the mirror root by the gfn as it is; in both cases that is simply the gpa's frame number
+/// (<c>gpa &gt;&gt; 12</c>), which is what the walker is given. Range operations translate gfn ranges
+/// with <see cref="_sharedGfnMask"/>.
+/// </para>
+/// Not thread-safe.
+/// </summary>
+public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPteFormat
+{
+    private const int MaxSlots = 32;
+
+    /// <summary>The contract's bound on a slot's host frame base.</summary>
+    private const ulong HostPfnBaseLimit = 1UL << 40;
+
+    private const int LargestLeafLevel = 3;
+
+    private readonly TdpPageAllocator _pages;
+    private readonly int? _sharedBit;
+    private readonly int _rootLevel;
+    private readonly int _gpaBits;
+
+    // The shared bit as a gfn bit (1 << (s - 12)), or 0 without one. Also the first gfn no slot may
+    // reach, and what the direct root adds to a gfn to index it.
+    private readonly ulong _sharedGfnMask;
+
+    // Frames in the guest-physical space: ZapRange may name any of them.
+    private readonly ulong _gfnLimit;
+
+    // Slots must end at or below this: the space, or the shared bit when there is one.
+    private readonly ulong _slotGfnLimit;
+
+    // Host frames an entry of this format can hold (2^40 for EPT, 2^36 for stage-2).
+    private readonly ulong _hostPfnLimit;
+
+    private readonly TdpMemslot?[] _slotsById = new TdpMemslot?[MaxSlots];
+
+    // The slots in use, scanned when the last-slot cache misses (copied on change).
+    private TdpMemslot[] _slots = [];
+
+    // The slot of the previous access (KVM's last_used_slot): faults come in runs within one slot.
+    private TdpMemslot _lastSlot = TdpMemslot.None;
+
+    private ulong* _directRoot;
+    private ulong* _mirrorRoot;
+
+    // Largest leaf level a fault may install (the mapping policy): 1, 2 or 3.
+    private int _policyLevel = LargestLeafLevel;
+
+    private bool _disposed;
+
+    /// <exception cref="ArgumentOutOfRangeException">The shared bit is not null, 47 or 51.</exception>
+    /// <exception cref="ArgumentException">The format cannot build the root level the shared bit needs
+    /// (stage-2 with a 4 KiB granule has at most 4 levels; shared bit 51 needs 5), or is not EPT or stage-2.</exception>
+    public TdpMmu(int? sharedBit, NativePagePool pool)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        if (sharedBit is not (null or 47 or 51))
+            ThrowHelper.ArgumentOutOfRange(nameof(sharedBit), "The shared bit must be null, 47 or 51.");
+        if (typeof(TFormat) != typeof(EptFormat) && typeof(TFormat) != typeof(Stage2Format))
+            ThrowHelper.Argument(nameof(TFormat), "Only the EPT and stage-2 formats are supported.");
+
+        _rootLevel = sharedBit == 51 ? 5 : 4;
+        if (_rootLevel > TFormat.MaxRootLevel)
+            ThrowHelper.Argument(nameof(sharedBit),
+                $"{Format} supports at most {TFormat.MaxRootLevel} levels; shared bit 51 needs a 52-bit space and 5 levels.");
+
+        _sharedBit = sharedBit;
+        _gpaBits = _rootLevel == 5 ? 52 : 48;
+        _gfnLimit = 1UL << (_gpaBits - PageShift);
+        _sharedGfnMask = sharedBit is int s ? 1UL << (s - PageShift) : 0;
+        _slotGfnLimit = _sharedGfnMask != 0 ? _sharedGfnMask : _gfnLimit;
+        _hostPfnLimit = 1UL << (TFormat.OutputAddressBits - PageShift);
+        ulong addressMask = ((1UL << TFormat.OutputAddressBits) - 1) & ~((1UL << PageShift) - 1);
+        _pages = new TdpPageAllocator(pool, addressMask);
+    }
+
+    /// <summary>Bytes in one page header (the packed gfn and role).</summary>
+    public static int PageHeaderBytes => Unsafe.SizeOf<TdpPageHeader>();
+
+    public TdpFormatKind Format => typeof(TFormat) == typeof(EptFormat) ? TdpFormatKind.Ept : TdpFormatKind.Stage2;
+
+    public int? SharedBit => _sharedBit;
+
+    public int RootLevel => _rootLevel;
+
+    public int GpaBits => _gpaBits;
+
+    public string? LastRejection { get; private set; }
+
+    public long TablePages => _pages.TablesInUse;
+
+    /// <summary>Slabs of table pages the MMU holds (each <see cref="TdpPageAllocator.SlabPages"/> pool pages).</summary>
+    public int Slabs => _pages.Slabs;
+
+    public TdpStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
+    {
+        ThrowIfDisposed();
+        if ((uint)id >= MaxSlots)
+            return Reject($"slot id {id} is outside 0..{MaxSlots - 1}");
+        if (_slotsById[id] is not null)
+            return Reject($"slot {id} already exists");
+        if (pages == 0)
+            return Reject("a slot needs at least one page");
+        if (hostPageShift is not (12 or 21 or 30))
+            return Reject($"host page shift {hostPageShift} is not 12, 21 or 30");
+        if (hostPfnBase >= HostPfnBaseLimit)
+            return Reject($"host frame base 0x{hostPfnBase:X} is not below 2^40");
+        if (hostPfnBase >= _hostPfnLimit || pages > _hostPfnLimit - hostPfnBase)
+            return Reject($"host frames reach 2^{TFormat.OutputAddressBits - PageShift}, beyond what {Format} entries address");
+        if (RangeProblem(baseGfn, pages, self: null) is string problem)
+            return Reject(problem);
+
+        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly);
+        _slotsById[id] = slot;
+        _slots = [.. _slots, slot];
+        return TdpStatus.Ok;
+    }
+
+    /// <summary>Zaps every leaf overlapping the slot (both roots), then forgets the slot and its bitmap.</summary>
+    public TdpStatus DeleteSlot(int id)
+    {
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        ZapLeafs(slot.BaseGfn, slot.EndGfn);
+        _slotsById[id] = null;
+        _slots = Array.FindAll(_slots, s => s != slot);
+        if (_lastSlot == slot)
+            _lastSlot = TdpMemslot.None;
+        return TdpStatus.Ok;
+    }
+
+    /// <summary>Zaps every leaf overlapping the old range; the slot keeps its backing, flags and bitmap.</summary>
+    public TdpStatus MoveSlot(int id, ulong newBaseGfn)
+    {
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
+            return Reject(problem);
+        ZapLeafs(slot.BaseGfn, slot.EndGfn);
+        slot.MoveTo(newBaseGfn);
+        return TdpStatus.Ok;
+    }
+
+    /// <summary>
+    /// No change when the flag already has that value. On: starts an empty bitmap and write-protects
+    /// every leaf overlapping the slot, huge ones included. Off: drops the bitmap; mappings stay (KVM would also zap collapsible
+    /// 4K leaves; the model does not).
+    /// </summary>
+    public TdpStatus SetDirtyLogging(int id, bool on)
+    {
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        if (on == slot.DirtyLogging)
+            return TdpStatus.Ok; // KVM acts only on a change of KVM_MEM_LOG_DIRTY_PAGES
+        if (on)
+        {
+            slot.StartLogging();
+            WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
+        }
+        else
+        {
+            slot.StopLogging();
+        }
+        return TdpStatus.Ok;
+    }
+
+    /// <summary>KVM_GET_DIRTY_LOG without manual protect: fetch, clear, write-protect what was fetched.</summary>
+    public TdpStatus GetDirtyLog(int id, List<ulong> gfns)
+    {
+        ArgumentNullException.ThrowIfNull(gfns);
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        if (slot.Dirty is not DirtyBitmap dirty)
+            return Reject($"slot {id} does not log dirty pages");
+
+        int first = gfns.Count;
+        dirty.CopySorted(gfns, slot.BaseGfn);
+        dirty.Clear();
+        // Write-protect in runs of consecutive gfns: one range walk per run, not one walk per gfn.
+        for (int i = first; i < gfns.Count;)
+        {
+            int j = i + 1;
+            while (j < gfns.Count && gfns[j] == gfns[j - 1] + 1)
+                j++;
+            WriteProtectLeafs(gfns[i], gfns[j - 1] + 1);
+            i = j;
+        }
+        return TdpStatus.Ok;
+    }
+
+    /// <summary>KVM's kvm_tdp_mmu_zap_leafs: every leaf overlapping [start, end) goes; tables stay, even empty.</summary>
+    public TdpStatus ZapRange(ulong startGfn, ulong endGfn)
+    {
+        ThrowIfDisposed();
+        if (startGfn >= endGfn || endGfn > _gfnLimit)
+            return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_gpaBits - PageShift} frames");
+        ZapLeafs(startGfn, endGfn);
+        return TdpStatus.Ok;
+    }
+
+    /// <summary>KVM's kvm_tdp_mmu_zap_all: every page and both roots go.</summary>
+    public TdpStatus ZapAll()
+    {
+        ThrowIfDisposed();
+        FreeRoot(ref _directRoot, mirror: false);
+        FreeRoot(ref _mirrorRoot, mirror: true);
+        return TdpStatus.Ok;
+    }
+
+    public TdpStatus SetMaxPageSize(byte pageShift)
+    {
+        ThrowIfDisposed();
+        if (pageShift is not (12 or 21 or 30))
+            return Reject($"page shift {pageShift} is not 12, 21 or 30");
+        _policyLevel = (pageShift - PageShift) / IndexBits + 1;
+        return TdpStatus.Ok;
+    }
+
+    /// <summary>Returns every table page to the pool (after this, the pool's PagesInUse no longer counts them).</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        _directRoot = null;
+        _mirrorRoot = null;
+        _pages.ReleaseAll();
+    }
+
+    private TdpMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
+
+    /// <summary>Why [baseGfn, baseGfn + pages) cannot hold a slot, or null when it can.</summary>
+    private string? RangeProblem(ulong baseGfn, ulong pages, TdpMemslot? self)
+    {
+        if (baseGfn >= _slotGfnLimit || pages > _slotGfnLimit - baseGfn)
+            return _sharedGfnMask != 0
+                ? $"range [0x{baseGfn:X}, +0x{pages:X}) reaches the shared bit (gfn 0x{_sharedGfnMask:X})"
+                : $"range [0x{baseGfn:X}, +0x{pages:X}) is beyond 2^{_gpaBits - PageShift} frames";
+        ulong end = baseGfn + pages;
+        foreach (TdpMemslot other in _slots)
+        {
+            if (other != self && baseGfn < other.EndGfn && other.BaseGfn < end)
+                return $"range [0x{baseGfn:X}, 0x{end:X}) overlaps slot {other.Id}";
+        }
+        return null;
+    }
+
+    /// <summary>Zaps every leaf overlapping gfns [start, end) in both roots.</summary>
+    private void ZapLeafs(ulong start, ulong end)
+    {
+        if (!ClipToSlotSpace(ref start, ref end))
+            return;
+        ZapLeafs(_directRoot, start + _sharedGfnMask, end + _sharedGfnMask);
+        ZapLeafs(_mirrorRoot, start, end);
+    }
+
+    private void ZapLeafs(ulong* root, ulong startFrame, ulong endFrame)
+    {
+        foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
+        {
+            if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level))
+                pte.Clear();
+        }
+    }
+
+    /// <summary>Clears W of every leaf overlapping gfns [start, end) in both roots.</summary>
+    private void WriteProtectLeafs(ulong start, ulong end)
+    {
+        if (!ClipToSlotSpace(ref start, ref end))
+            return;
+        WriteProtectLeafs(_directRoot, start + _sharedGfnMask, end + _sharedGfnMask);
+        WriteProtectLeafs(_mirrorRoot, start, end);
+    }
+
+    private void WriteProtectLeafs(ulong* root, ulong startFrame, ulong endFrame)
+    {
+        foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
+        {
+            if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
+                pte.Write(TFormat.WithWritable(pte.Value, false));
+        }
+    }
+
+    /// <summary>
+    /// Leaves only ever map gfns below <see cref="_slotGfnLimit"/> (they lie inside slots), so a gfn range
+    /// is cut there. With a shared bit that also keeps "gfn + shared bit" (the direct root's index) from
+    /// carrying past the root. False when nothing is left.
+    /// </summary>
+    private bool ClipToSlotSpace(ref ulong start, ref ulong end)
+    {
+        end = Math.Min(end, _slotGfnLimit);
+        return start < end;
+    }
+
+    private void FreeRoot(ref ulong* root, bool mirror)
+    {
+        if (root == null)
+            return;
+        var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror);
+        RadixTable<TFormat>.FreeTree(ref pages, root, _rootLevel);
+        root = null;
+    }
+
+    private TdpStatus Reject(string reason)
+    {
+        LastRejection = reason;
+        return TdpStatus.Rejected;
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+}

@@ -1,0 +1,96 @@
+using System.Collections.Immutable;
+using MmuSpec.Spec.Paging;
+
+namespace MmuSpec.Spec.Tdp;
+
+/// <summary>An operation on a TDP VM (docs/tdp-model.md). Immutable values with no behaviour.</summary>
+public abstract record TdpOp
+{
+    private TdpOp() { }
+
+    public sealed record CreateSlot(int Id, ulong BaseGfn, ulong Pages, ulong HostPfnBase, PageSize HostPageSize, bool ReadOnly) : TdpOp
+    {
+        public override string ToString() =>
+            $"create slot {Id} gfn [{Bits.Hex(BaseGfn)}, {Bits.Hex(BaseGfn + Pages)}) host pfn {Bits.Hex(HostPfnBase)} {HostPageSize.Name()}{(ReadOnly ? " read-only" : "")}";
+    }
+
+    public sealed record DeleteSlot(int Id) : TdpOp
+    {
+        public override string ToString() => $"delete slot {Id}";
+    }
+
+    public sealed record MoveSlot(int Id, ulong NewBaseGfn) : TdpOp
+    {
+        public override string ToString() => $"move slot {Id} to gfn {Bits.Hex(NewBaseGfn)}";
+    }
+
+    public sealed record SetDirtyLogging(int Id, bool On) : TdpOp
+    {
+        public override string ToString() => $"dirty logging {(On ? "on" : "off")} for slot {Id}";
+    }
+
+    public sealed record GetDirtyLog(int Id) : TdpOp
+    {
+        public override string ToString() => $"get dirty log of slot {Id}";
+    }
+
+    /// <summary>The guest touches a guest-physical address (after its own page walk, or with paging off).</summary>
+    public sealed record AccessGpa(ulong Gpa, AccessType Type) : TdpOp
+    {
+        public override string ToString() => $"{Type.ToString().ToLowerInvariant()} gpa {Bits.Hex(Gpa)}";
+    }
+
+    /// <summary>The host unmaps guest memory (an MMU notifier's invalidate_range).</summary>
+    public sealed record ZapRange(ulong StartGfn, ulong EndGfn) : TdpOp
+    {
+        public override string ToString() => $"zap gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
+    }
+
+    public sealed record ZapAll : TdpOp
+    {
+        public override string ToString() => "zap all";
+    }
+
+    public sealed record SetMaxPageSize(PageSize Size) : TdpOp
+    {
+        public override string ToString() => $"max page size {Size.Name()}";
+    }
+}
+
+/// <summary>What a TDP operation returned.</summary>
+public abstract record TdpResult
+{
+    private TdpResult() { }
+
+    public sealed record Ok : TdpResult
+    {
+        public static Ok Instance { get; } = new();
+        public override string ToString() => "ok";
+    }
+
+    /// <summary>The operation was invalid; nothing changed.</summary>
+    public sealed record Rejected(string Reason) : TdpResult
+    {
+        public override string ToString() => $"rejected: {Reason}";
+    }
+
+    /// <summary>The access reached host-physical address <paramref name="Hpa"/> through a leaf of <paramref name="Size"/>; <paramref name="Faulted"/> when the MMU had to handle a fault first.</summary>
+    public sealed record Mapped(ulong Hpa, PageSize Size, bool Faulted) : TdpResult
+    {
+        public override string ToString() => $"{(Faulted ? "faulted in" : "hit")} hpa {Bits.Hex(Hpa)} ({Size.Name()})";
+    }
+
+    /// <summary>No memslot (or a write to a read-only one): the access exits to userspace for emulation.</summary>
+    public sealed record MmioExit(ulong Gpa) : TdpResult
+    {
+        public override string ToString() => $"MMIO exit at gpa {Bits.Hex(Gpa)}";
+    }
+
+    /// <summary>The dirty frames of a slot since the last fetch, as sorted absolute gfns.</summary>
+    public sealed record DirtyLog(ImmutableArray<ulong> Gfns) : TdpResult
+    {
+        public bool Equals(DirtyLog? other) => other is not null && Gfns.SequenceEqual(other.Gfns);
+        public override int GetHashCode() => Gfns.Length;
+        public override string ToString() => $"dirty gfns [{string.Join(", ", Gfns.Select(Bits.Hex))}]";
+    }
+}

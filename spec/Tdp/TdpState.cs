@@ -1,0 +1,308 @@
+using System.Collections.Immutable;
+using MmuSpec.Spec.Paging;
+
+namespace MmuSpec.Spec.Tdp;
+
+/// <summary>The state after a TDP operation and what the operation returned.</summary>
+public sealed record TdpStepped(TdpState State, TdpResult Result);
+
+/// <summary>
+/// The MMU-model layer for two-dimensional paging, written to be obvious rather than fast: table
+/// pages in an immutable map keyed by (gfn, role), every leaf's gfn stored explicitly, and every
+/// question about the tables ("which leaves overlap this range?") answered by a plain scan.
+/// <see cref="Step"/> is a pure function; the rules are those of docs/tdp-model.md.
+/// </summary>
+public sealed record TdpState(
+    VmConfig Config,
+    ImmutableSortedDictionary<int, TdpMemslot> Slots,
+    PageSize MaxPageSize,
+    ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
+    ImmutableSortedDictionary<PageKey, TablePage> Pages,
+    PageKey? DirectRoot,
+    PageKey? MirrorRoot)
+{
+    const int MaxSlotId = 31;
+
+    /// <summary>A new VM: no memslots, no tables, 1 GiB pages allowed.</summary>
+    public static TdpState Create(VmConfig config) => new(config,
+        ImmutableSortedDictionary<int, TdpMemslot>.Empty, PageSize.Size1G,
+        ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
+        ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null);
+
+    public TdpStepped Step(TdpOp op) => op switch
+    {
+        TdpOp.CreateSlot c => CreateSlot(c),
+        TdpOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapLeaves(s.BaseGfn, s.EndGfn) with
+        {
+            Slots = Slots.Remove(s.Id),
+            DirtyBitmaps = DirtyBitmaps.Remove(s.Id),
+        })),
+        TdpOp.MoveSlot m => MoveSlot(m),
+        TdpOp.SetDirtyLogging d => WithSlot(d.Id, s => Done(SetDirtyLogging(s, d.On))),
+        TdpOp.GetDirtyLog g => WithSlot(g.Id, GetDirtyLog),
+        TdpOp.AccessGpa a => Access(a.Gpa, a.Type),
+        TdpOp.ZapRange z => z.StartGfn < z.EndGfn && z.EndGfn <= Config.GfnLimit
+            ? Done(ZapLeaves(z.StartGfn, z.EndGfn))
+            : Reject($"zap range [{Bits.Hex(z.StartGfn)}, {Bits.Hex(z.EndGfn)}) is empty or beyond the guest-physical space"),
+        TdpOp.ZapAll => Done(this with { Pages = Pages.Clear(), DirectRoot = null, MirrorRoot = null }),
+        TdpOp.SetMaxPageSize p => p.Size is PageSize.Size4K or PageSize.Size2M or PageSize.Size1G
+            ? Done(this with { MaxPageSize = p.Size })
+            : Reject($"{p.Size.Name()} is not a TDP page size"),
+        _ => throw new ArgumentException($"unknown operation {op}", nameof(op)),
+    };
+
+    // ---- memslots ----
+
+    TdpStepped CreateSlot(TdpOp.CreateSlot c)
+    {
+        if (c.Id is < 0 or > MaxSlotId) return Reject($"slot id {c.Id} is not in 0..{MaxSlotId}");
+        if (Slots.ContainsKey(c.Id)) return Reject($"slot {c.Id} already exists");
+        if (c.HostPageSize is not (PageSize.Size4K or PageSize.Size2M or PageSize.Size1G)) return Reject("host pages are 4K, 2M or 1G");
+        if (c.HostPfnBase >= Config.HostPfnLimit || c.Pages > Config.HostPfnLimit - c.HostPfnBase)
+            return Reject($"host frames beyond {Bits.Hex(Config.HostPfnLimit)}, more than {Config.Format} entries can hold");
+        if (SlotRangeProblem(c.BaseGfn, c.Pages, ignoreId: null) is { } problem) return Reject(problem);
+        var slot = new TdpMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.HostPageSize, c.ReadOnly, DirtyLogging: false);
+        return Done(this with { Slots = Slots.Add(c.Id, slot) });
+    }
+
+    TdpStepped MoveSlot(TdpOp.MoveSlot m) => WithSlot(m.Id, s =>
+    {
+        if (SlotRangeProblem(m.NewBaseGfn, s.Pages, ignoreId: s.Id) is { } problem) return Reject(problem);
+        // KVM_MR_MOVE: the old gfns no longer map this slot, so their mappings go; host backing,
+        // flags and the (slot-relative) dirty bitmap travel with the slot.
+        var zapped = ZapLeaves(s.BaseGfn, s.EndGfn);
+        return Done(zapped with { Slots = zapped.Slots.SetItem(s.Id, s.WithBaseGfn(m.NewBaseGfn)) });
+    });
+
+    /// <summary>Why [baseGfn, baseGfn + pages) cannot be a memslot, or null.</summary>
+    string? SlotRangeProblem(ulong baseGfn, ulong pages, int? ignoreId)
+    {
+        if (pages == 0) return "a memslot has at least one page";
+        // Memslots never hold the shared bit: they must lie below it (seed 004).
+        ulong limit = Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit;
+        if (baseGfn >= limit || pages > limit - baseGfn)
+            return $"gfn range [{Bits.Hex(baseGfn)}, {Bits.Hex(baseGfn + pages)}) goes beyond gfn {Bits.Hex(limit)}";
+        foreach (var other in Slots.Values)
+            if (other.Id != ignoreId && other.Overlaps(baseGfn, baseGfn + pages))
+                return $"gfn range [{Bits.Hex(baseGfn)}, {Bits.Hex(baseGfn + pages)}) overlaps slot {other.Id}";
+        return null;
+    }
+
+    TdpState SetDirtyLogging(TdpMemslot s, bool on)
+    {
+        if (!on)
+            return this with { Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(false)), DirtyBitmaps = DirtyBitmaps.Remove(s.Id) };
+        if (s.DirtyLogging) return this;
+        // Enabling: every mapping of the slot loses W, so the next write to each page faults and is logged.
+        return WriteProtect(s.BaseGfn, s.EndGfn) with
+        {
+            Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(true)),
+            DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty),
+        };
+    }
+
+    TdpStepped GetDirtyLog(TdpMemslot s)
+    {
+        if (!s.DirtyLogging) return Reject($"slot {s.Id} does not log dirty pages");
+        var gfns = DirtyBitmaps[s.Id].Select(offset => s.BaseGfn + offset).ToImmutableArray();
+        var state = this with { DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty) };
+        foreach (ulong gfn in gfns) state = state.WriteProtect(gfn, gfn + 1);
+        return new TdpStepped(state, new TdpResult.DirtyLog(gfns));
+    }
+
+    // ---- the fault handler ----
+
+    TdpStepped Access(ulong gpa, AccessType type)
+    {
+        if (gpa >> Config.GpaBits != 0) return Reject($"gpa {Bits.Hex(gpa)} is beyond the {Config.GpaBits}-bit guest-physical space");
+        bool write = type == AccessType.Write;
+        // 1. Faults strip the shared bit; it only chooses the root (seed 004).
+        ulong gfn = (gpa >> 12) & ~Config.DirectBits;
+        bool mirror = Config.SharedBit is not null && ((gpa >> 12) & Config.DirectBits) == 0;
+        // 2, 3. No memslot, or a write to a read-only one: userspace emulates it.
+        var slot = Slots.Values.FirstOrDefault(s => s.Contains(gfn));
+        if (slot is null || (write && slot.ReadOnly)) return new TdpStepped(this, new TdpResult.MmioExit(gpa));
+
+        var found = FindLeaf(mirror, gfn);
+        if (found is { } hit)
+        {
+            var leaf = hit.Leaf;
+            // 4. A hit.
+            if (!write || leaf.Writable) return new TdpStepped(this, Mapped(gpa, gfn, leaf, faulted: false));
+            // 5. A write-protection fault.
+            if (leaf.Level == 1 || !slot.DirtyLogging)
+            {
+                var unprotected = leaf.WithWritable(true);
+                var state = SetEntry(hit.Page, hit.Index, unprotected).MarkDirty(slot, gfn);
+                return new TdpStepped(state, Mapped(gpa, gfn, unprotected, faulted: true));
+            }
+            // A huge page in a logged slot: drop it and map 4 KiB below.
+            return RemoveEntry(hit.Page, hit.Index).Fault(gpa, gfn, mirror, slot, write);
+        }
+        // 6. A miss.
+        return Fault(gpa, gfn, mirror, slot, write);
+    }
+
+    TdpStepped Fault(ulong gpa, ulong gfn, bool mirror, TdpMemslot slot, bool write)
+    {
+        int target = MappingLevel(slot, gfn);
+        var state = this;
+        var page = (mirror ? MirrorRoot : DirectRoot) ?? new PageKey(0, new MmuRole(Config.RootLevel, mirror));
+        if (!state.Pages.ContainsKey(page))
+        {
+            state = state with { Pages = state.Pages.Add(page, TablePage.Empty(page)) };
+            state = mirror ? state with { MirrorRoot = page } : state with { DirectRoot = page };
+        }
+
+        for (int level = Config.RootLevel; level > target; level--)
+        {
+            int index = state.Index(level, gfn, mirror);
+            var childKey = new PageKey(gfn & ~((1UL << (9 * (level - 1))) - 1), new MmuRole(level - 1, mirror));
+            switch (state.Pages[page].Entries.GetValueOrDefault(index))
+            {
+                case Spte.Table t:
+                    page = t.Child;
+                    continue;
+                case Spte.Leaf:
+                    // A huge page in the way is zapped and replaced by a table (KVM tdp_mmu_map).
+                    state = state.RemoveEntry(page, index);
+                    break;
+            }
+            state = state with { Pages = state.Pages.Add(childKey, TablePage.Empty(childKey)) };
+            state = state.SetEntry(page, index, new Spte.Table(childKey));
+            page = childKey;
+        }
+
+        int leafIndex = state.Index(target, gfn, mirror);
+        if (state.Pages[page].Entries.GetValueOrDefault(leafIndex) is Spte.Table old)
+            state = state.FreeSubtree(old.Child);     // a huge leaf replaces a whole subtree
+        ulong leafGfn = gfn & ~((1UL << (9 * (target - 1))) - 1);
+        bool writable = !slot.ReadOnly && (!slot.DirtyLogging || write);
+        var leaf = new Spte.Leaf(leafGfn, target, slot.HostPfn(leafGfn), writable);
+        state = state.SetEntry(page, leafIndex, leaf);
+        if (write) state = state.MarkDirty(slot, gfn);
+        return new TdpStepped(state, Mapped(gpa, gfn, leaf, faulted: true));
+    }
+
+    /// <summary>
+    /// The largest level a fault at <paramref name="gfn"/> may map (KVM kvm_mmu_max_mapping_level):
+    /// limited by the policy, the host page size and dirty logging, then lowered until the aligned
+    /// range lies inside the slot and gfn and host frame are equally aligned.
+    /// </summary>
+    public int MappingLevel(TdpMemslot slot, ulong gfn)
+    {
+        int level = Math.Min(LevelOf(MaxPageSize), Math.Min(LevelOf(slot.HostPageSize), 3));
+        if (slot.DirtyLogging) level = 1;
+        for (; level > 1; level--)
+        {
+            ulong frames = 1UL << (9 * (level - 1));
+            ulong start = gfn & ~(frames - 1);
+            bool inside = start >= slot.BaseGfn && start + frames <= slot.EndGfn;
+            bool aligned = (slot.HostPfnBase - slot.BaseGfn) % frames == 0;
+            if (inside && aligned) break;
+        }
+        return level;
+    }
+
+    static int LevelOf(PageSize size) => size switch
+    {
+        PageSize.Size4K => 1,
+        PageSize.Size2M => 2,
+        _ => 3,
+    };
+
+    static TdpResult.Mapped Mapped(ulong gpa, ulong gfn, Spte.Leaf leaf, bool faulted) =>
+        new(((leaf.HostPfn + (gfn - leaf.Gfn)) << 12) | (gpa & 0xFFF), leaf.Size, faulted);
+
+    TdpState MarkDirty(TdpMemslot slot, ulong gfn) =>
+        slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
+
+    // ---- the tables ----
+
+    /// <summary>
+    /// The index of <paramref name="gfn"/> in a table at <paramref name="level"/>: the direct root's
+    /// tables are indexed with the shared bit added back, the mirror root's without it (seed 004).
+    /// </summary>
+    int Index(int level, ulong gfn, bool mirror) =>
+        (int)(((gfn | (mirror ? 0 : Config.DirectBits)) >> (9 * (level - 1))) & 511);
+
+    /// <summary>The leaf covering <paramref name="gfn"/> under the chosen root, by walking from the root.</summary>
+    (PageKey Page, int Index, Spte.Leaf Leaf)? FindLeaf(bool mirror, ulong gfn)
+    {
+        var page = mirror ? MirrorRoot : DirectRoot;
+        for (int level = Config.RootLevel; page is not null; level--)
+        {
+            int index = Index(level, gfn, mirror);
+            switch (Pages[page].Entries.GetValueOrDefault(index))
+            {
+                case Spte.Leaf leaf: return (page, index, leaf);
+                case Spte.Table t: page = t.Child; break;
+                default: return null;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Every leaf of every table page, both roots: the scan behind zapping and write protection.</summary>
+    public IEnumerable<(PageKey Page, int Index, Spte.Leaf Leaf)> Leaves() =>
+        from p in Pages.Values
+        from e in p.Entries
+        where e.Value is Spte.Leaf
+        select (p.Key, e.Key, (Spte.Leaf)e.Value);
+
+    /// <summary>Removes every leaf overlapping [start, end); tables stay (KVM kvm_tdp_mmu_zap_leafs).</summary>
+    public TdpState ZapLeaves(ulong start, ulong end)
+    {
+        var state = this;
+        foreach (var (page, index, _) in Leaves().Where(l => l.Leaf.Overlaps(start, end)).ToList())
+            state = state.RemoveEntry(page, index);
+        return state;
+    }
+
+    /// <summary>Clears W on every leaf overlapping [start, end).</summary>
+    public TdpState WriteProtect(ulong start, ulong end)
+    {
+        var state = this;
+        foreach (var (page, index, leaf) in Leaves().Where(l => l.Leaf.Writable && l.Leaf.Overlaps(start, end)).ToList())
+            state = state.SetEntry(page, index, leaf.WithWritable(false));
+        return state;
+    }
+
+    TdpState SetEntry(PageKey page, int index, Spte entry) =>
+        this with { Pages = Pages.SetItem(page, Pages[page].With(index, entry)) };
+
+    TdpState RemoveEntry(PageKey page, int index) =>
+        this with { Pages = Pages.SetItem(page, Pages[page].Without(index)) };
+
+    /// <summary>Removes a table page and every table below it.</summary>
+    TdpState FreeSubtree(PageKey key)
+    {
+        var state = this;
+        foreach (var child in Pages[key].Entries.Values.OfType<Spte.Table>())
+            state = state.FreeSubtree(child.Child);
+        return state with { Pages = state.Pages.Remove(key) };
+    }
+
+    // ---- results ----
+
+    TdpStepped WithSlot(int id, Func<TdpMemslot, TdpStepped> then) =>
+        Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
+
+    static TdpStepped Done(TdpState state) => new(state, TdpResult.Ok.Instance);
+    TdpStepped Reject(string reason) => new(this, new TdpResult.Rejected(reason));
+
+    // ---- equality and printing: by content ----
+
+    public bool Equals(TdpState? other) =>
+        other is not null && Config.Equals(other.Config) && MaxPageSize == other.MaxPageSize
+        && Equals(DirectRoot, other.DirectRoot) && Equals(MirrorRoot, other.MirrorRoot)
+        && Slots.SequenceEqual(other.Slots)
+        && DirtyBitmaps.Count == other.DirtyBitmaps.Count
+        && DirtyBitmaps.All(b => other.DirtyBitmaps.TryGetValue(b.Key, out var o) && b.Value.SetEquals(o))
+        && Pages.SequenceEqual(other.Pages);
+
+    public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);
+
+    public override string ToString() =>
+        $"{Config}, max {MaxPageSize.Name()}, {Slots.Count} slots, {Pages.Count} table pages, roots {DirectRoot?.ToString() ?? "-"} / {MirrorRoot?.ToString() ?? "-"}";
+}
