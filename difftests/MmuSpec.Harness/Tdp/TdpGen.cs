@@ -40,6 +40,7 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     // The builder's idea of the slots (it may be wrong after a rejected op; that is fine).
     readonly Dictionary<int, (ulong Base, ulong Pages)> slots = new();
     readonly List<ulong> recentGfns = new();
+    readonly HashSet<int> logging = new();
 
     /// <summary>Where slots go: low memory, around 4 GiB, and high up, in gfns.</summary>
     static readonly ulong[] Regions = [0x0, 0x100, 0x1000, 0x10_0000, 0x4_0000, 0x80_0000];
@@ -50,8 +51,10 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         switch (op)
         {
             case TdpOp.CreateSlot c when !slots.ContainsKey(c.Id): slots[c.Id] = (c.BaseGfn, c.Pages); break;
-            case TdpOp.DeleteSlot d: slots.Remove(d.Id); break;
+            case TdpOp.DeleteSlot d: slots.Remove(d.Id); logging.Remove(d.Id); break;
             case TdpOp.MoveSlot m when slots.TryGetValue(m.Id, out var s): slots[m.Id] = (m.NewBaseGfn, s.Pages); break;
+            case TdpOp.SetDirtyLogging l when l.On: logging.Add(l.Id); break;
+            case TdpOp.SetDirtyLogging l: logging.Remove(l.Id); break;
         }
     }
 
@@ -65,8 +68,10 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
             < 9 => 512 * 512 + (ulong)(rng.Next(2) * 512),  // 1 GiB (and a bit)
             _ => (ulong)rng.Next(1, 2000),
         };
-        ulong baseGfn = FreeBase(pages);
-        var hostSize = rng.Next(3) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G };
+        bool huge = pages >= 512 * 512;
+        ulong baseGfn = FreeBase(pages, alignTo: huge && rng.Next(4) != 0 ? 512UL * 512 : 1UL);
+        // Big slots are mostly backed by 1 GiB host pages, so 1 GiB mappings are common enough.
+        var hostSize = (huge ? rng.Next(2, 6) : rng.Next(3)) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G };
         // Host frames usually share the gfn's alignment (huge pages possible), sometimes are off by a little.
         ulong hostBase = (ulong)rng.Next(1, 64) << 18;
         hostBase += baseGfn & 0x3FFFF;
@@ -75,13 +80,13 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         return new TdpOp.CreateSlot(id, baseGfn, pages, hostBase, hostSize, ReadOnly: rng.Next(6) == 0);
     }
 
-    ulong FreeBase(ulong pages)
+    ulong FreeBase(ulong pages, ulong alignTo = 1)
     {
         for (int attempt = 0; attempt < 20; attempt++)
         {
             ulong region = Regions[rng.Next(Regions.Length)];
             ulong offset = rng.Next(3) switch { 0 => 0, 1 => (ulong)rng.Next(0, 8) * 512, _ => (ulong)rng.Next(0, 4096) };
-            ulong b = region + offset;
+            ulong b = (region + offset + alignTo - 1) / alignTo * alignTo;
             if (!slots.Values.Any(s => b < s.Base + s.Pages && s.Base < b + pages)) return b;
         }
         return 0x100_0000 + (ulong)rng.Next(0, 1 << 20);   // far away, usually free
@@ -94,7 +99,7 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         if (roll < 52 || slots.Count == 0 && roll < 80) return Access();
         if (roll < 60) return Zap();
         if (roll < 67) return new TdpOp.SetDirtyLogging(SomeSlot(), rng.Next(3) != 0);
-        if (roll < 73) return new TdpOp.GetDirtyLog(SomeSlot());
+        if (roll < 73) return new TdpOp.GetDirtyLog(logging.Count > 0 && rng.Next(5) != 0 ? logging.ElementAt(rng.Next(logging.Count)) : SomeSlot());
         if (roll < 78) return new TdpOp.SetMaxPageSize(rng.Next(3) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G });
         if (roll < 83) return NewSlot(rng.Next(6) == 0 ? SomeSlot() : rng.Next(0, 8));
         if (roll < 87) return new TdpOp.DeleteSlot(SomeSlot());
@@ -115,9 +120,9 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     {
         ulong gfn;
         int roll = rng.Next(100);
-        if (roll < 30 && recentGfns.Count > 0)
+        if (roll < 40 && recentGfns.Count > 0)
             gfn = recentGfns[rng.Next(recentGfns.Count)] + (ulong)(rng.Next(3) == 0 ? rng.Next(-2, 3) : 0);
-        else if (roll < 90 && slots.Count > 0)
+        else if (roll < 95 && slots.Count > 0)
         {
             var s = slots.Values.ElementAt(rng.Next(slots.Count));
             gfn = s.Base + (ulong)rng.NextInt64(0, (long)s.Pages);
