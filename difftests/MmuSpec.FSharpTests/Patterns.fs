@@ -68,3 +68,22 @@ let (|RightsFault|_|) (result: WalkResult) =
     match result with
     | PageFault(FaultBits b) when b.Present && not b.Reserved -> Some b
     | _ -> None
+
+open MmuSpec.Spec.Tdp
+
+/// What a TDP MMU operation returned (docs/tdp-model.md).
+let (|TdpOk|TdpRejected|TdpMapped|TdpMmioExit|TdpDirtyLog|) (result: TdpResult) =
+    match result with
+    | :? TdpResult.Ok -> TdpOk
+    | :? TdpResult.Rejected as r -> TdpRejected r.Reason
+    | :? TdpResult.Mapped as m -> TdpMapped(m.Hpa, m.Size, m.Faulted)
+    | :? TdpResult.MmioExit as e -> TdpMmioExit e.Gpa
+    | :? TdpResult.DirtyLog as d -> TdpDirtyLog(List.ofSeq d.Gfns)
+    | other -> invalidArg (nameof result) $"unknown TdpResult {other}"
+
+/// A present entry of a TDP table page: a link to a child table or a leaf mapping.
+let (|TableLink|LeafMapping|) (entry: Spte) =
+    match entry with
+    | :? Spte.Table as t -> TableLink t.Child
+    | :? Spte.Leaf as l -> LeafMapping(l.Gfn, l.Level, l.HostPfn, l.Writable)
+    | other -> invalidArg (nameof entry) $"unknown Spte {other}"

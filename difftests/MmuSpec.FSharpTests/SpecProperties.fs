@@ -421,3 +421,33 @@ let ``PAE ignores a write to the PDPT until CR3 is reloaded`` () =
         | Walked before, Completed, Walked after, Completed, Walked(NotPresentFault _) -> before = after
         | _ -> false)
     |> check
+
+// ---- the TDP MMU model, from F# ----
+
+module TdpFromFSharp =
+    open MmuSpec.Spec.Tdp
+    open MmuSpec.FSharp.Patterns
+
+    let private slot = TdpOp.CreateSlot(0, 0x40000UL, 0x40000UL, 0x80000UL, PageSize.Size1G, false)
+
+    let private run (ops: TdpOp list) =
+        ops |> List.fold (fun (s: TdpState) op -> s.Step(op).State) (TdpState.Create(VmConfig(TdpFormat.Ept)))
+
+    /// Inside a slot, every access is mapped to the slot's host frame for its gfn, whatever the policy.
+    [<Fact>]
+    let ``A TDP access inside a slot reaches the slot's host frame for the gfn`` () =
+        let gen =
+            gen {
+                let! page = Gen.choose (0, 0x3FFFF)
+                let! offset = Gen.choose (0, 0xFFF)
+                let! size = Gen.elements [ PageSize.Size4K; PageSize.Size2M; PageSize.Size1G ]
+                let! write = Gen.elements [ AccessType.Read; AccessType.Write; AccessType.Fetch ]
+                return uint64 page, uint64 offset, size, write
+            }
+        let prop (page: uint64, offset: uint64, size: PageSize, access: AccessType) =
+            let state = run [ slot; TdpOp.SetMaxPageSize(size) ]
+            let gpa = ((0x40000UL + page) <<< 12) ||| offset
+            match state.Step(TdpOp.AccessGpa(gpa, access)).Result with
+            | TdpMapped(hpa, mapped, faulted) -> hpa = (((0x80000UL + page) <<< 12) ||| offset) && mapped = size && faulted
+            | _ -> false
+        check (Prop.forAll (Arb.fromGen gen) prop)
