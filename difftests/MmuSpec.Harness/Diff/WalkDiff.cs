@@ -5,30 +5,38 @@ using MmuSpec.Spec.Machine;
 
 namespace MmuSpec.Harness.Diff;
 
-/// <summary>The first step where spec and impl disagree. Step is 0-based; -1 means booting.</summary>
-public sealed record Divergence(int Step, object? Op, string SpecResult, string ImplResult, ImmutableArray<string> StateDifferences);
+/// <summary>The first step where spec and impl disagree. Step is 0-based; -1 means booting (walk) or after the last step (TDP).</summary>
+public sealed record Divergence(int Step, object? Op, string SpecResult, string ImplResult, ImmutableArray<string> StateDifferences)
+{
+    /// <summary>
+    /// The counterexample as printed on failure: the case (with the divergent step marked), the step,
+    /// both results and the state difference. <paramref name="renderCase"/> renders the case with a
+    /// highlighted step; <paramref name="whenNoStep"/> names the moment of a divergence outside the ops.
+    /// </summary>
+    public string Render(Func<int?, string> renderCase, string whenNoStep)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine(renderCase(Step >= 0 ? Step : null));
+        sb.AppendLine(Step < 0 ? $"first divergence: {whenNoStep}" : $"first divergence: step {Step + 1}: {Op}");
+        sb.AppendLine($"  spec: {SpecResult}");
+        sb.AppendLine($"  impl: {ImplResult}");
+        if (StateDifferences.Length > 0)
+        {
+            sb.AppendLine("  state difference after the step:");
+            foreach (var line in StateDifferences) sb.AppendLine("    " + line);
+        }
+        return sb.ToString().TrimEnd();
+    }
+}
 
 /// <summary>The outcome of running one case on both sides.</summary>
 public sealed record DiffReport(WalkCase Case, int StepsRun, Divergence? Divergence)
 {
     public bool Agreed => Divergence is null;
 
-    /// <summary>The counterexample as printed on failure: ops, the divergent step, both results, the state difference.</summary>
-    public string Render()
-    {
-        if (Divergence is not { } d) return $"spec and impl agree on all {StepsRun} steps";
-        var sb = new StringBuilder();
-        sb.AppendLine(Case.Render(d.Step >= 0 ? d.Step : null));
-        sb.AppendLine(d.Step < 0 ? "first divergence: at boot" : $"first divergence: step {d.Step + 1}: {d.Op}");
-        sb.AppendLine($"  spec: {d.SpecResult}");
-        sb.AppendLine($"  impl: {d.ImplResult}");
-        if (d.StateDifferences.Length > 0)
-        {
-            sb.AppendLine("  state difference after the step:");
-            foreach (var line in d.StateDifferences) sb.AppendLine("    " + line);
-        }
-        return sb.ToString().TrimEnd();
-    }
+    public string Render() => Divergence is { } d
+        ? d.Render(Case.Render, "at boot")
+        : $"spec and impl agree on all {StepsRun} steps";
 }
 
 /// <summary>
@@ -43,7 +51,7 @@ public static class WalkDiff
         var report = Run(c, pool);
         // Native memory: every page the impl allocated for this case must be back in the pool.
         if (report.Agreed && pool.PagesInUse != 0)
-            return report with { Divergence = new Divergence(c.Ops.Length - 1, null, "all pages freed", $"{pool.PagesInUse} pages still allocated", ImmutableArray<string>.Empty) };
+            return report with { Divergence = new Divergence(c.Ops.Length, "destroying the guest memory", "all pages freed", $"{pool.PagesInUse} pages still allocated", ImmutableArray<string>.Empty) };
         return report;
     }
 

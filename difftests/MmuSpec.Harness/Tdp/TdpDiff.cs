@@ -1,5 +1,4 @@
 using System.Collections.Immutable;
-using System.Text;
 using MmuSpec.Harness.Diff;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
@@ -11,21 +10,9 @@ public sealed record TdpReport(TdpCase Case, int StepsRun, Divergence? Divergenc
 {
     public bool Agreed => Divergence is null;
 
-    public string Render()
-    {
-        if (Divergence is not { } d) return $"spec and impl agree on all {StepsRun} steps";
-        var sb = new StringBuilder();
-        sb.AppendLine(Case.Render(d.Step >= 0 ? d.Step : null));
-        sb.AppendLine(d.Step < 0 ? "first divergence: at the end" : $"first divergence: step {d.Step + 1}: {Case.Ops[d.Step]}");
-        sb.AppendLine($"  spec: {d.SpecResult}");
-        sb.AppendLine($"  impl: {d.ImplResult}");
-        if (d.StateDifferences.Length > 0)
-        {
-            sb.AppendLine("  state difference after the step:");
-            foreach (var line in d.StateDifferences) sb.AppendLine("    " + line);
-        }
-        return sb.ToString().TrimEnd();
-    }
+    public string Render() => Divergence is { } d
+        ? d.Render(Case.Render, "when the VM was destroyed")
+        : $"spec and impl agree on all {StepsRun} steps";
 }
 
 /// <summary>
