@@ -306,11 +306,14 @@ public class TdpBenchmarks
                 throw new InvalidOperationException($"impl: {leaves} leaves after {faults} faults");
             long tables = vm.TablePages;
             long tableBytes = tables * (NativePagePool.PageSize + TdpVm.PageHeaderBytes);
-            long poolBytes = pool.PagesInUse * NativePagePool.PageSize;
+            // The slot's guest memory is a lazily zeroed reservation counted by the pool too; only
+            // the MMU's own pages (whole 64-page slabs) count toward bytes per mapping.
+            long mmuPages = pool.PagesInUse - pool.LazilyZeroedPagesInUse;
+            long poolBytes = mmuPages * NativePagePool.PageSize;
             Console.WriteLine(
                 $"// TDP {sizeName} populate of 1 GiB (impl): {leaves} mappings, {tables} table pages; " +
                 $"tables + headers = {tables} * ({NativePagePool.PageSize} + {TdpVm.PageHeaderBytes}) B = {tableBytes} B = {(double)tableBytes / leaves:F2} bytes per mapping; " +
-                $"pool pages held (whole 64-page slabs) = {pool.PagesInUse} = {(double)poolBytes / leaves:F2} bytes per mapping");
+                $"MMU pool pages held (whole 64-page slabs) = {mmuPages} = {(double)poolBytes / leaves:F2} bytes per mapping");
         }
         if (pool.PagesInUse != 0)
             throw new InvalidOperationException($"native page leak: {pool.PagesInUse} pages still in use after the check");

@@ -66,6 +66,41 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
         Insert(new Slot(baseGfn, pages, host, ownedByPool: false));
     }
 
+    /// <summary>
+    /// Removes the slot that starts at <paramref name="baseGfn"/>, returning its pages to the pool when it
+    /// owns them (external memory is left alone). Afterwards its addresses are unbacked, and the range may
+    /// be added again (e.g. a moved memslot: remove, then <see cref="AddExternalSlot"/> at the new base).
+    /// Must not race with lookups.
+    /// </summary>
+    /// <exception cref="ArgumentException">No slot starts at <paramref name="baseGfn"/>.</exception>
+    public void RemoveSlot(ulong baseGfn)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Slot[] slots = _slots;
+        int index = -1;
+        for (int i = 0; i < slots.Length; i++)
+        {
+            if (slots[i].BaseGpa >> PageShift == baseGfn)
+            {
+                index = i;
+                break;
+            }
+        }
+        if (index < 0)
+            ThrowHelper.Argument(nameof(baseGfn), "No slot starts at this frame.");
+
+        Slot removed = slots[index];
+        Slot[] shrunk = new Slot[slots.Length - 1];
+        Array.Copy(slots, 0, shrunk, 0, index);
+        Array.Copy(slots, index + 1, shrunk, index, slots.Length - index - 1);
+        _slots = shrunk;
+        _infos.RemoveAt(index);
+        if (_lastHit == removed)
+            _lastHit = Slot.Empty;
+        if (removed.OwnedByPool)
+            _pool.FreePages(removed.Host, (int)(removed.Bytes >> PageShift));
+    }
+
     /// <summary>Host address backing <paramref name="gpa"/>, or null when no slot covers it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public byte* HostAddress(ulong gpa)

@@ -22,8 +22,40 @@ public sealed partial class GuestVcpu
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">Undefined enum value, or gva &gt;= 2^32 in 32-bit/PAE paging.</exception>
     /// <exception cref="ArgumentException">A fetch with <see cref="Privilege.ImplicitSupervisor"/>.</exception>
+    [SkipLocalsInit]
+    public WalkOutcome Access(ulong gva, AccessType type, Privilege priv)
+    {
+        NoObserver none = default;
+        return Walk(gva, type, priv, ref none);
+    }
+
+    /// <summary>
+    /// The same walk and checks as <see cref="Access"/>, but it writes nothing: no accessed/dirty bit is
+    /// set. Instead <paramref name="trace"/> receives the guest-physical address of every entry read from
+    /// memory, in walk order (including the entry that ended a faulting walk), the entry width, and how
+    /// many entries a translation used; the caller performs the A/D updates (A on each used entry top
+    /// down, then D on the leaf for a write) as it sees fit. Allocation-free.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Undefined enum value, or gva &gt;= 2^32 in 32-bit/PAE paging.</exception>
+    /// <exception cref="ArgumentException">A fetch with <see cref="Privilege.ImplicitSupervisor"/>.</exception>
+    [SkipLocalsInit]
+    public WalkOutcome Translate(ulong gva, AccessType type, Privilege priv, ref WalkTrace trace)
+    {
+        trace.Start(_context.WideEntries ? sizeof(ulong) : sizeof(uint));
+        WalkOutcome outcome = Walk(gva, type, priv, ref trace);
+        trace.Finish(outcome.Status == WalkStatus.Translated);
+        return outcome;
+    }
+
+    /// <summary>
+    /// The walk itself, compiled once per observer. Inlined into its two callers so the untraced
+    /// <see cref="Access"/> is the same code as before the observer existed: with <see cref="NoObserver"/>
+    /// the entry reports vanish and the A/D pass is a constant-true branch.
+    /// </summary>
     [SkipLocalsInit] // WalkedEntries slots are written before they are read: skip zeroing the frame
-    public unsafe WalkOutcome Access(ulong gva, AccessType type, Privilege priv)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private unsafe WalkOutcome Walk<TObserver>(ulong gva, AccessType type, Privilege priv, ref TObserver observer)
+        where TObserver : struct, IWalkObserver
     {
         WalkContext ctx = _context;
         if ((uint)type > (uint)AccessType.Fetch || (uint)priv > (uint)Privilege.ImplicitSupervisor ||
@@ -74,9 +106,11 @@ public sealed partial class GuestVcpu
         while (true)
         {
             ulong index = (gva >> ctx.Levels[level].Shift) & ctx.IndexMask;
-            entry = memory.HostAddress(table + (index << ctx.EntryShift));
+            ulong entryGpa = table + (index << ctx.EntryShift);
+            entry = memory.HostAddress(entryGpa);
             if (entry == null)
                 return WalkOutcome.PageFault(reported); // unbacked table: like a not-present entry (KVM)
+            observer.EntryRead(entryGpa);
             pte = PagingEntry.Read(entry, wide);
             if ((pte & PagingEntryBits.Present) == 0)
                 return WalkOutcome.PageFault(reported);
@@ -113,20 +147,33 @@ public sealed partial class GuestVcpu
             return WalkOutcome.PageFault(faultCode | reported);
 
         // Accessed/dirty (SDM 4.8): only now that the access is permitted, re-reading each entry
-        // (an entry used at two levels must end with the union of both updates).
-        if ((accessedAll & PagingEntryBits.Accessed) == 0)
+        // (an entry used at two levels must end with the union of both updates). A tracing observer
+        // leaves them to its caller.
+        if (TObserver.WritesAccessedDirty)
         {
-            for (int i = 0; i < walked; i++)
-                PagingEntry.SetBits((byte*)entries[i], wide, PagingEntryBits.Accessed);
+            if ((accessedAll & PagingEntryBits.Accessed) == 0)
+            {
+                for (int i = 0; i < walked; i++)
+                    PagingEntry.SetBits((byte*)entries[i], wide, PagingEntryBits.Accessed);
+            }
+            if (type == AccessType.Write && (pte & PagingEntryBits.Dirty) == 0)
+                PagingEntry.SetBits(entry, wide, PagingEntryBits.Dirty);
         }
-        if (type == AccessType.Write && (pte & PagingEntryBits.Dirty) == 0)
-            PagingEntry.SetBits(entry, wide, PagingEntryBits.Dirty);
 
         ref readonly LevelShape leaf = ref ctx.Levels[level];
         ulong pageBase = (pte & leaf.LeafAddressMask) |
                          (((pte >> PagingEntryBits.Pse36LowBit) & leaf.Pse36Mask) << PagingEntryBits.Pse36TargetBit);
         ulong offsetMask = (1UL << leaf.Shift) - 1;
         return WalkOutcome.Translated(pageBase | (gva & offsetMask), leaf.Shift, rights, key);
+    }
+
+    /// <summary><see cref="Access"/>'s observer: reports go nowhere, the walk sets A/D itself.</summary>
+    private struct NoObserver : IWalkObserver
+    {
+        public static bool WritesAccessedDirty => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly void EntryRead(ulong gpa) { }
     }
 
     [DoesNotReturn, MethodImpl(MethodImplOptions.NoInlining)]

@@ -36,6 +36,25 @@ public sealed partial class GuestVcpu
         Commit(context, cr3, root, pdptes);
     }
 
+    private GuestVcpu(GuestPhysicalMemory memory, WalkContext context, ulong cr3, ulong root, in PdpteRegisters pdptes)
+    {
+        _memory = memory;
+        Commit(context, cr3, root, pdptes);
+    }
+
+    /// <summary>
+    /// A vCPU that has just executed MOV CR3 under <paramref name="controls"/> (PAE: loading the PDPTEs
+    /// from <paramref name="memory"/>), or null with the reason when that raises #GP or CR3 is not a
+    /// value of this mode. The non-throwing form of the constructor.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Unknown mode or MAXPHYADDR outside 36..52.</exception>
+    internal static GuestVcpu? TryCreate(GuestPhysicalMemory memory, in PagingControls controls, ulong cr3, out Cr3Loader.Result result)
+    {
+        WalkContext context = WalkContext.Create(controls);
+        result = Cr3Loader.TryLoad(context, memory, cr3, out ulong root, out PdpteRegisters pdptes);
+        return result == Cr3Loader.Result.Loaded ? new GuestVcpu(memory, context, cr3, root, pdptes) : null;
+    }
+
     public ulong Cr3 => _cr3;
 
     public PagingControls Controls => _context.Controls;

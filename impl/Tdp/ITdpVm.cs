@@ -65,4 +65,42 @@ public interface ITdpVm : IDisposable
 
     /// <summary>Table pages currently in use (both roots included).</summary>
     long TablePages { get; }
+
+    // ---- Guest memory and the guest's own paging (docs/tdp-model.md) ----
+
+    /// <summary>
+    /// A guest store: size 4 or 8, gpa aligned to it and below 2^<see cref="GpaBits"/> (else Rejected).
+    /// Exactly <see cref="Access"/>(gpa, Write); when that maps, the low <paramref name="size"/> bytes of
+    /// <paramref name="value"/> are stored at the hpa.
+    /// </summary>
+    TdpAccessOutcome GuestStore(ulong gpa, ulong value, int size);
+
+    /// <summary>
+    /// Null: paging off (forgets the paging state). Otherwise MOV CR3 under <paramref name="controls"/>
+    /// (PAE loads and checks the PDPTEs from guest memory): Ok, GuestFault(#GP) with the state unchanged,
+    /// or Rejected for invalid input (unknown mode, MAXPHYADDR outside 36..52, CR3 &gt;= 2^32 in 32-bit/PAE).
+    /// </summary>
+    TdpGuestOutcome GuestSetPaging(PagingControls? controls, ulong cr3);
+
+    /// <summary>
+    /// A guest access. Paging off: <see cref="Access"/>(gva, type). On: the guest walk over guest memory,
+    /// a read access per entry read, GuestFault on #PF/#GP, a write access per A/D update (the updated
+    /// entry stored when it maps), then the access to the translated gpa, whose outcome is the result.
+    /// Rejected, changing nothing, for invalid input (unknown enum values, an implicit fetch, a gva of 2^32
+    /// or more outside 4/5-level paging, or with paging off a gva beyond the gpa width).
+    /// </summary>
+    TdpGuestOutcome GuestAccess(ulong gva, AccessType type, Privilege priv);
+
+    /// <summary>The guest's paging controls, or null while paging is off.</summary>
+    PagingControls? GuestControls { get; }
+
+    /// <summary>The guest's CR3 (0 while paging is off).</summary>
+    ulong GuestCr3 { get; }
+
+    /// <summary>PAE PDPTE register <paramref name="i"/> (0..3) while the guest is in PAE paging, else 0.</summary>
+    ulong GuestPdpte(int i);
+
+    /// <summary>Calls <paramref name="visit"/>(hpa, value) for every non-zero 8-byte word (hpa 8-aligned)
+    /// of every slot's host memory.</summary>
+    void VisitHostMemory(Action<ulong, ulong> visit);
 }

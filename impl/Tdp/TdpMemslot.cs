@@ -10,11 +10,12 @@ namespace MmuSpec.Impl.Tdp;
 internal sealed class TdpMemslot
 {
     /// <summary>Contains no gfn: the "last slot" cache starts here so lookups need no null check.</summary>
-    public static readonly TdpMemslot None = new(-1, 0, 0, 0, TableGeometry.PageShift, false);
+    public static readonly TdpMemslot None = new(-1, 0, 0, 0, TableGeometry.PageShift, false, TdpHostMemory.None);
 
-    public TdpMemslot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
+    public TdpMemslot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly, TdpHostMemory host)
     {
         Id = id;
+        Host = host;
         Pages = pages;
         HostPfnBase = hostPfnBase;
         HostPageShift = hostPageShift;
@@ -33,6 +34,16 @@ internal sealed class TdpMemslot
     public byte HostPageShift { get; }
 
     public bool ReadOnly { get; }
+
+    /// <summary>The contents of host frames [HostPfnBase, HostPfnBase + Pages): they stay with the slot when it moves.</summary>
+    public TdpHostMemory Host { get; }
+
+    /// <summary>The slot's host frames include <paramref name="hostPfn"/>.</summary>
+    public bool HoldsHostFrame(ulong hostPfn) => hostPfn - HostPfnBase < Pages;
+
+    /// <summary>Host frames [hostPfnBase, hostPfnBase + pages) share a frame with this slot's.</summary>
+    public bool OverlapsHostFrames(ulong hostPfnBase, ulong pages) =>
+        hostPfnBase < HostPfnBase + Pages && HostPfnBase < hostPfnBase + pages;
 
     /// <summary>Set while dirty logging is on (then <see cref="Dirty"/> is not null).</summary>
     public DirtyBitmap? Dirty { get; private set; }

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.PageTable;
+using MmuSpec.Impl.Paging;
 using static MmuSpec.Impl.PageTable.TableGeometry;
 
 namespace MmuSpec.Impl.Tdp;
@@ -17,6 +18,10 @@ namespace MmuSpec.Impl.Tdp;
 /// (<c>gpa &gt;&gt; 12</c>), which is what the walker is given. Range operations translate gfn ranges
 /// with <see cref="_sharedGfnMask"/>.
 /// </para>
+/// <para>
+/// Each slot also owns its host memory (<see cref="TdpHostMemory"/>, lazily zeroed), which the guest
+/// writes with <see cref="GuestStore"/> and reads through its own page walk (TdpMmu.Guest.cs).
+/// </para>
 /// Not thread-safe.
 /// </summary>
 public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPteFormat
@@ -29,6 +34,15 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     private const int LargestLeafLevel = 3;
 
     private readonly TdpPageAllocator _pages;
+    private readonly NativePagePool _pool;
+
+    // The slots' host memory at their gpas, for the guest's own page walk (docs/tdp-model.md, "Guest
+    // memory"): an external slot per memslot, moved and removed with it. Gfns here never hold the
+    // shared bit, so a table at a shared gpa is outside every slot, as for KVM's software walker.
+    private readonly GuestPhysicalMemory _guestMemory;
+
+    // The guest's paging state; null while paging is off (the initial state).
+    private GuestVcpu? _guest;
     private readonly int? _sharedBit;
     private readonly int _rootLevel;
     private readonly int _gpaBits;
@@ -86,6 +100,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         _hostPfnLimit = 1UL << (TFormat.OutputAddressBits - PageShift);
         ulong addressMask = ((1UL << TFormat.OutputAddressBits) - 1) & ~((1UL << PageShift) - 1);
         _pages = new TdpPageAllocator(pool, addressMask);
+        _pool = pool;
+        _guestMemory = new GuestPhysicalMemory(pool);
     }
 
     /// <summary>Bytes in one page header (the packed gfn and role).</summary>
@@ -123,14 +139,22 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
             return Reject($"host frames reach 2^{TFormat.OutputAddressBits - PageShift}, beyond what {Format} entries address");
         if (RangeProblem(baseGfn, pages, self: null) is string problem)
             return Reject(problem);
+        foreach (TdpMemslot other in _slots)
+        {
+            // Slots may not share host frames: each frame's contents belong to one slot.
+            if (other.OverlapsHostFrames(hostPfnBase, pages))
+                return Reject($"host frames [0x{hostPfnBase:X}, 0x{hostPfnBase + pages:X}) overlap slot {other.Id}'s");
+        }
 
-        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly);
+        var host = new TdpHostMemory(_pool, pages); // reads as zero; pages come from the OS when written
+        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly, host);
+        _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
         _slotsById[id] = slot;
         _slots = [.. _slots, slot];
         return TdpStatus.Ok;
     }
 
-    /// <summary>Zaps every leaf overlapping the slot (both roots), then forgets the slot and its bitmap.</summary>
+    /// <summary>Zaps every leaf overlapping the slot (both roots), then forgets the slot, its bitmap and its host memory.</summary>
     public TdpStatus DeleteSlot(int id)
     {
         ThrowIfDisposed();
@@ -141,6 +165,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         _slots = Array.FindAll(_slots, s => s != slot);
         if (_lastSlot == slot)
             _lastSlot = TdpMemslot.None;
+        _guestMemory.RemoveSlot(slot.BaseGfn);
+        slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
         return TdpStatus.Ok;
     }
 
@@ -153,7 +179,9 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
             return Reject(problem);
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
+        _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.MoveTo(newBaseGfn);
+        _guestMemory.AddExternalSlot(newBaseGfn, slot.Pages, slot.Host.Base); // the window moves, not the contents
         return TdpStatus.Ok;
     }
 
@@ -234,7 +262,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         return TdpStatus.Ok;
     }
 
-    /// <summary>Returns every table page to the pool (after this, the pool's PagesInUse no longer counts them).</summary>
+    /// <summary>Returns every table page and every slot's host memory to the pool (after this, the pool's
+    /// PagesInUse no longer counts them).</summary>
     public void Dispose()
     {
         if (_disposed)
@@ -243,6 +272,13 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         _directRoot = null;
         _mirrorRoot = null;
         _pages.ReleaseAll();
+        _guest = null;
+        _guestMemory.Dispose(); // external slots only: frees nothing
+        foreach (TdpMemslot slot in _slots)
+            slot.Host.Free();
+        _slots = [];
+        Array.Clear(_slotsById);
+        _lastSlot = TdpMemslot.None;
     }
 
     private TdpMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;

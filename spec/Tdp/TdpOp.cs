@@ -55,6 +55,24 @@ public abstract record TdpOp
     {
         public override string ToString() => $"max page size {Size.Name()}";
     }
+
+    /// <summary>The guest stores 4 or 8 bytes to guest-physical memory: a write access through the MMU.</summary>
+    public sealed record GuestStore(ulong Gpa, ulong Value, int Size) : TdpOp
+    {
+        public override string ToString() => $"guest write{Size * 8} [{Bits.Hex(Gpa)}] = {Bits.Hex(Value)}";
+    }
+
+    /// <summary>The guest turns paging off (<paramref name="Controls"/> null) or loads controls and CR3.</summary>
+    public sealed record GuestSetPaging(PagingControls? Controls, ulong Cr3) : TdpOp
+    {
+        public override string ToString() => Controls is null ? "guest paging off" : $"guest paging {Controls}, CR3={Bits.Hex(Cr3)}";
+    }
+
+    /// <summary>The guest touches a linear address: its own page walk, then the MMU for every gpa touched.</summary>
+    public sealed record GuestAccess(Access Access) : TdpOp
+    {
+        public override string ToString() => $"guest {Access}";
+    }
 }
 
 /// <summary>What a TDP operation returned.</summary>
@@ -84,6 +102,12 @@ public abstract record TdpResult
     public sealed record MmioExit(ulong Gpa) : TdpResult
     {
         public override string ToString() => $"MMIO exit at gpa {Bits.Hex(Gpa)}";
+    }
+
+    /// <summary>The guest's own paging raised an exception (#PF or #GP): the MMU was not asked for the final access.</summary>
+    public sealed record GuestFault(WalkResult Fault) : TdpResult
+    {
+        public override string ToString() => $"guest {Fault}";
     }
 
     /// <summary>The dirty frames of a slot since the last fetch, as sorted absolute gfns.</summary>

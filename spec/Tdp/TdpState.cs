@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Spec.Tdp;
@@ -19,7 +20,9 @@ public sealed record TdpState(
     ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
     ImmutableSortedDictionary<PageKey, TablePage> Pages,
     PageKey? DirectRoot,
-    PageKey? MirrorRoot)
+    PageKey? MirrorRoot,
+    ImmutableSortedDictionary<ulong, ulong> HostMemory,
+    CpuState? GuestCpu)
 {
     const int MaxSlotId = 31;
 
@@ -27,7 +30,8 @@ public sealed record TdpState(
     public static TdpState Create(VmConfig config) => new(config,
         ImmutableSortedDictionary<int, TdpMemslot>.Empty, PageSize.Size1G,
         ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
-        ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null);
+        ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null,
+        ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null);
 
     public TdpStepped Step(TdpOp op) => op switch
     {
@@ -36,6 +40,8 @@ public sealed record TdpState(
         {
             Slots = Slots.Remove(s.Id),
             DirtyBitmaps = DirtyBitmaps.Remove(s.Id),
+            // The VMM unmapped the slot's memory: its host frames hold nothing any more.
+            HostMemory = HostMemory.RemoveRange(HostMemory.Keys.Where(hpa => HostSlotOf(s, hpa))),
         })),
         TdpOp.MoveSlot m => MoveSlot(m),
         TdpOp.SetDirtyLogging d => WithSlot(d.Id, s => Done(SetDirtyLogging(s, d.On))),
@@ -48,6 +54,9 @@ public sealed record TdpState(
         TdpOp.SetMaxPageSize p => p.Size is PageSize.Size4K or PageSize.Size2M or PageSize.Size1G
             ? Done(this with { MaxPageSize = p.Size })
             : Reject($"{p.Size.Name()} is not a TDP page size"),
+        TdpOp.GuestStore g => GuestStore(g),
+        TdpOp.GuestSetPaging p => GuestSetPaging(p),
+        TdpOp.GuestAccess a => GuestAccess(a.Access),
         _ => throw new ArgumentException($"unknown operation {op}", nameof(op)),
     };
 
@@ -61,6 +70,8 @@ public sealed record TdpState(
         if (c.HostPfnBase >= Config.HostPfnLimit || c.Pages > Config.HostPfnLimit - c.HostPfnBase)
             return Reject($"host frames beyond {Bits.Hex(Config.HostPfnLimit)}, more than {Config.Format} entries can hold");
         if (SlotRangeProblem(c.BaseGfn, c.Pages, ignoreId: null) is { } problem) return Reject(problem);
+        if (Slots.Values.FirstOrDefault(o => c.HostPfnBase < o.HostPfnBase + o.Pages && o.HostPfnBase < c.HostPfnBase + c.Pages) is { } sharer)
+            return Reject($"host frames [{Bits.Hex(c.HostPfnBase)}, {Bits.Hex(c.HostPfnBase + c.Pages)}) already back slot {sharer.Id}");
         var slot = new TdpMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.HostPageSize, c.ReadOnly, DirtyLogging: false);
         return Done(this with { Slots = Slots.Add(c.Id, slot) });
     }
@@ -217,6 +228,88 @@ public sealed record TdpState(
     TdpState MarkDirty(TdpMemslot slot, ulong gfn) =>
         slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
 
+    // ---- the guest: its memory and its own paging (docs/tdp-model.md, "Guest memory") ----
+
+    static bool HostSlotOf(TdpMemslot slot, ulong hpa) => (hpa >> 12) >= slot.HostPfnBase && (hpa >> 12) - slot.HostPfnBase < slot.Pages;
+
+    /// <summary>
+    /// Guest-physical memory as the guest sees it now: the memslots, and in them the host memory
+    /// that backs them. The walk reads its tables from here, as KVM's software walker reads
+    /// guest memory through memslots.
+    /// </summary>
+    public GuestMemory GuestMemoryView()
+    {
+        var memory = GuestMemory.FromSlots(Slots.Values.Select(s => new Memslot(s.BaseGfn, s.Pages)));
+        foreach (var (hpa, value) in HostMemory)
+            if (Slots.Values.FirstOrDefault(s => HostSlotOf(s, hpa)) is { } slot)
+                memory = memory.Write64(((slot.BaseGfn + ((hpa >> 12) - slot.HostPfnBase)) << 12) | (hpa & 0xFFF), value);
+        return memory;
+    }
+
+    /// <summary>Host memory with <paramref name="size"/> bytes stored at <paramref name="hpa"/>.</summary>
+    TdpState StoreHost(ulong hpa, ulong value, int size)
+    {
+        ulong word = hpa & ~7UL;
+        ulong old = HostMemory.GetValueOrDefault(word);
+        int shift = (int)(hpa & 7) * 8;
+        ulong mask = size == 8 ? ulong.MaxValue : 0xFFFF_FFFFUL << shift;
+        ulong merged = (old & ~mask) | ((value << shift) & mask);
+        return this with { HostMemory = merged == 0 ? HostMemory.Remove(word) : HostMemory.SetItem(word, merged) };
+    }
+
+    TdpStepped GuestStore(TdpOp.GuestStore g)
+    {
+        if (g.Size is not (4 or 8) || g.Gpa % (ulong)g.Size != 0) return Reject($"a guest store is 4 or 8 bytes, aligned ({g.Size} at {Bits.Hex(g.Gpa)})");
+        var access = Access(g.Gpa, AccessType.Write);
+        return access.Result is TdpResult.Mapped m
+            ? new TdpStepped(access.State.StoreHost(m.Hpa, g.Value, g.Size), m)
+            : access;
+    }
+
+    TdpStepped GuestSetPaging(TdpOp.GuestSetPaging p)
+    {
+        if (p.Controls is null) return Done(this with { GuestCpu = null });
+        CpuStateOrGp loaded;
+        try { loaded = CpuState.LoadCr3(p.Controls, p.Cr3, GuestMemoryView()); }
+        catch (ArgumentException e) { return Reject(e.Message); }
+        return loaded.State is { } cpu
+            ? Done(this with { GuestCpu = cpu })
+            : new TdpStepped(this, new TdpResult.GuestFault(new WalkResult.GeneralProtection(loaded.Fault!.Value)));
+    }
+
+    /// <summary>
+    /// A guest access: with paging off the gva is the gpa; with paging on, the guest's own walk
+    /// (the walk issue's), whose every table read and A/D update is an access through the MMU,
+    /// then the access itself (two-dimensional paging, in the order docs/tdp-model.md gives).
+    /// </summary>
+    TdpStepped GuestAccess(Access access)
+    {
+        if (GuestCpu is null)
+            return access.Gva >> Config.GpaBits == 0 ? Access(access.Gva, access.Type) : Reject($"gva {Bits.Hex(access.Gva)} is beyond the guest-physical space");
+
+        var view = GuestMemoryView();
+        WalkExplanation walk;
+        try { walk = PageWalk.Explain(GuestCpu, view, access); }
+        catch (ArgumentException e) { return Reject(e.Message); }
+
+        int entryBytes = GuestCpu.Controls.Mode.EntryBytes();
+        var state = this;
+        foreach (var step in walk.Steps)
+            if (step.EntryGpa is { } entryGpa && view.IsBacked(entryGpa, entryBytes))
+                state = state.Access(entryGpa, AccessType.Read).State;          // the table read
+        if (walk.Result is not WalkResult.Translated t)
+            return new TdpStepped(state, new TdpResult.GuestFault(walk.Result));
+
+        foreach (var update in walk.Updates)
+        {
+            var write = state.Access(update.Gpa, AccessType.Write);
+            state = write.State;
+            // A read-only slot cannot take the update: KVM drops A/D updates there.
+            if (write.Result is TdpResult.Mapped m) state = state.StoreHost(m.Hpa, update.After, entryBytes);
+        }
+        return state.Access(t.Gpa, access.Type);
+    }
+
     // ---- the tables ----
 
     /// <summary>
@@ -299,7 +392,9 @@ public sealed record TdpState(
         && Slots.SequenceEqual(other.Slots)
         && DirtyBitmaps.Count == other.DirtyBitmaps.Count
         && DirtyBitmaps.All(b => other.DirtyBitmaps.TryGetValue(b.Key, out var o) && b.Value.SetEquals(o))
-        && Pages.SequenceEqual(other.Pages);
+        && Pages.SequenceEqual(other.Pages)
+        && HostMemory.SequenceEqual(other.HostMemory)
+        && Equals(GuestCpu, other.GuestCpu);
 
     public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);
 

@@ -39,19 +39,34 @@ public sealed class ImplTdpEngine : IDisposable
                     ? new TdpResult.DirtyLog(dirty.ToImmutableArray())
                     : Rejected();
             case TdpOp.AccessGpa a:
-                var o = vm.Access(a.Gpa, ImplWalkEngine.ToImpl(a.Type));
-                return o.Status switch
-                {
-                    ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Hpa, PageSizes.FromShift(o.PageShift), o.Faulted),
-                    ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(a.Gpa),
-                    _ => Rejected(),
-                };
+                return Access(vm.Access(a.Gpa, ImplWalkEngine.ToImpl(a.Type)), a.Gpa);
             case TdpOp.ZapRange z: return Status(vm.ZapRange(z.StartGfn, z.EndGfn));
             case TdpOp.ZapAll: return Status(vm.ZapAll());
             case TdpOp.SetMaxPageSize p: return Status(vm.SetMaxPageSize((byte)p.Size.Shift()));
+            case TdpOp.GuestStore g: return Access(vm.GuestStore(g.Gpa, g.Value, g.Size), g.Gpa);
+            case TdpOp.GuestSetPaging p: return Guest(vm.GuestSetPaging(p.Controls is { } pc ? ImplWalkEngine.ToImpl(pc) : null, p.Cr3), gpa: 0);
+            case TdpOp.GuestAccess a:
+                return Guest(vm.GuestAccess(a.Access.Gva, ImplWalkEngine.ToImpl(a.Access.Type), ImplWalkEngine.ToImpl(a.Access.Privilege)), gpa: null);
             default: throw new ArgumentException($"unknown operation {op}", nameof(op));
         }
     }
+
+    TdpResult Access(ImplTdp.TdpAccessOutcome o, ulong gpa) => o.Status switch
+    {
+        ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Hpa, PageSizes.FromShift(o.PageShift), o.Faulted),
+        ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
+        _ => Rejected(),
+    };
+
+    /// <summary>A guest operation's outcome; an MMIO exit of a guest access reports the gpa the walk reached.</summary>
+    TdpResult Guest(ImplTdp.TdpGuestOutcome o, ulong? gpa) => o.Status switch
+    {
+        ImplTdp.TdpGuestStatus.Ok => TdpResult.Ok.Instance,
+        ImplTdp.TdpGuestStatus.Mapped => Access(o.Access, 0),
+        ImplTdp.TdpGuestStatus.MmioExit => new TdpResult.MmioExit(o.Gpa),
+        ImplTdp.TdpGuestStatus.GuestFault => new TdpResult.GuestFault(ImplWalkEngine.FromImpl(o.Fault)),
+        _ => Rejected(),
+    };
 
     TdpResult Status(ImplTdp.TdpStatus s) => s == ImplTdp.TdpStatus.Ok ? TdpResult.Ok.Instance : Rejected();
     TdpResult Rejected() => new TdpResult.Rejected(vm.LastRejection ?? "(no reason given)");
@@ -72,8 +87,14 @@ public sealed class ImplTdpEngine : IDisposable
                 : new Spte.Table(Key(x.Child)));
             pages[k] = new TablePage(k, e);
         });
+        var host = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();
+        vm.VisitHostMemory((hpa, value) => { if (value != 0) host[hpa] = value; });
+        CpuState? guest = vm.GuestControls is { } gc
+            ? new CpuState(ImplWalkEngine.FromImpl(gc), vm.GuestCr3,
+                gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
+            : null;
         return new TdpState(config, slots, PageSizes.FromShift(vm.MaxPageShift), bitmaps, pages.ToImmutable(),
-            vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null);
+            vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null, host.ToImmutable(), guest);
     }
 
     static PageKey Key(ImplTdp.TdpPageKey k) => new(k.Gfn, new MmuRole(k.Level, k.Mirror));

@@ -58,8 +58,16 @@ public static class TdpDiff
         try { return impl.View(); } catch { return null; }
     }
 
-    /// <summary>Results compare in full, except a rejection's reason (each side words it its own way).</summary>
-    public static string Describe(TdpResult r) => r is TdpResult.Rejected ? "rejected" : r.ToString()!;
+    /// <summary>
+    /// Results compare in full, except a rejection's reason (each side words it its own way) and a
+    /// guest #GP's reason (the impl, like hardware, reports none).
+    /// </summary>
+    public static string Describe(TdpResult r) => r switch
+    {
+        TdpResult.Rejected => "rejected",
+        TdpResult.GuestFault { Fault: WalkResult.GeneralProtection } => "guest #GP",
+        _ => r.ToString()!,
+    };
 
     /// <summary>
     /// Oracle 2, against the memslots before the access: a mapping is served only for a gfn in a
@@ -67,12 +75,18 @@ public static class TdpDiff
     /// </summary>
     public static string? ArchitectureViolation(TdpState before, TdpOp op, TdpResult result)
     {
-        if (op is not TdpOp.AccessGpa a || result is not TdpResult.Mapped m) return null;
-        ulong gfn = (a.Gpa >> 12) & ~before.Config.DirectBits;
+        (ulong gpa, AccessType type) = op switch
+        {
+            TdpOp.AccessGpa a => (a.Gpa, a.Type),
+            TdpOp.GuestStore g => (g.Gpa, AccessType.Write),
+            _ => (0UL, AccessType.Read),
+        };
+        if (op is not (TdpOp.AccessGpa or TdpOp.GuestStore) || result is not TdpResult.Mapped m) return null;
+        ulong gfn = (gpa >> 12) & ~before.Config.DirectBits;
         var slot = before.Slots.Values.FirstOrDefault(s => s.Contains(gfn));
         if (slot is null) return $"gfn {Bits.Hex(gfn)} is in no memslot, yet the access was mapped";
-        if (a.Type == AccessType.Write && slot.ReadOnly) return $"a write to read-only {slot} was mapped";
-        ulong expected = (slot.HostPfn(gfn) << 12) | (a.Gpa & 0xFFF);
+        if (type == AccessType.Write && slot.ReadOnly) return $"a write to read-only {slot} was mapped";
+        ulong expected = (slot.HostPfn(gfn) << 12) | (gpa & 0xFFF);
         return m.Hpa == expected ? null : $"gfn {Bits.Hex(gfn)} should reach hpa {Bits.Hex(expected)} through {slot}, got {Bits.Hex(m.Hpa)}";
     }
 
@@ -86,6 +100,15 @@ public static class TdpDiff
         if (spec.MaxPageSize != impl.MaxPageSize) d.Add($"max page size: spec {spec.MaxPageSize.Name()} / impl {impl.MaxPageSize.Name()}");
         if (!Equals(spec.DirectRoot, impl.DirectRoot)) d.Add($"direct root: spec {spec.DirectRoot?.ToString() ?? "-"} / impl {impl.DirectRoot?.ToString() ?? "-"}");
         if (!Equals(spec.MirrorRoot, impl.MirrorRoot)) d.Add($"mirror root: spec {spec.MirrorRoot?.ToString() ?? "-"} / impl {impl.MirrorRoot?.ToString() ?? "-"}");
+        if (!Equals(spec.GuestCpu, impl.GuestCpu))
+            d.Add($"guest paging: spec {spec.GuestCpu?.ToString() ?? "off"} / impl {impl.GuestCpu?.ToString() ?? "off"}");
+        foreach (ulong hpa in spec.HostMemory.Keys.Union(impl.HostMemory.Keys).Order())
+        {
+            ulong sv = spec.HostMemory.GetValueOrDefault(hpa), iv = impl.HostMemory.GetValueOrDefault(hpa);
+            if (sv == iv) continue;
+            if (d.Count >= max) { d.Add("..."); return d.ToImmutable(); }
+            d.Add($"host memory [{Bits.Hex(hpa)}]: spec {Bits.Hex(sv)} / impl {Bits.Hex(iv)}");
+        }
         foreach (int id in spec.Slots.Keys.Union(impl.Slots.Keys).Order())
         {
             var s = spec.Slots.GetValueOrDefault(id); var i = impl.Slots.GetValueOrDefault(id);

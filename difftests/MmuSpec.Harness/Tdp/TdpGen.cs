@@ -1,6 +1,8 @@
 using System.Collections.Immutable;
 using FsCheck;
 using FsCheck.Fluent;
+using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 
@@ -26,8 +28,11 @@ public static class TdpGen
         var b = new TdpCaseBuilder(new Random(seed), config);
         int slots = 1 + b.Rng.Next(3);
         for (int i = 0; i < slots; i++) b.Add(b.NewSlot(i));
+        // Most cases also run a guest with its own page tables in its own memory.
+        bool guest = b.Rng.Next(10) < 6;
+        if (guest) b.BuildGuest();
         int count = 4 + b.Rng.Next(4 + Math.Max(4, size));
-        for (int i = 0; i < count; i++) b.Add(b.NextOp());
+        for (int i = 0; i < count; i++) b.Add(guest && b.Rng.Next(10) < 4 ? b.NextGuestOp() : b.NextOp());
         return new TdpCase(config, b.Ops.ToImmutable());
     }
 }
@@ -92,6 +97,52 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         return 0x100_0000 + (ulong)rng.Next(0, 1 << 20);   // far away, usually free
     }
 
+    // ---- the guest's own paging ----
+
+    /// <summary>The slot that holds the guest's page tables: 64 writable 4 KiB pages below 4 GiB.</summary>
+    public const int GuestRamSlot = 8;
+    const ulong GuestRamPages = 64;
+
+    ForestBuilder? forest;
+    PagingControls guestControls = new(PagingMode.Long4);
+    ulong guestCr3;
+
+    /// <summary>
+    /// Creates the guest's RAM slot, builds a page-table forest in it with the walk issue's
+    /// builder (leaves mostly pointing into the slots), writes it with guest stores (through the
+    /// MMU, as a guest would) and turns paging on.
+    /// </summary>
+    public void BuildGuest()
+    {
+        // Below 4 GiB, so that 32-bit and PAE guests can point CR3 at it.
+        ulong ramBase = new ulong[] { 0x100, 0x8_0000, 0xC_0000, 0xF_0000 }
+            .FirstOrDefault(b => !slots.Values.Any(s => b < s.Base + s.Pages && s.Base < b + GuestRamPages), 0xF_8000UL);
+        var guestRam = new Memslot(ramBase, GuestRamPages);
+        Add(new TdpOp.CreateSlot(GuestRamSlot, ramBase, GuestRamPages, 0x3000_0000, PageSize.Size4K, ReadOnly: false));
+        guestControls = Walk.WalkGen.GenControls(rng, (PagingMode)rng.Next(4));
+        var ranges = slots.Values.Select(s => (s.Base, s.Pages)).ToList();
+        forest = new ForestBuilder(rng, guestControls, [guestRam], ranges);
+        forest.Grow(paths: 2 + rng.Next(6));
+        foreach (var w in forest.SetupWrites()) Add(new TdpOp.GuestStore(w.Gpa, w.Value, w.Size));
+        guestCr3 = forest.Cr3;
+        Add(new TdpOp.GuestSetPaging(guestControls, guestCr3));
+    }
+
+    /// <summary>genGuestOp: the walk issue's operations, as a TDP guest makes them.</summary>
+    public TdpOp NextGuestOp()
+    {
+        if (forest is null) return NextOp();
+        var op = forest.NextOp(ref guestControls);
+        return op switch
+        {
+            Spec.Machine.Op.GuestAccess a => new TdpOp.GuestAccess(a.Access),
+            Spec.Machine.Op.WriteGuest w => new TdpOp.GuestStore(w.Gpa, w.Value, w.Size),
+            Spec.Machine.Op.LoadCr3 l => new TdpOp.GuestSetPaging(guestControls, l.Cr3),
+            Spec.Machine.Op.SetControls c => rng.Next(20) == 0 ? new TdpOp.GuestSetPaging(null, 0) : new TdpOp.GuestSetPaging(c.Controls, guestCr3),
+            _ => NextOp(),
+        };
+    }
+
     /// <summary>genOp.</summary>
     public TdpOp NextOp()
     {
@@ -102,15 +153,22 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         if (roll < 73) return new TdpOp.GetDirtyLog(logging.Count > 0 && rng.Next(5) != 0 ? logging.ElementAt(rng.Next(logging.Count)) : SomeSlot());
         if (roll < 78) return new TdpOp.SetMaxPageSize(rng.Next(3) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G });
         if (roll < 83) return NewSlot(rng.Next(6) == 0 ? SomeSlot() : rng.Next(0, 8));
-        if (roll < 87) return new TdpOp.DeleteSlot(SomeSlot());
+        if (roll < 87) return new TdpOp.DeleteSlot(SlotToDisturb());
         if (roll < 94 && slots.Count > 0)
         {
-            int id = SomeSlot();
+            int id = SlotToDisturb();
             ulong pages = slots.TryGetValue(id, out var s) ? s.Pages : 1;
             return new TdpOp.MoveSlot(id, FreeBase(pages));
         }
         if (roll < 96) return new TdpOp.ZapAll();
         return Access();
+    }
+
+    /// <summary>A slot to delete or move: rarely the guest's page-table RAM, so guest walks keep working.</summary>
+    int SlotToDisturb()
+    {
+        int id = SomeSlot();
+        return id == GuestRamSlot && rng.Next(8) != 0 ? SomeSlot() : id;
     }
 
     int SomeSlot() => slots.Count == 0 || rng.Next(12) == 0 ? rng.Next(0, 8) : slots.Keys.ElementAt(rng.Next(slots.Count));

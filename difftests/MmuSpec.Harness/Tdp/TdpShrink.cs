@@ -34,7 +34,14 @@ public static class TdpShrink
                 if (s.ReadOnly) yield return s with { ReadOnly = false };
                 if (s.Pages > 1) yield return s with { Pages = s.Pages / 2 };
                 break;
-            case TdpOp.ZapAll:
+            case TdpOp.GuestAccess g:
+                if ((g.Access.Gva & 0xFFF) != 0) yield return new TdpOp.GuestAccess(g.Access.WithGva(g.Access.Gva & ~0xFFFUL));
+                if (g.Access.Privilege != Privilege.Supervisor) yield return new TdpOp.GuestAccess(g.Access.WithPrivilege(Privilege.Supervisor));
+                if (g.Access.Type != AccessType.Read) yield return new TdpOp.GuestAccess(g.Access.WithType(AccessType.Read));
+                break;
+            case TdpOp.GuestStore w:
+                for (int bit = 63; bit >= 0; bit--)
+                    if (bit is < 12 or >= 36 && ((w.Value >> bit) & 1) != 0) yield return w with { Value = w.Value & ~(1UL << bit) };
                 break;
         }
     }

@@ -77,16 +77,20 @@ internal sealed class ForestBuilder
     readonly List<ulong> freePages;                          // table pages not used yet
     readonly List<(ulong Page, int Level)> tables = new();   // table pages and the level they were built for
     readonly List<ulong> pathGvas = new();                   // linear addresses whose path was built
+    readonly IReadOnlyList<(ulong BaseGfn, ulong Pages)> dataRanges;   // where leaves should usually point
     readonly PagingMode bootMode;
     readonly int entryBytes;
 
-    public ForestBuilder(Random rng, PagingControls controls)
+    /// <param name="tableSlots">Where table pages may go (default: the walk cases' memslots).</param>
+    /// <param name="dataRanges">Gfn ranges that leaves should usually point into (default: anywhere).</param>
+    public ForestBuilder(Random rng, PagingControls controls, IEnumerable<Memslot>? tableSlots = null, IReadOnlyList<(ulong BaseGfn, ulong Pages)>? dataRanges = null)
     {
         this.rng = rng;
+        this.dataRanges = dataRanges ?? [];
         BootControls = controls;
         bootMode = controls.Mode;
         entryBytes = bootMode.EntryBytes();
-        freePages = WalkGen.Slots.SelectMany(s => Enumerable.Range(0, (int)s.Pages).Select(i => (s.BaseGfn + (ulong)i) << 12))
+        freePages = (tableSlots ?? WalkGen.Slots).SelectMany(s => Enumerable.Range(0, (int)s.Pages).Select(i => (s.BaseGfn + (ulong)i) << 12))
             .OrderBy(_ => rng.Next()).ToList();
 
         ulong root = TakePage();
@@ -214,6 +218,13 @@ internal sealed class ForestBuilder
 
     ulong RandomFrame(PageSize size)
     {
+        if (dataRanges.Count > 0 && rng.Next(10) < 7)
+        {
+            // Into guest memory the MMU knows, so the final access maps (a TDP guest).
+            var (baseGfn, pages) = dataRanges[rng.Next(dataRanges.Count)];
+            ulong gfn = baseGfn + (ulong)rng.NextInt64(0, (long)pages);
+            return (gfn << 12) & ~(size.Bytes() - 1);
+        }
         int maxBits = bootMode == PagingMode.Bits32 ? 32 : Math.Min(BootControls.MaxPhyAddr, 40);
         ulong frame = (ulong)rng.NextInt64() & Bits.Range(maxBits - 1, size.Shift());
         // A misaligned large frame sets bits that the large page reserves.
@@ -252,6 +263,8 @@ internal sealed class ForestBuilder
     // ---- operations ----
 
     /// <summary>genOp: mostly accesses, then entry edits, control changes and CR3 loads.</summary>
+    public IReadOnlyList<ulong> PathGvas => pathGvas;
+
     public Op NextOp(ref PagingControls current)
     {
         int roll = rng.Next(100);

@@ -161,4 +161,59 @@ public sealed class TdpModelTests
             Assert.Equal(s, step.State);
         }
     }
+
+    // ---- the guest's own paging over TDP ----
+
+    /// <summary>A 4-level guest: PML4 at gpa 0x1000, PDPT 0x2000, PD 0x3000, PT 0x4000; gva 0x5000 -> gpa 0x9000.</summary>
+    static TdpState GuestWithTables()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)),
+            new TdpOp.CreateSlot(0, 0, 16, 0x100, PageSize.Size4K, ReadOnly: false),
+            new TdpOp.GuestStore(0x1000, 0x2007, 8), new TdpOp.GuestStore(0x2000, 0x3007, 8),
+            new TdpOp.GuestStore(0x3000, 0x4007, 8), new TdpOp.GuestStore(0x4028, 0x9007, 8),
+            new TdpOp.GuestSetPaging(new PagingControls(PagingMode.Long4), 0x1000));
+        return s;
+    }
+
+    [Fact]
+    public void Guest_stores_land_in_host_memory_through_the_slot()
+    {
+        var s = GuestWithTables();
+        // gpa 0x1000 is host frame 0x101: the PML4E is at hpa 0x101000.
+        Assert.Equal(0x2007UL, s.HostMemory[0x10_1000]);
+        Assert.Equal(0x9007UL, s.HostMemory[0x10_4028]);
+    }
+
+    [Fact]
+    public void A_guest_write_walks_the_guest_tables_faults_them_in_sets_AD_and_maps_the_data_page()
+    {
+        var s = GuestWithTables().Step(new TdpOp.GuestAccess(Access.Write(0x5123))).State;
+        var r = GuestWithTables().Step(new TdpOp.GuestAccess(Access.Write(0x5123))).Result;
+        // gpa 0x9123 is host frame 0x109: hpa 0x109123, a fault (the data page was never touched).
+        Assert.Equal(new TdpResult.Mapped(0x10_9123, PageSize.Size4K, Faulted: true), r);
+        // A on every guest entry used, D on the guest PTE, written into host memory.
+        Assert.Equal(0x2027UL, s.HostMemory[0x10_1000]);
+        Assert.Equal(0x3027UL, s.HostMemory[0x10_2000]);
+        Assert.Equal(0x4027UL, s.HostMemory[0x10_3000]);
+        Assert.Equal(0x9067UL, s.HostMemory[0x10_4028]);
+        // The four table pages and the data page are mapped by the MMU.
+        Assert.Equal(new ulong[] { 0x1, 0x2, 0x3, 0x4, 0x9 }, s.Leaves().Select(l => l.Leaf.Gfn).Order());
+    }
+
+    [Fact]
+    public void A_guest_page_fault_still_reads_the_tables_through_the_MMU_but_writes_nothing()
+    {
+        var s0 = GuestWithTables();
+        var step = s0.Step(new TdpOp.GuestAccess(Access.Read(0x6000)));   // PTE index 6: not present
+        Assert.Equal(new TdpResult.GuestFault(new WalkResult.PageFault(PageFaultErrorCode.None)), step.Result);
+        Assert.Equal(s0.HostMemory, step.State.HostMemory);
+        Assert.Equal(new ulong[] { 0x1, 0x2, 0x3, 0x4 }, step.State.Leaves().Select(l => l.Leaf.Gfn).Order());
+    }
+
+    [Fact]
+    public void Deleting_a_slot_discards_its_host_memory()
+    {
+        var s = Run(GuestWithTables(), new TdpOp.DeleteSlot(0));
+        Assert.Empty(s.HostMemory);
+    }
 }

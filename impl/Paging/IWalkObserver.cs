@@ -1,0 +1,15 @@
+namespace MmuSpec.Impl.Paging;
+
+/// <summary>
+/// What the guest walk reports as it goes, and whether it updates accessed/dirty bits itself. The walk
+/// is generic over a struct observer, so the JIT compiles one copy per observer and an empty observer
+/// (<see cref="GuestVcpu.Access"/>'s) costs nothing.
+/// </summary>
+internal interface IWalkObserver
+{
+    /// <summary>True: a permitted translation sets A/D in memory (SDM 4.8). False: the caller does it.</summary>
+    static abstract bool WritesAccessedDirty { get; }
+
+    /// <summary>A paging-structure entry was read from memory at <paramref name="gpa"/> (walk order).</summary>
+    void EntryRead(ulong gpa);
+}

@@ -1,0 +1,78 @@
+using System.Diagnostics;
+using MmuSpec.Impl.Memory;
+using static MmuSpec.Impl.PageTable.TableGeometry;
+
+namespace MmuSpec.Impl.Tdp;
+
+/// <summary>
+/// The host memory behind one memslot (docs/tdp-model.md, "Guest memory"): one contiguous run that reads
+/// as zero until written, from <see cref="NativePagePool.AllocateLazilyZeroedPages"/>, so a 1 GiB slot
+/// costs only the pages the guest touches. Remembers which pages were ever written, so the abstract
+/// state's "every non-zero word" is found without scanning (and faulting in) the whole run.
+/// </summary>
+internal sealed unsafe class TdpHostMemory
+{
+    /// <summary>No memory at all (the placeholder slot's).</summary>
+    public static readonly TdpHostMemory None = new();
+
+    private readonly NativePagePool? _pool;
+    private readonly ulong _pages;
+    private readonly HashSet<ulong> _writtenPages = new();
+    private byte* _base;
+
+    private TdpHostMemory() { }
+
+    /// <exception cref="OutOfMemoryException">The OS refused the reservation.</exception>
+    public TdpHostMemory(NativePagePool pool, ulong pages)
+    {
+        if (pages > long.MaxValue)
+            throw new OutOfMemoryException($"{pages} pages of host memory cannot be reserved.");
+        _pool = pool;
+        _pages = pages;
+        _base = pool.AllocateLazilyZeroedPages((long)pages);
+    }
+
+    /// <summary>Byte 0 of the run: the slot's first host frame.</summary>
+    public byte* Base => _base;
+
+    public ulong Bytes => _pages << PageShift;
+
+    /// <summary>Stores the low <paramref name="size"/> (4 or 8) bytes of <paramref name="value"/> at byte <paramref name="offset"/>, aligned to the size.</summary>
+    public void Store(ulong offset, ulong value, int size)
+    {
+        Debug.Assert(_base != null && offset < Bytes && (offset & (ulong)(size - 1)) == 0, "store outside the run or misaligned");
+        _writtenPages.Add(offset >> PageShift);
+        if (size == sizeof(ulong))
+            *(ulong*)(_base + offset) = value;
+        else
+            *(uint*)(_base + offset) = (uint)value;
+    }
+
+    /// <summary>Every non-zero 8-byte word, ascending, as (host-physical address, value).</summary>
+    public void Visit(ulong baseHpa, Action<ulong, ulong> visit)
+    {
+        if (_writtenPages.Count == 0)
+            return;
+        ulong[] pages = [.. _writtenPages];
+        Array.Sort(pages);
+        foreach (ulong page in pages)
+        {
+            ulong* words = (ulong*)(_base + (page << PageShift));
+            for (int i = 0; i < TableBytes / sizeof(ulong); i++)
+            {
+                if (words[i] != 0)
+                    visit(baseHpa + (page << PageShift) + (ulong)(i * sizeof(ulong)), words[i]);
+            }
+        }
+    }
+
+    /// <summary>Returns the run to the pool: the contents are gone (a later slot on these frames reads zero).</summary>
+    public void Free()
+    {
+        if (_base == null || _pool is null)
+            return;
+        _pool.FreeLazilyZeroedPages(_base, (long)_pages);
+        _base = null;
+        _writtenPages.Clear();
+    }
+}
