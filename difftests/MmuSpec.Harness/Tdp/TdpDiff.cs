@@ -75,13 +75,23 @@ public static class TdpDiff
     /// </summary>
     public static string? ArchitectureViolation(TdpState before, TdpOp op, TdpResult result)
     {
-        (ulong gpa, AccessType type) = op switch
+        if (result is not TdpResult.Mapped m) return null;
+        ulong gpa;
+        AccessType type;
+        switch (op)
         {
-            TdpOp.AccessGpa a => (a.Gpa, a.Type),
-            TdpOp.GuestStore g => (g.Gpa, AccessType.Write),
-            _ => (0UL, AccessType.Read),
-        };
-        if (op is not (TdpOp.AccessGpa or TdpOp.GuestStore) || result is not TdpResult.Mapped m) return null;
+            case TdpOp.AccessGpa a: (gpa, type) = (a.Gpa, a.Type); break;
+            case TdpOp.GuestStore g: (gpa, type) = (g.Gpa, AccessType.Write); break;
+            case TdpOp.GuestAccess { Access: var access }:
+                // The guest page tables decide the gpa: the walk over guest memory as it was
+                // before the access (A/D updates do not change where it goes).
+                if (before.GuestCpu is null) { (gpa, type) = (access.Gva, access.Type); break; }
+                if (PageWalk.Translate(before.GuestCpu, before.GuestMemoryView(), access).Result is not WalkResult.Translated t)
+                    return "the guest's own page tables do not translate this access, yet it was mapped";
+                (gpa, type) = (t.Gpa, access.Type);
+                break;
+            default: return null;
+        }
         ulong gfn = (gpa >> 12) & ~before.Config.DirectBits;
         var slot = before.Slots.Values.FirstOrDefault(s => s.Contains(gfn));
         if (slot is null) return $"gfn {Bits.Hex(gfn)} is in no memslot, yet the access was mapped";
