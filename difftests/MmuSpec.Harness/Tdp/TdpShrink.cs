@@ -40,8 +40,7 @@ public static class TdpShrink
                 if (g.Access.Type != AccessType.Read) yield return new TdpOp.GuestAccess(g.Access.WithType(AccessType.Read));
                 break;
             case TdpOp.GuestStore w:
-                for (int bit = 63; bit >= 0; bit--)
-                    if (bit is < 12 or >= 36 && ((w.Value >> bit) & 1) != 0) yield return w with { Value = w.Value & ~(1UL << bit) };
+                foreach (ulong value in WalkShrink.ClearedBits(w.Value)) yield return w with { Value = value };
                 break;
         }
     }

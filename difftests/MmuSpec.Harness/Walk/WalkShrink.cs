@@ -71,7 +71,7 @@ public static class WalkShrink
     }
 
     /// <summary>The value with one set bit cleared, for each set bit outside the frame address (flags and high bits).</summary>
-    static IEnumerable<ulong> ClearedBits(ulong value)
+    public static IEnumerable<ulong> ClearedBits(ulong value)
     {
         for (int bit = 63; bit >= 0; bit--)
         {
