@@ -103,12 +103,7 @@ public static class MappingsCommand
             w.WriteString("end", m.VirtualLast == ulong.MaxValue ? "0x10000000000000000" : Hex.Format(m.VirtualLast + 1));
             w.WriteString("pa", Hex.Format(m.Physical));
             w.WriteString("page_size", m.Size.Name());
-            w.WriteStartObject("rights");
-            w.WriteBoolean("user", m.Rights.User);
-            w.WriteBoolean("writable", m.Rights.Writable);
-            w.WriteBoolean("nx", m.Rights.NoExecute);
-            w.WriteNumber("pkey", m.Rights.ProtectionKey);
-            w.WriteEndObject();
+            WalkJson.WriteRights(w, m.Rights);
             w.WriteString("entry", m.EntryName);
             w.WriteString("entry_gpa", Hex.Format(m.EntryGpa));
             w.WriteString("raw", Hex.Format(m.Leaf.Raw));

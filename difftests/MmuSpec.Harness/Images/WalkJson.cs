@@ -17,6 +17,17 @@ public static class WalkJson
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
+    /// <summary>A translation's rights as the "rights" object of the JSON formats (docs/json-format.md).</summary>
+    public static void WriteRights(Utf8JsonWriter w, TranslationRights rights)
+    {
+        w.WriteStartObject("rights");
+        w.WriteBoolean("user", rights.User);
+        w.WriteBoolean("writable", rights.Writable);
+        w.WriteBoolean("nx", rights.NoExecute);
+        w.WriteNumber("pkey", rights.ProtectionKey);
+        w.WriteEndObject();
+    }
+
     public static void Write(Utf8JsonWriter w, WalkReport r, bool steps)
     {
         w.WriteStartObject();
@@ -26,12 +37,7 @@ public static class WalkJson
             case WalkResult.Translated t:
                 w.WriteString("gpa", Hex.Format(t.Gpa));
                 w.WriteString("page_size", t.Size.Name());
-                w.WriteStartObject("rights");
-                w.WriteBoolean("user", t.Rights.User);
-                w.WriteBoolean("writable", t.Rights.Writable);
-                w.WriteBoolean("nx", t.Rights.NoExecute);
-                w.WriteNumber("pkey", t.Rights.ProtectionKey);
-                w.WriteEndObject();
+                WriteRights(w, t.Rights);
                 break;
             case WalkResult.PageFault f:
                 w.WriteString("error_code", Hex.Format((uint)f.ErrorCode));
