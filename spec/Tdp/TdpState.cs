@@ -41,7 +41,7 @@ public sealed record TdpState(
             Slots = Slots.Remove(s.Id),
             DirtyBitmaps = DirtyBitmaps.Remove(s.Id),
             // The VMM unmapped the slot's memory: its host frames hold nothing any more.
-            HostMemory = HostMemory.RemoveRange(HostMemory.Keys.Where(hpa => HostSlotOf(s, hpa))),
+            HostMemory = SlotMemory.Discard(HostMemory, s),
         })),
         TdpOp.MoveSlot m => MoveSlot(m),
         TdpOp.SetDirtyLogging d => WithSlot(d.Id, s => Done(SetDirtyLogging(s, d.On))),
@@ -67,11 +67,9 @@ public sealed record TdpState(
         if (c.Id is < 0 or > MaxSlotId) return Reject($"slot id {c.Id} is not in 0..{MaxSlotId}");
         if (Slots.ContainsKey(c.Id)) return Reject($"slot {c.Id} already exists");
         if (c.HostPageSize is not (PageSize.Size4K or PageSize.Size2M or PageSize.Size1G)) return Reject("host pages are 4K, 2M or 1G");
-        if (c.HostPfnBase >= Config.HostPfnLimit || c.Pages > Config.HostPfnLimit - c.HostPfnBase)
-            return Reject($"host frames beyond {Bits.Hex(Config.HostPfnLimit)}, more than {Config.Format} entries can hold");
         if (SlotRangeProblem(c.BaseGfn, c.Pages, ignoreId: null) is { } problem) return Reject(problem);
-        if (Slots.Values.FirstOrDefault(o => c.HostPfnBase < o.HostPfnBase + o.Pages && o.HostPfnBase < c.HostPfnBase + c.Pages) is { } sharer)
-            return Reject($"host frames [{Bits.Hex(c.HostPfnBase)}, {Bits.Hex(c.HostPfnBase + c.Pages)}) already back slot {sharer.Id}");
+        if (SlotMemory.HostRangeProblem(Slots, c.HostPfnBase, c.Pages, Config.HostPfnLimit, $"{Config.Format} entries") is { } hostProblem)
+            return Reject(hostProblem);
         var slot = new TdpMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.HostPageSize, c.ReadOnly, DirtyLogging: false);
         return Done(this with { Slots = Slots.Add(c.Id, slot) });
     }
@@ -86,18 +84,9 @@ public sealed record TdpState(
     });
 
     /// <summary>Why [baseGfn, baseGfn + pages) cannot be a memslot, or null.</summary>
-    string? SlotRangeProblem(ulong baseGfn, ulong pages, int? ignoreId)
-    {
-        if (pages == 0) return "a memslot has at least one page";
+    string? SlotRangeProblem(ulong baseGfn, ulong pages, int? ignoreId) =>
         // Memslots never hold the shared bit: they must lie below it (seed 004).
-        ulong limit = Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit;
-        if (baseGfn >= limit || pages > limit - baseGfn)
-            return $"gfn range [{Bits.Hex(baseGfn)}, {Bits.Hex(baseGfn + pages)}) goes beyond gfn {Bits.Hex(limit)}";
-        foreach (var other in Slots.Values)
-            if (other.Id != ignoreId && other.Overlaps(baseGfn, baseGfn + pages))
-                return $"gfn range [{Bits.Hex(baseGfn)}, {Bits.Hex(baseGfn + pages)}) overlaps slot {other.Id}";
-        return null;
-    }
+        SlotMemory.RangeProblem(Slots, baseGfn, pages, Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit, ignoreId);
 
     TdpState SetDirtyLogging(TdpMemslot s, bool on)
     {
@@ -230,32 +219,15 @@ public sealed record TdpState(
 
     // ---- the guest: its memory and its own paging (docs/tdp-model.md, "Guest memory") ----
 
-    static bool HostSlotOf(TdpMemslot slot, ulong hpa) => (hpa >> 12) >= slot.HostPfnBase && (hpa >> 12) - slot.HostPfnBase < slot.Pages;
-
     /// <summary>
     /// Guest-physical memory as the guest sees it now: the memslots, and in them the host memory
     /// that backs them. The walk reads its tables from here, as KVM's software walker reads
     /// guest memory through memslots.
     /// </summary>
-    public GuestMemory GuestMemoryView()
-    {
-        var memory = GuestMemory.FromSlots(Slots.Values.Select(s => new Memslot(s.BaseGfn, s.Pages)));
-        foreach (var (hpa, value) in HostMemory)
-            if (Slots.Values.FirstOrDefault(s => HostSlotOf(s, hpa)) is { } slot)
-                memory = memory.Write64(((slot.BaseGfn + ((hpa >> 12) - slot.HostPfnBase)) << 12) | (hpa & 0xFFF), value);
-        return memory;
-    }
+    public GuestMemory GuestMemoryView() => SlotMemory.View(Slots, HostMemory);
 
     /// <summary>Host memory with <paramref name="size"/> bytes stored at <paramref name="hpa"/>.</summary>
-    TdpState StoreHost(ulong hpa, ulong value, int size)
-    {
-        ulong word = hpa & ~7UL;
-        ulong old = HostMemory.GetValueOrDefault(word);
-        int shift = (int)(hpa & 7) * 8;
-        ulong mask = size == 8 ? ulong.MaxValue : 0xFFFF_FFFFUL << shift;
-        ulong merged = (old & ~mask) | ((value << shift) & mask);
-        return this with { HostMemory = merged == 0 ? HostMemory.Remove(word) : HostMemory.SetItem(word, merged) };
-    }
+    TdpState StoreHost(ulong hpa, ulong value, int size) => this with { HostMemory = SlotMemory.Store(HostMemory, hpa, value, size) };
 
     TdpStepped GuestStore(TdpOp.GuestStore g)
     {

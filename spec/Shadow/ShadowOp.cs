@@ -1,0 +1,121 @@
+using System.Collections.Immutable;
+using MmuSpec.Spec.Paging;
+
+namespace MmuSpec.Spec.Shadow;
+
+/// <summary>An operation on a shadow-paging VM (docs/shadow-model.md). Immutable values with no behaviour.</summary>
+public abstract record ShadowOp
+{
+    private ShadowOp() { }
+
+    public sealed record CreateSlot(int Id, ulong BaseGfn, ulong Pages, ulong HostPfnBase, bool ReadOnly) : ShadowOp
+    {
+        public override string ToString() =>
+            $"create slot {Id} gfn [{Bits.Hex(BaseGfn)}, {Bits.Hex(BaseGfn + Pages)}) host pfn {Bits.Hex(HostPfnBase)}{(ReadOnly ? " read-only" : "")}";
+    }
+
+    public sealed record DeleteSlot(int Id) : ShadowOp
+    {
+        public override string ToString() => $"delete slot {Id}";
+    }
+
+    public sealed record MoveSlot(int Id, ulong NewBaseGfn) : ShadowOp
+    {
+        public override string ToString() => $"move slot {Id} to gfn {Bits.Hex(NewBaseGfn)}";
+    }
+
+    public sealed record SetDirtyLogging(int Id, bool On) : ShadowOp
+    {
+        public override string ToString() => $"dirty logging {(On ? "on" : "off")} for slot {Id}";
+    }
+
+    public sealed record GetDirtyLog(int Id) : ShadowOp
+    {
+        public override string ToString() => $"get dirty log of slot {Id}";
+    }
+
+    /// <summary>The guest stores 4 or 8 bytes to guest-physical memory (typically a page-table entry).</summary>
+    public sealed record GuestStore(ulong Gpa, ulong Value, int Size) : ShadowOp
+    {
+        public override string ToString() => $"guest write{Size * 8} [{Bits.Hex(Gpa)}] = {Bits.Hex(Value)}";
+    }
+
+    /// <summary>MOV CR3 under (possibly new) paging controls.</summary>
+    public sealed record GuestSetPaging(PagingControls Controls, ulong Cr3) : ShadowOp
+    {
+        public override string ToString() => $"guest paging {Controls}, CR3={Bits.Hex(Cr3)}";
+    }
+
+    /// <summary>The guest touches a linear address.</summary>
+    public sealed record GuestAccess(Access Access) : ShadowOp
+    {
+        public override string ToString() => $"guest {Access}";
+    }
+
+    /// <summary>The guest invalidates the TLB entries for one linear address.</summary>
+    public sealed record Invlpg(ulong Gva) : ShadowOp
+    {
+        public override string ToString() => $"invlpg {Bits.Hex(Gva)}";
+    }
+
+    /// <summary>The guest flushes its whole TLB (e.g. a CR4.PGE toggle).</summary>
+    public sealed record FlushTlb : ShadowOp
+    {
+        public override string ToString() => "flush TLB";
+    }
+
+    /// <summary>The host unmaps guest frames [StartGfn, EndGfn) (an MMU notifier's invalidate_range).</summary>
+    public sealed record ZapRange(ulong StartGfn, ulong EndGfn) : ShadowOp
+    {
+        public override string ToString() => $"zap gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
+    }
+
+    public sealed record ZapAll : ShadowOp
+    {
+        public override string ToString() => "zap all";
+    }
+}
+
+/// <summary>What a shadow-VM operation returned.</summary>
+public abstract record ShadowResult
+{
+    private ShadowResult() { }
+
+    public sealed record Ok : ShadowResult
+    {
+        public static Ok Instance { get; } = new();
+        public override string ToString() => "ok";
+    }
+
+    /// <summary>The operation was invalid; nothing changed.</summary>
+    public sealed record Rejected(string Reason) : ShadowResult
+    {
+        public override string ToString() => $"rejected: {Reason}";
+    }
+
+    /// <summary>A guest access reached <paramref name="Gpa"/> at <paramref name="Hpa"/>; <paramref name="Faulted"/> when the MMU had to walk the guest's tables (false: a shadow hit).</summary>
+    public sealed record Translated(ulong Gpa, ulong Hpa, bool Faulted) : ShadowResult
+    {
+        public override string ToString() => $"{(Faulted ? "faulted in" : "hit")} gpa {Bits.Hex(Gpa)} at hpa {Bits.Hex(Hpa)}";
+    }
+
+    /// <summary>No memslot (or a write to a read-only one): the access exits to userspace for emulation.</summary>
+    public sealed record MmioExit(ulong Gpa) : ShadowResult
+    {
+        public override string ToString() => $"MMIO exit at gpa {Bits.Hex(Gpa)}";
+    }
+
+    /// <summary>The guest's paging raised an exception (#PF with its error code, or #GP), injected into the guest.</summary>
+    public sealed record GuestFault(WalkResult Fault) : ShadowResult
+    {
+        public override string ToString() => $"guest {Fault}";
+    }
+
+    /// <summary>The dirty frames of a slot since the last fetch, as sorted absolute gfns.</summary>
+    public sealed record DirtyLog(ImmutableArray<ulong> Gfns) : ShadowResult
+    {
+        public bool Equals(DirtyLog? other) => other is not null && Gfns.SequenceEqual(other.Gfns);
+        public override int GetHashCode() => Gfns.Length;
+        public override string ToString() => $"dirty gfns [{string.Join(", ", Gfns.Select(Bits.Hex))}]";
+    }
+}

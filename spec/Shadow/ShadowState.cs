@@ -1,0 +1,539 @@
+using System.Collections.Immutable;
+using MmuSpec.Spec.Memory;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Tdp;
+
+namespace MmuSpec.Spec.Shadow;
+
+/// <summary>The state after a shadow-VM operation and what the operation returned.</summary>
+public sealed record ShadowStepped(ShadowState State, ShadowResult Result);
+
+/// <summary>
+/// The loaded root: one page for 4/5-level guests; four entries for PAE and 32-bit guests (KVM's
+/// pae_root, itself not a shadow page), null where a PAE PDPTE is not present.
+/// </summary>
+public sealed record ShadowRoot(ImmutableArray<ShadowKey?> Pages)
+{
+    public bool Equals(ShadowRoot? other) => other is not null && Pages.SequenceEqual(other.Pages);
+    public override int GetHashCode() => Pages.Length;
+    public override string ToString() => string.Join(" | ", Pages.Select(p => p?.ToString() ?? "none"));
+}
+
+/// <summary>
+/// The MMU-model layer for shadow paging, written to be obvious rather than fast: shadow pages in an
+/// immutable map keyed by (gfn, role), every entry's gfn stored explicitly, and everything KVM keeps
+/// incrementally (reverse maps, parent links, unsync-children bitmaps, the pages of a gfn) recomputed
+/// by a plain scan when a rule needs it. <see cref="Step"/> is a pure function; the rules are those
+/// of docs/shadow-model.md, in the order that document gives them.
+/// </summary>
+public sealed record ShadowState(
+    ShadowConfig Config,
+    ImmutableSortedDictionary<int, TdpMemslot> Slots,
+    ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
+    ImmutableSortedDictionary<ulong, ulong> HostMemory,
+    CpuState? GuestCpu,
+    ImmutableSortedDictionary<ShadowKey, ShadowPage> Pages,
+    ShadowRoot? Root)
+{
+    const int MaxSlotId = 31;
+
+    /// <summary>A new VM: no memslots, paging off, no shadow pages.</summary>
+    public static ShadowState Create(ShadowConfig config) => new(config,
+        ImmutableSortedDictionary<int, TdpMemslot>.Empty,
+        ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
+        ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null,
+        ImmutableSortedDictionary<ShadowKey, ShadowPage>.Empty, Root: null);
+
+    public ShadowStepped Step(ShadowOp op) => op switch
+    {
+        ShadowOp.CreateSlot c => CreateSlot(c),
+        ShadowOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapAllPages() with
+        {
+            Slots = Slots.Remove(s.Id),
+            DirtyBitmaps = DirtyBitmaps.Remove(s.Id),
+            HostMemory = SlotMemory.Discard(HostMemory, s),
+        })),
+        ShadowOp.MoveSlot m => WithSlot(m.Id, s =>
+            SlotMemory.RangeProblem(Slots, m.NewBaseGfn, s.Pages, Config.GfnLimit, ignoreId: s.Id) is { } problem
+                ? Reject(problem)
+                : Done(ZapAllPages() with { Slots = Slots.SetItem(s.Id, s.WithBaseGfn(m.NewBaseGfn)) })),
+        ShadowOp.SetDirtyLogging d => WithSlot(d.Id, s => Done(SetDirtyLogging(s, d.On))),
+        ShadowOp.GetDirtyLog g => WithSlot(g.Id, GetDirtyLog),
+        ShadowOp.GuestStore g => GuestStore(g),
+        ShadowOp.GuestSetPaging p => GuestSetPaging(p),
+        ShadowOp.GuestAccess a => GuestAccess(a.Access),
+        ShadowOp.Invlpg i => Invlpg(i.Gva),
+        ShadowOp.FlushTlb => GuestCpu is null ? Reject("paging is off") : Done(Running().SyncReachable()),
+        ShadowOp.ZapRange z => z.StartGfn < z.EndGfn && z.EndGfn <= Config.GfnLimit
+            ? Done(RemoveLeaves(l => l.Gfn >= z.StartGfn && l.Gfn < z.EndGfn))
+            : Reject($"zap range [{Bits.Hex(z.StartGfn)}, {Bits.Hex(z.EndGfn)}) is empty or beyond the guest-physical space"),
+        ShadowOp.ZapAll => Done(ZapAllPages()),
+        _ => throw new ArgumentException($"unknown operation {op}", nameof(op)),
+    };
+
+    // ---- memslots and dirty logging (as the TDP model, with every leaf 4 KiB) ----
+
+    ShadowStepped CreateSlot(ShadowOp.CreateSlot c)
+    {
+        if (c.Id is < 0 or > MaxSlotId) return Reject($"slot id {c.Id} is not in 0..{MaxSlotId}");
+        if (Slots.ContainsKey(c.Id)) return Reject($"slot {c.Id} already exists");
+        if (SlotMemory.RangeProblem(Slots, c.BaseGfn, c.Pages, Config.GfnLimit, ignoreId: null) is { } problem) return Reject(problem);
+        if (SlotMemory.HostRangeProblem(Slots, c.HostPfnBase, c.Pages, ShadowConfig.HostPfnLimit, "shadow entries") is { } hostProblem)
+            return Reject(hostProblem);
+        var slot = new TdpMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, PageSize.Size4K, c.ReadOnly, DirtyLogging: false);
+        return Done(this with { Slots = Slots.Add(c.Id, slot) });
+    }
+
+    ShadowState SetDirtyLogging(TdpMemslot s, bool on)
+    {
+        if (!on)
+            return this with { Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(false)), DirtyBitmaps = DirtyBitmaps.Remove(s.Id) };
+        if (s.DirtyLogging) return this;
+        // Every leaf of the slot loses W, so the next write to each page faults and is logged.
+        return UpdateLeaves(l => l.Writable && s.Contains(l.Gfn), l => l.WithWritable(false)) with
+        {
+            Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(true)),
+            DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty),
+        };
+    }
+
+    ShadowStepped GetDirtyLog(TdpMemslot s)
+    {
+        if (!s.DirtyLogging) return Reject($"slot {s.Id} does not log dirty pages");
+        var gfns = DirtyBitmaps[s.Id].Select(offset => s.BaseGfn + offset).ToImmutableArray();
+        var state = this with { DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty) };
+        foreach (ulong gfn in gfns) state = state.WriteProtect(gfn);
+        return new ShadowStepped(state, new ShadowResult.DirtyLog(gfns));
+    }
+
+    ShadowState MarkDirty(TdpMemslot slot, ulong gfn) =>
+        slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
+
+    /// <summary>Guest-physical memory as the guest sees it now (memslots over host memory).</summary>
+    public GuestMemory GuestMemoryView() => SlotMemory.View(Slots, HostMemory);
+
+    /// <summary>The <paramref name="size"/>-byte guest value at <paramref name="gpa"/>; 0 outside every slot.</summary>
+    public ulong ReadGuest(ulong gpa, int size)
+    {
+        if (SlotMemory.SlotOf(Slots, gpa >> 12) is not { } slot) return 0;
+        ulong hpa = (slot.HostPfn(gpa >> 12) << 12) | (gpa & 0xFFF);
+        ulong word = HostMemory.GetValueOrDefault(hpa & ~7UL) >> (int)(hpa & 7) * 8;
+        return size == 8 ? word : word & 0xFFFF_FFFF;
+    }
+
+    ShadowState StoreGuest(TdpMemslot slot, ulong gpa, ulong value, int size) =>
+        this with { HostMemory = SlotMemory.Store(HostMemory, (slot.HostPfn(gpa >> 12) << 12) | (gpa & 0xFFF), value, size) };
+
+    // ---- definitions (docs/shadow-model.md, "Definitions used by the rules") ----
+
+    /// <summary>The pages that shadow guest table <paramref name="gfn"/>.</summary>
+    public IEnumerable<ShadowPage> IndirectPagesOf(ulong gfn) =>
+        Pages.Values.Where(p => !p.Key.Role.Direct && p.Key.Gfn == gfn);
+
+    /// <summary>Some page shadowing <paramref name="gfn"/> is sync, so guest writes to it must trap.</summary>
+    public bool IsWriteProtected(ulong gfn) => IndirectPagesOf(gfn).Any(p => !p.Unsync);
+
+    /// <summary>Every leaf mapping <paramref name="gfn"/> loses the MMU's W bit.</summary>
+    ShadowState WriteProtect(ulong gfn) => UpdateLeaves(l => l.Writable && l.Gfn == gfn, l => l.WithWritable(false));
+
+    /// <summary>
+    /// KVM's mmu_try_to_unsync_pages: a guest table may be written without trapping only if every
+    /// page shadowing it is a leaf (level-1) page; those pages go unsync.
+    /// </summary>
+    (bool Unsynced, ShadowState State) TryUnsync(ulong gfn)
+    {
+        var pages = IndirectPagesOf(gfn).ToList();
+        if (pages.Any(p => p.Key.Role.Level > 1)) return (false, this);
+        if (!Config.AllowUnsync && pages.Any(p => !p.Unsync)) return (false, this);
+        var state = this;
+        foreach (var p in pages.Where(p => !p.Unsync)) state = state.SetPage(p.WithUnsync(true));
+        return (true, state);
+    }
+
+    /// <summary>
+    /// KVM's sync_spte: entry <paramref name="index"/> of unsync leaf page <paramref name="key"/> is
+    /// brought in line with the guest entry it shadows, or removed if that entry no longer maps the
+    /// same frame validly.
+    /// </summary>
+    ShadowState SyncEntry(ShadowKey key, int index)
+    {
+        if (Pages[key].Entries.GetValueOrDefault(index) is not ShadowEntry.Leaf leaf) return this;
+        var c = GuestCpu!.Controls;
+        bool fourByte = key.Role.Has4ByteGpte;
+        ulong gpa = (key.Gfn << 12) + (ulong)(fourByte ? (512 * key.Role.Quadrant + index) * 4 : index * 8);
+        var gpte = new PagingEntry(ReadGuest(gpa, fourByte ? 4 : 8));
+        bool same = gpte.Present
+            && (gpte.Raw & ReservedBits.Mask(c, 1, mapsPage: true)) == 0
+            && gpte.IsAccessed
+            && PagingLevels.FrameAddress(c, 1, gpte, mapsPage: true) >> 12 == leaf.Gfn;
+        if (!same) return RemoveEntry(key, index);
+        var rights = PageWalk.FoldRights(c, key.Role.Access.ToRights(), gpte);
+        return SetEntry(key, index, leaf with { Rights = rights, Writable = false });
+    }
+
+    /// <summary>Sync page: every entry synced, then the page is sync again and its gfn write-protected.</summary>
+    ShadowState SyncPage(ShadowKey key)
+    {
+        var state = this;
+        foreach (int index in Pages[key].Entries.Keys) state = state.SyncEntry(key, index);
+        return state.SetPage(state.Pages[key].WithUnsync(false)).WriteProtect(key.Gfn);
+    }
+
+    /// <summary>KVM's kvm_mmu_sync_roots: every unsync page reachable from the root is synced.</summary>
+    ShadowState SyncReachable()
+    {
+        if (Root is null) return this;
+        var state = this;
+        foreach (var key in Reachable(Root.Pages.OfType<ShadowKey>()).Where(k => Pages[k].Unsync).ToList())
+            state = state.SyncPage(key);
+        return state;
+    }
+
+    /// <summary>The pages reachable from <paramref name="starts"/> through table entries, the starts included.</summary>
+    public IEnumerable<ShadowKey> Reachable(IEnumerable<ShadowKey> starts)
+    {
+        var seen = new SortedSet<ShadowKey>();
+        var work = new Stack<ShadowKey>(starts);
+        while (work.Count > 0)
+        {
+            var key = work.Pop();
+            if (!Pages.ContainsKey(key) || !seen.Add(key)) continue;
+            foreach (var t in Pages[key].Entries.Values.OfType<ShadowEntry.Table>()) work.Push(t.Child);
+        }
+        return seen;
+    }
+
+    /// <summary>Every (page, index) whose entry links <paramref name="child"/>: the parent list, by scan.</summary>
+    public IEnumerable<(ShadowKey Page, int Index)> LinksTo(ShadowKey child) =>
+        from p in Pages.Values
+        from e in p.Entries
+        where e.Value is ShadowEntry.Table t && t.Child.Equals(child)
+        select (p.Key, e.Key);
+
+    /// <summary>Every leaf of every page: the reverse map, by scan.</summary>
+    public IEnumerable<(ShadowKey Page, int Index, ShadowEntry.Leaf Leaf)> Leaves() =>
+        from p in Pages.Values
+        from e in p.Entries
+        where e.Value is ShadowEntry.Leaf
+        select (p.Key, e.Key, (ShadowEntry.Leaf)e.Value);
+
+    /// <summary>
+    /// KVM's kvm_mmu_prepare_zap_page: the page's unsync descendants are zapped, its entries and the
+    /// entries linking it are removed, and the page goes; if it was a root page, the root goes too.
+    /// </summary>
+    ShadowState ZapPage(ShadowKey key)
+    {
+        if (!Pages.ContainsKey(key)) return this;
+        var state = this;
+        foreach (var d in Reachable([key]).Where(k => !k.Equals(key) && Pages[k].Unsync).ToList())
+            state = state.ZapPage(d);
+        foreach (var (parent, index) in state.LinksTo(key).ToList())
+            state = state.RemoveEntry(parent, index);
+        state = state with { Pages = state.Pages.Remove(key) };
+        return state.Root is { } root && root.Pages.Contains(key) ? state with { Root = null } : state;
+    }
+
+    /// <summary>KVM's kvm_mmu_get_shadow_page: find the page with this gfn and role, or create it.</summary>
+    ShadowState GetPage(ShadowKey key)
+    {
+        var state = this;
+        // The guest now uses this table as an upper-level one: unsync leaf pages of it must go.
+        if (!key.Role.Direct && key.Role.Level > 1)
+            foreach (var stale in state.Pages.Values.Where(p => p.Unsync && p.Key.Gfn == key.Gfn).Select(p => p.Key).ToList())
+                state = state.ZapPage(stale);
+        if (state.Pages.TryGetValue(key, out var page))
+            return page.Unsync ? state.SyncPage(key) : state;
+        state = state with { Pages = state.Pages.Add(key, ShadowPage.Empty(key)) };
+        return key.Role.Direct ? state : state.WriteProtect(key.Gfn);
+    }
+
+    /// <summary>KVM's mmu_alloc_shadow_roots then kvm_mmu_sync_roots, for the guest's current paging state.</summary>
+    ShadowState LoadRoot()
+    {
+        var cpu = GuestCpu!;
+        var c = cpu.Controls;
+        var role = ShadowRole.Base(c);
+        ulong rootGfn = cpu.RootTableAddress >> 12;
+        var keys = c.Mode switch
+        {
+            PagingMode.Long4 or PagingMode.Long5 => [new ShadowKey(rootGfn, role.WithLevel(c.Mode.RootLevel()))],
+            PagingMode.Pae => cpu.Pdptes.Select(raw => new PagingEntry(raw).Present
+                ? new ShadowKey((raw & Bits.Range(c.MaxPhyAddr - 1, 12)) >> 12, role.WithLevel(2))
+                : null).ToImmutableArray(),
+            _ => Enumerable.Range(0, 4).Select(q => (ShadowKey?)new ShadowKey(rootGfn, role.WithLevel(2).WithQuadrant(q))).ToImmutableArray(),
+        };
+        var state = this;
+        foreach (var key in keys.OfType<ShadowKey>()) state = state.GetPage(key);
+        return (state with { Root = new ShadowRoot(keys) }).SyncReachable();
+    }
+
+    /// <summary>Guest operations run after a VM entry, which loads a missing root.</summary>
+    ShadowState Running() => GuestCpu is not null && Root is null ? LoadRoot() : this;
+
+    ShadowState ZapAllPages() => this with { Pages = Pages.Clear(), Root = null };
+
+    // ---- the shadow tables' geometry ----
+
+    static int ShadowIndex(int level, ulong gva) => (int)((gva >> (12 + 9 * (level - 1))) & 511);
+
+    int RootLevel => GuestCpu!.Controls.Mode.IsLongMode() ? GuestCpu.Controls.Mode.RootLevel() : 2;
+
+    /// <summary>The root page that translates <paramref name="gva"/> (PAE and 32-bit: by gva bits 31:30).</summary>
+    ShadowKey? RootPageFor(ulong gva) =>
+        Root is null ? null : Root.Pages.Length == 1 ? Root.Pages[0] : Root.Pages[(int)((gva >> 30) & 3)];
+
+    /// <summary>The first frame entry <paramref name="index"/> of direct page <paramref name="key"/> maps (seed 002, with the quadrant).</summary>
+    public static ulong DirectGfn(ShadowKey key, int index) =>
+        key.Gfn + ((ulong)key.Role.Quadrant << 9) + ((ulong)index << (9 * (key.Role.Level - 1)));
+
+    // ---- guest operations ----
+
+    ShadowStepped GuestStore(ShadowOp.GuestStore g)
+    {
+        if (g.Size is not (4 or 8) || g.Gpa % (ulong)g.Size != 0) return Reject($"a guest store is 4 or 8 bytes, aligned ({g.Size} at {Bits.Hex(g.Gpa)})");
+        if (g.Gpa >> Config.MaxPhyAddr != 0) return Reject($"gpa {Bits.Hex(g.Gpa)} is beyond MAXPHYADDR {Config.MaxPhyAddr}");
+        var state = Running();
+        ulong gfn = g.Gpa >> 12;
+        if (SlotMemory.SlotOf(Slots, gfn) is not { ReadOnly: false } slot) return new ShadowStepped(state, new ShadowResult.MmioExit(g.Gpa));
+
+        bool emulated = false;
+        if (state.IsWriteProtected(gfn))
+        {
+            (bool unsynced, state) = state.TryUnsync(gfn);
+            emulated = !unsynced;
+        }
+        state = state.StoreGuest(slot, g.Gpa, g.Value, g.Size).MarkDirty(slot, gfn);
+        return Done(emulated ? state.TrackedWrite(g.Gpa, g.Size) : state);
+    }
+
+    /// <summary>KVM's kvm_mmu_track_write after an emulated store to a shadowed guest table.</summary>
+    ShadowState TrackedWrite(ulong gpa, int size)
+    {
+        int offset = (int)(gpa & 0xFFF);
+        var state = this;
+        foreach (var key in IndirectPagesOf(gpa >> 12).Select(p => p.Key).ToList())
+        {
+            if (!state.Pages.TryGetValue(key, out var page)) continue;     // zapped earlier in this loop
+            int entryBytes = key.Role.Has4ByteGpte ? 4 : 8;
+            bool misaligned = ((offset ^ (offset + size - 1)) & ~(entryBytes - 1)) != 0;
+            bool flooded = false;
+            if (!misaligned && key.Role.Level > 1)
+            {
+                page = page.WithWriteFlooding(page.WriteFlooding + 1);
+                state = state.SetPage(page);
+                flooded = page.WriteFlooding >= 3;
+            }
+            if (misaligned || flooded)
+            {
+                state = state.ZapPage(key);
+                continue;
+            }
+            foreach (int index in WrittenIndexes(key.Role, offset))
+                if (state.Pages[key].Entries.ContainsKey(index)) state = state.RemoveEntry(key, index);
+        }
+        return state;
+    }
+
+    /// <summary>
+    /// The shadow entries a store at page offset <paramref name="offset"/> rewrites (KVM's
+    /// get_written_sptes): one per 8-byte guest entry; with 4-byte entries only in the page whose
+    /// quadrant holds the entry, and two at level 2 (a 4 MiB PDE is two 2 MiB shadow entries).
+    /// </summary>
+    public static IEnumerable<int> WrittenIndexes(ShadowRole role, int offset)
+    {
+        if (!role.Has4ByteGpte) return [offset / 8];
+        int g = offset / 4;
+        return role.Level == 1
+            ? (g >> 9 == role.Quadrant ? [g & 511] : [])
+            : (g >> 8 == role.Quadrant ? [2 * (g & 255), 2 * (g & 255) + 1] : []);
+    }
+
+    ShadowStepped GuestSetPaging(ShadowOp.GuestSetPaging p)
+    {
+        var c = p.Controls;
+        if (c.MaxPhyAddr != Config.MaxPhyAddr) return Reject($"MAXPHYADDR is {Config.MaxPhyAddr} for this VM, not {c.MaxPhyAddr}");
+        if (c.Cr4Pke) return Reject("KVM offers protection keys only with TDP: CR4.PKE cannot be set under shadow paging");
+        if (!c.Mode.IsLongMode() && p.Cr3 > uint.MaxValue) return Reject($"CR3 {Bits.Hex(p.Cr3)} is wider than 32 bits in {c.Mode.Name()} paging");
+        CpuStateOrGp loaded;
+        try { loaded = CpuState.LoadCr3(c, p.Cr3, GuestMemoryView()); }
+        catch (ArgumentException e) { return Reject(e.Message); }
+        if (loaded.State is not { } cpu)
+            return new ShadowStepped(this, new ShadowResult.GuestFault(new WalkResult.GeneralProtection(loaded.Fault!.Value)));
+
+        var state = this;
+        // The role has no bit for the mode family or CR4.PSE, but they change how tables are read.
+        if (GuestCpu is { } old && (old.Controls.Mode != c.Mode || old.Controls.Cr4Pse != c.Cr4Pse))
+            state = state.ZapAllPages();
+        return Done((state with { GuestCpu = cpu, Root = null }).LoadRoot());
+    }
+
+    ShadowStepped Invlpg(ulong gva)
+    {
+        if (GuestCpu is null) return Reject("paging is off");
+        var mode = GuestCpu.Controls.Mode;
+        if (!mode.IsLongMode() && gva > uint.MaxValue) return Reject($"linear addresses are 32 bits in {mode.Name()} paging");
+        var state = Running();
+        if (mode.IsLongMode() && !PageWalk.IsCanonical(mode, gva)) return Done(state);
+        var page = state.RootPageFor(gva);
+        for (int level = state.RootLevel; page is not null; level--)
+        {
+            if (state.Pages[page].Unsync) state = state.SyncEntry(page, ShadowIndex(level, gva));
+            page = state.Pages[page].Entries.GetValueOrDefault(ShadowIndex(level, gva)) is ShadowEntry.Table t ? t.Child : null;
+        }
+        return Done(state);
+    }
+
+    ShadowStepped GuestAccess(Access access)
+    {
+        if (GuestCpu is null) return Reject("paging is off: the shadow MMU serves a guest with paging on");
+        var mode = GuestCpu.Controls.Mode;
+        if (!mode.IsLongMode() && access.Gva > uint.MaxValue) return Reject($"linear addresses are 32 bits in {mode.Name()} paging");
+        var state = Running();
+
+        // 1. A hit: the hardware walked the shadow tables.
+        if (state.Hit(access) is { } hit) return new ShadowStepped(state, hit);
+
+        // 2. The guest's walk, with its A/D updates written back.
+        var walk = PageWalk.Explain(state.GuestCpu!, state.GuestMemoryView(), access);
+        state = state.WriteBackAccessedDirty(walk.Updates, mode.EntryBytes());
+        if (walk.Result is not WalkResult.Translated t) return new ShadowStepped(state, new ShadowResult.GuestFault(walk.Result));
+
+        // 3. No memslot, or a write to a read-only one.
+        bool write = access.Type == AccessType.Write;
+        if (SlotMemory.SlotOf(Slots, t.Gpa >> 12) is not { } slot || (write && slot.ReadOnly))
+            return new ShadowStepped(state, new ShadowResult.MmioExit(t.Gpa));
+
+        // 4. The fill.
+        return state.Fill(access, walk, t, slot);
+    }
+
+    ShadowResult.Translated? Hit(Access access)
+    {
+        var c = GuestCpu!.Controls;
+        if (c.Mode.IsLongMode() && !PageWalk.IsCanonical(c.Mode, access.Gva)) return null;
+        var page = RootPageFor(access.Gva);
+        for (int level = RootLevel; level > 1 && page is not null; level--)
+            page = Pages[page].Entries.GetValueOrDefault(ShadowIndex(level, access.Gva)) is ShadowEntry.Table t ? t.Child : null;
+        if (page is null || Pages[page].Entries.GetValueOrDefault(ShadowIndex(1, access.Gva)) is not ShadowEntry.Leaf leaf) return null;
+        if (!AccessRights.Check(c, access, leaf.Rights).Allowed) return null;
+        if (access.Type == AccessType.Write && !leaf.Writable) return null;
+        ulong offset = access.Gva & 0xFFF;
+        return new ShadowResult.Translated((leaf.Gfn << 12) | offset, (leaf.HostPfn << 12) | offset, Faulted: false);
+    }
+
+    /// <summary>The walk's A/D updates land in guest memory; dropped in a read-only slot; a logging slot marks the table dirty.</summary>
+    ShadowState WriteBackAccessedDirty(IEnumerable<EntryUpdate> updates, int entryBytes)
+    {
+        var state = this;
+        foreach (var u in updates)
+            if (SlotMemory.SlotOf(Slots, u.Gpa >> 12) is { ReadOnly: false } slot)
+                state = state.StoreGuest(slot, u.Gpa, u.After, entryBytes).MarkDirty(slot, u.Gpa >> 12);
+        return state;
+    }
+
+    ShadowStepped Fill(Access access, WalkExplanation walk, WalkResult.Translated t, TdpMemslot slot)
+    {
+        var c = GuestCpu!.Controls;
+        ulong gva = access.Gva;
+        int guestLeafLevel = walk.Steps[^1].Level;
+        var state = this;
+        var page = state.RootPageFor(gva)!;
+
+        for (int level = RootLevel; level >= 2; level--)
+        {
+            // The guest walked through this table: it is still a table, whatever writes it had.
+            if (level > guestLeafLevel) state = state.SetPage(state.Pages[page].WithWriteFlooding(0));
+            int index = ShadowIndex(level, gva);
+            if (state.Pages[page].Entries.GetValueOrDefault(index) is ShadowEntry.Table link)
+            {
+                page = link.Child;
+                continue;
+            }
+            var child = ChildKey(page, level, index, walk, t, guestLeafLevel, c);
+            state = state.GetPage(child).SetEntry(page, index, new ShadowEntry.Table(child));
+            page = child;
+        }
+
+        ulong gfn = t.Gpa >> 12;
+        bool write = access.Type == AccessType.Write;
+        var guestLeaf = new PagingEntry(state.ReadGuest(walk.Steps[^1].EntryGpa!.Value, c.Mode.EntryBytes()));
+        bool writable = !slot.ReadOnly && guestLeaf.IsDirty && (!slot.DirtyLogging || write);
+        if (writable && write) (writable, state) = state.TryUnsync(gfn);
+        else if (writable) writable = !state.IsWriteProtected(gfn);
+
+        var leaf = new ShadowEntry.Leaf(gfn, slot.HostPfn(gfn), t.Rights, writable);
+        state = state.SetEntry(page, ShadowIndex(1, gva), leaf);
+        if (write) state = state.MarkDirty(slot, gfn);
+        return new ShadowStepped(state, new ShadowResult.Translated(t.Gpa, (leaf.HostPfn << 12) | (t.Gpa & 0xFFF), Faulted: true));
+    }
+
+    /// <summary>The key of the page a fill links below entry <paramref name="index"/> of <paramref name="parent"/> at <paramref name="level"/>.</summary>
+    static ShadowKey ChildKey(ShadowKey parent, int level, int index, WalkExplanation walk, WalkResult.Translated t, int guestLeafLevel, PagingControls c)
+    {
+        var role = parent.Role.WithLevel(level - 1);
+        int quadrant = role.Has4ByteGpte && level - 1 == 1 ? index & 1 : 0;
+        if (level > guestLeafLevel)
+        {
+            // The guest has a table below: shadow it, with the rights of the path down to it.
+            var step = walk.Steps.Single(s => s.Level == level && s.EntryGpa is not null);
+            ulong tableGfn = PagingLevels.FrameAddress(c, level, step.Entry, mapsPage: false) >> 12;
+            return new ShadowKey(tableGfn, role with { Direct = false, Access = step.RightsSoFar.ToAcc(), Quadrant = quadrant });
+        }
+        if (level == guestLeafLevel)
+        {
+            // The guest maps a large page here: split it with direct pages carrying its first gfn.
+            ulong frames = t.Size.Bytes() >> 12;
+            return new ShadowKey((t.Gpa >> 12) & ~(frames - 1), role with { Direct = true, Access = t.Rights.ToAcc(), Quadrant = quadrant });
+        }
+        return new ShadowKey(DirectGfn(parent, index), role with { Quadrant = 0 });
+    }
+
+    // ---- entries ----
+
+    ShadowState SetPage(ShadowPage page) => this with { Pages = Pages.SetItem(page.Key, page) };
+
+    ShadowState SetEntry(ShadowKey page, int index, ShadowEntry entry) => SetPage(Pages[page].With(index, entry));
+
+    ShadowState RemoveEntry(ShadowKey page, int index) => SetPage(Pages[page].Without(index));
+
+    ShadowState UpdateLeaves(Func<ShadowEntry.Leaf, bool> which, Func<ShadowEntry.Leaf, ShadowEntry.Leaf> update)
+    {
+        var state = this;
+        foreach (var (page, index, leaf) in Leaves().Where(l => which(l.Leaf)).ToList())
+            state = state.SetEntry(page, index, update(leaf));
+        return state;
+    }
+
+    ShadowState RemoveLeaves(Func<ShadowEntry.Leaf, bool> which)
+    {
+        var state = this;
+        foreach (var (page, index, _) in Leaves().Where(l => which(l.Leaf)).ToList())
+            state = state.RemoveEntry(page, index);
+        return state;
+    }
+
+    // ---- results ----
+
+    ShadowStepped WithSlot(int id, Func<TdpMemslot, ShadowStepped> then) =>
+        Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
+
+    static ShadowStepped Done(ShadowState state) => new(state, ShadowResult.Ok.Instance);
+    ShadowStepped Reject(string reason) => new(this, new ShadowResult.Rejected(reason));
+
+    // ---- equality and printing: by content ----
+
+    public bool Equals(ShadowState? other) =>
+        other is not null && Config.Equals(other.Config) && Equals(Root, other.Root)
+        && Slots.SequenceEqual(other.Slots)
+        && DirtyBitmaps.Count == other.DirtyBitmaps.Count
+        && DirtyBitmaps.All(b => other.DirtyBitmaps.TryGetValue(b.Key, out var o) && b.Value.SetEquals(o))
+        && Pages.SequenceEqual(other.Pages)
+        && HostMemory.SequenceEqual(other.HostMemory)
+        && Equals(GuestCpu, other.GuestCpu);
+
+    public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);
+
+    public override string ToString() =>
+        $"{Config}, {Slots.Count} slots, {Pages.Count} shadow pages ({Pages.Values.Count(p => p.Unsync)} unsync), root {Root?.ToString() ?? "none"}"
+        + (GuestCpu is null ? ", paging off" : $", guest {GuestCpu}");
+}
