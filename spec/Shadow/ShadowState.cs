@@ -241,8 +241,14 @@ public sealed record ShadowState(
         if (!key.Role.Direct && key.Role.Level > 1)
             foreach (var stale in state.Pages.Values.Where(p => p.Unsync && p.Key.Gfn == key.Gfn).Select(p => p.Key).ToList())
                 state = state.ZapPage(stale);
-        if (state.Pages.TryGetValue(key, out var page))
-            return page.Unsync ? state.SyncPage(key) : state;
+        if (state.Pages.ContainsKey(key))
+        {
+            // Linking a page must not make stale translations reachable: the guest need not flush
+            // after making an entry present (KVM: kvm_sync_page, and mmu_sync_children before linking).
+            foreach (var unsync in state.Reachable([key]).Where(k => state.Pages[k].Unsync).ToList())
+                state = state.SyncPage(unsync);
+            return state;
+        }
         state = state with { Pages = state.Pages.Add(key, ShadowPage.Empty(key)) };
         return key.Role.Direct ? state : state.WriteProtect(key.Gfn);
     }
