@@ -87,3 +87,46 @@ let (|TableLink|LeafMapping|) (entry: Spte) =
     | :? Spte.Table as t -> TableLink t.Child
     | :? Spte.Leaf as l -> LeafMapping(l.Gfn, l.Level, l.HostPfn, l.Writable)
     | other -> invalidArg (nameof entry) $"unknown Spte {other}"
+
+open MmuSpec.Spec.Shadow
+
+/// A shadow-VM guest operation (docs/shadow-model.md); the host's operations match ShadowHostOp.
+/// (F# allows at most seven cases per active pattern, so ShadowOp is matched in two halves.)
+let (|ShadowGuestStore|ShadowGuestSetPaging|ShadowGuestAccess|ShadowInvlpg|ShadowFlushTlb|ShadowHostOp|) (op: ShadowOp) =
+    match op with
+    | :? ShadowOp.GuestStore as s -> ShadowGuestStore(s.Gpa, s.Value, s.Size)
+    | :? ShadowOp.GuestSetPaging as p -> ShadowGuestSetPaging(p.Controls, p.Cr3)
+    | :? ShadowOp.GuestAccess as a -> ShadowGuestAccess a.Access
+    | :? ShadowOp.Invlpg as i -> ShadowInvlpg i.Gva
+    | :? ShadowOp.FlushTlb -> ShadowFlushTlb
+    | _ -> ShadowHostOp op
+
+/// A shadow-VM host operation: memslots, dirty logging, zaps (ShadowZap None is ZapAll); guest operations match ShadowGuestOp.
+let (|ShadowCreateSlot|ShadowDeleteSlot|ShadowMoveSlot|ShadowSetDirtyLogging|ShadowGetDirtyLog|ShadowZap|ShadowGuestOp|) (op: ShadowOp) =
+    match op with
+    | :? ShadowOp.CreateSlot as c -> ShadowCreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.ReadOnly)
+    | :? ShadowOp.DeleteSlot as d -> ShadowDeleteSlot d.Id
+    | :? ShadowOp.MoveSlot as m -> ShadowMoveSlot(m.Id, m.NewBaseGfn)
+    | :? ShadowOp.SetDirtyLogging as l -> ShadowSetDirtyLogging(l.Id, l.On)
+    | :? ShadowOp.GetDirtyLog as g -> ShadowGetDirtyLog g.Id
+    | :? ShadowOp.ZapRange as z -> ShadowZap(Some(z.StartGfn, z.EndGfn))
+    | :? ShadowOp.ZapAll -> ShadowZap None
+    | _ -> ShadowGuestOp op
+
+/// What a shadow-VM operation returned.
+let (|ShadowOk|ShadowRejected|ShadowTranslated|ShadowMmioExit|ShadowGuestFault|ShadowDirtyLog|) (result: ShadowResult) =
+    match result with
+    | :? ShadowResult.Ok -> ShadowOk
+    | :? ShadowResult.Rejected as r -> ShadowRejected r.Reason
+    | :? ShadowResult.Translated as t -> ShadowTranslated(t.Gpa, t.Hpa, t.Faulted)
+    | :? ShadowResult.MmioExit as e -> ShadowMmioExit e.Gpa
+    | :? ShadowResult.GuestFault as f -> ShadowGuestFault f.Fault
+    | :? ShadowResult.DirtyLog as d -> ShadowDirtyLog(List.ofSeq d.Gfns)
+    | other -> invalidArg (nameof result) $"unknown ShadowResult {other}"
+
+/// A present shadow entry: a link to a child shadow page, or a 4 KiB leaf (gfn, host frame, guest rights, the MMU's W bit).
+let (|ShadowTableLink|ShadowLeaf|) (entry: ShadowEntry) =
+    match entry with
+    | :? ShadowEntry.Table as t -> ShadowTableLink t.Child
+    | :? ShadowEntry.Leaf as l -> ShadowLeaf(l.Gfn, l.HostPfn, l.Rights, l.Writable)
+    | other -> invalidArg (nameof entry) $"unknown ShadowEntry {other}"

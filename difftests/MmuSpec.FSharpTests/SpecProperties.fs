@@ -451,3 +451,45 @@ module TdpFromFSharp =
             | TdpMapped(hpa, mapped, faulted) -> hpa = (((0x80000UL + page) <<< 12) ||| offset) && mapped = size && faulted
             | _ -> false
         check (Prop.forAll (Arb.fromGen gen) prop)
+
+// ---- the shadow MMU model, from F# ----
+
+module ShadowFromFSharp =
+    open MmuSpec.Spec.Shadow
+    open MmuSpec.FSharp.Patterns
+
+    let private pwua = 0x27UL   // P, R/W, U/S, A
+
+    /// A 4-level guest whose one path maps gva 0 to data gfn 0x400: the first read fills the shadow
+    /// tables (a level-1 leaf for gfn 0x400), the second is served by them.
+    [<Fact>]
+    let ``A shadow fill is followed by a hit on the same leaf`` () =
+        let controls = PagingControls(PagingMode.Long4, maxPhyAddr = 46)
+        let ops: ShadowOp list =
+            [ ShadowOp.CreateSlot(0, 0x100UL, 16UL, 0x5000UL, false)
+              ShadowOp.CreateSlot(1, 0x400UL, 16UL, 0x8000UL, false)
+              ShadowOp.GuestStore(0x100000UL, 0x101000UL ||| pwua, 8)
+              ShadowOp.GuestStore(0x101000UL, 0x102000UL ||| pwua, 8)
+              ShadowOp.GuestStore(0x102000UL, 0x103000UL ||| pwua, 8)
+              ShadowOp.GuestStore(0x103000UL, 0x400000UL ||| pwua ||| 0x40UL, 8)
+              ShadowOp.GuestSetPaging(controls, 0x100000UL)
+              ShadowOp.GuestAccess(Access.Read(0x10UL))
+              ShadowOp.GuestAccess(Access.Read(0x10UL)) ]
+        let results, state =
+            ops |> List.fold (fun (rs, s: ShadowState) op -> let st = s.Step(op) in (rs @ [ st.Result ], st.State)) ([], ShadowState.Create(ShadowConfig(46)))
+        for op in ops do
+            match op with
+            | ShadowGuestStore(_, _, size) -> Assert.Equal(8, size)
+            | ShadowHostOp(ShadowCreateSlot(id, _, _, _, readOnly)) -> Assert.True(id < 2 && not readOnly)
+            | _ -> ()
+        match results.[7], results.[8] with
+        | ShadowTranslated(gpa, hpa, true), ShadowTranslated(gpa2, hpa2, false) ->
+            Assert.Equal(0x400010UL, gpa); Assert.Equal(0x8000010UL, hpa); Assert.Equal(gpa, gpa2); Assert.Equal(hpa, hpa2)
+        | other -> failwithf "unexpected results %A" other
+        let leaves =
+            [ for page in state.Pages.Values do
+                  for entry in page.Entries.Values do
+                      match entry with
+                      | ShadowLeaf(gfn, pfn, _, _) -> yield gfn, pfn
+                      | ShadowTableLink _ -> () ]
+        Assert.Equal<(uint64 * uint64) list>([ 0x400UL, 0x8000UL ], leaves)

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace MmuSpec.Impl.Paging;
 
 /// <summary>
@@ -14,4 +16,12 @@ internal static class AccessRights
 
     /// <summary>Number of distinct UWX combinations: one bit of a permission byte each.</summary>
     public const int Combinations = 8;
+
+    /// <summary>
+    /// The rights one entry grants (KVM gpte_access): P sits where Exec does and is known to be 1, so XOR
+    /// with XD yields "executable"; U and W are the entry's own bits. 4-byte entries (read zero-extended)
+    /// have no XD. A path's rights are the AND of its entries'.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint OfEntry(ulong pte) => ((uint)pte & All) ^ (uint)(pte >> PagingEntryBits.NoExecuteShift);
 }

@@ -74,8 +74,7 @@ public sealed partial class GuestVcpu
             return WalkOutcome.GeneralProtection;
         }
 
-        uint pfec = ((AccessTypeErrorBits >> (AccessLaneBits * (int)type)) & AccessLaneMask) |
-                    (priv == Privilege.User ? User : 0);
+        uint pfec = AccessErrorCode(type, priv);
         uint reported = pfec & ctx.ReportedAccessBits;
 
         ulong table;
@@ -122,7 +121,8 @@ public sealed partial class GuestVcpu
             accessedAll &= pte;
             // P sits where ACC exec does and is known to be 1: XOR with XD yields "executable",
             // so U, W and X accumulate with one AND (KVM gpte_access). 4-byte entries have no XD.
-            rights &= ((uint)pte & AccessRights.All) ^ (uint)(pte >> PagingEntryBits.NoExecuteShift);
+            rights &= AccessRights.OfEntry(pte);
+            observer.EntryUsed(level, pte, rights);
 
             if (ctx.IsLeaf(level, pageSizeBit))
                 break;
@@ -130,19 +130,9 @@ public sealed partial class GuestVcpu
             level--;
         }
 
-        // Rights (SDM 4.6.1): one table lookup; the SMAP/AC exemption rides in the RSVD index bit.
-        bool smapLifted = priv == Privilege.Supervisor && ctx.EflagsAc;
-        uint faultCode = ctx.Permissions.Denies(pfec | (smapLifted ? PermissionTable.SmapLiftedBit : 0), rights) ? Present : 0;
-
-        // Protection keys (SDM 4.6.2), independent of the rights verdict (KVM permission_fault).
+        // Rights and protection keys (SDM 4.6): the same check a shadow MMU's hit path makes.
         uint key = (uint)(pte >> PagingEntryBits.ProtectionKeyShift) & ctx.ProtectionKeyMask;
-        if (ctx.PkruMask != 0)
-        {
-            uint keyBits = ctx.Pkru >> (int)(key * PkruBitmask.PkruBitsPerKey);
-            uint offset = pfec | ((rights & AccessRights.User) != 0 ? PkruBitmask.UserAddressBit : 0);
-            if ((keyBits & (ctx.PkruMask >> (int)offset) & (PkruBitmask.AccessDisable | PkruBitmask.WriteDisable)) != 0)
-                faultCode = Present | ProtectionKey;
-        }
+        uint faultCode = ctx.PermissionFault(pfec, priv, rights, key);
         if (faultCode != 0)
             return WalkOutcome.PageFault(faultCode | reported);
 
@@ -167,6 +157,19 @@ public sealed partial class GuestVcpu
         return WalkOutcome.Translated(pageBase | (gva & offsetMask), leaf.Shift, rights, key);
     }
 
+    /// <summary>
+    /// The walk with a caller's observer (e.g. the shadow MMU's, which records each level's entry and
+    /// rights so far for its fill). A/D bits are written only when the observer says so. Allocation-free.
+    /// </summary>
+    [SkipLocalsInit]
+    internal WalkOutcome Observe<TObserver>(ulong gva, AccessType type, Privilege priv, ref TObserver observer)
+        where TObserver : struct, IWalkObserver => Walk(gva, type, priv, ref observer);
+
+    /// <summary>Error-code bits (W, U, I/D) of an access: the index of the permission table.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static uint AccessErrorCode(AccessType type, Privilege priv) =>
+        ((AccessTypeErrorBits >> (AccessLaneBits * (int)type)) & AccessLaneMask) | (priv == Privilege.User ? User : 0);
+
     /// <summary><see cref="Access"/>'s observer: reports go nowhere, the walk sets A/D itself.</summary>
     private struct NoObserver : IWalkObserver
     {
@@ -174,6 +177,9 @@ public sealed partial class GuestVcpu
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public readonly void EntryRead(ulong gpa) { }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public readonly void EntryUsed(int level, ulong pte, uint rightsSoFar) { }
     }
 
     [DoesNotReturn, MethodImpl(MethodImplOptions.NoInlining)]

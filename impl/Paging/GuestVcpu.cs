@@ -57,6 +57,12 @@ public sealed partial class GuestVcpu
 
     public ulong Cr3 => _cr3;
 
+    /// <summary>The precomputed walk policy for the current controls (for the shadow MMU's checks).</summary>
+    internal WalkContext Context => _context;
+
+    /// <summary>Root table address (4/5-level and 32-bit paging: the table CR3 names; PAE: the PDPT).</summary>
+    internal ulong RootTable => _rootTable;
+
     public PagingControls Controls => _context.Controls;
 
     /// <summary>PAE PDPTE register <paramref name="i"/> (0..3): the value last loaded in PAE mode, else 0.</summary>

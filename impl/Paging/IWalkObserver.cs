@@ -12,4 +12,10 @@ internal interface IWalkObserver
 
     /// <summary>A paging-structure entry was read from memory at <paramref name="gpa"/> (walk order).</summary>
     void EntryRead(ulong gpa);
+
+    /// <summary>
+    /// The entry just read at <paramref name="level"/> passed the present and reserved-bit checks and is
+    /// part of the path: its value and the rights folded through it (<see cref="AccessRights"/> layout).
+    /// </summary>
+    void EntryUsed(int level, ulong pte, uint rightsSoFar);
 }

@@ -159,5 +159,33 @@ internal sealed class WalkContext
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool IsLeaf(int level, int pageSizeBit) => ((LeafLevels >> (2 * level + pageSizeBit)) & 1) != 0;
 
+    /// <summary>
+    /// The rights verdict for an access with error-code bits <paramref name="pfec"/> on a translation with
+    /// <paramref name="rights"/> and protection key <paramref name="key"/> (SDM 4.6; KVM permission_fault):
+    /// 0 when permitted, else the #PF error-code bits it adds (P, plus PK for a key violation). Shared by the
+    /// guest walk and the shadow MMU's hit check, so both apply exactly the same rule.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public uint PermissionFault(uint pfec, Privilege priv, uint rights, uint key)
+    {
+        // Rights (SDM 4.6.1): one table lookup; the SMAP/AC exemption rides in the RSVD index bit.
+        bool smapLifted = priv == Privilege.Supervisor && EflagsAc;
+        uint faultCode = Permissions.Denies(pfec | (smapLifted ? PermissionTable.SmapLiftedBit : 0), rights) ? PageFaultErrorCode.Present : 0;
+
+        // Protection keys (SDM 4.6.2), independent of the rights verdict (KVM permission_fault).
+        if (PkruMask != 0)
+        {
+            uint keyBits = Pkru >> (int)(key * PkruBitmask.PkruBitsPerKey);
+            uint offset = pfec | ((rights & AccessRights.User) != 0 ? PkruBitmask.UserAddressBit : 0);
+            if ((keyBits & (PkruMask >> (int)offset) & (PkruBitmask.AccessDisable | PkruBitmask.WriteDisable)) != 0)
+                faultCode = PageFaultErrorCode.Present | PageFaultErrorCode.ProtectionKey;
+        }
+        return faultCode;
+    }
+
+    /// <summary>The linear address is canonical (always true with 32-bit linear addresses).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool IsCanonical(ulong gva) => (ulong)((long)(gva << CanonicalShift) >> CanonicalShift) == gva;
+
     private static uint LeafBit(int level, int pageSizeBit) => 1u << (2 * level + pageSizeBit);
 }

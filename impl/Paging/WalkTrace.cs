@@ -49,6 +49,9 @@ public struct WalkTrace : IWalkObserver
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void IWalkObserver.EntryRead(ulong gpa) => _gpas[_count++] = gpa;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    readonly void IWalkObserver.EntryUsed(int level, ulong pte, uint rightsSoFar) { }
+
     internal void Start(int entryBytes)
     {
         _count = 0;

@@ -1,6 +1,7 @@
 using FsCheck;
 using FsCheck.Fluent;
 using MmuSpec.Harness.Diff;
+using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
 using MmuSpec.Spec.Paging;
@@ -53,6 +54,10 @@ public static class DiffProperties
         new(name, $"Spec_and_impl_TDP_MMUs_agree_after_every_operation ({config})", TdpGen.Arbitrary(config),
             c => TdpDiff.Run(c).Agreed, c => TdpDiff.Run(c).Render(), c => c.Ops.Length);
 
+    static DiffProperty<ShadowCase> Shadow(string name, ShadowGenOptions options) =>
+        new(name, $"Spec_and_impl_shadow_MMUs_agree_after_every_operation ({options})", ShadowGen.Arbitrary(options),
+            c => ShadowDiff.Run(c).Agreed, c => ShadowDiff.Run(c).Render(), c => c.Length);
+
     /// <summary>The guest page walk: one property per paging mode plus one over all modes.</summary>
     public static readonly IReadOnlyList<DiffProperty> Walks =
     [
@@ -73,7 +78,18 @@ public static class DiffProperties
         Tdp("tdp-stage2-shared47", new VmConfig(TdpFormat.Stage2, 47)),
     ];
 
-    public static readonly IReadOnlyList<DiffProperty> All = [.. Walks, .. TdpMmus];
+    /// <summary>The shadow MMU: per guest paging mode, mode switches, and the write-protect-only path (no unsync).</summary>
+    public static readonly IReadOnlyList<DiffProperty> ShadowMmus =
+    [
+        Shadow("shadow-32bit", new ShadowGenOptions(PagingMode.Bits32)),
+        Shadow("shadow-pae", new ShadowGenOptions(PagingMode.Pae)),
+        Shadow("shadow-long4", new ShadowGenOptions(PagingMode.Long4)),
+        Shadow("shadow-long5", new ShadowGenOptions(PagingMode.Long5)),
+        Shadow("shadow-mixed", new ShadowGenOptions(null, Mixed: true)),
+        Shadow("shadow-no-unsync", new ShadowGenOptions(null, AllowUnsync: false)),
+    ];
+
+    public static readonly IReadOnlyList<DiffProperty> All = [.. Walks, .. TdpMmus, .. ShadowMmus];
 
     public static DiffProperty Find(string name) =>
         All.FirstOrDefault(p => p.Name.Equals(name, StringComparison.OrdinalIgnoreCase))

@@ -1,0 +1,210 @@
+using System.Collections.Immutable;
+using MmuSpec.Harness.Diff;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Shadow;
+using MmuSpec.Spec.Tdp;
+using ImplMemory = MmuSpec.Impl.Memory;
+using ImplShadow = MmuSpec.Impl.Shadow;
+
+namespace MmuSpec.Harness.Shadow;
+
+/// <summary>
+/// The impl's shadow MMU as an engine: feeds it spec operations and reads its results and state
+/// back into the spec's vocabulary (a <see cref="ShadowState"/>), so the two can be compared whole.
+/// Also checks the impl's derived structures (reverse map, parent lists, unsync-children bitmaps)
+/// against a scan of its own pages.
+/// </summary>
+public sealed class ImplShadowEngine : IDisposable
+{
+    readonly ImplShadow.IShadowVm vm;
+    readonly ShadowConfig config;
+    readonly List<ulong> dirty = new();
+
+    public ImplShadowEngine(ShadowConfig config, ImplMemory.NativePagePool pool)
+    {
+        this.config = config;
+        vm = ImplShadow.ShadowVm.Create(config.MaxPhyAddr, config.AllowUnsync, pool);
+    }
+
+    public ImplShadow.IShadowVm Vm => vm;
+
+    public ShadowResult Step(ShadowOp op)
+    {
+        switch (op)
+        {
+            case ShadowOp.CreateSlot c: return Result(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.ReadOnly));
+            case ShadowOp.DeleteSlot d: return Result(vm.DeleteSlot(d.Id));
+            case ShadowOp.MoveSlot m: return Result(vm.MoveSlot(m.Id, m.NewBaseGfn));
+            case ShadowOp.SetDirtyLogging s: return Result(vm.SetDirtyLogging(s.Id, s.On));
+            case ShadowOp.GetDirtyLog g:
+                dirty.Clear();
+                var o = vm.GetDirtyLog(g.Id, dirty);
+                return o.Status == ImplShadow.ShadowStatus.Ok ? new ShadowResult.DirtyLog(dirty.ToImmutableArray()) : Result(o);
+            case ShadowOp.GuestStore g: return Result(vm.GuestStore(g.Gpa, g.Value, g.Size));
+            case ShadowOp.GuestSetPaging p: return Result(vm.GuestSetPaging(ImplWalkEngine.ToImpl(p.Controls), p.Cr3));
+            case ShadowOp.GuestAccess a:
+                return Result(vm.GuestAccess(a.Access.Gva, ImplWalkEngine.ToImpl(a.Access.Type), ImplWalkEngine.ToImpl(a.Access.Privilege)));
+            case ShadowOp.Invlpg i: return Result(vm.Invlpg(i.Gva));
+            case ShadowOp.FlushTlb: return Result(vm.FlushTlb());
+            case ShadowOp.ZapRange z: return Result(vm.ZapRange(z.StartGfn, z.EndGfn));
+            case ShadowOp.ZapAll: return Result(vm.ZapAll());
+            default: throw new ArgumentException($"unknown operation {op}", nameof(op));
+        }
+    }
+
+    ShadowResult Result(ImplShadow.ShadowOutcome o) => o.Status switch
+    {
+        ImplShadow.ShadowStatus.Ok => ShadowResult.Ok.Instance,
+        ImplShadow.ShadowStatus.Rejected => new ShadowResult.Rejected(vm.LastRejection ?? "(no reason given)"),
+        ImplShadow.ShadowStatus.Translated => new ShadowResult.Translated(o.Gpa, o.Hpa, o.Faulted),
+        ImplShadow.ShadowStatus.MmioExit => new ShadowResult.MmioExit(o.Gpa),
+        // The impl, like hardware, gives no #GP reason: FromImpl fills a placeholder, and the comparison ignores it.
+        ImplShadow.ShadowStatus.GuestFault => new ShadowResult.GuestFault(ImplWalkEngine.FromImpl(o.Fault)),
+        _ => throw new InvalidOperationException($"impl returned unknown status {o.Status}"),
+    };
+
+    /// <summary>The impl's state read into the spec's vocabulary.</summary>
+    public ShadowState View()
+    {
+        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new TdpMemslot(
+            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSize.Size4K, s.ReadOnly, s.DirtyLogging));
+        var bitmaps = slots.Values.Where(s => s.DirtyLogging)
+            .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
+        var host = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();
+        vm.VisitHostMemory((hpa, value) => { if (value != 0) host[hpa] = value; });
+        CpuState? guest = vm.GuestControls is { } gc
+            ? new CpuState(ImplWalkEngine.FromImpl(gc), vm.GuestCr3,
+                gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
+            : null;
+        var pages = ImmutableSortedDictionary.CreateBuilder<ShadowKey, ShadowPage>();
+        vm.VisitPages((info, entries) =>
+        {
+            var key = Key(info.Key);
+            var e = entries.ToImmutableSortedDictionary(x => x.Index, Entry);
+            pages[key] = new ShadowPage(key, e, info.Unsync, info.WriteFlooding);
+        });
+        ShadowRoot? root = vm.RootKeys is { } keys
+            ? new ShadowRoot(keys.Select(k => k is { } key ? Key(key) : null).ToImmutableArray())
+            : null;
+        return new ShadowState(config, slots, bitmaps, host.ToImmutable(), guest, pages.ToImmutable(), root);
+    }
+
+    static ShadowEntry Entry(ImplShadow.ShadowEntryInfo x) => x.IsLeaf
+        ? new ShadowEntry.Leaf(x.Gfn, x.HostPfn, new TranslationRights(x.User, x.Writable, x.NoExecute, x.ProtectionKey), x.SpteWritable)
+        : new ShadowEntry.Table(Key(x.Child));
+
+    public static ShadowKey Key(ImplShadow.ShadowPageKey k) => new(k.Gfn, Role(k.Role));
+
+    /// <summary>The packed role word, field by field (explicit bit maps: the two sides' ACC bits are independent declarations).</summary>
+    public static ShadowRole Role(ImplShadow.ShadowRole r) => new(
+        Level: r.Level, Has4ByteGpte: r.Has4ByteGpte, Quadrant: r.Quadrant, Direct: r.Direct,
+        Access: ((r.Access & ImplShadow.ShadowRole.AccExec) != 0 ? Acc.Exec : Acc.None)
+              | ((r.Access & ImplShadow.ShadowRole.AccWrite) != 0 ? Acc.Write : Acc.None)
+              | ((r.Access & ImplShadow.ShadowRole.AccUser) != 0 ? Acc.User : Acc.None),
+        Invalid: r.Invalid, EferNx: r.EferNx, Cr0Wp: r.Cr0Wp, SmepAndNotWp: r.SmepAndNotWp, SmapAndNotWp: r.SmapAndNotWp,
+        AdDisabled: r.AdDisabled, GuestMode: r.GuestMode, Passthrough: r.Passthrough, Smm: r.Smm);
+
+    /// <summary>
+    /// The impl's derived structures against a scan of its own pages (independent of how the
+    /// entries are reported as spec values): (a) the reverse map of every gfn holds exactly the
+    /// leaves mapping it, (b) every page's parent list exactly the table entries linking it,
+    /// (c) every page's unsync-children bitmap exactly the entries whose subtree holds an unsync page;
+    /// plus every linked child exists and the page count matches. Empty when consistent.
+    /// </summary>
+    public ImmutableArray<string> InvariantProblems(int max = 12)
+    {
+        var problems = ImmutableArray.CreateBuilder<string>();
+        void Problem(string p) { if (problems.Count < max) problems.Add(p); else if (problems.Count == max) problems.Add("..."); }
+
+        var pageInfo = new Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowPageInfo>();
+        var pageEntries = new Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowEntryInfo[]>();
+        var leavesByGfn = new Dictionary<ulong, HashSet<ImplShadow.ShadowEntryRef>>();
+        var linksByChild = new Dictionary<ImplShadow.ShadowPageKey, HashSet<ImplShadow.ShadowEntryRef>>();
+        vm.VisitPages((info, entries) =>
+        {
+            if (!pageInfo.TryAdd(info.Key, info)) Problem($"page {info.Key} visited twice");
+            pageEntries[info.Key] = entries.ToArray();
+            foreach (var e in entries)
+            {
+                var at = new ImplShadow.ShadowEntryRef(info.Key, e.Index);
+                if (e.IsLeaf)
+                {
+                    if (info.Key.Role.Level != 1) Problem($"page {info.Key} [{e.Index}]: a leaf above level 1");
+                    Set(leavesByGfn, e.Gfn).Add(at);
+                }
+                else Set(linksByChild, e.Child).Add(at);
+            }
+        });
+
+        if (vm.ShadowPages != pageInfo.Count) Problem($"ShadowPages says {vm.ShadowPages}, {pageInfo.Count} pages visited");
+        foreach (var (child, links) in linksByChild)
+            if (!pageInfo.ContainsKey(child)) Problem($"{Refs(links)} link page {child}, which does not exist");
+        if (vm.RootKeys is { } roots)
+            foreach (var r in roots)
+                if (r is { } k && !pageInfo.ContainsKey(k)) Problem($"root page {k} does not exist");
+
+        // (a) the reverse map.
+        var rmap = new Dictionary<ulong, HashSet<ImplShadow.ShadowEntryRef>>();
+        vm.VisitReverseMap((gfn, refs) =>
+        {
+            var set = Set(rmap, gfn);
+            foreach (var r in refs) if (!set.Add(r)) Problem($"rmap of gfn 0x{gfn:X} lists {Ref(r)} twice");
+        });
+        foreach (ulong gfn in leavesByGfn.Keys.Union(rmap.Keys).Order())
+        {
+            var scanned = leavesByGfn.GetValueOrDefault(gfn) ?? [];
+            var listed = rmap.GetValueOrDefault(gfn) ?? [];
+            if (scanned.SetEquals(listed)) continue;
+            Problem($"rmap of gfn 0x{gfn:X}: missing {Refs(scanned.Except(listed))}, extra {Refs(listed.Except(scanned))}");
+        }
+
+        // (b) the parent lists.
+        var parents = new Dictionary<ImplShadow.ShadowPageKey, HashSet<ImplShadow.ShadowEntryRef>>();
+        vm.VisitParents((child, refs) =>
+        {
+            var set = Set(parents, child);
+            foreach (var r in refs) if (!set.Add(r)) Problem($"parent list of {child} lists {Ref(r)} twice");
+        });
+        foreach (var child in linksByChild.Keys.Union(parents.Keys).OrderBy(k => k.Gfn).ThenBy(k => k.Role.Word))
+        {
+            var scanned = linksByChild.GetValueOrDefault(child) ?? [];
+            var listed = parents.GetValueOrDefault(child) ?? [];
+            if (scanned.SetEquals(listed)) continue;
+            Problem($"parent list of {child}: missing {Refs(scanned.Except(listed))}, extra {Refs(listed.Except(scanned))}");
+        }
+
+        // (c) unsync children: an entry's bit is set iff its child's subtree holds an unsync page.
+        var holdsUnsync = new Dictionary<ImplShadow.ShadowPageKey, bool>();
+        bool HoldsUnsync(ImplShadow.ShadowPageKey k, int depth)
+        {
+            if (holdsUnsync.TryGetValue(k, out bool known)) return known;
+            if (!pageInfo.TryGetValue(k, out var info) || depth > 8) return false;
+            bool result = info.Unsync || pageEntries[k].Any(e => !e.IsLeaf && HoldsUnsync(e.Child, depth + 1));
+            holdsUnsync[k] = result;
+            return result;
+        }
+        foreach (var (key, info) in pageInfo.OrderBy(p => p.Key.Gfn).ThenBy(p => p.Key.Role.Word))
+        {
+            var expected = pageEntries[key].Where(e => !e.IsLeaf && HoldsUnsync(e.Child, 1)).Select(e => e.Index).ToHashSet();
+            var actual = info.UnsyncChildren.ToHashSet();
+            if (expected.SetEquals(actual)) continue;
+            Problem($"unsync children of {key}: expected [{string.Join(", ", expected.Order())}], bitmap [{string.Join(", ", actual.Order())}]");
+        }
+        return problems.ToImmutable();
+    }
+
+    static HashSet<TValue> Set<TKey, TValue>(Dictionary<TKey, HashSet<TValue>> d, TKey key) where TKey : notnull
+    {
+        if (!d.TryGetValue(key, out var s)) d[key] = s = new HashSet<TValue>();
+        return s;
+    }
+
+    static string Ref(ImplShadow.ShadowEntryRef r) => $"{r.Page}[{r.Index}]";
+    static string Refs(IEnumerable<ImplShadow.ShadowEntryRef> refs)
+    {
+        var list = refs.Select(Ref).ToList();
+        return list.Count == 0 ? "none" : string.Join(", ", list);
+    }
+
+    public void Dispose() => vm.Dispose();
+}

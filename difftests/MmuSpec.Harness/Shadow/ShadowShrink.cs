@@ -1,0 +1,70 @@
+using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Shadow;
+
+namespace MmuSpec.Harness.Shadow;
+
+/// <summary>
+/// Shrinks a failing <see cref="ShadowCase"/>: drop operations (big chunks first), then setup
+/// pieces (page-table stores, the data slots; the candidates that stop failing are simply not
+/// taken), then make what is left plainer: cleared bits of stored values (table addresses kept),
+/// plain supervisor reads at page offset 0, smaller zap ranges, writable slots, calmer controls.
+/// </summary>
+public static class ShadowShrink
+{
+    public static IEnumerable<ShadowCase> Candidates(ShadowCase c)
+    {
+        foreach (var ops in WalkShrink.DropChunks(c.Ops)) yield return c.WithOps(ops);
+        // The setup's last op turns paging on; dropping stores before it keeps the rest meaningful.
+        foreach (var setup in WalkShrink.DropChunks(c.Setup)) yield return c.WithSetup(setup);
+
+        for (int i = 0; i < c.Ops.Length; i++)
+            foreach (var simpler in Simpler(c.Ops[i]))
+                yield return c.WithOps(c.Ops.SetItem(i, simpler));
+
+        for (int i = 0; i < c.Setup.Length; i++)
+            foreach (var simpler in Simpler(c.Setup[i]))
+                yield return c.WithSetup(c.Setup.SetItem(i, simpler));
+    }
+
+    static IEnumerable<ShadowOp> Simpler(ShadowOp op)
+    {
+        switch (op)
+        {
+            case ShadowOp.GuestAccess { Access: var a }:
+                if ((a.Gva & 0xFFF) != 0) yield return new ShadowOp.GuestAccess(a.WithGva(a.Gva & ~0xFFFUL));
+                if (a.Privilege != Privilege.Supervisor) yield return new ShadowOp.GuestAccess(a.WithPrivilege(Privilege.Supervisor));
+                if (a.Type != AccessType.Read) yield return new ShadowOp.GuestAccess(a.WithType(AccessType.Read));
+                break;
+            case ShadowOp.Invlpg inv when (inv.Gva & 0xFFF) != 0:
+                yield return new ShadowOp.Invlpg(inv.Gva & ~0xFFFUL);
+                break;
+            case ShadowOp.GuestStore w:
+                foreach (ulong value in WalkShrink.ClearedBits(w.Value)) yield return w with { Value = value };
+                break;
+            case ShadowOp.ZapRange z when z.EndGfn - z.StartGfn > 1:
+                yield return z with { EndGfn = z.StartGfn + (z.EndGfn - z.StartGfn) / 2 };
+                yield return z with { StartGfn = z.StartGfn + (z.EndGfn - z.StartGfn) / 2 };
+                break;
+            case ShadowOp.CreateSlot s when s.ReadOnly:
+                yield return s with { ReadOnly = false };
+                break;
+            case ShadowOp.GuestSetPaging p:
+                foreach (var c in SimplerControls(p.Controls)) yield return p with { Controls = c };
+                if ((p.Cr3 & 0x18) != 0 && p.Controls.Mode.IsLongMode()) yield return p with { Cr3 = p.Cr3 & ~0x18UL };
+                break;
+        }
+    }
+
+    /// <summary>Each flag turned off, PKRU cleared; never the mode or MAXPHYADDR (the config fixes it).</summary>
+    static IEnumerable<PagingControls> SimplerControls(PagingControls c)
+    {
+        if (c.Cr0Wp) yield return c.WithCr0Wp(false);
+        if (c.Cr4Smep) yield return c.WithCr4Smep(false);
+        if (c.Cr4Smap) yield return c.WithCr4Smap(false);
+        if (c.Cr4Pke) yield return c.WithCr4Pke(false);
+        if (c.EferNxe) yield return c.WithEferNxe(false);
+        if (c.EflagsAc) yield return c.WithEflagsAc(false);
+        if (c.Pkru != 0) yield return c.WithPkru(0);
+    }
+}

@@ -1,0 +1,306 @@
+using System.Collections.Immutable;
+using MmuSpec.Harness.Running;
+using MmuSpec.Harness.Shadow;
+using MmuSpec.Impl.Memory;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Shadow;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace MmuSpec.Tests.Differential;
+
+/// <summary>
+/// Oracle 1 and 2 for the shadow MMU: random operation sequences over guests with page-table
+/// forests for several address spaces (entry edits, write flooding, INVLPG, CR3 switches, control
+/// and mode changes, memslot changes, dirty logging, zaps) run on the spec's model and the impl,
+/// results, abstract state and the impl's derived structures compared after every step, every
+/// result judged by the architecture layer.
+/// </summary>
+public sealed class ShadowDifferentialTests(ITestOutputHelper output)
+{
+    /// <summary>Cases per property in a plain `dotnet test`; MMUSPEC_MAX_TEST overrides.</summary>
+    const int DefaultCases = 300;
+
+    [Theory]
+    [InlineData("shadow-32bit")]
+    [InlineData("shadow-pae")]
+    [InlineData("shadow-long4")]
+    [InlineData("shadow-long5")]
+    [InlineData("shadow-mixed")]
+    [InlineData("shadow-no-unsync")]
+    public void Spec_and_impl_shadow_MMUs_agree_after_every_operation(string property)
+    {
+        var runner = DiffProperties.Find(property).Check(output.WriteLine,
+            PropertyCheck.MaxTest(DefaultCases), PropertyCheck.ReplayFromEnvironment());
+        Assert.True(runner.TestsRun > 0, "the property ran no case");
+    }
+
+    [Fact]
+    public void Every_native_page_of_a_shadow_vm_is_freed_when_it_is_disposed()
+    {
+        var pool = new NativePagePool();
+        for (int seed = 0; seed < 30; seed++)
+        {
+            var c = ShadowGen.Build(seed, size: 40, new ShadowGenOptions(null, Mixed: seed % 2 == 0));
+            using (var engine = new ImplShadowEngine(c.Config, pool))
+            {
+                foreach (var op in c.AllOps) engine.Step(op);
+                Assert.True(pool.PagesInUse > 0, "a VM with memslots and shadow pages holds native pages");
+            }
+            Assert.Equal(0, pool.PagesInUse);
+        }
+        Assert.Equal(pool.PagesAllocated, pool.PagesFreed);
+    }
+
+    [Fact]
+    public void Generated_setups_are_valid_and_turn_paging_on()
+    {
+        for (int seed = 0; seed < 40; seed++)
+        {
+            var c = ShadowGen.Build(seed, size: 50, new ShadowGenOptions((PagingMode)(seed % 4)));
+            var state = ShadowState.Create(c.Config);
+            foreach (var op in c.Setup)
+            {
+                var stepped = state.Step(op);
+                Assert.False(stepped.Result is ShadowResult.Rejected, $"seed {seed}: setup op '{op}' was rejected: {stepped.Result}");
+                state = stepped.State;
+            }
+            Assert.NotNull(state.GuestCpu);
+            Assert.Equal((PagingMode)(seed % 4), state.GuestCpu!.Controls.Mode);
+            Assert.NotNull(state.Root);
+        }
+    }
+
+    /// <summary>The rules the generator must keep reaching (measured on the spec alone, from its states before and after each step).</summary>
+    static readonly string[] RequiredRules =
+    [
+        "access: hit", "access: fill", "GuestAccess fault #PF", "GuestAccess fault #GP", "GuestSetPaging fault #GP",
+        "op GuestAccess -> MmioExit", "op GuestStore -> MmioExit", "dirty log: non-empty",
+        "page created: direct L1", "page created: direct L1 q1", "page created: direct L2", "page created: indirect L1 4B q>0",
+        "page created: narrowed access role", "state: one guest table, several roles", "root: PAE entry none",
+        "unsync: by GuestStore", "unsync: by GuestAccess (write fill)", "resync page: by FlushTlb", "resync page: by GuestAccess",
+        "entry removed: by Invlpg (sync)", "entry removed: by GuestStore", "entry removed: by ZapRange",
+        "write flooding count 2", "write flooding reset by a walk", "page zapped: write flooding", "page zapped: misaligned store",
+        "page zapped: unsync page used as upper-level table", "GuestStore: root dropped",
+        "leaf write-protected: by SetDirtyLogging", "leaf write-protected: by GetDirtyLog", "leaf write-protected: by GuestAccess",
+        "fill: read-only leaf (write-protected, clean, read-only slot or logging)", "fill: write left the leaf read-only (emulated)",
+        "set paging: mode or PSE changed (zap all)", "DeleteSlot: root dropped", "MoveSlot: root dropped", "ZapAll: root dropped",
+    ];
+
+    [Fact]
+    public void The_generator_reaches_every_rule_of_the_contract()
+    {
+        var counts = new SortedDictionary<string, int>();
+        foreach (var options in new[] { new ShadowGenOptions(PagingMode.Bits32), new ShadowGenOptions(PagingMode.Pae), new ShadowGenOptions(PagingMode.Long4),
+                     new ShadowGenOptions(PagingMode.Long5), new ShadowGenOptions(null, Mixed: true), new ShadowGenOptions(null, AllowUnsync: false) })
+            foreach (var (rule, n) in ShadowCoverage.Measure(options, cases: 40))
+                counts[rule] = counts.GetValueOrDefault(rule) + n;
+        foreach (var (rule, n) in counts) output.WriteLine($"{n,7}  {rule}");
+        var missing = RequiredRules.Where(r => !counts.ContainsKey(r)).ToList();
+        Assert.True(missing.Count == 0, $"the generator no longer reaches: {string.Join(", ", missing)}");
+    }
+
+    // ---- hand-written scenarios, run on both sides (and compared), with concrete expectations ----
+
+    const ulong P = 1, W = 2, U = 4, A = 1 << 5, D = 1 << 6, PS = 1 << 7;
+    const ulong RamGfn = 0x100, DataGfn = 0x400, RamHostPfn = 0x5000, DataHostPfn = 0x8000;
+
+    static readonly ShadowOp[] Slots =
+    [
+        new ShadowOp.CreateSlot(0, RamGfn, 16, RamHostPfn, ReadOnly: false),
+        new ShadowOp.CreateSlot(1, DataGfn, 1024, DataHostPfn, ReadOnly: false),
+    ];
+
+    static ShadowOp Store(ulong gpa, ulong value, int size) => new ShadowOp.GuestStore(gpa, value, size);
+    static ShadowOp Read(ulong gva) => new ShadowOp.GuestAccess(Access.Read(gva));
+    static ShadowOp Write(ulong gva) => new ShadowOp.GuestAccess(Access.Write(gva));
+
+    /// <summary>Runs the ops on the spec and the impl, asserting equal results and states at every step; returns both sides' states and results.</summary>
+    static (List<ShadowState> States, List<ShadowResult> Results) RunBoth(ShadowConfig config, params ShadowOp[] ops)
+    {
+        var states = new List<ShadowState>();
+        var results = new List<ShadowResult>();
+        var pool = new NativePagePool();
+        var spec = ShadowState.Create(config);
+        var tlb = ShadowTlb.Start(spec);
+        using (var impl = new ImplShadowEngine(config, pool))
+        {
+            for (int i = 0; i < ops.Length; i++)
+            {
+                var stepped = spec.Step(ops[i]);
+                spec = stepped.State;
+                var implResult = impl.Step(ops[i]);
+                Assert.True(ShadowDiff.Describe(stepped.Result) == ShadowDiff.Describe(implResult),
+                    $"step {i + 1} ({ops[i]}): spec {stepped.Result} / impl {implResult}");
+                var diffs = ShadowDiff.Differences(spec, impl.View());
+                Assert.True(diffs.IsEmpty, $"step {i + 1} ({ops[i]}): state difference:\n{string.Join("\n", diffs)}");
+                var problems = impl.InvariantProblems();
+                Assert.True(problems.IsEmpty, $"step {i + 1} ({ops[i]}): impl invariant:\n{string.Join("\n", problems)}");
+                Assert.Null(tlb.Violation(ops[i], stepped.Result, spec));
+                tlb = tlb.Record(ops[i], stepped.Result, spec);
+                states.Add(spec);
+                results.Add(stepped.Result);
+            }
+        }
+        Assert.Equal(0, pool.PagesInUse);
+        return (states, results);
+    }
+
+    static ShadowPage PageOf(ShadowState s, ulong gfn, Func<ShadowRole, bool> role) =>
+        Assert.Single(s.Pages.Values, p => p.Key.Gfn == gfn && role(p.Key.Role));
+
+    [Fact]
+    public void A_32bit_guests_4MiB_page_is_split_by_two_direct_level1_pages_with_quadrants_0_and_1()
+    {
+        var c = new PagingControls(PagingMode.Bits32, cr4Pse: true, maxPhyAddr: 40);
+        // PD at gfn 0x100; PDE 3 maps the 4 MiB page at gpa 0x400000 (gva 0xC00000..0xFFFFFF).
+        var (states, results) = RunBoth(new ShadowConfig(40),
+        [
+            .. Slots,
+            Store(0x10_000C, 0x40_0000 | PS | A | D | U | W | P, 4),
+            new ShadowOp.GuestSetPaging(c, 0x10_0000),
+            Read(0xC0_1234),     // shadow L2 index 6 (gva bit 21 clear): quadrant 0
+            Read(0xE0_5678),     // shadow L2 index 7 (gva bit 21 set): quadrant 1
+            Read(0xE0_5678),     // now a hit
+        ]);
+        var after = states[^1];
+        Assert.Equal(new ShadowResult.Translated(0x40_1234, ((DataHostPfn + 0x1) << 12) | 0x234, Faulted: true), results[4]);
+        Assert.Equal(new ShadowResult.Translated(0x60_5678, ((DataHostPfn + 0x205) << 12) | 0x678, Faulted: true), results[5]);
+        Assert.Equal(new ShadowResult.Translated(0x60_5678, ((DataHostPfn + 0x205) << 12) | 0x678, Faulted: false), results[6]);
+
+        // Four root pages for the PD (quadrants 0..3), two direct level-1 pages carrying the large page's first gfn.
+        Assert.Equal(6, after.Pages.Count);
+        Assert.Equal(4, after.Pages.Values.Count(p => p.Key.Gfn == RamGfn && p.Key.Role is { Level: 2, Has4ByteGpte: true, Direct: false }));
+        var q0 = PageOf(after, 0x400, r => r is { Level: 1, Direct: true, Quadrant: 0, Has4ByteGpte: true });
+        var q1 = PageOf(after, 0x400, r => r is { Level: 1, Direct: true, Quadrant: 1, Has4ByteGpte: true });
+        var leaf0 = Assert.IsType<ShadowEntry.Leaf>(Assert.Single(q0.Entries, e => e.Key == 1).Value);
+        var leaf1 = Assert.IsType<ShadowEntry.Leaf>(Assert.Single(q1.Entries, e => e.Key == 5).Value);
+        Assert.Equal(0x401UL, leaf0.Gfn);
+        Assert.Equal(0x605UL, leaf1.Gfn);
+        Assert.Equal(0x401UL, ShadowState.DirectGfn(q0.Key, 1));
+        Assert.Equal(0x605UL, ShadowState.DirectGfn(q1.Key, 5));
+        // The root page of quadrant 0 links both, from entries 6 and 7 (one 4 MiB PDE = two shadow entries).
+        var root0 = PageOf(after, RamGfn, r => r is { Level: 2, Quadrant: 0 });
+        Assert.Equal(new ShadowEntry.Table(q0.Key), root0.Entries[6]);
+        Assert.Equal(new ShadowEntry.Table(q1.Key), root0.Entries[7]);
+    }
+
+    [Fact]
+    public void A_PAE_guest_has_four_root_entries_from_its_PDPTE_registers()
+    {
+        var c = new PagingControls(PagingMode.Pae, maxPhyAddr: 40);
+        // PDPT at 0x100000: PDPTE 0 and 3 -> PD 0x101000, PDPTE 1 not present, PDPTE 2 -> PD 0x102000.
+        var (states, results) = RunBoth(new ShadowConfig(40),
+        [
+            .. Slots,
+            Store(0x10_0000, 0x10_1000 | P, 8),
+            Store(0x10_0010, 0x10_2000 | P, 8),
+            Store(0x10_0018, 0x10_1000 | P, 8),
+            new ShadowOp.GuestSetPaging(c, 0x10_0000),
+            Read(0x4000_0000),                         // PDPTE 1: not present
+            Store(0x10_0008, 0x10_2000 | P, 8),        // no effect until CR3 is loaded again
+            Read(0x4000_0000),
+        ]);
+        var root = states[5].Root!;
+        var pd1 = new ShadowKey(0x101, ShadowRole.Base(c).WithLevel(2));
+        var pd2 = new ShadowKey(0x102, ShadowRole.Base(c).WithLevel(2));
+        Assert.Equal(new ShadowRoot([pd1, null, pd2, pd1]), root);
+        Assert.Equal(2, states[5].Pages.Count);
+        var fault = Assert.IsType<ShadowResult.GuestFault>(results[6]);
+        Assert.Equal(new WalkResult.PageFault(PageFaultErrorCode.None), fault.Fault);
+        Assert.Equal(results[6], results[8]);
+        Assert.Equal(root, states[^1].Root);
+    }
+
+    /// <summary>4-level tables at gfns 0x100 (PML4), 0x101 (PDPT), 0x102 (PD), 0x103 (PT); PTE 0 maps data gfn 0x400.</summary>
+    static ShadowOp[] Long4Setup(PagingControls c) =>
+    [
+        .. Slots,
+        Store(0x10_0000, 0x10_1000 | A | U | W | P, 8),
+        Store(0x10_1000, 0x10_2000 | A | U | W | P, 8),
+        Store(0x10_2000, 0x10_3000 | A | U | W | P, 8),
+        Store(0x10_3000, 0x40_0000 | D | A | U | W | P, 8),
+        new ShadowOp.GuestSetPaging(c, 0x10_0000),
+    ];
+
+    static readonly PagingControls Long4 = new(PagingMode.Long4, cr0Wp: true, maxPhyAddr: 46);
+    static readonly ShadowKey PtKey = new(0x103, ShadowRole.Base(Long4).WithLevel(1));
+    static readonly ShadowKey PdKey = new(0x102, ShadowRole.Base(Long4).WithLevel(2));
+    static readonly ShadowKey PdptKey = new(0x101, ShadowRole.Base(Long4).WithLevel(3));
+
+    [Fact]
+    public void A_store_to_a_leaf_table_unsyncs_it_and_INVLPG_resyncs_the_entry()
+    {
+        var setup = Long4Setup(Long4);
+        var (states, results) = RunBoth(new ShadowConfig(46),
+        [
+            .. setup,
+            Write(0x123),                                  // fault in: PT gfn 0x103 shadowed by a sync level-1 page
+            Store(0x10_3000, 0x40_1000 | D | A | U | W | P, 8),   // retarget PTE 0: the PT goes unsync, the store is not emulated
+            Read(0x123),                                   // the stale translation is still served (no flush yet)
+            new ShadowOp.Invlpg(0x0),                      // sync entry 0: the guest entry maps another frame, so it goes
+            Read(0x123),                                   // faulted in again, now to gfn 0x401
+        ]);
+        int n = setup.Length;
+        Assert.Equal(new ShadowResult.Translated(0x40_0123, (DataHostPfn << 12) | 0x123, Faulted: true), results[n]);
+        var afterStore = states[n + 1];
+        Assert.True(afterStore.Pages[PtKey].Unsync);
+        Assert.Equal(0x400UL, Assert.IsType<ShadowEntry.Leaf>(afterStore.Pages[PtKey].Entries[0]).Gfn);
+        Assert.Equal(new ShadowResult.Translated(0x40_0123, (DataHostPfn << 12) | 0x123, Faulted: false), results[n + 2]);
+        var afterInvlpg = states[n + 3];
+        Assert.True(afterInvlpg.Pages[PtKey].Unsync);                 // INVLPG syncs the entry, not the page
+        Assert.False(afterInvlpg.Pages[PtKey].Entries.ContainsKey(0));
+        Assert.Equal(new ShadowResult.Translated(0x40_1123, ((DataHostPfn + 1) << 12) | 0x123, Faulted: true), results[n + 4]);
+        Assert.Equal(0x401UL, Assert.IsType<ShadowEntry.Leaf>(states[^1].Pages[PtKey].Entries[0]).Gfn);
+    }
+
+    [Fact]
+    public void Three_stores_to_an_upper_level_table_without_a_walk_through_it_zap_its_shadow_page()
+    {
+        var setup = Long4Setup(Long4);
+        var (states, _) = RunBoth(new ShadowConfig(46),
+        [
+            .. setup,
+            Read(0x0),
+            Store(0x10_2800, 0, 8),     // PD entries the guest does not use: emulated, write flooding 1, 2, 3
+            Store(0x10_2808, 0, 8),
+            Store(0x10_2800, 0, 8),
+        ]);
+        int n = setup.Length;
+        Assert.Equal(0, states[n].Pages[PdKey].WriteFlooding);
+        Assert.Equal(1, states[n + 1].Pages[PdKey].WriteFlooding);
+        Assert.Equal(2, states[n + 2].Pages[PdKey].WriteFlooding);
+        var after = states[n + 3];
+        Assert.False(after.Pages.ContainsKey(PdKey));
+        Assert.False(after.Pages[PdptKey].Entries.ContainsKey(0));    // the link to it went too
+        Assert.True(after.Pages.ContainsKey(PtKey));                   // its (sync) child stays
+        Assert.NotNull(after.Root);
+    }
+
+    [Fact]
+    public void A_misaligned_8_byte_store_to_a_32bit_table_zaps_its_shadow_pages()
+    {
+        var c = new PagingControls(PagingMode.Bits32, maxPhyAddr: 40);
+        ShadowOp[] setup =
+        [
+            .. Slots,
+            Store(0x10_0000, 0x10_1000 | A | U | W | P, 4),       // PDE 0 -> PT at gfn 0x101
+            Store(0x10_1000, 0x40_0000 | D | A | U | W | P, 4),   // PTE 0 -> data gfn 0x400
+            new ShadowOp.GuestSetPaging(c, 0x10_0000),
+            Read(0x0),
+        ];
+        // The PT, write-protected and (no unsync) emulated: an 8-byte store over PTEs 0 and 1 zaps its page.
+        var (noUnsync, _) = RunBoth(new ShadowConfig(40, allowUnsync: false), [.. setup, Store(0x10_1000, 0x40_0000 | D | A | U | W | P, 8)]);
+        var pt = new ShadowKey(0x101, ShadowRole.Base(c).WithLevel(1));
+        var root0 = new ShadowKey(RamGfn, ShadowRole.Base(c).WithLevel(2));
+        Assert.True(noUnsync[^2].Pages.ContainsKey(pt));
+        Assert.Equal(new ShadowEntry.Table(pt), noUnsync[^2].Pages[root0].Entries[0]);
+        Assert.False(noUnsync[^1].Pages.ContainsKey(pt));
+        Assert.False(noUnsync[^1].Pages[root0].Entries.ContainsKey(0));
+
+        // The PD (always emulated: an upper-level table): an 8-byte store over PDEs 2 and 3 zaps all four root pages.
+        var (pd, _) = RunBoth(new ShadowConfig(40), [.. setup, Store(0x10_0008, 0, 8)]);
+        Assert.Null(pd[^1].Root);
+        Assert.Equal(new[] { pt }, pd[^1].Pages.Keys);
+    }
+}

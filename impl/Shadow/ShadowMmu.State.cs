@@ -1,0 +1,146 @@
+using MmuSpec.Impl.Paging;
+using MmuSpec.Impl.Tdp;
+
+namespace MmuSpec.Impl.Shadow;
+
+/// <summary>
+/// The abstract state for tests and tools (docs/shadow-model.md, "What the tests compare"). Allocates.
+/// Parent lists, reverse maps and unsync-children bitmaps are read from the structures the MMU keeps, never
+/// recomputed from the entries, so the tests' scan of the entries checks them.
+/// </summary>
+internal sealed partial class ShadowMmu
+{
+    public IReadOnlyList<ShadowSlotInfo> Slots
+    {
+        get
+        {
+            var slots = new List<ShadowSlotInfo>();
+            foreach (TdpMemslot? s in _slotsById)
+            {
+                if (s is not null)
+                    slots.Add(new ShadowSlotInfo(s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, s.ReadOnly, s.DirtyLogging));
+            }
+            return slots;
+        }
+    }
+
+    public IEnumerable<ulong> DirtyOffsets(int id)
+    {
+        var offsets = new List<ulong>();
+        Slot(id)?.Dirty?.CopySorted(offsets, bias: 0);
+        return offsets;
+    }
+
+    public PagingControls? GuestControls => _guest?.Controls;
+
+    public ulong GuestCr3 => _guest?.Cr3 ?? 0;
+
+    public ulong GuestPdpte(int i)
+    {
+        if ((uint)i >= PdpteRegisters.Count)
+            ThrowHelper.ArgumentOutOfRange(nameof(i), "PDPTE register index must be 0..3.");
+        GuestVcpu? guest = _guest;
+        return guest is not null && guest.Controls.Mode == PagingMode.Pae ? guest.Pdpte(i) : 0;
+    }
+
+    public void VisitHostMemory(Action<ulong, ulong> visit)
+    {
+        ArgumentNullException.ThrowIfNull(visit);
+        ThrowIfDisposed();
+        foreach (TdpMemslot? slot in _slotsById)
+            slot?.Host.Visit(slot.HostPfnBase << PageShift, visit);
+    }
+
+    public IReadOnlyList<ShadowPageKey?>? RootKeys
+    {
+        get
+        {
+            ThrowIfDisposed();
+            if (!_rootLoaded)
+                return null;
+            var keys = new List<ShadowPageKey?>();
+            for (int i = 0; i < _rootCount; i++)
+                keys.Add(_roots[i].IsNull ? null : _roots[i].Key);
+            return keys;
+        }
+    }
+
+    public void VisitPages(Action<ShadowPageInfo, IReadOnlyList<ShadowEntryInfo>> visit)
+    {
+        ArgumentNullException.ThrowIfNull(visit);
+        ThrowIfDisposed();
+        foreach (ShadowPage page in _pages.PagesInUseList())
+        {
+            if (!page.Live)
+                continue;
+            var unsyncChildren = new List<int>();
+            int writeFlooding = 0;
+            if (!page.Direct)
+            {
+                for (int i = 0; i < ShadowPage.Entries; i++)
+                {
+                    if ((page.Extra.UnsyncChildren[i >> 6] >> (i & 63) & 1) != 0)
+                        unsyncChildren.Add(i);
+                }
+                writeFlooding = page.Extra.WriteFlooding;
+            }
+            var entries = new List<ShadowEntryInfo>();
+            for (int i = 0; i < ShadowPage.Entries; i++)
+            {
+                ulong spte = page.Spte(i);
+                if (ShadowSpte.IsTable(spte))
+                {
+                    entries.Add(new ShadowEntryInfo(i, IsLeaf: false, ShadowSpte.Child(spte).Key, 0, 0, false, false, false, 0, false));
+                }
+                else if (ShadowSpte.IsLeaf(spte))
+                {
+                    uint rights = ShadowSpte.Rights(spte);
+                    entries.Add(new ShadowEntryInfo(i, IsLeaf: true, default, EntryGfn(page, i), ShadowSpte.HostPfn(spte),
+                        User: (rights & ShadowRole.AccUser) != 0, Writable: (rights & ShadowRole.AccWrite) != 0,
+                        NoExecute: (rights & ShadowRole.AccExec) == 0, ProtectionKey: (int)ShadowSpte.Key(spte),
+                        SpteWritable: ShadowSpte.IsWritable(spte)));
+                }
+            }
+            visit(new ShadowPageInfo(page.Key, page.Unsync, writeFlooding, unsyncChildren), entries);
+        }
+    }
+
+    public void VisitReverseMap(Action<ulong, IReadOnlyList<ShadowEntryRef>> visit)
+    {
+        ArgumentNullException.ThrowIfNull(visit);
+        ThrowIfDisposed();
+        foreach (TdpMemslot? slot in _slotsById)
+        {
+            if (slot is null)
+                continue;
+            SlotRmap rmap = _rmapsById[slot.Id]!;
+            if (rmap.NonEmpty == 0)
+                continue;
+            for (ulong offset = 0; offset < slot.Pages; offset++)
+            {
+                ulong head = rmap.Head(offset);
+                if (head != 0)
+                    visit(slot.BaseGfn + offset, Refs(head));
+            }
+        }
+    }
+
+    public void VisitParents(Action<ShadowPageKey, IReadOnlyList<ShadowEntryRef>> visit)
+    {
+        ArgumentNullException.ThrowIfNull(visit);
+        ThrowIfDisposed();
+        foreach (ShadowPage page in _pages.PagesInUseList())
+        {
+            if (page.Live && page.Header.Parents != 0)
+                visit(page.Key, Refs(page.Header.Parents));
+        }
+    }
+
+    private static List<ShadowEntryRef> Refs(ulong head)
+    {
+        var refs = new List<ShadowEntryRef>();
+        foreach (SpteRef r in PteListPool.Enumerate(head))
+            refs.Add(new ShadowEntryRef(r.Page.Key, r.Index));
+        return refs;
+    }
+}

@@ -1,0 +1,288 @@
+using System.Runtime.CompilerServices;
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.Paging;
+using MmuSpec.Impl.Tdp;
+
+namespace MmuSpec.Impl.Shadow;
+
+/// <summary>
+/// KVM's shadow MMU (mmu.c, paging_tmpl.h, page_track.c) as docs/shadow-model.md states it; comments cite
+/// its rules. Shadow pages live in native slabs (<see cref="ShadowPageAllocator"/>), found by key through
+/// <see cref="ShadowPageHash"/>; leaves are reverse-mapped per slot (<see cref="SlotRmap"/>), pages know
+/// their parents (<see cref="PteListPool"/>), and indirect pages keep an exact unsync-children bitmap, so
+/// no rule scans all pages except the "every page" ones (zap all, the test read-back).
+/// <para>
+/// Memslots, their host memory and dirty bitmaps are the TDP MMU's types (<see cref="TdpMemslot"/>,
+/// <see cref="TdpHostMemory"/>, <see cref="DirtyBitmap"/>); the guest's paging is <see cref="GuestVcpu"/>
+/// over a <see cref="GuestPhysicalMemory"/> view of the slots, as in the TDP MMU.
+/// </para>
+/// <para>
+/// Zapped pages are unlinked at once (out of the hash, their entries and the entries linking them removed)
+/// but freed only at the end of the operation (KVM's invalid_list / commit_zap_page), so a rule iterating
+/// pages never touches freed memory: it sees the page as not live.
+/// </para>
+/// Not thread-safe.
+/// </summary>
+internal sealed partial class ShadowMmu : IShadowVm
+{
+    private const int MaxSlots = 32;
+    private const ulong HostPfnLimit = 1UL << 40;
+    private const int PageShift = 12;
+    private const ulong PageOffsetMask = (1UL << PageShift) - 1;
+
+    private readonly NativePagePool _pool;
+    private readonly ShadowPageAllocator _pages;
+    private readonly PteListPool _lists;
+    private readonly ShadowPageHash _hash = new();
+    private readonly GuestPhysicalMemory _guestMemory;
+    private readonly int _maxPhyAddr;
+    private readonly bool _allowUnsync;
+
+    // Frames below 2^(M-12): slots and zap ranges stay below.
+    private readonly ulong _gfnLimit;
+
+    private readonly TdpMemslot?[] _slotsById = new TdpMemslot?[MaxSlots];
+    private readonly SlotRmap?[] _rmapsById = new SlotRmap?[MaxSlots];
+    private TdpMemslot[] _slots = [];
+    private TdpMemslot _lastSlot = TdpMemslot.None; // KVM's last_used_slot
+
+    private GuestVcpu? _guest;
+    private bool _disposed;
+
+    public ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        if (maxPhyAddr is < WalkContext.MinMaxPhyAddr or > WalkContext.MaxMaxPhyAddr)
+            ThrowHelper.ArgumentOutOfRange(nameof(maxPhyAddr), "MAXPHYADDR must be 36..52.");
+        _pool = pool;
+        _maxPhyAddr = maxPhyAddr;
+        _allowUnsync = allowUnsync;
+        _gfnLimit = 1UL << (maxPhyAddr - PageShift);
+        _pages = new ShadowPageAllocator(pool);
+        _lists = new PteListPool(pool);
+        _guestMemory = new GuestPhysicalMemory(pool);
+    }
+
+    public int MaxPhyAddr => _maxPhyAddr;
+
+    public bool AllowUnsync => _allowUnsync;
+
+    public string? LastRejection { get; private set; }
+
+    // ---- host-side operations ----
+
+    public ShadowOutcome CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly)
+    {
+        ThrowIfDisposed();
+        if ((uint)id >= MaxSlots)
+            return Reject($"slot id {id} is outside 0..{MaxSlots - 1}");
+        if (_slotsById[id] is not null)
+            return Reject($"slot {id} already exists");
+        if (pages == 0)
+            return Reject("a slot needs at least one page");
+        if (RangeProblem(baseGfn, pages, self: null) is string problem)
+            return Reject(problem);
+        if (hostPfnBase >= HostPfnLimit || pages > HostPfnLimit - hostPfnBase)
+            return Reject($"host frames [0x{hostPfnBase:X}, +0x{pages:X}) are not below 2^40");
+        foreach (TdpMemslot other in _slots)
+        {
+            if (other.OverlapsHostFrames(hostPfnBase, pages))
+                return Reject($"host frames [0x{hostPfnBase:X}, 0x{hostPfnBase + pages:X}) overlap slot {other.Id}'s");
+        }
+
+        var host = new TdpHostMemory(_pool, pages); // reads as zero; the OS supplies pages when written
+        SlotRmap rmap;
+        try
+        {
+            rmap = new SlotRmap(_pool, pages);
+        }
+        catch
+        {
+            host.Free();
+            throw;
+        }
+        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, PageShift, readOnly, host); // no host page size: every leaf is 4 KiB
+        AddGuestWindow(baseGfn, pages, host);
+        _slotsById[id] = slot;
+        _rmapsById[id] = rmap;
+        _slots = [.. _slots, slot];
+        return ShadowOutcome.Ok;
+    }
+
+    /// <summary>Zaps every page and drops the root (KVM's memslot quirk), then forgets the slot, its bitmap and memory.</summary>
+    public ShadowOutcome DeleteSlot(int id)
+    {
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        ZapAllPages();
+        _slotsById[id] = null;
+        _rmapsById[id]!.Free();
+        _rmapsById[id] = null;
+        _slots = Array.FindAll(_slots, s => s != slot);
+        _lastSlot = TdpMemslot.None;
+        _guestMemory.RemoveSlot(slot.BaseGfn);
+        slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
+        return ShadowOutcome.Ok;
+    }
+
+    /// <summary>Zaps every page and drops the root; the slot keeps its backing, flags and bitmap.</summary>
+    public ShadowOutcome MoveSlot(int id, ulong newBaseGfn)
+    {
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
+            return Reject(problem);
+        ZapAllPages();
+        _guestMemory.RemoveSlot(slot.BaseGfn);
+        slot.MoveTo(newBaseGfn);
+        AddGuestWindow(newBaseGfn, slot.Pages, slot.Host); // the window moves, not the contents
+        _lastSlot = TdpMemslot.None;
+        return ShadowOutcome.Ok;
+    }
+
+    /// <summary>As TDP: no change when the flag already has that value; on write-protects every leaf in the slot.</summary>
+    public ShadowOutcome SetDirtyLogging(int id, bool on)
+    {
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        if (on == slot.DirtyLogging)
+            return ShadowOutcome.Ok;
+        if (on)
+        {
+            slot.StartLogging();
+            WriteProtectSlot(slot);
+        }
+        else
+        {
+            slot.StopLogging();
+        }
+        return ShadowOutcome.Ok;
+    }
+
+    /// <summary>Returns and clears the bitmap, then write-protects each returned gfn.</summary>
+    public ShadowOutcome GetDirtyLog(int id, List<ulong> gfns)
+    {
+        ArgumentNullException.ThrowIfNull(gfns);
+        ThrowIfDisposed();
+        if (Slot(id) is not TdpMemslot slot)
+            return Reject($"no slot {id}");
+        if (slot.Dirty is not DirtyBitmap dirty)
+            return Reject($"slot {id} does not log dirty pages");
+        int first = gfns.Count;
+        dirty.CopySorted(gfns, slot.BaseGfn);
+        dirty.Clear();
+        for (int i = first; i < gfns.Count; i++)
+            WriteProtect(gfns[i]);
+        return ShadowOutcome.Ok;
+    }
+
+    /// <summary>KVM's rmap zap: every leaf mapping a gfn in [start, end) goes; pages stay.</summary>
+    public ShadowOutcome ZapRange(ulong startGfn, ulong endGfn)
+    {
+        ThrowIfDisposed();
+        if (startGfn >= endGfn || endGfn > _gfnLimit)
+            return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_maxPhyAddr - PageShift} frames");
+        foreach (TdpMemslot slot in _slots)
+        {
+            SlotRmap rmap = _rmapsById[slot.Id]!;
+            ulong lo = Math.Max(startGfn, slot.BaseGfn);
+            ulong hi = Math.Min(endGfn, slot.EndGfn);
+            for (ulong gfn = lo; gfn < hi && rmap.NonEmpty != 0; gfn++)
+            {
+                ref ulong head = ref rmap.Head(gfn - slot.BaseGfn);
+                while (head != 0)
+                {
+                    SpteRef leaf = PteListPool.First(head);
+                    RemoveEntry(leaf.Page, leaf.Index); // takes it out of this rmap
+                }
+            }
+        }
+        return ShadowOutcome.Ok;
+    }
+
+    public ShadowOutcome ZapAll()
+    {
+        ThrowIfDisposed();
+        ZapAllPages();
+        return ShadowOutcome.Ok;
+    }
+
+    /// <summary>Returns every native page (shadow pages, list descriptors, rmaps, host memory) to the pool.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        DropRoot();
+        _zapped = default;
+        _pages.ReleaseAll();
+        _lists.ReleaseAll();
+        _hash.Clear();
+        _livePages = 0;
+        _guest = null;
+        _guestMemory.Dispose(); // external slots only: frees nothing
+        foreach (TdpMemslot slot in _slots)
+        {
+            slot.Host.Free();
+            _rmapsById[slot.Id]?.Free();
+        }
+        _slots = [];
+        Array.Clear(_slotsById);
+        Array.Clear(_rmapsById);
+        _lastSlot = TdpMemslot.None;
+    }
+
+    // ---- slots ----
+
+    /// <summary>The guest's view of a slot's host memory at its gfns (for the walker and PDPTE loads).</summary>
+    private unsafe void AddGuestWindow(ulong baseGfn, ulong pages, TdpHostMemory host) =>
+        _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
+
+    private TdpMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private TdpMemslot? FindSlot(ulong gfn)
+    {
+        TdpMemslot last = _lastSlot;
+        return last.Contains(gfn) ? last : FindSlotSlow(gfn);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private TdpMemslot? FindSlotSlow(ulong gfn)
+    {
+        foreach (TdpMemslot slot in _slots)
+        {
+            if (slot.Contains(gfn))
+            {
+                _lastSlot = slot;
+                return slot;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>Why [baseGfn, baseGfn + pages) cannot hold a slot, or null when it can.</summary>
+    private string? RangeProblem(ulong baseGfn, ulong pages, TdpMemslot? self)
+    {
+        if (baseGfn >= _gfnLimit || pages > _gfnLimit - baseGfn)
+            return $"range [0x{baseGfn:X}, +0x{pages:X}) is not below 2^{_maxPhyAddr - PageShift} frames";
+        ulong end = baseGfn + pages;
+        foreach (TdpMemslot other in _slots)
+        {
+            if (other != self && baseGfn < other.EndGfn && other.BaseGfn < end)
+                return $"range [0x{baseGfn:X}, 0x{end:X}) overlaps slot {other.Id}";
+        }
+        return null;
+    }
+
+    private ShadowOutcome Reject(string reason)
+    {
+        LastRejection = reason;
+        return ShadowOutcome.Rejected;
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+}

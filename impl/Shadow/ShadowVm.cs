@@ -1,0 +1,24 @@
+using MmuSpec.Impl.Memory;
+
+namespace MmuSpec.Impl.Shadow;
+
+/// <summary>Creates a VM's shadow MMU (docs/shadow-model.md).</summary>
+public static class ShadowVm
+{
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPhyAddr"/> is outside 36..52.</exception>
+    public static IShadowVm Create(int maxPhyAddr, bool allowUnsync, NativePagePool pool) =>
+        new ShadowMmu(maxPhyAddr, allowUnsync, pool);
+
+    /// <summary>
+    /// Bookkeeping bytes per direct page besides its 4 KiB table: the 24-byte header (key and flags, parent
+    /// list head, hash link). Slab overhead, not counted: a 4 KiB header page per 63 direct pages.
+    /// </summary>
+    public static int DirectPageHeaderBytes => ShadowPageHeader.Bytes;
+
+    /// <summary>
+    /// Bookkeeping bytes per indirect page besides its 4 KiB table: the 24-byte header, the 4 KiB per-entry
+    /// translations page and the 72-byte indirect data (unsync-children bitmap and count, write-flooding
+    /// count). Slab overhead, not counted: a header page and one unused page per 31 indirect pages.
+    /// </summary>
+    public static int IndirectPageBytes => ShadowPageHeader.Bytes + ShadowPage.Entries * sizeof(ulong) + IndirectExtra.Bytes;
+}
