@@ -3,8 +3,10 @@ using System.Globalization;
 using MmuSpec.Harness.Diff;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Running;
+using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Shadow;
 using MmuSpec.Spec.Tdp;
 using MmuSpec.Spec.Machine;
 
@@ -52,6 +54,7 @@ public static class ReplayCommand
         {
             WalkCase c => RunWalk(c, p, token),
             TdpCase c => RunTdp(c, p, token),
+            ShadowCase c => RunShadow(c, p, token),
             _ => throw new InvalidOperationException("FsCheck generated no case for the token"),
         };
     }
@@ -82,6 +85,30 @@ public static class ReplayCommand
                 try { ir = TdpDiff.Describe(impl.Step(c.Ops[i])); } catch (Exception e) { ir = Threw(e); }
                 bool diverges = i == stopAt && report.Divergence is not null;
                 table.Add(diverges ? ">>" : "", (i + 1).ToString(CultureInfo.InvariantCulture), c.Ops[i].ToString()!, sr,
+                    sr == ir ? (diverges ? "same result, state differs" : "same") : ir);
+            }
+        }
+        Console.WriteLine("trace (spec | impl):" + Environment.NewLine + table.Render("  "));
+        return Finish(report.Agreed, report.Render());
+    }
+
+    static int RunShadow(ShadowCase c, DiffProperty p, string token)
+    {
+        var report = ShadowDiff.Run(c);
+        Console.WriteLine($"replay {token} --property {p.Name}: {c.Setup.Length} setup ops and {c.Ops.Length} ops on a {c.Config} VM");
+        Console.WriteLine();
+        var table = new TextTable("", "step", "op", "spec", "impl").AlignRight(1);
+        var spec = ShadowState.Create(c.Config);
+        using (var impl = new ImplShadowEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool()))
+        {
+            int stopAt = report.Divergence is { Step: >= 0 } d ? d.Step : c.Length - 1;
+            for (int i = 0; i <= stopAt && i < c.Length; i++)
+            {
+                string sr, ir;
+                try { var s = spec.Step(c[i]); spec = s.State; sr = ShadowDiff.Describe(s.Result); } catch (Exception e) { sr = Threw(e); }
+                try { ir = ShadowDiff.Describe(impl.Step(c[i])); } catch (Exception e) { ir = Threw(e); }
+                bool diverges = i == stopAt && report.Divergence is not null;
+                table.Add(diverges ? ">>" : "", (i + 1).ToString(CultureInfo.InvariantCulture), c[i].ToString()!, sr,
                     sr == ir ? (diverges ? "same result, state differs" : "same") : ir);
             }
         }
