@@ -99,13 +99,20 @@ internal sealed partial class ShadowMmu
             return Reject(problem);
         EnsureRoot();
         if (guest.Context.IsCanonical(gva)) // INVLPG of a non-canonical address does nothing
-        {
-            ShadowPage page = PathLevel1(gva);
-            if (!page.IsNull && page.Unsync)
-                SyncEntry(page, IndexAt(gva, 1));
-        }
+            InvalidateAddress(gva);
         CommitZapped();
         return ShadowOutcome.Ok;
+    }
+
+    /// <summary>
+    /// KVM's kvm_mmu_invalidate_addr: the unsync page on gva's shadow path (only level-1 pages go unsync)
+    /// has gva's entry synced; the page stays unsync.
+    /// </summary>
+    private void InvalidateAddress(ulong gva)
+    {
+        ShadowPage page = PathLevel1(gva);
+        if (!page.IsNull && page.Unsync)
+            SyncEntry(page, IndexAt(gva, 1));
     }
 
     public ShadowOutcome FlushTlb()
@@ -154,7 +161,12 @@ internal sealed partial class ShadowMmu
         GuestWalkRecord record = default;
         WalkOutcome walk = guest.Observe(gva, type, privilege, ref record);
         if (walk.Status != WalkStatus.Translated)
+        {
+            // SDM 4.10.4.1: a page fault invalidates the TLB entries for the faulting address.
+            if (walk.Status == WalkStatus.PageFault)
+                InvalidateAddress(gva);
             return ShadowOutcome.GuestFault(walk);
+        }
         int entryBytes = ctx.WideEntries ? sizeof(ulong) : sizeof(uint);
         for (int i = 0; i < record.Count; i++)
             SetGuestEntryBit(record.EntryGpa(i), entryBytes, PagingEntryBits.Accessed);
@@ -173,20 +185,31 @@ internal sealed partial class ShadowMmu
         int guestLeafLevel = walk.PageShift switch { 12 => 1, 21 or 22 => 2, _ => 3 };
         uint finalRights = record.RightsThrough(guestLeafLevel);
         ulong largeFirstGfn = (gpa >> walk.PageShift) << (walk.PageShift - PageShift);
+        // The guest leaf as the walk left it: a clean large page gives its direct pages no write access
+        // (KVM's protect_clean_gpte), so the first write faults and the walk sets D.
+        bool dirtyGuestLeaf = (ReadGuestEntry(leafGpa, entryBytes) & PagingEntryBits.Dirty) != 0;
+        uint directRights = dirtyGuestLeaf ? finalRights : finalRights & ~AccessRights.Write;
         ShadowPage page = RootFor(gva);
         Debug.Assert(!page.IsNull && page.Live, "the walk translated, so the root for the gva exists");
         for (int level = page.Level; level >= 2; level--)
         {
-            if (level > guestLeafLevel && !page.Direct)
+            if (level >= guestLeafLevel && !page.Direct)
                 page.Extra.WriteFlooding = 0; // the guest walked through this table
             int index = IndexAt(gva, level);
             ulong spte = page.Spte(index);
             if (ShadowSpte.IsTable(spte))
             {
-                page = ShadowSpte.Child(spte);
-                continue;
+                ShadowPage linked = ShadowSpte.Child(spte);
+                // Follow it, except where the large guest page is split: a direct child built for other
+                // rights is unlinked and replaced (KVM's validate_direct_spte).
+                if (level != guestLeafLevel || (linked.Gfn == largeFirstGfn && linked.Role == DirectChildRole(page, index, level, directRights)))
+                {
+                    page = linked;
+                    continue;
+                }
+                RemoveEntry(page, index);
             }
-            Debug.Assert(!ShadowSpte.IsPresent(spte), "a leaf above level 1");
+            Debug.Assert(!ShadowSpte.IsPresent(page.Spte(index)), "a leaf above level 1");
             ShadowRole parentRole = page.Role;
             int quadrant = parentRole.Has4ByteGpte && level - 1 == 1 ? index & 1 : 0;
             ulong childGfn;
@@ -199,7 +222,7 @@ internal sealed partial class ShadowMmu
             else if (level == guestLeafLevel)
             {
                 childGfn = largeFirstGfn;
-                childRole = parentRole.WithLevel(level - 1).WithDirect(true).WithAccess(finalRights).WithQuadrant(quadrant);
+                childRole = DirectChildRole(page, index, level, directRights);
             }
             else
             {
@@ -212,7 +235,6 @@ internal sealed partial class ShadowMmu
         }
 
         bool logging = slot.DirtyLogging;
-        bool dirtyGuestLeaf = (ReadGuestEntry(leafGpa, entryBytes) & PagingEntryBits.Dirty) != 0;
         // The conjuncts in the contract's order, evaluated left to right: unsync is tried only when the
         // others allow a writable entry (as KVM's make_spte tries it only for an SPTE it would make writable).
         bool writable = !slot.ReadOnly && dirtyGuestLeaf && (!logging || write)
@@ -222,6 +244,14 @@ internal sealed partial class ShadowMmu
         if (write && logging)
             slot.Dirty!.Mark(gfn - slot.BaseGfn);
         return ShadowOutcome.Translated(gpa, (hostPfn << PageShift) | (gpa & PageOffsetMask), faulted: true);
+    }
+
+    /// <summary>The role of the direct page that splits a guest large page below entry <paramref name="index"/> at <paramref name="level"/>.</summary>
+    private static ShadowRole DirectChildRole(ShadowPage parent, int index, int level, uint rights)
+    {
+        ShadowRole parentRole = parent.Role;
+        int quadrant = parentRole.Has4ByteGpte && level - 1 == 1 ? index & 1 : 0;
+        return parentRole.WithLevel(level - 1).WithDirect(true).WithAccess(rights).WithQuadrant(quadrant);
     }
 
     /// <summary>

@@ -425,9 +425,9 @@ internal sealed partial class ShadowMmu
     /// <summary>Get page (KVM's kvm_mmu_get_shadow_page).</summary>
     private ShadowPage GetPage(ulong gfn, ShadowRole role)
     {
-        if (!role.Direct && role.Level > 1)
+        if (role.Level > 1)
         {
-            // 1. The guest now uses this table as an upper-level one: its unsync pages go.
+            // 1. An upper-level page for this gfn is wanted (KVM: direct roles too): its unsync pages go.
             bool zapped;
             do
             {
@@ -455,6 +455,8 @@ internal sealed partial class ShadowMmu
                 SyncPage(found); // model: synced and left sync
             else
                 SyncChildren(found);
+            if (!found.Direct)
+                found.Extra.WriteFlooding = 0; // found again: in use as a table
             return found;
         }
 

@@ -138,7 +138,8 @@ public sealed record ShadowState(
 
     /// <summary>
     /// KVM's mmu_try_to_unsync_pages: a guest table may be written without trapping only if every
-    /// page shadowing it is a leaf (level-1) page; those pages go unsync.
+    /// page shadowing it is a level-1 page (KVM: the gfn is not write-tracked, which upper-level pages
+    /// make it); those pages go unsync.
     /// </summary>
     (bool Unsynced, ShadowState State) TryUnsync(ulong gfn)
     {
@@ -237,8 +238,9 @@ public sealed record ShadowState(
     ShadowState GetPage(ShadowKey key)
     {
         var state = this;
-        // The guest now uses this table as an upper-level one: unsync leaf pages of it must go.
-        if (!key.Role.Direct && key.Role.Level > 1)
+        // An upper-level page for this gfn is wanted: unsync leaf pages of it must go (the guest has
+        // most likely stopped using it as a page table). KVM does this for direct roles too.
+        if (key.Role.Level > 1)
             foreach (var stale in state.Pages.Values.Where(p => p.Unsync && p.Key.Gfn == key.Gfn).Select(p => p.Key).ToList())
                 state = state.ZapPage(stale);
         if (state.Pages.ContainsKey(key))
@@ -247,7 +249,8 @@ public sealed record ShadowState(
             // after making an entry present (KVM: kvm_sync_page, and mmu_sync_children before linking).
             foreach (var unsync in state.Reachable([key]).Where(k => state.Pages[k].Unsync).ToList())
                 state = state.SyncPage(unsync);
-            return state;
+            // A page found again is in use as a table: its write-flooding count starts again.
+            return state.SetPage(state.Pages[key].WithWriteFlooding(0));
         }
         state = state with { Pages = state.Pages.Add(key, ShadowPage.Empty(key)) };
         return key.Role.Direct ? state : state.WriteProtect(key.Gfn);
@@ -379,14 +382,23 @@ public sealed record ShadowState(
         var mode = GuestCpu.Controls.Mode;
         if (!mode.IsLongMode() && gva > uint.MaxValue) return Reject($"linear addresses are 32 bits in {mode.Name()} paging");
         var state = Running();
-        if (mode.IsLongMode() && !PageWalk.IsCanonical(mode, gva)) return Done(state);
+        return Done(mode.IsLongMode() && !PageWalk.IsCanonical(mode, gva) ? state : state.InvalidateAddress(gva));
+    }
+
+    /// <summary>
+    /// KVM's kvm_mmu_invalidate_addr: every unsync page on the shadow path of <paramref name="gva"/>
+    /// has the entry for it synced (the pages stay unsync).
+    /// </summary>
+    ShadowState InvalidateAddress(ulong gva)
+    {
+        var state = this;
         var page = state.RootPageFor(gva);
         for (int level = state.RootLevel; page is not null; level--)
         {
             if (state.Pages[page].Unsync) state = state.SyncEntry(page, ShadowIndex(level, gva));
             page = state.Pages[page].Entries.GetValueOrDefault(ShadowIndex(level, gva)) is ShadowEntry.Table t ? t.Child : null;
         }
-        return Done(state);
+        return state;
     }
 
     ShadowStepped GuestAccess(Access access)
@@ -402,7 +414,12 @@ public sealed record ShadowState(
         // 2. The guest's walk, with its A/D updates written back.
         var walk = PageWalk.Explain(state.GuestCpu!, state.GuestMemoryView(), access);
         state = state.WriteBackAccessedDirty(walk.Updates, mode.EntryBytes());
-        if (walk.Result is not WalkResult.Translated t) return new ShadowStepped(state, new ShadowResult.GuestFault(walk.Result));
+        if (walk.Result is not WalkResult.Translated t)
+        {
+            // SDM §4.10.4.1: a page fault invalidates the TLB entries for the faulting address.
+            if (walk.Result is WalkResult.PageFault) state = state.InvalidateAddress(access.Gva);
+            return new ShadowStepped(state, new ShadowResult.GuestFault(walk.Result));
+        }
 
         // 3. No memslot, or a write to a read-only one.
         bool write = access.Type == AccessType.Write;
@@ -444,25 +461,32 @@ public sealed record ShadowState(
         int guestLeafLevel = walk.Steps[^1].Level;
         var state = this;
         var page = state.RootPageFor(gva)!;
+        // The guest leaf as the walk left it (with the A/D bits it wrote, unless its slot is read-only).
+        var guestLeaf = new PagingEntry(state.ReadGuest(walk.Steps[^1].EntryGpa!.Value, c.Mode.EntryBytes()));
 
         for (int level = RootLevel; level >= 2; level--)
         {
             // The guest walked through this table: it is still a table, whatever writes it had.
-            if (level > guestLeafLevel) state = state.SetPage(state.Pages[page].WithWriteFlooding(0));
+            if (level >= guestLeafLevel) state = state.SetPage(state.Pages[page].WithWriteFlooding(0));
             int index = ShadowIndex(level, gva);
+            var child = ChildKey(page, level, index, walk, t, guestLeaf, c);
             if (state.Pages[page].Entries.GetValueOrDefault(index) is ShadowEntry.Table link)
             {
-                page = link.Child;
-                continue;
+                // Follow it, except where a large guest page is split: a direct child built for other
+                // rights (e.g. before the guest leaf was dirty) is replaced (KVM's validate_direct_spte).
+                if (level != guestLeafLevel || link.Child.Equals(child))
+                {
+                    page = link.Child;
+                    continue;
+                }
+                state = state.RemoveEntry(page, index);
             }
-            var child = ChildKey(page, level, index, walk, t, guestLeafLevel, c);
             state = state.GetPage(child).SetEntry(page, index, new ShadowEntry.Table(child));
             page = child;
         }
 
         ulong gfn = t.Gpa >> 12;
         bool write = access.Type == AccessType.Write;
-        var guestLeaf = new PagingEntry(state.ReadGuest(walk.Steps[^1].EntryGpa!.Value, c.Mode.EntryBytes()));
         bool writable = !slot.ReadOnly && guestLeaf.IsDirty && (!slot.DirtyLogging || write);
         if (writable && write) (writable, state) = state.TryUnsync(gfn);
         else if (writable) writable = !state.IsWriteProtected(gfn);
@@ -474,8 +498,9 @@ public sealed record ShadowState(
     }
 
     /// <summary>The key of the page a fill links below entry <paramref name="index"/> of <paramref name="parent"/> at <paramref name="level"/>.</summary>
-    static ShadowKey ChildKey(ShadowKey parent, int level, int index, WalkExplanation walk, WalkResult.Translated t, int guestLeafLevel, PagingControls c)
+    static ShadowKey ChildKey(ShadowKey parent, int level, int index, WalkExplanation walk, WalkResult.Translated t, PagingEntry guestLeaf, PagingControls c)
     {
+        int guestLeafLevel = walk.Steps[^1].Level;
         var role = parent.Role.WithLevel(level - 1);
         int quadrant = role.Has4ByteGpte && level - 1 == 1 ? index & 1 : 0;
         if (level > guestLeafLevel)
@@ -487,9 +512,12 @@ public sealed record ShadowState(
         }
         if (level == guestLeafLevel)
         {
-            // The guest maps a large page here: split it with direct pages carrying its first gfn.
+            // The guest maps a large page here: split it with direct pages carrying its first gfn. A
+            // clean large page gives no write access (KVM's protect_clean_gpte): the first write must
+            // fault so that the walk sets D, and a dirty one must not share the clean one's pages.
             ulong frames = t.Size.Bytes() >> 12;
-            return new ShadowKey((t.Gpa >> 12) & ~(frames - 1), role with { Direct = true, Access = t.Rights.ToAcc(), Quadrant = quadrant });
+            var access = t.Rights.ToAcc() & (guestLeaf.IsDirty ? Acc.All : ~Acc.Write);
+            return new ShadowKey((t.Gpa >> 12) & ~(frames - 1), role with { Direct = true, Access = access, Quadrant = quadrant });
         }
         return new ShadowKey(DirectGfn(parent, index), role with { Quadrant = 0 });
     }

@@ -62,11 +62,23 @@ public sealed record ShadowTlb(ImmutableList<MemorySnapshot> Memories, Immutable
                 return $"an MMIO exit at gpa {Bits.Hex(m.Gpa)}, which slot {slot.Id} backs";
         }
 
+        // No negative caching: a not-present or reserved-bit fault, and a #GP, come from the tables as
+        // they are now. Only a translation (or a rights fault from a cached one) may be stale.
+        if (result is ShadowResult.GuestFault { Fault: var fault } && !IsRightsFault(fault))
+        {
+            var now = PageWalk.Explain(cpu, Memories[^1].View, access).Result;
+            return fault.Equals(now) ? null
+                : $"{result}: a fault other than a rights fault must come from the guest's tables as they are now, which give {now}";
+        }
         var allowed = AllowedResults(cpu, access).ToList();
         if (allowed.Any(r => Matches(result, r))) return null;
         return $"{result} is not what the guest's tables gave for gva {Bits.Hex(access.Gva)} at any moment since its last flush: "
             + string.Join("; ", allowed.Distinct());
     }
+
+    /// <summary>A #PF with P=1 and RSVD=0: the translation existed but did not allow the access.</summary>
+    static bool IsRightsFault(WalkResult fault) =>
+        fault is WalkResult.PageFault pf && pf.ErrorCode.HasFlag(PageFaultErrorCode.Present) && !pf.ErrorCode.HasFlag(PageFaultErrorCode.ReservedBit);
 
     /// <summary>The guest walk's outcome over every memory still allowed for the accessed page, oldest first.</summary>
     public IEnumerable<WalkResult> AllowedResults(CpuState cpu, Access access)
@@ -93,8 +105,15 @@ public sealed record ShadowTlb(ImmutableList<MemorySnapshot> Memories, Immutable
             && result is ShadowResult.Ok)
             return Start(after);
         var tlb = Memories[^1].SameContents(after) ? this : this with { Memories = Memories.Add(MemorySnapshot.Of(after)) };
-        if (op is ShadowOp.Invlpg i)
-            tlb = tlb with { InvalidatedAt = tlb.InvalidatedAt.SetItem(i.Gva >> 12, tlb.Memories.Count - 1) };
+        // INVLPG, and a page fault (SDM §4.10.4.1), invalidate the entries for that address.
+        ulong? invalidated = op switch
+        {
+            ShadowOp.Invlpg i => i.Gva,
+            ShadowOp.GuestAccess a when result is ShadowResult.GuestFault { Fault: WalkResult.PageFault } => a.Access.Gva,
+            _ => null,
+        };
+        if (invalidated is { } gva)
+            tlb = tlb with { InvalidatedAt = tlb.InvalidatedAt.SetItem(gva >> 12, tlb.Memories.Count - 1) };
         return tlb;
     }
 

@@ -65,7 +65,8 @@ public static class AccExtensions
 /// <param name="Has4ByteGpte">The guest uses 32-bit paging (1024 four-byte entries per table).</param>
 /// <param name="Quadrant">Which part of a 32-bit guest table the page shadows (0..3 at level 2, 0..1 at level 1).</param>
 /// <param name="Direct">The page maps a linear gfn range (it splits a guest large page).</param>
-/// <param name="Access">The rights of the guest path above the page.</param>
+/// <param name="Access">The rights of the guest path above the page (for a direct page: the large guest
+/// page's rights, without W while it is clean).</param>
 /// <param name="Invalid">Always false in the model (a zapped root is dropped at once).</param>
 public sealed record ShadowRole(
     int Level, bool Has4ByteGpte, int Quadrant, bool Direct, Acc Access, bool Invalid,
@@ -106,7 +107,7 @@ public sealed record ShadowKey(ulong Gfn, ShadowRole Role) : IComparable<ShadowK
     public int CompareTo(ShadowKey? other)
     {
         if (other is null) return 1;
-        int c = Role.Level != other.Role.Level ? other.Role.Level.CompareTo(Role.Level) : Gfn.CompareTo(other.Gfn);   // roots first
+        int c = Role.Level != other.Role.Level ? other.Role.Level.CompareTo(Role.Level) : Gfn.CompareTo(other.Gfn);   // highest level first
         return c != 0 ? c : Role.CompareTo(other.Role);
     }
 

@@ -255,6 +255,62 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_page_fault_invalidates_the_faulting_address_so_a_stale_entry_is_not_served_again()
+    {
+        var setup = Long4Setup(Long4);
+        var user = Privilege.User;
+        var (states, results) = RunBoth(new ShadowConfig(46),
+        [
+            .. setup,
+            Store(0x10_3000, 0x40_0000 | D | A | U | P, 8),           // PTE 0: user, read-only (the PT is not shadowed yet)
+            new ShadowOp.GuestAccess(Access.Read(0x123, user)),     // fault in a read-only user leaf
+            Store(0x10_3000, 0x40_1000 | D | A | W | P, 8),           // now supervisor-only, another frame: unsync, no trap
+            new ShadowOp.GuestAccess(Access.Read(0x123, user)),     // a hit on the stale entry: allowed, no flush yet
+            new ShadowOp.GuestAccess(Access.Write(0x123, user)),    // the hit fails (read-only), the walk faults on U/S
+            new ShadowOp.GuestAccess(Access.Read(0x123, user)),     // SDM 4.10.4.1: the fault invalidated gva 0: #PF again
+        ]);
+        int n = setup.Length;
+        Assert.Equal(new ShadowResult.Translated(0x40_0123, (DataHostPfn << 12) | 0x123, Faulted: true), results[n + 1]);
+        Assert.Equal(new ShadowResult.Translated(0x40_0123, (DataHostPfn << 12) | 0x123, Faulted: false), results[n + 3]);
+        var userFault = PageFaultErrorCode.Present | PageFaultErrorCode.User;
+        Assert.Equal(new ShadowResult.GuestFault(new WalkResult.PageFault(userFault | PageFaultErrorCode.Write)), results[n + 4]);
+        Assert.False(states[n + 4].Pages[PtKey].Entries.ContainsKey(0));   // the fault synced the entry away
+        Assert.Equal(new ShadowResult.GuestFault(new WalkResult.PageFault(userFault)), results[n + 5]);
+    }
+
+    [Fact]
+    public void A_clean_large_page_gets_its_own_direct_pages_so_that_the_first_write_through_it_sets_D()
+    {
+        ShadowOp[] setup =
+        [
+            .. Slots,
+            Store(0x10_0000, 0x10_1000 | A | U | W | P, 8),
+            Store(0x10_1000, 0x10_2000 | A | U | W | P, 8),
+            Store(0x10_2000, 0x40_0000 | A | PS | U | W | P, 8),      // PDE 0: the 2 MiB page at gfn 0x400, clean
+            Store(0x10_2008, 0x40_0000 | D | A | PS | U | W | P, 8),  // PDE 1: the same page, dirty
+            new ShadowOp.GuestSetPaging(Long4, 0x10_0000),
+        ];
+        var (states, results) = RunBoth(new ShadowConfig(46),
+        [
+            .. setup,
+            Write(0x20_0000),           // through PDE 1: direct page (0x400, WUX)
+            Read(0x1000),               // through PDE 0, clean: direct page (0x400, U-X), not the dirty one's
+            Write(0x0),                 // no hit: the walk sets PDE 0's D, and PDE 0 is relinked to the WUX page
+            Write(0x0),                 // now a hit
+        ]);
+        int n = setup.Length;
+        var direct = ShadowRole.Base(Long4).WithLevel(1).WithDirect(true);
+        var dirtyKey = new ShadowKey(0x400, direct.WithAccess(Acc.All));
+        var cleanKey = new ShadowKey(0x400, direct.WithAccess(Acc.User | Acc.Exec));
+        Assert.Equal(new ShadowEntry.Table(cleanKey), states[n + 1].Pages[PdKey].Entries[0]);
+        Assert.Equal(new ShadowEntry.Table(dirtyKey), states[n + 1].Pages[PdKey].Entries[1]);
+        Assert.Equal(new ShadowResult.Translated(0x40_0000, DataHostPfn << 12, Faulted: true), results[n + 2]);
+        Assert.NotEqual(0UL, states[n + 2].ReadGuest(0x10_2000, 8) & D);
+        Assert.Equal(new ShadowEntry.Table(dirtyKey), states[n + 2].Pages[PdKey].Entries[0]);
+        Assert.Equal(new ShadowResult.Translated(0x40_0000, DataHostPfn << 12, Faulted: false), results[n + 3]);
+    }
+
+    [Fact]
     public void Three_stores_to_an_upper_level_table_without_a_walk_through_it_zap_its_shadow_page()
     {
         var setup = Long4Setup(Long4);
