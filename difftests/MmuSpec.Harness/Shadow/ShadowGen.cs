@@ -324,13 +324,30 @@ internal sealed class ShadowCaseBuilder
         if (roll < 55 && tableForPrefix.TryGetValue(prefix, out var shared)) return shared;
         var sameLevel = tables.Where(t => t.Mode == mode && t.Level == level && !(mode == PagingMode.Pae && t.Level == 3)).ToList();
         if (roll < 67 && sameLevel.Count > 0) return sameLevel[rng.Next(sameLevel.Count)];
-        ulong page = TakePage();
+        ulong page = TakeAlignedTablePage(level) ?? TakePage();
         if (page == 0) return sameLevel.Count > 0 ? sameLevel[rng.Next(sameLevel.Count)] : new Table(HoleBase << 12, level, mode);
         var t = new Table(page, level, mode);
         tables.Add(t);
         tableAt[page] = t;
         tableForPrefix.TryAdd(prefix, t);
         return t;
+    }
+
+    /// <summary>
+    /// Sometimes a level-1 (level-2) table goes to the first 2 MiB (1 GiB) aligned frame of RAM, where
+    /// large guest pages into RAM start: an indirect page shadowing that table and a direct page
+    /// splitting such a large page then have the same gfn and level, and only the role's direct bit
+    /// keeps them apart (the bug of reusing a child whose gfn matches but whose role does not).
+    /// </summary>
+    ulong? TakeAlignedTablePage(int level)
+    {
+        if (level > 2 || rng.Next(3) != 0) return null;
+        ulong frames = level == 1 ? 512UL : 1UL << 18;
+        ulong gpa = ((ramBase + frames - 1) & ~(frames - 1)) << 12;
+        int i = freePages.IndexOf(gpa);
+        if (i < 0) return null;
+        freePages.RemoveAt(i);
+        return gpa;
     }
 
     ulong TableFlags(PagingMode mode)
