@@ -59,3 +59,36 @@ match fault.Result with
 | :? WalkResult.Translated as t -> printfn "translated to 0x%x" t.Gpa
 | :? WalkResult.PageFault as pf -> printfn "page fault, error code %s" (pf.ErrorCode.Describe())
 | other -> printfn "%O" other
+
+// ---- The shadow MMU model (docs/shadow-model.md) ----
+// The same guest tables, now in a memslot of a VM without TDP: the MMU builds shadow pages that
+// mirror them. ShadowState.Step is a pure function from an operation to (state, result).
+open MmuSpec.Spec.Shadow
+
+let run (state: ShadowState) (op: ShadowOp) =
+    let stepped = state.Step(op)
+    printfn "%-60O -> %O" op stepped.Result
+    stepped.State
+
+let guestTables =
+    [ ShadowOp.CreateSlot(0, 0UL, 0x200UL, 0x8000UL, false) :> ShadowOp
+      ShadowOp.GuestStore(0x1008UL, 0x2000UL ||| P ||| W ||| U, 8)
+      ShadowOp.GuestStore(0x2010UL, 0x3000UL ||| P ||| W ||| U, 8)
+      ShadowOp.GuestStore(0x3018UL, 0x4000UL ||| P ||| W ||| U, 8)
+      ShadowOp.GuestStore(0x4020UL, 0x123000UL ||| P ||| W ||| U, 8)
+      ShadowOp.GuestSetPaging(controls, 0x1000UL) ]
+
+let booted = guestTables |> List.fold run (ShadowState.Create(ShadowConfig(46)))
+// 3. The first access faults in a shadow page per guest table (gfn + role) and a 4 KiB leaf;
+//    the second is a hit: the hardware walked the shadow tables.
+let shadowed = [ ShadowOp.GuestAccess(Access.Write(gva, Privilege.User)) :> ShadowOp
+                 ShadowOp.GuestAccess(Access.Read(gva, Privilege.User)) ] |> List.fold run booted
+for page in shadowed.Pages.Values do printfn "  %O" page
+// 4. The guest retargets its PTE: the level-1 shadow page goes unsync instead of trapping, so the
+//    stale translation is served (the guest has not flushed), until INVLPG syncs the entry.
+let afterEdit =
+    [ ShadowOp.GuestStore(0x4020UL, 0x124000UL ||| P ||| W ||| U ||| 0x20UL, 8) :> ShadowOp
+      ShadowOp.GuestAccess(Access.Read(gva, Privilege.User))
+      ShadowOp.Invlpg(gva)
+      ShadowOp.GuestAccess(Access.Read(gva, Privilege.User)) ] |> List.fold run shadowed
+printfn "unsync pages: %d" (afterEdit.Pages.Values |> Seq.filter (fun p -> p.Unsync) |> Seq.length)
