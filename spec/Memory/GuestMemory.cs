@@ -56,6 +56,13 @@ public sealed class GuestMemory
         return new GuestMemory(list, null, ImmutableSortedDictionary<ulong, ulong>.Empty);
     }
 
+    /// <summary>
+    /// Memory backed by the given memslots (which must not overlap) whose contents are read from
+    /// <paramref name="image"/>, addressed by gpa (e.g. a view of host memory through the memslots).
+    /// </summary>
+    public static GuestMemory FromSlots(IEnumerable<Memslot> slots, IPhysicalMemoryImage image) =>
+        new(FromSlots(slots).Slots, image, ImmutableSortedDictionary<ulong, ulong>.Empty);
+
     /// <summary>Memory whose contents are a read-only image, backed from gpa 0 to the image's length.</summary>
     public static GuestMemory FromImage(IPhysicalMemoryImage image)
     {

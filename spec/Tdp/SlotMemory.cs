@@ -23,13 +23,16 @@ public static class SlotMemory
     /// Guest-physical memory as the guest sees it now: the memslots, and in them the host memory
     /// that backs them (what KVM's software walker reads through memslots).
     /// </summary>
-    public static GuestMemory View(ImmutableSortedDictionary<int, TdpMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host)
+    public static GuestMemory View(ImmutableSortedDictionary<int, TdpMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host) =>
+        GuestMemory.FromSlots(slots.Values.Select(s => new Memslot(s.BaseGfn, s.Pages)), new ThroughSlots(slots, host));
+
+    /// <summary>Guest-physical reads resolved at the moment of reading: slot, then host frame, then host word.</summary>
+    sealed class ThroughSlots(ImmutableSortedDictionary<int, TdpMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host) : IPhysicalMemoryImage
     {
-        var memory = GuestMemory.FromSlots(slots.Values.Select(s => new Memslot(s.BaseGfn, s.Pages)));
-        foreach (var (hpa, value) in host)
-            if (slots.Values.FirstOrDefault(s => HostSlotOf(s, hpa)) is { } slot)
-                memory = memory.Write64(((slot.BaseGfn + ((hpa >> 12) - slot.HostPfnBase)) << 12) | (hpa & 0xFFF), value);
-        return memory;
+        public ulong Length => slots.Values.Select(s => s.EndGfn << 12).DefaultIfEmpty(0UL).Max();
+
+        public ulong ReadQword(ulong gpa) =>
+            SlotOf(slots, gpa >> 12) is { } slot ? host.GetValueOrDefault((slot.HostPfn(gpa >> 12) << 12) | (gpa & 0xFFF)) : 0;
     }
 
     /// <summary>Host memory with <paramref name="size"/> (4 or 8) bytes of <paramref name="value"/> stored at <paramref name="hpa"/>.</summary>
