@@ -74,6 +74,9 @@ public static class ShadowCoverage
             foreach (var (i, e) in old.Entries)
             {
                 var ne = p.Entries.GetValueOrDefault(i);
+                if (ne is null && old.Unsync && r is ShadowResult.GuestFault { Fault: WalkResult.PageFault }) hit("#PF invalidation: stale unsync entry synced away");
+                if (e is ShadowEntry.Table { Child.Role.Direct: true } ot && ne is ShadowEntry.Table nt && !nt.Child.Equals(ot.Child))
+                    hit("direct link replaced (other rights, e.g. the large page became dirty)");
                 if (ne is null) hit($"entry removed: by {name}{(old.Unsync && op is ShadowOp.Invlpg or ShadowOp.FlushTlb ? " (sync)" : "")}");
                 else if (!ne.Equals(e) && e is ShadowEntry.Leaf l && ne is ShadowEntry.Leaf nl)
                 {

@@ -85,6 +85,7 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
         "leaf write-protected: by SetDirtyLogging", "leaf write-protected: by GetDirtyLog", "leaf write-protected: by GuestAccess",
         "fill: read-only leaf (write-protected, clean, read-only slot or logging)", "fill: write left the leaf read-only (emulated)",
         "set paging: mode or PSE changed (zap all)", "DeleteSlot: root dropped", "MoveSlot: root dropped", "ZapAll: root dropped",
+        "#PF invalidation: stale unsync entry synced away", "direct link replaced (other rights, e.g. the large page became dirty)",
     ];
 
     [Fact]
