@@ -87,12 +87,22 @@ public sealed record ShadowRole(
     public ShadowRole WithDirect(bool value) => this with { Direct = value };
     public ShadowRole WithAccess(Acc value) => this with { Access = value };
 
+    /// <summary>Highest level first, then field by field in declaration order (false before true).</summary>
     public int CompareTo(ShadowRole? other) =>
-        other is null ? 1 : string.CompareOrdinal(SortKey(), other.SortKey());
+        other is null ? 1 : SortKey().CompareTo(other.SortKey());
 
-    string SortKey() =>
-        $"{9 - Level}{(Direct ? 1 : 0)}{(Has4ByteGpte ? 1 : 0)}{Quadrant}{(int)Access}{(Invalid ? 1 : 0)}{(EferNx ? 1 : 0)}{(Cr0Wp ? 1 : 0)}"
-        + $"{(SmepAndNotWp ? 1 : 0)}{(SmapAndNotWp ? 1 : 0)}{(AdDisabled ? 1 : 0)}{(GuestMode ? 1 : 0)}{(Passthrough ? 1 : 0)}{(Smm ? 1 : 0)}";
+    /// <summary>Every field packed into one number, so that roles compare without allocating.</summary>
+    long SortKey()
+    {
+        long key = 9 - Level;
+        foreach (bool bit in (ReadOnlySpan<bool>)[Direct, Has4ByteGpte])
+            key = key << 1 | (bit ? 1L : 0);
+        key = key << 2 | (long)Quadrant;
+        key = key << 3 | (long)Access;
+        foreach (bool bit in (ReadOnlySpan<bool>)[Invalid, EferNx, Cr0Wp, SmepAndNotWp, SmapAndNotWp, AdDisabled, GuestMode, Passthrough, Smm])
+            key = key << 1 | (bit ? 1L : 0);
+        return key;
+    }
 
     public override string ToString() =>
         $"L{Level}{(Direct ? " direct" : "")}{(Has4ByteGpte ? " 4B" : "")}{(Quadrant != 0 ? $" q{Quadrant}" : "")} acc={Access.Describe()}"
