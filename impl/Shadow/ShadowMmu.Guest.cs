@@ -190,7 +190,11 @@ internal sealed partial class ShadowMmu
         bool dirtyGuestLeaf = (ReadGuestEntry(leafGpa, entryBytes) & PagingEntryBits.Dirty) != 0;
         uint directRights = dirtyGuestLeaf ? finalRights : finalRights & ~AccessRights.Write;
         ShadowPage page = RootFor(gva);
-        Debug.Assert(!page.IsNull && page.Live, "the walk translated, so the root for the gva exists");
+        // The walk translated, so the root for the gva was loaded from the same PDPTE registers, and a fill
+        // zaps only unsync level-1 pages, never a root. A real check all the same: a null page would be a
+        // wild pointer in Release.
+        if (page.IsNull || !page.Live)
+            throw new InvalidOperationException($"no live root page for gva 0x{gva:X} after a translating walk");
         for (int level = page.Level; level >= 2; level--)
         {
             if (level >= guestLeafLevel && !page.Direct)
@@ -287,8 +291,10 @@ internal sealed partial class ShadowMmu
         ulong gfn = gpa >> PageShift;
         int offset = (int)(gpa & PageOffsetMask);
 
-        // The indirect pages of gfn in key order (the gfn is common: by role word), insertion-sorted into
-        // a reused buffer: a handful of pages, no allocation.
+        // The indirect pages of gfn, sorted by role word into a reused buffer (a handful of pages, no
+        // allocation). The contract says "key order", but the end state does not depend on the order: a zap
+        // in this loop can only remove other pages of the gfn that it would zap or clear anyway (its unsync
+        // descendants); the sort just makes the visiting order deterministic.
         int count = 0;
         for (ShadowPage p = _hash.Bucket(gfn); !p.IsNull; p = p.HashNext)
         {

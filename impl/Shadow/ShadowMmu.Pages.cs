@@ -109,6 +109,7 @@ internal sealed partial class ShadowMmu
     private void SetLeaf(ShadowPage page, int index, ulong gfn, ulong hostPfn, uint rights, uint key, bool writable)
     {
         Debug.Assert(page.Level == 1, "leaves only at level 1");
+        Debug.Assert(!page.Direct || EntryGfn(page, index) == gfn, "a direct page's leaf must map the gfn its formula gives (the rmap is keyed by it)");
         ref ulong spte = ref page.Spte(index);
         bool sameGfn = ShadowSpte.IsLeaf(spte) && EntryGfn(page, index) == gfn;
         if (ShadowSpte.IsPresent(spte) && !sameGfn)

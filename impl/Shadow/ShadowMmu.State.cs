@@ -6,7 +6,9 @@ namespace MmuSpec.Impl.Shadow;
 /// <summary>
 /// The abstract state for tests and tools (docs/shadow-model.md, "What the tests compare"). Allocates.
 /// Parent lists, reverse maps and unsync-children bitmaps are read from the structures the MMU keeps, never
-/// recomputed from the entries, so the tests' scan of the entries checks them.
+/// recomputed from the entries, so the tests' scan of the entries checks them. The counters the MMU keeps
+/// beside them (non-empty rmap heads per slot, unsync children per page, pages in the hash) are checked here
+/// against those structures: a mismatch throws, which the tests report.
 /// </summary>
 internal sealed partial class ShadowMmu
 {
@@ -73,6 +75,8 @@ internal sealed partial class ShadowMmu
         {
             if (!page.Live)
                 continue;
+            if (_hash.Find(page.Gfn, page.Role) != page)
+                throw new InvalidOperationException($"live page {page.Key} is not found by its key in the page hash");
             var unsyncChildren = new List<int>();
             int writeFlooding = 0;
             if (!page.Direct)
@@ -83,6 +87,8 @@ internal sealed partial class ShadowMmu
                         unsyncChildren.Add(i);
                 }
                 writeFlooding = page.Extra.WriteFlooding;
+                if (page.Extra.UnsyncChildCount != unsyncChildren.Count)
+                    throw new InvalidOperationException($"page {page.Key}: unsync-children count {page.Extra.UnsyncChildCount}, bitmap has {unsyncChildren.Count} bits");
             }
             var entries = new List<ShadowEntryInfo>();
             for (int i = 0; i < ShadowPage.Entries; i++)
@@ -114,14 +120,17 @@ internal sealed partial class ShadowMmu
             if (slot is null)
                 continue;
             SlotRmap rmap = _rmapsById[slot.Id]!;
-            if (rmap.NonEmpty == 0)
-                continue;
+            long nonEmpty = 0;
             for (ulong offset = 0; offset < slot.Pages; offset++)
             {
                 ulong head = rmap.Head(offset);
-                if (head != 0)
-                    visit(slot.BaseGfn + offset, Refs(head));
+                if (head == 0)
+                    continue;
+                nonEmpty++;
+                visit(slot.BaseGfn + offset, Refs(head));
             }
+            if (nonEmpty != rmap.NonEmpty)
+                throw new InvalidOperationException($"slot {slot.Id}: the rmap counts {rmap.NonEmpty} non-empty heads, {nonEmpty} found");
         }
     }
 

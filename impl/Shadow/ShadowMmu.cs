@@ -19,7 +19,8 @@ namespace MmuSpec.Impl.Shadow;
 /// <para>
 /// Zapped pages are unlinked at once (out of the hash, their entries and the entries linking them removed)
 /// but freed only at the end of the operation (KVM's invalid_list / commit_zap_page), so a rule iterating
-/// pages never touches freed memory: it sees the page as not live.
+/// pages never touches freed memory: it sees the page as not live. (Zap all frees at once: it runs only
+/// where no iteration is in progress.)
 /// </para>
 /// Not thread-safe.
 /// </summary>

@@ -46,7 +46,11 @@ internal readonly unsafe struct ShadowPage : IEquatable<ShadowPage>
         return new SpteRef(_sptes + index);
     }
 
-    /// <summary>Indirect pages: the translation recorded for entry <paramref name="index"/> (gfn &lt;&lt; 12 | ACC bits).</summary>
+    /// <summary>
+    /// Indirect pages: the translation recorded for entry <paramref name="index"/> (gfn &lt;&lt; 12 | ACC bits,
+    /// KVM's shadowed_translation). The gfn is what the rules read; the ACC bits are kept for the layout's
+    /// sake (KVM reads them in sync_spte) but nothing reads them here: the leaf spte holds the rights.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ref ulong Translation(int index)
     {
