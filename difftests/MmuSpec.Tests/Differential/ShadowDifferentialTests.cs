@@ -311,6 +311,54 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
         Assert.Equal(new ShadowResult.Translated(0x40_0000, DataHostPfn << 12, Faulted: false), results[n + 3]);
     }
 
+    /// <summary>
+    /// Long reverse-map and parent lists (the impl's pte_list descriptor chains: more than six entries,
+    /// removal from the middle of a chain, collapse back to one entry): ten page-directory entries link
+    /// one page table whose twenty entries all map one data frame. RunBoth checks the impl's rmaps and
+    /// parent lists against a scan of its entries after every step.
+    /// </summary>
+    [Fact]
+    public void Many_leaves_of_one_gfn_and_many_parents_of_one_page_stay_consistent_through_removals()
+    {
+        var ops = new List<ShadowOp>
+        {
+            Slots[0], Slots[1],
+            Store(0x10_0000, 0x10_1000 | A | U | W | P, 8),
+            Store(0x10_1000, 0x10_2000 | A | U | W | P, 8),
+        };
+        for (int pde = 0; pde < 10; pde++) ops.Add(Store(0x10_2000 + 8UL * (ulong)pde, 0x10_3000 | A | U | W | P, 8));
+        for (int pte = 0; pte < 20; pte++) ops.Add(Store(0x10_3000 + 8UL * (ulong)pte, 0x40_0000 | D | A | U | W | P, 8));
+        ops.Add(new ShadowOp.GuestSetPaging(Long4, 0x10_0000));
+        for (int pde = 0; pde < 10; pde++)
+            for (int pte = 0; pte < 20; pte += pde == 0 ? 1 : 7)
+                ops.Add(Read(((ulong)pde << 21) | ((ulong)pte << 12)));
+        int filled = ops.Count;
+        ops.Add(Store(0x10_2018, 0, 8));                                   // PDE 3 and 7 cleared: emulated, two links go
+        ops.Add(Store(0x10_2038, 0, 8));
+        ops.Add(Read(0x0));                                                // a walk through the directory resets its flooding count
+        ops.Add(Store(0x10_3028, 0x40_1000 | D | A | U | W | P, 8));        // PTEs 5 and 11 retargeted: the table goes unsync
+        ops.Add(Store(0x10_3058, 0x40_1000 | D | A | U | W | P, 8));
+        ops.Add(new ShadowOp.FlushTlb());                                  // sync: entries 5 and 11 go (their gfn changed)
+        int synced = ops.Count;
+        ops.Add(new ShadowOp.SetDirtyLogging(1, true));                    // every leaf of the data slot write-protected via the rmap
+        ops.Add(new ShadowOp.ZapRange(0x400, 0x401));                      // and then all removed via the rmap
+        int zapped = ops.Count;
+        ops.Add(Store(0x10_2040, 0, 8));                                   // three stores without a walk: the directory's page is zapped
+        ops.Add(Store(0x10_2048, 0, 8));
+        ops.Add(Store(0x10_2050, 0, 8));
+
+        var (states, _) = RunBoth(new ShadowConfig(46), [.. ops]);
+        int LeavesOf(ShadowState s, ulong gfn) => s.Leaves().Count(l => l.Leaf.Gfn == gfn);
+        Assert.Equal(20, LeavesOf(states[filled - 1], 0x400));
+        Assert.Equal(10, states[filled - 1].LinksTo(PtKey).Count());
+        Assert.Equal(8, states[synced - 3].LinksTo(PtKey).Count());
+        Assert.Equal(18, LeavesOf(states[synced - 1], 0x400));
+        Assert.All(states[synced].Leaves(), l => Assert.False(l.Leaf.Writable));
+        Assert.Equal(0, LeavesOf(states[zapped - 1], 0x400));
+        Assert.False(states[^1].Pages.ContainsKey(PdKey));
+        Assert.Empty(states[^1].LinksTo(PtKey));
+    }
+
     [Fact]
     public void Three_stores_to_an_upper_level_table_without_a_walk_through_it_zap_its_shadow_page()
     {
