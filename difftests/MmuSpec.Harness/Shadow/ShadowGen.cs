@@ -440,6 +440,7 @@ internal sealed class ShadowCaseBuilder
         if (roll < 56) { Add(EditEntry()); return; }
         if (roll < 59) { FloodBurst(); return; }
         if (roll < 61) { Add(MisalignedStore()); return; }
+        if (rng.Next(100) < 4) { AliasBurst(); return; }
         if (roll < 66) { Add(new ShadowOp.Invlpg(SomeGva())); return; }
         if (roll < 68) { Add(new ShadowOp.FlushTlb()); return; }
         if (roll < 77) { Add(SetPaging()); return; }
@@ -590,6 +591,44 @@ internal sealed class ShadowCaseBuilder
     /// Write flooding: three to five stores to one upper-level table of the loaded mode with no access
     /// in between (the same entry rewritten, other entries, unused slots).
     /// </summary>
+    /// <summary>
+    /// Many translations of one frame and many links to one table: the guest copies a mapped gva's leaf
+    /// into several other entries of its page table, and that table's directory entry into several other
+    /// entries of its directory, then touches the new gvas. The shadow MMU then keeps long reverse maps
+    /// and parent lists (the impl's pte_list descriptor chains), and later edits remove from their middle.
+    /// </summary>
+    void AliasBurst()
+    {
+        var mode = controls.Mode;
+        var known = current.Gvas.Where(g => PathOf(g) is { Count: >= 2 } p && p[^1].Level == 1 && p[^2].Level == 2).ToList();
+        if (known.Count == 0 || current.Mode != mode) { Add(Access()); return; }
+        ulong gva = known[rng.Next(known.Count)];
+        var path = PathOf(gva);
+        var (leaf, pde) = (path[^1], path[^2]);
+        int entriesPerTable = 4096 / mode.EntryBytes();
+        void Copy(Entry of, int level)
+        {
+            int shift = PagingLevels.IndexShift(mode, level);
+            int original = PagingLevels.Index(mode, level, gva);
+            foreach (int index in Enumerable.Range(0, entriesPerTable).Where(i => i != original).OrderBy(_ => rng.Next()).Take(7 + rng.Next(6)))
+            {
+                ulong gpa = (of.Gpa & ~0xFFFUL) + (ulong)(index * mode.EntryBytes());
+                if (!entries.TryGetValue(gpa, out var e))
+                {
+                    e = new Entry(gpa, of.Table, of.Value);
+                    entries[gpa] = e;
+                    entryOrder.Add(e);
+                }
+                Add(Store(e, of.Value));
+                ulong alias = (gva & ~((ulong)(entriesPerTable - 1) << shift)) | ((ulong)index << shift);
+                current.Gvas.Add(alias);
+                Add(new ShadowOp.GuestAccess(new Access(alias, rng.Next(4) == 0 ? AccessType.Write : AccessType.Read, Privilege.Supervisor)));
+            }
+        }
+        Copy(leaf, 1);
+        Copy(pde, 2);
+    }
+
     void FloodBurst()
     {
         var upper = tables.Where(t => t.Level > 1 && t.Mode == controls.Mode && !(t.Mode == PagingMode.Pae && t.Level == 3)).ToList();
