@@ -72,48 +72,45 @@ public static class ReplayCommand
     {
         var report = TdpDiff.Run(c);
         Console.WriteLine($"replay {token} --property {p.Name}: {c.Ops.Length} ops on a {c.Config} VM");
-        Console.WriteLine();
-        var table = new TextTable("", "step", "op", "spec", "impl").AlignRight(1);
         var spec = TdpState.Create(c.Config);
-        using (var impl = new ImplTdpEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool()))
-        {
-            int stopAt = report.Divergence is { Step: >= 0 } d ? d.Step : c.Ops.Length - 1;
-            for (int i = 0; i <= stopAt && i < c.Ops.Length; i++)
-            {
-                string sr, ir;
-                try { var s = spec.Step(c.Ops[i]); spec = s.State; sr = TdpDiff.Describe(s.Result); } catch (Exception e) { sr = Threw(e); }
-                try { ir = TdpDiff.Describe(impl.Step(c.Ops[i])); } catch (Exception e) { ir = Threw(e); }
-                bool diverges = i == stopAt && report.Divergence is not null;
-                table.Add(diverges ? ">>" : "", (i + 1).ToString(CultureInfo.InvariantCulture), c.Ops[i].ToString()!, sr,
-                    sr == ir ? (diverges ? "same result, state differs" : "same") : ir);
-            }
-        }
-        Console.WriteLine("trace (spec | impl):" + Environment.NewLine + table.Render("  "));
-        return Finish(report.Agreed, report.Render());
+        using var impl = new ImplTdpEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool());
+        return TraceSteps(c.Ops, report.Divergence, report.Agreed, report.Render(),
+            op => { var s = spec.Step(op); spec = s.State; return TdpDiff.Describe(s.Result); },
+            op => TdpDiff.Describe(impl.Step(op)));
     }
 
     static int RunShadow(ShadowCase c, DiffProperty p, string token)
     {
         var report = ShadowDiff.Run(c);
         Console.WriteLine($"replay {token} --property {p.Name}: {c.Setup.Length} setup ops and {c.Ops.Length} ops on a {c.Config} VM");
+        var spec = ShadowState.Create(c.Config);
+        using var impl = new ImplShadowEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool());
+        return TraceSteps([.. c.AllOps], report.Divergence, report.Agreed, report.Render(),
+            op => { var s = spec.Step(op); spec = s.State; return ShadowDiff.Describe(s.Result); },
+            op => ShadowDiff.Describe(impl.Step(op)));
+    }
+
+    /// <summary>
+    /// An MMU case step by step, the spec's and the impl's result side by side, up to the step where
+    /// the report says they diverge (or to the end), then the report.
+    /// </summary>
+    static int TraceSteps<TOp>(IReadOnlyList<TOp> ops, Divergence? divergence, bool agreed, string rendered,
+        Func<TOp, string> specStep, Func<TOp, string> implStep) where TOp : notnull
+    {
         Console.WriteLine();
         var table = new TextTable("", "step", "op", "spec", "impl").AlignRight(1);
-        var spec = ShadowState.Create(c.Config);
-        using (var impl = new ImplShadowEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool()))
+        int stopAt = divergence is { Step: >= 0 } d ? d.Step : ops.Count - 1;
+        for (int i = 0; i <= stopAt && i < ops.Count; i++)
         {
-            int stopAt = report.Divergence is { Step: >= 0 } d ? d.Step : c.Length - 1;
-            for (int i = 0; i <= stopAt && i < c.Length; i++)
-            {
-                string sr, ir;
-                try { var s = spec.Step(c[i]); spec = s.State; sr = ShadowDiff.Describe(s.Result); } catch (Exception e) { sr = Threw(e); }
-                try { ir = ShadowDiff.Describe(impl.Step(c[i])); } catch (Exception e) { ir = Threw(e); }
-                bool diverges = i == stopAt && report.Divergence is not null;
-                table.Add(diverges ? ">>" : "", (i + 1).ToString(CultureInfo.InvariantCulture), c[i].ToString()!, sr,
-                    sr == ir ? (diverges ? "same result, state differs" : "same") : ir);
-            }
+            string sr, ir;
+            try { sr = specStep(ops[i]); } catch (Exception e) { sr = Threw(e); }
+            try { ir = implStep(ops[i]); } catch (Exception e) { ir = Threw(e); }
+            bool diverges = i == stopAt && divergence is not null;
+            table.Add(diverges ? ">>" : "", (i + 1).ToString(CultureInfo.InvariantCulture), ops[i].ToString()!, sr,
+                sr == ir ? (diverges ? "same result, state differs" : "same") : ir);
         }
         Console.WriteLine("trace (spec | impl):" + Environment.NewLine + table.Render("  "));
-        return Finish(report.Agreed, report.Render());
+        return Finish(agreed, rendered);
     }
 
     static int Finish(bool agreed, string rendered)

@@ -56,15 +56,11 @@ public static class ShadowShrink
         }
     }
 
-    /// <summary>Each flag turned off, PKRU cleared; never the mode or MAXPHYADDR (the config fixes it).</summary>
-    static IEnumerable<PagingControls> SimplerControls(PagingControls c)
-    {
-        if (c.Cr0Wp) yield return c.WithCr0Wp(false);
-        if (c.Cr4Smep) yield return c.WithCr4Smep(false);
-        if (c.Cr4Smap) yield return c.WithCr4Smap(false);
-        if (c.Cr4Pke) yield return c.WithCr4Pke(false);
-        if (c.EferNxe) yield return c.WithEferNxe(false);
-        if (c.EflagsAc) yield return c.WithEflagsAc(false);
-        if (c.Pkru != 0) yield return c.WithPkru(0);
-    }
+    /// <summary>
+    /// The walk shrinker's simpler controls (each flag off, PKRU cleared; never the mode or MAXPHYADDR),
+    /// except a CR4.PSE change: under shadow paging it zaps every page, a different case, not a smaller one.
+    /// </summary>
+    static IEnumerable<PagingControls> SimplerControls(PagingControls c) =>
+        WalkShrink.SimplerControls(c).Where(simpler => simpler.Cr4Pse == c.Cr4Pse);
+
 }

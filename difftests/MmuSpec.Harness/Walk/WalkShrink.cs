@@ -58,7 +58,7 @@ public static class WalkShrink
     }
 
     /// <summary>Each flag turned off, PKRU cleared. Never changes the mode or MAXPHYADDR: that would change what the tables mean.</summary>
-    static IEnumerable<PagingControls> SimplerControls(PagingControls c)
+    public static IEnumerable<PagingControls> SimplerControls(PagingControls c)
     {
         if (c.Cr0Wp) yield return c.WithCr0Wp(false);
         if (c.Cr4Pse) yield return c.WithCr4Pse(false);
