@@ -90,16 +90,26 @@ let (|TableLink|LeafMapping|) (entry: Spte) =
 
 open MmuSpec.Spec.Shadow
 
-/// A shadow-VM guest operation (docs/shadow-model.md); the host's operations match ShadowHostOp.
-/// (F# allows at most seven cases per active pattern, so ShadowOp is matched in two halves.)
-let (|ShadowGuestStore|ShadowGuestSetPaging|ShadowGuestAccess|ShadowInvlpg|ShadowFlushTlb|ShadowHostOp|) (op: ShadowOp) =
+/// A shadow-VM guest operation (docs/shadow-model.md); TLB and CR3 operations match ShadowTlbOp,
+/// the host's operations ShadowHostOp. (F# allows at most seven cases per active pattern, so
+/// ShadowOp is matched in three parts.)
+let (|ShadowGuestStore|ShadowGuestSetPaging|ShadowGuestAccess|ShadowTlbOp|ShadowHostOp|) (op: ShadowOp) =
     match op with
     | :? ShadowOp.GuestStore as s -> ShadowGuestStore(s.Gpa, s.Value, s.Size)
-    | :? ShadowOp.GuestSetPaging as p -> ShadowGuestSetPaging(p.Controls, p.Cr3)
+    | :? ShadowOp.GuestSetPaging as p -> ShadowGuestSetPaging(p.Controls, p.Cr3, p.Pcide)
     | :? ShadowOp.GuestAccess as a -> ShadowGuestAccess a.Access
-    | :? ShadowOp.Invlpg as i -> ShadowInvlpg i.Gva
-    | :? ShadowOp.FlushTlb -> ShadowFlushTlb
+    | :? ShadowOp.GuestMovCr3 | :? ShadowOp.Invlpg | :? ShadowOp.Invpcid | :? ShadowOp.FlushTlb -> ShadowTlbOp op
     | _ -> ShadowHostOp op
+
+/// MOV CR3 (the raw operand: NOFLUSH in bit 63, PCID in bits 11:0 with CR4.PCIDE), INVLPG, INVPCID
+/// (type, pcid, gva) and a full flush; every other operation matches ShadowNotTlbOp.
+let (|ShadowMovCr3|ShadowInvlpg|ShadowInvpcid|ShadowFlushTlb|ShadowNotTlbOp|) (op: ShadowOp) =
+    match op with
+    | :? ShadowOp.GuestMovCr3 as m -> ShadowMovCr3 m.Cr3
+    | :? ShadowOp.Invlpg as i -> ShadowInvlpg i.Gva
+    | :? ShadowOp.Invpcid as i -> ShadowInvpcid(i.Type, i.Pcid, i.Gva)
+    | :? ShadowOp.FlushTlb -> ShadowFlushTlb
+    | _ -> ShadowNotTlbOp op
 
 /// A shadow-VM host operation: memslots, dirty logging, zaps (ShadowZap None is ZapAll); guest operations match ShadowGuestOp.
 let (|ShadowCreateSlot|ShadowDeleteSlot|ShadowMoveSlot|ShadowSetDirtyLogging|ShadowGetDirtyLog|ShadowZap|ShadowGuestOp|) (op: ShadowOp) =

@@ -493,3 +493,35 @@ module ShadowFromFSharp =
                       | ShadowLeaf(gfn, pfn, _, _) -> yield gfn, pfn
                       | ShadowTableLink _ -> () ]
         Assert.Equal<(uint64 * uint64) list>([ 0x400UL, 0x8000UL ], leaves)
+
+    /// Two address spaces with PCIDs: a NOFLUSH switch away and back reuses the cached root (the
+    /// second read is a hit), and the cached roots list the two pgds, most recent first.
+    [<Fact>]
+    let ``A NOFLUSH switch back to a cached root keeps its translations`` () =
+        let controls = PagingControls(PagingMode.Long4, maxPhyAddr = 46)
+        let noFlush = ShadowOp.GuestMovCr3.NoFlush
+        let ops: ShadowOp list =
+            [ ShadowOp.CreateSlot(0, 0x100UL, 16UL, 0x5000UL, false)
+              ShadowOp.CreateSlot(1, 0x400UL, 16UL, 0x8000UL, false)
+              ShadowOp.GuestStore(0x100000UL, 0x101000UL ||| pwua, 8)   // PML4 A
+              ShadowOp.GuestStore(0x104000UL, 0x101000UL ||| pwua, 8)   // PML4 B shares A's PDPT
+              ShadowOp.GuestStore(0x101000UL, 0x102000UL ||| pwua, 8)
+              ShadowOp.GuestStore(0x102000UL, 0x103000UL ||| pwua, 8)
+              ShadowOp.GuestStore(0x103000UL, 0x400000UL ||| pwua ||| 0x40UL, 8)
+              ShadowOp.GuestSetPaging(controls, 0x100001UL, true)       // PCIDE, PCID 1
+              ShadowOp.GuestAccess(Access.Read(0x10UL))
+              ShadowOp.GuestMovCr3(0x104002UL ||| noFlush)
+              ShadowOp.GuestMovCr3(0x100001UL ||| noFlush)
+              ShadowOp.GuestAccess(Access.Read(0x10UL)) ]
+        let results, state =
+            ops |> List.fold (fun (rs, s: ShadowState) op -> let st = s.Step(op) in (rs @ [ st.Result ], st.State)) ([], ShadowState.Create(ShadowConfig(46)))
+        let switches =
+            [ for op in ops do
+                  match op with
+                  | ShadowTlbOp(ShadowMovCr3 cr3) -> yield cr3 &&& ~~~noFlush
+                  | _ -> () ]
+        Assert.Equal<uint64 list>([ 0x104002UL; 0x100001UL ], switches)
+        match List.last results with
+        | ShadowTranslated(0x400010UL, _, false) -> ()
+        | other -> failwithf "expected a hit on the cached root, got %A" other
+        Assert.Equal<uint64 list>([ 0x100001UL; 0x104002UL ], [ for r in state.Roots.All -> r.Pgd ])

@@ -116,6 +116,24 @@ public sealed partial class GuestVcpu
         return true;
     }
 
+    /// <summary>
+    /// MOV to CR3 under the current controls, for the shadow MMU's MOV CR3 hot path: outside PAE paging this is
+    /// <see cref="Cr3Loader"/>'s rule inline (reserved bits, root address) without re-committing the unchanged
+    /// context (a GC write barrier) or zeroing PDPTE registers it does not load; PAE paging (and a CR3 that is
+    /// out of range) goes through <see cref="LoadCr3"/>.
+    /// </summary>
+    internal bool MovCr3(ulong cr3)
+    {
+        WalkContext ctx = _context;
+        if (ctx.UsesPdpteRegisters || (!ctx.WideLinearAddresses && cr3 > uint.MaxValue))
+            return LoadCr3(cr3);
+        if ((cr3 & ctx.Cr3ReservedMask) != 0)
+            return false;
+        _cr3 = cr3;
+        _rootTable = cr3 & ctx.RootAddressMask;
+        return true;
+    }
+
     [MemberNotNull(nameof(_context))]
     private void Commit(WalkContext context, ulong cr3, ulong root, in PdpteRegisters pdptes)
     {

@@ -15,6 +15,9 @@ public interface IShadowVm : IDisposable
     /// <summary>Whether leaf shadow pages may go unsync (docs/shadow-model.md, "try to unsync").</summary>
     bool AllowUnsync { get; }
 
+    /// <summary>What a flush does to a previous root whose translations may be stale (docs/shadow-model.md, "the cached roots").</summary>
+    ShadowRootPolicy RootPolicy { get; }
+
     // ---- host-side operations ----
 
     ShadowOutcome CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly);
@@ -34,8 +37,14 @@ public interface IShadowVm : IDisposable
     /// <summary>Ok, MmioExit or Rejected.</summary>
     ShadowOutcome GuestStore(ulong gpa, ulong value, int size);
 
-    /// <summary>Ok, GuestFault(#GP) or Rejected.</summary>
-    ShadowOutcome GuestSetPaging(PagingControls controls, ulong cr3);
+    /// <summary>Ok, GuestFault(#GP) or Rejected. <paramref name="pcide"/>: CR4.PCIDE (only with 4/5-level paging; otherwise Rejected).</summary>
+    ShadowOutcome GuestSetPaging(PagingControls controls, ulong cr3, bool pcide = false);
+
+    /// <summary>MOV CR3 source operand (bit 63 = NOFLUSH when PCIDE is set). Ok, GuestFault(#GP) or Rejected.</summary>
+    ShadowOutcome GuestMovCr3(ulong cr3);
+
+    /// <summary>INVPCID. Ok, GuestFault(#GP) or Rejected. <paramref name="type"/> is the raw register value (anything &gt; 3 is #GP).</summary>
+    ShadowOutcome Invpcid(ulong type, ulong pcid, ulong gva);
 
     /// <summary>Translated, GuestFault, MmioExit or Rejected.</summary>
     ShadowOutcome GuestAccess(ulong gva, AccessType type, Privilege privilege);
@@ -55,14 +64,25 @@ public interface IShadowVm : IDisposable
     /// <summary>The guest's paging controls, or null while paging is off.</summary>
     PagingControls? GuestControls { get; }
     ulong GuestCr3 { get; }
+    /// <summary>CR4.PCIDE (false while paging is off).</summary>
+    bool GuestPcide { get; }
     /// <summary>PAE PDPTE register <paramref name="i"/> (0..3) in PAE paging, else 0.</summary>
     ulong GuestPdpte(int i);
 
     /// <summary>Every non-zero 8-byte word of host memory: (hpa, value), hpa 8-aligned.</summary>
     void VisitHostMemory(Action<ulong, ulong> visit);
 
-    /// <summary>Null while no root is loaded; else one key (4/5-level) or four (PAE, 32-bit; null = none).</summary>
+    /// <summary>The current root's pages: null while there is no current root; else one key (4/5-level) or four (PAE, 32-bit; null = none).</summary>
     IReadOnlyList<ShadowPageKey?>? RootKeys { get; }
+
+    /// <summary>The current root, or null (may allocate).</summary>
+    ShadowRootView? CurrentRoot { get; }
+
+    /// <summary>The previous roots, most recently used first (may allocate).</summary>
+    IReadOnlyList<ShadowRootView> PreviousRoots { get; }
+
+    /// <summary>Counters since creation.</summary>
+    ShadowRootStats RootStats { get; }
 
     /// <summary>Every shadow page with its present entries in index order.</summary>
     void VisitPages(Action<ShadowPageInfo, IReadOnlyList<ShadowEntryInfo>> visit);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Paging;
 using MmuSpec.Impl.Tdp;
 
@@ -8,6 +9,7 @@ namespace MmuSpec.Impl.Shadow;
 internal sealed partial class ShadowMmu
 {
     private const int FloodingLimit = 3;
+    private const ulong InvpcidAddress = 0, InvpcidSingleContext = 1, InvpcidAllContexts = 3;
 
     /// <summary>Write-protected gfn whose unsync fails: emulated, then the tracked-write rule; else just stored.</summary>
     public ShadowOutcome GuestStore(ulong gpa, ulong value, int size)
@@ -41,8 +43,11 @@ internal sealed partial class ShadowMmu
         return result;
     }
 
-    /// <summary>MOV CR3 under the controls; a mode or CR4.PSE change zaps every page; the root is reloaded.</summary>
-    public ShadowOutcome GuestSetPaging(PagingControls controls, ulong cr3)
+    /// <summary>
+    /// MOV CR3 under the controls; a mode or CR4.PSE change zaps every page; every cached root is freed and
+    /// the root loaded (KVM's kvm_mmu_reset_context).
+    /// </summary>
+    public ShadowOutcome GuestSetPaging(PagingControls controls, ulong cr3, bool pcide = false)
     {
         ThrowIfDisposed();
         if ((uint)controls.Mode > (uint)PagingMode.Long5)
@@ -53,6 +58,8 @@ internal sealed partial class ShadowMmu
             return Reject("KVM offers protection keys only with TDP: CR4.PKE cannot be set under shadow paging");
         if (controls.Mode is PagingMode.Bits32 or PagingMode.Pae && cr3 > uint.MaxValue)
             return Reject($"CR3 0x{cr3:X} does not fit in 32 bits in {controls.Mode} paging");
+        if (pcide && controls.Mode is not (PagingMode.Long4 or PagingMode.Long5))
+            return Reject($"CR4.PCIDE needs 4/5-level paging, not {controls.Mode}");
 
         GuestVcpu? loaded = GuestVcpu.TryCreate(_guestMemory, controls, cr3, out Cr3Loader.Result result);
         if (result == Cr3Loader.Result.OutOfRange)
@@ -63,9 +70,93 @@ internal sealed partial class ShadowMmu
         GuestVcpu? previous = _guest;
         if (previous is not null && (previous.Controls.Mode != controls.Mode || previous.Controls.Cr4Pse != controls.Cr4Pse))
             ZapAllPages();
+        FreeAllRoots();
         _guest = loaded;
-        DropRoot();
+        _pcide = pcide;
+        _rootRole = BaseRole(controls).WithLevel(loaded.Context.RootLevel);
         LoadRoot();
+        CommitZapped();
+        return ShadowOutcome.Ok;
+    }
+
+    /// <summary>
+    /// MOV to CR3 (KVM's kvm_set_cr3, kvm_mmu_new_pgd, kvm_invalidate_pcid): the new CR3, a switch to a cached
+    /// root (or a build), then the flush unless NOFLUSH. The hot case, a NOFLUSH switch to a cached 4-level
+    /// root, touches only the 64 bytes of cached roots and the root page's header and data: no allocation.
+    /// </summary>
+    public ShadowOutcome GuestMovCr3(ulong cr3)
+    {
+        ThrowIfDisposed();
+        if (_guest is not GuestVcpu guest)
+            return Reject("paging is off");
+        // With CR4.PCIDE bit 63 is NOFLUSH and never part of CR3; without it the operand is the value (and
+        // in 4/5-level paging bit 63 is then a reserved CR3 bit: #GP below).
+        bool noFlush = _pcide && (cr3 & NoFlushBit) != 0;
+        ulong value = _pcide ? cr3 & ~NoFlushBit : cr3;
+        if (!guest.Context.WideLinearAddresses && value > uint.MaxValue)
+            return RejectNarrowCr3(value, guest.Controls.Mode);
+
+        // 1. MOV CR3 under the current controls (PAE: the PDPTEs are loaded and checked); #GP changes nothing.
+        if (!guest.MovCr3(value))
+            return ShadowOutcome.GuestFault(WalkOutcome.GeneralProtection);
+
+        // 2. Switch roots.
+        SwitchRoots(value);
+
+        // 3. A PAE root whose pages are not those the new PDPTE registers give is rebuilt.
+        if (!_current.IsNone && guest.Context.UsesPdpteRegisters && !MatchesPdptes(_current, guest))
+            FreeCurrentRoot();
+
+        // 4. A root flagged unsync (KeepAndResync) is synced before it is used again.
+        if (_current.Unsync)
+        {
+            SyncRoot(ref _current);
+            _resyncs++;
+        }
+
+        // 5. A miss: build the root.
+        if (_current.IsNone)
+            LoadRoot();
+
+        // 6. The flush of the new PCID.
+        if (!noFlush)
+            FlushPcid(_pcide ? value & PcidMask : 0);
+        CommitZapped();
+        return ShadowOutcome.Ok;
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ShadowOutcome RejectNarrowCr3(ulong value, PagingMode mode) =>
+        Reject($"CR3 0x{value:X} does not fit in 32 bits in {mode} paging");
+
+    /// <summary>INVPCID (KVM's kvm_handle_invpcid): types 0 (address), 1 (single context), 2 and 3 (all contexts).</summary>
+    public ShadowOutcome Invpcid(ulong type, ulong pcid, ulong gva)
+    {
+        ThrowIfDisposed();
+        if (_guest is not GuestVcpu guest)
+            return Reject("paging is off");
+        if (GvaProblem(guest, gva) is string problem)
+            return Reject(problem);
+        if (type > InvpcidAllContexts
+            || pcid > PcidMask
+            || (type <= InvpcidSingleContext && !_pcide && pcid != 0)
+            || (type == InvpcidAddress && !guest.Context.IsCanonical(gva)))
+        {
+            return ShadowOutcome.GuestFault(WalkOutcome.GeneralProtection);
+        }
+        EnsureRoot();
+        switch (type)
+        {
+            case InvpcidAddress:
+                InvalidateInPcid(gva, pcid); // KVM's kvm_mmu_invpcid_gva
+                break;
+            case InvpcidSingleContext:
+                FlushPcid(pcid);
+                break;
+            default:
+                FlushAllPcids(); // KVM does not mark global entries: type 3 does what type 2 does
+                break;
+        }
         CommitZapped();
         return ShadowOutcome.Ok;
     }
@@ -89,7 +180,10 @@ internal sealed partial class ShadowMmu
         return outcome;
     }
 
-    /// <summary>For every unsync page on gva's shadow path, the entry at gva's index is synced (the page stays unsync).</summary>
+    /// <summary>
+    /// Invalidates gva in the current root and every previous one (KVM's kvm_mmu_invlpg: INVLPG also removes
+    /// global translations of every PCID, and KVM does not know which entries are global).
+    /// </summary>
     public ShadowOutcome Invlpg(ulong gva)
     {
         ThrowIfDisposed();
@@ -99,29 +193,23 @@ internal sealed partial class ShadowMmu
             return Reject(problem);
         EnsureRoot();
         if (guest.Context.IsCanonical(gva)) // INVLPG of a non-canonical address does nothing
-            InvalidateAddress(gva);
+        {
+            InvalidateIn(_current, gva);
+            for (int i = 0; i < _previousCount; i++)
+                InvalidateIn(_previous[i], gva);
+        }
         CommitZapped();
         return ShadowOutcome.Ok;
     }
 
-    /// <summary>
-    /// KVM's kvm_mmu_invalidate_addr: the unsync page on gva's shadow path (only level-1 pages go unsync)
-    /// has gva's entry synced; the page stays unsync.
-    /// </summary>
-    private void InvalidateAddress(ulong gva)
-    {
-        ShadowPage page = PathLevel1(gva);
-        if (!page.IsNull && page.Unsync)
-            SyncEntry(page, IndexAt(gva, 1));
-    }
-
+    /// <summary>Flush all PCIDs (a CR4.PGE toggle).</summary>
     public ShadowOutcome FlushTlb()
     {
         ThrowIfDisposed();
         if (_guest is null)
             return Reject("paging is off");
         EnsureRoot();
-        SyncReachable();
+        FlushAllPcids();
         CommitZapped();
         return ShadowOutcome.Ok;
     }
@@ -141,7 +229,7 @@ internal sealed partial class ShadowMmu
         // under the current controls.
         if (ctx.IsCanonical(gva))
         {
-            ShadowPage l1 = PathLevel1(gva);
+            ShadowPage l1 = PathLevel1(RootFor(gva), gva);
             if (!l1.IsNull)
             {
                 int index = IndexAt(gva, 1);
@@ -162,9 +250,10 @@ internal sealed partial class ShadowMmu
         WalkOutcome walk = guest.Observe(gva, type, privilege, ref record);
         if (walk.Status != WalkStatus.Translated)
         {
-            // SDM 4.10.4.1: a page fault invalidates the TLB entries for the faulting address.
+            // SDM 4.10.4.1: a page fault invalidates the TLB entries for the faulting address in the current
+            // PCID, so in every root of that PCID (a NOFLUSH switch to one must not bring the entry back).
             if (walk.Status == WalkStatus.PageFault)
-                InvalidateAddress(gva);
+                InvalidateInPcid(gva, CurrentPcid);
             return ShadowOutcome.GuestFault(walk);
         }
         int entryBytes = ctx.WideEntries ? sizeof(ulong) : sizeof(uint);

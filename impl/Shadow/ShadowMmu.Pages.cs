@@ -12,27 +12,14 @@ internal sealed partial class ShadowMmu
     private const int IndexBits = 9;
     private const int IndexMask = ShadowPage.Entries - 1;
     private const int TranslationGfnShift = 12;
-    private const int RootSlots = 4;
 
     private long _livePages;
 
     // Zapped pages awaiting their free, linked through HashNext (they are out of the hash).
     private ShadowPage _zapped;
 
-    // The root: none, or one page (4/5-level, in slot 0) or four entries (PAE/32-bit: KVM's pae_root,
-    // not a shadow page itself; an entry may be none).
-    private bool _rootLoaded;
-    private int _rootCount;
-    private RootPages _roots;
-
     // Reused by tracked writes for "the indirect pages of gfn, in key order": grows, never shrinks.
     private nint[] _scratch = new nint[16];
-
-    [InlineArray(RootSlots)]
-    private struct RootPages
-    {
-        private ShadowPage _element0;
-    }
 
     public long ShadowPages => _livePages;
 
@@ -299,7 +286,9 @@ internal sealed partial class ShadowMmu
     /// <summary>Syncs every unsync page below <paramref name="page"/>, led by the unsync-children bitmaps (KVM's mmu_sync_children).</summary>
     private void SyncChildren(ShadowPage page)
     {
-        if (page.Direct || page.Level == 1)
+        Debug.Assert(page.Live, "syncing below a page that is not live");
+        // The count is exact, so a page with nothing unsync below costs one load (a flush of a clean root).
+        if (page.Direct || page.Level == 1 || page.Extra.UnsyncChildCount == 0)
             return;
         for (int w = 0; w < UnsyncChildBits.Words; w++)
         {
@@ -316,19 +305,6 @@ internal sealed partial class ShadowMmu
                     SyncChildren(child);
                 Debug.Assert((page.Extra.UnsyncChildren[w] & (1UL << bit)) == 0, "unsync bit survived its subtree's sync");
             }
-        }
-    }
-
-    /// <summary>Sync reachable: every unsync page reachable from the root pages (KVM's kvm_mmu_sync_roots).</summary>
-    private void SyncReachable()
-    {
-        if (!_rootLoaded)
-            return;
-        for (int i = 0; i < _rootCount; i++)
-        {
-            ShadowPage root = _roots[i];
-            if (!root.IsNull && root.Live)
-                SyncChildren(root);
         }
     }
 
@@ -352,8 +328,7 @@ internal sealed partial class ShadowMmu
         page.Header.HashNext = _zapped.Address;
         _zapped = page;
         _livePages--;
-        if (IsRootPage(page))
-            DropRoot();
+        FreeRootsWithPage(page);
     }
 
     /// <summary>Zaps every unsync page reachable from <paramref name="page"/> (KVM's mmu_zap_unsync_children).</summary>
@@ -378,7 +353,7 @@ internal sealed partial class ShadowMmu
         }
     }
 
-    /// <summary>Every page goes and the root becomes none, wholesale: no page's links need undoing one by one.</summary>
+    /// <summary>Every page goes and every root is freed, wholesale: no page's links need undoing one by one.</summary>
     private void ZapAllPages()
     {
         foreach (ShadowPage page in _pages.PagesInUseList())
@@ -406,7 +381,7 @@ internal sealed partial class ShadowMmu
         _zapped = default;
         _hash.Clear();
         _livePages = 0;
-        DropRoot();
+        FreeAllRoots();
     }
 
     /// <summary>Frees the pages zapped during this operation (KVM's kvm_mmu_commit_zap_page).</summary>
@@ -415,13 +390,14 @@ internal sealed partial class ShadowMmu
         while (!_zapped.IsNull)
         {
             ShadowPage page = _zapped;
+            Debug.Assert(!IsRootPage(page), "a zapped page is still a cached root's page");
             _zapped = page.HashNext;
             page.Header.HashNext = 0;
             _pages.Free(page);
         }
     }
 
-    // ---- get page and the root ----
+    // ---- get page ----
 
     /// <summary>Get page (KVM's kvm_mmu_get_shadow_page).</summary>
     private ShadowPage GetPage(ulong gfn, ShadowRole role)
@@ -465,6 +441,7 @@ internal sealed partial class ShadowMmu
         page.Header.Init(gfn, role);
         _hash.Add(page);
         _livePages++;
+        _pagesCreated++;
         if (!role.Direct)
             WriteProtect(gfn);
         return page;
@@ -474,80 +451,10 @@ internal sealed partial class ShadowMmu
         level: 1, has4ByteGpte: c.Mode == PagingMode.Bits32, quadrant: 0, direct: false, access: ShadowRole.AccAll,
         eferNx: c.EferNxe, cr0Wp: c.Cr0Wp, smepAndNotWp: c.Cr4Smep && !c.Cr0Wp, smapAndNotWp: c.Cr4Smap && !c.Cr0Wp);
 
-    /// <summary>Load the root (KVM's mmu_alloc_shadow_roots, then kvm_mmu_sync_roots).</summary>
-    private void LoadRoot()
-    {
-        GuestVcpu guest = _guest!;
-        WalkContext ctx = guest.Context;
-        ShadowRole role = BaseRole(guest.Controls);
-        DropRoot();
-        switch (guest.Controls.Mode)
-        {
-            case PagingMode.Long4:
-            case PagingMode.Long5:
-                _roots[0] = GetPage(guest.RootTable >> PageShift, role.WithLevel(ctx.RootLevel));
-                _rootCount = 1;
-                break;
-            case PagingMode.Pae:
-                for (int i = 0; i < RootSlots; i++)
-                {
-                    ulong pdpte = guest.Pdpte(i);
-                    _roots[i] = (pdpte & PagingEntryBits.Present) == 0
-                        ? default
-                        : GetPage((pdpte & ctx.TableAddressMask) >> PageShift, role.WithLevel(2));
-                }
-                _rootCount = RootSlots;
-                break;
-            default:
-                for (int i = 0; i < RootSlots; i++)
-                    _roots[i] = GetPage(guest.RootTable >> PageShift, role.WithLevel(2).WithQuadrant(i));
-                _rootCount = RootSlots;
-                break;
-        }
-        _rootLoaded = true;
-        SyncReachable();
-    }
-
-    private void EnsureRoot()
-    {
-        if (_guest is not null && !_rootLoaded)
-            LoadRoot();
-    }
-
-    private void DropRoot()
-    {
-        _rootLoaded = false;
-        _rootCount = 0;
-        for (int i = 0; i < RootSlots; i++)
-            _roots[i] = default;
-    }
-
-    private bool IsRootPage(ShadowPage page)
-    {
-        if (!_rootLoaded)
-            return false;
-        for (int i = 0; i < _rootCount; i++)
-        {
-            if (_roots[i] == page)
-                return true;
-        }
-        return false;
-    }
-
-    /// <summary>The root page for <paramref name="gva"/> (PAE/32-bit: root entry gva bits 31:30), or none.</summary>
+    /// <summary>The level-1 page at the end of gva's shadow path from root page <paramref name="page"/>, or none when a table entry is missing.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ShadowPage RootFor(ulong gva)
+    private static ShadowPage PathLevel1(ShadowPage page, ulong gva)
     {
-        if (!_rootLoaded)
-            return default;
-        return _rootCount == 1 ? _roots[0] : _roots[(int)(gva >> 30) & (RootSlots - 1)];
-    }
-
-    /// <summary>The level-1 page at the end of gva's shadow path, or none when a table entry is missing.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ShadowPage PathLevel1(ulong gva)
-    {
-        ShadowPage page = RootFor(gva);
         if (page.IsNull)
             return default;
         for (int level = page.Level; level > 1; level--)

@@ -53,20 +53,6 @@ internal sealed partial class ShadowMmu
             slot?.Host.Visit(slot.HostPfnBase << PageShift, visit);
     }
 
-    public IReadOnlyList<ShadowPageKey?>? RootKeys
-    {
-        get
-        {
-            ThrowIfDisposed();
-            if (!_rootLoaded)
-                return null;
-            var keys = new List<ShadowPageKey?>();
-            for (int i = 0; i < _rootCount; i++)
-                keys.Add(_roots[i].IsNull ? null : _roots[i].Key);
-            return keys;
-        }
-    }
-
     public void VisitPages(Action<ShadowPageInfo, IReadOnlyList<ShadowEntryInfo>> visit)
     {
         ArgumentNullException.ThrowIfNull(visit);

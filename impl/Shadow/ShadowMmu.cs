@@ -10,7 +10,8 @@ namespace MmuSpec.Impl.Shadow;
 /// its rules. Shadow pages live in native slabs (<see cref="ShadowPageAllocator"/>), found by key through
 /// <see cref="ShadowPageHash"/>; leaves are reverse-mapped per slot (<see cref="SlotRmap"/>), pages know
 /// their parents (<see cref="PteListPool"/>), and indirect pages keep an exact unsync-children bitmap, so
-/// no rule scans all pages except the "every page" ones (zap all, the test read-back).
+/// no rule scans all pages except the "every page" ones (zap all, the test read-back). The cached roots (current
+/// and three previous, KVM's root and prev_roots) are 16-byte entries in the object (ShadowMmu.Roots.cs).
 /// <para>
 /// Memslots, their host memory and dirty bitmaps are the TDP MMU's types (<see cref="TdpMemslot"/>,
 /// <see cref="TdpHostMemory"/>, <see cref="DirtyBitmap"/>); the guest's paging is <see cref="GuestVcpu"/>
@@ -50,18 +51,22 @@ internal sealed partial class ShadowMmu : IShadowVm
     private GuestVcpu? _guest;
     private bool _disposed;
 
-    public ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool)
+    public unsafe ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (maxPhyAddr is < WalkContext.MinMaxPhyAddr or > WalkContext.MaxMaxPhyAddr)
             ThrowHelper.ArgumentOutOfRange(nameof(maxPhyAddr), "MAXPHYADDR must be 36..52.");
+        if (rootPolicy is not (ShadowRootPolicy.KeepAndResync or ShadowRootPolicy.Upstream))
+            ThrowHelper.ArgumentOutOfRange(nameof(rootPolicy), "Unknown root policy.");
         _pool = pool;
+        _rootPolicy = rootPolicy;
         _maxPhyAddr = maxPhyAddr;
         _allowUnsync = allowUnsync;
         _gfnLimit = 1UL << (maxPhyAddr - PageShift);
         _pages = new ShadowPageAllocator(pool);
         _lists = new PteListPool(pool);
         _guestMemory = new GuestPhysicalMemory(pool);
+        _blocks = AllocateBlockPage(pool); // last: nothing above holds native memory yet
     }
 
     public int MaxPhyAddr => _maxPhyAddr;
@@ -110,7 +115,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         return ShadowOutcome.Ok;
     }
 
-    /// <summary>Zaps every page and drops the root (KVM's memslot quirk), then forgets the slot, its bitmap and memory.</summary>
+    /// <summary>Zaps every page and frees every root (KVM's memslot quirk), then forgets the slot, its bitmap and memory.</summary>
     public ShadowOutcome DeleteSlot(int id)
     {
         ThrowIfDisposed();
@@ -127,7 +132,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         return ShadowOutcome.Ok;
     }
 
-    /// <summary>Zaps every page and drops the root; the slot keeps its backing, flags and bitmap.</summary>
+    /// <summary>Zaps every page and frees every root; the slot keeps its backing, flags and bitmap.</summary>
     public ShadowOutcome MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
@@ -217,7 +222,8 @@ internal sealed partial class ShadowMmu : IShadowVm
         if (_disposed)
             return;
         _disposed = true;
-        DropRoot();
+        FreeAllRoots();
+        FreeBlockPage();
         _zapped = default;
         _pages.ReleaseAll();
         _lists.ReleaseAll();

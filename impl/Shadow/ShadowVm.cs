@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 
 namespace MmuSpec.Impl.Shadow;
@@ -6,8 +7,15 @@ namespace MmuSpec.Impl.Shadow;
 public static class ShadowVm
 {
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPhyAddr"/> is outside 36..52.</exception>
-    public static IShadowVm Create(int maxPhyAddr, bool allowUnsync, NativePagePool pool) =>
-        new ShadowMmu(maxPhyAddr, allowUnsync, pool);
+    public static IShadowVm Create(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync) =>
+        new ShadowMmu(maxPhyAddr, allowUnsync, pool, rootPolicy);
+
+    /// <summary>
+    /// Bytes per cached root (the current one and three previous per vCPU): a pgd word whose bit 63 holds the
+    /// unsync flag and a root pointer, as KVM's kvm_mmu_root_info. A PAE/32-bit root's pointer names one of four
+    /// 64-byte blocks (its four pages and role) in a page allocated with the MMU.
+    /// </summary>
+    public static int RootInfoBytes => Unsafe.SizeOf<RootInfo>();
 
     /// <summary>
     /// Bookkeeping bytes per direct page besides its 4 KiB table: the 24-byte header (key and flags, parent

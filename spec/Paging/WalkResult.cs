@@ -61,6 +61,10 @@ public enum GpReason
     PdpteReservedBits,
     /// <summary>PAE: the PDPT is not in guest memory, so the PDPTEs cannot be loaded (KVM's load_pdptrs fails and injects #GP).</summary>
     PdptNotInMemory,
+    /// <summary>INVPCID with a type above 3 (SDM Vol. 2, INVPCID).</summary>
+    InvpcidType,
+    /// <summary>INVPCID with descriptor bits 63:12 set, or a non-zero PCID for types 0 and 1 while CR4.PCIDE is clear.</summary>
+    InvpcidPcid,
 }
 
 /// <summary>

@@ -40,10 +40,40 @@ public abstract record ShadowOp
         public override string ToString() => $"guest write{Size * 8} [{Bits.Hex(Gpa)}] = {Bits.Hex(Value)}";
     }
 
-    /// <summary>MOV CR3 under (possibly new) paging controls.</summary>
-    public sealed record GuestSetPaging(PagingControls Controls, ulong Cr3) : ShadowOp
+    /// <summary>
+    /// The guest changes its paging controls and loads CR3 (KVM's kvm_mmu_reset_context): every cached
+    /// root is freed. <paramref name="Pcide"/> is CR4.PCIDE (4/5-level paging only).
+    /// </summary>
+    public sealed record GuestSetPaging(PagingControls Controls, ulong Cr3, bool Pcide = false) : ShadowOp
     {
-        public override string ToString() => $"guest paging {Controls}, CR3={Bits.Hex(Cr3)}";
+        public override string ToString() => $"guest paging {Controls}{(Pcide ? " PCIDE" : "")}, CR3={Bits.Hex(Cr3)}";
+    }
+
+    /// <summary>
+    /// MOV to CR3 under the current controls. <paramref name="Cr3"/> is the source operand: with
+    /// CR4.PCIDE set, bit 63 is NOFLUSH and bits 11:0 the PCID.
+    /// </summary>
+    public sealed record GuestMovCr3(ulong Cr3) : ShadowOp
+    {
+        public const ulong NoFlush = 1UL << 63;
+
+        public override string ToString() =>
+            $"guest MOV CR3 {Bits.Hex(Cr3 & ~NoFlush)}{((Cr3 & NoFlush) != 0 ? " NOFLUSH" : "")} (pcid {Cr3 & 0xFFF})";
+    }
+
+    /// <summary>INVPCID with descriptor (<paramref name="Pcid"/>, <paramref name="Gva"/>); <paramref name="Type"/> is the register operand (0..3 valid).</summary>
+    public sealed record Invpcid(ulong Type, ulong Pcid, ulong Gva) : ShadowOp
+    {
+        public const ulong IndividualAddress = 0, SingleContext = 1, AllContexts = 2, AllNonGlobal = 3;
+
+        public override string ToString() => Type switch
+        {
+            IndividualAddress => $"invpcid address {Bits.Hex(Gva)} in pcid {Pcid}",
+            SingleContext => $"invpcid single context pcid {Pcid}",
+            AllContexts => "invpcid all contexts",
+            AllNonGlobal => "invpcid all contexts except globals",
+            _ => $"invpcid type {Type} (pcid {Pcid}, gva {Bits.Hex(Gva)})",
+        };
     }
 
     /// <summary>The guest touches a linear address.</summary>
@@ -58,7 +88,7 @@ public abstract record ShadowOp
         public override string ToString() => $"invlpg {Bits.Hex(Gva)}";
     }
 
-    /// <summary>The guest flushes its whole TLB (e.g. a CR4.PGE toggle).</summary>
+    /// <summary>The guest flushes its whole TLB, every PCID (e.g. a CR4.PGE toggle).</summary>
     public sealed record FlushTlb : ShadowOp
     {
         public override string ToString() => "flush TLB";

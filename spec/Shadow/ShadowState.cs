@@ -9,17 +9,6 @@ namespace MmuSpec.Spec.Shadow;
 public sealed record ShadowStepped(ShadowState State, ShadowResult Result);
 
 /// <summary>
-/// The loaded root: one page for 4/5-level guests; four entries for PAE and 32-bit guests (KVM's
-/// pae_root, itself not a shadow page), null where a PAE PDPTE is not present.
-/// </summary>
-public sealed record ShadowRoot(ImmutableArray<ShadowKey?> Pages)
-{
-    public bool Equals(ShadowRoot? other) => other is not null && Pages.SequenceEqual(other.Pages);
-    public override int GetHashCode() => Pages.Length;
-    public override string ToString() => string.Join(" | ", Pages.Select(p => p?.ToString() ?? "none"));
-}
-
-/// <summary>
 /// The MMU-model layer for shadow paging, written to be obvious rather than fast: shadow pages in an
 /// immutable map keyed by (gfn, role), every entry's gfn stored explicitly, and everything KVM keeps
 /// incrementally (reverse maps, parent links, unsync-children bitmaps, the pages of a gfn) recomputed
@@ -32,8 +21,9 @@ public sealed record ShadowState(
     ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
     ImmutableSortedDictionary<ulong, ulong> HostMemory,
     CpuState? GuestCpu,
+    bool GuestPcide,
     ImmutableSortedDictionary<ShadowKey, ShadowPage> Pages,
-    ShadowRoot? Root)
+    ShadowRoots Roots)
 {
     const int MaxSlotId = 31;
 
@@ -41,8 +31,14 @@ public sealed record ShadowState(
     public static ShadowState Create(ShadowConfig config) => new(config,
         ImmutableSortedDictionary<int, TdpMemslot>.Empty,
         ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
-        ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null,
-        ImmutableSortedDictionary<ShadowKey, ShadowPage>.Empty, Root: null);
+        ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null, GuestPcide: false,
+        ImmutableSortedDictionary<ShadowKey, ShadowPage>.Empty, ShadowRoots.None);
+
+    /// <summary>The current root's pages, or null when there is no current root.</summary>
+    public ShadowRoot? Root => Roots.Current?.Root;
+
+    /// <summary>The PCID the guest runs with: CR3 bits 11:0 when CR4.PCIDE is set, else 0.</summary>
+    public int CurrentPcid => GuestCpu is { } cpu ? ShadowRoots.PcidOf(cpu.Cr3, GuestPcide) : 0;
 
     public ShadowStepped Step(ShadowOp op) => op switch
     {
@@ -61,9 +57,11 @@ public sealed record ShadowState(
         ShadowOp.GetDirtyLog g => WithSlot(g.Id, GetDirtyLog),
         ShadowOp.GuestStore g => GuestStore(g),
         ShadowOp.GuestSetPaging p => GuestSetPaging(p),
+        ShadowOp.GuestMovCr3 m => GuestMovCr3(m.Cr3),
         ShadowOp.GuestAccess a => GuestAccess(a.Access),
         ShadowOp.Invlpg i => Invlpg(i.Gva),
-        ShadowOp.FlushTlb => GuestCpu is null ? Reject("paging is off") : Done(Running().SyncReachable()),
+        ShadowOp.Invpcid i => Invpcid(i),
+        ShadowOp.FlushTlb => GuestCpu is null ? Reject("paging is off") : Done(Running().FlushAllPcids()),
         ShadowOp.ZapRange z => z.StartGfn < z.EndGfn && z.EndGfn <= Config.GfnLimit
             ? Done(RemoveLeaves(l => l.Gfn >= z.StartGfn && l.Gfn < z.EndGfn))
             : Reject($"zap range [{Bits.Hex(z.StartGfn)}, {Bits.Hex(z.EndGfn)}) is empty or beyond the guest-physical space"),
@@ -180,15 +178,17 @@ public sealed record ShadowState(
         return state.SetPage(state.Pages[key].WithUnsync(false)).WriteProtect(key.Gfn);
     }
 
-    /// <summary>KVM's kvm_mmu_sync_roots: every unsync page reachable from the root is synced.</summary>
-    ShadowState SyncReachable()
+    /// <summary>KVM's kvm_mmu_sync_roots: every unsync page reachable from the root's pages is synced.</summary>
+    ShadowState SyncRootPages(ShadowRoot root)
     {
-        if (Root is null) return this;
         var state = this;
-        foreach (var key in Reachable(Root.Pages.OfType<ShadowKey>()).Where(k => Pages[k].Unsync).ToList())
+        foreach (var key in Reachable(root.Pages.OfType<ShadowKey>()).Where(k => Pages[k].Unsync).ToList())
             state = state.SyncPage(key);
         return state;
     }
+
+    /// <summary>Sync reachable: the current root is synced.</summary>
+    ShadowState SyncReachable() => Roots.Current is { } current ? SyncRootPages(current.Root) : this;
 
     /// <summary>The pages reachable from <paramref name="starts"/> through table entries, the starts included.</summary>
     public IEnumerable<ShadowKey> Reachable(IEnumerable<ShadowKey> starts)
@@ -231,7 +231,8 @@ public sealed record ShadowState(
         foreach (var (parent, index) in state.LinksTo(key).ToList())
             state = state.RemoveEntry(parent, index);
         state = state with { Pages = state.Pages.Remove(key) };
-        return state.Root is { } root && root.Pages.Contains(key) ? state with { Root = null } : state;
+        // A root whose page goes is freed (model: KVM marks the page invalid and frees the root later).
+        return state with { Roots = state.Roots.Free(r => r.Holds(key)) };
     }
 
     /// <summary>KVM's kvm_mmu_get_shadow_page: find the page with this gfn and role, or create it.</summary>
@@ -256,30 +257,121 @@ public sealed record ShadowState(
         return key.Role.Direct ? state : state.WriteProtect(key.Gfn);
     }
 
-    /// <summary>KVM's mmu_alloc_shadow_roots then kvm_mmu_sync_roots, for the guest's current paging state.</summary>
+    /// <summary>
+    /// The root pages the guest's paging state calls for: the root table (4/5-level), the tables the
+    /// PDPTE registers point to (PAE), or the four quarters of the page directory (32-bit).
+    /// </summary>
+    ShadowRoot RootPagesFor(CpuState cpu)
+    {
+        var c = cpu.Controls;
+        var role = RootRole(c);
+        ulong rootGfn = cpu.RootTableAddress >> 12;
+        return new ShadowRoot(c.Mode switch
+        {
+            PagingMode.Long4 or PagingMode.Long5 => [new ShadowKey(rootGfn, role)],
+            PagingMode.Pae => cpu.Pdptes.Select(raw => new PagingEntry(raw).Present
+                ? new ShadowKey((raw & Bits.Range(c.MaxPhyAddr - 1, 12)) >> 12, role)
+                : null).ToImmutableArray(),
+            _ => Enumerable.Range(0, 4).Select(q => (ShadowKey?)new ShadowKey(rootGfn, role.WithQuadrant(q))).ToImmutableArray(),
+        });
+    }
+
+    /// <summary>The role of a root for these controls: the base role with the root level (2 for PAE and 32-bit guests).</summary>
+    static ShadowRole RootRole(PagingControls c) => ShadowRole.Base(c).WithLevel(c.Mode.IsLongMode() ? c.Mode.RootLevel() : 2);
+
+    /// <summary>
+    /// KVM's mmu_alloc_shadow_roots then kvm_mmu_sync_roots, for the guest's current paging state:
+    /// a new current root (there must be none).
+    /// </summary>
     ShadowState LoadRoot()
     {
         var cpu = GuestCpu!;
-        var c = cpu.Controls;
-        var role = ShadowRole.Base(c);
-        ulong rootGfn = cpu.RootTableAddress >> 12;
-        var keys = c.Mode switch
-        {
-            PagingMode.Long4 or PagingMode.Long5 => [new ShadowKey(rootGfn, role.WithLevel(c.Mode.RootLevel()))],
-            PagingMode.Pae => cpu.Pdptes.Select(raw => new PagingEntry(raw).Present
-                ? new ShadowKey((raw & Bits.Range(c.MaxPhyAddr - 1, 12)) >> 12, role.WithLevel(2))
-                : null).ToImmutableArray(),
-            _ => Enumerable.Range(0, 4).Select(q => (ShadowKey?)new ShadowKey(rootGfn, role.WithLevel(2).WithQuadrant(q))).ToImmutableArray(),
-        };
+        var root = RootPagesFor(cpu);
         var state = this;
-        foreach (var key in keys.OfType<ShadowKey>()) state = state.GetPage(key);
-        return (state with { Root = new ShadowRoot(keys) }).SyncReachable();
+        foreach (var key in root.Pages.OfType<ShadowKey>()) state = state.GetPage(key);
+        var info = new ShadowRootInfo(cpu.Cr3, RootRole(cpu.Controls), root, Unsync: false);
+        return (state with { Roots = state.Roots with { Current = info } }).SyncReachable();
     }
 
     /// <summary>Guest operations run after a VM entry, which loads a missing root.</summary>
-    ShadowState Running() => GuestCpu is not null && Root is null ? LoadRoot() : this;
+    ShadowState Running() => GuestCpu is not null && Roots.Current is null ? LoadRoot() : this;
 
-    ShadowState ZapAllPages() => this with { Pages = Pages.Clear(), Root = null };
+    ShadowState ZapAllPages() => this with { Pages = Pages.Clear(), Roots = ShadowRoots.None };
+
+    // ---- cached roots (docs/shadow-model.md, "GuestMovCr3") ----
+
+    /// <summary>
+    /// MOV CR3's root switch (KVM's cached_root_find_and_keep_current and
+    /// cached_root_find_without_current): a usable cached root becomes current and the old one the
+    /// most recent previous root; on a miss the least recently used root beyond three is freed and a
+    /// new root is loaded. A reused root flagged unsync is synced first.
+    /// </summary>
+    ShadowState SwitchRoot()
+    {
+        var cpu = GuestCpu!;
+        var role = RootRole(cpu.Controls);
+        bool Usable(ShadowRootInfo r) => r.Pgd == cpu.Cr3 && r.Role.Equals(role);
+
+        var state = this;
+        var (current, previous) = (Roots.Current, Roots.Previous);
+        if (current is null || !Usable(current))
+        {
+            int hit = previous.FindIndex(r => Usable(r));
+            var others = hit >= 0 ? previous.RemoveAt(hit) : previous;
+            var demoted = current is null ? others : others.Insert(0, current);
+            if (hit >= 0)
+            {
+                var reused = previous[hit];
+                state = state with { Roots = new(reused, demoted) };
+                // KVM's kvm_mmu_new_pgd: a root switched back in starts a new write-flooding count.
+                foreach (var key in reused.Root.Pages.OfType<ShadowKey>())
+                    state = state.SetPage(state.Pages[key].WithWriteFlooding(0));
+            }
+            else
+                state = state with { Roots = new(null, demoted.Take(ShadowRoots.MaxPrevious).ToImmutableList()) };
+        }
+        // PAE: a root built from other PDPTEs is rebuilt (KVM's load_pdptrs frees the current root).
+        if (state.Roots.Current is { } now && !now.Root.Equals(RootPagesFor(cpu)))
+            state = state with { Roots = state.Roots with { Current = null } };
+        // Seed 001: a root kept through a flush is synced before it is used again.
+        if (state.Roots.Current is { Unsync: true } stale)
+            state = state.SyncRootPages(stale.Root) with { Roots = state.Roots with { Current = stale.WithUnsync(false) } };
+        return state.Running();
+    }
+
+    /// <summary>
+    /// KVM's kvm_invalidate_pcid: the current root is synced if it runs with <paramref name="pcid"/>;
+    /// with PCIDE, previous roots of that PCID are freed (Upstream) or, if they reach an unsync page,
+    /// flagged unsync (KeepAndResync).
+    /// </summary>
+    ShadowState FlushPcid(int pcid)
+    {
+        var state = CurrentPcid == pcid ? SyncReachable() : this;
+        if (!GuestPcide) return state;     // every MOV CR3 flushes: each previous root is synced when switched in
+        bool OfPcid(ShadowRootInfo r) => r.Pcid(GuestPcide) == pcid;
+        return Config.RootPolicy == ShadowRootPolicy.Upstream
+            ? state with { Roots = state.Roots with { Previous = state.Roots.Previous.RemoveAll(OfPcid) } }
+            : state.FlagPrevious(r => OfPcid(r) && state.ReachesUnsync(r));
+    }
+
+    /// <summary>
+    /// KVM's KVM_REQ_TLB_FLUSH_GUEST (kvm_mmu_sync_roots, kvm_mmu_sync_prev_roots): the current root is
+    /// synced; a previous root that reaches an unsync page is freed (Upstream: "sync prev_roots by
+    /// simply freeing them") or flagged unsync (KeepAndResync).
+    /// </summary>
+    ShadowState FlushAllPcids()
+    {
+        var state = SyncReachable();
+        return Config.RootPolicy == ShadowRootPolicy.Upstream
+            ? state with { Roots = state.Roots with { Previous = state.Roots.Previous.RemoveAll(state.ReachesUnsync) } }
+            : state.FlagPrevious(state.ReachesUnsync);
+    }
+
+    /// <summary>KVM's is_unsync_root: some page reachable from the root's pages is unsync (so it may serve a stale translation).</summary>
+    public bool ReachesUnsync(ShadowRootInfo root) => Reachable(root.Root.Pages.OfType<ShadowKey>()).Any(k => Pages[k].Unsync);
+
+    ShadowState FlagPrevious(Func<ShadowRootInfo, bool> which) =>
+        this with { Roots = Roots with { Previous = Roots.Previous.Select(r => which(r) ? r.WithUnsync(true) : r).ToImmutableList() } };
 
     // ---- the shadow tables' geometry ----
 
@@ -287,9 +379,12 @@ public sealed record ShadowState(
 
     int RootLevel => GuestCpu!.Controls.Mode.IsLongMode() ? GuestCpu.Controls.Mode.RootLevel() : 2;
 
-    /// <summary>The root page that translates <paramref name="gva"/> (PAE and 32-bit: by gva bits 31:30).</summary>
-    ShadowKey? RootPageFor(ulong gva) =>
-        Root is null ? null : Root.Pages.Length == 1 ? Root.Pages[0] : Root.Pages[(int)((gva >> 30) & 3)];
+    /// <summary>The page of <paramref name="root"/> that translates <paramref name="gva"/> (PAE and 32-bit: by gva bits 31:30).</summary>
+    static ShadowKey? RootPageFor(ShadowRoot? root, ulong gva) =>
+        root is null ? null : root.Pages.Length == 1 ? root.Pages[0] : root.Pages[(int)((gva >> 30) & 3)];
+
+    /// <summary>The current root's page that translates <paramref name="gva"/>.</summary>
+    ShadowKey? RootPageFor(ulong gva) => RootPageFor(Root, gva);
 
     /// <summary>The first frame entry <paramref name="index"/> of direct page <paramref name="key"/> maps (seed 002, with the quadrant).</summary>
     public static ulong DirectGfn(ShadowKey key, int index) =>
@@ -362,18 +457,33 @@ public sealed record ShadowState(
         var c = p.Controls;
         if (c.MaxPhyAddr != Config.MaxPhyAddr) return Reject($"MAXPHYADDR is {Config.MaxPhyAddr} for this VM, not {c.MaxPhyAddr}");
         if (c.Cr4Pke) return Reject("KVM offers protection keys only with TDP: CR4.PKE cannot be set under shadow paging");
+        if (p.Pcide && !c.Mode.IsLongMode()) return Reject($"CR4.PCIDE needs IA-32e paging, not {c.Mode.Name()} paging");
         if (!c.Mode.IsLongMode() && p.Cr3 > uint.MaxValue) return Reject($"CR3 {Bits.Hex(p.Cr3)} is wider than 32 bits in {c.Mode.Name()} paging");
         CpuStateOrGp loaded;
         try { loaded = CpuState.LoadCr3(c, p.Cr3, GuestMemoryView()); }
         catch (ArgumentException e) { return Reject(e.Message); }
-        if (loaded.State is not { } cpu)
-            return new ShadowStepped(this, new ShadowResult.GuestFault(new WalkResult.GeneralProtection(loaded.Fault!.Value)));
+        if (loaded.State is not { } cpu) return GeneralProtection(loaded.Fault!.Value);
 
         var state = this;
         // The role has no bit for the mode family or CR4.PSE, but they change how tables are read.
         if (GuestCpu is { } old && (old.Controls.Mode != c.Mode || old.Controls.Cr4Pse != c.Cr4Pse))
             state = state.ZapAllPages();
-        return Done((state with { GuestCpu = cpu, Root = null }).LoadRoot());
+        // KVM's kvm_mmu_reset_context: every cached root goes; the pages stay.
+        return Done((state with { GuestCpu = cpu, GuestPcide = p.Pcide, Roots = ShadowRoots.None }).LoadRoot());
+    }
+
+    /// <summary>MOV to CR3: load CR3, switch roots, and flush the new PCID unless NOFLUSH (KVM's kvm_set_cr3).</summary>
+    ShadowStepped GuestMovCr3(ulong operand)
+    {
+        if (GuestCpu is not { Controls: var c }) return Reject("paging is off: MOV CR3 is modelled only with paging on");
+        bool noFlush = GuestPcide && (operand & ShadowOp.GuestMovCr3.NoFlush) != 0;
+        ulong cr3 = GuestPcide ? operand & ~ShadowOp.GuestMovCr3.NoFlush : operand;
+        if (!c.Mode.IsLongMode() && cr3 > uint.MaxValue) return Reject($"CR3 {Bits.Hex(cr3)} is wider than 32 bits in {c.Mode.Name()} paging");
+        var loaded = CpuState.LoadCr3(c, cr3, GuestMemoryView());
+        if (loaded.State is not { } cpu) return GeneralProtection(loaded.Fault!.Value);
+
+        var state = (this with { GuestCpu = cpu }).SwitchRoot();
+        return Done(noFlush ? state : state.FlushPcid(state.CurrentPcid));
     }
 
     ShadowStepped Invlpg(ulong gva)
@@ -382,21 +492,50 @@ public sealed record ShadowState(
         var mode = GuestCpu.Controls.Mode;
         if (!mode.IsLongMode() && gva > uint.MaxValue) return Reject($"linear addresses are 32 bits in {mode.Name()} paging");
         var state = Running();
-        return Done(mode.IsLongMode() && !PageWalk.IsCanonical(mode, gva) ? state : state.InvalidateAddress(gva));
+        if (mode.IsLongMode() && !PageWalk.IsCanonical(mode, gva)) return Done(state);
+        // INVLPG also removes global translations of every PCID: KVM does not know which entries are global, so every root.
+        return Done(state.InvalidateAddress(gva, state.Roots.All));
+    }
+
+    /// <summary>KVM's kvm_handle_invpcid (docs/shadow-model.md, "Invpcid").</summary>
+    ShadowStepped Invpcid(ShadowOp.Invpcid op)
+    {
+        if (GuestCpu is null) return Reject("paging is off");
+        var mode = GuestCpu.Controls.Mode;
+        if (!mode.IsLongMode() && op.Gva > uint.MaxValue) return Reject($"linear addresses are 32 bits in {mode.Name()} paging");
+        if (op.Type > ShadowOp.Invpcid.AllNonGlobal) return GeneralProtection(GpReason.InvpcidType);
+        bool oneContext = op.Type is ShadowOp.Invpcid.IndividualAddress or ShadowOp.Invpcid.SingleContext;
+        if (op.Pcid > 0xFFF || (oneContext && !GuestPcide && op.Pcid != 0)) return GeneralProtection(GpReason.InvpcidPcid);
+        if (op.Type == ShadowOp.Invpcid.IndividualAddress && mode.IsLongMode() && !PageWalk.IsCanonical(mode, op.Gva))
+            return GeneralProtection(GpReason.NonCanonical);
+
+        var state = Running();
+        int pcid = (int)op.Pcid;
+        return Done(op.Type switch
+        {
+            // KVM's kvm_mmu_invpcid_gva: the roots of that PCID, current or previous.
+            ShadowOp.Invpcid.IndividualAddress => state.InvalidateAddress(op.Gva, state.Roots.All.Where(r => r.Pcid(GuestPcide) == pcid)),
+            ShadowOp.Invpcid.SingleContext => state.FlushPcid(pcid),
+            // KVM marks no entry global, so "all but globals" does what "all" does.
+            _ => state.FlushAllPcids(),
+        });
     }
 
     /// <summary>
-    /// KVM's kvm_mmu_invalidate_addr: every unsync page on the shadow path of <paramref name="gva"/>
-    /// has the entry for it synced (the pages stay unsync).
+    /// KVM's kvm_mmu_invalidate_addr over <paramref name="roots"/>: every unsync page on the shadow path
+    /// of <paramref name="gva"/> in each has the entry for it synced (the pages stay unsync).
     /// </summary>
-    ShadowState InvalidateAddress(ulong gva)
+    ShadowState InvalidateAddress(ulong gva, IEnumerable<ShadowRootInfo> roots)
     {
         var state = this;
-        var page = state.RootPageFor(gva);
-        for (int level = state.RootLevel; page is not null; level--)
+        foreach (var root in roots.ToList())
         {
-            if (state.Pages[page].Unsync) state = state.SyncEntry(page, ShadowIndex(level, gva));
-            page = state.Pages[page].Entries.GetValueOrDefault(ShadowIndex(level, gva)) is ShadowEntry.Table t ? t.Child : null;
+            var page = RootPageFor(root.Root, gva);
+            for (int level = state.RootLevel; page is not null; level--)
+            {
+                if (state.Pages[page].Unsync) state = state.SyncEntry(page, ShadowIndex(level, gva));
+                page = state.Pages[page].Entries.GetValueOrDefault(ShadowIndex(level, gva)) is ShadowEntry.Table t ? t.Child : null;
+            }
         }
         return state;
     }
@@ -417,7 +556,12 @@ public sealed record ShadowState(
         if (walk.Result is not WalkResult.Translated t)
         {
             // SDM §4.10.4.1: a page fault invalidates the TLB entries for the faulting address.
-            if (walk.Result is WalkResult.PageFault) state = state.InvalidateAddress(access.Gva);
+            // Model: in every root of the current PCID (KVM: the current root only).
+            if (walk.Result is WalkResult.PageFault)
+            {
+                int pcid = state.CurrentPcid;
+                state = state.InvalidateAddress(access.Gva, state.Roots.All.Where(r => r.Pcid(GuestPcide) == pcid));
+            }
             return new ShadowStepped(state, new ShadowResult.GuestFault(walk.Result));
         }
 
@@ -552,12 +696,13 @@ public sealed record ShadowState(
         Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
 
     static ShadowStepped Done(ShadowState state) => new(state, ShadowResult.Ok.Instance);
+    ShadowStepped GeneralProtection(GpReason reason) => new(this, new ShadowResult.GuestFault(new WalkResult.GeneralProtection(reason)));
     ShadowStepped Reject(string reason) => new(this, new ShadowResult.Rejected(reason));
 
     // ---- equality and printing: by content ----
 
     public bool Equals(ShadowState? other) =>
-        other is not null && Config.Equals(other.Config) && Equals(Root, other.Root)
+        other is not null && Config.Equals(other.Config) && Roots.Equals(other.Roots) && GuestPcide == other.GuestPcide
         && Slots.SequenceEqual(other.Slots)
         && DirtyBitmaps.Count == other.DirtyBitmaps.Count
         && DirtyBitmaps.All(b => other.DirtyBitmaps.TryGetValue(b.Key, out var o) && b.Value.SetEquals(o))
@@ -568,6 +713,6 @@ public sealed record ShadowState(
     public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);
 
     public override string ToString() =>
-        $"{Config}, {Slots.Count} slots, {Pages.Count} shadow pages ({Pages.Values.Count(p => p.Unsync)} unsync), root {Root?.ToString() ?? "none"}"
-        + (GuestCpu is null ? ", paging off" : $", guest {GuestCpu}");
+        $"{Config}, {Slots.Count} slots, {Pages.Count} shadow pages ({Pages.Values.Count(p => p.Unsync)} unsync), roots: {Roots}"
+        + (GuestCpu is null ? ", paging off" : $", guest {GuestCpu}{(GuestPcide ? " PCIDE" : "")}");
 }

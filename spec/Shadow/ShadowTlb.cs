@@ -20,18 +20,25 @@ public sealed record MemorySnapshot(ImmutableSortedDictionary<int, TdpMemslot> S
 
 /// <summary>
 /// The architecture layer for shadow paging (docs/shadow-model.md, "Oracle 2"): which translations a
-/// guest may still observe. A TLB may hold, for a 4 KiB page v, any translation the guest's tables
-/// gave for v at any moment since the last full flush (MOV CR3, a flush, the host changing memslots)
-/// and since the last INVLPG of v, and nothing older. The layer keeps guest memory after every change
-/// since the last full flush, and judges an access's result by walking the guest's tables over each
-/// memory still allowed for its page.
+/// guest may still observe. A TLB may hold, for a 4 KiB page v in PCID p, any translation the guest's
+/// tables gave for v at any moment since the last flush of p and since the last invalidation of v in
+/// p, and nothing older. The layer keeps guest memory after every change since the last flush of every
+/// PCID, and for each PCID (and each invalidated page) where its allowed memories start; it judges an
+/// access's result by walking the guest's tables over each memory still allowed for its page.
 /// </summary>
-/// <param name="Memories">Guest memory after every change since the last full flush, oldest first.</param>
-/// <param name="InvalidatedAt">For a page INVLPG'd since then: the index of the first memory still allowed.</param>
-public sealed record ShadowTlb(ImmutableList<MemorySnapshot> Memories, ImmutableSortedDictionary<ulong, int> InvalidatedAt)
+/// <param name="Memories">Guest memory after every change since the last flush of all PCIDs, oldest first.</param>
+/// <param name="FlushedAt">For a PCID flushed since then: the index of its first allowed memory.</param>
+/// <param name="InvalidatedAt">For a page invalidated in one PCID since then (INVPCID type 0, a #PF): the index of the first memory still allowed.</param>
+/// <param name="InvalidatedEverywhereAt">For a page invalidated in every PCID since then (INVLPG): the index of the first memory still allowed.</param>
+public sealed record ShadowTlb(
+    ImmutableList<MemorySnapshot> Memories,
+    ImmutableSortedDictionary<int, int> FlushedAt,
+    ImmutableSortedDictionary<(int Pcid, ulong Page), int> InvalidatedAt,
+    ImmutableSortedDictionary<ulong, int> InvalidatedEverywhereAt)
 {
     public static ShadowTlb Start(ShadowState state) =>
-        new([MemorySnapshot.Of(state)], ImmutableSortedDictionary<ulong, int>.Empty);
+        new([MemorySnapshot.Of(state)], ImmutableSortedDictionary<int, int>.Empty,
+            ImmutableSortedDictionary<(int, ulong), int>.Empty, ImmutableSortedDictionary<ulong, int>.Empty);
 
     /// <summary>
     /// Why the architecture does not allow <paramref name="result"/> of <paramref name="op"/>, or null
@@ -70,9 +77,10 @@ public sealed record ShadowTlb(ImmutableList<MemorySnapshot> Memories, Immutable
             return fault.Equals(now) ? null
                 : $"{result}: a fault other than a rights fault must come from the guest's tables as they are now, which give {now}";
         }
-        var allowed = AllowedResults(cpu, access).ToList();
+        int pcid = after.CurrentPcid;
+        var allowed = AllowedResults(cpu, pcid, access).ToList();
         if (allowed.Any(r => Matches(result, r))) return null;
-        return $"{result} is not what the guest's tables gave for gva {Bits.Hex(access.Gva)} at any moment since its last flush: "
+        return $"{result} is not what the guest's tables gave for gva {Bits.Hex(access.Gva)} at any moment since its last flush in pcid {pcid}: "
             + string.Join("; ", allowed.Distinct());
     }
 
@@ -80,12 +88,13 @@ public sealed record ShadowTlb(ImmutableList<MemorySnapshot> Memories, Immutable
     static bool IsRightsFault(WalkResult fault) =>
         fault is WalkResult.PageFault pf && pf.ErrorCode.HasFlag(PageFaultErrorCode.Present) && !pf.ErrorCode.HasFlag(PageFaultErrorCode.ReservedBit);
 
-    /// <summary>The guest walk's outcome over every memory still allowed for the accessed page, oldest first.</summary>
-    public IEnumerable<WalkResult> AllowedResults(CpuState cpu, Access access)
-    {
-        int from = InvalidatedAt.GetValueOrDefault(access.Gva >> 12, 0);
-        return Memories.Skip(from).Select(m => PageWalk.Explain(cpu, m.View, access).Result);
-    }
+    /// <summary>The index of the first memory still allowed for <paramref name="page"/> in <paramref name="pcid"/>.</summary>
+    public int AllowedFrom(int pcid, ulong page) => Math.Max(FlushedAt.GetValueOrDefault(pcid, 0),
+        Math.Max(InvalidatedAt.GetValueOrDefault((pcid, page), 0), InvalidatedEverywhereAt.GetValueOrDefault(page, 0)));
+
+    /// <summary>The guest walk's outcome over every memory still allowed for the accessed page in <paramref name="pcid"/>, oldest first.</summary>
+    public IEnumerable<WalkResult> AllowedResults(CpuState cpu, int pcid, Access access) =>
+        Memories.Skip(AllowedFrom(pcid, access.Gva >> 12)).Select(m => PageWalk.Explain(cpu, m.View, access).Result);
 
     static bool Matches(ShadowResult result, WalkResult walk) => result switch
     {
@@ -99,23 +108,42 @@ public sealed record ShadowTlb(ImmutableList<MemorySnapshot> Memories, Immutable
     public ShadowTlb Record(ShadowOp op, ShadowResult result, ShadowState after)
     {
         if (result is ShadowResult.Rejected) return this;
-        // MOV CR3 (and any paging change, which the model makes one), a full flush, and the host
-        // changing memslots (KVM flushes every TLB) leave only what the guest's tables say now.
-        if (op is ShadowOp.GuestSetPaging or ShadowOp.FlushTlb or ShadowOp.DeleteSlot or ShadowOp.MoveSlot
-            && result is ShadowResult.Ok)
-            return Start(after);
-        var tlb = Memories[^1].SameContents(after) ? this : this with { Memories = Memories.Add(MemorySnapshot.Of(after)) };
-        // INVLPG, and a page fault (SDM §4.10.4.1), invalidate the entries for that address.
-        ulong? invalidated = op switch
+        bool ok = result is ShadowResult.Ok;
+        // Flushes of every PCID: a change of paging controls, a flush (CR4.PGE toggle), INVPCID of all
+        // contexts, MOV CR3 without PCIDs (every translation is PCID 0's), and the host changing
+        // memslots (KVM flushes every TLB). Only what the guest's tables say now remains.
+        bool flushAll = ok && op switch
         {
-            ShadowOp.Invlpg i => i.Gva,
-            ShadowOp.GuestAccess a when result is ShadowResult.GuestFault { Fault: WalkResult.PageFault } => a.Access.Gva,
-            _ => null,
+            ShadowOp.GuestSetPaging or ShadowOp.FlushTlb or ShadowOp.DeleteSlot or ShadowOp.MoveSlot => true,
+            ShadowOp.GuestMovCr3 => !after.GuestPcide,
+            ShadowOp.Invpcid i => i.Type is ShadowOp.Invpcid.AllContexts or ShadowOp.Invpcid.AllNonGlobal,
+            _ => false,
         };
-        if (invalidated is { } gva)
-            tlb = tlb with { InvalidatedAt = tlb.InvalidatedAt.SetItem(gva >> 12, tlb.Memories.Count - 1) };
-        return tlb;
+        if (flushAll) return Start(after);
+
+        var tlb = Memories[^1].SameContents(after) ? this : this with { Memories = Memories.Add(MemorySnapshot.Of(after)) };
+        int now = tlb.Memories.Count - 1;
+        switch (op)
+        {
+            // MOV CR3 with PCIDs flushes the new PCID, unless NOFLUSH.
+            case ShadowOp.GuestMovCr3 m when ok && (m.Cr3 & ShadowOp.GuestMovCr3.NoFlush) == 0:
+                return tlb with { FlushedAt = tlb.FlushedAt.SetItem(after.CurrentPcid, now) };
+            case ShadowOp.Invpcid { Type: ShadowOp.Invpcid.SingleContext } i when ok:
+                return tlb with { FlushedAt = tlb.FlushedAt.SetItem((int)i.Pcid, now) };
+            case ShadowOp.Invpcid { Type: ShadowOp.Invpcid.IndividualAddress } i when ok:
+                return tlb with { InvalidatedAt = tlb.InvalidatedAt.SetItem(((int)i.Pcid, i.Gva >> 12), now) };
+            // INVLPG removes the page's translations in the current PCID and its global ones in every
+            // PCID; the layer does not track which are global, so it removes them in every PCID.
+            case ShadowOp.Invlpg i when ok:
+                return tlb with { InvalidatedEverywhereAt = tlb.InvalidatedEverywhereAt.SetItem(i.Gva >> 12, now) };
+            // A page fault invalidates the faulting address in the current PCID (SDM §4.10.4.1).
+            case ShadowOp.GuestAccess a when result is ShadowResult.GuestFault { Fault: WalkResult.PageFault }:
+                return tlb with { InvalidatedAt = tlb.InvalidatedAt.SetItem((after.CurrentPcid, a.Access.Gva >> 12), now) };
+            default:
+                return tlb;
+        }
     }
 
-    public override string ToString() => $"{Memories.Count} guest memories since the last full flush, {InvalidatedAt.Count} pages invalidated since";
+    public override string ToString() =>
+        $"{Memories.Count} guest memories since the last flush of every PCID, {FlushedAt.Count} PCIDs flushed and {InvalidatedAt.Count + InvalidatedEverywhereAt.Count} pages invalidated since";
 }

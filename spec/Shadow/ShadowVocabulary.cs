@@ -10,15 +10,19 @@ namespace MmuSpec.Spec.Shadow;
 /// </summary>
 public sealed record ShadowConfig
 {
-    public ShadowConfig(int maxPhyAddr, bool allowUnsync = true)
+    public ShadowConfig(int maxPhyAddr, bool allowUnsync = true, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
     {
         if (maxPhyAddr is < PagingControls.MinMaxPhyAddr or > PagingControls.MaxMaxPhyAddr)
             throw new ArgumentOutOfRangeException(nameof(maxPhyAddr), maxPhyAddr, $"MAXPHYADDR must be between {PagingControls.MinMaxPhyAddr} and {PagingControls.MaxMaxPhyAddr}");
-        MaxPhyAddr = maxPhyAddr; AllowUnsync = allowUnsync;
+        if (!Enum.IsDefined(rootPolicy))
+            throw new ArgumentOutOfRangeException(nameof(rootPolicy), rootPolicy, "unknown cached-root policy");
+        MaxPhyAddr = maxPhyAddr; AllowUnsync = allowUnsync; RootPolicy = rootPolicy;
     }
 
     public int MaxPhyAddr { get; }
     public bool AllowUnsync { get; }
+    /// <summary>What a flush does to a previous root it may have made stale (docs/shadow-model.md, "Flush PCID p").</summary>
+    public ShadowRootPolicy RootPolicy { get; }
 
     /// <summary>Frames of the guest-physical space: memslots lie below this gfn.</summary>
     public ulong GfnLimit => 1UL << (MaxPhyAddr - 12);
@@ -26,10 +30,12 @@ public sealed record ShadowConfig
     /// <summary>Host frames a shadow entry can hold (address bits 51:12).</summary>
     public static ulong HostPfnLimit => 1UL << 40;
 
-    public ShadowConfig WithMaxPhyAddr(int value) => new(value, AllowUnsync);
-    public ShadowConfig WithAllowUnsync(bool value) => new(MaxPhyAddr, value);
+    public ShadowConfig WithMaxPhyAddr(int value) => new(value, AllowUnsync, RootPolicy);
+    public ShadowConfig WithAllowUnsync(bool value) => new(MaxPhyAddr, value, RootPolicy);
+    public ShadowConfig WithRootPolicy(ShadowRootPolicy value) => new(MaxPhyAddr, AllowUnsync, value);
 
-    public override string ToString() => $"MAXPHYADDR {MaxPhyAddr}{(AllowUnsync ? "" : ", no unsync")}";
+    public override string ToString() =>
+        $"MAXPHYADDR {MaxPhyAddr}{(AllowUnsync ? "" : ", no unsync")}{(RootPolicy == ShadowRootPolicy.Upstream ? ", upstream root policy" : "")}";
 }
 
 /// <summary>KVM's ACC_* rights bits: what a guest path allows (execute, write, user).</summary>

@@ -2,6 +2,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using MmuSpec.Harness.Diff;
 using MmuSpec.Harness.Shadow;
+using MmuSpec.Spec.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
 using MmuSpec.Spec.Paging;
@@ -87,6 +88,8 @@ public static class DiffProperties
         Shadow("shadow-long5", new ShadowGenOptions(PagingMode.Long5)),
         Shadow("shadow-mixed", new ShadowGenOptions(null, Mixed: true)),
         Shadow("shadow-no-unsync", new ShadowGenOptions(null, AllowUnsync: false)),
+        Shadow("shadow-roots-keep", new ShadowGenOptions(null, Roots: true)),
+        Shadow("shadow-roots-upstream", new ShadowGenOptions(null, Roots: true, RootPolicy: ShadowRootPolicy.Upstream)),
     ];
 
     public static readonly IReadOnlyList<DiffProperty> All = [.. Walks, .. TdpMmus, .. ShadowMmus];

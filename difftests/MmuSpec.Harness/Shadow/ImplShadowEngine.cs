@@ -23,7 +23,12 @@ public sealed class ImplShadowEngine : IDisposable
     public ImplShadowEngine(ShadowConfig config, ImplMemory.NativePagePool pool)
     {
         this.config = config;
-        vm = ImplShadow.ShadowVm.Create(config.MaxPhyAddr, config.AllowUnsync, pool);
+        vm = ImplShadow.ShadowVm.Create(config.MaxPhyAddr, config.AllowUnsync, pool, config.RootPolicy switch
+        {
+            ShadowRootPolicy.KeepAndResync => ImplShadow.ShadowRootPolicy.KeepAndResync,
+            ShadowRootPolicy.Upstream => ImplShadow.ShadowRootPolicy.Upstream,
+            _ => throw new ArgumentOutOfRangeException(nameof(config), config.RootPolicy, "unknown root policy"),
+        });
     }
 
     public ImplShadow.IShadowVm Vm => vm;
@@ -41,7 +46,9 @@ public sealed class ImplShadowEngine : IDisposable
                 var o = vm.GetDirtyLog(g.Id, dirty);
                 return o.Status == ImplShadow.ShadowStatus.Ok ? new ShadowResult.DirtyLog(dirty.ToImmutableArray()) : Result(o);
             case ShadowOp.GuestStore g: return Result(vm.GuestStore(g.Gpa, g.Value, g.Size));
-            case ShadowOp.GuestSetPaging p: return Result(vm.GuestSetPaging(ImplWalkEngine.ToImpl(p.Controls), p.Cr3));
+            case ShadowOp.GuestSetPaging p: return Result(vm.GuestSetPaging(ImplWalkEngine.ToImpl(p.Controls), p.Cr3, p.Pcide));
+            case ShadowOp.GuestMovCr3 m: return Result(vm.GuestMovCr3(m.Cr3));
+            case ShadowOp.Invpcid i: return Result(vm.Invpcid(i.Type, i.Pcid, i.Gva));
             case ShadowOp.GuestAccess a:
                 return Result(vm.GuestAccess(a.Access.Gva, ImplWalkEngine.ToImpl(a.Access.Type), ImplWalkEngine.ToImpl(a.Access.Privilege)));
             case ShadowOp.Invlpg i: return Result(vm.Invlpg(i.Gva));
@@ -83,11 +90,13 @@ public sealed class ImplShadowEngine : IDisposable
             var e = entries.ToImmutableSortedDictionary(x => x.Index, Entry);
             pages[key] = new ShadowPage(key, e, info.Unsync, info.WriteFlooding);
         });
-        ShadowRoot? root = vm.RootKeys is { } keys
-            ? new ShadowRoot(keys.Select(k => k is { } key ? Key(key) : null).ToImmutableArray())
-            : null;
-        return new ShadowState(config, slots, bitmaps, host.ToImmutable(), guest, pages.ToImmutable(), root);
+        var roots = new ShadowRoots(vm.CurrentRoot is { } current ? RootInfo(current) : null,
+            vm.PreviousRoots.Select(RootInfo).ToImmutableList());
+        return new ShadowState(config, slots, bitmaps, host.ToImmutable(), guest, vm.GuestPcide, pages.ToImmutable(), roots);
     }
+
+    static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>
+        new(r.Pgd, Role(r.Role), new ShadowRoot(r.Pages.Select(k => k is { } key ? Key(key) : null).ToImmutableArray()), r.Unsync);
 
     static ShadowEntry Entry(ImplShadow.ShadowEntryInfo x) => x.IsLeaf
         ? new ShadowEntry.Leaf(x.Gfn, x.HostPfn, new TranslationRights(x.User, x.Writable, x.NoExecute, x.ProtectionKey), x.SpteWritable)
@@ -139,9 +148,9 @@ public sealed class ImplShadowEngine : IDisposable
         if (vm.ShadowPages != pageInfo.Count) Problem($"ShadowPages says {vm.ShadowPages}, {pageInfo.Count} pages visited");
         foreach (var (child, links) in linksByChild)
             if (!pageInfo.ContainsKey(child)) Problem($"{Refs(links)} link page {child}, which does not exist");
-        if (vm.RootKeys is { } roots)
-            foreach (var r in roots)
-                if (r is { } k && !pageInfo.ContainsKey(k)) Problem($"root page {k} does not exist");
+        foreach (var root in vm.PreviousRoots.Cast<ImplShadow.ShadowRootView?>().Prepend(vm.CurrentRoot).OfType<ImplShadow.ShadowRootView>())
+            foreach (var r in root.Pages)
+                if (r is { } k && !pageInfo.ContainsKey(k)) Problem($"root page {k} (of the root for pgd 0x{root.Pgd:X}) does not exist");
 
         // (a) the reverse map.
         var rmap = new Dictionary<ulong, HashSet<ImplShadow.ShadowEntryRef>>();

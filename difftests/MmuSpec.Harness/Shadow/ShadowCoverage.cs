@@ -50,6 +50,7 @@ public static class ShadowCoverage
         if (after.Pages.Keys.GroupBy(k => (k.Gfn, k.Role.Direct)).Any(g => !g.Key.Direct && g.Count() > 1)) hit("state: one guest table, several roles");
         if (after.Root is { } root && root.Pages.Any(p => p is null)) hit("root: PAE entry none");
         if (before.Root is not null && after.Root is null) hit($"{name}: root dropped");
+        ClassifyRoots(op, r, before, after, hit);
 
         foreach (var k in gone)
         {
@@ -94,5 +95,36 @@ public static class ShadowCoverage
         if (op is ShadowOp.GuestSetPaging sp && before.GuestCpu is { } old2 && r is ShadowResult.Ok
             && (old2.Controls.Mode != sp.Controls.Mode || old2.Controls.Cr4Pse != sp.Controls.Cr4Pse))
             hit("set paging: mode or PSE changed (zap all)");
+    }
+
+    /// <summary>The cached-root rules: hits, misses and evictions, PAE rebuilds, flags set and cleared, roots freed.</summary>
+    static void ClassifyRoots(ShadowOp op, ShadowResult r, ShadowState before, ShadowState after, Action<string> hit)
+    {
+        string name = op.GetType().Name;
+        var (b, a) = (before.Roots, after.Roots);
+        if (op is ShadowOp.GuestMovCr3 && r is ShadowResult.Ok && a.Current is { } now)
+        {
+            bool NoFlush() => ((ShadowOp.GuestMovCr3)op).Cr3 >> 63 != 0 && before.GuestPcide;
+            if (b.Current is { } was && was.Pgd == now.Pgd && was.Role.Equals(now.Role)) hit("MOV CR3: current root kept");
+            else if (b.Previous.FirstOrDefault(p => p.Pgd == now.Pgd && p.Role.Equals(now.Role)) is { } reused)
+            {
+                hit(reused.Root.Equals(now.Root) ? "MOV CR3: cached root switched in" : "MOV CR3: PAE root rebuilt (PDPTEs changed)");
+                if (reused.Unsync) hit($"MOV CR3: unsync root re-synced on reuse{(NoFlush() ? " (NOFLUSH)" : "")}");
+                else if (NoFlush()) hit("MOV CR3: cached root reused with NOFLUSH, no sync");
+            }
+            else
+            {
+                hit("MOV CR3: miss, root built");
+                if (b.Current is not null && b.Previous.Count == ShadowRoots.MaxPrevious) hit("MOV CR3: miss evicted the least recently used root");
+            }
+        }
+        if (a.Previous.Count(p => p.Unsync) > b.Previous.Count(p => p.Unsync)) hit($"root flagged unsync: by {name}");
+        if (a.Previous.Count < b.Previous.Count && !(op is ShadowOp.GuestMovCr3 && a.Current is not null && b.Current is null))
+            hit($"previous root freed: by {name}");
+        if (op is ShadowOp.GuestAccess && r is ShadowResult.Translated { Faulted: false } t && after.GuestCpu is { } cpu
+            && PageWalk.Explain(cpu, after.GuestMemoryView(), ((ShadowOp.GuestAccess)op).Access).Result is var fresh
+            && !(fresh is WalkResult.Translated ft && ft.Gpa == t.Gpa))
+            hit("access: stale hit (a translation the tables no longer give)");
+        if (op is ShadowOp.Invpcid i && r is ShadowResult.Ok) hit($"INVPCID type {i.Type}");
     }
 }

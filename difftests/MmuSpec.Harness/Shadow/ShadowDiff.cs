@@ -96,7 +96,7 @@ public static class ShadowDiff
 
     static string Threw(Exception e) => $"threw {e.GetType().Name}: {e.Message}";
 
-    static string Root(ShadowRoot? r) => r is null ? "none" : $"[{string.Join(", ", r.Pages.Select(k => k?.ToString() ?? "none"))}]";
+    static string Root(ShadowRootInfo? r) => r is null ? "none" : r.ToString();
 
     static string Bitmap(ImmutableSortedSet<ulong>? b) => b is null ? "none" : $"[{string.Join(", ", b.Select(Bits.Hex))}]";
 
@@ -111,7 +111,14 @@ public static class ShadowDiff
         var d = ImmutableArray.CreateBuilder<string>();
         bool Full() { if (d.Count < max) return false; if (d[^1] != "...") d.Add("..."); return true; }
 
-        if (!Equals(spec.Root, impl.Root)) d.Add($"root: spec {Root(spec.Root)} / impl {Root(impl.Root)}");
+        if (!Equals(spec.Roots.Current, impl.Roots.Current)) d.Add($"current root: spec {Root(spec.Roots.Current)} / impl {Root(impl.Roots.Current)}");
+        for (int i = 0; i < Math.Max(spec.Roots.Previous.Count, impl.Roots.Previous.Count); i++)
+        {
+            var sr = i < spec.Roots.Previous.Count ? spec.Roots.Previous[i] : null;
+            var ir = i < impl.Roots.Previous.Count ? impl.Roots.Previous[i] : null;
+            if (!Equals(sr, ir)) d.Add($"previous root {i}: spec {Root(sr)} / impl {Root(ir)}");
+        }
+        if (spec.GuestPcide != impl.GuestPcide) d.Add($"CR4.PCIDE: spec {spec.GuestPcide} / impl {impl.GuestPcide}");
         if (!Equals(spec.GuestCpu, impl.GuestCpu))
             d.Add($"guest paging: spec {spec.GuestCpu?.ToString() ?? "off"} / impl {impl.GuestCpu?.ToString() ?? "off"}");
         foreach (int id in spec.Slots.Keys.Union(impl.Slots.Keys).Order())

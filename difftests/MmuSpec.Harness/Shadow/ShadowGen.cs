@@ -7,11 +7,18 @@ using MmuSpec.Spec.Shadow;
 
 namespace MmuSpec.Harness.Shadow;
 
-/// <summary>What a shadow property generates: one guest paging mode (null: any), or two modes the guest switches between, and the unsync policy.</summary>
-public sealed record ShadowGenOptions(PagingMode? Mode, bool AllowUnsync = true, bool Mixed = false)
+/// <summary>
+/// What a shadow property generates: one guest paging mode (null: any), or two modes the guest
+/// switches between, the unsync policy, the cached-root policy, and whether the case is about cached
+/// roots (<paramref name="Roots"/>: five or more address spaces with PCIDs, frequent MOV CR3 with and
+/// without NOFLUSH, INVPCID of every type, stale-root patterns).
+/// </summary>
+public sealed record ShadowGenOptions(PagingMode? Mode, bool AllowUnsync = true, bool Mixed = false,
+    ShadowRootPolicy RootPolicy = ShadowRootPolicy.KeepAndResync, bool Roots = false)
 {
     public override string ToString() =>
-        $"{(Mixed ? "mixed modes" : Mode?.Name() ?? "any mode")}{(AllowUnsync ? "" : ", no unsync")}";
+        $"{(Mixed ? "mixed modes" : Mode?.Name() ?? "any mode")}{(AllowUnsync ? "" : ", no unsync")}"
+        + $"{(Roots ? ", cached roots" : "")}{(RootPolicy == ShadowRootPolicy.Upstream ? ", upstream root policy" : "")}";
 }
 
 /// <summary>
@@ -40,16 +47,22 @@ public static class ShadowGen
     public static ShadowCase Build(int seed, int size, ShadowGenOptions options)
     {
         var rng = new Random(seed);
-        var config = new ShadowConfig(MaxPhyAddrs[rng.Next(MaxPhyAddrs.Length)], options.AllowUnsync);
-        var modes = new List<PagingMode> { options.Mode ?? (PagingMode)rng.Next(4) };
+        var config = new ShadowConfig(MaxPhyAddrs[rng.Next(MaxPhyAddrs.Length)], options.AllowUnsync, options.RootPolicy);
+        // Cached-root cases are mostly IA-32e (PCIDs); PAE and 32-bit switch roots without them.
+        var anyMode = options.Roots
+            ? rng.Next(100) switch { < 45 => PagingMode.Long4, < 75 => PagingMode.Long5, < 90 => PagingMode.Pae, _ => PagingMode.Bits32 }
+            : (PagingMode)rng.Next(4);
+        var modes = new List<PagingMode> { options.Mode ?? anyMode };
         if (options.Mixed)
         {
             var other = (PagingMode)rng.Next(4);
             if (other == modes[0]) other = (PagingMode)(((int)other + 1 + rng.Next(3)) % 4);
             modes.Add(other);
         }
-        var b = new ShadowCaseBuilder(rng, config, modes, options.Mixed);
-        b.BuildSetup(spacesPerMode: options.Mixed ? 1 + rng.Next(2) : 2 + rng.Next(3), pathsPerSpace: 2 + rng.Next(2 + size / 12));
+        var b = new ShadowCaseBuilder(rng, config, modes, options.Mixed, options.Roots);
+        // Cached-root cases have more address spaces than the four roots a vCPU keeps.
+        int spaces = options.Roots ? 4 + rng.Next(3) : options.Mixed ? 1 + rng.Next(2) : 2 + rng.Next(3);
+        b.BuildSetup(spacesPerMode: spaces, pathsPerSpace: 2 + rng.Next(2 + size / 12));
         int count = 10 + rng.Next(10 + Math.Max(10, size));
         while (b.Ops.Count < count) b.NextOps();
         return new ShadowCase(config, b.Setup.ToImmutable(), b.Ops.ToImmutable());
@@ -71,6 +84,11 @@ internal sealed class ShadowCaseBuilder
     readonly ShadowConfig config;
     readonly IReadOnlyList<PagingMode> modes;
     readonly bool mixed;
+    readonly bool rootsFocus;
+    /// <summary>CR4.PCIDE as the guest last set it.</summary>
+    bool pcide;
+    /// <summary>Address spaces most recently switched to, most recent first (so MOV CR3 often hits a cached root).</summary>
+    readonly List<int> recentSpaces = new();
 
     public ImmutableArray<ShadowOp>.Builder Setup { get; } = ImmutableArray.CreateBuilder<ShadowOp>();
     public ImmutableArray<ShadowOp>.Builder Ops { get; } = ImmutableArray.CreateBuilder<ShadowOp>();
@@ -101,6 +119,8 @@ internal sealed class ShadowCaseBuilder
     /// <summary>An address space: a CR3 in a mode, and the linear addresses whose paths were built in it.</summary>
     sealed record Space(int Index, PagingMode Mode, ulong Cr3, ulong RootTable)
     {
+        /// <summary>The PCID bits of <see cref="Cr3"/> (IA-32e only; 0 for PAE and 32-bit spaces).</summary>
+        public int Pcid => Mode.IsLongMode() ? (int)(Cr3 & 0xFFF) : 0;
         public readonly List<ulong> Gvas = new();
     }
 
@@ -117,10 +137,11 @@ internal sealed class ShadowCaseBuilder
     PagingControls controls;
     Space current = null!;
 
-    public ShadowCaseBuilder(Random rng, ShadowConfig config, IReadOnlyList<PagingMode> modes, bool mixed)
+    public ShadowCaseBuilder(Random rng, ShadowConfig config, IReadOnlyList<PagingMode> modes, bool mixed, bool rootsFocus = false)
     {
-        this.rng = rng; this.config = config; this.modes = modes; this.mixed = mixed;
+        this.rng = rng; this.config = config; this.modes = modes; this.mixed = mixed; this.rootsFocus = rootsFocus;
         controls = GenControls(modes[0]);
+        pcide = rootsFocus && modes[0].IsLongMode() && rng.Next(10) != 0;
     }
 
     PagingControls GenControls(PagingMode mode)
@@ -183,7 +204,8 @@ internal sealed class ShadowCaseBuilder
         }
         foreach (var e in entryOrder) { e.Original = e.Value; AddSetup(new ShadowOp.GuestStore(e.Gpa, e.Value, e.Size)); }
         current = spaces.First(s => s.Mode == modes[0]);
-        AddSetup(new ShadowOp.GuestSetPaging(controls, current.Cr3));
+        recentSpaces.Add(current.Index);
+        AddSetup(new ShadowOp.GuestSetPaging(controls, current.Cr3, pcide));
     }
 
     void Shuffle(List<ulong> list)
@@ -220,7 +242,13 @@ internal sealed class ShadowCaseBuilder
             tables.Add(t);
             tableAt[root] = t;
             cr3 = root;
-            if (mode.IsLongMode() && rng.Next(5) == 0) cr3 |= 0x18;   // PWT/PCD, ignored
+            if (rootsFocus && mode.IsLongMode())
+            {
+                // A PCID per space, sometimes one another space has (two address spaces, one TLB tag).
+                var withPcid = spaces.Where(s => s.Mode.IsLongMode()).ToList();
+                cr3 |= withPcid.Count > 0 && rng.Next(5) == 0 ? (ulong)withPcid[rng.Next(withPcid.Count)].Pcid : (ulong)((spaces.Count + 1) & 0xFFF);
+            }
+            else if (mode.IsLongMode() && rng.Next(5) == 0) cr3 |= 0x18;   // PWT/PCD, ignored
         }
         var space = new Space(spaces.Count, mode, cr3, root);
         spaces.Add(space);
@@ -427,11 +455,12 @@ internal sealed class ShadowCaseBuilder
     /// <summary>genOps: one operation, or a burst of stores (write flooding).</summary>
     public void NextOps()
     {
+        if (rootsFocus && rng.Next(100) < 50) { RootsOps(); return; }
         // A mode switch in a single-mode case is a detour: go back to the tables' own mode soon.
         if (!mixed && controls.Mode != modes[0] && rng.Next(3) == 0)
         {
             controls = controls.WithMode(modes[0]);
-            Add(new ShadowOp.GuestSetPaging(controls, current.Cr3));
+            Add(SetPagingOp(controls, current.Cr3));
             return;
         }
         int roll = rng.Next(100);
@@ -503,12 +532,13 @@ internal sealed class ShadowCaseBuilder
     /// The entries the builder believes translate <paramref name="gva"/> in the loaded space, root first
     /// (its model of guest memory may be wrong after some stores; that only makes the edit less targeted).
     /// </summary>
-    List<Entry> PathOf(ulong gva)
+    List<Entry> PathOf(ulong gva, Space? space = null)
     {
+        space ??= current;
         var path = new List<Entry>();
-        var mode = current.Mode;
+        var mode = space.Mode;
         if (mode != controls.Mode) return path;
-        ulong table = current.RootTable;
+        ulong table = space.RootTable;
         for (int level = mode.RootLevel(); level >= 1; level--)
         {
             if (!entries.TryGetValue(table + (ulong)(PagingLevels.Index(mode, level, gva) * mode.EntryBytes()), out var e)) break;
@@ -697,14 +727,15 @@ internal sealed class ShadowCaseBuilder
     ShadowOp SetPaging()
     {
         int roll = rng.Next(100);
+        if ((roll < 45 || rng.Next(3) != 0) && rootsFocus) return MovCr3(SomeSpace());
         if (roll < 45)
         {
             var same = spaces.Where(s => s.Mode == controls.Mode).ToList();
             current = same.Count > 0 ? same[rng.Next(same.Count)] : current;
-            return new ShadowOp.GuestSetPaging(controls, current.Cr3);
+            return SetPagingOp(controls, current.Cr3);
         }
         if (roll < 84 && rng.Next(6) == 0)
-            return new ShadowOp.GuestSetPaging(controls.WithCr4Pke(true), current.Cr3);   // rejected: no PKE under shadow paging
+            return SetPagingOp(controls.WithCr4Pke(true), current.Cr3);   // rejected: no PKE under shadow paging
         if (roll < 84)
         {
             controls = rng.Next(9) switch
@@ -718,7 +749,7 @@ internal sealed class ShadowCaseBuilder
                 6 => controls.WithPkru(WalkGen.GenPkru(rng)),
                 _ => controls.WithCr4Pse(!controls.Cr4Pse),
             };
-            return new ShadowOp.GuestSetPaging(controls, current.Cr3);
+            return SetPagingOp(controls, current.Cr3);
         }
         if (roll < 94 && (mixed || rng.Next(4) == 0))
         {
@@ -729,14 +760,21 @@ internal sealed class ShadowCaseBuilder
             if (target.Count > 0) current = target[rng.Next(target.Count)];
             else if (!other.IsLongMode() && current.Cr3 > uint.MaxValue) current = spaces[0];
             if (!mixed && other != modes[0] && rng.Next(2) == 0) controls = controls.WithMode(modes[0]);   // back to the tables' own mode
-            return new ShadowOp.GuestSetPaging(controls, current.Cr3);
+            return SetPagingOp(controls, current.Cr3);
         }
         // #GP: a reserved CR3 bit in IA-32e paging; a PAE CR3 whose PDPT is outside memory or holds reserved bits.
         if (controls.Mode.IsLongMode())
-            return new ShadowOp.GuestSetPaging(controls, current.Cr3 | (1UL << rng.Next(config.MaxPhyAddr, 63)));
+            return SetPagingOp(controls, current.Cr3 | (1UL << rng.Next(config.MaxPhyAddr, 63)));
         if (controls.Mode == PagingMode.Pae)
-            return new ShadowOp.GuestSetPaging(controls, rng.Next(2) == 0 ? (HoleBase << 12) & uint.MaxValue : current.Cr3 ^ 0x20);
-        return new ShadowOp.GuestSetPaging(controls, current.Cr3);
+            return SetPagingOp(controls, rng.Next(2) == 0 ? (HoleBase << 12) & uint.MaxValue : current.Cr3 ^ 0x20);
+        return SetPagingOp(controls, current.Cr3);
+    }
+
+    /// <summary>A change of paging controls; CR4.PCIDE stays as it was where the mode allows it.</summary>
+    ShadowOp SetPagingOp(PagingControls c, ulong cr3)
+    {
+        pcide &= c.Mode.IsLongMode();
+        return new ShadowOp.GuestSetPaging(c, cr3, pcide);
     }
 
     int SomeSlot()
@@ -786,5 +824,124 @@ internal sealed class ShadowCaseBuilder
         ulong length = rng.Next(4) switch { 0 => 1, 1 => (ulong)rng.Next(1, 16), 2 => 512, _ => (ulong)rng.Next(1, 2048) };
         if (rng.Next(60) == 0) return new ShadowOp.ZapRange(start, start);                     // empty: rejected
         return new ShadowOp.ZapRange(start, Math.Min(start + length, config.GfnLimit));
+    }
+
+    // ---- cached roots: MOV CR3 with PCIDs and NOFLUSH, INVPCID, stale roots ----
+
+    /// <summary>One cached-root operation or pattern (cases built with <c>Roots</c>).</summary>
+    void RootsOps()
+    {
+        int roll = rng.Next(100);
+        if (roll < 30) { Add(MovCr3(SomeSpace())); return; }
+        if (roll < 65) { StaleRoot(); return; }
+        if (roll < 82) { Add(SomeInvpcid()); return; }
+        if (roll < 95) { Add(Access()); return; }
+        if (roll < 97 && controls.Mode.IsLongMode())
+        {
+            // PCIDE toggled (KVM: 0->1 frees every root, 1->0 flushes every PCID; the model's GuestSetPaging frees all).
+            pcide = !pcide;
+            Add(new ShadowOp.GuestSetPaging(controls, current.Cr3, pcide));
+            return;
+        }
+        // A role bit toggled: every cached root goes.
+        controls = rng.Next(3) switch { 0 => controls.WithCr0Wp(!controls.Cr0Wp), 1 => controls.WithEferNxe(!controls.EferNxe), _ => controls.WithCr4Smep(!controls.Cr4Smep) };
+        Add(SetPagingOp(controls, current.Cr3));
+    }
+
+    /// <summary>An address space of the current mode: mostly one of the four most recently used (a cached-root hit), else any.</summary>
+    Space SomeSpace()
+    {
+        var same = spaces.Where(s => s.Mode == controls.Mode).ToList();
+        if (same.Count == 0) return current;
+        if (rng.Next(100) < 65)
+        {
+            var recent = recentSpaces.Take(4).Select(i => spaces[i]).Where(s => s.Mode == controls.Mode).ToList();
+            if (recent.Count > 0) return recent[rng.Next(recent.Count)];
+        }
+        return same[rng.Next(same.Count)];
+    }
+
+    /// <summary>MOV CR3 to <paramref name="space"/>: with PCIDs mostly NOFLUSH; rarely a value that raises #GP.</summary>
+    ShadowOp MovCr3(Space space, bool? noFlush = null)
+    {
+        if (rng.Next(40) == 0 && controls.Mode.IsLongMode())
+            return new ShadowOp.GuestMovCr3(space.Cr3 | (1UL << rng.Next(config.MaxPhyAddr, pcide ? 63 : 64)));   // reserved bit (bit 63 is NOFLUSH only with PCIDE)
+        current = space;
+        recentSpaces.Remove(space.Index);
+        recentSpaces.Insert(0, space.Index);
+        bool nf = pcide && (noFlush ?? rng.Next(100) < 60);
+        return new ShadowOp.GuestMovCr3(space.Cr3 | (nf ? ShadowOp.GuestMovCr3.NoFlush : 0));
+    }
+
+    /// <summary>INVPCID of every type, at PCIDs and addresses of the built spaces; rarely an operand that raises #GP.</summary>
+    ShadowOp SomeInvpcid()
+    {
+        var space = spaces[rng.Next(spaces.Count)];
+        ulong pcid = pcide ? (ulong)space.Pcid : 0;
+        ulong gva = space.Gvas.Count > 0 && space.Mode == controls.Mode ? space.Gvas[rng.Next(space.Gvas.Count)] : SomeGva();
+        int roll = rng.Next(100);
+        if (roll < 4) return new ShadowOp.Invpcid((ulong)rng.Next(4, 9), pcid, gva);                                  // #GP: type
+        if (roll < 7) return new ShadowOp.Invpcid((ulong)rng.Next(2), pcide ? 0x1000UL << rng.Next(0, 8) : 1 + (ulong)rng.Next(8), gva);   // #GP: PCID
+        if (roll < 9 && controls.Mode.IsLongMode())
+            return new ShadowOp.Invpcid(ShadowOp.Invpcid.IndividualAddress, pcid, gva ^ (1UL << 62));                  // #GP: non-canonical
+        ulong type = roll switch { < 45 => ShadowOp.Invpcid.IndividualAddress, < 80 => ShadowOp.Invpcid.SingleContext, < 90 => ShadowOp.Invpcid.AllContexts, _ => ShadowOp.Invpcid.AllNonGlobal };
+        return new ShadowOp.Invpcid(type, pcid, gva);
+    }
+
+    /// <summary>
+    /// The pattern cached roots exist for, and the one that breaks them: a space S fills a translation;
+    /// the guest switches to another space and changes S's entry for it (the shadow page goes unsync);
+    /// then maybe an invalidation of S's PCID (INVPCID single context or address, INVLPG, a flushing
+    /// MOV CR3 of another space with S's PCID, a full flush) or nothing; then a NOFLUSH switch back
+    /// to S and an access through the changed entry. The architecture allows the stale translation
+    /// only if nothing invalidated it.
+    /// </summary>
+    void StaleRoot()
+    {
+        var same = spaces.Where(sp => sp.Mode == controls.Mode && sp.Gvas.Count > 0).ToList();
+        if (same.Count < 2) { Add(Access()); return; }
+        // Mostly a space and gva whose path the builder believes complete down to a 4 KiB leaf in the data
+        // slot, so the fill builds a level-1 shadow page that the edit can make unsync.
+        List<ulong> Mapped(Space sp) => sp.Gvas.Where(g => PathOf(g, sp) is { Count: > 0 } p && p[^1].Level == 1 && p.All(e => Bits.Test(e.Value, 0))
+            && (p[^1].Value & FrameMask(sp.Mode)) >> 12 is var gfn && gfn >= DataBase && gfn < DataBase + DataPages).ToList();
+        var withMapped = same.Select(sp => (Space: sp, Gvas: Mapped(sp))).Where(x => x.Gvas.Count > 0).ToList();
+        Space s;
+        ulong gva;
+        if (withMapped.Count > 0 && rng.Next(10) != 0)
+        {
+            var pick = withMapped[rng.Next(withMapped.Count)];
+            (s, gva) = (pick.Space, pick.Gvas[rng.Next(pick.Gvas.Count)]);
+        }
+        else
+        {
+            s = same[rng.Next(same.Count)];
+            gva = s.Gvas[rng.Next(s.Gvas.Count)];
+        }
+        // A user read of an all-user path (SMAP would refuse a supervisor one), else a supervisor read.
+        var reader = PathOf(gva, s).All(e => Bits.Test(e.Value, 2)) ? Privilege.User : Privilege.Supervisor;
+        if (current != s) Add(MovCr3(s));
+        Add(new ShadowOp.GuestAccess(new Access(gva, AccessType.Read, reader)));
+        var others = same.Where(o => o != s).ToList();
+        Add(MovCr3(others[rng.Next(others.Count)], noFlush: rng.Next(4) != 0));
+        var path = PathOf(gva, s);
+        if (path.Count > 0) Add(EditEntry(rng.Next(10) != 0 ? path[^1] : path[rng.Next(path.Count)]));
+        else Add(EditEntry());
+        if (rng.Next(2) == 0) Add(new ShadowOp.GuestAccess(new Access(gva, AccessType.Read, reader)));
+        ulong pcid = pcide ? (ulong)s.Pcid : 0;
+        switch (rng.Next(9))
+        {
+            case 0: case 1: Add(new ShadowOp.Invpcid(ShadowOp.Invpcid.SingleContext, pcid, 0)); break;
+            case 2: Add(new ShadowOp.Invpcid(ShadowOp.Invpcid.IndividualAddress, pcid, gva)); break;
+            case 3: Add(new ShadowOp.Invlpg(gva)); break;
+            case 4:
+                var sharing = spaces.Where(o => o != s && o.Mode == controls.Mode && o.Pcid == s.Pcid).ToList();
+                if (sharing.Count > 0) Add(MovCr3(sharing[rng.Next(sharing.Count)], noFlush: false));
+                else Add(new ShadowOp.Invpcid(ShadowOp.Invpcid.SingleContext, pcid, 0));
+                break;
+            case 5: Add(rng.Next(2) == 0 ? new ShadowOp.FlushTlb() : new ShadowOp.Invpcid(ShadowOp.Invpcid.AllNonGlobal, 0, 0)); break;
+            default: break;   // nothing: the stale translation stays allowed
+        }
+        Add(MovCr3(s, noFlush: rng.Next(5) != 0));
+        Add(new ShadowOp.GuestAccess(new Access(gva, rng.Next(4) == 0 ? AccessType.Write : AccessType.Read, reader)));
     }
 }

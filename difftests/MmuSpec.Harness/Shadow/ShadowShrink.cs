@@ -52,6 +52,14 @@ public static class ShadowShrink
             case ShadowOp.GuestSetPaging p:
                 foreach (var c in SimplerControls(p.Controls)) yield return p with { Controls = c };
                 if ((p.Cr3 & 0x18) != 0 && p.Controls.Mode.IsLongMode()) yield return p with { Cr3 = p.Cr3 & ~0x18UL };
+                if (p.Pcide) yield return p with { Pcide = false };
+                break;
+            case ShadowOp.GuestMovCr3 m when (m.Cr3 & ShadowOp.GuestMovCr3.NoFlush) != 0:
+                yield return new ShadowOp.GuestMovCr3(m.Cr3 & ~ShadowOp.GuestMovCr3.NoFlush);
+                break;
+            case ShadowOp.Invpcid i when i.Type <= ShadowOp.Invpcid.AllNonGlobal:
+                if (i.Type != ShadowOp.Invpcid.AllContexts) yield return new ShadowOp.FlushTlb();
+                if (i.Type == ShadowOp.Invpcid.IndividualAddress) yield return new ShadowOp.Invlpg(i.Gva);
                 break;
         }
     }

@@ -117,7 +117,7 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
     static ShadowOp Write(ulong gva) => new ShadowOp.GuestAccess(Access.Write(gva));
 
     /// <summary>Runs the ops on the spec and the impl, asserting equal results and states at every step; returns both sides' states and results.</summary>
-    static (List<ShadowState> States, List<ShadowResult> Results) RunBoth(ShadowConfig config, params ShadowOp[] ops)
+    internal static (List<ShadowState> States, List<ShadowResult> Results) RunBoth(ShadowConfig config, params ShadowOp[] ops)
     {
         var states = new List<ShadowState>();
         var results = new List<ShadowResult>();
