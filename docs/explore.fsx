@@ -92,3 +92,17 @@ let afterEdit =
       ShadowOp.Invlpg(gva)
       ShadowOp.GuestAccess(Access.Read(gva, Privilege.User)) ] |> List.fold run shadowed
 printfn "unsync pages: %d" (afterEdit.Pages.Values |> Seq.filter (fun p -> p.Unsync) |> Seq.length)
+// 5. Cached roots: a second address space (its PML4 at 0x5000 shares the PDPT) with PCIDs. A
+//    NOFLUSH switch away and back reuses the cached root; an INVPCID of the first PCID while the other
+//    runs makes the kept root "unsync" (seed 001), so the switch back syncs it before use.
+let pcids =
+    [ ShadowOp.GuestStore(0x5008UL, 0x2000UL ||| P ||| W ||| U, 8) :> ShadowOp
+      ShadowOp.GuestSetPaging(controls, 0x1001UL, true)                 // CR4.PCIDE, PCID 1
+      ShadowOp.GuestAccess(Access.Read(gva, Privilege.User))
+      ShadowOp.GuestMovCr3(0x5002UL ||| ShadowOp.GuestMovCr3.NoFlush)  // PCID 2, keep PCID 1's TLB
+      ShadowOp.GuestStore(0x4020UL, 0x125000UL ||| P ||| W ||| U ||| 0x20UL, 8)
+      ShadowOp.Invpcid(ShadowOp.Invpcid.SingleContext, 1UL, 0UL) ] |> List.fold run afterEdit
+printfn "roots: %O" pcids.Roots
+let back = run pcids (ShadowOp.GuestMovCr3(0x1001UL ||| ShadowOp.GuestMovCr3.NoFlush))
+printfn "roots: %O" back.Roots
+run back (ShadowOp.GuestAccess(Access.Read(gva, Privilege.User))) |> ignore

@@ -8,11 +8,13 @@ namespace MmuSpec.Bench;
 /// Entry point: BenchmarkDotNet's switcher, so every BDN option works
 /// (e.g. <c>dotnet run -c Release --project bench/MmuSpec.Bench -- --filter '*'</c>).
 /// <c>--quick</c> adds a short job (1 launch, 3 warmup, 10 measured iterations) and, when no other
-/// argument is given, runs every benchmark.
+/// argument is given, runs every benchmark. <c>--roots-workload</c> runs no benchmark: it prints the cached-root
+/// workload's rebuild counts per root policy (<see cref="CachedRootWorkload.RunReport"/>).
 /// </summary>
 public static class Program
 {
     public const string QuickFlag = "--quick";
+    public const string RootsWorkloadFlag = "--roots-workload";
 
     /// <summary>The job <c>--quick</c> runs: enough for a ratio on a noisy machine, a few minutes in all.</summary>
     public static Job QuickJob { get; } = Job.Default
@@ -23,6 +25,9 @@ public static class Program
 
     public static int Main(string[] args)
     {
+        if (args.Contains(RootsWorkloadFlag))
+            return CachedRootWorkload.RunReport(Console.Out);
+
         bool quick = args.Contains(QuickFlag);
         string[] rest = args.Where(a => a != QuickFlag).ToArray();
 

@@ -57,8 +57,8 @@ public abstract record ShadowOp
     {
         public const ulong NoFlush = 1UL << 63;
 
-        public override string ToString() =>
-            $"guest MOV CR3 {Bits.Hex(Cr3 & ~NoFlush)}{((Cr3 & NoFlush) != 0 ? " NOFLUSH" : "")} (pcid {Cr3 & 0xFFF})";
+        /// <summary>The operand without bit 63; with CR4.PCIDE its bits 11:0 are the PCID.</summary>
+        public override string ToString() => $"guest MOV CR3 {Bits.Hex(Cr3 & ~NoFlush)}{((Cr3 & NoFlush) != 0 ? " | NOFLUSH (bit 63)" : "")}";
     }
 
     /// <summary>INVPCID with descriptor (<paramref name="Pcid"/>, <paramref name="Gva"/>); <paramref name="Type"/> is the register operand (0..3 valid).</summary>

@@ -246,7 +246,9 @@ internal sealed class ShadowCaseBuilder
             {
                 // A PCID per space, sometimes one another space has (two address spaces, one TLB tag).
                 var withPcid = spaces.Where(s => s.Mode.IsLongMode()).ToList();
-                cr3 |= withPcid.Count > 0 && rng.Next(5) == 0 ? (ulong)withPcid[rng.Next(withPcid.Count)].Pcid : (ulong)((spaces.Count + 1) & 0xFFF);
+                // Small PCIDs mostly, sometimes any of the 12 bits (so a PCID compared on fewer bits shows).
+                ulong own = rng.Next(3) == 0 ? (ulong)rng.Next(1, 0x1000) : (ulong)(spaces.Count + 1);
+                cr3 |= withPcid.Count > 0 && rng.Next(5) == 0 ? (ulong)withPcid[rng.Next(withPcid.Count)].Pcid : own;
             }
             else if (mode.IsLongMode() && rng.Next(5) == 0) cr3 |= 0x18;   // PWT/PCD, ignored
         }

@@ -144,6 +144,37 @@ public sealed class CachedRootTests(ITestOutputHelper output)
         Assert.Equal(invpcid ? Mapped(0x40_2000, faulted: true) : Mapped(0x40_0000, faulted: false), results[^1]);
     }
 
+    /// <summary>
+    /// What neither oracle flags (docs/shadow-model.md, "What the layer does not demand"): B (PCID 2) and
+    /// A (PCID 1) share a page table. While B runs, PT[0] is not present; B only maps PT[1], so its shadow
+    /// path links the shared level-1 page. Then A runs, the guest maps PT[0], A touches it, and the guest
+    /// changes PT[0] again without a flush (the page goes unsync, A's entry is stale). A NOFLUSH switch
+    /// back to B serves A's stale entry through the shared page: a translation PCID 2 never could have
+    /// cached, since PT[0] never held it while PCID 2 was current (SDM §4.10.1 tags a TLB entry with the
+    /// PCID current when it is created). KVM does the same (fast_pgd_switch reuses B without a sync); the
+    /// model follows KVM and oracle 2 accepts it, reading a PCID's TLB as anything the tables gave since
+    /// that PCID's last flush.
+    /// </summary>
+    [Fact]
+    public void A_NOFLUSH_switch_can_serve_a_translation_the_PCID_never_cached_as_KVM_does()
+    {
+        ShadowOp[] boot = [.. Boot(cr3: PmlB | 2)];
+        var (_, results) = RunBoth(Config(ShadowRootPolicy.KeepAndResync),
+        [
+            .. boot.Take(boot.Length - 1),
+            Store(Pt, 0),                                         // PT[0] not present while B runs
+            boot[^1],
+            Read(0x1000),                                         // B's shadow path reaches the shared PT
+            Mov(PmlA | 1 | NoFlush),
+            Store(Pt, 0x40_0000 | T | D),                         // PT[0] mapped (the PT goes unsync)
+            Read(0),                                              // A fills it: the PT is synced, entry 0 = 0x400000
+            Store(Pt, 0x40_2000 | T | D),                         // changed without a flush: unsync, A's entry stale
+            Mov(PmlB | 2 | NoFlush),
+            Read(0),
+        ]);
+        Assert.Equal(Mapped(0x40_0000, faulted: false), results[^1]);
+    }
+
     [Fact]
     public void INVPCID_of_one_address_in_another_PCID_resyncs_only_that_entry_of_its_cached_root()
     {
