@@ -227,9 +227,9 @@ public class CachedRootBenchmarks
 /// impl. Each invocation runs the workload's operations from the populated state: the impl on a fresh VM
 /// (created and populated by an [IterationSetup] on the class's pool, outside the timing; BDN then runs one
 /// invocation per iteration, and each benchmark gets a JIT warm-up, <see cref="CachedRootWarmUp"/>: the impl's
-/// workload needs about a second of runs to reach tier-1 code, which <see cref="ShadowWarmUp"/>'s 1 s minimum
-/// only just misses), the spec
-/// from its populated state (immutable; an empty [IterationSetup] keeps it in the same job group). Time per
+/// workload needs about a second of runs to reach tier-1 code, and with <see cref="ShadowWarmUp"/>'s 1 s minimum
+/// BDN measured tier-0 code), the spec from its populated state (immutable; an empty [IterationSetup] keeps it in
+/// the same job group). Time per
 /// operation (OperationsPerInvoke = the workload's length). Setup runs the workload on both sides under the
 /// policy and checks that every result agrees (and the cached roots after every operation), then re-runs the
 /// impl twice on fresh VMs and checks every outcome and the root statistics against the checked run.
@@ -258,14 +258,14 @@ public class CachedRootWorkloadBenchmarks
     public void SetupSpec()
     {
         Setup();
-        CachedRootWarmUp.Run($"{nameof(SpecWorkload)} ({Policy})", () => { }, () => SpecWorkload(), Console.Out);
+        CachedRootWarmUp.Run($"{nameof(SpecWorkload)} ({Policy})", () => { }, () => SpecWorkload(), Console.Out, minRuns: 40);
     }
 
     [GlobalSetup(Target = nameof(ImplWorkload))]
     public void SetupImpl()
     {
         Setup();
-        CachedRootWarmUp.Run($"{nameof(ImplWorkload)} ({Policy})", FreshImpl, () => ImplWorkload(), Console.Out);
+        CachedRootWarmUp.Run($"{nameof(ImplWorkload)} ({Policy})", FreshImpl, () => ImplWorkload(), Console.Out, minRuns: 300);
     }
 
     [GlobalCleanup]
@@ -732,16 +732,16 @@ public sealed class CachedRootWorkload
     /// <summary>What <see cref="RunChecked"/> found.</summary>
     public sealed record CheckedRun(
         ImplPolicy Policy, ShadowRootStats Stats, ShadowRootStats PopulateStats, ShadowOutcome[] ImplOutcomes, ShadowState SpecStart,
-        List<string> Disagreements, int RootDisagreements, Dictionary<string, int> ResultKinds, double SpecMilliseconds,
+        List<string> Disagreements, int RootDisagreements, Dictionary<string, int> ResultKinds,
         long ShadowPages, long UnsyncPagesAtEnd);
 
     /// <summary>What <see cref="TimeImpl"/> measured: the median time of a whole run, and the mean time and count per run of each kind of operation.</summary>
-    public sealed record ImplTiming(double MedianMilliseconds, Dictionary<string, (double MeanNs, int Count)> NsPerKind);
+    public sealed record ImplTiming(double MedianMilliseconds, Dictionary<string, (double MeanNs, double MedianNs, int Count)> NsPerKind);
 
     /// <summary>
     /// A fresh rig under <paramref name="policy"/> (spec and impl), the populate, then every operation on both
     /// sides: the results compared (<see cref="CachedRootOp.Describe(ShadowResult)"/>) and the cached roots after
-    /// each. Stats are the impl's over the operations only; the spec's time is the sum of its steps.
+    /// each. Stats are the impl's over the operations only.
     /// </summary>
     public static CheckedRun RunChecked(CachedRootWorkload workload, ImplPolicy policy, NativePagePool pool)
     {
@@ -752,7 +752,6 @@ public sealed class CachedRootWorkload
         ShadowState specStart;
         ShadowRootStats stats, populateStats;
         long pages, unsync = 0;
-        double specMs;
         using (var rig = new CachedRootRig(workload.Guest, policy, pool, withSpec: true))
         {
             rig.Populate();
@@ -760,15 +759,12 @@ public sealed class CachedRootWorkload
             specStart = rig.Spec!;
             populateStats = rig.Vm.RootStats;
             var spec = specStart;
-            var specTime = new Stopwatch();
             for (int i = 0; i < workload.Ops.Length; i++)
             {
                 var op = workload.Ops[i];
                 var outcome = op.Apply(rig.Vm);
                 outcomes[i] = outcome;
-                specTime.Start();
                 var (after, result) = spec.Step(op.ToSpec());
-                specTime.Stop();
                 spec = after;
                 string s = CachedRootOp.Describe(result), m = CachedRootOp.Describe(outcome);
                 string kind = $"{op.Kind}: {KindOf(s)}";
@@ -782,7 +778,6 @@ public sealed class CachedRootWorkload
                         disagreements.Add($"op {i} ({op}): cached roots: spec {specRoots} / impl {implRoots}");
                 }
             }
-            specMs = specTime.Elapsed.TotalMilliseconds;
             stats = CachedRootRig.Delta(rig.Vm.RootStats, populateStats);
             pages = rig.Vm.ShadowPages;
             rig.Vm.VisitPages((p, _) => unsync += p.Unsync ? 1 : 0);
@@ -790,7 +785,7 @@ public sealed class CachedRootWorkload
                 disagreements.Add($"after the workload: {spec.Pages.Count} spec pages, {pages} impl pages");
         }
 
-        return new CheckedRun(policy, stats, populateStats, outcomes, specStart, disagreements, rootDisagreements, kinds, specMs, pages, unsync);
+        return new CheckedRun(policy, stats, populateStats, outcomes, specStart, disagreements, rootDisagreements, kinds, pages, unsync);
     }
 
     /// <summary>
@@ -814,7 +809,7 @@ public sealed class CachedRootWorkload
         }
         // Where the time goes: each operation timed on its own (a timestamp pair adds some tens of ns), over
         // TimedRuns more fresh VMs, summed per kind and result.
-        var perKind = new Dictionary<string, (long Ticks, int Count)>();
+        var perKind = new Dictionary<string, List<long>>();
         for (int run = 0; run < TimedRuns; run++)
         {
             using var rig = new CachedRootRig(workload.Guest, policy, pool, withSpec: false);
@@ -826,13 +821,19 @@ public sealed class CachedRootWorkload
                 workload.Ops[i].Apply(vm);
                 long ticks = Stopwatch.GetTimestamp() - t0;
                 string kind = KindName(workload.Ops[i], expected[i]);
-                var (sum, count) = perKind.GetValueOrDefault(kind);
-                perKind[kind] = (sum + ticks, count + 1);
+                if (!perKind.TryGetValue(kind, out var samples))
+                    perKind.Add(kind, samples = []);
+                samples.Add(ticks);
             }
         }
         Array.Sort(times);
         double implMs = times[TimedRuns / 2];
-        return new ImplTiming(implMs, perKind.ToDictionary(k => k.Key, k => (k.Value.Ticks * 1e9 / Stopwatch.Frequency / k.Value.Count, k.Value.Count / TimedRuns)));
+        double ns = 1e9 / Stopwatch.Frequency;
+        return new ImplTiming(implMs, perKind.ToDictionary(k => k.Key, k =>
+        {
+            k.Value.Sort();
+            return (k.Value.Average() * ns, k.Value[k.Value.Count / 2] * ns, k.Value.Count / TimedRuns);
+        }));
     }
 
     static double TimestampPairNs()
@@ -877,7 +878,7 @@ public sealed class CachedRootWorkload
         {
             CachedRootRig? rig = null;
             CachedRootWarmUp.Run($"the impl's workload ({r.Policy})", () => { rig?.Dispose(); rig = new CachedRootRig(workload.Guest, r.Policy, pool, withSpec: false); rig.Populate(); },
-                () => { foreach (var op in workload.Ops) op.Apply(rig!.Vm); return rig!; }, output);
+                () => { foreach (var op in workload.Ops) op.Apply(rig!.Vm); return rig!; }, output, minRuns: 300);
             rig?.Dispose();
         }
         var timings = runs.Select(r => TimeImpl(workload, r.Policy, pool, r.ImplOutcomes)).ToArray();
@@ -897,13 +898,13 @@ public sealed class CachedRootWorkload
             $"INVPCID address {Invpcid(ShadowOp.Invpcid.IndividualAddress)}, INVLPG {Count(CachedRootOpKind.Invlpg)}, " +
             $"full flushes {Count(CachedRootOpKind.FlushTlb) + Invpcid(ShadowOp.Invpcid.AllContexts)} (FlushTlb {Count(CachedRootOpKind.FlushTlb)}, INVPCID all {Invpcid(ShadowOp.Invpcid.AllContexts)})");
         output.WriteLine();
-        output.WriteLine("| Policy        | Builds | CachedSwitches | Resyncs | Freed | PagesCreated | Pages at end | Unsync at end | Spec = impl (results, roots) | Impl run (median of 21) | Spec run |");
-        output.WriteLine("|---------------|-------:|---------------:|--------:|------:|-------------:|-------------:|--------------:|------------------------------|------------------------:|---------:|");
+        output.WriteLine("| Policy        | Builds | CachedSwitches | Resyncs | Freed | PagesCreated | Pages at end | Unsync at end | Spec = impl (results, roots) | Impl run (median of 21) |");
+        output.WriteLine("|---------------|-------:|---------------:|--------:|------:|-------------:|-------------:|--------------:|------------------------------|------------------------:|");
         foreach (var (r, t) in runs.Zip(timings))
         {
             string agree = r.Disagreements.Count == 0 ? $"yes, all {ops.Length}" : $"NO: {r.Disagreements.Count - Math.Min(r.RootDisagreements, 5)} results, {r.RootDisagreements} roots";
             output.WriteLine($"| {r.Policy,-13} | {r.Stats.Builds,6} | {r.Stats.CachedSwitches,14} | {r.Stats.Resyncs,7} | {r.Stats.Freed,5} | {r.Stats.PagesCreated,12} | " +
-                $"{r.ShadowPages,12} | {r.UnsyncPagesAtEnd,13} | {agree,-28} | {t.MedianMilliseconds,20:F3} ms | {r.SpecMilliseconds,5:F0} ms |");
+                $"{r.ShadowPages,12} | {r.UnsyncPagesAtEnd,13} | {agree,-28} | {t.MedianMilliseconds,20:F3} ms |");
         }
         var up = runs[0].Stats;
         var keep = runs[1].Stats;
@@ -915,13 +916,14 @@ public sealed class CachedRootWorkload
         output.WriteLine("Results per operation kind (spec's, Upstream | KeepAndResync):");
         foreach (var kind in runs.SelectMany(r => r.ResultKinds.Keys).Distinct().Order(StringComparer.Ordinal))
             output.WriteLine($"  {kind}: {runs[0].ResultKinds.GetValueOrDefault(kind)} | {runs[1].ResultKinds.GetValueOrDefault(kind)}");
-        output.WriteLine($"Impl time per operation kind (mean ns, each operation timed on its own, {TimedRuns} fresh VMs; count per run), Upstream | KeepAndResync;");
+        output.WriteLine($"Impl time per operation kind (count per run, mean and median ns; each operation timed on its own over {TimedRuns} fresh VMs), Upstream | KeepAndResync;");
         output.WriteLine($"each figure includes a timestamp pair, {TimestampPairNs():F0} ns here (median of 10,000 empty pairs):");
         foreach (var kind in timings.SelectMany(t => t.NsPerKind.Keys).Distinct().Order(StringComparer.Ordinal))
         {
-            var (upNs, upCount) = timings[0].NsPerKind.GetValueOrDefault(kind);
-            var (keepNs, keepCount) = timings[1].NsPerKind.GetValueOrDefault(kind);
-            output.WriteLine($"  {kind,-16}: {upNs,9:F0} ns x {upCount,4} = {upNs * upCount / 1000,7:F1} us | {keepNs,9:F0} ns x {keepCount,4} = {keepNs * keepCount / 1000,7:F1} us");
+            var (upNs, upMedian, upCount) = timings[0].NsPerKind.GetValueOrDefault(kind);
+            var (keepNs, keepMedian, keepCount) = timings[1].NsPerKind.GetValueOrDefault(kind);
+            output.WriteLine($"  {kind,-16}: {upCount,4} x mean {upNs,6:F0} ns (median {upMedian,5:F0}) = {upNs * upCount / 1000,6:F1} us | " +
+                $"{keepCount,4} x mean {keepNs,6:F0} ns (median {keepMedian,5:F0}) = {keepNs * keepCount / 1000,6:F1} us");
         }
         bool ok = true;
         foreach (var r in runs.Where(r => r.Disagreements.Count != 0))
@@ -954,21 +956,21 @@ public sealed class CachedRootWorkload
 
 /// <summary>
 /// JIT warm-up for the workload (one invocation per iteration under BDN, and single runs in <c>--roots-workload</c>):
-/// runs <c>reset</c> then <c>body</c> for at least <see cref="MinTime"/> and <see cref="Runs"/> runs (at most
+/// runs <c>reset</c> then <c>body</c> for at least <see cref="MinTime"/> and <c>minRuns</c> runs (at most
 /// <see cref="MaxTime"/>, at least 3 runs), and prints the first run and the median of the last ten. The impl's
-/// workload takes about a second of runs to reach tier-1 code (0.7 s-1 s in a probe: runs of 5-18 ms, then
-/// 0.5-0.7 ms), longer than <see cref="ShadowWarmUp"/>'s minimum, with which BDN measured tier-0 code.
+/// workload takes about a second, some 50-75 runs on fresh VMs, to reach tier-1 code (a probe: runs of 4-18 ms,
+/// then 0.5-0.7 ms), longer than <see cref="ShadowWarmUp"/>'s minimum, with which BDN measured tier-0 code; the
+/// impl gets 300 runs.
 /// </summary>
 internal static class CachedRootWarmUp
 {
-    const int Runs = 40;
     static readonly TimeSpan MinTime = TimeSpan.FromSeconds(3), MaxTime = TimeSpan.FromSeconds(15);
 
-    public static void Run(string name, Action reset, Func<object> body, TextWriter log)
+    public static void Run(string name, Action reset, Func<object> body, TextWriter log, int minRuns)
     {
         var total = Stopwatch.StartNew();
         var times = new List<double>();
-        while ((times.Count < Runs || total.Elapsed < MinTime) && !(times.Count >= 3 && total.Elapsed >= MaxTime))
+        while ((times.Count < minRuns || total.Elapsed < MinTime) && !(times.Count >= 3 && total.Elapsed >= MaxTime))
         {
             reset();
             long start = Stopwatch.GetTimestamp();
