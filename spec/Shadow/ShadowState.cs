@@ -187,8 +187,10 @@ public sealed record ShadowState(
         return state;
     }
 
-    /// <summary>Sync reachable: the current root is synced.</summary>
-    ShadowState SyncReachable() => Roots.Current is { } current ? SyncRootPages(current.Root) : this;
+    /// <summary>Sync reachable: the current root is synced (its pages; its unsync flag, if set, clears).</summary>
+    ShadowState SyncReachable() => Roots.Current is { } current
+        ? SyncRootPages(current.Root) with { Roots = Roots with { Current = current.WithUnsync(false) } }
+        : this;
 
     /// <summary>The pages reachable from <paramref name="starts"/> through table entries, the starts included.</summary>
     public IEnumerable<ShadowKey> Reachable(IEnumerable<ShadowKey> starts)
@@ -334,8 +336,8 @@ public sealed record ShadowState(
         if (state.Roots.Current is { } now && !now.Root.Equals(RootPagesFor(cpu)))
             state = state with { Roots = state.Roots with { Current = null } };
         // Seed 001: a root kept through a flush is synced before it is used again.
-        if (state.Roots.Current is { Unsync: true } stale)
-            state = state.SyncRootPages(stale.Root) with { Roots = state.Roots with { Current = stale.WithUnsync(false) } };
+        if (state.Roots.Current is { Unsync: true })
+            state = state.SyncReachable();
         return state.Running();
     }
 
