@@ -35,7 +35,7 @@ public static class CheckCommand
         });
         var json = Cli.Flag("--json", "print the summary as JSON on stdout");
 
-        var command = new Command("check", "Run a differential campaign: random operation sequences (guest walks, TDP MMU) on spec and impl, compared after every step.");
+        var command = new Command("check", "Run a differential campaign: random operation sequences (guest walks, TDP MMU, shadow MMU with cached roots) on spec and impl, compared after every step.");
         foreach (var o in new Option[] { seed, count, time, property, batch, json }) command.Add(o);
         command.SetAction(p =>
         {
