@@ -214,11 +214,6 @@ public class CachedRootBenchmarks
             throw new InvalidOperationException($"impl: {name} allocated {bytes} B in 10 warm invocations");
     }
 
-    /// <summary>Shows Ratio as "Nx faster" rather than a 0.01-resolution fraction.</summary>
-    sealed class RatioAsTrendConfig : ManualConfig
-    {
-        public RatioAsTrendConfig() => SummaryStyle = SummaryStyle.Default.WithRatioStyle(RatioStyle.Trend);
-    }
 }
 
 /// <summary>
@@ -339,11 +334,6 @@ public class CachedRootWorkloadBenchmarks
         Console.WriteLine($"// CachedRoot workload ({Policy}): {Ops} operations, {_workload.Guest.Spaces.Count} address spaces; root stats over the operations {_expectedStats}");
     }
 
-    /// <summary>Shows Ratio as "Nx faster" rather than a 0.01-resolution fraction.</summary>
-    sealed class RatioAsTrendConfig : ManualConfig
-    {
-        public RatioAsTrendConfig() => SummaryStyle = SummaryStyle.Default.WithRatioStyle(RatioStyle.Trend);
-    }
 }
 
 /// <summary>

@@ -205,11 +205,6 @@ public class ShadowBenchmarks
         _rig.Print($"{Mode}, {LeafTables} leaf tables");
     }
 
-    /// <summary>Shows Ratio as "Nx faster" rather than a 0.01-resolution fraction.</summary>
-    sealed class RatioAsTrendConfig : ManualConfig
-    {
-        public RatioAsTrendConfig() => SummaryStyle = SummaryStyle.Default.WithRatioStyle(RatioStyle.Trend);
-    }
 }
 
 /// <summary>
@@ -625,11 +620,6 @@ public class ShadowLong4Benchmarks
         _rig.Print($"Long4 one page table per page ({kind} stores)");
     }
 
-    /// <summary>Shows Ratio as "Nx faster" rather than a 0.01-resolution fraction.</summary>
-    sealed class RatioAsTrendConfig : ManualConfig
-    {
-        public RatioAsTrendConfig() => SummaryStyle = SummaryStyle.Default.WithRatioStyle(RatioStyle.Trend);
-    }
 }
 
 /// <summary>

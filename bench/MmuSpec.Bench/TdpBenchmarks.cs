@@ -319,9 +319,4 @@ public class TdpBenchmarks
             throw new InvalidOperationException($"native page leak: {pool.PagesInUse} pages still in use after the check");
     }
 
-    /// <summary>Shows Ratio as "Nx faster" rather than a 0.01-resolution fraction.</summary>
-    sealed class RatioAsTrendConfig : ManualConfig
-    {
-        public RatioAsTrendConfig() => SummaryStyle = SummaryStyle.Default.WithRatioStyle(RatioStyle.Trend);
-    }
 }

@@ -156,11 +156,6 @@ public class WalkBenchmarks
         _ => throw new ArgumentOutOfRangeException(nameof(mode), mode, null),
     };
 
-    /// <summary>Shows Ratio as "Nx faster" rather than a 0.01-resolution fraction.</summary>
-    sealed class RatioAsTrendConfig : ManualConfig
-    {
-        public RatioAsTrendConfig() => SummaryStyle = SummaryStyle.Default.WithRatioStyle(RatioStyle.Trend);
-    }
 
     /// <summary>
     /// Before measuring: both sides translate every gva, for read and write, to the expected gpa and
