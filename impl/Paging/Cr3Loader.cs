@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 
 namespace MmuSpec.Impl.Paging;
@@ -21,17 +22,10 @@ internal static class Cr3Loader
 
     public static Result TryLoad(WalkContext ctx, GuestPhysicalMemory memory, ulong cr3, out ulong root, out PdpteRegisters pdptes)
     {
-        root = 0;
         pdptes = default;
-
-        if (!ctx.WideLinearAddresses && cr3 > uint.MaxValue)
-            return Result.OutOfRange;
-        if ((cr3 & ctx.Cr3ReservedMask) != 0)
-            return Result.GeneralProtection;
-
-        root = cr3 & ctx.RootAddressMask;
-        if (!ctx.UsesPdpteRegisters)
-            return Result.Loaded;
+        Result result = TryRoot(ctx, cr3, out root);
+        if (result != Result.Loaded || !ctx.UsesPdpteRegisters)
+            return result;
 
         for (int i = 0; i < PdpteRegisters.Count; i++)
         {
@@ -42,6 +36,22 @@ internal static class Cr3Loader
                 return Result.GeneralProtection;
             pdptes[i] = pdpte;
         }
+        return Result.Loaded;
+    }
+
+    /// <summary>
+    /// The part of the rule every mode shares: the value must be representable and have no reserved bit; the
+    /// root table address is then CR3 under the mode's mask. (PAE's PDPTE registers are <see cref="TryLoad"/>'s.)
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Result TryRoot(WalkContext ctx, ulong cr3, out ulong root)
+    {
+        root = 0;
+        if (!ctx.WideLinearAddresses && cr3 > uint.MaxValue)
+            return Result.OutOfRange;
+        if ((cr3 & ctx.Cr3ReservedMask) != 0)
+            return Result.GeneralProtection;
+        root = cr3 & ctx.RootAddressMask;
         return Result.Loaded;
     }
 }

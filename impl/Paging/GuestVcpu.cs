@@ -117,20 +117,25 @@ public sealed partial class GuestVcpu
     }
 
     /// <summary>
-    /// MOV to CR3 under the current controls, for the shadow MMU's MOV CR3 hot path: outside PAE paging this is
-    /// <see cref="Cr3Loader"/>'s rule inline (reserved bits, root address) without re-committing the unchanged
-    /// context (a GC write barrier) or zeroing PDPTE registers it does not load; PAE paging (and a CR3 that is
-    /// out of range) goes through <see cref="LoadCr3"/>.
+    /// MOV to CR3 under the current controls, for the shadow MMU's MOV CR3 hot path: outside PAE paging only
+    /// <see cref="Cr3Loader.TryRoot"/>'s part of the rule applies, so this stores CR3 and the root without
+    /// re-committing the unchanged context (a GC write barrier) or zeroing PDPTE registers it does not load; PAE
+    /// paging (and a CR3 that is out of range, which throws) goes through <see cref="LoadCr3"/>.
     /// </summary>
     internal bool MovCr3(ulong cr3)
     {
         WalkContext ctx = _context;
-        if (ctx.UsesPdpteRegisters || (!ctx.WideLinearAddresses && cr3 > uint.MaxValue))
+        if (ctx.UsesPdpteRegisters)
             return LoadCr3(cr3);
-        if ((cr3 & ctx.Cr3ReservedMask) != 0)
-            return false;
+        switch (Cr3Loader.TryRoot(ctx, cr3, out ulong root))
+        {
+            case Cr3Loader.Result.OutOfRange:
+                return LoadCr3(cr3);
+            case Cr3Loader.Result.GeneralProtection:
+                return false;
+        }
         _cr3 = cr3;
-        _rootTable = cr3 & ctx.RootAddressMask;
+        _rootTable = root;
         return true;
     }
 

@@ -67,6 +67,13 @@ public sealed record ShadowRoots(ShadowRootInfo? Current, ImmutableList<ShadowRo
     public ShadowRoots Free(Func<ShadowRootInfo, bool> which) =>
         new(Current is { } c && which(c) ? null : Current, Previous.RemoveAll(r => which(r)));
 
+    /// <summary>Every previous root that <paramref name="which"/> selects is freed; the later ones move up.</summary>
+    public ShadowRoots FreePrevious(Func<ShadowRootInfo, bool> which) => this with { Previous = Previous.RemoveAll(r => which(r)) };
+
+    /// <summary>Every previous root that <paramref name="which"/> selects is flagged unsync.</summary>
+    public ShadowRoots FlagPrevious(Func<ShadowRootInfo, bool> which) =>
+        this with { Previous = Previous.Select(r => which(r) ? r.WithUnsync(true) : r).ToImmutableList() };
+
     public bool Equals(ShadowRoots? other) =>
         other is not null && Equals(Current, other.Current) && Previous.SequenceEqual(other.Previous);
     public override int GetHashCode() => Previous.Count;

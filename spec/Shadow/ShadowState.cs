@@ -279,7 +279,10 @@ public sealed record ShadowState(
     }
 
     /// <summary>The role of a root for these controls: the base role with the root level (2 for PAE and 32-bit guests).</summary>
-    static ShadowRole RootRole(PagingControls c) => ShadowRole.Base(c).WithLevel(c.Mode.IsLongMode() ? c.Mode.RootLevel() : 2);
+    static ShadowRole RootRole(PagingControls c) => ShadowRole.Base(c).WithLevel(RootLevelOf(c));
+
+    /// <summary>The level of a root's pages: the guest's root level in IA-32e paging, 2 for PAE and 32-bit guests (the pae_root's entries).</summary>
+    static int RootLevelOf(PagingControls c) => c.Mode.IsLongMode() ? c.Mode.RootLevel() : 2;
 
     /// <summary>
     /// KVM's mmu_alloc_shadow_roots then kvm_mmu_sync_roots, for the guest's current paging state:
@@ -352,8 +355,8 @@ public sealed record ShadowState(
         if (!GuestPcide) return state;     // every MOV CR3 flushes: each previous root is synced when switched in
         bool OfPcid(ShadowRootInfo r) => r.Pcid(GuestPcide) == pcid;
         return Config.RootPolicy == ShadowRootPolicy.Upstream
-            ? state with { Roots = state.Roots with { Previous = state.Roots.Previous.RemoveAll(OfPcid) } }
-            : state.FlagPrevious(r => OfPcid(r) && state.ReachesUnsync(r));
+            ? state with { Roots = state.Roots.FreePrevious(OfPcid) }
+            : state with { Roots = state.Roots.FlagPrevious(r => OfPcid(r) && state.ReachesUnsync(r)) };
     }
 
     /// <summary>
@@ -365,21 +368,18 @@ public sealed record ShadowState(
     {
         var state = SyncReachable();
         return Config.RootPolicy == ShadowRootPolicy.Upstream
-            ? state with { Roots = state.Roots with { Previous = state.Roots.Previous.RemoveAll(state.ReachesUnsync) } }
-            : state.FlagPrevious(state.ReachesUnsync);
+            ? state with { Roots = state.Roots.FreePrevious(state.ReachesUnsync) }
+            : state with { Roots = state.Roots.FlagPrevious(state.ReachesUnsync) };
     }
 
     /// <summary>KVM's is_unsync_root: some page reachable from the root's pages is unsync (so it may serve a stale translation).</summary>
     public bool ReachesUnsync(ShadowRootInfo root) => Reachable(root.Root.Pages.OfType<ShadowKey>()).Any(k => Pages[k].Unsync);
 
-    ShadowState FlagPrevious(Func<ShadowRootInfo, bool> which) =>
-        this with { Roots = Roots with { Previous = Roots.Previous.Select(r => which(r) ? r.WithUnsync(true) : r).ToImmutableList() } };
-
     // ---- the shadow tables' geometry ----
 
     static int ShadowIndex(int level, ulong gva) => (int)((gva >> (12 + 9 * (level - 1))) & 511);
 
-    int RootLevel => GuestCpu!.Controls.Mode.IsLongMode() ? GuestCpu.Controls.Mode.RootLevel() : 2;
+    int RootLevel => RootLevelOf(GuestCpu!.Controls);
 
     /// <summary>The page of <paramref name="root"/> that translates <paramref name="gva"/> (PAE and 32-bit: by gva bits 31:30).</summary>
     static ShadowKey? RootPageFor(ShadowRoot? root, ulong gva) =>
