@@ -11,12 +11,15 @@ public sealed class PropertyFailedException(string message) : Exception(message)
 /// <summary>
 /// Runs one FsCheck property with our runner. The environment decides depth and replay, so CI
 /// and a developer's shell run the same tests differently without code changes:
-/// <c>MMUSPEC_MAX_TEST</c> (cases per property) and <c>MMUSPEC_REPLAY</c> ("seed,gamma,size").
+/// <c>MMUSPEC_MAX_TEST</c> (cases per property), <c>MMUSPEC_REPLAY</c> ("seed,gamma,size": one case)
+/// and <c>MMUSPEC_SEED</c> (a fixed start for every property's random stream, so a whole test run draws
+/// the same cases each time; mutation testing relies on it).
 /// </summary>
 public static class PropertyCheck
 {
     public const string MaxTestVariable = "MMUSPEC_MAX_TEST";
     public const string ReplayVariable = "MMUSPEC_REPLAY";
+    public const string SeedVariable = "MMUSPEC_SEED";
 
     /// <summary>Cases per property: MMUSPEC_MAX_TEST if set, else <paramref name="defaultCount"/>.</summary>
     public static int MaxTest(int defaultCount)
@@ -31,6 +34,36 @@ public static class PropertyCheck
     {
         string? v = Environment.GetEnvironmentVariable(ReplayVariable);
         return string.IsNullOrWhiteSpace(v) ? null : ParseReplay(v);
+    }
+
+    /// <summary>MMUSPEC_SEED (decimal or 0x hex) if set, else null.</summary>
+    public static ulong? SeedFromEnvironment()
+    {
+        string? v = Environment.GetEnvironmentVariable(SeedVariable)?.Trim();
+        if (string.IsNullOrEmpty(v)) return null;
+        bool hex = v.StartsWith("0x", StringComparison.OrdinalIgnoreCase);
+        return ulong.TryParse(hex ? v[2..] : v, hex ? NumberStyles.AllowHexSpecifier : NumberStyles.None, CultureInfo.InvariantCulture, out ulong seed)
+            ? seed : throw new ArgumentException($"{SeedVariable}='{v}' is not a number (decimal or 0x hex)");
+    }
+
+    /// <summary>
+    /// Where property <paramref name="name"/>'s random stream starts under a fixed seed: SplitMix64
+    /// of the seed mixed with a hash of the name (FNV-1a, stable across runs, unlike string.GetHashCode),
+    /// so each property draws its own cases and the same seed draws the same ones every run.
+    /// </summary>
+    public static Replay SeededStart(ulong seed, string name)
+    {
+        ulong h = 0xCBF2_9CE4_8422_2325;
+        foreach (char ch in name) h = (h ^ ch) * 0x0000_0100_0000_01B3;
+        ulong s = Mix(seed ^ h);
+        return new Replay(new Rnd(s, Mix(s ^ 0xD1B5_4A32_D192_ED03) | 1), FSharpOption<int>.None);
+    }
+
+    static ulong Mix(ulong z)
+    {
+        z = (z ^ (z >> 30)) * 0xBF58_476D_1CE4_E5B9;
+        z = (z ^ (z >> 27)) * 0x94D0_49BB_1331_11EB;
+        return z ^ (z >> 31);
     }
 
     /// <summary>Parses "seed,gamma,size" (as printed on failure).</summary>
@@ -57,6 +90,7 @@ public static class PropertyCheck
     public static PropertyRunner Check(string name, DiffProperty property, Action<string> output, int maxTest,
         Replay? replay = null, bool throwOnFailure = true, bool verbose = false, Func<object, bool>? holds = null)
     {
+        if (replay is null && SeedFromEnvironment() is { } fixedSeed) replay = SeededStart(fixedSeed, name);
         var runner = new PropertyRunner(name, output, property.Explain, verbose);
         var config = Config.Quick.WithRunner(runner).WithName(name)
             .WithMaxTest(replay is not null && FSharpOption<int>.get_IsSome(replay.Size) ? 1 : maxTest)
