@@ -43,6 +43,16 @@ public interface ITdpVm : IDisposable
     /// <summary>Largest page later faults may install: 12, 21 or 30.</summary>
     TdpStatus SetMaxPageSize(byte pageShift);
 
+    /// <summary>
+    /// The remote TLB flushes issued since the last call (or since the VM was created), and forgets them.
+    /// Each operation that removes a leaf, points a gfn elsewhere, takes away write access or unlinks a
+    /// table flushes what KVM flushes there (docs/tdp-model.md, "TLB flushes"): a huge leaf over its full
+    /// size, an unlinked table over everything it covered, a memslot's range after write-protecting it,
+    /// everything after <see cref="ZapAll"/>. Ranges are gfns with the shared bit stripped and
+    /// cover both roots. Allocates nothing.
+    /// </summary>
+    TdpFlushLog TakeFlushes();
+
     /// <summary>Why the most recent rejected operation was rejected (successful operations leave it as it was).</summary>
     string? LastRejection { get; }
 

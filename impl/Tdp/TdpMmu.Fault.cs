@@ -58,8 +58,10 @@ public sealed unsafe partial class TdpMmu<TFormat>
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
         }
 
-        // A huge leaf of a logging slot goes, and the access continues as a miss (which maps 4 KiB).
+        // A huge leaf of a logging slot goes, flushed over all it mapped (KVM's tdp_mmu_zap_spte_atomic:
+        // kvm_flush_remote_tlbs_gfn(gfn, level)), and the access continues as a miss (which maps 4 KiB).
         pte.Clear();
+        _flushes.Add(pte.Frame & ~_sharedGfnMask, FramesPerEntry(level));
         return Miss(slot, gpa, gfn, write, mirror, pte);
     }
 
@@ -86,9 +88,17 @@ public sealed unsafe partial class TdpMmu<TFormat>
         }
 
         if (stop.Level >= level)
+        {
             RadixTable<TFormat>.MapFrom(ref pages, stop, frame, level, leaf); // the walk stopped at or above the leaf's level: only new tables below
+        }
         else
-            RadixTable<TFormat>.Map(ref pages, root, _rootLevel, frame, level, leaf); // a table sits where the leaf goes: replace it and free its subtree
+        {
+            // A table sits where the leaf goes: replace it and free its subtree. The hardware may hold the
+            // link to that table for any gfn it covered, i.e. the new leaf's whole range: flush it all
+            // (KVM's tdp_mmu_map_handle_target_level, kvm_flush_remote_tlbs_gfn(gfn, level)).
+            RadixTable<TFormat>.Map(ref pages, root, _rootLevel, frame, level, leaf);
+            _flushes.Add(leafGfn, FramesPerEntry(level));
+        }
 
         if (write && logging)
             slot.Dirty!.Mark(gfn - slot.BaseGfn);

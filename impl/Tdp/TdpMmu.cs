@@ -74,6 +74,10 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     // Largest leaf level a fault may install (the mapping policy): 1, 2 or 3.
     private int _policyLevel = LargestLeafLevel;
 
+    // Remote TLB flushes issued since TakeFlushes last ran (docs/tdp-model.md, "TLB flushes"). Inline,
+    // fixed size: recording one allocates nothing.
+    private TdpFlushLog _flushes;
+
     private bool _disposed;
 
     /// <exception cref="ArgumentOutOfRangeException">The shared bit is not null, 47 or 51.</exception>
@@ -118,6 +122,14 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public string? LastRejection { get; private set; }
 
     public long TablePages => _pages.TablesInUse;
+
+    public TdpFlushLog TakeFlushes()
+    {
+        ThrowIfDisposed();
+        TdpFlushLog taken = _flushes;
+        _flushes.Clear();
+        return taken;
+    }
 
     /// <summary>Slabs of table pages the MMU holds (each <see cref="TdpPageAllocator.SlabPages"/> pool pages).</summary>
     public int Slabs => _pages.Slabs;
@@ -201,6 +213,9 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         {
             slot.StartLogging();
             WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
+            // KVM flushes the memslot unconditionally after enabling dirty logging
+            // (kvm_mmu_slot_apply_flags, kvm_flush_remote_tlbs_memslot); no leaf extends past its slot.
+            _flushes.Add(slot.BaseGfn, slot.Pages);
         }
         else
         {
@@ -223,14 +238,18 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         dirty.CopySorted(gfns, slot.BaseGfn);
         dirty.Clear();
         // Write-protect in runs of consecutive gfns: one range walk per run, not one walk per gfn.
+        bool protectedAny = false;
         for (int i = first; i < gfns.Count;)
         {
             int j = i + 1;
             while (j < gfns.Count && gfns[j] == gfns[j - 1] + 1)
                 j++;
-            WriteProtectLeafs(gfns[i], gfns[j - 1] + 1);
+            protectedAny |= WriteProtectLeafs(gfns[i], gfns[j - 1] + 1);
             i = j;
         }
+        // KVM's kvm_get_dirty_log_protect: one flush of the memslot when any entry lost W.
+        if (protectedAny)
+            _flushes.Add(slot.BaseGfn, slot.Pages);
         return TdpStatus.Ok;
     }
 
@@ -244,10 +263,14 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         return TdpStatus.Ok;
     }
 
-    /// <summary>KVM's kvm_tdp_mmu_zap_all: every page and both roots go.</summary>
+    /// <summary>KVM's kvm_tdp_mmu_zap_all: every page and both roots go, and everything is flushed.</summary>
     public TdpStatus ZapAll()
     {
         ThrowIfDisposed();
+        // KVM's zap-all needs no flush because no vCPU runs again (the VM is going away); here the VM goes
+        // on, so this is the fast zap's case: a new root is loaded with a full flush (kvm_mmu_load).
+        if (_directRoot != null || _mirrorRoot != null)
+            _flushes.AddAll();
         FreeRoot(ref _directRoot, mirror: false);
         FreeRoot(ref _mirrorRoot, mirror: true);
         return TdpStatus.Ok;
@@ -308,31 +331,46 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         ZapLeafs(_mirrorRoot, start, end);
     }
 
+    /// <summary>
+    /// Zaps the leaves of one root and flushes each over everything it mapped, which for a huge leaf is
+    /// more than [startFrame, endFrame) (KVM: tdp_mmu_zap_leafs, then a flush of the whole SPTE as in
+    /// kvm_flush_remote_tlbs_gfn(gfn, level)). Flushes name gfns, so the shared bit is stripped.
+    /// </summary>
     private void ZapLeafs(ulong* root, ulong startFrame, ulong endFrame)
     {
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level))
+            {
                 pte.Clear();
+                _flushes.Add(pte.Frame & ~_sharedGfnMask, FramesPerEntry(pte.Level));
+            }
         }
     }
 
-    /// <summary>Clears W of every leaf overlapping gfns [start, end) in both roots.</summary>
-    private void WriteProtectLeafs(ulong start, ulong end)
+    /// <summary>Clears W of every leaf overlapping gfns [start, end) in both roots; true when any had it
+    /// (KVM's wrprot_gfn_range: the caller then flushes).</summary>
+    private bool WriteProtectLeafs(ulong start, ulong end)
     {
         if (!ClipToSlotSpace(ref start, ref end))
-            return;
-        WriteProtectLeafs(_directRoot, start + _sharedGfnMask, end + _sharedGfnMask);
-        WriteProtectLeafs(_mirrorRoot, start, end);
+            return false;
+        bool direct = WriteProtectLeafs(_directRoot, start + _sharedGfnMask, end + _sharedGfnMask);
+        bool mirror = WriteProtectLeafs(_mirrorRoot, start, end);
+        return direct | mirror;
     }
 
-    private void WriteProtectLeafs(ulong* root, ulong startFrame, ulong endFrame)
+    private bool WriteProtectLeafs(ulong* root, ulong startFrame, ulong endFrame)
     {
+        bool changed = false;
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
+            {
                 pte.Write(TFormat.WithWritable(pte.Value, false));
+                changed = true;
+            }
         }
+        return changed;
     }
 
     /// <summary>

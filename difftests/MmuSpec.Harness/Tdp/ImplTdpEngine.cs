@@ -51,6 +51,18 @@ public sealed class ImplTdpEngine : IDisposable
         }
     }
 
+    /// <summary>The remote TLB flushes the impl issued since the last call: null for "everything", else the gfns.</summary>
+    public GfnRanges? TakeFlushes() => Flushed(vm.TakeFlushes());
+
+    /// <summary>A flush log in the spec's vocabulary: null for a flush of everything, else the gfns it named.</summary>
+    public static GfnRanges? Flushed(ImplTdp.TdpFlushLog log)
+    {
+        if (log.FlushedAll) return null;
+        var ranges = new GfnRange[log.Count];
+        for (int i = 0; i < log.Count; i++) ranges[i] = GfnRange.OfCount(log[i].StartGfn, log[i].Count);
+        return GfnRanges.Of(ranges);
+    }
+
     TdpResult Access(ImplTdp.TdpAccessOutcome o, ulong gpa) => o.Status switch
     {
         ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Hpa, PageSizes.FromShift(o.PageShift), o.Faulted),

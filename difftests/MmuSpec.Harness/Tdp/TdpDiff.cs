@@ -18,8 +18,9 @@ public sealed record TdpReport(TdpCase Case, int StepsRun, Divergence? Divergenc
 /// <summary>
 /// Runs a <see cref="TdpCase"/> on the spec's MMU model and the impl's TDP MMU in lock step.
 /// Oracle 1: equal results and equal abstract state after every step. Oracle 2: every mapping
-/// served agrees with the memslots of that moment. Finally every table page must go back to the
-/// pool when the VM is destroyed.
+/// served agrees with the memslots of that moment. TLB flushes: the impl's flushes of every step
+/// cover what the spec says the step must flush (<see cref="TdpTlb.MustFlush"/>). Finally every
+/// table page must go back to the pool when the VM is destroyed.
 /// </summary>
 public static class TdpDiff
 {
@@ -39,6 +40,8 @@ public static class TdpDiff
                 try { var s = spec.Step(op); spec = s.State; specResult = s.Result; sr = Describe(s.Result); }
                 catch (Exception e) { sr = Threw(e); }
                 try { ir = Describe(impl.Step(op)); } catch (Exception e) { ir = Threw(e); }
+                GfnRanges? flushed;
+                try { flushed = impl.TakeFlushes(); } catch { flushed = GfnRanges.Empty; }
                 if (sr != ir) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, Differences(spec, SafeView(impl))));
 
                 if (specResult is not null && ArchitectureViolation(before, op, specResult) is { } violation)
@@ -46,11 +49,35 @@ public static class TdpDiff
 
                 var diffs = Differences(spec, SafeView(impl));
                 if (diffs.Length > 0) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, diffs));
+
+                if (MissedFlushes(TdpTlb.MustFlush(before, spec), flushed) is { Length: > 0 } missed)
+                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, missed));
             }
         }
         if (pool.PagesInUse != 0)
             return new TdpReport(c, steps, new Divergence(-1, null, "all table pages freed", $"{pool.PagesInUse} pages still allocated after the VM was destroyed", []));
         return new TdpReport(c, steps, null);
+    }
+
+    /// <summary>
+    /// The flush check: every gfn the step must flush is in a range the impl flushed, or the impl
+    /// flushed everything (<paramref name="flushed"/> null). Empty when it holds; else lines naming the
+    /// first gfns missed and why they needed a flush, then both sides' lists.
+    /// </summary>
+    public static ImmutableArray<string> MissedFlushes(FlushObligation obligation, GfnRanges? flushed)
+    {
+        if (flushed is null || obligation.IsEmpty) return [];
+        var missed = obligation.Gfns.Except(flushed);
+        if (missed.IsEmpty) return [];
+        var lines = ImmutableArray.CreateBuilder<string>();
+        foreach (var range in missed.Ranges.Take(3))
+            lines.Add($"TLB flush: impl did not flush gfns {range} that the step unmapped or narrowed ({obligation.DutyFor(range)?.Why ?? "?"})");
+        if (missed.Ranges.Length > 3) lines.Add($"TLB flush: ... and {missed.Ranges.Length - 3} more ranges");
+        lines.Add($"TLB flush: spec: must flush {obligation.Gfns}");
+        foreach (var duty in obligation.Duties.Take(6)) lines.Add($"TLB flush:   {duty}");
+        if (obligation.Duties.Length > 6) lines.Add($"TLB flush:   ... and {obligation.Duties.Length - 6} more");
+        lines.Add($"TLB flush: impl: flushed {(flushed.IsEmpty ? "nothing" : flushed.ToString())}");
+        return lines.ToImmutable();
     }
 
     static TdpState? SafeView(ImplTdpEngine impl)
