@@ -14,7 +14,10 @@ namespace MmuSpec.Harness.Tdp;
 /// a rough model of the memslots so that most operations are valid and most accesses land in a
 /// slot, and it favours the interleavings that break MMUs: faults in a range then a zap of an
 /// overlapping range, dirty logging toggled around faults, slots moved or deleted under live
-/// mappings, shared and private gpas of the same gfn, policy changes between faults.
+/// mappings, shared and private gpas of the same gfn, policy changes between faults. For the TLB
+/// flush check it also writes short huge-page scenarios (<see cref="TdpCaseBuilder.HugePageScenario"/>):
+/// zaps that start or end inside a 2 MiB or 1 GiB leaf, dirty logging switched on over huge
+/// mappings (and off and on again), and tables of 4 KiB leaves replaced by a huge leaf.
 /// </summary>
 public static class TdpGen
 {
@@ -33,6 +36,7 @@ public static class TdpGen
         if (guest) b.BuildGuest();
         int count = 4 + b.Rng.Next(4 + Math.Max(4, size));
         for (int i = 0; i < count; i++) b.Add(guest && b.Rng.Next(10) < 4 ? b.NextGuestOp() : b.NextOp());
+        while (b.HasPending) b.Add(b.NextOp());       // the rest of a scenario that was under way
         return new TdpCase(config, b.Ops.ToImmutable());
     }
 }
@@ -46,6 +50,11 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     readonly Dictionary<int, (ulong Base, ulong Pages)> slots = new();
     readonly List<ulong> recentGfns = new();
     readonly HashSet<int> logging = new();
+
+    // The remaining operations of a scenario, handed out by NextOp before anything else.
+    readonly Queue<TdpOp> pending = new();
+
+    public bool HasPending => pending.Count > 0;
 
     /// <summary>Where slots go: low memory, around 4 GiB, and high up, in gfns.</summary>
     static readonly ulong[] Regions = [0x0, 0x100, 0x1000, 0x10_0000, 0x4_0000, 0x80_0000];
@@ -146,6 +155,8 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     /// <summary>genOp.</summary>
     public TdpOp NextOp()
     {
+        if (pending.Count > 0) return pending.Dequeue();
+        if (slots.Count > 0 && rng.Next(100) < 6) return HugePageScenario();
         int roll = rng.Next(100);
         if (roll < 52 || slots.Count == 0 && roll < 80) return Access();
         if (roll < 60) return Zap();
@@ -173,6 +184,75 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
 
     int SomeSlot() => slots.Count == 0 || rng.Next(12) == 0 ? rng.Next(0, 8) : slots.Keys.ElementAt(rng.Next(slots.Count));
 
+    /// <summary>
+    /// A few operations around one huge page of a slot, for the TLB flush obligations: the first is
+    /// returned, the rest queued. One of: dirty logging switched on over a huge mapping, a logged write
+    /// that breaks it up, the log fetched, logging off (sometimes on again) and a fault that puts a huge
+    /// leaf back over the table of 4 KiB leaves; 4 KiB faults under a small policy, then a larger policy
+    /// and a fault that replaces their table; a huge mapping zapped by a range that starts or ends
+    /// inside it. Accesses mostly stay in one root (shared or private), sometimes not.
+    /// </summary>
+    public TdpOp HugePageScenario()
+    {
+        var big = slots.Where(kv => kv.Value.Pages >= 512).ToList();
+        var (id, s) = big.Count > 0 && rng.Next(8) != 0 ? big[rng.Next(big.Count)] : slots.ElementAt(rng.Next(slots.Count));
+        ulong huge = s.Pages >= 1UL << 18 && rng.Next(3) == 0 ? 1UL << 18 : 512;
+        // A huge-page-aligned chunk inside the slot when there is one, else the slot's start.
+        ulong first = (s.Base + huge - 1) & ~(huge - 1);
+        ulong chunks = first + huge <= s.Base + s.Pages ? (s.Base + s.Pages - first) / huge : 0;
+        ulong chunk = chunks > 0 ? first + (ulong)rng.NextInt64(0, (long)Math.Min(chunks, 4)) * huge : s.Base & ~(huge - 1);
+        ulong Inside() => Math.Max(s.Base, Math.Min(s.Base + s.Pages - 1, chunk + (ulong)rng.NextInt64(0, (long)huge)));
+        bool shared = rng.Next(2) == 0;
+        TdpOp.AccessGpa At(ulong gfn, AccessType type) => AccessAt(gfn, type, rng.Next(5) == 0 ? rng.Next(2) == 0 : shared);
+        var hugeSize = huge == 512 ? PageSize.Size2M : PageSize.Size1G;
+
+        switch (rng.Next(3))
+        {
+            case 0:
+                // Dirty logging over a huge mapping: on (write-protects it), a logged write (zaps it and
+                // maps 4 KiB), fetch, off, then a fault that maps huge over the 4 KiB table.
+                pending.Enqueue(new TdpOp.SetDirtyLogging(id, true));
+                pending.Enqueue(At(Inside(), AccessType.Write));
+                if (rng.Next(2) == 0) pending.Enqueue(new TdpOp.GetDirtyLog(id));
+                pending.Enqueue(new TdpOp.SetDirtyLogging(id, false));
+                if (rng.Next(3) == 0)
+                {
+                    pending.Enqueue(new TdpOp.SetDirtyLogging(id, true));        // on -> off -> on
+                    pending.Enqueue(At(Inside(), AccessType.Write));
+                    pending.Enqueue(new TdpOp.SetDirtyLogging(id, false));
+                }
+                pending.Enqueue(At(Inside(), rng.Next(2) == 0 ? AccessType.Read : AccessType.Write));
+                return At(Inside(), rng.Next(2) == 0 ? AccessType.Read : AccessType.Write);
+            case 1:
+                // 4 KiB leaves under a small policy, then a policy that allows the huge page: the next
+                // fault in the chunk frees the table of 4 KiB leaves.
+                for (int i = rng.Next(1, 4); i > 0; i--) pending.Enqueue(At(Inside(), AccessType.Write));
+                if (rng.Next(3) == 0) { ulong z = Inside(); pending.Enqueue(new TdpOp.ZapRange(z, z + 1)); }
+                pending.Enqueue(new TdpOp.SetMaxPageSize(rng.Next(3) == 0 ? PageSize.Size1G : hugeSize));
+                pending.Enqueue(At(Inside(), AccessType.Read));
+                return new TdpOp.SetMaxPageSize(huge == 512 ? PageSize.Size4K : rng.Next(2) == 0 ? PageSize.Size4K : PageSize.Size2M);
+            default:
+                // A huge mapping, then a zap that covers only part of it, then a touch of another part.
+                pending.Enqueue(ZapInside(Inside(), huge));
+                pending.Enqueue(At(Inside(), AccessType.Read));
+                return At(Inside(), rng.Next(2) == 0 ? AccessType.Read : AccessType.Write);
+        }
+    }
+
+    /// <summary>A zap range that starts or ends (or both) inside the <paramref name="huge"/>-frame page holding <paramref name="gfn"/>.</summary>
+    TdpOp.ZapRange ZapInside(ulong gfn, ulong huge)
+    {
+        ulong page = gfn & ~(huge - 1);
+        ulong inside = page + (ulong)rng.NextInt64(1, (long)huge);
+        return rng.Next(4) switch
+        {
+            0 => new TdpOp.ZapRange(inside, inside + (ulong)rng.Next(1, 17)),                        // within it
+            1 => new TdpOp.ZapRange(inside, page + huge + (ulong)rng.Next(0, 513)),                   // from inside past its end
+            2 => new TdpOp.ZapRange(page >= 512 ? page - (ulong)rng.Next(1, 513) : 0, inside),        // from before it to inside
+            _ => new TdpOp.ZapRange(gfn, gfn + 1),                                                    // one 4 KiB page of it
+        };
+    }
+
     /// <summary>genAccess: mostly inside a slot, often a gfn touched before, shared or private.</summary>
     TdpOp.AccessGpa Access()
     {
@@ -188,19 +268,27 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         }
         else
             gfn = (ulong)rng.NextInt64(0, 1L << 24);
+        var type = rng.Next(10) switch { < 5 => AccessType.Read, < 9 => AccessType.Write, _ => AccessType.Fetch };
+        bool shared = rng.Next(2) == 0;
+        var access = AccessAt(gfn, type, shared);
+        return rng.Next(200) == 0 ? access with { Gpa = access.Gpa | 1UL << 55 } : access;    // beyond the gpa width: rejected
+    }
+
+    /// <summary>An access to <paramref name="gfn"/> at a random offset, through the shared gpa when asked (and the VM has a shared bit).</summary>
+    TdpOp.AccessGpa AccessAt(ulong gfn, AccessType type, bool shared)
+    {
         recentGfns.Add(gfn);
         if (recentGfns.Count > 16) recentGfns.RemoveAt(0);
-
         ulong gpa = (gfn << 12) | (uint)rng.Next(0, 4096);
-        if (config.SharedBit is { } bit && rng.Next(2) == 0) gpa |= 1UL << bit;
-        if (rng.Next(200) == 0) gpa |= 1UL << 55;            // beyond the gpa width: rejected
-        var type = rng.Next(10) switch { < 5 => AccessType.Read, < 9 => AccessType.Write, _ => AccessType.Fetch };
+        if (config.SharedBit is { } bit && shared) gpa |= 1UL << bit;
         return new TdpOp.AccessGpa(gpa, type);
     }
 
     /// <summary>genZap: usually a range overlapping something touched before, sometimes huge-page sized.</summary>
     TdpOp Zap()
     {
+        if (recentGfns.Count > 0 && rng.Next(4) == 0)
+            return ZapInside(recentGfns[rng.Next(recentGfns.Count)], rng.Next(3) == 0 ? 1UL << 18 : 512);
         ulong start = recentGfns.Count > 0 && rng.Next(4) != 0
             ? recentGfns[rng.Next(recentGfns.Count)] - (ulong)rng.Next(0, 3)
             : (ulong)rng.NextInt64(0, 1L << 20);
