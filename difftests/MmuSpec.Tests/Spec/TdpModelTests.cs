@@ -162,6 +162,118 @@ public sealed class TdpModelTests
         }
     }
 
+    // ---- TLB flush obligations (docs/tdp-model.md, "TLB flushes") ----
+
+    /// <summary>Slot 0: gfns [0x200, 0x600) on 2 MiB host pages, equally aligned: two 2 MiB leaves fit.</summary>
+    static readonly TdpOp TwoHugePagesSlot = new TdpOp.CreateSlot(0, 0x200, 0x400, 0x1200, PageSize.Size2M, ReadOnly: false);
+
+    static FlushObligation Obligation(TdpState before, TdpOp op) => TdpTlb.MustFlush(before, before.Step(op).State);
+
+    [Fact]
+    public void A_one_page_zap_of_a_2MiB_leaf_must_flush_all_2MiB()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), TwoHugePagesSlot, new TdpOp.AccessGpa(0x23_4000, AccessType.Read));
+        Assert.Equal(new Spte.Leaf(0x200, 2, 0x1200, Writable: true), Assert.Single(s.Leaves()).Leaf);
+        var must = Obligation(s, new TdpOp.ZapRange(0x234, 0x235));
+        // The zap names one gfn, but the leaf it removes mapped 512: a cached copy may serve any of them.
+        Assert.Equal(GfnRanges.Of(new GfnRange(0x200, 0x400)), must.Gfns);
+        Assert.Contains("was unmapped", Assert.Single(must.Duties).Why);
+    }
+
+    [Fact]
+    public void A_zap_that_misses_every_leaf_needs_no_flush()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), TwoHugePagesSlot, new TdpOp.AccessGpa(0x23_4000, AccessType.Read));
+        Assert.True(Obligation(s, new TdpOp.ZapRange(0x400, 0x401)).IsEmpty);
+    }
+
+    [Fact]
+    public void Switching_dirty_logging_on_must_flush_every_leaf_it_write_protects_and_only_those()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), TwoHugePagesSlot,
+            new TdpOp.CreateSlot(1, 0x10, 4, 0x10, PageSize.Size4K, ReadOnly: true),
+            new TdpOp.AccessGpa(0x20_0000, AccessType.Write), new TdpOp.AccessGpa(0x40_0000, AccessType.Read),
+            new TdpOp.AccessGpa(0x1_1000, AccessType.Read));
+        var must = Obligation(s, new TdpOp.SetDirtyLogging(0, true));
+        // Both 2 MiB leaves lose W over their whole range; they are adjacent, so one range.
+        Assert.Equal(GfnRanges.Of(new GfnRange(0x200, 0x600)), must.Gfns);
+        Assert.All(must.Duties, d => Assert.Contains("lost write access", d.Why));
+        Assert.Equal(2, must.Duties.Length);
+        // The read-only slot's leaf has no W to lose: nothing to flush.
+        Assert.True(Obligation(s, new TdpOp.SetDirtyLogging(1, true)).IsEmpty);
+    }
+
+    [Fact]
+    public void Giving_rights_or_mappings_needs_no_flush()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), TwoHugePagesSlot, new TdpOp.SetDirtyLogging(0, true));
+        Assert.True(Obligation(s, new TdpOp.AccessGpa(0x20_0000, AccessType.Read)).IsEmpty);          // a new mapping
+        s = Run(s, new TdpOp.AccessGpa(0x20_0000, AccessType.Read));
+        Assert.True(Obligation(s, new TdpOp.AccessGpa(0x20_0000, AccessType.Write)).IsEmpty);         // W added, logged
+        Assert.True(Obligation(s, new TdpOp.SetDirtyLogging(0, false)).IsEmpty);                     // mappings stay
+    }
+
+    [Fact]
+    public void A_logged_write_to_a_huge_leaf_must_flush_the_rest_of_it()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), TwoHugePagesSlot, new TdpOp.AccessGpa(0x20_0000, AccessType.Read),
+            new TdpOp.SetDirtyLogging(0, true));
+        var must = Obligation(s, new TdpOp.AccessGpa(0x20_3000, AccessType.Write));
+        // The 2 MiB leaf goes; the 4 KiB leaf at 0x203 maps the same frame with more rights, so a cached
+        // copy of the old translation for 0x203 is merely read-only (a spurious fault). Every other gfn
+        // of the old leaf is unmapped.
+        Assert.Equal(GfnRanges.Of(new GfnRange(0x200, 0x203), new GfnRange(0x204, 0x400)), must.Gfns);
+    }
+
+    [Fact]
+    public void A_table_replaced_by_a_huge_leaf_must_be_flushed_over_everything_it_covered()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), TwoHugePagesSlot, new TdpOp.SetMaxPageSize(PageSize.Size4K),
+            new TdpOp.AccessGpa(0x20_1000, AccessType.Read), new TdpOp.SetMaxPageSize(PageSize.Size2M));
+        var must = Obligation(s, new TdpOp.AccessGpa(0x20_5000, AccessType.Read));
+        // The 4 KiB leaf's translation survives in the 2 MiB leaf, but its table is freed: the hardware
+        // may hold the 2 MiB entry's old link to it for any of the 512 gfns.
+        var duty = Assert.Single(must.Duties);
+        Assert.Equal(new GfnRange(0x200, 0x400), duty.Gfns);
+        Assert.Contains("table page (0x200, L1) was freed", duty.Why);
+    }
+
+    [Fact]
+    public void Zap_all_must_flush_each_root_over_its_whole_space()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept)), TwoHugePagesSlot, new TdpOp.AccessGpa(0x20_0000, AccessType.Read));
+        var must = Obligation(s, new TdpOp.ZapAll());
+        Assert.Equal(GfnRanges.Of(new GfnRange(0, 1UL << 36)), must.Gfns);
+        Assert.Contains(must.Duties, d => d.Why.Contains("table page (0x0, L4) was freed"));
+        Assert.DoesNotContain(must.Duties, d => d.Why.Contains("L3"));    // below a freed table: said by its parent
+    }
+
+    [Fact]
+    public void With_a_shared_bit_a_flush_names_gfns_and_covers_both_roots()
+    {
+        var s = Run(TdpState.Create(new VmConfig(TdpFormat.Ept, 47)),
+            new TdpOp.CreateSlot(0, 0x100, 1, 0x500, PageSize.Size4K, ReadOnly: false),
+            new TdpOp.AccessGpa((1UL << 47) | 0x10_0000, AccessType.Read), new TdpOp.AccessGpa(0x10_0000, AccessType.Read));
+        var must = Obligation(s, new TdpOp.ZapRange(0x100, 0x101));
+        Assert.Equal(GfnRanges.Of(new GfnRange(0x100, 0x101)), must.Gfns);           // never the shared bit
+        Assert.Equal(2, must.Duties.Length);
+        Assert.Contains(must.Duties, d => d.Why.Contains("in the direct root"));
+        Assert.Contains(must.Duties, d => d.Why.Contains("in the mirror root"));
+    }
+
+    [Fact]
+    public void Gfn_ranges_merge_touching_ranges_and_subtract()
+    {
+        var a = GfnRanges.Of(new GfnRange(0x10, 0x20), new GfnRange(0x20, 0x30), new GfnRange(0x40, 0x50), new GfnRange(5, 5));
+        Assert.Equal(new[] { new GfnRange(0x10, 0x30), new GfnRange(0x40, 0x50) }, a.Ranges);
+        Assert.Equal(0x30UL, a.Count);
+        var b = a.Except(GfnRanges.Of(new GfnRange(0x18, 0x44)));
+        Assert.Equal(new[] { new GfnRange(0x10, 0x18), new GfnRange(0x44, 0x50) }, b.Ranges);
+        Assert.True(a.Covers(b));
+        Assert.False(b.Covers(a));
+        Assert.True(GfnRanges.Empty.Except(a).IsEmpty);
+    }
+
     // ---- the guest's own paging over TDP ----
 
     /// <summary>A 4-level guest: PML4 at gpa 0x1000, PDPT 0x2000, PD 0x3000, PT 0x4000; gva 0x5000 -> gpa 0x9000.</summary>
