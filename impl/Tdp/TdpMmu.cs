@@ -238,17 +238,16 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         dirty.CopySorted(gfns, slot.BaseGfn);
         dirty.Clear();
         // Write-protect in runs of consecutive gfns: one range walk per run, not one walk per gfn.
-        bool protectedAny = false;
         for (int i = first; i < gfns.Count;)
         {
             int j = i + 1;
             while (j < gfns.Count && gfns[j] == gfns[j - 1] + 1)
                 j++;
-            protectedAny |= WriteProtectLeafs(gfns[i], gfns[j - 1] + 1);
+            WriteProtectLeafs(gfns[i], gfns[j - 1] + 1);
             i = j;
         }
-        // KVM's kvm_get_dirty_log_protect: one flush of the memslot when any entry lost W.
-        if (protectedAny)
+        // KVM's kvm_get_dirty_log_protect: one flush of the memslot when the log was not empty.
+        if (gfns.Count > first)
             _flushes.Add(slot.BaseGfn, slot.Pages);
         return TdpStatus.Ok;
     }
@@ -348,29 +347,23 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         }
     }
 
-    /// <summary>Clears W of every leaf overlapping gfns [start, end) in both roots; true when any had it
-    /// (KVM's wrprot_gfn_range: the caller then flushes).</summary>
-    private bool WriteProtectLeafs(ulong start, ulong end)
+    /// <summary>Clears W of every leaf overlapping gfns [start, end) in both roots. The callers flush the
+    /// memslot afterwards, as KVM's do.</summary>
+    private void WriteProtectLeafs(ulong start, ulong end)
     {
         if (!ClipToSlotSpace(ref start, ref end))
-            return false;
-        bool direct = WriteProtectLeafs(_directRoot, start + _sharedGfnMask, end + _sharedGfnMask);
-        bool mirror = WriteProtectLeafs(_mirrorRoot, start, end);
-        return direct | mirror;
+            return;
+        WriteProtectLeafs(_directRoot, start + _sharedGfnMask, end + _sharedGfnMask);
+        WriteProtectLeafs(_mirrorRoot, start, end);
     }
 
-    private bool WriteProtectLeafs(ulong* root, ulong startFrame, ulong endFrame)
+    private void WriteProtectLeafs(ulong* root, ulong startFrame, ulong endFrame)
     {
-        bool changed = false;
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
-            {
                 pte.Write(TFormat.WithWritable(pte.Value, false));
-                changed = true;
-            }
         }
-        return changed;
     }
 
     /// <summary>
