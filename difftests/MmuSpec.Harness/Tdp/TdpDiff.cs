@@ -71,7 +71,7 @@ public static class TdpDiff
         if (missed.IsEmpty) return [];
         var lines = ImmutableArray.CreateBuilder<string>();
         foreach (var range in missed.Ranges.Take(3))
-            lines.Add($"TLB flush: impl did not flush gfns {range} that the step unmapped or narrowed ({obligation.DutyFor(range)?.Why ?? "?"})");
+            lines.Add($"TLB flush: impl did not flush gfns {range} that the step unmapped, narrowed or unlinked ({obligation.DutyFor(range)?.Why ?? "?"})");
         if (missed.Ranges.Length > 3) lines.Add($"TLB flush: ... and {missed.Ranges.Length - 3} more ranges");
         lines.Add($"TLB flush: spec: must flush {obligation.Gfns}");
         foreach (var duty in obligation.Duties.Take(6)) lines.Add($"TLB flush:   {duty}");
