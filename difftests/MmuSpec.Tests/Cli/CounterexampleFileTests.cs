@@ -187,6 +187,24 @@ public sealed partial class CounterexampleFileTests : IDisposable
         Assert.Equal($"{array}: a counterexample file is a JSON object, not an array", Assert.Throws<InputException>(() => CounterexampleFile.Load(array)).Message);
     }
 
+    [GeneratedRegex("```json counterexample\\n(.*?)```", RegexOptions.Singleline)]
+    private static partial Regex DocExample();
+
+    [Fact]
+    public void The_example_in_the_format_doc_reads_and_replays()
+    {
+        string doc = File.ReadAllText(Path.Combine(WalkAndBatchTests.RepoRoot(), "docs", "counterexample-format.md"));
+        var example = Assert.Single(DocExample().Matches(doc)).Groups[1].Value;
+        var x = CounterexampleFile.Parse(example);
+        Assert.Equal("walk-long4", x.Property.Name);
+        var c = Assert.IsType<WalkCase>(x.Case);
+        Assert.Equal((2, 1), (c.Setup.Length, c.Ops.Length));
+        Assert.Equal(1, x.Divergence!.Step);
+        Assert.Equal(c.Ops[0].ToString(), x.Divergence.Op);
+        // The bug behind the example was injected for the doc: today's impl sets D, and the case agrees.
+        Assert.True(CaseRuns.Trace(c).Agreed);
+    }
+
     [Fact]
     public void The_file_name_is_the_property_the_time_and_a_hash_of_the_case()
     {
