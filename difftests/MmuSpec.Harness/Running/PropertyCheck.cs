@@ -11,9 +11,10 @@ public sealed class PropertyFailedException(string message) : Exception(message)
 /// <summary>
 /// Runs one FsCheck property with our runner. The environment decides depth and replay, so CI
 /// and a developer's shell run the same tests differently without code changes:
-/// <c>MMUSPEC_MAX_TEST</c> (cases per property), <c>MMUSPEC_REPLAY</c> ("seed,gamma,size": one case)
-/// and <c>MMUSPEC_SEED</c> (a fixed start for every property's random stream, so a whole test run draws
-/// the same cases each time; mutation testing relies on it).
+/// <c>MMUSPEC_MAX_TEST</c> (cases per property), <c>MMUSPEC_REPLAY</c> ("seed,gamma,size": one case),
+/// <c>MMUSPEC_SEED</c> (a fixed start for every property's random stream, so a whole test run draws
+/// the same cases each time; mutation testing relies on it) and <c>MMUSPEC_COUNTEREXAMPLES</c> (where
+/// a failure writes its counterexample file; "off" writes none).
 /// </summary>
 public static class PropertyCheck
 {
@@ -86,12 +87,19 @@ public static class PropertyCheck
     /// <see cref="PropertyFailedException"/> with the rendered counterexample on failure. A replay
     /// with a size (as a failure prints it) reruns exactly that one case; a replay without a size
     /// only fixes where the random stream starts, so <paramref name="maxTest"/> cases still run.
+    /// A failure writes the shrunk counterexample to a file (docs/counterexample-format.md) in
+    /// <paramref name="counterexampleDirectory"/> (default: <see cref="CounterexampleFile.DefaultDirectory"/>,
+    /// from $MMUSPEC_COUNTEREXAMPLES), recording <paramref name="campaignSeed"/> and
+    /// <paramref name="campaignBatch"/> when given; the report names the file and
+    /// <see cref="PropertyRunner.CounterexampleFile"/> holds its path.
     /// </summary>
     public static PropertyRunner Check(string name, DiffProperty property, Action<string> output, int maxTest,
-        Replay? replay = null, bool throwOnFailure = true, bool verbose = false, Func<object, bool>? holds = null)
+        Replay? replay = null, bool throwOnFailure = true, bool verbose = false, Func<object, bool>? holds = null,
+        string? counterexampleDirectory = null, ulong? campaignSeed = null, long? campaignBatch = null)
     {
         if (replay is null && SeedFromEnvironment() is { } fixedSeed) replay = SeededStart(fixedSeed, name);
-        var runner = new PropertyRunner(name, output, property.Explain, verbose);
+        var target = new CounterexampleTarget(property, counterexampleDirectory ?? CounterexampleFile.DefaultDirectory(), campaignSeed, campaignBatch);
+        var runner = new PropertyRunner(name, output, property.Explain, verbose, target);
         var config = Config.Quick.WithRunner(runner).WithName(name)
             .WithMaxTest(replay is not null && FSharpOption<int>.get_IsSome(replay.Size) ? 1 : maxTest)
             .WithReplay(replay is null ? FSharpOption<Replay>.None : FSharpOption<Replay>.Some(replay));

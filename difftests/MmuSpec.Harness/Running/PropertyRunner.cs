@@ -5,17 +5,33 @@ using Microsoft.FSharp.Core;
 namespace MmuSpec.Harness.Running;
 
 /// <summary>
+/// Where a failing property writes its counterexample file (docs/counterexample-format.md): the
+/// property, the directory (null: write none), and the <c>mmuspec check</c> campaign's seed and batch
+/// when the run is part of one.
+/// </summary>
+public sealed record CounterexampleTarget(DiffProperty Property, string? Directory, ulong? CampaignSeed = null, long? CampaignBatch = null);
+
+/// <summary>
 /// FsCheck's <see cref="IRunner"/> for our properties: it writes to any text sink (xunit's
 /// ITestOutputHelper, the console), counts shrinks, and on failure renders the shrunk
-/// counterexample through <paramref name="explain"/> followed by the exact replay lines.
+/// counterexample through <paramref name="explain"/>, writes it to a counterexample file when
+/// <paramref name="counterexamples"/> says where, and ends with the exact replay lines.
 /// This is the part of FsCheck.Xunit we need, without the package.
 /// </summary>
-public sealed class PropertyRunner(string property, Action<string> write, Func<object, string> explain, bool verbose = false) : IRunner
+public sealed class PropertyRunner(string property, Action<string> write, Func<object, string> explain, bool verbose = false,
+    CounterexampleTarget? counterexamples = null) : IRunner
 {
     /// <summary>Set when the property failed: the whole message, also thrown by <see cref="PropertyCheck"/>.</summary>
     public string? FailureReport { get; private set; }
     public int TestsRun { get; private set; }
+    /// <summary>The seed and size that regenerate the failing case before shrinking.</summary>
     public Replay? FailingReplay { get; private set; }
+    /// <summary>The shrunk counterexample (a WalkCase, TdpCase or ShadowCase), when the property failed.</summary>
+    public object? FailingCase { get; private set; }
+    /// <summary>The full path of the counterexample file written for the failure, if one was.</summary>
+    public string? CounterexampleFile { get; private set; }
+    /// <summary>Why no counterexample file was written for the failure, if none was.</summary>
+    public string? CounterexampleError { get; private set; }
 
     public void OnStartFixture(Type t) { }
 
@@ -46,17 +62,50 @@ public sealed class PropertyRunner(string property, Action<string> write, Func<o
                 var replay = new Replay(f.Item6, FSharpOption<int>.Some(f.Item7));
                 FailingReplay = replay;
                 string token = PropertyCheck.FormatReplay(replay);
-                string counterexample = f.Item3.IsEmpty ? "(no arguments)" : Explain(f.Item3.Head);
+                FailingCase = f.Item3.IsEmpty ? null : f.Item3.Head;
+                string counterexample = FailingCase is null ? "(no arguments)" : Explain(FailingCase);
                 // A property that returned false surfaces as a generic "Expected true" exception: not worth printing.
-                string outcome = f.Item4 is Outcome.Failed { Item: var ex } && ex.GetType() != typeof(Exception)
-                    ? $"\nexception: {ex.GetType().Name}: {ex.Message}" : "";
+                string? exception = f.Item4 is Outcome.Failed { Item: var ex } && ex.GetType() != typeof(Exception)
+                    ? $"{ex.GetType().Name}: {ex.Message}" : null;
+                string outcome = exception is null ? "" : $"\nexception: {exception}";
+                string file = FailingCase is null ? "" : WriteCounterexample(FailingCase, token, exception);
                 FailureReport =
                     $"{property}: FAILED after {f.Item1.NumberOfTests} cases, shrunk {f.Item1.NumberOfShrinks} times{outcome}\n" +
                     $"{counterexample}\n" +
+                    file +
                     $"replay: MMUSPEC_REPLAY={token} dotnet test --filter \"DisplayName~{property}\"\n" +
                     $"    or: dotnet run --project difftests/MmuSpec.Cli -- replay {token} --property {property}";
                 write(FailureReport);
                 break;
+        }
+    }
+
+    /// <summary>
+    /// Writes the counterexample file and returns the report's lines about it. Never throws: a file
+    /// that cannot be written is a line in the report, and the failure is reported all the same.
+    /// </summary>
+    string WriteCounterexample(object c, string token, string? exception)
+    {
+        if (counterexamples is null) return "";
+        if (counterexamples.Directory is not { } directory)
+        {
+            CounterexampleError = $"${Running.CounterexampleFile.DirectoryVariable}=off";
+            return $"counterexample: not written (${Running.CounterexampleFile.DirectoryVariable}=off)\n";
+        }
+        try
+        {
+            var x = Running.CounterexampleFile.Create(counterexamples.Property, c, token,
+                counterexamples.CampaignSeed, counterexamples.CampaignBatch, exception);
+            string path = Path.GetFullPath(Running.CounterexampleFile.Save(x, directory));
+            CounterexampleFile = path;
+            string quoted = path.Contains(' ', StringComparison.Ordinal) ? $"\"{path}\"" : path;
+            return $"counterexample: {path}\n" +
+                   $"replay: dotnet run --project difftests/MmuSpec.Cli -- replay {quoted}\n";
+        }
+        catch (Exception e)
+        {
+            CounterexampleError = $"{e.GetType().Name}: {e.Message}";
+            return $"counterexample: not written to {directory}: {CounterexampleError}\n";
         }
     }
 
