@@ -114,7 +114,8 @@ public static class CheckCommand
             Console.CancelKeyPress -= onCancel;
         }
 
-        var rows = tally?.Rows(o.Properties);
+        // Expectations are those of the properties that ran: a shard or a short budget may leave some out (the summary shows them with 0 cases).
+        var rows = tally?.Rows(result.Tallies.Where(t => t.Cases > 0).Select(t => t.Property));
         if (o.Json) Console.WriteLine(Json(result, o, tally, rows));
         else
         {
@@ -179,7 +180,7 @@ public static class CheckCommand
         if (o.BatchSize != 100) parts.Add($"--batch-size {o.BatchSize}");
         if (r.Tallies.Count == 1) parts.Add($"--property {r.Tallies[0].Property.Name}");
         if (!o.Shard.IsWhole) parts.Add($"--shard {o.Shard}");
-        if (o.Coverage) parts.Add("--coverage");
+        if (o.Coverage) parts.Add(o.RequireCoverage ? "--coverage --require-coverage" : "--coverage");
         return string.Join(' ', parts);
     }
 
@@ -192,6 +193,8 @@ public static class CheckCommand
         {
             FormattableString.Invariant($"coverage: {expected - unreached} of {expected} expected situations reached ({unreached} never), classifying {tally.Cases} cases took {tally.Elapsed.TotalSeconds:0.0} s of {total:0.0} s ({100 * tally.Elapsed.TotalSeconds / total:0}%)"),
         };
+        var notRun = r.Tallies.Where(t => t.Cases == 0).Select(t => t.Property.Name).ToList();
+        if (notRun.Count > 0) lines.Add($"  not run in this campaign (their situations are not expected): {string.Join(", ", notRun)}");
         foreach (var family in rows.GroupBy(x => x.Family))
         {
             lines.Add($"  {family.Key}");
@@ -264,6 +267,9 @@ public static class CheckCommand
                 w.WriteStartObject("coverage");
                 w.WriteNumber("classify_seconds", Math.Round(tally.Elapsed.TotalSeconds, 3));
                 w.WriteNumber("expected", rows.Count(x => x.Expected));
+                w.WriteStartArray("not_run");
+                foreach (var t in r.Tallies.Where(t => t.Cases == 0)) w.WriteStringValue(t.Property.Name);
+                w.WriteEndArray();
                 w.WriteStartArray("unreached");
                 foreach (var row in rows.Where(x => x.Unreached)) w.WriteStringValue($"{row.Family}: {row.Situation}");
                 w.WriteEndArray();
