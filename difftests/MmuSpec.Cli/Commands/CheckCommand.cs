@@ -8,24 +8,32 @@ using MmuSpec.Harness.Running;
 namespace MmuSpec.Cli.Commands;
 
 /// <summary>
-/// <c>mmuspec check</c>: a differential campaign of spec against impl over every property (guest walk and TDP MMU),
-/// reproducible from <c>--seed</c>, within a case count or a time budget (default about 60 s).
+/// <c>mmuspec check</c>: a differential campaign of spec against impl over every property (guest walk, TDP MMU, shadow MMU),
+/// reproducible from <c>--seed</c>, within a case count or a time budget (default about 60 s; <c>--deep</c>: 30 min with
+/// larger cases), optionally one shard of a campaign split across machines (<c>--shard i/n</c>), optionally with a
+/// report of the situations its cases reached (<c>--coverage</c>; docs/coverage.md, docs/ci-tiers.md).
 /// </summary>
 public static class CheckCommand
 {
     static readonly TimeSpan DefaultBudget = TimeSpan.FromSeconds(60);
+    /// <summary>The deep tier (nightly CI): a 30-minute budget and cases up to three times the default size.</summary>
+    static readonly TimeSpan DeepBudget = TimeSpan.FromMinutes(30);
+    public const int DeepEndSize = 300;
     static readonly TimeSpan ProgressEvery = TimeSpan.FromSeconds(2);
+
+    /// <summary>Exit code of <c>--require-coverage</c> when spec and impl agreed but some expected situation was never reached.</summary>
+    public const int CoverageIncomplete = 4;
 
     public static Command Create()
     {
         var seed = Cli.Number("--seed", "master seed (decimal or 0x hex); default: random, printed at the start", "seed");
-        var count = new Option<long?>("--count") { Description = "total number of cases (over all properties)", HelpName = "n" };
+        var count = new Option<long?>("--count") { Description = "total number of cases (over all properties, and over all shards with --shard)", HelpName = "n" };
         count.Validators.Add(r =>
         {
             if (r.Tokens.Count > 0 && (!long.TryParse(r.Tokens[0].Value, NumberStyles.None, CultureInfo.InvariantCulture, out long n) || n <= 0))
                 r.AddError($"--count: '{r.Tokens[0].Value}' is not a positive number");
         });
-        var time = Cli.Duration("--time", "time budget: seconds, or like 90s, 10m, 1h (default 60 s unless --count is given)", "--duration");
+        var time = Cli.Duration("--time", "time budget: seconds, or like 90s, 10m, 1h (default 60 s, 30 min with --deep, unless --count is given)", "--duration");
         var property = new Option<string?>("--property") { Description = $"check only this property ({string.Join(", ", DiffProperties.All.Select(p => p.Name))})", HelpName = "name" };
         var batch = new Option<int>("--batch-size") { Description = "cases per batch (one FsCheck run)", HelpName = "n", DefaultValueFactory = _ => 100 };
         batch.Validators.Add(r =>
@@ -34,19 +42,44 @@ public static class CheckCommand
                 r.AddError($"--batch-size: '{r.Tokens[0].Value}' is not a positive number");
         });
         var json = Cli.Flag("--json", "print the summary as JSON on stdout");
+        var coverage = Cli.Flag("--coverage", "count the situations the cases reach (guest modes, page sizes, faults, roots...) and print them with those never reached; slower: each case is classified on the spec again");
+        var requireCoverage = Cli.Flag("--require-coverage", $"with --coverage: exit {CoverageIncomplete} when spec and impl agree but an expected situation was never reached");
+        var deep = Cli.Flag("--deep", $"the deep tier: a {DeepBudget.TotalMinutes:0}-minute budget (unless --time or --count) and cases up to size {DeepEndSize} instead of {Campaign.DefaultEndSize}");
+        var shard = new Option<Shard?>("--shard")
+        {
+            Description = "run only shard i of n (1-based): the batches b with b mod n = i-1, so n machines with the same --seed run disjoint parts of one campaign",
+            HelpName = "i/n",
+            CustomParser = r =>
+            {
+                string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+                if (Shard.TryParse(text, out var s, out string error)) return s;
+                r.AddError($"--shard: {error}");
+                return null;
+            },
+        };
 
         var command = new Command("check", "Run a differential campaign: random operation sequences (guest walks, TDP MMU, shadow MMU with cached roots) on spec and impl, compared after every step.");
-        foreach (var o in new Option[] { seed, count, time, property, batch, json }) command.Add(o);
+        foreach (var o in new Option[] { seed, count, time, property, batch, json, coverage, requireCoverage, deep, shard }) command.Add(o);
         command.SetAction(p =>
         {
             var properties = p.GetValue(property) is { } name ? [Find(name)] : DiffProperties.All;
             ulong master = p.GetValue(seed) ?? BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
             long? maxCases = p.GetValue(count);
-            TimeSpan? budget = p.GetValue(time) ?? (maxCases is null ? DefaultBudget : null);
-            int batchSize = p.GetValue(batch);
-            return Run(properties, master, batchSize, maxCases, budget, p.GetValue(json));
+            bool isDeep = p.GetValue(deep);
+            TimeSpan? budget = p.GetValue(time) ?? (maxCases is null ? isDeep ? DeepBudget : DefaultBudget : null);
+            bool wantCoverage = p.GetValue(coverage);
+            if (p.GetValue(requireCoverage) && !wantCoverage) throw new InputException("--require-coverage needs --coverage");
+            var options = new RunOptions(properties, master, p.GetValue(batch), maxCases, budget, p.GetValue(json),
+                wantCoverage, p.GetValue(requireCoverage), isDeep, p.GetValue(shard) ?? Shard.Whole);
+            return Run(options);
         });
         return command;
+    }
+
+    sealed record RunOptions(IReadOnlyList<DiffProperty> Properties, ulong Seed, int BatchSize, long? MaxCases, TimeSpan? Budget, bool Json,
+        bool Coverage, bool RequireCoverage, bool Deep, Shard Shard)
+    {
+        public int EndSize => Deep ? DeepEndSize : Campaign.DefaultEndSize;
     }
 
     static DiffProperty Find(string name)
@@ -55,16 +88,21 @@ public static class CheckCommand
         catch (ArgumentException e) { throw new InputException($"--property: {Messages.Of(e)}"); }
     }
 
-    static int Run(IReadOnlyList<DiffProperty> properties, ulong seed, int batchSize, long? maxCases, TimeSpan? budget, bool json)
+    static int Run(RunOptions o)
     {
         string limit = string.Join(" or ", new[]
         {
-            maxCases is { } n ? $"{n} cases" : null,
-            budget is { } b ? $"{b.TotalSeconds:0.#} s" : null,
+            o.MaxCases is { } n ? $"{n} cases{(o.Shard.IsWhole ? "" : " in all shards")}" : null,
+            o.Budget is { } b ? $"{b.TotalSeconds:0.#} s" : null,
         }.Where(x => x is not null));
-        Console.Error.WriteLine($"mmuspec check: seed {seed}, {limit}, {properties.Count} propert{(properties.Count == 1 ? "y" : "ies")}, batches of {batchSize} cases");
+        Console.Error.WriteLine($"mmuspec check: seed {o.Seed}, {limit}, {o.Properties.Count} propert{(o.Properties.Count == 1 ? "y" : "ies")}, batches of {o.BatchSize} cases"
+            + (o.Deep ? $", deep (sizes up to {o.EndSize})" : "")
+            + (o.Shard.IsWhole ? "" : $", shard {o.Shard} (batches {o.Shard.Index - 1}, {o.Shard.Index - 1 + o.Shard.Count}, {o.Shard.Index - 1 + 2 * o.Shard.Count}, ...)")
+            + (o.Coverage ? ", coverage on" : ""));
 
-        var campaign = new Campaign(properties, seed, batchSize, maxCases, budget);
+        var tally = o.Coverage ? new CoverageTally() : null;
+        var campaign = new Campaign(o.Properties, o.Seed, o.BatchSize, o.MaxCases, o.Budget, o.Shard, o.EndSize,
+            tally is null ? null : (p, _, c) => tally.Record(p, c));
         ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; campaign.Stop(); };
         Console.CancelKeyPress += onCancel;
         using var progress = new Timer(_ => Console.Error.WriteLine(Progress(campaign)), null, ProgressEvery, ProgressEvery);
@@ -76,7 +114,9 @@ public static class CheckCommand
             Console.CancelKeyPress -= onCancel;
         }
 
-        if (json) Console.WriteLine(Json(result, budget, maxCases));
+        // Expectations are those of the properties that ran: a shard or a short budget may leave some out (the summary shows them with 0 cases).
+        var rows = tally?.Rows(result.Tallies.Where(t => t.Cases > 0).Select(t => t.Property));
+        if (o.Json) Console.WriteLine(Json(result, o, tally, rows));
         else
         {
             if (result.FailureReport is { } report)
@@ -84,9 +124,15 @@ public static class CheckCommand
                 Console.WriteLine(report);
                 Console.WriteLine();
             }
-            Console.WriteLine(Summary(result, budget, maxCases));
+            if (rows is not null) Console.WriteLine(CoverageTable(rows, tally!, result));
+            Console.WriteLine(Summary(result, o));
         }
-        return result.Failed ? Cli.Diverged : Cli.Ok;
+        var unreached = rows?.Where(r => r.Unreached).ToList() ?? [];
+        Console.Out.Flush();
+        foreach (var r in unreached) Console.Error.WriteLine($"mmuspec: warning: never reached: {r.Family} / {r.Situation}");
+        foreach (var r in rows?.Where(r => !r.Known) ?? []) Console.Error.WriteLine($"mmuspec: warning: a situation no list names (classifier bug): {r.Family} / {r.Situation}");
+        if (result.Failed) return Cli.Diverged;
+        return o.RequireCoverage && unreached.Count > 0 ? CoverageIncomplete : Cli.Ok;
     }
 
     static string Progress(Campaign c)
@@ -95,21 +141,23 @@ public static class CheckCommand
         long cases = c.Tallies.Sum(t => Interlocked.Read(ref t.Cases));
         long ops = c.Tallies.Sum(t => Interlocked.Read(ref t.Ops));
         string per = string.Join("  ", c.Tallies.Select(t => $"{Short(t.Property.Name)} {Interlocked.Read(ref t.Cases)}"));
-        return FormattableString.Invariant($"[{s,6:0.0}s] {cases,8} cases {cases / s,7:0}/s  {ops,9} ops  | {per}");
+        string shard = c.Shard.IsWhole ? "" : $"shard {c.Shard} ";
+        return FormattableString.Invariant($"[{s,6:0.0}s] {shard}{cases,8} cases {cases / s,7:0}/s  {ops,9} ops  | {per}");
     }
 
     static string Short(string name) => name.StartsWith("walk-", StringComparison.Ordinal) ? name[5..] : name;
 
-    static string Summary(CampaignResult r, TimeSpan? budget, long? maxCases)
+    static string Summary(CampaignResult r, RunOptions o)
     {
         double s = Math.Max(r.Elapsed.TotalSeconds, 1e-3);
         var table = new TextTable("property", "cases", "ops", "batches").AlignRight(1, 2, 3);
         foreach (var t in r.Tallies)
             table.Add(t.Property.Name, t.Cases.ToString(CultureInfo.InvariantCulture), t.Ops.ToString(CultureInfo.InvariantCulture), t.Batches.ToString(CultureInfo.InvariantCulture));
         table.Add("total", r.Cases.ToString(CultureInfo.InvariantCulture), r.Ops.ToString(CultureInfo.InvariantCulture), r.Tallies.Sum(t => t.Batches).ToString(CultureInfo.InvariantCulture));
+        string shard = o.Shard.IsWhole ? "" : $" (shard {o.Shard})";
         var lines = new List<string>
         {
-            FormattableString.Invariant($"check: {r.Cases} cases, {r.Ops} ops in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s), {(r.Failed ? 1 : 0)} failure{(r.Failed ? "" : "s")}{(r.Interrupted ? " (interrupted)" : "")}"),
+            FormattableString.Invariant($"check{shard}: {r.Cases} cases, {r.Ops} ops in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s), {(r.Failed ? 1 : 0)} failure{(r.Failed ? "" : "s")}{(r.Interrupted ? " (interrupted)" : "")}"),
             table.Render("  "),
         };
         if (r.Failed)
@@ -118,12 +166,56 @@ public static class CheckCommand
             if (r.FailureReplay is { } token) lines.Add($"replay the case: mmuspec replay {token} --property {r.FailedProperty}");
         }
         else lines.Add("spec and impl agree on every case");
-        string again = maxCases is { } n ? $"--count {n}" : budget is { } b ? FormattableString.Invariant($"--time {b.TotalSeconds:0.#}") : "";
-        lines.Add($"seed {r.Seed} (rerun: mmuspec check --seed {r.Seed} {again}{(r.Tallies.Count == 1 ? $" --property {r.Tallies[0].Property.Name}" : "")})");
+        lines.Add($"seed {r.Seed} (rerun: {Rerun(r, o)})");
         return string.Join(Environment.NewLine, lines);
     }
 
-    static string Json(CampaignResult r, TimeSpan? budget, long? maxCases)
+    /// <summary>The command that runs the same campaign again: every option that decides which cases run.</summary>
+    static string Rerun(CampaignResult r, RunOptions o)
+    {
+        var parts = new List<string> { $"mmuspec check --seed {r.Seed}" };
+        if (o.MaxCases is { } n) parts.Add($"--count {n}");
+        else if (o.Budget is { } b && !(o.Deep && b == DeepBudget)) parts.Add(FormattableString.Invariant($"--time {b.TotalSeconds:0.#}"));
+        if (o.Deep) parts.Add("--deep");
+        if (o.BatchSize != 100) parts.Add($"--batch-size {o.BatchSize}");
+        if (r.Tallies.Count == 1) parts.Add($"--property {r.Tallies[0].Property.Name}");
+        if (!o.Shard.IsWhole) parts.Add($"--shard {o.Shard}");
+        if (o.Coverage) parts.Add(o.RequireCoverage ? "--coverage --require-coverage" : "--coverage");
+        return string.Join(' ', parts);
+    }
+
+    /// <summary>The coverage report: per family and group, each situation's count, never-reached ones marked.</summary>
+    static string CoverageTable(IReadOnlyList<CoverageRow> rows, CoverageTally tally, CampaignResult r)
+    {
+        int expected = rows.Count(x => x.Expected), unreached = rows.Count(x => x.Unreached);
+        double total = Math.Max(r.Elapsed.TotalSeconds, 1e-3);
+        var lines = new List<string>
+        {
+            FormattableString.Invariant($"coverage: {expected - unreached} of {expected} expected situations reached ({unreached} never), classifying {tally.Cases} cases took {tally.Elapsed.TotalSeconds:0.0} s of {total:0.0} s ({100 * tally.Elapsed.TotalSeconds / total:0}%)"),
+        };
+        var notRun = r.Tallies.Where(t => t.Cases == 0).Select(t => t.Property.Name).ToList();
+        if (notRun.Count > 0) lines.Add($"  not run in this campaign (their situations are not expected): {string.Join(", ", notRun)}");
+        foreach (var family in rows.GroupBy(x => x.Family))
+        {
+            lines.Add($"  {family.Key}");
+            var table = new TextTable().AlignRight(1);   // situation, count, remark
+            string? group = null;
+            foreach (var row in family)
+            {
+                if (row.Group != group)
+                {
+                    group = row.Group;
+                    table.Add($"    {group}");
+                }
+                string mark = row.Unreached ? "<-- never reached" : !row.Known ? "(no list names it)" : !row.Expected ? "(extra: counted, not required)" : "";
+                table.Add($"      {Situation.NameOf(row.Situation)}", row.Count.ToString(CultureInfo.InvariantCulture), mark);
+            }
+            lines.Add(table.Render());
+        }
+        return string.Join(Environment.NewLine, lines) + Environment.NewLine;
+    }
+
+    static string Json(CampaignResult r, RunOptions o, CoverageTally? tally, IReadOnlyList<CoverageRow>? rows)
     {
         using var buffer = new MemoryStream();
         using (var w = new Utf8JsonWriter(buffer, WalkJson.WriterOptions(indented: true)))
@@ -131,8 +223,18 @@ public static class CheckCommand
             double s = Math.Max(r.Elapsed.TotalSeconds, 1e-3);
             w.WriteStartObject();
             w.WriteNumber("seed", r.Seed);
-            if (budget is { } b) w.WriteNumber("budget_seconds", b.TotalSeconds); else w.WriteNull("budget_seconds");
-            if (maxCases is { } n) w.WriteNumber("max_cases", n); else w.WriteNull("max_cases");
+            if (o.Budget is { } b) w.WriteNumber("budget_seconds", b.TotalSeconds); else w.WriteNull("budget_seconds");
+            if (o.MaxCases is { } n) w.WriteNumber("max_cases", n); else w.WriteNull("max_cases");
+            w.WriteBoolean("deep", o.Deep);
+            w.WriteNumber("end_size", o.EndSize);
+            if (o.Shard.IsWhole) w.WriteNull("shard");
+            else
+            {
+                w.WriteStartObject("shard");
+                w.WriteNumber("index", o.Shard.Index);
+                w.WriteNumber("count", o.Shard.Count);
+                w.WriteEndObject();
+            }
             w.WriteNumber("seconds", Math.Round(r.Elapsed.TotalSeconds, 3));
             w.WriteNumber("cases", r.Cases);
             w.WriteNumber("ops", r.Ops);
@@ -159,6 +261,36 @@ public static class CheckCommand
                 w.WriteEndObject();
             }
             else w.WriteNull("failure");
+            if (tally is null || rows is null) w.WriteNull("coverage");
+            else
+            {
+                w.WriteStartObject("coverage");
+                w.WriteNumber("classify_seconds", Math.Round(tally.Elapsed.TotalSeconds, 3));
+                w.WriteNumber("expected", rows.Count(x => x.Expected));
+                w.WriteStartArray("not_run");
+                foreach (var t in r.Tallies.Where(t => t.Cases == 0)) w.WriteStringValue(t.Property.Name);
+                w.WriteEndArray();
+                w.WriteStartArray("unreached");
+                foreach (var row in rows.Where(x => x.Unreached)) w.WriteStringValue($"{row.Family}: {row.Situation}");
+                w.WriteEndArray();
+                w.WriteStartObject("families");
+                foreach (var family in rows.GroupBy(x => x.Family))
+                {
+                    w.WriteStartObject(family.Key);
+                    foreach (var row in family) w.WriteNumber(row.Situation, row.Count);
+                    w.WriteEndObject();
+                }
+                w.WriteEndObject();
+                w.WriteStartObject("properties");
+                foreach (var t in r.Tallies)
+                {
+                    w.WriteStartObject(t.Property.Name);
+                    foreach (var (situation, count) in tally.Of(t.Property).OrderBy(x => x.Key, StringComparer.Ordinal)) w.WriteNumber(situation, count);
+                    w.WriteEndObject();
+                }
+                w.WriteEndObject();
+                w.WriteEndObject();
+            }
             w.WriteEndObject();
         }
         return System.Text.Encoding.UTF8.GetString(buffer.ToArray());

@@ -248,7 +248,7 @@ internal sealed class ShadowCaseBuilder
                 var withPcid = spaces.Where(s => s.Mode.IsLongMode()).ToList();
                 // Small PCIDs mostly, sometimes any of the 12 bits (so a PCID compared on fewer bits shows).
                 ulong own = rng.Next(3) == 0 ? (ulong)rng.Next(1, 0x1000) : (ulong)(spaces.Count + 1);
-                cr3 |= withPcid.Count > 0 && rng.Next(5) == 0 ? (ulong)withPcid[rng.Next(withPcid.Count)].Pcid : own;
+                cr3 |= withPcid.Count > 0 && rng.Next(3) == 0 ? (ulong)withPcid[rng.Next(withPcid.Count)].Pcid : own;
             }
             else if (mode.IsLongMode() && rng.Next(5) == 0) cr3 |= 0x18;   // PWT/PCD, ignored
         }
@@ -477,6 +477,7 @@ internal sealed class ShadowCaseBuilder
         if (roll < 77) { Add(SetPaging()); return; }
         if (roll < 80) { Add(DataStore()); return; }
         if (roll < 82) { Add(new ShadowOp.SetDirtyLogging(SomeSlot(), rng.Next(3) != 0)); return; }
+        if (roll < 84 && rng.Next(2) == 0) { DirtyLogRound(); return; }
         if (roll < 84) { Add(new ShadowOp.GetDirtyLog(logging.Count > 0 && rng.Next(5) != 0 ? logging.ElementAt(rng.Next(logging.Count)) : SomeSlot())); return; }
         if (roll < 87) { Add(Zap()); return; }
         if (roll < 88) { Add(new ShadowOp.ZapAll()); return; }
@@ -620,10 +621,6 @@ internal sealed class ShadowCaseBuilder
     }
 
     /// <summary>
-    /// Write flooding: three to five stores to one upper-level table of the loaded mode with no access
-    /// in between (the same entry rewritten, other entries, unused slots).
-    /// </summary>
-    /// <summary>
     /// Many translations of one frame and many links to one table: the guest copies a mapped gva's leaf
     /// into several other entries of its page table, and that table's directory entry into several other
     /// entries of its directory, then touches the new gvas. The shadow MMU then keeps long reverse maps
@@ -661,6 +658,10 @@ internal sealed class ShadowCaseBuilder
         Copy(pde, 2);
     }
 
+    /// <summary>
+    /// Write flooding: three to five stores to one upper-level table of the loaded mode with no access
+    /// in between (the same entry rewritten, other entries, unused slots).
+    /// </summary>
     void FloodBurst()
     {
         var upper = tables.Where(t => t.Level > 1 && t.Mode == controls.Mode && !(t.Mode == PagingMode.Pae && t.Level == 3)).ToList();
@@ -833,11 +834,17 @@ internal sealed class ShadowCaseBuilder
     /// <summary>One cached-root operation or pattern (cases built with <c>Roots</c>).</summary>
     void RootsOps()
     {
+        if (controls.Mode == PagingMode.Pae && rng.Next(12) == 0) { PdptChange(); return; }
         int roll = rng.Next(100);
         if (roll < 30) { Add(MovCr3(SomeSpace())); return; }
         if (roll < 65) { StaleRoot(); return; }
         if (roll < 82) { Add(SomeInvpcid()); return; }
-        if (roll < 95) { Add(Access()); return; }
+        if (roll < 95)
+        {
+            if (rng.Next(12) == 0) FloodPreviousRoot();
+            else Add(Access());
+            return;
+        }
         if (roll < 97 && controls.Mode.IsLongMode())
         {
             // PCIDE toggled (KVM: 0->1 frees every root, 1->0 flushes every PCID; the model's GuestSetPaging frees all).
@@ -904,9 +911,7 @@ internal sealed class ShadowCaseBuilder
         if (same.Count < 2) { Add(Access()); return; }
         // Mostly a space and gva whose path the builder believes complete down to a 4 KiB leaf in the data
         // slot, so the fill builds a level-1 shadow page that the edit can make unsync.
-        List<ulong> Mapped(Space sp) => sp.Gvas.Where(g => PathOf(g, sp) is { Count: > 0 } p && p[^1].Level == 1 && p.All(e => Bits.Test(e.Value, 0))
-            && (p[^1].Value & FrameMask(sp.Mode)) >> 12 is var gfn && gfn >= DataBase && gfn < DataBase + DataPages).ToList();
-        var withMapped = same.Select(sp => (Space: sp, Gvas: Mapped(sp))).Where(x => x.Gvas.Count > 0).ToList();
+        var withMapped = same.Select(sp => (Space: sp, Gvas: MappedToData(sp))).Where(x => x.Gvas.Count > 0).ToList();
         Space s;
         ulong gva;
         if (withMapped.Count > 0 && rng.Next(10) != 0)
@@ -920,7 +925,7 @@ internal sealed class ShadowCaseBuilder
             gva = s.Gvas[rng.Next(s.Gvas.Count)];
         }
         // A user read of an all-user path (SMAP would refuse a supervisor one), else a supervisor read.
-        var reader = PathOf(gva, s).All(e => Bits.Test(e.Value, 2)) ? Privilege.User : Privilege.Supervisor;
+        var reader = ReaderOf(gva, s);
         if (current != s) Add(MovCr3(s));
         Add(new ShadowOp.GuestAccess(new Access(gva, AccessType.Read, reader)));
         var others = same.Where(o => o != s).ToList();
@@ -935,15 +940,109 @@ internal sealed class ShadowCaseBuilder
             case 0: case 1: Add(new ShadowOp.Invpcid(ShadowOp.Invpcid.SingleContext, pcid, 0)); break;
             case 2: Add(new ShadowOp.Invpcid(ShadowOp.Invpcid.IndividualAddress, pcid, gva)); break;
             case 3: Add(new ShadowOp.Invlpg(gva)); break;
-            case 4:
+            case 4: case 5:
                 var sharing = spaces.Where(o => o != s && o.Mode == controls.Mode && o.Pcid == s.Pcid).ToList();
                 if (sharing.Count > 0) Add(MovCr3(sharing[rng.Next(sharing.Count)], noFlush: false));
                 else Add(new ShadowOp.Invpcid(ShadowOp.Invpcid.SingleContext, pcid, 0));
                 break;
-            case 5: Add(rng.Next(2) == 0 ? new ShadowOp.FlushTlb() : new ShadowOp.Invpcid(ShadowOp.Invpcid.AllNonGlobal, 0, 0)); break;
+            case 6: Add(rng.Next(2) == 0 ? new ShadowOp.FlushTlb() : new ShadowOp.Invpcid(ShadowOp.Invpcid.AllNonGlobal, 0, 0)); break;
             default: break;   // nothing: the stale translation stays allowed
         }
         Add(MovCr3(s, noFlush: rng.Next(5) != 0));
         Add(new ShadowOp.GuestAccess(new Access(gva, rng.Next(4) == 0 ? AccessType.Write : AccessType.Read, reader)));
+    }
+
+    /// <summary>The gvas of <paramref name="sp"/> whose path the builder believes complete down to a 4 KiB leaf in the data slot.</summary>
+    List<ulong> MappedToData(Space sp) => sp.Gvas.Where(g => PathOf(g, sp) is { Count: > 0 } p && p[^1].Level == 1 && p.All(e => Bits.Test(e.Value, 0))
+        && (p[^1].Value & FrameMask(sp.Mode)) >> 12 is var gfn && gfn >= DataBase && gfn < DataBase + DataPages).ToList();
+
+    /// <summary>A user access where the builder believes the whole path is user (SMAP would refuse a supervisor one), else a supervisor access.</summary>
+    Privilege ReaderOf(ulong gva, Space sp) => PathOf(gva, sp).All(e => Bits.Test(e.Value, 2)) ? Privilege.User : Privilege.Supervisor;
+
+    /// <summary>
+    /// A round of dirty logging on the data slot: logging turned on, writes through gvas that map into
+    /// it (writable leaves for dirty pages), the log fetched (those leaves write-protected again), and
+    /// sometimes a write after the fetch (it faults and marks the page dirty again).
+    /// </summary>
+    void DirtyLogRound()
+    {
+        if (!slots.ContainsKey(DataSlot) || current.Mode != controls.Mode) { Add(new ShadowOp.GetDirtyLog(SomeSlot())); return; }
+        if (!logging.Contains(DataSlot)) Add(new ShadowOp.SetDirtyLogging(DataSlot, true));
+        var mapped = MappedToData(current);
+        ulong? last = null;
+        for (int i = 0, n = 1 + rng.Next(2); i < n && mapped.Count > 0; i++)
+        {
+            ulong gva = (mapped[rng.Next(mapped.Count)] & ~0xFFFUL) | (uint)rng.Next(0x1000);
+            Add(new ShadowOp.GuestAccess(new Access(gva, AccessType.Write, ReaderOf(gva, current))));
+            last = gva;
+        }
+        Add(new ShadowOp.GetDirtyLog(DataSlot));
+        if (last is { } again && rng.Next(2) == 0) Add(new ShadowOp.GuestAccess(new Access(again, AccessType.Write, ReaderOf(again, current))));
+    }
+
+    /// <summary>
+    /// PAE: the guest changes a PDPTE of a cached address space (present toggled or another page
+    /// directory), then switches to it: the cached root no longer matches the PDPTE registers and is
+    /// rebuilt; then an access through it.
+    /// </summary>
+    void PdptChange()
+    {
+        var pae = spaces.Where(sp => sp.Mode == PagingMode.Pae && controls.Mode == PagingMode.Pae && sp != current).ToList();
+        if (pae.Count == 0) { Add(Access()); return; }
+        var cached = pae.Where(sp => recentSpaces.Take(ShadowRoots.MaxPrevious + 1).Contains(sp.Index)).ToList();
+        var s = cached.Count > 0 ? cached[rng.Next(cached.Count)] : pae[rng.Next(pae.Count)];
+        if (cached.Count == 0)
+        {
+            // Load it once so that a root for it is cached, then come back.
+            var back = current;
+            Add(MovCr3(s));
+            Add(MovCr3(back));
+        }
+        ulong gpa = s.RootTable + 8UL * (ulong)rng.Next(4);
+        var directories = tables.Where(t => t.Mode == PagingMode.Pae && t.Level == 2).ToList();
+        ulong Directory() => directories.Count > 0 ? directories[rng.Next(directories.Count)].Gpa : TakePageOrHole();
+        if (entries.TryGetValue(gpa, out var e))
+            Add(Store(e, Bits.Test(e.Value, 0) && rng.Next(2) == 0 ? e.Value & ~1UL : Directory() | 1));
+        else Add(new ShadowOp.GuestStore(gpa, Directory() | 1, 8));
+        Add(MovCr3(s));
+        Add(Access());
+    }
+
+    ulong TakePageOrHole() => freePages.Count > 0 ? TakePage() : HoleBase << 12;
+
+    /// <summary>
+    /// Write flooding of a table that is the root page of a previous (cached, not current) root: three
+    /// stores with no walk in between zap it, which frees that root.
+    /// </summary>
+    void FloodPreviousRoot()
+    {
+        var previous = recentSpaces.Skip(1).Take(ShadowRoots.MaxPrevious).Select(i => spaces[i])
+            .Where(sp => sp.Mode == controls.Mode && sp != current).ToList();
+        if (previous.Count == 0) { Add(Access()); return; }
+        var s = previous[rng.Next(previous.Count)];
+        ulong table = s.RootTable & ~0xFFFUL;
+        if (s.Mode == PagingMode.Pae)
+        {
+            // A PAE root's pages are its page directories: one a present PDPTE points to.
+            var pdptes = Enumerable.Range(0, 4).Select(i => entries.GetValueOrDefault(s.RootTable + 8UL * (ulong)i))
+                .Where(e => e is not null && Bits.Test(e.Value, 0)).ToList();
+            if (pdptes.Count == 0) { Add(Access()); return; }
+            table = pdptes[rng.Next(pdptes.Count)]!.Value & FrameMask(PagingMode.Pae);
+        }
+        int size = s.Mode.EntryBytes();
+        var inTable = entryOrder.Where(e => (e.Gpa & ~0xFFFUL) == table).ToList();
+        for (int i = 0; i < 3; i++)
+        {
+            if (inTable.Count > 0 && rng.Next(2) == 0)
+            {
+                var e = inTable[rng.Next(inTable.Count)];
+                Add(Store(e, e.Value));
+            }
+            else
+            {
+                ulong gpa = table + (ulong)(rng.Next(4096 / size) * size);
+                Add(entries.TryGetValue(gpa, out var e) ? Store(e, e.Value) : new ShadowOp.GuestStore(gpa, 0, size));
+            }
+        }
     }
 }

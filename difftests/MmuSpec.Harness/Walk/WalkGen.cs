@@ -37,6 +37,8 @@ public static class WalkGen
         var controls = GenControls(rng, mode ?? (PagingMode)rng.Next(4));
         var forest = new ForestBuilder(rng, controls);
         forest.Grow(paths: 1 + rng.Next(2 + size / 8));
+        // Rarely a PAE PDPTE with a reserved bit: the boot's CR3 load itself raises #GP (no op runs).
+        if (forest.BootControls.Mode == PagingMode.Pae && rng.Next(40) == 0) forest.ReservedPdpte();
         var setup = forest.SetupWrites();   // before the ops: entry edits must not leak into the boot image
         int opCount = 1 + rng.Next(1 + Math.Max(4, size));
         var ops = ImmutableArray.CreateBuilder<Op>(opCount);
@@ -53,11 +55,12 @@ public static class WalkGen
         cr4Pke: Coin(rng), eferNxe: rng.Next(4) != 0, eflagsAc: Coin(rng),
         pkru: GenPkru(rng), maxPhyAddr: MaxPhyAddrs[rng.Next(MaxPhyAddrs.Length)]);
 
-    /// <summary>PKRU: zero, all-deny, or random bits (each key's AD/WD independently).</summary>
-    internal static uint GenPkru(Random rng) => rng.Next(4) switch
+    /// <summary>PKRU: zero, all-deny, all write-deny, or random bits (each key's AD/WD independently).</summary>
+    internal static uint GenPkru(Random rng) => rng.Next(5) switch
     {
         0 => 0,
         1 => 0x5555_5554,    // AD for every key but 0
+        2 => 0xAAAA_AAA8,    // WD for every key but 0: reads pass, writes fault with PK
         _ => (uint)rng.NextInt64(0, 1L << 32),
     };
 
@@ -118,6 +121,16 @@ internal sealed class ForestBuilder
     }
 
     ulong RootTable => bootMode == PagingMode.Pae ? Cr3 & Bits.Range(31, 5) : Cr3 & ~0xFFFUL;
+
+    /// <summary>PAE: a present PDPTE (made present if none is) gets a bit the PDPTE register reserves (2:1, 8:5 or MAXPHYADDR and up).</summary>
+    public void ReservedPdpte()
+    {
+        var pdptes = Enumerable.Range(0, 4).Select(i => RootTable + 8UL * (ulong)i).ToList();
+        var present = pdptes.Where(g => entries.TryGetValue(g, out ulong v) && Bits.Test(v, 0)).ToList();
+        ulong gpa = present.Count > 0 ? present[rng.Next(present.Count)] : pdptes[rng.Next(4)];
+        int[] reserved = [1, 2, 5, 6, 7, 8, BootControls.MaxPhyAddr, 63];
+        Set(gpa, entries.GetValueOrDefault(gpa) | 1 | 1UL << reserved[rng.Next(reserved.Length)]);
+    }
 
     /// <summary>genGva: a linear address of the mode's width, canonical.</summary>
     ulong RandomGva()
@@ -345,8 +358,9 @@ internal sealed class ForestBuilder
     ulong NewCr3(PagingControls c)
     {
         int roll = rng.Next(100);
-        // Mostly the tables' own root (a flush-like reload); sometimes another table as a root.
-        ulong cr3 = roll < 75 ? Cr3 : tables[rng.Next(tables.Count)].Page;
+        // Mostly the tables' own root (a flush-like reload); sometimes another table as a root, or a
+        // page outside guest memory (PAE: the PDPTEs cannot be loaded, #GP; otherwise nothing translates).
+        ulong cr3 = roll < 75 ? Cr3 : roll < 80 ? 0x80UL << 12 : tables[rng.Next(tables.Count)].Page;
         if (c.Mode == PagingMode.Pae && rng.Next(4) == 0) cr3 += 32UL * (ulong)rng.Next(128);
         if (c.Mode.IsLongMode() && roll >= 90) cr3 |= 1UL << rng.Next(c.MaxPhyAddr, 64);   // reserved: #GP
         return cr3;
