@@ -55,8 +55,8 @@ public sealed class BugCatalogTests
         var e = MutantCatalog.Parse("01-x", Header.Replace("Cause: c", "Cause: first line\n  continued") + Diff);
         Assert.Equal("KVM: fix", e.Upstream);
         Assert.Equal("first line continued", e.Cause);
-        Assert.Equal(["shadow-32bit"], e.Properties);
-        Assert.Equal(["impl/X.cs"], e.Files);
+        Assert.Equal(new[] { "shadow-32bit" }, e.Properties.ToArray());
+        Assert.Equal(new[] { "impl/X.cs" }, e.Files.ToArray());
         Assert.StartsWith("diff --git", e.Patch, StringComparison.Ordinal);
     }
 
