@@ -13,6 +13,7 @@ var root = new RootCommand("mmuspec: the x86 page-walk spec and its fast impl, s
     WalkCommand.Create(),
     MappingsCommand.Create(),
     SynthImageCommand.Create(),
+    MutantsCommand.Create(),
 };
 
 var parsed = root.Parse(args);
