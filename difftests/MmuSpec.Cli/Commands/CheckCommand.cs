@@ -34,7 +34,7 @@ public static class CheckCommand
                 r.AddError($"--count: '{r.Tokens[0].Value}' is not a positive number");
         });
         var time = Cli.Duration("--time", "time budget: seconds, or like 90s, 10m, 1h (default 60 s, 30 min with --deep, unless --count is given)", "--duration");
-        var property = new Option<string?>("--property") { Description = $"check only this property ({string.Join(", ", DiffProperties.All.Select(p => p.Name))})", HelpName = "name" };
+        var property = new Option<string?>("--property") { Description = $"check only these properties, comma-separated ({string.Join(", ", DiffProperties.All.Select(p => p.Name))})", HelpName = "names" };
         var batch = new Option<int>("--batch-size") { Description = "cases per batch (one FsCheck run)", HelpName = "n", DefaultValueFactory = _ => 100 };
         batch.Validators.Add(r =>
         {
@@ -62,7 +62,7 @@ public static class CheckCommand
         foreach (var o in new Option[] { seed, count, time, property, batch, json, coverage, requireCoverage, deep, shard }) command.Add(o);
         command.SetAction(p =>
         {
-            var properties = p.GetValue(property) is { } name ? [Find(name)] : DiffProperties.All;
+            var properties = p.GetValue(property) is { } names ? FindAll(names) : DiffProperties.All;
             ulong master = p.GetValue(seed) ?? BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
             long? maxCases = p.GetValue(count);
             bool isDeep = p.GetValue(deep);
@@ -80,6 +80,13 @@ public static class CheckCommand
         bool Coverage, bool RequireCoverage, bool Deep, Shard Shard)
     {
         public int EndSize => Deep ? DeepEndSize : Campaign.DefaultEndSize;
+    }
+
+    /// <summary>"a,b,c": each name once, in the order given (the round-robin order).</summary>
+    static IReadOnlyList<DiffProperty> FindAll(string names)
+    {
+        var list = names.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(Find).Distinct().ToList();
+        return list.Count > 0 ? list : throw new InputException("--property: no property named");
     }
 
     static DiffProperty Find(string name)
@@ -163,7 +170,10 @@ public static class CheckCommand
         if (r.Failed)
         {
             lines.Add($"FAILED: {r.FailedProperty} diverged in batch {r.FailedBatch} (shrunk with {r.ShrinkRuns} more runs)");
-            if (r.FailureReplay is { } token) lines.Add($"replay the case: mmuspec replay {token} --property {r.FailedProperty}");
+            if (r.FoundAfter is { } found)
+                lines.Add(FormattableString.Invariant($"found after {found.TotalSeconds:0.0} s; shrunk to {r.ShrunkOps} ops"));
+            if (r.CounterexampleFile is { } file) lines.Add($"counterexample file: {file}  (rerun it: mmuspec replay {file}; shrink further: mmuspec replay {file} --shrink)");
+            if (r.FailureReplay is { } token) lines.Add($"replay the unshrunk case: mmuspec replay {token} --property {r.FailedProperty}");
         }
         else lines.Add("spec and impl agree on every case");
         lines.Add($"seed {r.Seed} (rerun: {Rerun(r, o)})");
@@ -178,7 +188,7 @@ public static class CheckCommand
         else if (o.Budget is { } b && !(o.Deep && b == DeepBudget)) parts.Add(FormattableString.Invariant($"--time {b.TotalSeconds:0.#}"));
         if (o.Deep) parts.Add("--deep");
         if (o.BatchSize != 100) parts.Add($"--batch-size {o.BatchSize}");
-        if (r.Tallies.Count == 1) parts.Add($"--property {r.Tallies[0].Property.Name}");
+        if (r.Tallies.Count < DiffProperties.All.Count) parts.Add($"--property {string.Join(',', r.Tallies.Select(t => t.Property.Name))}");
         if (!o.Shard.IsWhole) parts.Add($"--shard {o.Shard}");
         if (o.Coverage) parts.Add(o.RequireCoverage ? "--coverage --require-coverage" : "--coverage");
         return string.Join(' ', parts);
@@ -257,6 +267,9 @@ public static class CheckCommand
                 w.WriteString("property", r.FailedProperty);
                 w.WriteNumber("batch", r.FailedBatch);
                 w.WriteString("replay", r.FailureReplay);
+                if (r.FoundAfter is { } found) w.WriteNumber("found_after_seconds", Math.Round(found.TotalSeconds, 3)); else w.WriteNull("found_after_seconds");
+                if (r.ShrunkOps is { } ops) w.WriteNumber("shrunk_ops", ops); else w.WriteNull("shrunk_ops");
+                w.WriteString("counterexample", r.CounterexampleFile);
                 w.WriteString("report", r.FailureReport);
                 w.WriteEndObject();
             }

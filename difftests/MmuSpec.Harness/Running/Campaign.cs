@@ -20,6 +20,13 @@ public sealed record CampaignResult(
     ulong Seed, TimeSpan Elapsed, IReadOnlyList<PropertyTally> Tallies, bool Interrupted,
     string? FailedProperty, long FailedBatch, string? FailureReport, string? FailureReplay, long ShrinkRuns)
 {
+    /// <summary>Campaign time when the first failing case was drawn (before shrinking); null when none failed.</summary>
+    public TimeSpan? FoundAfter { get; init; }
+    /// <summary>Operations in the shrunk counterexample (the property's own count); null when none failed.</summary>
+    public int? ShrunkOps { get; init; }
+    /// <summary>The counterexample file written for the failure (docs/counterexample-format.md), if it could be written.</summary>
+    public string? CounterexampleFile { get; init; }
+
     public long Cases => Tallies.Sum(t => t.Cases);
     public long Ops => Tallies.Sum(t => t.Ops);
     public bool Failed => FailureReport is not null;
@@ -129,6 +136,7 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
             var tally = tallies[batch % tallies.Length];
             var p = tally.Property;
             bool failing = false;
+            TimeSpan? foundAfter = null;
             long thisBatch = batch;
             bool Holds(object c)
             {
@@ -138,12 +146,14 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
                 Interlocked.Add(ref tally.Ops, p.OpCount(c));
                 onCase?.Invoke(p, thisBatch, c);
                 failing = !ok;
+                if (failing) foundAfter = clock.Elapsed;
                 return ok;
             }
 
             // A replay without a size makes the batch's seed the start of `size` cases, sizes ramping to endSize
             // (PropertyCheck.Check's runner and config, with the campaign's EndSize).
-            var runner = new PropertyRunner(p.Name, _ => { }, p.Explain);
+            var runner = new PropertyRunner(p.Name, _ => { }, p.Explain,
+                counterexamples: new CounterexampleTarget(p, CounterexampleFile.DefaultDirectory(), seed, batch));
             var config = Config.Quick.WithRunner(runner).WithName(p.Name).WithMaxTest(size).WithEndSize(endSize)
                 .WithReplay(FSharpOption<Replay>.Some(new Replay(BatchRnd(seed, batch), FSharpOption<int>.None)));
             FsCheck.Check.One(config, p.ForAll(Holds));
@@ -153,7 +163,12 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
             {
                 clock.Stop();
                 string? token = runner.FailingReplay is { } r ? PropertyCheck.FormatReplay(r) : null;
-                return new CampaignResult(seed, clock.Elapsed, tallies, false, p.Name, batch, report, token, shrinkRuns);
+                return new CampaignResult(seed, clock.Elapsed, tallies, false, p.Name, batch, report, token, shrinkRuns)
+                {
+                    FoundAfter = foundAfter,
+                    ShrunkOps = runner.FailingCase is { } shrunk ? p.OpCount(shrunk) : null,
+                    CounterexampleFile = runner.CounterexampleFile,
+                };
             }
         }
         clock.Stop();
