@@ -289,8 +289,14 @@ public static class CheckCommand
                 w.WriteStartObject("families");
                 foreach (var family in rows.GroupBy(x => x.Family))
                 {
+                    // expected: every situation the properties that ran expect, 0 when never reached; extra: others reached.
                     w.WriteStartObject(family.Key);
-                    foreach (var row in family) w.WriteNumber(row.Situation, row.Count);
+                    w.WriteStartObject("expected");
+                    foreach (var row in family.Where(x => x.Expected)) w.WriteNumber(row.Situation, row.Count);
+                    w.WriteEndObject();
+                    w.WriteStartObject("extra");
+                    foreach (var row in family.Where(x => !x.Expected)) w.WriteNumber(row.Situation, row.Count);
+                    w.WriteEndObject();
                     w.WriteEndObject();
                 }
                 w.WriteEndObject();

@@ -102,13 +102,23 @@ public static class TdpCoverage
             case TdpOp.GuestSetPaging p:
                 hit(r is TdpResult.GuestFault ? GuestCr3Gp : p.Controls is null ? GuestPagingOff : GuestPagingOn);
                 break;
-            case TdpOp.SetDirtyLogging d when r is TdpResult.Ok:
+            case TdpOp.SetDirtyLogging d:
+                if (r is not TdpResult.Ok) { hit(NoSuchSlot); break; }
                 bool was = before.Slots[d.Id].DirtyLogging;
-                hit((was, d.On) switch { (false, true) => LogOn, (true, false) => LogOff, (true, true) => LogSame, _ => LogOff });
-                if (!was && d.On && protectedLeaves > 0) hit(LogOnProtects);
+                if (!was && d.On)
+                {
+                    hit(LogOn);
+                    if (protectedLeaves > 0) hit(LogOnProtects);
+                }
+                if (was) hit(d.On ? LogSame : LogOff);   // off -> off: nothing to name
                 break;
-            case TdpOp.GetDirtyLog:
-                hit(r switch { TdpResult.DirtyLog { Gfns.Length: > 0 } => FetchNonEmpty, TdpResult.DirtyLog => FetchEmpty, _ => FetchRejected });
+            case TdpOp.GetDirtyLog g:
+                hit(r switch
+                {
+                    TdpResult.DirtyLog { Gfns.Length: > 0 } => FetchNonEmpty,
+                    TdpResult.DirtyLog => FetchEmpty,
+                    _ => before.Slots.ContainsKey(g.Id) ? FetchRejected : NoSuchSlot,
+                });
                 break;
             case TdpOp.ZapRange z:
                 if (r is TdpResult.Rejected) { hit(ZapRejected); break; }
@@ -122,6 +132,7 @@ public static class TdpCoverage
                 hit(r is TdpResult.Ok ? Create : CreateRejected);
                 break;
             case TdpOp.MoveSlot or TdpOp.DeleteSlot when r is TdpResult.Rejected:
+                // A move into an overlapping range is rejected too; only a missing id is named.
                 if (!before.Slots.ContainsKey(op is TdpOp.MoveSlot m ? m.Id : ((TdpOp.DeleteSlot)op).Id)) hit(NoSuchSlot);
                 break;
             case TdpOp.MoveSlot:

@@ -138,7 +138,8 @@ public static class WalkCoverage
                 if (was.Mode != s.Controls.Mode) hit(ModeSwitch);
                 else if (s.Controls.Mode == PagingMode.Pae) hit(GuestMachine.ReloadsPdptes(was, s.Controls) ? PdptesReloaded : PdptesKept);
                 else hit(FlagsOnly);
-                if (GuestMachine.ReloadsPdptes(was, s.Controls)) hit(Cr3Ok);
+                // Every successful control change reloads CR3 with MOV CR3's checks, except a PAE one that keeps the PDPTE registers.
+                if (s.Controls.Mode != PagingMode.Pae || GuestMachine.ReloadsPdptes(was, s.Controls)) hit(Cr3Ok);
                 break;
         }
     }
