@@ -100,8 +100,10 @@ public sealed partial class GuestVcpu
         // warm walk skips the write-back pass and its re-reads (KVM walk_addr_generic's accessed_dirty).
         ulong accessedAll = ~0UL;
         Unsafe.SkipInit(out WalkedEntries entries); // only slots [0, walked) are ever read: saves zeroing 40 bytes
-        byte* entry;
-        ulong pte;
+        // Assigned by the loop's first pass; the initial values only keep the compiler's definite
+        // assignment independent of the loop condition (a mutation tool turns `true` into `false`).
+        byte* entry = null;
+        ulong pte = 0;
         while (true)
         {
             ulong index = (gva >> ctx.Levels[level].Shift) & ctx.IndexMask;

@@ -41,8 +41,9 @@ public abstract class DiffProperty(string name, string law, string family)
     /// </summary>
     public abstract IEnumerable<object> Sample(ulong seed, int count, int endSize = Campaign.DefaultEndSize);
 
-    /// <summary>An FsCheck property over this property's cases with the given predicate.</summary>
-    public abstract Property ForAll(Func<object, bool> holds);
+    /// <summary>An FsCheck property over this property's cases with the given predicate; without
+    /// <paramref name="shrink"/> a failing case is reported as drawn.</summary>
+    public abstract Property ForAll(Func<object, bool> holds, bool shrink = true);
     public abstract bool Holds(object c);
     public abstract string Explain(object c);
     public abstract int OpCount(object c);
@@ -60,7 +61,8 @@ public sealed class DiffProperty<T>(string name, string law, Arbitrary<T> arbitr
     : DiffProperty(name, law, family) where T : notnull
 {
     public Arbitrary<T> Arbitrary { get; } = arbitrary;
-    public override Property ForAll(Func<object, bool> predicate) => Prop.ForAll(Arbitrary, (T c) => predicate(c));
+    public override Property ForAll(Func<object, bool> predicate, bool shrink = true) =>
+        Prop.ForAll(shrink ? Arbitrary : Arb.From(Arbitrary.Generator, _ => []), (T c) => predicate(c));
     public override bool Holds(object c) => holds((T)c);
     public override string Explain(object c) => explain((T)c);
     public override int OpCount(object c) => opCount((T)c);

@@ -13,14 +13,17 @@ public sealed class PropertyFailedException(string message) : Exception(message)
 /// and a developer's shell run the same tests differently without code changes:
 /// <c>MMUSPEC_MAX_TEST</c> (cases per property), <c>MMUSPEC_REPLAY</c> ("seed,gamma,size": one case),
 /// <c>MMUSPEC_SEED</c> (a fixed start for every property's random stream, so a whole test run draws
-/// the same cases each time; mutation testing relies on it) and <c>MMUSPEC_COUNTEREXAMPLES</c> (where
-/// a failure writes its counterexample file; "off" writes none).
+/// the same cases each time; mutation testing relies on it), <c>MMUSPEC_COUNTEREXAMPLES</c> (where
+/// a failure writes its counterexample file; "off" writes none) and <c>MMUSPEC_SHRINK</c> ("off":
+/// a failure is reported as drawn, unshrunk; mutation testing needs the kill, not a minimal case,
+/// and a shadow shrink can take a minute).
 /// </summary>
 public static class PropertyCheck
 {
     public const string MaxTestVariable = "MMUSPEC_MAX_TEST";
     public const string ReplayVariable = "MMUSPEC_REPLAY";
     public const string SeedVariable = "MMUSPEC_SEED";
+    public const string ShrinkVariable = "MMUSPEC_SHRINK";
 
     /// <summary>Cases per property: MMUSPEC_MAX_TEST if set, else <paramref name="defaultCount"/>.</summary>
     public static int MaxTest(int defaultCount)
@@ -35,6 +38,18 @@ public static class PropertyCheck
     {
         string? v = Environment.GetEnvironmentVariable(ReplayVariable);
         return string.IsNullOrWhiteSpace(v) ? null : ParseReplay(v);
+    }
+
+    /// <summary>False when MMUSPEC_SHRINK is "off" (or "0"); true when unset or "on" (or "1").</summary>
+    public static bool ShrinkFromEnvironment()
+    {
+        string? v = Environment.GetEnvironmentVariable(ShrinkVariable)?.Trim();
+        return v switch
+        {
+            null or "" or "on" or "1" => true,
+            "off" or "0" => false,
+            _ => throw new ArgumentException($"{ShrinkVariable}='{v}' is neither 'on' nor 'off'"),
+        };
     }
 
     /// <summary>MMUSPEC_SEED (decimal or 0x hex) if set, else null.</summary>
@@ -103,7 +118,7 @@ public static class PropertyCheck
         var config = Config.Quick.WithRunner(runner).WithName(name)
             .WithMaxTest(replay is not null && FSharpOption<int>.get_IsSome(replay.Size) ? 1 : maxTest)
             .WithReplay(replay is null ? FSharpOption<Replay>.None : FSharpOption<Replay>.Some(replay));
-        FsCheck.Check.One(config, property.ForAll(holds ?? property.Holds));
+        FsCheck.Check.One(config, property.ForAll(holds ?? property.Holds, ShrinkFromEnvironment()));
         if (throwOnFailure && runner.FailureReport is { } report) throw new PropertyFailedException(report);
         return runner;
     }

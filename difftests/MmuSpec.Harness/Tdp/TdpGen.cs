@@ -206,8 +206,17 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         TdpOp.AccessGpa At(ulong gfn, AccessType type) => AccessAt(gfn, type, rng.Next(5) == 0 ? rng.Next(2) == 0 : shared);
         var hugeSize = huge == 512 ? PageSize.Size2M : PageSize.Size1G;
 
-        switch (rng.Next(3))
+        switch (rng.Next(4))
         {
+            case 3:
+                // A huge leaf write-protected by logging that never sees a logged write: read (maps
+                // huge), logging on (protects it), sometimes a fetch, logging off, then a write (KVM
+                // makes the huge leaf writable in place: nothing to split once the slot stops logging).
+                pending.Enqueue(new TdpOp.SetDirtyLogging(id, true));
+                if (rng.Next(2) == 0) pending.Enqueue(new TdpOp.GetDirtyLog(id));
+                pending.Enqueue(new TdpOp.SetDirtyLogging(id, false));
+                pending.Enqueue(At(Inside(), AccessType.Write));
+                return At(Inside(), AccessType.Read);
             case 0:
                 // Dirty logging over a huge mapping: on (write-protects it), a logged write (zaps it and
                 // maps 4 KiB), fetch, off, then a fault that maps huge over the 4 KiB table.
@@ -287,6 +296,17 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     /// <summary>genZap: usually a range overlapping something touched before, sometimes huge-page sized.</summary>
     TdpOp Zap()
     {
+        // Rarely a range the MMU must refuse: empty, reversed, or ending past the gpa space.
+        if (rng.Next(60) == 0)
+        {
+            ulong s = (ulong)rng.NextInt64(0, 1L << 20);
+            return rng.Next(3) switch
+            {
+                0 => new TdpOp.ZapRange(s, s),
+                1 => new TdpOp.ZapRange(s + 1, s),
+                _ => new TdpOp.ZapRange(s, config.GfnLimit + (ulong)rng.Next(1, 512)),
+            };
+        }
         if (recentGfns.Count > 0 && rng.Next(4) == 0)
             return ZapInside(recentGfns[rng.Next(recentGfns.Count)], rng.Next(3) == 0 ? 1UL << 18 : 512);
         ulong start = recentGfns.Count > 0 && rng.Next(4) != 0

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Summarizes Stryker.NET JSON reports (mutation-testing-report-schema) for docs/mutation-score.md.
+
+usage: summarize.py REPORT.json [REPORT.json ...] [--survivors FILE.tsv]
+
+Several reports (e.g. a full run and a re-run of some files) are merged file by file: a file's
+mutants come from the LAST report that mutated that file, so a re-run replaces the earlier result
+for the files it covers. Prints the totals, the score with Stryker's formula and a per-file table
+as Markdown; with --survivors also writes every Survived/NoCoverage mutant as a TSV line
+(file, line, mutator, original, replacement, status, id) for the appendix.
+
+Stryker's formula: score = detected / (detected + undetected), where detected = Killed + Timeout and
+undetected = Survived + NoCoverage; CompileError and Ignored mutants are outside both.
+"""
+import json
+import sys
+from collections import Counter
+
+STATUSES = ["Killed", "Timeout", "Survived", "NoCoverage", "CompileError", "RuntimeError", "Ignored", "Pending"]
+
+
+def load(paths):
+    files = {}
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            report = json.load(f)
+        for name, entry in report["files"].items():
+            tested = [m for m in entry["mutants"] if m["status"] != "Ignored"]
+            # A report that only ignored a file's mutants (outside its --mutate set) does not replace it.
+            if tested or name not in files:
+                files[name] = entry
+    return files
+
+
+def short(name):
+    i = name.find("/impl/")
+    return name[i + len("/impl/"):] if i >= 0 else name
+
+
+def original_text(source_lines, loc):
+    s, e = loc["start"], loc["end"]
+    if s["line"] == e["line"]:
+        text = source_lines[s["line"] - 1][s["column"] - 1:e["column"] - 1]
+    else:
+        parts = [source_lines[s["line"] - 1][s["column"] - 1:]]
+        parts += source_lines[s["line"]:e["line"] - 1]
+        parts.append(source_lines[e["line"] - 1][:e["column"] - 1])
+        text = " ".join(x.strip() for x in parts)
+    return " ".join(text.split())
+
+
+def score(c):
+    detected = c["Killed"] + c["Timeout"]
+    undetected = c["Survived"] + c["NoCoverage"]
+    return detected, undetected, (100.0 * detected / (detected + undetected)) if detected + undetected else float("nan")
+
+
+def main(argv):
+    survivors_path = None
+    if "--survivors" in argv:
+        i = argv.index("--survivors")
+        survivors_path = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    files = load(argv)
+    total = Counter()
+    rows = []
+    survivors = []
+    for name in sorted(files, key=short):
+        entry = files[name]
+        c = Counter(m["status"] for m in entry["mutants"])
+        total.update(c)
+        d, u, s = score(c)
+        if d + u + c["CompileError"]:
+            rows.append((short(name), c, s))
+        lines = entry["source"].split("\n")
+        for m in entry["mutants"]:
+            if m["status"] in ("Survived", "NoCoverage"):
+                survivors.append((short(name), m["location"]["start"]["line"], m["mutatorName"],
+                                  original_text(lines, m["location"]), " ".join(m.get("replacement", "").split()),
+                                  m["status"], m["id"]))
+    d, u, s = score(total)
+    print("| total | killed | timeout | survived | no coverage | compile error | ignored | score |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {sum(total.values())} | {total['Killed']} | {total['Timeout']} | {total['Survived']} | "
+          f"{total['NoCoverage']} | {total['CompileError']} | {total['Ignored']} | {s:.2f}% |")
+    print()
+    print("| file | killed | timeout | survived | no coverage | compile error | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, c, sc in rows:
+        print(f"| {name} | {c['Killed']} | {c['Timeout']} | {c['Survived']} | {c['NoCoverage']} | {c['CompileError']} | "
+              f"{'n/a' if sc != sc else f'{sc:.1f}%'} |")
+    if survivors_path:
+        with open(survivors_path, "w", encoding="utf-8") as f:
+            for row in survivors:
+                f.write("\t".join(str(x) for x in row) + "\n")
+        print(f"\n{len(survivors)} survived/no-coverage mutants written to {survivors_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
