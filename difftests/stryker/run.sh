@@ -1,25 +1,46 @@
 #!/usr/bin/env bash
-# Mutation testing of impl/ with Stryker.NET (docs/mutation-score.md).
+# Mutation testing of impl/ with Stryker.NET, one area at a time (docs/mutation-score.md).
 #
-#   difftests/stryker/run.sh [GLOB ...]     e.g. difftests/stryker/run.sh '**/Tdp/**/*.cs'
+#   difftests/stryker/run.sh AREA [stryker options...]
 #
-# Without a glob every file of impl/ is mutated (hours on 2 cores); with globs only those files.
-# The report lands in difftests/stryker/StrykerOutput/<timestamp>/reports/mutation-report.json;
-# summarize.py merges several such reports into the score table.
+#   AREA       mutates                      tests that may kill (namespace MmuSpec.Tests.Differential)
+#   paging     impl/Paging                  WalkDifferentialTests, AccessEnumerationTests
+#   pagetable  impl/PageTable, impl/Memory  WalkDifferentialTests, TdpDifferentialTests, TdpFlushTests, NativeMemoryTests
+#   tdp        impl/Tdp                     TdpDifferentialTests, TdpFlushTests, NativeMemoryTests
+#   shadow     impl/Shadow                  ShadowDifferentialTests, CachedRootTests, NativeMemoryTests
+#   all        impl/ (ThrowHelper.cs too)   every test of the namespace but CoverageTests (spec only)
+#
+# An area's run gives its mutants only the tests of that area, which keeps Stryker's coverage
+# capture (every test run once with every mutation point recording hits) and each mutant's run
+# short: a paging mutant that only a shadow test would kill counts as survived, so the area
+# scores are lower bounds of what the whole suite kills. The report lands in
+# difftests/stryker/StrykerOutput/AREA/reports/mutation-report.json; summarize.py merges the
+# areas' reports into the score table.
 #
 # The differential properties draw fixed cases (MMUSPEC_SEED), so a mutant is killed or not the
 # same way every run; each property runs MMUSPEC_MAX_TEST cases (default here 100, a third of
-# dotnet test's depth) and a failure is not shrunk (a kill needs no minimal case).
+# dotnet test's depth), and a failure is not shrunk (a kill needs no minimal case).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-cd "$here/../.."
-dotnet tool restore >/dev/null
+area="${1:-}"
+ns="FullyQualifiedName~MmuSpec.Tests.Differential"
+case "$area" in
+  paging)    mutate=('**/Paging/**/*.cs'); tests="$ns.WalkDifferentialTests|$ns.AccessEnumerationTests" ;;
+  pagetable) mutate=('**/PageTable/**/*.cs' '**/Memory/**/*.cs')
+             tests="$ns.WalkDifferentialTests|$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.NativeMemoryTests" ;;
+  tdp)       mutate=('**/Tdp/**/*.cs'); tests="$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.NativeMemoryTests" ;;
+  shadow)    mutate=('**/Shadow/**/*.cs'); tests="$ns.ShadowDifferentialTests|$ns.CachedRootTests|$ns.NativeMemoryTests" ;;
+  all)       mutate=('**/*.cs'); tests="$ns&FullyQualifiedName!~CoverageTests" ;;
+  *) echo "usage: $0 paging|pagetable|tdp|shadow|all [stryker options...]" >&2; exit 2 ;;
+esac
+shift
 export MMUSPEC_SEED="${MMUSPEC_SEED:-20261121}"
 export MMUSPEC_MAX_TEST="${MMUSPEC_MAX_TEST:-100}"
 export MMUSPEC_SHRINK=off
 export MMUSPEC_COUNTEREXAMPLES=off
-args=()
-for glob in "$@"; do args+=(--mutate "$glob"); done
+args=(--config-file stryker-config.json --output "StrykerOutput/$area" --test-case-filter "$tests")
+for glob in "${mutate[@]}"; do args+=(--mutate "$glob"); done
 cd "$here"
-echo "stryker: seed $MMUSPEC_SEED, $MMUSPEC_MAX_TEST cases per property, mutating ${*:-all of impl/}" >&2
-exec dotnet stryker --config-file stryker-config.json "${args[@]}"
+dotnet tool restore >/dev/null
+echo "stryker $area: seed $MMUSPEC_SEED, $MMUSPEC_MAX_TEST cases per property, tests: $tests" >&2
+exec dotnet stryker "${args[@]}" "$@"
