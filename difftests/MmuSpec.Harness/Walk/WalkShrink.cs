@@ -28,10 +28,11 @@ public static class WalkShrink
                 yield return c.WithSetup(c.Setup.SetItem(i, c.Setup[i] with { Value = value }));
     }
 
-    /// <summary>Removes halves, quarters, ... down to single elements, the largest cuts first.</summary>
+    /// <summary>Removes halves, quarters, ... down to single elements, the largest cuts first (a lone
+    /// element too: a case may fail with no operation at all).</summary>
     public static IEnumerable<ImmutableArray<T>> DropChunks<T>(ImmutableArray<T> items)
     {
-        for (int chunk = items.Length / 2; chunk >= 1; chunk /= 2)
+        for (int chunk = Math.Max(1, items.Length / 2); chunk >= 1; chunk /= 2)
             for (int start = 0; start + chunk <= items.Length; start += chunk)
                 yield return items.RemoveRange(start, chunk);
     }

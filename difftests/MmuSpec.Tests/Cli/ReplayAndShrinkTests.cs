@@ -178,6 +178,20 @@ public sealed class ReplayAndShrinkTests : IDisposable
     }
 
     [Fact]
+    public void The_property_shrinkers_drop_chunks_down_to_a_lone_element()
+    {
+        // Halves first, then quarters, ..., then single elements; a lone element is dropped too
+        // (it used to survive: half of one is zero), so a case that fails with no operation at all
+        // shrinks to one.
+        Assert.Equal([[]], WalkShrink.DropChunks(ImmutableArray.Create(7)).Select(a => a.ToArray()));
+        Assert.Empty(WalkShrink.DropChunks(ImmutableArray<int>.Empty));
+        Assert.Equal([[3, 4], [1, 2], [2, 3, 4], [1, 3, 4], [1, 2, 4], [1, 2, 3]],
+            WalkShrink.DropChunks(ImmutableArray.Create(1, 2, 3, 4)).Select(a => a.ToArray()));
+        var c = CaseSamples.EveryWalkOp() with { Ops = [new Op.LoadCr3(0x5000)] };
+        Assert.Contains(WalkShrink.Candidates(c), x => x.Ops.IsEmpty && x.Setup == c.Setup);
+    }
+
+    [Fact]
     public void The_deletion_pass_alone_removes_every_op_it_can_even_a_lone_setup_write()
     {
         var c = CaseSamples.EveryWalkOp() with { Setup = [new Op.WriteGuest(0x1000, 0x3, 8)] };
