@@ -52,37 +52,24 @@ public sealed class CoverageTests(ITestOutputHelper output)
         }
     }
 
-    [Fact]
-    public void The_walk_generators_reach_every_walk_situation_and_name_no_other()
+    /// <summary>
+    /// A family's generators, on a fixed sample of <paramref name="casesPerProperty"/> cases per
+    /// property, reach every situation their properties expect, and the classifier names nothing
+    /// the family's list lacks.
+    /// </summary>
+    [Theory]
+    [InlineData(DiffProperties.WalkFamily, 200)]
+    [InlineData(DiffProperties.TdpFamily, 150)]
+    [InlineData(DiffProperties.ShadowFamily, 100)]
+    public void A_familys_generators_reach_every_situation_and_the_classifier_names_no_other(string family, int casesPerProperty)
     {
-        var counts = Reached(DiffProperties.Walks, casesPerProperty: 200);
+        var properties = DiffProperties.All.Where(p => p.Family == family).ToList();
+        var counts = Reached(properties, casesPerProperty);
         Print(counts);
-        var unknown = counts.Keys.Except(DiffProperties.FamilySituations(DiffProperties.WalkFamily)).ToList();
-        Assert.True(unknown.Count == 0, $"the classifier names situations the list does not: {string.Join(", ", unknown)}");
-        var missing = DiffProperties.Walks.SelectMany(p => p.Situations).Distinct().Where(s => counts.GetValueOrDefault(s) == 0).ToList();
-        Assert.True(missing.Count == 0, $"the walk generators no longer reach: {string.Join(", ", missing)}");
-    }
-
-    [Fact]
-    public void The_shadow_generators_reach_every_shadow_situation_and_name_none_the_list_lacks()
-    {
-        var counts = Reached(DiffProperties.ShadowMmus, casesPerProperty: 100);
-        Print(counts);
-        var unknown = counts.Keys.Except(DiffProperties.FamilySituations(DiffProperties.ShadowFamily)).ToList();
-        Assert.True(unknown.Count == 0, $"the classifier names situations the list does not: {string.Join(", ", unknown)}");
-        var missing = DiffProperties.ShadowMmus.SelectMany(p => p.Situations).Distinct().Where(s => counts.GetValueOrDefault(s) == 0).ToList();
-        Assert.True(missing.Count == 0, $"the shadow generators no longer reach: {string.Join(", ", missing)}");
-    }
-
-    [Fact]
-    public void The_tdp_generators_reach_every_tdp_situation_and_name_no_other()
-    {
-        var counts = Reached(DiffProperties.TdpMmus, casesPerProperty: 150);
-        Print(counts);
-        var unknown = counts.Keys.Except(DiffProperties.FamilySituations(DiffProperties.TdpFamily)).ToList();
-        Assert.True(unknown.Count == 0, $"the classifier names situations the list does not: {string.Join(", ", unknown)}");
-        var missing = DiffProperties.TdpMmus.SelectMany(p => p.Situations).Distinct().Where(s => counts.GetValueOrDefault(s) == 0).ToList();
-        Assert.True(missing.Count == 0, $"the TDP generators no longer reach: {string.Join(", ", missing)}");
+        var unknown = counts.Keys.Except(DiffProperties.FamilySituations(family)).ToList();
+        Assert.True(unknown.Count == 0, $"the {family} classifier names situations the list does not: {string.Join(", ", unknown)}");
+        var missing = properties.SelectMany(p => p.Situations).Distinct().Where(s => counts.GetValueOrDefault(s) == 0).ToList();
+        Assert.True(missing.Count == 0, $"the {family} generators no longer reach: {string.Join(", ", missing)}");
     }
 
     static List<string> TdpSituations(params TdpOp[] ops)
