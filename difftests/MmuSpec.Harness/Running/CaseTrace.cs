@@ -111,7 +111,7 @@ public static class CaseRuns
         int stopAt = d?.Step ?? c.Ops.Length - 1;
         bool bootDiverges = d is { Step: < 0 };
         rows.Add(new TraceRow(bootDiverges, "boot", $"{c.Controls}, CR3={Hex.Format(c.Cr3)}", specBoot,
-            Same(specBoot, implBoot, bootDiverges)));
+            Same(specBoot, implBoot, bootDiverges ? d : null)));
         (ImmutableArray<StateRow>, int, string?) state = ([], 0, null);
         if (spec is not null && impl is not null)
         {
@@ -121,7 +121,7 @@ public static class CaseRuns
                 var op = c.Ops[i];
                 string sr = Describe(specEngine, op), ir = Describe(impl, op);
                 bool diverges = d is not null && i == stopAt;
-                rows.Add(new TraceRow(diverges, Step(i), op.ToString(), sr, Same(sr, ir, diverges)));
+                rows.Add(new TraceRow(diverges, Step(i), op.ToString(), sr, Same(sr, ir, diverges ? d : null)));
             }
             if (d is not null && d.Step < c.Ops.Length)
                 state = Limit(Capture(() => WalkState(specEngine.View(), impl.View())), maxStateRows);
@@ -170,14 +170,24 @@ public static class CaseRuns
             try { sr = specStep(ops[i]); } catch (Exception e) { sr = Threw(e); }
             try { ir = implStep(ops[i]); } catch (Exception e) { ir = Threw(e); }
             bool diverges = d is { Step: >= 0 } && i == stopAt;
-            rows.Add(new TraceRow(diverges, Step(i), ops[i].ToString()!, sr, Same(sr, ir, diverges)));
+            rows.Add(new TraceRow(diverges, Step(i), ops[i].ToString()!, sr, Same(sr, ir, diverges ? d : null)));
         }
         return rows.ToImmutable();
     }
 
     static string Step(int i) => (i + 1).ToString(CultureInfo.InvariantCulture);
 
-    static string Same(string spec, string impl, bool diverges) => spec == impl ? (diverges ? "same result, state differs" : "same") : impl;
+    /// <summary>
+    /// The impl column of a step: its result when it differs from the spec's, else what differs at
+    /// the divergent step (<paramref name="divergence"/>, null for the others): only missed TLB
+    /// flushes (TdpDiff's "TLB flush:" lines), or the state.
+    /// </summary>
+    public static string Same(string spec, string impl, Divergence? divergence) =>
+        spec != impl ? impl
+        : divergence is null ? "same"
+        : divergence.StateDifferences.Length > 0 && divergence.StateDifferences.All(l => l.StartsWith(TdpDiff.FlushLinePrefix, StringComparison.Ordinal))
+            ? "same result, TLB flush missed"
+            : "same result, state differs";
 
     static string Tail(Divergence? d, int steps, string whenNoStep) => d switch
     {

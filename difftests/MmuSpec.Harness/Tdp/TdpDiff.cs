@@ -59,6 +59,9 @@ public static class TdpDiff
         return new TdpReport(c, steps, null);
     }
 
+    /// <summary>How every line of a missed-flush report starts (the replay trace labels such a step by it).</summary>
+    public const string FlushLinePrefix = "TLB flush:";
+
     /// <summary>
     /// The flush check: every gfn the step must flush is in a range the impl flushed, or the impl
     /// flushed everything (<paramref name="flushed"/> null). Empty when it holds; else lines naming the
@@ -71,12 +74,12 @@ public static class TdpDiff
         if (missed.IsEmpty) return [];
         var lines = ImmutableArray.CreateBuilder<string>();
         foreach (var range in missed.Ranges.Take(3))
-            lines.Add($"TLB flush: impl did not flush gfns {range} that the step unmapped, narrowed or unlinked ({obligation.DutyFor(range)?.Why ?? "?"})");
-        if (missed.Ranges.Length > 3) lines.Add($"TLB flush: ... and {missed.Ranges.Length - 3} more ranges");
-        lines.Add($"TLB flush: spec: must flush {obligation.Gfns}");
-        foreach (var duty in obligation.Duties.Take(6)) lines.Add($"TLB flush:   {duty}");
-        if (obligation.Duties.Length > 6) lines.Add($"TLB flush:   ... and {obligation.Duties.Length - 6} more");
-        lines.Add($"TLB flush: impl: flushed {(flushed.IsEmpty ? "nothing" : flushed.ToString())}");
+            lines.Add($"{FlushLinePrefix} impl did not flush gfns {range} that the step unmapped, narrowed or unlinked ({obligation.DutyFor(range)?.Why ?? "?"})");
+        if (missed.Ranges.Length > 3) lines.Add($"{FlushLinePrefix} ... and {missed.Ranges.Length - 3} more ranges");
+        lines.Add($"{FlushLinePrefix} spec: must flush {obligation.Gfns}");
+        foreach (var duty in obligation.Duties.Take(6)) lines.Add($"{FlushLinePrefix}   {duty}");
+        if (obligation.Duties.Length > 6) lines.Add($"{FlushLinePrefix}   ... and {obligation.Duties.Length - 6} more");
+        lines.Add($"{FlushLinePrefix} impl: flushed {(flushed.IsEmpty ? "nothing" : flushed.ToString())}");
         return lines.ToImmutable();
     }
 

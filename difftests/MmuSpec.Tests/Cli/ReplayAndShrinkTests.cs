@@ -178,6 +178,25 @@ public sealed class ReplayAndShrinkTests : IDisposable
     }
 
     [Fact]
+    public void A_step_whose_only_difference_is_a_missed_flush_is_labelled_so_in_the_trace()
+    {
+        // The lines TdpDiff writes for a missed flush: a 2 MiB leaf zapped by a one-page range, the impl flushing nothing.
+        var s = TdpState.Create(new VmConfig(TdpFormat.Ept));
+        foreach (var op in new TdpOp[] { new TdpOp.CreateSlot(0, 0x200, 0x400, 0x1200, PageSize.Size2M, ReadOnly: false), new TdpOp.AccessGpa(0x23_4000, AccessType.Read) })
+            s = s.Step(op).State;
+        var zap = new TdpOp.ZapRange(0x234, 0x235);
+        var missed = TdpDiff.MissedFlushes(TdpTlb.MustFlush(s, s.Step(zap).State), GfnRanges.Empty);
+        Assert.Contains(missed, l => l.Contains("did not flush gfns [0x200, 0x400)"));
+
+        Divergence At(ImmutableArray<string> diffs) => new(2, zap, "done", "done", diffs);
+        Assert.Equal("same result, TLB flush missed", CaseRuns.Same("done", "done", At(missed)));
+        Assert.Equal("same result, state differs", CaseRuns.Same("done", "done", At([.. missed, "leaf 0x200: spec 2M | impl none"])));
+        Assert.Equal("same result, state differs", CaseRuns.Same("done", "done", At([])));
+        Assert.Equal("same", CaseRuns.Same("done", "done", null));
+        Assert.Equal("rejected", CaseRuns.Same("done", "rejected", At(missed)));
+    }
+
+    [Fact]
     public void The_property_shrinkers_drop_chunks_down_to_a_lone_element()
     {
         // Halves first, then quarters, ..., then single elements; a lone element is dropped too
