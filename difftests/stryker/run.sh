@@ -6,7 +6,7 @@
 #   AREA       mutates                      tests that may kill (namespace MmuSpec.Tests.Differential)
 #   paging     impl/Paging                  WalkDifferentialTests, AccessEnumerationTests
 #   pagetable  impl/PageTable, impl/Memory  WalkDifferentialTests, TdpDifferentialTests, TdpFlushTests, NativeMemoryTests
-#   tdp        impl/Tdp                     TdpDifferentialTests, TdpFlushTests, NativeMemoryTests
+#   tdp        impl/Tdp                     TdpDifferentialTests, TdpFlushTests, TdpVmContractTests, NativeMemoryTests
 #   shadow     impl/Shadow                  ShadowDifferentialTests, CachedRootTests, NativeMemoryTests
 #   all        impl/ (ThrowHelper.cs too)   every test of the namespace but CoverageTests (spec only)
 #
@@ -30,7 +30,7 @@ case "$area" in
   paging)    mutate=('**/Paging/**/*.cs'); tests="$ns.WalkDifferentialTests|$ns.AccessEnumerationTests" ;;
   pagetable) mutate=('**/PageTable/**/*.cs' '**/Memory/**/*.cs')
              tests="$ns.WalkDifferentialTests|$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.NativeMemoryTests" ;;
-  tdp)       mutate=('**/Tdp/**/*.cs'); tests="$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.NativeMemoryTests" ;;
+  tdp)       mutate=('**/Tdp/**/*.cs'); tests="$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.TdpVmContractTests|$ns.NativeMemoryTests" ;;
   shadow)    mutate=('**/Shadow/**/*.cs'); tests="$ns.ShadowDifferentialTests|$ns.CachedRootTests|$ns.NativeMemoryTests" ;;
   all)       mutate=('**/*.cs'); tests="$ns&FullyQualifiedName!~CoverageTests" ;;
   *) echo "usage: $0 paging|pagetable|tdp|shadow|all [stryker options...]" >&2; exit 2 ;;

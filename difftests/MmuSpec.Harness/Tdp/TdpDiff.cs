@@ -19,8 +19,9 @@ public sealed record TdpReport(TdpCase Case, int StepsRun, Divergence? Divergenc
 /// Runs a <see cref="TdpCase"/> on the spec's MMU model and the impl's TDP MMU in lock step.
 /// Oracle 1: equal results and equal abstract state after every step. Oracle 2: every mapping
 /// served agrees with the memslots of that moment. TLB flushes: the impl's flushes of every step
-/// cover what the spec says the step must flush (<see cref="TdpTlb.MustFlush"/>). Finally every
-/// table page must go back to the pool when the VM is destroyed.
+/// cover what the spec says the step must flush (<see cref="TdpTlb.MustFlush"/>). After every step
+/// the impl holds exactly as many table pages as the model has tables (none unlinked and kept);
+/// finally every page must go back to the pool when the VM is destroyed.
 /// </summary>
 public static class TdpDiff
 {
@@ -49,6 +50,13 @@ public static class TdpDiff
 
                 var diffs = Differences(spec, SafeView(impl));
                 if (diffs.Length > 0) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, diffs));
+
+                // The view shows only the tables reachable from the roots; the allocator's count shows
+                // the ones not yet freed. A table unlinked but never freed (a leak for the VM's life:
+                // the pool gets its slab back only when the VM is destroyed) differs here.
+                if (impl.Vm.TablePages != spec.Pages.Count)
+                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir,
+                        [$"table pages in use: spec {spec.Pages.Count} (every table of the model) | impl {impl.Vm.TablePages} allocated and not freed"]));
 
                 if (MissedFlushes(TdpTlb.MustFlush(before, spec), flushed) is { Length: > 0 } missed)
                     return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, missed));

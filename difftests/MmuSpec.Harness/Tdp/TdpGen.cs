@@ -84,6 +84,9 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         };
         bool huge = pages >= 512 * 512;
         ulong baseGfn = FreeBase(pages, alignTo: huge && rng.Next(4) != 0 ? 512UL * 512 : 1UL);
+        // Rarely at the top of the gfn space memslots may use (below the shared bit, if any): ending
+        // exactly there, or one page past it (rejected).
+        if (rng.Next(40) == 0) baseGfn = SlotGfnLimit - pages + (ulong)rng.Next(0, 2);
         // Big slots are mostly backed by 1 GiB host pages, so 1 GiB mappings are common enough.
         var hostSize = (huge ? rng.Next(2, 6) : rng.Next(3)) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G };
         // Host frames usually share the gfn's alignment (huge pages possible), sometimes are off by a little.
@@ -93,6 +96,9 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         if (rng.Next(40) == 0) hostBase = (1UL << 36) - pages + (ulong)rng.Next(0, 2);   // at the stage-2 limit
         return new TdpOp.CreateSlot(id, baseGfn, pages, hostBase, hostSize, ReadOnly: rng.Next(6) == 0);
     }
+
+    /// <summary>Where memslot gfns end: the shared bit when the VM has one, else the guest-physical width.</summary>
+    ulong SlotGfnLimit => config.SharedBit is { } bit ? 1UL << (bit - 12) : config.GfnLimit;
 
     ulong FreeBase(ulong pages, ulong alignTo = 1)
     {
@@ -296,15 +302,17 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     /// <summary>genZap: usually a range overlapping something touched before, sometimes huge-page sized.</summary>
     TdpOp Zap()
     {
-        // Rarely a range the MMU must refuse: empty, reversed, or ending past the gpa space.
-        if (rng.Next(60) == 0)
+        // Rarely a range at the edges of what the MMU accepts: empty, reversed, ending past the gpa
+        // space (all refused), or ending exactly at its top (accepted).
+        if (rng.Next(50) == 0)
         {
             ulong s = (ulong)rng.NextInt64(0, 1L << 20);
-            return rng.Next(3) switch
+            return rng.Next(4) switch
             {
                 0 => new TdpOp.ZapRange(s, s),
                 1 => new TdpOp.ZapRange(s + 1, s),
-                _ => new TdpOp.ZapRange(s, config.GfnLimit + (ulong)rng.Next(1, 512)),
+                2 => new TdpOp.ZapRange(s, config.GfnLimit + (ulong)rng.Next(1, 512)),
+                _ => new TdpOp.ZapRange(s, config.GfnLimit),
             };
         }
         if (recentGfns.Count > 0 && rng.Next(4) == 0)

@@ -1,0 +1,73 @@
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.Paging;
+using MmuSpec.Impl.Tdp;
+using Xunit;
+
+namespace MmuSpec.Tests.Differential;
+
+/// <summary>
+/// The impl's TDP VM as an API (ITdpVm): a destroyed VM refuses every call instead of touching
+/// freed native pages, null arguments are refused, and destroying twice is harmless. The
+/// differential properties never call a destroyed VM, so nothing else checks these guards
+/// (mutation testing found them all unchecked; docs/mutation-score.md).
+/// </summary>
+public sealed class TdpVmContractTests
+{
+    static ITdpVm MappedVm(NativePagePool pool)
+    {
+        var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool);
+        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
+        Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);
+        return vm;
+    }
+
+    public static TheoryData<string> Calls() => [.. CallsOn.Keys];
+
+    static readonly Dictionary<string, Action<ITdpVm>> CallsOn = new()
+    {
+        ["CreateSlot"] = vm => vm.CreateSlot(1, 0x1000, 1, 0x9000, 12, readOnly: false),
+        ["DeleteSlot"] = vm => vm.DeleteSlot(0),
+        ["MoveSlot"] = vm => vm.MoveSlot(0, 0x4000),
+        ["SetDirtyLogging"] = vm => vm.SetDirtyLogging(0, true),
+        ["GetDirtyLog"] = vm => vm.GetDirtyLog(0, []),
+        ["Access"] = vm => vm.Access(0x20_1000, AccessType.Read),
+        ["ZapRange"] = vm => vm.ZapRange(0x200, 0x201),
+        ["ZapAll"] = vm => vm.ZapAll(),
+        ["SetMaxPageSize"] = vm => vm.SetMaxPageSize(12),
+        ["TakeFlushes"] = vm => vm.TakeFlushes(),
+        ["VisitPages"] = vm => vm.VisitPages((_, _) => { }),
+        ["GuestStore"] = vm => vm.GuestStore(0x20_1000, 1, 8),
+        ["GuestSetPaging"] = vm => vm.GuestSetPaging(null, 0),
+        ["GuestAccess"] = vm => vm.GuestAccess(0x1000, AccessType.Read, Privilege.Supervisor),
+        ["VisitHostMemory"] = vm => vm.VisitHostMemory((_, _) => { }),
+    };
+
+    [Theory]
+    [MemberData(nameof(Calls))]
+    public void A_destroyed_vm_refuses_the_call(string call)
+    {
+        var pool = new NativePagePool();
+        var vm = MappedVm(pool);
+        CallsOn[call](vm);                  // works while the VM lives
+        vm.Dispose();
+        Assert.Equal(0, pool.PagesInUse);
+        Assert.Throws<ObjectDisposedException>(() => CallsOn[call](vm));
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    [Fact]
+    public void Null_arguments_are_refused_and_destroying_twice_is_harmless()
+    {
+        Assert.Throws<ArgumentNullException>(() => TdpVm.Create(TdpFormatKind.Stage2, sharedBit: null, null!));
+        var pool = new NativePagePool();
+        var vm = MappedVm(pool);
+        Assert.Throws<ArgumentNullException>(() => vm.VisitPages(null!));
+        Assert.Throws<ArgumentNullException>(() => vm.VisitHostMemory(null!));
+        Assert.Throws<ArgumentNullException>(() => vm.GetDirtyLog(0, null!));
+        Assert.Single(vm.Slots);             // nothing changed by the refused calls
+        vm.Dispose();
+        vm.Dispose();
+        Assert.Equal(0, pool.PagesInUse);
+        Assert.Equal(pool.PagesAllocated, pool.PagesFreed);
+    }
+}
