@@ -48,6 +48,8 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
 
     // The builder's idea of the slots (it may be wrong after a rejected op; that is fine).
     readonly Dictionary<int, (ulong Base, ulong Pages)> slots = new();
+    /// <summary>Host frames of every slot created so far (deleted ones too: their frames were freed, so adjacency still matters).</summary>
+    readonly List<(ulong HostBase, ulong Pages)> hostRanges = new();
     readonly List<ulong> recentGfns = new();
     readonly HashSet<int> logging = new();
 
@@ -64,7 +66,7 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         Ops.Add(op);
         switch (op)
         {
-            case TdpOp.CreateSlot c when !slots.ContainsKey(c.Id): slots[c.Id] = (c.BaseGfn, c.Pages); break;
+            case TdpOp.CreateSlot c when !slots.ContainsKey(c.Id): slots[c.Id] = (c.BaseGfn, c.Pages); hostRanges.Add((c.HostPfnBase, c.Pages)); break;
             case TdpOp.DeleteSlot d: slots.Remove(d.Id); logging.Remove(d.Id); break;
             case TdpOp.MoveSlot m when slots.TryGetValue(m.Id, out var s): slots[m.Id] = (m.NewBaseGfn, s.Pages); break;
             case TdpOp.SetDirtyLogging l when l.On: logging.Add(l.Id); break;
@@ -87,13 +89,25 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         // Rarely at the top of the gfn space memslots may use (below the shared bit, if any): ending
         // exactly there, or one page past it (rejected).
         if (rng.Next(40) == 0) baseGfn = SlotGfnLimit - pages + (ulong)rng.Next(0, 2);
-        // Big slots are mostly backed by 1 GiB host pages, so 1 GiB mappings are common enough.
-        var hostSize = (huge ? rng.Next(2, 6) : rng.Next(3)) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G };
+        // Big slots are mostly backed by 1 GiB host pages, so 1 GiB mappings are common enough; some by
+        // 2 MiB pages (hugetlbfs' default), where the host page, not the alignment, caps the leaf at 2 MiB.
+        var hostSize = (huge ? rng.Next(1, 6) : rng.Next(3)) switch { 0 => PageSize.Size4K, 1 => PageSize.Size2M, _ => PageSize.Size1G };
         // Host frames usually share the gfn's alignment (huge pages possible), sometimes are off by a little.
         ulong hostBase = (ulong)rng.Next(1, 64) << 18;
         hostBase += baseGfn & 0x3FFFF;
         if (rng.Next(5) == 0) hostBase += (ulong)rng.Next(1, 512);
         if (rng.Next(40) == 0) hostBase = (1UL << 36) - pages + (ulong)rng.Next(0, 2);   // at the stage-2 limit
+        else if (hostRanges.Count > 0 && rng.Next(10) == 0)
+        {
+            // Right next to another slot's host frames (accepted), or sharing its last frame (refused).
+            var (otherBase, otherPages) = hostRanges[rng.Next(hostRanges.Count)];
+            hostBase = rng.Next(3) switch
+            {
+                0 => otherBase + otherPages,
+                1 => otherBase >= pages ? otherBase - pages : otherBase + otherPages,
+                _ => otherBase + otherPages - 1,
+            };
+        }
         return new TdpOp.CreateSlot(id, baseGfn, pages, hostBase, hostSize, ReadOnly: rng.Next(6) == 0);
     }
 
@@ -228,7 +242,9 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
                 // maps 4 KiB), fetch, off, then a fault that maps huge over the 4 KiB table.
                 pending.Enqueue(new TdpOp.SetDirtyLogging(id, true));
                 pending.Enqueue(At(Inside(), AccessType.Write));
-                if (rng.Next(2) == 0) pending.Enqueue(new TdpOp.GetDirtyLog(id));
+                bool again = rng.Next(3) == 0;   // on -> on: the bitmap, with the write's bit, is kept
+                if (again) pending.Enqueue(new TdpOp.SetDirtyLogging(id, true));
+                if (again || rng.Next(2) == 0) pending.Enqueue(new TdpOp.GetDirtyLog(id));
                 pending.Enqueue(new TdpOp.SetDirtyLogging(id, false));
                 if (rng.Next(3) == 0)
                 {
