@@ -41,7 +41,11 @@ if [ "$area" = shadow ]; then cases=30; else cases=100; fi
 export MMUSPEC_MAX_TEST="${MMUSPEC_MAX_TEST:-$cases}"
 export MMUSPEC_SHRINK=off
 export MMUSPEC_COUNTEREXAMPLES=off
-args=(--config-file stryker-config.json --output "StrykerOutput/$area" --test-case-filter "$tests")
+# STRYKER_MUTATE="glob glob": only those files of the area (a re-run after a fix; summarize.py
+# takes each file from the last report that mutated it).
+if [ -n "${STRYKER_MUTATE:-}" ]; then read -r -a mutate <<< "$STRYKER_MUTATE"; fi
+out="StrykerOutput/$area${STRYKER_MUTATE:+-part}"
+args=(--config-file stryker-config.json --output "$out" --test-case-filter "$tests")
 for glob in "${mutate[@]}"; do args+=(--mutate "$glob"); done
 cd "$here"
 dotnet tool restore >/dev/null
