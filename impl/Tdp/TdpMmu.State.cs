@@ -63,7 +63,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
             if (TFormat.IsLeaf(pte, level))
             {
                 entries.Add(new TdpEntryInfo(i, IsLeaf: true, Child: default, header.EntryGfn(i, _sharedGfnMask), level,
-                    TFormat.LeafPfn(pte), TFormat.IsWritable(pte)));
+                    TFormat.LeafPfn(pte), TFormat.IsWritable(pte), pte));
                 continue;
             }
             ulong* child = (ulong*)TFormat.TableAddress(pte);
@@ -71,7 +71,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
             // while the child reports its own header: if the formula lost the shared-bit strip, the
             // link and the child's key disagree and the differential comparison shows it.
             var linked = new TdpPageKey(header.EntryGfn(i, _sharedGfnMask), level - 1, header.Mirror);
-            entries.Add(new TdpEntryInfo(i, IsLeaf: false, linked, 0, 0, 0, false));
+            entries.Add(new TdpEntryInfo(i, IsLeaf: false, linked, 0, 0, 0, false, pte));
             children.Add((nint)child);
         }
         visit(header.Key, entries);

@@ -83,6 +83,30 @@ public sealed class ImplTdpEngine : IDisposable
     TdpResult Status(ImplTdp.TdpStatus s) => s == ImplTdp.TdpStatus.Ok ? TdpResult.Ok.Instance : Rejected();
     TdpResult Rejected() => new TdpResult.Rejected(vm.LastRejection ?? "(no reason given)");
 
+    readonly List<string> tableEntryProblems = new();
+
+    /// <summary>
+    /// Table (non-leaf) entries of the last <see cref="View"/> whose bits the abstract state cannot show
+    /// wrong: the model's tables carry no rights, so a table entry must not take any away.
+    /// </summary>
+    public IReadOnlyList<string> TableEntryProblems => tableEntryProblems;
+
+    /// <summary>
+    /// What is wrong with a present non-leaf entry, or null. EPT (SDM Vol. 3C, "EPT Translation
+    /// Mechanism"): bits 2:0 are read/write/execute for the whole range below, and KVM's non-leaf SPTEs
+    /// grant all three (make_nonleaf_spte); bit 7 (page size) is clear in an entry that references a
+    /// table. Stage 2 (Arm ARM, VMSAv8-64 table descriptors): bits 1:0 = 0b11; stage 2 has no
+    /// hierarchical permissions and ignores bits 11:2, which KVM writes as zero.
+    /// </summary>
+    public static string? TableEntryProblem(TdpFormat format, ulong raw) => format switch
+    {
+        TdpFormat.Ept when (raw & 0x7) != 0x7 => "EPT table entry does not grant read, write and execute",
+        TdpFormat.Ept when (raw & 0x80) != 0 => "EPT table entry has the page-size bit",
+        TdpFormat.Stage2 when (raw & 0x3) != 0x3 => "stage-2 table descriptor is not 0b11 in bits 1:0",
+        TdpFormat.Stage2 when (raw & 0xFFC) != 0 => "stage-2 table descriptor has bits set in 11:2 (KVM writes none)",
+        _ => null,
+    };
+
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public TdpState View()
     {
@@ -91,9 +115,13 @@ public sealed class ImplTdpEngine : IDisposable
         var bitmaps = slots.Values.Where(s => s.DirtyLogging)
             .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
         var pages = ImmutableSortedDictionary.CreateBuilder<PageKey, TablePage>();
+        tableEntryProblems.Clear();
         vm.VisitPages((key, entries) =>
         {
             var k = Key(key);
+            foreach (var x in entries)
+                if (!x.IsLeaf && TableEntryProblem(config.Format, x.Raw) is { } problem)
+                    tableEntryProblems.Add($"table entry [{x.Index}] of {k}: 0x{x.Raw:X}: {problem}");
             var e = entries.ToImmutableSortedDictionary(x => x.Index, x => x.IsLeaf
                 ? (Spte)new Spte.Leaf(x.LeafGfn, x.LeafLevel, x.HostPfn, x.Writable)
                 : new Spte.Table(Key(x.Child)));

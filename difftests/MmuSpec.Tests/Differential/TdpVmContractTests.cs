@@ -1,6 +1,8 @@
+using MmuSpec.Harness.Tdp;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 using MmuSpec.Impl.Tdp;
+using MmuSpec.Spec.Tdp;
 using Xunit;
 
 namespace MmuSpec.Tests.Differential;
@@ -53,6 +55,31 @@ public sealed class TdpVmContractTests
         Assert.Equal(0, pool.PagesInUse);
         Assert.Throws<ObjectDisposedException>(() => CallsOn[call](vm));
         Assert.Equal(0, pool.PagesInUse);
+    }
+
+    [Theory]
+    [InlineData(TdpFormatKind.Ept)]
+    [InlineData(TdpFormatKind.Stage2)]
+    public void Table_entries_take_no_rights_away_and_the_check_sees_one_that_does(TdpFormatKind kind)
+    {
+        var format = kind == TdpFormatKind.Ept ? TdpFormat.Ept : TdpFormat.Stage2;
+        using var vm = TdpVm.Create(kind, sharedBit: null, new NativePagePool());
+        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
+        Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);
+        var tables = new List<TdpEntryInfo>();
+        vm.VisitPages((_, entries) => tables.AddRange(entries.Where(e => !e.IsLeaf)));
+        Assert.Equal(3, tables.Count);                       // 4-level root, then levels 3 and 2 above the 4 KiB leaf
+        Assert.All(tables, e => Assert.Null(ImplTdpEngine.TableEntryProblem(format, e.Raw)));
+
+        // What the harness reports: an EPT table entry without W (or R, or X) or with the page-size
+        // bit; a stage-2 table descriptor that is not 0b11 or has bits in 11:2.
+        ulong table = 0x1234_5000;
+        Assert.Null(ImplTdpEngine.TableEntryProblem(TdpFormat.Ept, table | 0x7 | 0x100));   // A bit allowed
+        Assert.NotNull(ImplTdpEngine.TableEntryProblem(TdpFormat.Ept, table | 0x5));
+        Assert.NotNull(ImplTdpEngine.TableEntryProblem(TdpFormat.Ept, table | 0x87));
+        Assert.Null(ImplTdpEngine.TableEntryProblem(TdpFormat.Stage2, table | 0x3));
+        Assert.NotNull(ImplTdpEngine.TableEntryProblem(TdpFormat.Stage2, table | 0x1));
+        Assert.NotNull(ImplTdpEngine.TableEntryProblem(TdpFormat.Stage2, table | 0x83));
     }
 
     [Fact]
