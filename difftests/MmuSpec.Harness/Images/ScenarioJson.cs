@@ -1,6 +1,7 @@
 using System.Text.Json;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
+using static MmuSpec.Harness.Running.StrictObject;
 
 namespace MmuSpec.Harness.Images;
 
@@ -174,15 +175,4 @@ public static class ScenarioJson
         if (v.ValueKind == JsonValueKind.Number && v.TryGetUInt64(out ulong n)) return n;
         throw new InputException($"{what}: expected a hex string like \"0x1000\" or a non-negative integer, got {Kind(v)}");
     }
-
-    static string Kind(JsonElement v) => v.ValueKind switch
-    {
-        JsonValueKind.Object => "an object",
-        JsonValueKind.Array => "an array",
-        JsonValueKind.String => $"the string \"{v.GetString()}\"",
-        JsonValueKind.Number => $"the number {v.GetRawText()}",
-        JsonValueKind.True => "true",
-        JsonValueKind.False => "false",
-        _ => "null",
-    };
 }
