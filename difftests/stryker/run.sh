@@ -3,12 +3,13 @@
 #
 #   difftests/stryker/run.sh AREA [stryker options...]
 #
-#   AREA       mutates                      tests that may kill (namespace MmuSpec.Tests.Differential)
+#   AREA       mutates                      tests that may kill (namespace MmuSpec.Tests.Differential, and
+#                                           in every area the impl's API tests, namespace MmuSpec.Tests.Impl)
 #   paging     impl/Paging                  WalkDifferentialTests, AccessEnumerationTests
 #   pagetable  impl/PageTable, impl/Memory  WalkDifferentialTests, TdpDifferentialTests, TdpFlushTests, NativeMemoryTests
 #   tdp        impl/Tdp                     TdpDifferentialTests, TdpFlushTests, TdpVmContractTests, NativeMemoryTests
 #   shadow     impl/Shadow                  ShadowDifferentialTests, CachedRootTests, NativeMemoryTests
-#   all        impl/ (ThrowHelper.cs too)   every test of the namespace but CoverageTests (spec only)
+#   all        impl/ (ThrowHelper.cs too)   every test of the two namespaces but CoverageTests (spec only)
 #
 # An area's run gives its mutants only the tests of that area, which keeps Stryker's coverage
 # capture (every test run once with every mutation point recording hits) and each mutant's run
@@ -26,16 +27,18 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 area="${1:-}"
 ns="FullyQualifiedName~MmuSpec.Tests.Differential"
+api="FullyQualifiedName~MmuSpec.Tests.Impl"
 case "$area" in
   paging)    mutate=('**/Paging/**/*.cs'); tests="$ns.WalkDifferentialTests|$ns.AccessEnumerationTests" ;;
   pagetable) mutate=('**/PageTable/**/*.cs' '**/Memory/**/*.cs')
              tests="$ns.WalkDifferentialTests|$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.NativeMemoryTests" ;;
   tdp)       mutate=('**/Tdp/**/*.cs'); tests="$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.TdpVmContractTests|$ns.NativeMemoryTests" ;;
   shadow)    mutate=('**/Shadow/**/*.cs'); tests="$ns.ShadowDifferentialTests|$ns.CachedRootTests|$ns.NativeMemoryTests" ;;
-  all)       mutate=('**/*.cs'); tests="$ns&FullyQualifiedName!~CoverageTests" ;;
+  all)       mutate=('**/*.cs'); tests="($ns&FullyQualifiedName!~CoverageTests)|$api" ;;
   *) echo "usage: $0 paging|pagetable|tdp|shadow|all [stryker options...]" >&2; exit 2 ;;
 esac
 shift
+[ "$area" = all ] || tests="$tests|$api"
 export MMUSPEC_SEED="${MMUSPEC_SEED:-20261121}"
 if [ "$area" = shadow ]; then cases=30; else cases=100; fi
 export MMUSPEC_MAX_TEST="${MMUSPEC_MAX_TEST:-$cases}"
