@@ -83,13 +83,14 @@ public sealed class ImplTdpEngine : IDisposable
     TdpResult Status(ImplTdp.TdpStatus s) => s == ImplTdp.TdpStatus.Ok ? TdpResult.Ok.Instance : Rejected();
     TdpResult Rejected() => new TdpResult.Rejected(vm.LastRejection ?? "(no reason given)");
 
-    readonly List<string> tableEntryProblems = new();
+    readonly List<string> viewProblems = new();
 
     /// <summary>
-    /// Table (non-leaf) entries of the last <see cref="View"/> whose bits the abstract state cannot show
-    /// wrong: the model's tables carry no rights, so a table entry must not take any away.
+    /// What the last <see cref="View"/> read back wrong that the abstract state cannot show: table
+    /// (non-leaf) entries that take rights away (the model's tables carry none), and host-memory words
+    /// visited against <c>VisitHostMemory</c>'s contract (zero, unaligned, or twice).
     /// </summary>
-    public IReadOnlyList<string> TableEntryProblems => tableEntryProblems;
+    public IReadOnlyList<string> ViewProblems => viewProblems;
 
     /// <summary>
     /// What is wrong with a present non-leaf entry, or null. EPT (SDM Vol. 3C, "EPT Translation
@@ -115,20 +116,28 @@ public sealed class ImplTdpEngine : IDisposable
         var bitmaps = slots.Values.Where(s => s.DirtyLogging)
             .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
         var pages = ImmutableSortedDictionary.CreateBuilder<PageKey, TablePage>();
-        tableEntryProblems.Clear();
+        viewProblems.Clear();
         vm.VisitPages((key, entries) =>
         {
             var k = Key(key);
             foreach (var x in entries)
                 if (!x.IsLeaf && TableEntryProblem(config.Format, x.Raw) is { } problem)
-                    tableEntryProblems.Add($"table entry [{x.Index}] of {k}: 0x{x.Raw:X}: {problem}");
+                    viewProblems.Add($"table entry [{x.Index}] of {k}: 0x{x.Raw:X}: {problem}");
             var e = entries.ToImmutableSortedDictionary(x => x.Index, x => x.IsLeaf
                 ? (Spte)new Spte.Leaf(x.LeafGfn, x.LeafLevel, x.HostPfn, x.Writable)
                 : new Spte.Table(Key(x.Child)));
             pages[k] = new TablePage(k, e);
         });
         var host = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();
-        vm.VisitHostMemory((hpa, value) => { if (value != 0) host[hpa] = value; });
+        // The visit's contract: each non-zero word once (slot host ranges never overlap), 8-byte aligned.
+        vm.VisitHostMemory((hpa, value) =>
+        {
+            string? problem = value == 0 ? "a zero word" : (hpa & 7) != 0 ? "not 8-byte aligned" : host.ContainsKey(hpa) ? "visited twice" : null;
+            if (problem is null)
+                host[hpa] = value;
+            else
+                viewProblems.Add($"host memory word 0x{value:X} at hpa 0x{hpa:X}: {problem}");
+        });
         CpuState? guest = vm.GuestControls is { } gc
             ? new CpuState(ImplWalkEngine.FromImpl(gc), vm.GuestCr3,
                 gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])

@@ -50,10 +50,11 @@ public static class TdpDiff
 
                 var diffs = Differences(spec, SafeView(impl));
                 if (diffs.Length > 0) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, diffs));
-                // Bits of table entries the abstract state has no place for (e.g. a write-protect pass
-                // that also cleared W in an EPT table entry: the whole range read-only on hardware).
-                if (impl.TableEntryProblems.Count > 0)
-                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, [.. impl.TableEntryProblems.Take(6)]));
+                // What the read-back shows wrong that the abstract state has no place for: bits of table
+                // entries (e.g. a write-protect pass that also cleared W in an EPT table entry: the whole
+                // range read-only on hardware), a host word visited twice or out of contract.
+                if (impl.ViewProblems.Count > 0)
+                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, [.. impl.ViewProblems.Take(6)]));
 
                 // The view shows only the tables reachable from the roots; the allocator's count shows
                 // the ones not yet freed. A table unlinked but never freed (a leak for the VM's life:
