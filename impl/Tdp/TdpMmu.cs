@@ -270,8 +270,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         // on, so this is the fast zap's case: a new root is loaded with a full flush (kvm_mmu_load).
         if (_directRoot != null || _mirrorRoot != null)
             _flushes.AddAll();
-        FreeRoot(ref _directRoot, mirror: false);
-        FreeRoot(ref _mirrorRoot, mirror: true);
+        FreeRoot(ref _directRoot);
+        FreeRoot(ref _mirrorRoot);
         return TdpStatus.Ok;
     }
 
@@ -377,11 +377,12 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         return start < end;
     }
 
-    private void FreeRoot(ref ulong* root, bool mirror)
+    private void FreeRoot(ref ulong* root)
     {
         if (root == null)
             return;
-        var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror);
+        // Freeing reads no page's key, so the role new pages would get (direct or mirror) plays no part.
+        var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror: false);
         RadixTable<TFormat>.FreeTree(ref pages, root, _rootLevel);
         root = null;
     }

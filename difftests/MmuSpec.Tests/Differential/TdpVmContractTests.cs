@@ -57,6 +57,33 @@ public sealed class TdpVmContractTests
         Assert.Equal(0, pool.PagesInUse);
     }
 
+    /// <summary>
+    /// Table pages come from slabs of 64 pool pages whose first page holds the headers, so a slab holds
+    /// 63 tables (TdpPageAllocator). A slab that threaded a page too few on its free list, or one past its
+    /// end, would still map correctly; only the pool's count shows it.
+    /// </summary>
+    [Fact]
+    public void A_slab_of_64_pool_pages_holds_63_tables_and_the_64th_table_takes_a_new_slab()
+    {
+        var pool = new NativePagePool();
+        using (var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool))
+        {
+            Assert.Equal(TdpStatus.Ok, vm.SetMaxPageSize(12));
+            Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0, 64 * 512, 0x10_0000, 12, readOnly: false));
+            long hostPages = pool.PagesInUse;
+            // The root, one level-3 and one level-2 table, then a level-1 table per 2 MiB region touched.
+            ulong region = 0;
+            for (; vm.TablePages < 63; region++)
+                Assert.Equal(TdpAccessStatus.Mapped, vm.Access(region << 21, AccessType.Read).Status);
+            Assert.Equal(60UL, region);
+            Assert.Equal(64, pool.PagesInUse - hostPages);
+            Assert.Equal(TdpAccessStatus.Mapped, vm.Access(region << 21, AccessType.Read).Status);
+            Assert.Equal(64, vm.TablePages);
+            Assert.Equal(128, pool.PagesInUse - hostPages);
+        }
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
     [Theory]
     [InlineData(TdpFormatKind.Ept)]
     [InlineData(TdpFormatKind.Stage2)]
