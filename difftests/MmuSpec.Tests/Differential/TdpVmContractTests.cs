@@ -57,6 +57,95 @@ public sealed class TdpVmContractTests
         Assert.Equal(0, pool.PagesInUse);
     }
 
+    static readonly Dictionary<string, (int? SharedBit, Func<ITdpVm, object> Call, string Reason)> BadInput = new()
+    {
+        ["unknown access type"] = (null, vm => vm.Access(0x20_1000, (AccessType)7), "unknown access type 7"),
+        ["gpa beyond the width"] = (null, vm => vm.Access(1UL << 48, AccessType.Read), "gpa 0x1000000000000 is not below 2^48"),
+        ["slot beyond the gfn space"] = (null, vm => vm.CreateSlot(1, (1UL << 36) - 1, 2, 0x9000, 12, readOnly: false),
+            "range [0xFFFFFFFFF, +0x2) is beyond 2^36 frames"),
+        ["slot reaching the shared bit"] = (47, vm => vm.CreateSlot(1, (1UL << 35) - 1, 2, 0x9000, 12, readOnly: false),
+            "range [0x7FFFFFFFF, +0x2) reaches the shared bit (gfn 0x800000000)"),
+        ["overlapping slot"] = (null, vm => vm.CreateSlot(1, 0x3FF, 2, 0x9000, 12, readOnly: false), "range [0x3FF, 0x401) overlaps slot 0"),
+        ["slot moved onto another"] = (null, vm =>
+        {
+            Assert.Equal(TdpStatus.Ok, vm.CreateSlot(1, 0x1000, 0x10, 0x9000, 12, readOnly: false));
+            return vm.MoveSlot(1, 0x300);
+        }, "range [0x300, 0x310) overlaps slot 0"),
+        ["slot id past the table"] = (null, vm => vm.DeleteSlot(32), "no slot 32"),
+        ["negative slot id"] = (null, vm => vm.DeleteSlot(-1), "no slot -1"),
+    };
+
+    public static TheoryData<string> BadInputs() => [.. BadInput.Keys];
+
+    /// <summary>
+    /// Input the generators never make is refused with a reason naming what is wrong, and changes
+    /// nothing (the slots and the tables read back the same).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(BadInputs))]
+    public void Bad_input_is_rejected_with_its_reason_and_changes_nothing(string input)
+    {
+        var (sharedBit, call, reason) = BadInput[input];
+        var pool = new NativePagePool();
+        using (var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit, pool))
+        {
+            Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
+            Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);
+            string Tables()
+            {
+                var text = new List<string>();
+                vm.VisitPages((key, entries) => text.Add($"{key}: {string.Join(" ", entries)}"));
+                return string.Join("\n", text);
+            }
+            string tables = Tables();
+            object result = call(vm);
+            Assert.Contains("Rejected", result.ToString());
+            Assert.Equal(reason, vm.LastRejection);
+            Assert.Equal(tables, Tables());
+            Assert.Contains(vm.Slots, s => s.Id == 0 && s.BaseGfn == 0x200 && s.Pages == 0x200);
+        }
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    /// <summary>
+    /// The flush log keeps up to 16 ranges; a 17th that merges with none turns it into a flush of
+    /// everything (always correct), and the 18th adds nothing after that. Zapping leaves two gfns apart
+    /// records one range per leaf.
+    /// </summary>
+    [Fact]
+    public void More_than_16_separate_flushes_overflow_the_log_into_a_flush_of_everything()
+    {
+        using var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, new NativePagePool());
+        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
+        TdpFlushLog none = vm.TakeFlushes();
+        Assert.True(none.IsEmpty);
+        Assert.Throws<ArgumentOutOfRangeException>(() => none[0]);
+
+        foreach (int leaves in new[] { 16, 18 })
+        {
+            for (int k = 0; k < leaves; k++)
+                Assert.Equal(TdpAccessStatus.Mapped, vm.Access((0x200UL + 2 * (ulong)k) << 12, AccessType.Read).Status);
+            vm.TakeFlushes();
+            Assert.Equal(TdpStatus.Ok, vm.ZapRange(0x200, 0x400));
+            TdpFlushLog log = vm.TakeFlushes();
+            Assert.False(log.IsEmpty);
+            if (leaves == 16)
+            {
+                Assert.False(log.FlushedAll);
+                Assert.Equal(16, log.Count);
+                for (int k = 0; k < 16; k++)
+                    Assert.Equal(new TdpFlushRange(0x200 + 2 * (ulong)k, 1), log[k]);
+                Assert.Throws<ArgumentOutOfRangeException>(() => log[16]);
+            }
+            else
+            {
+                Assert.True(log.FlushedAll);
+                Assert.Equal(0, log.Count);
+                Assert.Throws<ArgumentOutOfRangeException>(() => log[0]);
+            }
+        }
+    }
+
     /// <summary>
     /// Table pages come from slabs of 64 pool pages whose first page holds the headers, so a slab holds
     /// 63 tables (TdpPageAllocator). A slab that threaded a page too few on its free list, or one past its
