@@ -1,0 +1,171 @@
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.Paging;
+using MmuSpec.Impl.Shadow;
+using Xunit;
+
+namespace MmuSpec.Tests.Impl;
+
+/// <summary>
+/// The impl's shadow VM as an API (IShadowVm): a destroyed VM refuses every call that would touch its
+/// freed native pages, null arguments are refused, destroying twice is harmless, and bad input is
+/// rejected without changing anything. The differential properties never call a destroyed VM, pass
+/// null or (for most of these) make such input, so nothing else checks it.
+/// </summary>
+public sealed class ShadowVmContractTests
+{
+    static PagingControls Long4 => new(PagingMode.Long4, Cr0Wp: true, Cr4Pse: false, Cr4Smep: false, Cr4Smap: false,
+        Cr4Pke: false, EferNxe: true, EflagsAc: false, Pkru: 0, MaxPhyAddr: 46);
+
+    /// <summary>One slot over gfns 0..0xFF, 4-level paging with CR3 0x1000 and gva 0x1000 mapped to gpa 0x5000, accessed once.</summary>
+    static IShadowVm MappedVm(NativePagePool pool)
+    {
+        var vm = ShadowVm.Create(46, allowUnsync: true, pool);
+        Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(0, 0, 0x100, 0x1000, readOnly: false).Status);
+        Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x1000, 0x2007, 8).Status);
+        Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x2000, 0x3007, 8).Status);
+        Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x3000, 0x4007, 8).Status);
+        Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x4008, 0x5007, 8).Status);
+        Assert.Equal(ShadowStatus.Ok, vm.GuestSetPaging(Long4, 0x1000, pcide: true).Status);
+        ShadowOutcome access = vm.GuestAccess(0x1000, AccessType.Write, Privilege.User);
+        Assert.Equal(ShadowOutcome.Translated(0x5000, 0x5000 + (0x1000UL << 12), faulted: true), access);
+        return vm;
+    }
+
+    static readonly Dictionary<string, Action<IShadowVm>> CallsOn = new()
+    {
+        ["CreateSlot"] = vm => vm.CreateSlot(1, 0x1000, 1, 0x9000, readOnly: false),
+        ["DeleteSlot"] = vm => vm.DeleteSlot(0),
+        ["MoveSlot"] = vm => vm.MoveSlot(0, 0x4000),
+        ["SetDirtyLogging"] = vm => vm.SetDirtyLogging(0, true),
+        ["GetDirtyLog"] = vm => vm.GetDirtyLog(0, []),
+        ["ZapRange"] = vm => vm.ZapRange(0, 0x100),
+        ["ZapAll"] = vm => vm.ZapAll(),
+        ["GuestStore"] = vm => vm.GuestStore(0x6000, 1, 8),
+        ["GuestSetPaging"] = vm => vm.GuestSetPaging(Long4, 0x1000),
+        ["GuestMovCr3"] = vm => vm.GuestMovCr3(0x1000),
+        ["Invpcid"] = vm => vm.Invpcid(2, 0, 0),
+        ["GuestAccess"] = vm => vm.GuestAccess(0x1000, AccessType.Read, Privilege.User),
+        ["Invlpg"] = vm => vm.Invlpg(0x1000),
+        ["FlushTlb"] = vm => vm.FlushTlb(),
+        ["VisitHostMemory"] = vm => vm.VisitHostMemory((_, _) => { }),
+        ["RootKeys"] = vm => _ = vm.RootKeys,
+        ["CurrentRoot"] = vm => _ = vm.CurrentRoot,
+        ["PreviousRoots"] = vm => _ = vm.PreviousRoots,
+        ["VisitPages"] = vm => vm.VisitPages((_, _) => { }),
+        ["VisitReverseMap"] = vm => vm.VisitReverseMap((_, _) => { }),
+        ["VisitParents"] = vm => vm.VisitParents((_, _) => { }),
+    };
+
+    public static TheoryData<string> Calls() => [.. CallsOn.Keys];
+
+    [Theory]
+    [MemberData(nameof(Calls))]
+    public void A_destroyed_vm_refuses_the_call(string call)
+    {
+        var pool = new NativePagePool();
+        var vm = MappedVm(pool);
+        CallsOn[call](vm);                  // works while the VM lives
+        vm.Dispose();
+        Assert.Equal(0, pool.PagesInUse);
+        Assert.Throws<ObjectDisposedException>(() => CallsOn[call](vm));
+        vm.Dispose();                       // a second destroy does nothing
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    [Fact]
+    public void Null_arguments_are_refused()
+    {
+        var pool = new NativePagePool();
+        using (var vm = MappedVm(pool))
+        {
+            Assert.Throws<ArgumentNullException>(() => vm.GetDirtyLog(0, null!));
+            Assert.Throws<ArgumentNullException>(() => vm.VisitHostMemory(null!));
+            Assert.Throws<ArgumentNullException>(() => vm.VisitPages(null!));
+            Assert.Throws<ArgumentNullException>(() => vm.VisitReverseMap(null!));
+            Assert.Throws<ArgumentNullException>(() => vm.VisitParents(null!));
+        }
+        Assert.Throws<ArgumentNullException>(() => ShadowVm.Create(46, allowUnsync: true, null!));
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    static readonly Dictionary<string, Func<IShadowVm, ShadowOutcome>> BadInput = new()
+    {
+        ["slot id past the table"] = vm => vm.CreateSlot(32, 0x1000, 1, 0x9000, readOnly: false),
+        ["negative slot id"] = vm => vm.CreateSlot(-1, 0x1000, 1, 0x9000, readOnly: false),
+        ["slot id taken"] = vm => vm.CreateSlot(0, 0x1000, 1, 0x9000, readOnly: false),
+        ["empty slot"] = vm => vm.CreateSlot(1, 0x1000, 0, 0x9000, readOnly: false),
+        ["slot beyond MAXPHYADDR"] = vm => vm.CreateSlot(1, (1UL << 34) - 1, 2, 0x9000, readOnly: false),
+        ["overlapping slot"] = vm => vm.CreateSlot(1, 0xFF, 2, 0x9000, readOnly: false),
+        ["overlapping host frames"] = vm => vm.CreateSlot(1, 0x1000, 2, 0x10FF, readOnly: false),
+        ["host frames beyond 2^40"] = vm => vm.CreateSlot(1, 0x1000, 2, (1UL << 40) - 1, readOnly: false),
+        ["unknown slot deleted"] = vm => vm.DeleteSlot(32),
+        ["unknown slot moved"] = vm => vm.MoveSlot(5, 0x4000),
+        ["slot moved beyond MAXPHYADDR"] = vm => vm.MoveSlot(0, 1UL << 34),
+        ["dirty log of a quiet slot"] = vm => vm.GetDirtyLog(0, []),
+        ["empty zap"] = vm => vm.ZapRange(0x10, 0x10),
+        ["zap beyond MAXPHYADDR"] = vm => vm.ZapRange(0, (1UL << 34) + 1),
+        ["store of 2 bytes"] = vm => vm.GuestStore(0x6000, 1, 2),
+        ["misaligned store"] = vm => vm.GuestStore(0x6004, 1, 8),
+        ["store beyond MAXPHYADDR"] = vm => vm.GuestStore(1UL << 46, 1, 8),
+        ["unknown paging mode"] = vm => vm.GuestSetPaging(Long4 with { Mode = (PagingMode)9 }, 0x1000),
+        ["another MAXPHYADDR"] = vm => vm.GuestSetPaging(Long4 with { MaxPhyAddr = 40 }, 0x1000),
+        ["protection keys"] = vm => vm.GuestSetPaging(Long4 with { Cr4Pke = true }, 0x1000),
+        ["wide CR3 in PAE"] = vm => vm.GuestSetPaging(Long4 with { Mode = PagingMode.Pae }, 0x1_0000_0000),
+        ["PCIDE in PAE"] = vm => vm.GuestSetPaging(Long4 with { Mode = PagingMode.Pae }, 0x1000, pcide: true),
+        ["unknown access type"] = vm => vm.GuestAccess(0x1000, (AccessType)3, Privilege.User),
+        ["unknown privilege"] = vm => vm.GuestAccess(0x1000, AccessType.Read, (Privilege)3),
+        ["fetch as an implicit supervisor access"] = vm => vm.GuestAccess(0x1000, AccessType.Fetch, Privilege.ImplicitSupervisor),
+    };
+
+    public static TheoryData<string> BadInputs() => [.. BadInput.Keys];
+
+    /// <summary>Bad input is rejected with a reason and changes nothing: slots, pages, roots and host memory read back the same.</summary>
+    [Theory]
+    [MemberData(nameof(BadInputs))]
+    public void Bad_input_is_rejected_and_changes_nothing(string input)
+    {
+        var pool = new NativePagePool();
+        using (var vm = MappedVm(pool))
+        {
+            string before = Snapshot(vm);
+            ShadowOutcome outcome = BadInput[input](vm);
+            Assert.Equal(ShadowStatus.Rejected, outcome.Status);
+            Assert.False(string.IsNullOrWhiteSpace(vm.LastRejection));
+            Assert.Equal(before, Snapshot(vm));
+        }
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    [Fact]
+    public void Guest_operations_need_paging_on()
+    {
+        using var vm = ShadowVm.Create(46, allowUnsync: false, new NativePagePool());
+        Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(0, 0, 0x100, 0x1000, readOnly: false).Status);
+        foreach (ShadowOutcome o in new[]
+        {
+            vm.GuestMovCr3(0x1000), vm.Invpcid(2, 0, 0), vm.GuestAccess(0x1000, AccessType.Read, Privilege.User),
+            vm.Invlpg(0x1000), vm.FlushTlb(),
+        })
+        {
+            Assert.Equal(ShadowStatus.Rejected, o.Status);
+            Assert.Equal("paging is off", vm.LastRejection);
+        }
+        Assert.Null(vm.RootKeys);
+        Assert.Null(vm.CurrentRoot);
+    }
+
+    static string Snapshot(IShadowVm vm)
+    {
+        var text = new List<string>();
+        text.Add(string.Join(" ", vm.Slots));
+        text.Add($"{vm.GuestControls} cr3 0x{vm.GuestCr3:X} pcide {vm.GuestPcide}");
+        text.Add($"root {string.Join(",", vm.RootKeys ?? [])} {vm.CurrentRoot?.Pgd:X} | previous "
+            + string.Join(" ", vm.PreviousRoots.Select(r => $"{r.Pgd:X} {r.Role} {string.Join(",", r.Pages)} {r.Unsync}")));
+        vm.VisitPages((page, entries) => text.Add(
+            $"{page.Key} unsync {page.Unsync} flooding {page.WriteFlooding} children {string.Join(",", page.UnsyncChildren)}: {string.Join(" ", entries)}"));
+        vm.VisitReverseMap((gfn, leaves) => text.Add($"rmap {gfn:X}: {string.Join(" ", leaves)}"));
+        vm.VisitParents((key, parents) => text.Add($"parents {key}: {string.Join(" ", parents)}"));
+        vm.VisitHostMemory((hpa, value) => text.Add($"{hpa:X}={value:X}"));
+        return string.Join("\n", text);
+    }
+}
