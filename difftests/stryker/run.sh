@@ -5,7 +5,8 @@
 #
 #   AREA       mutates                      tests that may kill (namespace MmuSpec.Tests.Differential, and
 #                                           in every area the impl's API tests, namespace MmuSpec.Tests.Impl)
-#   paging     impl/Paging                  WalkDifferentialTests, AccessEnumerationTests
+#   paging     impl/Paging                  WalkDifferentialTests, AccessEnumerationTests, TdpDifferentialTests
+#                                           (the TDP guest walks go through the traced walk and TryCreate)
 #   pagetable  impl/PageTable, impl/Memory  WalkDifferentialTests, TdpDifferentialTests, TdpFlushTests, NativeMemoryTests
 #   tdp        impl/Tdp                     TdpDifferentialTests, TdpFlushTests, TdpVmContractTests, NativeMemoryTests
 #   shadow     impl/Shadow                  ShadowDifferentialTests, CachedRootTests, NativeMemoryTests
@@ -29,7 +30,7 @@ area="${1:-}"
 ns="FullyQualifiedName~MmuSpec.Tests.Differential"
 api="FullyQualifiedName~MmuSpec.Tests.Impl"
 case "$area" in
-  paging)    mutate=('**/Paging/**/*.cs'); tests="$ns.WalkDifferentialTests|$ns.AccessEnumerationTests" ;;
+  paging)    mutate=('**/Paging/**/*.cs'); tests="$ns.WalkDifferentialTests|$ns.AccessEnumerationTests|$ns.TdpDifferentialTests" ;;
   pagetable) mutate=('**/PageTable/**/*.cs' '**/Memory/**/*.cs')
              tests="$ns.WalkDifferentialTests|$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.NativeMemoryTests" ;;
   tdp)       mutate=('**/Tdp/**/*.cs'); tests="$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.TdpVmContractTests|$ns.NativeMemoryTests" ;;
