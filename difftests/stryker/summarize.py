@@ -6,7 +6,8 @@ usage: summarize.py REPORT.json [REPORT.json ...] [--survivors FILE.tsv]
 Several reports (e.g. a full run and a re-run of some files) are merged file by file: a file's
 mutants come from the LAST report that mutated that file, so a re-run replaces the earlier result
 for the files it covers. Prints the totals, the score with Stryker's formula and a per-file table
-as Markdown; with --survivors also writes every Survived/NoCoverage mutant as a TSV line
+as Markdown, with a table per area (the folders of impl/: Paging, PageTable + Memory, Tdp, Shadow);
+with --survivors also writes every Survived/NoCoverage mutant as a TSV line
 (file, line, mutator, original, replacement, status, id) for the appendix.
 
 Stryker's formula: score = detected / (detected + undetected), where detected = Killed + Timeout and
@@ -49,6 +50,13 @@ def original_text(source_lines, loc):
     return " ".join(text.split())
 
 
+AREAS = {"Paging": "paging", "PageTable": "pagetable", "Memory": "pagetable", "Tdp": "tdp", "Shadow": "shadow"}
+
+
+def area(short_name):
+    return AREAS.get(short_name.split("/")[0], "other")
+
+
 def score(c):
     detected = c["Killed"] + c["Timeout"]
     undetected = c["Survived"] + c["NoCoverage"]
@@ -78,6 +86,22 @@ def main(argv):
                 survivors.append((short(name), m["location"]["start"]["line"], m["mutatorName"],
                                   original_text(lines, m["location"]), " ".join(m.get("replacement", "").split()),
                                   m["status"], m["id"]))
+    by_area = {}
+    for name, c, _ in rows:
+        by_area.setdefault(area(name), Counter()).update(c)
+    print("| area | killed | timeout | survived | no coverage | tested | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for a in ["paging", "pagetable", "tdp", "shadow", "other"]:
+        if a in by_area:
+            c = by_area[a]
+            d, u, s = score(c)
+            print(f"| {a} | {c['Killed']} | {c['Timeout']} | {c['Survived']} | {c['NoCoverage']} | {d + u} | {s:.1f}% |")
+    tested = Counter()
+    for c in by_area.values():
+        tested.update(c)
+    d, u, s = score(tested)
+    print(f"| **all** | {tested['Killed']} | {tested['Timeout']} | {tested['Survived']} | {tested['NoCoverage']} | {d + u} | **{s:.1f}%** |")
+    print()
     d, u, s = score(total)
     print("| total | killed | timeout | survived | no coverage | compile error | ignored | score |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")

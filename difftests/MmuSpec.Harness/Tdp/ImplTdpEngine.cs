@@ -87,7 +87,8 @@ public sealed class ImplTdpEngine : IDisposable
 
     /// <summary>
     /// What the last <see cref="View"/> read back wrong that the abstract state cannot show: table
-    /// (non-leaf) entries that take rights away (the model's tables carry none), and host-memory words
+    /// (non-leaf) entries that take rights away (the model's tables carry none), leaves whose format
+    /// bits are wrong for their level (<see cref="LeafEntryProblem"/>), and host-memory words
     /// visited against <c>VisitHostMemory</c>'s contract (zero, unaligned, or twice).
     /// </summary>
     public IReadOnlyList<string> ViewProblems => viewProblems;
@@ -108,6 +109,27 @@ public sealed class ImplTdpEngine : IDisposable
         _ => null,
     };
 
+    /// <summary>
+    /// What is wrong with a present leaf at <paramref name="level"/> (1 = 4 KiB), or null: the bits the
+    /// decoded leaf (frame, size, writable) leaves out. EPT (SDM Vol. 3C, "EPT Translation Mechanism"):
+    /// read and execute granted (KVM's make_spte gives a TDP leaf both); bit 7 set above 4 KiB, where it
+    /// is what makes the entry a leaf, and clear in a 4 KiB entry (there the CPU ignores it; KVM sets
+    /// it only above PG_LEVEL_4K). Stage 2 (Arm ARM, VMSAv8-64 descriptors): a level-3 (4 KiB) page
+    /// descriptor is 0b11 in bits 1:0, a block descriptor 0b01 (0b01 at level 3 is reserved: the access
+    /// faults); S2AP read (bit 6) and the access flag (bit 10, else an access-flag fault) are set.
+    /// </summary>
+    public static string? LeafEntryProblem(TdpFormat format, ulong raw, int level) => format switch
+    {
+        TdpFormat.Ept when (raw & 0x5) != 0x5 => "EPT leaf does not grant read and execute",
+        TdpFormat.Ept when level > 1 && (raw & 0x80) == 0 => "EPT leaf above 4 KiB lacks the page-size bit",
+        TdpFormat.Ept when level == 1 && (raw & 0x80) != 0 => "4 KiB EPT leaf has bit 7 set (KVM writes it clear)",
+        TdpFormat.Stage2 when level == 1 && (raw & 0x3) != 0x3 => "stage-2 level-3 page descriptor is not 0b11 in bits 1:0",
+        TdpFormat.Stage2 when level > 1 && (raw & 0x3) != 0x1 => "stage-2 block descriptor is not 0b01 in bits 1:0",
+        TdpFormat.Stage2 when (raw & (1UL << 6)) == 0 => "stage-2 leaf lacks S2AP read",
+        TdpFormat.Stage2 when (raw & (1UL << 10)) == 0 => "stage-2 leaf lacks the access flag",
+        _ => null,
+    };
+
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public TdpState View()
     {
@@ -121,8 +143,8 @@ public sealed class ImplTdpEngine : IDisposable
         {
             var k = Key(key);
             foreach (var x in entries)
-                if (!x.IsLeaf && TableEntryProblem(config.Format, x.Raw) is { } problem)
-                    viewProblems.Add($"table entry [{x.Index}] of {k}: 0x{x.Raw:X}: {problem}");
+                if ((x.IsLeaf ? LeafEntryProblem(config.Format, x.Raw, x.LeafLevel) : TableEntryProblem(config.Format, x.Raw)) is { } problem)
+                    viewProblems.Add($"{(x.IsLeaf ? "leaf" : "table entry")} [{x.Index}] of {k}: 0x{x.Raw:X}: {problem}");
             var e = entries.ToImmutableSortedDictionary(x => x.Index, x => x.IsLeaf
                 ? (Spte)new Spte.Leaf(x.LeafGfn, x.LeafLevel, x.HostPfn, x.Writable)
                 : new Spte.Table(Key(x.Child)));

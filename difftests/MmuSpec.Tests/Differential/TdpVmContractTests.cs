@@ -176,6 +176,38 @@ public sealed class TdpVmContractTests
     [Theory]
     [InlineData(TdpFormatKind.Ept)]
     [InlineData(TdpFormatKind.Stage2)]
+    public void Leaves_carry_the_format_bits_of_their_level_and_the_check_sees_one_that_does_not(TdpFormatKind kind)
+    {
+        var format = kind == TdpFormatKind.Ept ? TdpFormat.Ept : TdpFormat.Stage2;
+        using var vm = TdpVm.Create(kind, sharedBit: null, new NativePagePool());
+        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
+        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(1, 0x1000, 0x10, 0x9000, 12, readOnly: true));
+        Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);   // a 2 MiB leaf
+        Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x100_3000, AccessType.Read).Status);   // a 4 KiB read-only leaf
+        var leaves = new List<TdpEntryInfo>();
+        vm.VisitPages((_, entries) => leaves.AddRange(entries.Where(e => e.IsLeaf)));
+        Assert.Equal([1, 2], leaves.Select(e => e.LeafLevel).Order());
+        Assert.All(leaves, e => Assert.Null(ImplTdpEngine.LeafEntryProblem(format, e.Raw, e.LeafLevel)));
+
+        ulong frame = 0x1234_5000;
+        const ulong Wb = 6 << 3;
+        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x7 | Wb, 1));
+        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x5 | Wb | 0x80, 2));
+        Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x7 | Wb | 0x80, 1));  // bit 7 in a 4 KiB leaf
+        Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x7 | Wb, 3));         // a 1 GiB leaf without it
+        Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x3 | Wb, 1));         // no execute
+        const ulong S2Leaf = 0x40 | 0x400 | (0xF << 2);
+        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x3 | S2Leaf, 1));
+        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x1 | S2Leaf | 0x80, 2));
+        Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x1 | S2Leaf, 1));  // 0b01 at level 3: reserved
+        Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x3 | S2Leaf, 2));  // a table descriptor, not a block
+        Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x3 | 0x400, 1));   // no S2AP read
+        Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x3 | 0x40, 1));    // no access flag
+    }
+
+    [Theory]
+    [InlineData(TdpFormatKind.Ept)]
+    [InlineData(TdpFormatKind.Stage2)]
     public void Table_entries_take_no_rights_away_and_the_check_sees_one_that_does(TdpFormatKind kind)
     {
         var format = kind == TdpFormatKind.Ept ? TdpFormat.Ept : TdpFormat.Stage2;
