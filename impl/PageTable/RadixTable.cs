@@ -86,16 +86,6 @@ public static unsafe class RadixTable<TFormat> where TFormat : struct, IPteForma
         return new PteRef(entry, level, AlignDown(frame, level), leaf);
     }
 
-    /// <summary>Removes the leaf covering <paramref name="frame"/>; false when there is none.</summary>
-    public static bool Unmap(ulong* root, int rootLevel, ulong frame)
-    {
-        PteRef pte = Walk(root, rootLevel, frame);
-        if (!TFormat.IsPresent(pte.Value))
-            return false;
-        pte.Clear();
-        return true;
-    }
-
     /// <summary>Frees <paramref name="table"/> (at <paramref name="level"/>) and every table below it.
     /// The caller has already unlinked it from its parent.</summary>
     public static void FreeTree<TPages>(ref TPages pages, ulong* table, int level)
@@ -113,10 +103,6 @@ public static unsafe class RadixTable<TFormat> where TFormat : struct, IPteForma
         }
         pages.Free(table);
     }
-
-    /// <summary>Whether a present entry at <paramref name="level"/> points at a table.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static bool IsTable(ulong pte, int level) => TFormat.IsPresent(pte) && !TFormat.IsLeaf(pte, level);
 
     /// <summary>Whether the entry is a present leaf.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
