@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarizes Stryker.NET JSON reports (mutation-testing-report-schema) for docs/mutation-score.md.
 
-usage: summarize.py REPORT.json [REPORT.json ...] [--survivors FILE.tsv]
+usage: summarize.py REPORT.json [REPORT.json ...] [--survivors FILE.tsv] [--verdicts verdicts.tsv] [--appendix FILE.md]
 
 Several reports (e.g. a full run and a re-run of some files) are merged file by file: a file's
 mutants come from the LAST report that mutated that file, so a re-run replaces the earlier result
@@ -12,6 +12,13 @@ with --survivors also writes every Survived/NoCoverage mutant as a TSV line
 
 Stryker's formula: score = detected / (detected + undetected), where detected = Killed + Timeout and
 undetected = Survived + NoCoverage; CompileError and Ignored mutants are outside both.
+
+--verdicts reads the hand-written verdicts on undetected mutants (difftests/stryker/verdicts.tsv:
+file, original text, replacement text, verdict, reason; matched by text, not line, so they survive
+edits elsewhere in the file). A mutant whose verdict is "equivalent" cannot change what the MMU does
+(e.g. `>>` turned into `>>>` on an unsigned value); the summary then also gives the score without
+them, the usual definition of a mutation score. --appendix writes every undetected mutant with its
+verdict and reason as a Markdown table ("not analysed" where no verdict matches).
 """
 import json
 import sys
@@ -63,12 +70,31 @@ def score(c):
     return detected, undetected, (100.0 * detected / (detected + undetected)) if detected + undetected else float("nan")
 
 
+def take_option(argv, name):
+    if name not in argv:
+        return None, argv
+    i = argv.index(name)
+    return argv[i + 1], argv[:i] + argv[i + 2:]
+
+
+def load_verdicts(path):
+    verdicts = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 5:
+                sys.exit(f"{path}:{n}: expected 5 tab-separated fields (file, original, replacement, verdict, reason)")
+            verdicts[tuple(parts[:3])] = (parts[3], parts[4])
+    return verdicts
+
+
 def main(argv):
-    survivors_path = None
-    if "--survivors" in argv:
-        i = argv.index("--survivors")
-        survivors_path = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
+    survivors_path, argv = take_option(argv, "--survivors")
+    verdicts_path, argv = take_option(argv, "--verdicts")
+    appendix_path, argv = take_option(argv, "--appendix")
+    verdicts = load_verdicts(verdicts_path) if verdicts_path else {}
     files = load(argv)
     total = Counter()
     rows = []
@@ -102,6 +128,30 @@ def main(argv):
     d, u, s = score(tested)
     print(f"| **all** | {tested['Killed']} | {tested['Timeout']} | {tested['Survived']} | {tested['NoCoverage']} | {d + u} | **{s:.1f}%** |")
     print()
+    if verdicts:
+        judged = [(row, verdicts.get((row[0], row[3], row[4]))) for row in survivors]
+        equivalent = Counter(area(row[0]) for row, v in judged if v and v[0] == "equivalent")
+        kinds = Counter(v[0] if v else "not analysed" for _, v in judged)
+        print("Verdicts on the undetected mutants: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + ".")
+        print()
+        print("| area | tested | equivalent | score without the equivalent mutants |")
+        print("|---|---:|---:|---:|")
+        for a in ["paging", "pagetable", "tdp", "shadow", "other", "all"]:
+            c = tested if a == "all" else by_area.get(a)
+            if c is None:
+                continue
+            e = sum(equivalent.values()) if a == "all" else equivalent[a]
+            d, u, _ = score(c)
+            print(f"| {a} | {d + u} | {e} | {100.0 * d / (d + u - e):.1f}% |")
+        print()
+        if appendix_path:
+            with open(appendix_path, "w", encoding="utf-8") as f:
+                f.write("| file:line | status | mutation | original → replacement | verdict | why |\n|---|---|---|---|---|---|\n")
+                for (name, line, mutator, original, replacement, status, _), v in judged:
+                    cell = lambda t: t.replace("|", "\\|")
+                    verdict, reason = v if v else ("not analysed", "")
+                    f.write(f"| {name}:{line} | {status} | {mutator.replace(' mutation', '')} | `{cell(original[:70])}` → "
+                            f"`{cell(replacement[:50])}` | {verdict} | {cell(reason)} |\n")
     d, u, s = score(total)
     print("| total | killed | timeout | survived | no coverage | compile error | ignored | score |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
