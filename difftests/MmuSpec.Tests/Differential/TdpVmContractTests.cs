@@ -146,6 +146,34 @@ public sealed class TdpVmContractTests
         }
     }
 
+    static PagingControls Guest(PagingMode mode) => new(mode, Cr0Wp: true, Cr4Pse: false, Cr4Smep: false,
+        Cr4Smap: false, Cr4Pke: false, EferNxe: false, EflagsAc: false, Pkru: 0, MaxPhyAddr: 46);
+
+    /// <summary>
+    /// The PDPTE registers read back as the guest's in PAE paging and as 0 with paging off or in
+    /// another mode; register indexes are 0..3. In 32-bit paging the last linear
+    /// address, 0xFFFFFFFF, walks and 2^32 is refused.
+    /// </summary>
+    [Fact]
+    public void Guest_registers_and_linear_addresses_keep_their_modes_bounds()
+    {
+        using var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, new NativePagePool());
+        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0, 0x10, 0x1000, 12, readOnly: false));
+        Assert.Equal(0UL, vm.GuestPdpte(3));                                        // paging off
+        Assert.Equal(TdpAccessStatus.Mapped, vm.GuestStore(0xFE0 + 3 * 8, 0x5001, 8).Status);
+        Assert.Equal(TdpGuestStatus.Ok, vm.GuestSetPaging(Guest(PagingMode.Pae), 0xFE0).Status);
+        Assert.Equal(0x5001UL, vm.GuestPdpte(3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.GuestPdpte(4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => vm.GuestPdpte(-1));
+
+        Assert.Equal(TdpGuestStatus.Ok, vm.GuestSetPaging(Guest(PagingMode.Bits32), 0xFE0 & ~0xFFFUL).Status);
+        Assert.Equal(0UL, vm.GuestPdpte(3));                                        // 32-bit paging has none
+        TdpGuestOutcome last = vm.GuestAccess(0xFFFF_FFFF, AccessType.Read, Privilege.Supervisor);
+        Assert.Equal(TdpGuestStatus.GuestFault, last.Status);                       // walked: not present
+        Assert.Equal(WalkStatus.PageFault, last.Fault.Status);
+        Assert.Equal(TdpGuestStatus.Rejected, vm.GuestAccess(0x1_0000_0000, AccessType.Read, Privilege.Supervisor).Status);
+    }
+
     /// <summary>
     /// Table pages come from slabs of 64 pool pages whose first page holds the headers, so a slab holds
     /// 63 tables (TdpPageAllocator). A slab that threaded a page too few on its free list, or one past its
