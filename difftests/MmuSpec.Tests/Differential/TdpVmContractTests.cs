@@ -61,6 +61,7 @@ public sealed class TdpVmContractTests
     {
         ["unknown access type"] = (null, vm => vm.Access(0x20_1000, (AccessType)7), "unknown access type 7"),
         ["gpa beyond the width"] = (null, vm => vm.Access(1UL << 48, AccessType.Read), "gpa 0x1000000000000 is not below 2^48"),
+        ["fetch beyond the width"] = (null, vm => vm.Access(1UL << 48, AccessType.Fetch), "gpa 0x1000000000000 is not below 2^48"),
         ["slot beyond the gfn space"] = (null, vm => vm.CreateSlot(1, (1UL << 36) - 1, 2, 0x9000, 12, readOnly: false),
             "range [0xFFFFFFFFF, +0x2) is beyond 2^36 frames"),
         ["slot reaching the shared bit"] = (47, vm => vm.CreateSlot(1, (1UL << 35) - 1, 2, 0x9000, 12, readOnly: false),
