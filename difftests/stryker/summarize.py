@@ -15,7 +15,8 @@ undetected = Survived + NoCoverage; CompileError and Ignored mutants are outside
 
 --verdicts reads the hand-written verdicts on undetected mutants (difftests/stryker/verdicts.tsv:
 file, original text, replacement text, verdict, reason; matched by text, not line, so they survive
-edits elsewhere in the file). A mutant whose verdict is "equivalent" cannot change what the MMU does
+edits elsewhere in the file; "File.cs:LINE" in the first column singles out one line where two mutants of a
+file share their text). A mutant whose verdict is "equivalent" cannot change what the MMU does
 (e.g. `>>` turned into `>>>` on an unsigned value); the summary then also gives the score without
 them, the usual definition of a mutation score. --appendix writes every undetected mutant with its
 verdict and reason as a Markdown table ("not analysed" where no verdict matches).
@@ -129,7 +130,9 @@ def main(argv):
     print(f"| **all** | {tested['Killed']} | {tested['Timeout']} | {tested['Survived']} | {tested['NoCoverage']} | {d + u} | **{s:.1f}%** |")
     print()
     if verdicts:
-        judged = [(row, verdicts.get((row[0], row[3], row[4]))) for row in survivors]
+        # A verdict keyed "File.cs:LINE" wins over one keyed "File.cs" (two mutants with the same text in one file).
+        judged = [(row, verdicts.get((f"{row[0]}:{row[1]}", row[3], row[4])) or verdicts.get((row[0], row[3], row[4])))
+                  for row in survivors]
         equivalent = Counter(area(row[0]) for row, v in judged if v and v[0] == "equivalent")
         kinds = Counter(v[0] if v else "not analysed" for _, v in judged)
         print("Verdicts on the undetected mutants: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + ".")
