@@ -73,6 +73,11 @@ public sealed class TdpVmContractTests
             return vm.MoveSlot(1, 0x300);
         }, "range [0x300, 0x310) overlaps slot 0"),
         ["slot id past the table"] = (null, vm => vm.DeleteSlot(32), "no slot 32"),
+        ["slot created past the table"] = (null, vm => vm.CreateSlot(32, 0x1000, 1, 0x9000, 12, readOnly: false), "slot id 32 is outside 0..31"),
+        ["host frames from 2^40"] = (null, vm => vm.CreateSlot(1, 0x1000, 1, 1UL << 40, 12, readOnly: false),
+            "host frame base 0x10000000000 is not below 2^40"),
+        ["store of 2 bytes"] = (null, vm => vm.GuestStore(0x20_1000, 1, 2), "store size 2 is not 4 or 8"),
+        ["misaligned store"] = (null, vm => vm.GuestStore(0x20_1004, 1, 8), "gpa 0x201004 is not aligned to the 8-byte store"),
         ["negative slot id"] = (null, vm => vm.DeleteSlot(-1), "no slot -1"),
     };
 
@@ -173,6 +178,16 @@ public sealed class TdpVmContractTests
         Assert.Equal(TdpGuestStatus.GuestFault, last.Status);                       // walked: not present
         Assert.Equal(WalkStatus.PageFault, last.Fault.Status);
         Assert.Equal(TdpGuestStatus.Rejected, vm.GuestAccess(0x1_0000_0000, AccessType.Read, Privilege.Supervisor).Status);
+    }
+
+    [Theory]
+    [InlineData(TdpFormatKind.Ept)]
+    [InlineData(TdpFormatKind.Stage2)]
+    public void A_vm_reports_the_format_it_was_made_with_and_needs_a_pool(TdpFormatKind kind)
+    {
+        using var vm = TdpVm.Create(kind, sharedBit: null, new NativePagePool());
+        Assert.Equal(kind, vm.Format);
+        Assert.Throws<ArgumentNullException>(() => TdpVm.Create(kind, sharedBit: null, null!));
     }
 
     /// <summary>

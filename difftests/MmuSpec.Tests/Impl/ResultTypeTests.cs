@@ -107,6 +107,17 @@ public sealed class ResultTypeTests
         AssertValueSemantics(AccessSamples(), AccessSamples(), SameFields, (a, b) => a == b, (a, b) => a != b);
 
     [Fact]
+    public void MMIO_exits_and_rejections_carry_no_translation()
+    {
+        foreach (TdpAccessOutcome o in new[] { TdpAccessOutcome.MmioExit, TdpAccessOutcome.Rejected })
+            Assert.Equal((0UL, (byte)0, false), (o.Hpa, o.PageShift, o.Faulted));
+        TdpGuestOutcome exit = TdpGuestOutcome.FromAccess(TdpAccessOutcome.MmioExit, 0xFEE0_0000);
+        Assert.Equal((TdpGuestStatus.MmioExit, 0xFEE0_0000UL), (exit.Status, exit.Gpa));
+        Assert.Equal((TdpAccessStatus.MmioExit, 0xFEE0_0000UL, (byte)0, false),
+            (exit.Access.Status, exit.Access.Hpa, exit.Access.PageShift, exit.Access.Faulted));
+    }
+
+    [Fact]
     public void Tdp_access_outcomes_print_their_fields()
     {
         Assert.Equal("Mapped(hpa=0x1000, size=2^12, faulted=False)", Base.ToString());
