@@ -50,9 +50,8 @@ public static class TdpDiff
 
                 var diffs = Differences(spec, SafeView(impl));
                 if (diffs.Length > 0) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, diffs));
-                // What the read-back shows wrong that the abstract state has no place for: bits of table
-                // entries (e.g. a write-protect pass that also cleared W in an EPT table entry: the whole
-                // range read-only on hardware), a host word visited twice or out of contract.
+                // What the read-back shows wrong that the abstract state has no place for (table-entry
+                // rights, leaf format bits, the host-memory visit's contract: ImplTdpEngine.ViewProblems).
                 if (impl.ViewProblems.Count > 0)
                     return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, [.. impl.ViewProblems.Take(6)]));
 
