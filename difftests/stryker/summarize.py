@@ -92,6 +92,9 @@ def load_verdicts(path):
 
 
 def main(argv):
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__, file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
     survivors_path, argv = take_option(argv, "--survivors")
     verdicts_path, argv = take_option(argv, "--verdicts")
     appendix_path, argv = take_option(argv, "--appendix")
