@@ -227,6 +227,57 @@ public sealed class ResultTypeTests
     }
 
     /// <summary>
+    /// ShadowRole's packing (its documented bit layout): each field lands in its own bits and reads back
+    /// alone, the With* methods change only their field, and values outside a field's range are refused at
+    /// both ends while the range's own ends are accepted.
+    /// </summary>
+    [Fact]
+    public void Shadow_role_packs_each_field_in_its_bits_and_refuses_values_out_of_range()
+    {
+        ShadowRole plain = ShadowRole.Create(level: 1, has4ByteGpte: false, quadrant: 0, direct: false, access: 0);
+        Assert.Equal(1u, plain.Word);
+        (string Field, ShadowRole Role, int Bit, Func<ShadowRole, bool> Read)[] flags =
+        [
+            ("has4ByteGpte", ShadowRole.Create(1, true, 0, false, 0), 4, r => r.Has4ByteGpte),
+            ("direct", ShadowRole.Create(1, false, 0, true, 0), 7, r => r.Direct),
+            ("invalid", ShadowRole.Create(1, false, 0, false, 0, invalid: true), 11, r => r.Invalid),
+            ("eferNx", ShadowRole.Create(1, false, 0, false, 0, eferNx: true), 12, r => r.EferNx),
+            ("cr0Wp", ShadowRole.Create(1, false, 0, false, 0, cr0Wp: true), 13, r => r.Cr0Wp),
+            ("smepAndNotWp", ShadowRole.Create(1, false, 0, false, 0, smepAndNotWp: true), 14, r => r.SmepAndNotWp),
+            ("smapAndNotWp", ShadowRole.Create(1, false, 0, false, 0, smapAndNotWp: true), 15, r => r.SmapAndNotWp),
+            ("adDisabled", ShadowRole.Create(1, false, 0, false, 0, adDisabled: true), 16, r => r.AdDisabled),
+            ("guestMode", ShadowRole.Create(1, false, 0, false, 0, guestMode: true), 17, r => r.GuestMode),
+            ("passthrough", ShadowRole.Create(1, false, 0, false, 0, passthrough: true), 18, r => r.Passthrough),
+            ("smm", ShadowRole.Create(1, false, 0, false, 0, smm: true), 19, r => r.Smm),
+        ];
+        foreach (var (field, role, bit, _) in flags)
+        {
+            Assert.True((plain.Word | 1u << bit) == role.Word, $"{field} is bit {bit}: word 0x{role.Word:X}");
+            foreach (var (other, _, _, read) in flags)
+                Assert.True(read(role) == (other == field), $"{other} reads {read(role)} in a role with only {field} set");
+        }
+        for (int level = 1; level <= 5; level++)
+            Assert.Equal(level, ShadowRole.Create(level, false, 0, false, 0).Level);
+        for (int quadrant = 0; quadrant <= 3; quadrant++)
+            Assert.Equal(quadrant, ShadowRole.Create(1, false, quadrant, false, 0).Quadrant);
+        for (uint access = 0; access <= ShadowRole.AccAll; access++)
+            Assert.Equal(access, ShadowRole.Create(1, false, 0, false, access).Access);
+        Assert.Throws<ArgumentOutOfRangeException>(() => ShadowRole.Create(0, false, 0, false, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ShadowRole.Create(6, false, 0, false, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ShadowRole.Create(1, false, -1, false, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ShadowRole.Create(1, false, 4, false, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ShadowRole.Create(1, false, 0, false, ShadowRole.AccAll + 1));
+
+        // The With* methods replace one field and keep the rest (every flag set, every field at its maximum).
+        ShadowRole full = ShadowRole.Create(5, true, 3, true, ShadowRole.AccAll, true, true, true, true, true, true, true, true, true);
+        Assert.Equal(full.Word & ~0xFu | 2, full.WithLevel(2).Word);
+        Assert.Equal(full.Word & ~(3u << 5) | 1u << 5, full.WithQuadrant(1).Word);
+        Assert.Equal(full.Word & ~(1u << 7), full.WithDirect(false).Word);
+        Assert.Equal(full.Word, full.WithDirect(false).WithDirect(true).Word);
+        Assert.Equal(full.Word & ~(7u << 8) | ShadowRole.AccWrite << 8, full.WithAccess(ShadowRole.AccWrite).Word);
+    }
+
+    /// <summary>
     /// <paramref name="samples"/>[i] and <paramref name="copies"/>[i] are built alike (equal); two samples
     /// are equal exactly when <paramref name="sameFields"/> says so; the four equality members and the
     /// hash agree with that.

@@ -156,6 +156,39 @@ public sealed class ShadowVmContractTests
     }
 
     /// <summary>
+    /// The other side of the bad-input bounds: a slot may end exactly at 2^(MAXPHYADDR-12) guest frames
+    /// and at 2^40 host frames, a store may hit the last word below 2^MAXPHYADDR, and a zap may end at the
+    /// gfn limit.
+    /// </summary>
+    [Fact]
+    public void Ranges_ending_exactly_at_the_frame_limits_are_accepted()
+    {
+        const ulong gfnLimit = 1UL << 34, hostPfnLimit = 1UL << 40; // MAXPHYADDR 46
+        var pool = new NativePagePool();
+        using (var vm = MappedVm(pool))
+        {
+            Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(1, gfnLimit - 1, 1, hostPfnLimit - 1, readOnly: false).Status);
+            Assert.Equal(ShadowStatus.Ok, vm.GuestStore((1UL << 46) - 8, 0x55, 8).Status);
+            var words = new Dictionary<ulong, ulong>();
+            vm.VisitHostMemory((hpa, value) => words.Add(hpa, value));
+            Assert.Equal(0x55UL, words[(hostPfnLimit << 12) - 8]);
+            Assert.Equal(ShadowStatus.Ok, vm.ZapRange(gfnLimit - 1, gfnLimit).Status);
+            Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 2).Status);
+            Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 1).Status);
+            Assert.Equal(new ShadowSlotInfo(1, gfnLimit - 1, 1, hostPfnLimit - 1, false, false), vm.Slots[1]);
+        }
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    [Fact]
+    public void Bookkeeping_sizes_are_the_documented_ones()
+    {
+        Assert.Equal(16, ShadowVm.RootInfoBytes);                   // pgd word + root pointer
+        Assert.Equal(24, ShadowVm.DirectPageHeaderBytes);           // key and flags, parent list head, hash link
+        Assert.Equal(24 + 4096 + 72, ShadowVm.IndirectPageBytes);   // + translations page + unsync bitmap and counts
+    }
+
+    /// <summary>
     /// RootStats (read by the cached-root benchmarks, compared by no property): each counter moves by
     /// exactly the events its documentation names, and by nothing else.
     /// </summary>
