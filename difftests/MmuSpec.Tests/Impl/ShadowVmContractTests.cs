@@ -180,6 +180,40 @@ public sealed class ShadowVmContractTests
         Assert.Equal(0, pool.PagesInUse);
     }
 
+    /// <summary>
+    /// More live pages than the page hash's 64 initial buckets (the random sequences stay below): 100 page
+    /// tables under one directory. After the hash has grown every page is still found by its key (the
+    /// read-back checks each one) and every mapping still hits.
+    /// </summary>
+    [Fact]
+    public void A_hundred_page_tables_grow_the_page_hash_and_every_page_stays_found()
+    {
+        const int tables = 100;
+        var pool = new NativePagePool();
+        using (var vm = ShadowVm.Create(46, allowUnsync: false, pool))
+        {
+            Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(0, 0, 0x200, 0x1000, readOnly: false).Status);
+            Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x1000, 0x2007, 8).Status);          // PML4[0] -> PDPT
+            Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x2000, 0x3007, 8).Status);          // PDPT[0] -> PD
+            for (ulong i = 0; i < tables; i++)
+            {
+                ulong pt = 0x100 + i;
+                Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x3000 + i * 8, pt << 12 | 7, 8).Status); // PD[i] -> PT i
+                Assert.Equal(ShadowStatus.Ok, vm.GuestStore(pt << 12, 0x1FF067, 8).Status);            // PT i [0] -> gfn 0x1FF
+            }
+            Assert.Equal(ShadowStatus.Ok, vm.GuestSetPaging(Long4, 0x1000).Status);
+            for (ulong i = 0; i < tables; i++)
+                Assert.Equal(ShadowOutcome.Translated(0x1FF000, 0x1FF000 + (0x1000UL << 12), faulted: true), vm.GuestAccess(i << 21, AccessType.Read, Privilege.User));
+            Assert.Equal(3 + tables, vm.ShadowPages);
+            int visited = 0;
+            vm.VisitPages((_, _) => visited++); // throws for a live page its key does not find
+            Assert.Equal(3 + tables, visited);
+            for (ulong i = 0; i < tables; i++)
+                Assert.Equal(ShadowOutcome.Translated(0x1FF000, 0x1FF000 + (0x1000UL << 12), faulted: false), vm.GuestAccess(i << 21, AccessType.Read, Privilege.User));
+        }
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
     [Fact]
     public void Bookkeeping_sizes_are_the_documented_ones()
     {
