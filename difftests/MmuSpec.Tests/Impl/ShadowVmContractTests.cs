@@ -246,8 +246,13 @@ public sealed class ShadowVmContractTests
         Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x4010, 0x5007, 8).Status);
         Assert.Equal(ShadowStatus.Ok, vm.Invpcid(1, 0, 0).Status);
         Assert.True(vm.PreviousRoots[0].Unsync, "A is kept and flagged under KeepAndResync");
+        Assert.Equal(ShadowStatus.Ok, vm.Invpcid(1, 0, 0).Status);
+        Assert.True(vm.PreviousRoots[0].Unsync, "a second flush leaves the flag set");
         Assert.Equal(ShadowStatus.Ok, vm.GuestMovCr3(0x1000 | noFlush).Status);
         Assert.Equal(new ShadowRootStats(2, 1, 1, 0, 5), vm.RootStats);
+        ShadowPageKey rootKey = Assert.Single(vm.RootKeys!)!.Value;
+        Assert.Equal(1UL, rootKey.Gfn);                       // A's PML4
+        Assert.Equal(vm.CurrentRoot!.Value.Pages, vm.RootKeys!);
 
         // Zap all frees both roots (pages are not counted down); the next access rebuilds A's path.
         Assert.Equal(ShadowStatus.Ok, vm.ZapAll().Status);
