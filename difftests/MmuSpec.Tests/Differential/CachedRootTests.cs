@@ -106,6 +106,29 @@ public sealed class CachedRootTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// A MOV CR3 while there is no current root: three emulated stores to an entry of B's PML4 that the
+    /// guest does not use, with no walk through it in between, zap B's root page (write flooding), which
+    /// frees the current root and keeps the previous one. The NOFLUSH switch back to A then takes A out
+    /// of the previous roots (no copy left behind) and makes it current.
+    /// </summary>
+    [Fact]
+    public void A_cached_root_taken_while_there_is_no_current_root_leaves_the_previous_roots()
+    {
+        var (states, _) = RunBoth(Config(ShadowRootPolicy.KeepAndResync),
+        [
+            .. Boot(),                                                    // A current
+            Mov(PmlB | 2 | NoFlush),                                      // B current, A previous
+            Store(PmlB + 0x800, 0), Store(PmlB + 0x800, 0), Store(PmlB + 0x800, 0),
+            Mov(PmlA | 1 | NoFlush),
+        ]);
+        int boot = Boot().Length;
+        Assert.Null(states[boot + 3].Roots.Current);
+        Assert.Equal([PmlA | 1], states[boot + 3].Roots.Previous.Select(r => r.Pgd));
+        Assert.Equal(PmlA | 1, states[boot + 4].Roots.Current!.Pgd);
+        Assert.Empty(states[boot + 4].Roots.Previous);
+    }
+
+    /// <summary>
     /// Seed 001: A's shared page table goes unsync while B runs; INVPCID flushes A's PCID; the NOFLUSH
     /// switch back to A must not serve A's stale entry. KeepAndResync keeps A (flagged) and re-syncs it
     /// on reuse; Upstream frees it and rebuilds. Without the INVPCID the stale entry is served, as the

@@ -230,36 +230,40 @@ public sealed class ShadowVmContractTests
     public void Root_stats_count_builds_cached_switches_resyncs_frees_and_created_pages()
     {
         const ulong noFlush = 1UL << 63;
-        using var vm = MappedVm(new NativePagePool());
-        // MappedVm: one root built (the PML4 page at gfn 1), the fill created the PDPT, PD and PT pages.
-        Assert.Equal(new ShadowRootStats(Builds: 1, CachedSwitches: 0, Resyncs: 0, Freed: 0, PagesCreated: 4), vm.RootStats);
+        var pool = new NativePagePool();
+        using (var vm = MappedVm(pool))
+        {
+            // MappedVm: one root built (the PML4 page at gfn 1), the fill created the PDPT, PD and PT pages.
+            Assert.Equal(new ShadowRootStats(Builds: 1, CachedSwitches: 0, Resyncs: 0, Freed: 0, PagesCreated: 4), vm.RootStats);
 
-        // A miss: A (PCID 0) becomes previous, B (CR3 0x6000, PCID 1, an empty PML4) is built.
-        Assert.Equal(ShadowStatus.Ok, vm.GuestMovCr3(0x6000 | 1).Status);
-        Assert.Equal(new ShadowRootStats(2, 0, 0, 0, 5), vm.RootStats);
-        // A switch to the current root is no switch.
-        Assert.Equal(ShadowStatus.Ok, vm.GuestMovCr3(0x6000 | 1 | noFlush).Status);
-        Assert.Equal(new ShadowRootStats(2, 0, 0, 0, 5), vm.RootStats);
+            // A miss: A (PCID 0) becomes previous, B (CR3 0x6000, PCID 1, an empty PML4) is built.
+            Assert.Equal(ShadowStatus.Ok, vm.GuestMovCr3(0x6000 | 1).Status);
+            Assert.Equal(new ShadowRootStats(2, 0, 0, 0, 5), vm.RootStats);
+            // A switch to the current root is no switch.
+            Assert.Equal(ShadowStatus.Ok, vm.GuestMovCr3(0x6000 | 1 | noFlush).Status);
+            Assert.Equal(new ShadowRootStats(2, 0, 0, 0, 5), vm.RootStats);
 
-        // A's PT (gfn 4) goes unsync, INVPCID flushes PCID 0: A is flagged, and the NOFLUSH switch back
-        // to it is served by the cache and re-syncs it.
-        Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x4010, 0x5007, 8).Status);
-        Assert.Equal(ShadowStatus.Ok, vm.Invpcid(1, 0, 0).Status);
-        Assert.True(vm.PreviousRoots[0].Unsync, "A is kept and flagged under KeepAndResync");
-        Assert.Equal(ShadowStatus.Ok, vm.Invpcid(1, 0, 0).Status);
-        Assert.True(vm.PreviousRoots[0].Unsync, "a second flush leaves the flag set");
-        Assert.Equal(ShadowStatus.Ok, vm.GuestMovCr3(0x1000 | noFlush).Status);
-        Assert.Equal(new ShadowRootStats(2, 1, 1, 0, 5), vm.RootStats);
-        ShadowPageKey rootKey = Assert.Single(vm.RootKeys!)!.Value;
-        Assert.Equal(1UL, rootKey.Gfn);                       // A's PML4
-        Assert.Equal(vm.CurrentRoot!.Value.Pages, vm.RootKeys!);
+            // A's PT (gfn 4) goes unsync, INVPCID flushes PCID 0: A is flagged, and the NOFLUSH switch back
+            // to it is served by the cache and re-syncs it.
+            Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x4010, 0x5007, 8).Status);
+            Assert.Equal(ShadowStatus.Ok, vm.Invpcid(1, 0, 0).Status);
+            Assert.True(vm.PreviousRoots[0].Unsync, "A is kept and flagged under KeepAndResync");
+            Assert.Equal(ShadowStatus.Ok, vm.Invpcid(1, 0, 0).Status);
+            Assert.True(vm.PreviousRoots[0].Unsync, "a second flush leaves the flag set");
+            Assert.Equal(ShadowStatus.Ok, vm.GuestMovCr3(0x1000 | noFlush).Status);
+            Assert.Equal(new ShadowRootStats(2, 1, 1, 0, 5), vm.RootStats);
+            ShadowPageKey rootKey = Assert.Single(vm.RootKeys!)!.Value;
+            Assert.Equal(1UL, rootKey.Gfn);                       // A's PML4
+            Assert.Equal(vm.CurrentRoot!.Value.Pages, vm.RootKeys!);
 
-        // Zap all frees both roots (pages are not counted down); the next access rebuilds A's path.
-        Assert.Equal(ShadowStatus.Ok, vm.ZapAll().Status);
-        Assert.Equal(new ShadowRootStats(2, 1, 1, 2, 5), vm.RootStats);
-        Assert.Equal(ShadowStatus.Translated, vm.GuestAccess(0x1000, AccessType.Read, Privilege.User).Status);
-        Assert.Equal(new ShadowRootStats(3, 1, 1, 2, 9), vm.RootStats);
-        Assert.Equal(4, vm.ShadowPages);
+            // Zap all frees both roots (pages are not counted down); the next access rebuilds A's path.
+            Assert.Equal(ShadowStatus.Ok, vm.ZapAll().Status);
+            Assert.Equal(new ShadowRootStats(2, 1, 1, 2, 5), vm.RootStats);
+            Assert.Equal(ShadowStatus.Translated, vm.GuestAccess(0x1000, AccessType.Read, Privilege.User).Status);
+            Assert.Equal(new ShadowRootStats(3, 1, 1, 2, 9), vm.RootStats);
+            Assert.Equal(4, vm.ShadowPages);
+        }
+        Assert.Equal(0, pool.PagesInUse);
     }
 
     static string Snapshot(IShadowVm vm)
