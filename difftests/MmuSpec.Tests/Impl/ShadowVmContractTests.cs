@@ -189,6 +189,8 @@ public sealed class ShadowVmContractTests
     public void A_hundred_page_tables_grow_the_page_hash_and_every_page_stays_found()
     {
         const int tables = 100;
+        // Every PT's entry 0 maps gfn 0x1FF, host frame 0x1000 + 0x1FF.
+        static ShadowOutcome DataPage(bool faulted) => ShadowOutcome.Translated(0x1FF000, 0x1FF000 + (0x1000UL << 12), faulted);
         var pool = new NativePagePool();
         using (var vm = ShadowVm.Create(46, allowUnsync: false, pool))
         {
@@ -203,13 +205,13 @@ public sealed class ShadowVmContractTests
             }
             Assert.Equal(ShadowStatus.Ok, vm.GuestSetPaging(Long4, 0x1000).Status);
             for (ulong i = 0; i < tables; i++)
-                Assert.Equal(ShadowOutcome.Translated(0x1FF000, 0x1FF000 + (0x1000UL << 12), faulted: true), vm.GuestAccess(i << 21, AccessType.Read, Privilege.User));
+                Assert.Equal(DataPage(faulted: true), vm.GuestAccess(i << 21, AccessType.Read, Privilege.User));
             Assert.Equal(3 + tables, vm.ShadowPages);
             int visited = 0;
             vm.VisitPages((_, _) => visited++); // throws for a live page its key does not find
             Assert.Equal(3 + tables, visited);
             for (ulong i = 0; i < tables; i++)
-                Assert.Equal(ShadowOutcome.Translated(0x1FF000, 0x1FF000 + (0x1000UL << 12), faulted: false), vm.GuestAccess(i << 21, AccessType.Read, Privilege.User));
+                Assert.Equal(DataPage(faulted: false), vm.GuestAccess(i << 21, AccessType.Read, Privilege.User));
         }
         Assert.Equal(0, pool.PagesInUse);
     }
