@@ -2,10 +2,12 @@
 """Summarizes Stryker.NET JSON reports (mutation-testing-report-schema) for docs/mutation-score.md.
 
 usage: summarize.py REPORT.json [REPORT.json ...] [--survivors FILE.tsv] [--verdicts verdicts.tsv] [--appendix FILE.md]
+       summarize.py REPORT.json [REPORT.json ...] --rerun STATUS[,STATUS...]
 
-Several reports (e.g. a full run and a re-run of some files) are merged file by file: a file's
-mutants come from the LAST report that mutated that file, so a re-run replaces the earlier result
-for the files it covers. Prints the totals, the score with Stryker's formula and a per-file table
+Several reports (e.g. a full run and a re-run of some files or some mutants) are merged in order:
+where a later report tested mutants of a file whose source is unchanged, each of them replaces the
+earlier result for the same location, mutator and replacement, and the rest keep theirs; where the
+file's source changed, the later report's mutants replace the file's whole. Prints the totals, the score with Stryker's formula and a per-file table
 as Markdown, with a table per area (the folders of impl/: Paging, PageTable + Memory, Tdp, Shadow);
 with --survivors also writes every Survived/NoCoverage mutant as a TSV line
 (file, line, mutator, original, replacement, status, id) for the appendix.
@@ -20,6 +22,12 @@ file share their text). A mutant whose verdict is "equivalent" cannot change wha
 (e.g. `>>` turned into `>>>` on an unsigned value); the summary then also gives the score without
 them, the usual definition of a mutation score. --appendix writes every undetected mutant with its
 verdict and reason as a Markdown table ("not analysed" where no verdict matches).
+
+--rerun prints, instead of the tables, a STRYKER_MUTATE value for run.sh that selects just the
+mutants with the given statuses (e.g. Timeout, or Survived,NoCoverage,Timeout): one glob per file
+with Stryker's text spans ("**/Shadow/PteListPool.cs{2007..2036}{2599..2623}"; character offsets,
+and Stryker mutates a node only if a span contains it whole). Mutants nested inside a selected one
+are re-run too. Merge the re-run's report after the earlier ones.
 """
 import json
 import sys
@@ -28,16 +36,33 @@ from collections import Counter
 STATUSES = ["Killed", "Timeout", "Survived", "NoCoverage", "CompileError", "RuntimeError", "Ignored", "Pending"]
 
 
+def mutant_key(m):
+    s, e = m["location"]["start"], m["location"]["end"]
+    return (s["line"], s["column"], e["line"], e["column"], m["mutatorName"], m.get("replacement", ""))
+
+
 def load(paths):
     files = {}
+    taken = Counter()
     for p in paths:
         with open(p, encoding="utf-8") as f:
             report = json.load(f)
         for name, entry in report["files"].items():
             tested = [m for m in entry["mutants"] if m["status"] != "Ignored"]
-            # A report that only ignored a file's mutants (outside its --mutate set) does not replace it.
-            if tested or name not in files:
+            if name not in files or (tested and entry["source"] != files[name]["source"]):
+                # First sight of the file, or the file changed since the earlier report: take it whole.
                 files[name] = entry
+                taken[p] += len(tested)
+            elif tested:
+                # Same source: each mutant this report tested replaces the earlier result for the same
+                # location, mutator and replacement (a re-run of some mutants, e.g. with a --mutate
+                # text span); mutants it ignored keep their earlier status.
+                latest = {mutant_key(m): m for m in tested}
+                merged = [latest.pop(mutant_key(m), m) for m in files[name]["mutants"]]
+                files[name] = dict(entry, mutants=merged + list(latest.values()))
+                taken[p] += len(tested)
+    if len(paths) > 1:
+        print("mutants taken per report: " + ", ".join(f"{p} {taken[p]}" for p in paths), file=sys.stderr)
     return files
 
 
@@ -91,6 +116,32 @@ def load_verdicts(path):
     return verdicts
 
 
+def offsets(source):
+    starts = [0]
+    for line in source.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    return lambda pos: starts[pos["line"] - 1] + pos["column"] - 1
+
+
+def rerun_globs(files, statuses):
+    globs = []
+    for name in sorted(files, key=short):
+        entry = files[name]
+        at = offsets(entry["source"])
+        # One character of slack each side: the report's end column is exclusive, a span's end is not.
+        spans = sorted((at(m["location"]["start"]) - 1, at(m["location"]["end"]) + 1)
+                       for m in entry["mutants"] if m["status"] in statuses)
+        merged = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        if merged:
+            globs.append("**/" + short(name) + "".join(f"{{{a}..{b}}}" for a, b in merged))
+    return " ".join(globs)
+
+
 def main(argv):
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__, file=sys.stdout if argv else sys.stderr)
@@ -98,8 +149,16 @@ def main(argv):
     survivors_path, argv = take_option(argv, "--survivors")
     verdicts_path, argv = take_option(argv, "--verdicts")
     appendix_path, argv = take_option(argv, "--appendix")
+    rerun, argv = take_option(argv, "--rerun")
     verdicts = load_verdicts(verdicts_path) if verdicts_path else {}
     files = load(argv)
+    if rerun:
+        wanted = set(rerun.split(","))
+        unknown = wanted - set(STATUSES)
+        if unknown:
+            sys.exit(f"--rerun: unknown status {', '.join(sorted(unknown))} (one of {', '.join(STATUSES)})")
+        print(rerun_globs(files, wanted))
+        return
     total = Counter()
     rows = []
     survivors = []
