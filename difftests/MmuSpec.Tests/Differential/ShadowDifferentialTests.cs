@@ -408,4 +408,67 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
         Assert.Null(pd[^1].Root);
         Assert.Equal(new[] { pt }, pd[^1].Pages.Keys);
     }
+
+    /// <summary>
+    /// One guest page used as a page table and then also as a page directory (KVM's
+    /// kvm_mmu_find_shadow_page: before an upper-level page is found or made for a gfn, the unsync
+    /// pages of that gfn are zapped, since an upper-level table is write-protected and cannot stay
+    /// out of sync). The PT at gfn 0x103 is shadowed and goes unsync; then PDPT entry 1 points at it,
+    /// and a walk through entry 1 reads it as a PD whose entry 5 maps a 2 MiB page.
+    /// </summary>
+    [Fact]
+    public void A_page_table_wanted_as_a_directory_has_its_unsync_shadow_page_zapped_first()
+    {
+        var setup = Long4Setup(Long4);
+        const ulong ViaPdpt1 = (1UL << 30) | (5UL << 21) | 0x123;    // PML4 0, PDPT 1, PD 5
+        var (states, results) = RunBoth(new ShadowConfig(46),
+        [
+            .. setup,
+            Read(0x0),                                                   // the PT (gfn 0x103) shadowed by a level-1 page
+            Store(0x10_3028, 0x40_0000 | PS | D | A | U | W | P, 8),     // PTE 5 (unused as a PTE): the PT goes unsync
+            Store(0x10_1008, 0x10_3000 | A | U | W | P, 8),              // PDPTE 1 -> the same page, as a PD (emulated)
+            Read(ViaPdpt1),                                              // needs (0x103, level 2): the unsync page goes
+            Read(0x0),                                                   // the PT shadowed again, in sync
+        ]);
+        int n = setup.Length;
+        var asDirectory = new ShadowKey(0x103, ShadowRole.Base(Long4).WithLevel(2));
+        Assert.True(states[n + 2].Pages[PtKey].Unsync);
+        Assert.Equal(new ShadowResult.Translated(0x40_0123, (DataHostPfn << 12) | 0x123, Faulted: true), results[n + 3]);
+        var zapped = states[n + 3];
+        Assert.False(zapped.Pages.ContainsKey(PtKey));
+        Assert.False(zapped.Pages[PdKey].Entries.ContainsKey(0));     // the link to it went with it
+        Assert.True(zapped.Pages.ContainsKey(asDirectory));
+        Assert.False(states[^1].Pages[PtKey].Unsync);
+        Assert.True(states[^1].Pages.ContainsKey(asDirectory));
+    }
+
+    /// <summary>
+    /// A fault that fills an entry still holding a leaf for another gfn (KVM's mmu_set_spte drops the
+    /// old spte, and with it its reverse-map entry, when the pfn changes). PTE 0 maps gfn 0x400 clean, so
+    /// its leaf is read-only (the first write must set D); the guest retargets PTE 0 to gfn 0x401 without
+    /// a flush (the PT goes unsync, the stale leaf stays); a write then misses the read-only leaf, the
+    /// walk gives gfn 0x401, and the fill replaces the leaf in place. RunBoth checks the impl's rmaps
+    /// against its entries after every step: gfn 0x400's must be empty.
+    /// </summary>
+    [Fact]
+    public void A_fault_that_refills_a_leaf_for_another_gfn_drops_the_old_leaf_from_its_reverse_map()
+    {
+        ShadowOp[] setup = [.. Long4Setup(Long4), Store(0x10_3000, 0x40_0000 | A | U | W | P, 8)];
+        var (states, results) = RunBoth(new ShadowConfig(46),
+        [
+            .. setup,
+            Read(0x123),                                                 // a read-only leaf for gfn 0x400
+            Store(0x10_3000, 0x40_1000 | A | U | W | P, 8),              // PTE 0 -> gfn 0x401: unsync, the leaf is stale
+            Write(0x123),                                                // the fill replaces the present leaf
+        ]);
+        int n = setup.Length;
+        var stale = Assert.IsType<ShadowEntry.Leaf>(states[n + 1].Pages[PtKey].Entries[0]);
+        Assert.Equal(0x400UL, stale.Gfn);
+        Assert.False(stale.Writable);
+        Assert.Equal(new ShadowResult.Translated(0x40_1123, ((DataHostPfn + 1) << 12) | 0x123, Faulted: true), results[n + 2]);
+        var refilled = Assert.IsType<ShadowEntry.Leaf>(states[^1].Pages[PtKey].Entries[0]);
+        Assert.Equal(0x401UL, refilled.Gfn);
+        Assert.True(refilled.Writable);
+        Assert.DoesNotContain(states[^1].Leaves(), l => l.Leaf.Gfn == 0x400);
+    }
 }
