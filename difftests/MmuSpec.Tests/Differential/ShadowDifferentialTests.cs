@@ -413,8 +413,9 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
     /// One guest page used as a page table and then also as a page directory (KVM's
     /// kvm_mmu_find_shadow_page: before an upper-level page is found or made for a gfn, the unsync
     /// pages of that gfn are zapped, since an upper-level table is write-protected and cannot stay
-    /// out of sync). The PT at gfn 0x103 is shadowed and goes unsync; then PDPT entry 1 points at it,
-    /// and a walk through entry 1 reads it as a PD whose entry 5 maps a 2 MiB page.
+    /// out of sync). The PT at gfn 0x103 is shadowed by two level-1 pages (PDE 0 reaches it with U set,
+    /// PDE 1 without: two roles) and both go unsync; then PDPT entry 1 points at it, and a walk through
+    /// entry 1 reads it as a PD whose entry 5 maps a 2 MiB page. Both unsync pages go, not only the first.
     /// </summary>
     [Fact]
     public void A_page_table_wanted_as_a_directory_has_its_unsync_shadow_page_zapped_first()
@@ -424,19 +425,22 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
         var (states, results) = RunBoth(new ShadowConfig(46),
         [
             .. setup,
-            Read(0x0),                                                   // the PT (gfn 0x103) shadowed by a level-1 page
+            Store(0x10_2008, 0x10_3000 | A | W | P, 8),                  // PDE 1 -> the PT too, supervisor only
+            Read(0x0), Read(0x20_0000),                                  // the PT (gfn 0x103) shadowed by two level-1 pages
             Store(0x10_3028, 0x40_0000 | PS | D | A | U | W | P, 8),     // PTE 5 (unused as a PTE): the PT goes unsync
             Store(0x10_1008, 0x10_3000 | A | U | W | P, 8),              // PDPTE 1 -> the same page, as a PD (emulated)
-            Read(ViaPdpt1),                                              // needs (0x103, level 2): the unsync page goes
+            Read(ViaPdpt1),                                              // needs (0x103, level 2): both unsync pages go
             Read(0x0),                                                   // the PT shadowed again, in sync
         ]);
-        int n = setup.Length;
+        int n = setup.Length + 3;
         var asDirectory = new ShadowKey(0x103, ShadowRole.Base(Long4).WithLevel(2));
-        Assert.True(states[n + 2].Pages[PtKey].Unsync);
-        Assert.Equal(new ShadowResult.Translated(0x40_0123, (DataHostPfn << 12) | 0x123, Faulted: true), results[n + 3]);
-        var zapped = states[n + 3];
-        Assert.False(zapped.Pages.ContainsKey(PtKey));
-        Assert.False(zapped.Pages[PdKey].Entries.ContainsKey(0));     // the link to it went with it
+        static IEnumerable<ShadowPage> LeafTables(ShadowState s) => s.Pages.Values.Where(p => p.Key.Gfn == 0x103 && p.Key.Role.Level == 1);
+        Assert.Equal(2, LeafTables(states[n + 1]).Count(p => p.Unsync));
+        Assert.Equal(new ShadowResult.Translated(0x40_0123, (DataHostPfn << 12) | 0x123, Faulted: true), results[n + 2]);
+        var zapped = states[n + 2];
+        Assert.Empty(LeafTables(zapped));
+        Assert.False(zapped.Pages[PdKey].Entries.ContainsKey(0));     // the links to them went with them
+        Assert.False(zapped.Pages[PdKey].Entries.ContainsKey(1));
         Assert.True(zapped.Pages.ContainsKey(asDirectory));
         Assert.False(states[^1].Pages[PtKey].Unsync);
         Assert.True(states[^1].Pages.ContainsKey(asDirectory));
