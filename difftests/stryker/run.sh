@@ -45,8 +45,10 @@ if [ "$area" = shadow ]; then cases=30; else cases=100; fi
 export MMUSPEC_MAX_TEST="${MMUSPEC_MAX_TEST:-$cases}"
 export MMUSPEC_SHRINK=off
 export MMUSPEC_COUNTEREXAMPLES=off
-# STRYKER_MUTATE="glob glob": only those files of the area (a re-run after a fix; summarize.py
-# takes each file from the last report that mutated it).
+# STRYKER_MUTATE="glob glob": only those files of the area (a re-run after a fix), or only some
+# mutants: `summarize.py OLD.json --rerun Timeout` prints globs with Stryker's text spans
+# ("**/Shadow/PteListPool.cs{2007..2036}") selecting the mutants OLD.json timed out on. summarize.py
+# merges a re-run's report over the earlier ones, mutant by mutant where a file is unchanged.
 if [ -n "${STRYKER_MUTATE:-}" ]; then read -r -a mutate <<< "$STRYKER_MUTATE"; fi
 out="StrykerOutput/$area${STRYKER_MUTATE:+-part}"
 args=(--config-file stryker-config.json --output "$out" --test-case-filter "$tests")
