@@ -49,7 +49,11 @@ export MMUSPEC_COUNTEREXAMPLES=off
 # mutants: `summarize.py OLD.json --rerun Timeout` prints globs with Stryker's text spans
 # ("**/Shadow/PteListPool.cs{2007..2036}") selecting the mutants OLD.json timed out on. summarize.py
 # merges a re-run's report over the earlier ones, mutant by mutant where a file is unchanged.
-if [ -n "${STRYKER_MUTATE:-}" ]; then read -r -a mutate <<< "$STRYKER_MUTATE"; fi
+if [ -n "${STRYKER_MUTATE+set}" ]; then
+  # Set but empty (e.g. a --rerun that found nothing) must not turn into a run over the whole area.
+  [ -n "$STRYKER_MUTATE" ] || { echo "$0: STRYKER_MUTATE is set but empty" >&2; exit 2; }
+  read -r -a mutate <<< "$STRYKER_MUTATE"
+fi
 out="StrykerOutput/$area${STRYKER_MUTATE:+-part}"
 args=(--config-file stryker-config.json --output "$out" --test-case-filter "$tests")
 for glob in "${mutate[@]}"; do args+=(--mutate "$glob"); done

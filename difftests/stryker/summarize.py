@@ -4,10 +4,11 @@
 usage: summarize.py REPORT.json [REPORT.json ...] [--survivors FILE.tsv] [--verdicts verdicts.tsv] [--appendix FILE.md]
        summarize.py REPORT.json [REPORT.json ...] --rerun STATUS[,STATUS...]
 
-Several reports (e.g. a full run and a re-run of some files or some mutants) are merged in order:
-where a later report tested mutants of a file whose source is unchanged, each of them replaces the
-earlier result for the same location, mutator and replacement, and the rest keep theirs; where the
-file's source changed, the later report's mutants replace the file's whole. Prints the totals, the score with Stryker's formula and a per-file table
+Several reports (e.g. a full run and a re-run of some files or some mutants) are merged in order,
+a file known by its path under impl/ (reports from different checkouts name it differently): where a
+later report tested mutants of a file whose source is unchanged, each of them replaces the earlier
+result for the same location, mutator and replacement, and the rest keep theirs; where the file's
+source changed, the later report's mutants replace the file's whole. Prints the totals, the score with Stryker's formula and a per-file table
 as Markdown, with a table per area (the folders of impl/: Paging, PageTable + Memory, Tdp, Shadow);
 with --survivors also writes every Survived/NoCoverage mutant as a TSV line
 (file, line, mutator, original, replacement, status, id) for the appendix.
@@ -27,9 +28,12 @@ verdict and reason as a Markdown table ("not analysed" where no verdict matches)
 mutants with the given statuses (e.g. Timeout, or Survived,NoCoverage,Timeout): one glob per file
 with Stryker's text spans ("**/Shadow/PteListPool.cs{2007..2036}{2599..2623}"; character offsets,
 and Stryker mutates a node only if a span contains it whole). Mutants nested inside a selected one
-are re-run too. Merge the re-run's report after the earlier ones.
+are re-run too. Refuses a file changed since the report, and exits with an error when no mutant
+has those statuses. A re-run's report (run.sh writes it to StrykerOutput/AREA-part) is merged after
+the others whatever the order of the arguments.
 """
 import json
+import os
 import sys
 from collections import Counter
 
@@ -42,27 +46,36 @@ def mutant_key(m):
 
 
 def load(paths):
+    # Reports of a re-run (run.sh writes them to StrykerOutput/AREA-part) merge after the full runs,
+    # whatever order the shell's glob gives; otherwise in the order given.
+    paths = sorted(paths, key=lambda p: "-part" in os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(p)))))
     files = {}
-    taken = Counter()
+    origin = {}
     for p in paths:
         with open(p, encoding="utf-8") as f:
             report = json.load(f)
-        for name, entry in report["files"].items():
+        for full_name, entry in report["files"].items():
+            # Keyed by the path under impl/: reports from different checkouts (worktrees) name the same file.
+            name = short(full_name)
             tested = [m for m in entry["mutants"] if m["status"] != "Ignored"]
             if name not in files or (tested and entry["source"] != files[name]["source"]):
                 # First sight of the file, or the file changed since the earlier report: take it whole.
                 files[name] = entry
-                taken[p] += len(tested)
+                for m in tested:
+                    origin[(name, mutant_key(m))] = p
             elif tested:
                 # Same source: each mutant this report tested replaces the earlier result for the same
                 # location, mutator and replacement (a re-run of some mutants, e.g. with a --mutate
                 # text span); mutants it ignored keep their earlier status.
                 latest = {mutant_key(m): m for m in tested}
+                for key in latest:
+                    origin[(name, key)] = p
                 merged = [latest.pop(mutant_key(m), m) for m in files[name]["mutants"]]
                 files[name] = dict(entry, mutants=merged + list(latest.values()))
-                taken[p] += len(tested)
     if len(paths) > 1:
-        print("mutants taken per report: " + ", ".join(f"{p} {taken[p]}" for p in paths), file=sys.stderr)
+        taken = Counter(origin.get((name, mutant_key(m))) for name, entry in files.items()
+                        for m in entry["mutants"] if m["status"] != "Ignored")
+        print("tested mutants by report, after the merge: " + ", ".join(f"{p} {taken[p]}" for p in paths), file=sys.stderr)
     return files
 
 
@@ -124,21 +137,30 @@ def offsets(source):
 
 
 def rerun_globs(files, statuses):
+    impl = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "impl")
     globs = []
-    for name in sorted(files, key=short):
+    for name in sorted(files):
         entry = files[name]
         at = offsets(entry["source"])
-        # One character of slack each side: the report's end column is exclusive, a span's end is not.
-        spans = sorted((at(m["location"]["start"]) - 1, at(m["location"]["end"]) + 1)
-                       for m in entry["mutants"] if m["status"] in statuses)
+        selected = [m for m in entry["mutants"] if m["status"] in statuses]
+        if not selected:
+            continue
+        # The spans are offsets into the report's copy of the file: refuse if the file has changed since.
+        with open(os.path.join(impl, name), encoding="utf-8") as f:
+            if f.read() != entry["source"]:
+                sys.exit(f"--rerun: impl/{name} has changed since the report was made; re-run the whole file instead")
+        # A span keeps a mutant whose node it contains whole (both ends exclusive, like the report's end
+        # column); one character of slack each side can only take in mutants nested in a selected one.
+        spans = sorted((at(m["location"]["start"]) - 1, at(m["location"]["end"]) + 1) for m in selected)
         merged = []
         for a, b in spans:
             if merged and a <= merged[-1][1]:
                 merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
             else:
                 merged.append((a, b))
-        if merged:
-            globs.append("**/" + short(name) + "".join(f"{{{a}..{b}}}" for a, b in merged))
+        globs.append("**/" + name + "".join(f"{{{a}..{b}}}" for a, b in merged))
+    if not globs:
+        sys.exit(f"--rerun: no mutant has status {', '.join(sorted(statuses))}")
     return " ".join(globs)
 
 
