@@ -252,10 +252,16 @@ public sealed class CachedRootTests(ITestOutputHelper output)
             Mov(0x10_0020),
             Store(0x10_0000, 0x10_3000 | 1),                      // the guest changes the first PDPT
             Mov(0x10_0000),                                       // same pgd, other PDPTEs: rebuilt
+            Store(0x10_0000, 0x10_4000 | 1),                      // and again, while that root is current
+            Mov(0x10_0000),                                       // the current root's PDPTEs no longer match: rebuilt
+            Mov(0x10_0000),                                       // they match: kept
         ]);
         static ShadowKey? First(ShadowState s) => s.Roots.Current!.Root.Pages[0];
         Assert.Equal(0x101UL, First(states[5])!.Gfn);
-        Assert.Equal(0x103UL, First(states[^1])!.Gfn);
+        Assert.Equal(0x103UL, First(states[8])!.Gfn);
+        Assert.Equal([0x10_0000UL, 0x10_0020UL], states[8].Roots.All.Select(r => r.Pgd));
+        Assert.Equal(0x104UL, First(states[10])!.Gfn);
+        Assert.Equal(0x104UL, First(states[^1])!.Gfn);
         Assert.Equal([0x10_0000UL, 0x10_0020UL], states[^1].Roots.All.Select(r => r.Pgd));
     }
 
