@@ -254,7 +254,8 @@ public sealed class CachedRootTests(ITestOutputHelper output)
             Mov(0x10_0000),                                       // same pgd, other PDPTEs: rebuilt
             Store(0x10_0000, 0x10_4000 | 1),                      // and again, while that root is current
             Mov(0x10_0000),                                       // the current root's PDPTEs no longer match: rebuilt
-            Mov(0x10_0000),                                       // they match: kept
+            Store(0x10_4800, 0),                                  // an unused PDE of its PD: emulated, write flooding 1
+            Mov(0x10_0000),                                       // they match: kept (a rebuild would reset the count)
         ]);
         static ShadowKey? First(ShadowState s) => s.Roots.Current!.Root.Pages[0];
         Assert.Equal(0x101UL, First(states[5])!.Gfn);
@@ -262,6 +263,7 @@ public sealed class CachedRootTests(ITestOutputHelper output)
         Assert.Equal([0x10_0000UL, 0x10_0020UL], states[8].Roots.All.Select(r => r.Pgd));
         Assert.Equal(0x104UL, First(states[10])!.Gfn);
         Assert.Equal(0x104UL, First(states[^1])!.Gfn);
+        Assert.Equal(1, states[^1].Pages[First(states[^1])!].WriteFlooding);
         Assert.Equal([0x10_0000UL, 0x10_0020UL], states[^1].Roots.All.Select(r => r.Pgd));
     }
 
