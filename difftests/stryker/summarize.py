@@ -4,14 +4,15 @@
 usage: summarize.py REPORT.json [REPORT.json ...] [--survivors FILE.tsv] [--verdicts verdicts.tsv] [--appendix FILE.md]
        summarize.py REPORT.json [REPORT.json ...] --rerun STATUS[,STATUS...]
 
-Several reports (e.g. a full run and a re-run of some files or some mutants) are merged in order,
-a file known by its path under impl/ (reports from different checkouts name it differently): where a
+Several reports (e.g. a full run and a re-run of some files or some mutants) are merged in order, a
+file known by its path under impl/ (reports from different checkouts name it differently): where a
 later report tested mutants of a file whose source is unchanged, each of them replaces the earlier
 result for the same location, mutator and replacement, and the rest keep theirs; where the file's
-source changed, the later report's mutants replace the file's whole. Prints the totals, the score with Stryker's formula and a per-file table
-as Markdown, with a table per area (the folders of impl/: Paging, PageTable + Memory, Tdp, Shadow);
-with --survivors also writes every Survived/NoCoverage mutant as a TSV line
-(file, line, mutator, original, replacement, status, id) for the appendix.
+source changed, the later report's mutants replace the file's whole. Prints the totals, the score
+with Stryker's formula and a per-file table as Markdown, with a table per area (the folders of
+impl/: Paging, PageTable + Memory, Tdp, Shadow); with --survivors also writes every
+Survived/NoCoverage mutant as a TSV line (file, line, mutator, original, replacement, status, id)
+for the appendix.
 
 Stryker's formula: score = detected / (detected + undetected), where detected = Killed + Timeout and
 undetected = Survived + NoCoverage; CompileError and Ignored mutants are outside both.
