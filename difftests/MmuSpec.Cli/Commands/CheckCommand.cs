@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text.Json;
 using MmuSpec.Harness.Images;
@@ -23,6 +24,13 @@ public static class CheckCommand
 
     /// <summary>Exit code of <c>--require-coverage</c> when spec and impl agreed but some expected situation was never reached.</summary>
     public const int CoverageIncomplete = 4;
+    /// <summary>
+    /// Exit code when spec and impl agreed on every case that ran but some property ran none (the budget or
+    /// case limit ended first): "agree on every case" would be true of nothing for it. <c>--allow-partial</c> makes it 0.
+    /// </summary>
+    public const int Partial = 5;
+    /// <summary>Exit code of a campaign stopped by SIGINT (Ctrl-C) or SIGTERM: 128 + SIGINT, as shells report it.</summary>
+    public const int Interrupted = 130;
 
     public static Command Create()
     {
@@ -33,7 +41,7 @@ public static class CheckCommand
             if (r.Tokens.Count > 0 && (!long.TryParse(r.Tokens[0].Value, NumberStyles.None, CultureInfo.InvariantCulture, out long n) || n <= 0))
                 r.AddError($"--count: '{r.Tokens[0].Value}' is not a positive number");
         });
-        var time = Cli.Duration("--time", "time budget: seconds, or like 90s, 10m, 1h (default 60 s, 30 min with --deep, unless --count is given)", "--duration");
+        var time = Cli.Duration("--time", "time budget, a hard limit on starting batches: seconds, or like 90s, 10m, 1h (default: 60 s, and at least every property's `dotnet test` cases; 30 min with --deep; none with --count)", "--duration");
         var property = new Option<string?>("--property") { Description = $"check only these properties, comma-separated ({string.Join(", ", DiffProperties.All.Select(p => p.Name))})", HelpName = "names" };
         var batch = new Option<int>("--batch-size") { Description = "cases per batch (one FsCheck run)", HelpName = "n", DefaultValueFactory = _ => 100 };
         batch.Validators.Add(r =>
@@ -45,6 +53,7 @@ public static class CheckCommand
         var coverage = Cli.Flag("--coverage", "count the situations the cases reach (guest modes, page sizes, faults, roots...) and print them with those never reached; slower: each case is classified on the spec again");
         var requireCoverage = Cli.Flag("--require-coverage", $"with --coverage: exit {CoverageIncomplete} when spec and impl agree but an expected situation was never reached");
         var deep = Cli.Flag("--deep", $"the deep tier: a {DeepBudget.TotalMinutes:0}-minute budget (unless --time or --count) and cases up to size {DeepEndSize} instead of {Campaign.DefaultEndSize}");
+        var allowPartial = Cli.Flag("--allow-partial", $"exit 0, not {Partial}, when the budget or --count ends before every property ran a case (a short smoke run)");
         var shard = new Option<Shard?>("--shard")
         {
             Description = "run only shard i of n (1-based): the batches b with b mod n = i-1, so n machines with the same --seed run disjoint parts of one campaign",
@@ -59,7 +68,7 @@ public static class CheckCommand
         };
 
         var command = new Command("check", "Run a differential campaign: random operation sequences (guest walks, TDP MMU, shadow MMU with cached roots) on spec and impl, compared after every step.");
-        foreach (var o in new Option[] { seed, count, time, property, batch, json, coverage, requireCoverage, deep, shard }) command.Add(o);
+        foreach (var o in new Option[] { seed, count, time, property, batch, json, coverage, requireCoverage, deep, shard, allowPartial }) command.Add(o);
         command.SetAction(p =>
         {
             var properties = p.GetValue(property) is { } names ? FindAll(names) : DiffProperties.All;
@@ -69,24 +78,29 @@ public static class CheckCommand
             TimeSpan? budget = p.GetValue(time) ?? (maxCases is null ? isDeep ? DeepBudget : DefaultBudget : null);
             bool wantCoverage = p.GetValue(coverage);
             if (p.GetValue(requireCoverage) && !wantCoverage) throw new InputException("--require-coverage needs --coverage");
+            // Only the default budget waits for every property's `dotnet test` cases: a budget the user gives is theirs.
+            bool minimumFirst = p.GetValue(time) is null && maxCases is null;
             var options = new RunOptions(properties, master, p.GetValue(batch), maxCases, budget, p.GetValue(json),
-                wantCoverage, p.GetValue(requireCoverage), isDeep, p.GetValue(shard) ?? Shard.Whole);
+                wantCoverage, p.GetValue(requireCoverage), isDeep, p.GetValue(shard) ?? Shard.Whole, minimumFirst, p.GetValue(allowPartial));
             return Run(options);
         });
         return command;
     }
 
     sealed record RunOptions(IReadOnlyList<DiffProperty> Properties, ulong Seed, int BatchSize, long? MaxCases, TimeSpan? Budget, bool Json,
-        bool Coverage, bool RequireCoverage, bool Deep, Shard Shard)
+        bool Coverage, bool RequireCoverage, bool Deep, Shard Shard, bool MinimumFirst, bool AllowPartial)
     {
         public int EndSize => Deep ? DeepEndSize : Campaign.DefaultEndSize;
     }
 
-    /// <summary>"a,b,c": each name once, in the order given (the round-robin order).</summary>
-    static IReadOnlyList<DiffProperty> FindAll(string names)
+    /// <summary>"a,b,c": each name once, in the order given (the schedule's order). An empty name (a stray comma) is refused.</summary>
+    public static IReadOnlyList<DiffProperty> FindAll(string names)
     {
-        var list = names.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(Find).Distinct().ToList();
-        return list.Count > 0 ? list : throw new InputException("--property: no property named");
+        var parts = names.Split(',', StringSplitOptions.TrimEntries);
+        if (parts.All(n => n.Length == 0)) throw new InputException("--property: no property named");
+        if (parts.Any(n => n.Length == 0))
+            throw new InputException($"--property: '{names}' has an empty name (a leading, trailing or doubled comma)");
+        return [.. parts.Select(Find).Distinct()];
     }
 
     static DiffProperty Find(string name)
@@ -99,27 +113,35 @@ public static class CheckCommand
     {
         string limit = string.Join(" or ", new[]
         {
-            o.MaxCases is { } n ? $"{n} cases{(o.Shard.IsWhole ? "" : " in all shards")}" : null,
-            o.Budget is { } b ? $"{b.TotalSeconds:0.#} s" : null,
+            o.MaxCases is { } n ? $"{Plural(n, "case")}{(o.Shard.IsWhole ? "" : " in all shards")}" : null,
+            o.Budget is { } b ? FormattableString.Invariant($"{b.TotalSeconds:0.#} s") + (o.MinimumFirst ? " and every property's `dotnet test` cases" : "") : null,
         }.Where(x => x is not null));
-        Console.Error.WriteLine($"mmuspec check: seed {o.Seed}, {limit}, {o.Properties.Count} propert{(o.Properties.Count == 1 ? "y" : "ies")}, batches of {o.BatchSize} cases"
+        if (BuildInfo.Unoptimized)
+            Console.Error.WriteLine("mmuspec: warning: this build runs unoptimized code (about 10x fewer cases per second); build without -p:Optimize=false");
+        Console.Error.WriteLine($"mmuspec check: seed {o.Seed}, {limit}, {Plural(o.Properties.Count, "property", "properties")}, batches of {Plural(o.BatchSize, "case")}"
             + (o.Deep ? $", deep (sizes up to {o.EndSize})" : "")
             + (o.Shard.IsWhole ? "" : $", shard {o.Shard} (batches {o.Shard.Index - 1}, {o.Shard.Index - 1 + o.Shard.Count}, {o.Shard.Index - 1 + 2 * o.Shard.Count}, ...)")
             + (o.Coverage ? ", coverage on" : ""));
 
         var tally = o.Coverage ? new CoverageTally() : null;
         var campaign = new Campaign(o.Properties, o.Seed, o.BatchSize, o.MaxCases, o.Budget, o.Shard, o.EndSize,
-            tally is null ? null : (p, _, c) => tally.Record(p, c));
-        ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; campaign.Stop(); };
-        Console.CancelKeyPress += onCancel;
+            tally is null ? null : (p, _, c) => tally.Record(p, c), o.MinimumFirst);
+        // SIGINT (Ctrl-C) and SIGTERM (CI's cancel, `timeout`) stop the campaign and still print what ran; a second
+        // signal is not cancelled, so the runtime's default (terminate) applies.
+        int signals = 0;
+        void OnSignal(PosixSignalContext ctx)
+        {
+            if (Interlocked.Increment(ref signals) > 1) return;
+            ctx.Cancel = true;
+            campaign.Stop();
+            Console.Error.WriteLine($"mmuspec check: {ctx.Signal} received: stopping (again to quit at once)");
+        }
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         using var progress = new Timer(_ => Console.Error.WriteLine(Progress(campaign)), null, ProgressEvery, ProgressEvery);
         CampaignResult result;
         try { result = campaign.Run(); }
-        finally
-        {
-            progress.Change(Timeout.Infinite, Timeout.Infinite);
-            Console.CancelKeyPress -= onCancel;
-        }
+        finally { progress.Change(Timeout.Infinite, Timeout.Infinite); }
 
         // Expectations are those of the properties that ran: a shard or a short budget may leave some out (the summary shows them with 0 cases).
         var rows = tally?.Rows(result.Tallies.Where(t => t.Cases > 0).Select(t => t.Property));
@@ -139,6 +161,8 @@ public static class CheckCommand
         foreach (var r in unreached) Console.Error.WriteLine($"mmuspec: warning: never reached: {r.Family} / {r.Situation}");
         foreach (var r in rows?.Where(r => !r.Known) ?? []) Console.Error.WriteLine($"mmuspec: warning: a situation no list names (classifier bug): {r.Family} / {r.Situation}");
         if (result.Failed) return Cli.Diverged;
+        if (result.Interrupted) return Interrupted;
+        if (result.NotRun.Count > 0 && !o.AllowPartial) return Partial;
         return o.RequireCoverage && unreached.Count > 0 ? CoverageIncomplete : Cli.Ok;
     }
 
@@ -152,6 +176,10 @@ public static class CheckCommand
         return FormattableString.Invariant($"[{s,6:0.0}s] {shard}{cases,8} cases {cases / s,7:0}/s  {ops,9} ops  | {per}");
     }
 
+    /// <summary>"1 case", "2 cases"; <paramref name="plural"/> for irregular words.</summary>
+    public static string Plural(long n, string word, string? plural = null) =>
+        string.Create(CultureInfo.InvariantCulture, $"{n} {(n == 1 ? word : plural ?? word + "s")}");
+
     static string Short(string name) => name.StartsWith("walk-", StringComparison.Ordinal) ? name[5..] : name;
 
     static string Summary(CampaignResult r, RunOptions o)
@@ -164,9 +192,11 @@ public static class CheckCommand
         string shard = o.Shard.IsWhole ? "" : $" (shard {o.Shard})";
         var lines = new List<string>
         {
-            FormattableString.Invariant($"check{shard}: {r.Cases} cases, {r.Ops} ops in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s), {(r.Failed ? 1 : 0)} failure{(r.Failed ? "" : "s")}{(r.Interrupted ? " (interrupted)" : "")}"),
+            FormattableString.Invariant($"check{shard}: {Plural(r.Cases, "case")}, {Plural(r.Ops, "op")} in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s), {Plural(r.Failed ? 1 : 0, "failure")}{(r.Interrupted ? " (interrupted)" : "")}"),
             table.Render("  "),
         };
+        var notRun = r.NotRun.Select(p => p.Name).ToList();
+        var shortOf = r.BelowTestCases.Select(t => FormattableString.Invariant($"{t.Property.Name} {t.Cases}/{t.Property.TestCases}")).ToList();
         if (r.Failed)
         {
             lines.Add($"FAILED: {r.FailedProperty} diverged in batch {r.FailedBatch} (shrunk with {r.ShrinkRuns} more runs)");
@@ -175,7 +205,17 @@ public static class CheckCommand
             if (r.CounterexampleFile is { } file) lines.Add($"counterexample file: {file}  (rerun it: mmuspec replay {file}; shrink further: mmuspec replay {file} --shrink)");
             if (r.FailureReplay is { } token) lines.Add($"replay the unshrunk case: mmuspec replay {token} --property {r.FailedProperty}");
         }
+        else if (r.Interrupted)
+        {
+            lines.Add($"INTERRUPTED: spec and impl agree on the {Plural(r.Cases, "case")} that ran, but the campaign did not finish");
+            if (notRun.Count > 0) lines.Add($"properties that ran no case: {string.Join(", ", notRun)}");
+        }
+        else if (notRun.Count > 0)
+            lines.Add($"{(o.AllowPartial ? "PARTIAL (allowed)" : "PARTIAL")}: spec and impl agree on every case that ran, but {Plural(notRun.Count, "property", "properties")} ran no case "
+                + $"before the {(o.MaxCases is null ? "time budget" : "case limit")} ended: {string.Join(", ", notRun)} (give more --time or --count{(o.AllowPartial ? "" : ", or --allow-partial")})");
         else lines.Add("spec and impl agree on every case");
+        if (!r.Failed && shortOf.Count > 0)
+            lines.Add($"fewer cases than `dotnet test` runs (ran/dotnet test): {string.Join(", ", shortOf)}");
         lines.Add($"seed {r.Seed} (rerun: {Rerun(r, o)})");
         return string.Join(Environment.NewLine, lines);
     }
@@ -185,7 +225,7 @@ public static class CheckCommand
     {
         var parts = new List<string> { $"mmuspec check --seed {r.Seed}" };
         if (o.MaxCases is { } n) parts.Add($"--count {n}");
-        else if (o.Budget is { } b && !(o.Deep && b == DeepBudget)) parts.Add(FormattableString.Invariant($"--time {b.TotalSeconds:0.#}"));
+        else if (o.Budget is { } b && !o.MinimumFirst && !(o.Deep && b == DeepBudget)) parts.Add(FormattableString.Invariant($"--time {b.TotalSeconds:0.#}"));
         if (o.Deep) parts.Add("--deep");
         if (o.BatchSize != 100) parts.Add($"--batch-size {o.BatchSize}");
         if (r.Tallies.Count < DiffProperties.All.Count) parts.Add($"--property {string.Join(',', r.Tallies.Select(t => t.Property.Name))}");
@@ -249,8 +289,12 @@ public static class CheckCommand
             w.WriteNumber("cases", r.Cases);
             w.WriteNumber("ops", r.Ops);
             w.WriteNumber("cases_per_second", Math.Round(r.Cases / s, 1));
+            w.WriteNumber("ops_per_second", Math.Round(r.Ops / s, 1));
             w.WriteNumber("failures", r.Failed ? 1 : 0);
             w.WriteBoolean("interrupted", r.Interrupted);
+            w.WriteStartArray("not_run");
+            foreach (var p in r.NotRun) w.WriteStringValue(p.Name);
+            w.WriteEndArray();
             w.WriteStartObject("properties");
             foreach (var t in r.Tallies)
             {
@@ -258,6 +302,7 @@ public static class CheckCommand
                 w.WriteNumber("cases", t.Cases);
                 w.WriteNumber("ops", t.Ops);
                 w.WriteNumber("batches", t.Batches);
+                w.WriteNumber("test_cases", t.Property.TestCases);
                 w.WriteEndObject();
             }
             w.WriteEndObject();

@@ -27,6 +27,11 @@ public sealed record CampaignResult(
     /// <summary>The counterexample file written for the failure (docs/counterexample-format.md), if it could be written.</summary>
     public string? CounterexampleFile { get; init; }
 
+    /// <summary>Properties that ran no case: a budget or a case limit too small for the schedule, or an interruption.</summary>
+    public IReadOnlyList<DiffProperty> NotRun => [.. Tallies.Where(t => t.Cases == 0).Select(t => t.Property)];
+    /// <summary>Properties that ran some cases but fewer than `dotnet test` gives them (<see cref="DiffProperty.TestCases"/>).</summary>
+    public IReadOnlyList<PropertyTally> BelowTestCases => [.. Tallies.Where(t => t.Cases > 0 && t.Cases < t.Property.TestCases)];
+
     public long Cases => Tallies.Sum(t => t.Cases);
     public long Ops => Tallies.Sum(t => t.Ops);
     public bool Failed => FailureReport is not null;
@@ -72,17 +77,21 @@ public sealed record Shard(int Index, int Count)
 }
 
 /// <summary>
-/// A differential campaign: the properties in round-robin, in batches. Batch b runs property
-/// b mod n for up to <c>batchSize</c> cases from its own FsCheck seed, derived from the master seed
-/// and b alone, so the same <c>--seed</c> replays the same campaign batch for batch (a time budget
-/// only decides how many batches run). With a case limit, batch b runs
-/// min(batchSize, maxCases - b·batchSize) cases and the campaign ends at the batch that reaches the
-/// limit, whatever the shard: a shard runs only its own batches of that plan. A failure shrinks and
-/// stops the campaign; its report ends with the one-case replay token. <paramref name="endSize"/> is
-/// FsCheck's EndSize: sizes ramp from 1 to it within each batch (the deep tier raises it).
+/// A differential campaign: the properties in batches. Batch b runs property <see cref="PropertyOf"/>(b)
+/// for up to <c>batchSize</c> cases from its own FsCheck seed, derived from the master seed and b alone, so
+/// the same <c>--seed</c> replays the same campaign batch for batch (a time budget only decides how many
+/// batches run). The schedule first gives every property the cases `dotnet test` gives it (its
+/// <see cref="DiffProperty.TestCases"/>, in rounds: each round one batch of every property still short
+/// of it), then goes round-robin; every property runs in the first round. With a case limit, batch b
+/// runs min(batchSize, maxCases - b·batchSize) cases and the campaign ends at the batch that reaches the
+/// limit, whatever the shard: a shard runs only its own batches of that plan. A failure shrinks and stops
+/// the campaign; its report ends with the one-case replay token. <paramref name="endSize"/> is FsCheck's
+/// EndSize: sizes ramp from 1 to it within each batch (the deep tier raises it). With
+/// <paramref name="minimumFirst"/> the budget does not end the campaign before every property has had
+/// its TestCases (the default `check`); otherwise the budget is a hard limit on starting batches.
 /// </summary>
 public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed, int batchSize, long? maxCases, TimeSpan? budget,
-    Shard? shard = null, int endSize = Campaign.DefaultEndSize, Action<DiffProperty, long, object>? onCase = null)
+    Shard? shard = null, int endSize = Campaign.DefaultEndSize, Action<DiffProperty, long, object>? onCase = null, bool minimumFirst = false)
 {
     /// <summary>FsCheck's default EndSize: the size the default tier and `dotnet test` ramp to.</summary>
     public const int DefaultEndSize = 100;
@@ -90,14 +99,40 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     readonly PropertyTally[] tallies = properties.Select(p => new PropertyTally(p)).ToArray();
     readonly Stopwatch clock = new();
     readonly Shard part = shard ?? Shard.Whole;
+    readonly int[] plan = MinimumPlan(properties, batchSize);
     volatile bool stop;
 
     public IReadOnlyList<PropertyTally> Tallies => tallies;
     public TimeSpan Elapsed => clock.Elapsed;
     public Shard Shard => part;
 
-    /// <summary>Asks the campaign to stop after the batch under way (Ctrl-C).</summary>
+    /// <summary>
+    /// Asks the campaign to stop (Ctrl-C, SIGTERM): the batch under way runs no further case, none starts,
+    /// and the result says it was interrupted. Safe from any thread.
+    /// </summary>
     public void Stop() => stop = true;
+
+    /// <summary>Batches at the start of the schedule that give every property its <see cref="DiffProperty.TestCases"/>.</summary>
+    public int MinimumBatches => plan.Length;
+
+    /// <summary>The index (into the campaign's properties) of the property batch <paramref name="batch"/> runs.</summary>
+    public int PropertyOf(long batch) => batch < plan.Length ? plan[batch] : (int)((batch - plan.Length) % tallies.Length);
+
+    /// <summary>
+    /// The minimum part of the schedule: round r holds, in the properties' order, every property that needs
+    /// more than r batches of <paramref name="batchSize"/> to reach its TestCases. Round 0 holds every property.
+    /// </summary>
+    static int[] MinimumPlan(IReadOnlyList<DiffProperty> properties, int batchSize)
+    {
+        if (properties.Count == 0) throw new ArgumentException("a campaign needs at least one property", nameof(properties));
+        if (batchSize <= 0) throw new ArgumentOutOfRangeException(nameof(batchSize), batchSize, "a batch has at least one case");
+        var needs = properties.Select(p => (p.TestCases + batchSize - 1) / batchSize).ToArray();
+        var plan = new List<int>();
+        for (int round = 0; round < needs.Max(); round++)
+            for (int i = 0; i < needs.Length; i++)
+                if (round < needs[i]) plan.Add(i);
+        return [.. plan];
+    }
 
     /// <summary>
     /// The FsCheck seed of batch <paramref name="batch"/>: SplitMix64 of the master seed stepped by
@@ -131,17 +166,18 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
         {
             int size = BatchCases(batch, batchSize, maxCases);
             if (size == 0) break;
-            if (budget is { } b && clock.Elapsed >= b) break;
+            if (budget is { } b && clock.Elapsed >= b && !(minimumFirst && batch < plan.Length)) break;
 
-            var tally = tallies[batch % tallies.Length];
+            var tally = tallies[PropertyOf(batch)];
             var p = tally.Property;
             bool failing = false;
             TimeSpan? foundAfter = null;
             long thisBatch = batch;
             bool Holds(object c)
             {
+                if (failing) { shrinkRuns++; return p.Holds(c); }   // shrink candidates are not campaign cases
+                if (stop) return true;   // interrupted: FsCheck draws the rest of the batch, nothing runs or counts
                 bool ok = p.Holds(c);
-                if (failing) { shrinkRuns++; return ok; }   // shrink candidates are not campaign cases
                 Interlocked.Increment(ref tally.Cases);
                 Interlocked.Add(ref tally.Ops, p.OpCount(c));
                 onCase?.Invoke(p, thisBatch, c);
@@ -157,7 +193,7 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
             var config = Config.Quick.WithRunner(runner).WithName(p.Name).WithMaxTest(size).WithEndSize(endSize)
                 .WithReplay(FSharpOption<Replay>.Some(new Replay(BatchRnd(seed, batch), FSharpOption<int>.None)));
             FsCheck.Check.One(config, p.ForAll(Holds));
-            tally.Batches++;
+            if (!stop) Interlocked.Increment(ref tally.Batches);   // an interrupted batch is not a whole batch
 
             if (runner.FailureReport is { } report)
             {

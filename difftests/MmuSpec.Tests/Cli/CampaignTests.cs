@@ -128,3 +128,76 @@ public sealed class CampaignTests
         Assert.Contains($"size {size}", replayed.FailureReport);
     }
 }
+
+/// <summary>
+/// The campaign's schedule and how it ends: every property first gets the cases `dotnet test` gives it
+/// (in rounds, every property in the first), an interruption stops at once and says what ran, and a
+/// budget never hides a property that ran no case.
+/// </summary>
+public sealed class CampaignScheduleTests
+{
+    /// <summary>A trivial property with its own `dotnet test` count; its cases are sizes.</summary>
+    static DiffProperty<int> Trivial(string name, int testCases, Func<int, bool>? holds = null) =>
+        new(name, "holds_" + name, Arb.From(Gen.Sized(s => Gen.Constant(s))), holds ?? (_ => true), s => $"size {s}", _ => 1,
+            DiffProperties.WalkFamily, [], (_, _) => { }, testCases);
+
+    [Fact]
+    public void The_schedule_gives_every_property_its_test_cases_first_then_goes_round_robin()
+    {
+        DiffProperty[] ps = [Trivial("a", 30), Trivial("b", 10), Trivial("c", 25)];
+        var campaign = new Campaign(ps, seed: 1, batchSize: 10, maxCases: null, budget: null);
+        // Needs: a 3 batches, b 1, c 3. Round 0 holds every property; then only those still short.
+        Assert.Equal(7, campaign.MinimumBatches);
+        Assert.Equal([0, 1, 2, 0, 2, 0, 2, /* round-robin */ 0, 1, 2, 0], Enumerable.Range(0, 11).Select(b => campaign.PropertyOf(b)));
+    }
+
+    [Fact]
+    public void The_default_budget_waits_for_every_propertys_test_cases_and_a_given_budget_does_not()
+    {
+        DiffProperty[] ps = [Trivial("a", 40), Trivial("b", 20)];
+        var waited = new Campaign(ps, seed: 1, batchSize: 10, maxCases: null, budget: TimeSpan.Zero, minimumFirst: true).Run();
+        Assert.Equal([40L, 20L], waited.Tallies.Select(t => t.Cases));
+        Assert.Empty(waited.NotRun);
+        Assert.Empty(waited.BelowTestCases);
+
+        var hard = new Campaign(ps, seed: 1, batchSize: 10, maxCases: null, budget: TimeSpan.Zero).Run();
+        Assert.Equal([0L, 0L], hard.Tallies.Select(t => t.Cases));
+        Assert.Equal(["a", "b"], hard.NotRun.Select(p => p.Name));
+        Assert.False(hard.Interrupted);
+    }
+
+    [Fact]
+    public void A_real_property_gets_its_dotnet_test_cases_from_the_default_campaign()
+    {
+        var p = DiffProperties.Find("walk-pae");
+        var r = new Campaign([p], seed: 7, batchSize: 100, maxCases: null, budget: TimeSpan.Zero, minimumFirst: true).Run();
+        Assert.False(r.Failed, r.FailureReport);
+        Assert.Equal(p.TestCases, r.Tallies[0].Cases);
+        Assert.Equal(DiffProperties.WalkTestCases, p.TestCases);
+    }
+
+    [Fact]
+    public void An_interrupted_campaign_stops_within_the_batch_and_counts_only_the_cases_that_ran()
+    {
+        Campaign? campaign = null;
+        int seen = 0;
+        var a = Trivial("a", 100, _ => { if (++seen == 5) campaign!.Stop(); return true; });
+        campaign = new Campaign([a, Trivial("b", 100)], seed: 1, batchSize: 100, maxCases: null, budget: null);
+        var r = campaign.Run();
+        Assert.True(r.Interrupted);
+        Assert.False(r.Failed);
+        Assert.Equal(5, r.Tallies[0].Cases);             // the case that asked to stop ran; no later one did
+        Assert.Equal(0, r.Tallies[0].Batches);           // an interrupted batch is not a whole one
+        Assert.Equal(["b"], r.NotRun.Select(p => p.Name));
+    }
+
+    [Fact]
+    public void A_failure_is_still_found_and_shrunk_when_it_comes_first()
+    {
+        var a = Trivial("a", 100, s => s < 20);
+        var r = new Campaign([a, Trivial("b", 100)], seed: 1, batchSize: 100, maxCases: null, budget: null).Run();
+        Assert.True(r.Failed);
+        Assert.Equal("a", r.FailedProperty);
+        Assert.Contains("size 20", r.FailureReport);   // shrunk to the smallest failing size
+    }
+}

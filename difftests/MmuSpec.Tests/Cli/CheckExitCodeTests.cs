@@ -1,0 +1,121 @@
+using System.Diagnostics;
+using MmuSpec.Cli.Commands;
+using Xunit;
+
+namespace MmuSpec.Tests.Cli;
+
+/// <summary>
+/// What CI reads from `mmuspec check`: its exit code. A campaign that was interrupted or whose budget
+/// left a property without a single case must never exit 0 with "agree on every case" (docs/cli.md, exit codes).
+/// These run the built tool as a process, because signals and exit codes exist only there.
+/// </summary>
+public sealed class CheckExitCodeTests
+{
+    [Fact]
+    public void A_budget_that_ends_before_every_property_ran_is_a_failure_unless_allowed()
+    {
+        var r = Mmuspec.Run("check", "--seed", "1", "--time", "0.001", "--property", "walk-pae,walk-long4");
+        Assert.Equal(CheckCommand.Partial, r.ExitCode);
+        Assert.Contains("PARTIAL", r.Stdout);
+        Assert.Contains("ran no case", r.Stdout);
+        Assert.DoesNotContain("agree on every case\n", r.Stdout.ReplaceLineEndings("\n"));
+
+        var allowed = Mmuspec.Run("check", "--seed", "1", "--time", "0.001", "--property", "walk-pae,walk-long4", "--allow-partial");
+        Assert.Equal(0, allowed.ExitCode);
+        Assert.Contains("PARTIAL (allowed)", allowed.Stdout);
+    }
+
+    [Fact]
+    public void A_case_limit_that_reaches_every_property_exits_0_and_prints_ops_per_second()
+    {
+        var r = Mmuspec.Run("check", "--seed", "1", "--count", "20", "--batch-size", "10", "--property", "walk-pae,walk-long4");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("spec and impl agree on every case", r.Stdout);
+        Assert.Contains("ops/s", r.Stdout);
+        Assert.Contains("fewer cases than `dotnet test` runs (ran/dotnet test): walk-pae 10/1000, walk-long4 10/1000", r.Stdout);
+    }
+
+    [Theory]
+    [InlineData("SIGTERM", "TERM")]
+    [InlineData("SIGINT", "INT")]
+    public void An_interrupted_campaign_exits_130_and_says_what_ran(string signal, string killName)
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return;   // POSIX signals
+        bool sent = false;   // once: a second signal is the runtime's, it terminates at once
+        var r = Mmuspec.Run(["check", "--seed", "1", "--time", "600", "--property", "walk-pae,shadow-long4"],
+            onStderrLine: (line, pid) =>
+            {
+                // The first progress line (every 2 s) proves the campaign is under way; then signal it.
+                if (line.StartsWith('[') && !sent && (sent = true)) Process.Start("kill", ["-" + killName, pid.ToString(System.Globalization.CultureInfo.InvariantCulture)])!.WaitForExit();
+            });
+        Assert.Equal(CheckCommand.Interrupted, r.ExitCode);
+        Assert.Contains($"{signal} received", r.Stderr);
+        Assert.Contains("(interrupted)", r.Stdout);
+        Assert.Contains("INTERRUPTED: spec and impl agree on the", r.Stdout);
+        Assert.Contains("walk-pae", r.Stdout);
+        Assert.DoesNotContain("spec and impl agree on every case", r.Stdout);
+    }
+
+    [Theory]
+    [InlineData("walk-pae,", "empty name")]
+    [InlineData(",walk-pae", "empty name")]
+    [InlineData("walk-pae,,walk-long4", "empty name")]
+    [InlineData(",", "no property named")]
+    [InlineData("walk-nope", "unknown property 'walk-nope'")]
+    public void A_bad_property_list_is_bad_input(string list, string expected)
+    {
+        var r = Mmuspec.Run("check", "--count", "1", "--property", list);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(expected, r.Stderr);
+        Assert.Single(r.Stderr.Trim().Split('\n'));
+        Assert.Equal("", r.Stdout);
+    }
+
+    [Fact]
+    public void The_tools_code_is_optimized_in_every_configuration()
+    {
+        // Directory.Build.props: a plain `dotnet run` (Debug) must not run a campaign ten times slower.
+        Assert.False(MmuSpec.Harness.Running.BuildInfo.Unoptimized);
+    }
+}
+
+/// <summary>Runs the built mmuspec tool (copied beside the tests by the project reference) as a child process, bounded in time.</summary>
+static class Mmuspec
+{
+    public sealed record Result(int ExitCode, string Stdout, string Stderr);
+
+    static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
+
+    public static Result Run(params string[] args) => Run(args, null);
+
+    public static Result Run(string[] args, Action<string, int>? onStderrLine)
+    {
+        string dll = Path.Combine(AppContext.BaseDirectory, "mmuspec.dll");
+        var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+        };
+        start.ArgumentList.Add(dll);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        start.Environment["MMUSPEC_COUNTEREXAMPLES"] = "off";
+        using var p = Process.Start(start) ?? throw new InvalidOperationException("cannot start mmuspec");
+        p.StandardInput.Close();
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = new System.Text.StringBuilder();
+        var errDone = Task.Run(() =>
+        {
+            while (p.StandardError.ReadLine() is { } line)
+            {
+                stderr.AppendLine(line);
+                onStderrLine?.Invoke(line, p.Id);
+            }
+        });
+        if (!p.WaitForExit(Limit))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"mmuspec {string.Join(' ', args)} ran past {Limit.TotalMinutes} min");
+        }
+        errDone.Wait();
+        return new Result(p.ExitCode, stdout.Result, stderr.ToString());
+    }
+}
