@@ -6,15 +6,7 @@ using MmuSpec.Harness.Images;
 
 // mmuspec: differential campaigns, replays, explained walks and page-table dumps (docs/cli.md).
 // Exit codes: 0 success / agreement, 1 spec and impl diverge, 2 bad input, 3 internal error.
-var root = new RootCommand("mmuspec: the x86 page-walk spec and its fast impl, side by side.")
-{
-    CheckCommand.Create(),
-    ReplayCommand.Create(),
-    WalkCommand.Create(),
-    MappingsCommand.Create(),
-    SynthImageCommand.Create(),
-    MutantsCommand.Create(),
-};
+var root = MmuSpecCommand.Create();
 
 var parsed = root.Parse(args);
 if (parsed.Action is ParseErrorAction)
