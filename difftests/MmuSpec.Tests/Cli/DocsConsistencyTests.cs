@@ -347,4 +347,52 @@ public sealed partial class DocsConsistencyTests
         var found = lines.SelectMany(Invocations).Select(i => $"{i.Line.Number}:{i.Command}:{string.Join(",", i.Options)}").ToList();
         Assert.Equal(["1:check:--deep", "3:check:--time,--seed"], found);
     }
+
+    /// <summary>"`PageWalk.FoldRights`": a type of the project and one of its members, inside a code span.</summary>
+    [GeneratedRegex(@"\b(?<type>[A-Z][A-Za-z0-9]+)\.(?<member>[A-Z][A-Za-z0-9]*)\b")]
+    private static partial Regex TypeMember();
+
+    [GeneratedRegex(@"\b[A-Za-z][A-Za-z0-9_-]*\.md\b")]
+    private static partial Regex MarkdownFile();
+
+    [Fact]
+    public void Every_type_member_and_doc_file_the_docs_name_exists()
+    {
+        var assemblies = new[]
+        {
+            typeof(MmuSpec.Spec.Paging.PageWalk).Assembly, typeof(MmuSpec.Impl.Memory.NativePagePool).Assembly,
+            typeof(DiffProperties).Assembly, typeof(MmuSpecCommand).Assembly, typeof(DocsConsistencyTests).Assembly,
+        };
+        var types = assemblies.SelectMany(a => a.GetTypes()).Where(t => !t.IsDefined(typeof(System.Runtime.CompilerServices.CompilerGeneratedAttribute)))
+            .GroupBy(t => t.Name.Split('`')[0], StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.ToList(), StringComparer.Ordinal);
+        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static | BindingFlags.Instance;
+        string root = WalkAndBatchTests.RepoRoot();
+        var files = Directory.EnumerateFiles(root, "*.md", SearchOption.AllDirectories)
+            .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}", StringComparison.Ordinal)
+                && !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal))
+            .Select(Path.GetFileName).ToHashSet(StringComparer.Ordinal);
+        var problems = new List<string>();
+        int named = 0;
+        foreach (string path in DocFiles().Where(f => !Records.Contains(Path.GetFileName(f))))
+        {
+            foreach (var line in Lines(Name(path), File.ReadAllText(path)))
+            {
+                foreach (Match span in CodeSpan().Matches(line.Text))
+                    foreach (Match m in TypeMember().Matches(span.Value))
+                    {
+                        // Only the project's own types: FsCheck's Config.Quick or a namespace like MmuSpec.Cli are not checked.
+                        if (!types.TryGetValue(m.Groups["type"].Value, out var candidates)) continue;
+                        named++;
+                        string member = m.Groups["member"].Value;
+                        if (!candidates.Any(t => t.GetMember(member, all).Length > 0 || t.GetNestedType(member, all) is not null))
+                            problems.Add($"{line}: `{m.Value}`: {m.Groups["type"].Value} has no member {member}");
+                    }
+                foreach (Match m in MarkdownFile().Matches(line.Text))
+                    if (!files.Contains(m.Value))
+                        problems.Add($"{line}: {m.Value} is not in the repository");
+            }
+        }
+        Assert.True(named >= 30, $"expected the docs to name many members of the project's types, found {named}: is the scan broken?");
+        Assert.True(problems.Count == 0, "the docs name code or files that do not exist:\n" + string.Join("\n", problems));
+    }
 }
