@@ -395,4 +395,30 @@ public sealed partial class DocsConsistencyTests
         Assert.True(named >= 30, $"expected the docs to name many members of the project's types, found {named}: is the scan broken?");
         Assert.True(problems.Count == 0, "the docs name code or files that do not exist:\n" + string.Join("\n", problems));
     }
+
+    /// <summary>"seed 001", "seeds 000 and 004", also across a line break: the old shorthand for the ideas of docs/glossary.md.</summary>
+    [GeneratedRegex(@"\bseeds?[\s/*#]*0{2}[0-4]\b", RegexOptions.IgnoreCase)]
+    private static partial Regex SeedShorthand();
+
+    [Fact]
+    public void Code_and_docs_name_the_design_ideas_not_seed_numbers()
+    {
+        string root = WalkAndBatchTests.RepoRoot();
+        string[] skip = [".git", "bin", "obj", "StrykerOutput", "BenchmarkDotNet.Artifacts"];
+        var problems = new List<string>();
+        var pending = new Stack<string>([root]);
+        while (pending.Count > 0)
+        {
+            string dir = pending.Pop();
+            foreach (string d in Directory.GetDirectories(dir).Where(d => !skip.Contains(Path.GetFileName(d)))) pending.Push(d);
+            foreach (string f in Directory.GetFiles(dir).Where(f => Path.GetExtension(f) is ".cs" or ".fs" or ".fsx" or ".md" or ".yml" or ".patch"))
+            {
+                if (f == Path.Combine(root, "difftests", "MmuSpec.Tests", "Cli", "DocsConsistencyTests.cs")) continue;
+                string text = File.ReadAllText(f);
+                foreach (Match m in SeedShorthand().Matches(text))
+                    problems.Add($"{Name(f)}:{text.Take(m.Index).Count(c => c == '\n') + 1}: '{m.Value.ReplaceLineEndings(" ")}': name the idea and its source instead (docs/glossary.md, \"Where the ideas come from\")");
+            }
+        }
+        Assert.True(problems.Count == 0, string.Join("\n", problems));
+    }
 }
