@@ -94,7 +94,8 @@ let afterEdit =
 printfn "unsync pages: %d" (afterEdit.Pages.Values |> Seq.filter (fun p -> p.Unsync) |> Seq.length)
 // 5. Cached roots: a second address space (its PML4 at 0x5000 shares the PDPT) with PCIDs. A
 //    NOFLUSH switch away and back reuses the cached root; an INVPCID of the first PCID while the other
-//    runs makes the kept root "unsync" (seed 001), so the switch back syncs it before use.
+//    runs makes the kept root "unsync" (the keep-unsync-prev-roots proposal, Lai Jiangshan, 2021), so the
+//    switch back syncs it before use.
 let pcids =
     [ ShadowOp.GuestStore(0x5008UL, 0x2000UL ||| P ||| W ||| U, 8) :> ShadowOp
       ShadowOp.GuestSetPaging(controls, 0x1001UL, true)                 // CR4.PCIDE, PCID 1

@@ -6,8 +6,9 @@ namespace MmuSpec.Impl.Shadow;
 
 /// <summary>
 /// What happens to a previous root whose translations may be stale after a flush (docs/shadow-model.md,
-/// "Flush PCID p", "Flush all PCIDs"): seed 001's keep-and-resync (flag it unsync, re-sync it when it is
-/// switched back in) or KVM today (free it; a flush of all PCIDs syncs it).
+/// "Flush PCID p", "Flush all PCIDs"): keep-and-resync, the keep-unsync-prev-roots proposal (Lai Jiangshan,
+/// 2021; docs/glossary.md: flag it unsync, re-sync it when it is switched back in), or KVM today (free it;
+/// a flush of all PCIDs syncs it).
 /// </summary>
 public enum ShadowRootPolicy : byte
 {

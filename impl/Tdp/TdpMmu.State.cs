@@ -67,7 +67,8 @@ public sealed unsafe partial class TdpMmu<TFormat>
                 continue;
             }
             ulong* child = (ulong*)TFormat.TableAddress(pte);
-            // The link is reported as the parent's direct-page formula computes it (seeds 002/004),
+            // The link is reported as the parent's direct-page formula computes it (gfns computed, Lai Jiangshan, 2010;
+            // shared bit stripped, Rick Edgecombe, 2024),
             // while the child reports its own header: if the formula lost the shared-bit strip, the
             // link and the child's key disagree and the differential comparison shows it.
             var linked = new TdpPageKey(header.EntryGfn(i, _sharedGfnMask), level - 1, header.Mirror);

@@ -6,7 +6,8 @@ namespace MmuSpec.Impl.Tdp;
 
 /// <summary>
 /// What the MMU remembers about one table page: 8 bytes, the gfn and the role packed in one word
-/// (seed 000: "pack gfn and the stolen bits"). KVM's kvm_mmu_page is ~184 bytes; a TDP page needs
+/// (packing gfn and stolen bits, from the stolen-GPA-bits review, Sean Christopherson, 2021; docs/glossary.md).
+/// KVM's kvm_mmu_page is ~184 bytes; a TDP page needs
 /// none of the rest here: no per-entry gfns (a direct page computes them, see <see cref="EntryGfn"/>),
 /// no unsync/write-flooding state (indirect pages only), no list link or parent pointer (trees are
 /// walked from the roots), no root refcount (the two roots are fields of the MMU), no RCU head (no
@@ -16,7 +17,7 @@ namespace MmuSpec.Impl.Tdp;
 ///  63      56 55     54..52   51 ........................... 0
 /// [ reserved ][mirror][level][ gfn (first frame, shared bit removed) ]
 /// </code>
-/// The shared ("stolen") bit needs no field: it is recovered from the role, as seed 000 suggests. A
+/// The shared ("stolen") bit needs no field: it is recovered from the role, as that review suggests. A
 /// mirror page never has it; a direct page has the VM's shared bit whenever it translates a shared gpa.
 /// Level 0 marks a free slot.
 /// </summary>
@@ -50,8 +51,9 @@ internal readonly struct TdpPageHeader
     public TdpPageKey Key => new(Gfn, Level, Mirror);
 
     /// <summary>
-    /// The gfn of entry <paramref name="index"/>: the direct-page formula of seed 002,
-    /// gfn + (index &lt;&lt; ((level - 1) * 9)), with the shared bit removed (seeds 000 and 004).
+    /// The gfn of entry <paramref name="index"/>: the direct-page formula of the computed-direct-gfn patch (Lai Jiangshan, 2010),
+    /// gfn + (index &lt;&lt; ((level - 1) * 9)), with the shared bit removed (the stolen-GPA-bits review, Sean
+    /// Christopherson, 2021, and the GFN-direct-bits series, Rick Edgecombe, 2024).
     /// <para>
     /// Why the mask: the direct root is indexed by the gfn with the shared bit added back, so in a VM
     /// with shared bit 47 (gfn bit 35) the root's entries 256..511 are the shared ones. The root's gfn is

@@ -13,7 +13,7 @@ internal readonly unsafe struct TdpTablePages(TdpPageAllocator allocator, ulong 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ulong* Allocate(int level, ulong firstFrame) =>
         // The direct root indexes by gfn with the shared bit added back; a page's gfn never holds it
-        // (seed 004). Mirror frames never have it, so the mask changes nothing there.
+        // (the GFN-direct-bits series, Rick Edgecombe, 2024). Mirror frames never have it, so the mask changes nothing there.
         allocator.Allocate(firstFrame & ~sharedGfnMask, level, mirror);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

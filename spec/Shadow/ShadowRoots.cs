@@ -5,12 +5,13 @@ namespace MmuSpec.Spec.Shadow;
 
 /// <summary>
 /// What happens to a previous root whose translations a flush may have made stale
-/// (docs/shadow-model.md, "Flush PCID p"): KVM today frees it; seed 001 keeps it, flagged unsync,
+/// (docs/shadow-model.md, "Flush PCID p"): KVM today frees it; the keep-unsync-prev-roots proposal
+/// (Lai Jiangshan, 2021; docs/glossary.md) keeps it, flagged unsync,
 /// and re-syncs it when it is switched back in.
 /// </summary>
 public enum ShadowRootPolicy
 {
-    /// <summary>Seed 001: keep the root, flag it unsync, sync it before it is used again.</summary>
+    /// <summary>The keep-unsync-prev-roots proposal (Lai Jiangshan, 2021): keep the root, flag it unsync, sync it before it is used again.</summary>
     KeepAndResync,
     /// <summary>KVM's kvm_invalidate_pcid: free previous roots of a flushed PCID.</summary>
     Upstream,
@@ -28,7 +29,8 @@ public sealed record ShadowRoot(ImmutableArray<ShadowKey?> Pages)
 }
 
 /// <summary>
-/// A cached root (KVM's kvm_mmu_root_info, with the role its root page carries and seed 001's flag).
+/// A cached root (KVM's kvm_mmu_root_info, with the role its root page carries and the unsync flag of
+/// the keep-unsync-prev-roots proposal, Lai Jiangshan, 2021).
 /// </summary>
 /// <param name="Pgd">The CR3 value the root was built for: PCID bits included, MOV CR3's NOFLUSH bit never.</param>
 /// <param name="Role">The base role with the root level (2 for PAE and 32-bit guests).</param>

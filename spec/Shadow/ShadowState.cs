@@ -338,7 +338,7 @@ public sealed record ShadowState(
         // PAE: a root built from other PDPTEs is rebuilt (KVM's load_pdptrs frees the current root).
         if (state.Roots.Current is { } now && !now.Root.Equals(RootPagesFor(cpu)))
             state = state with { Roots = state.Roots with { Current = null } };
-        // Seed 001: a root kept through a flush is synced before it is used again.
+        // The keep-unsync-prev-roots proposal (Lai Jiangshan, 2021): a root kept through a flush is synced before it is used again.
         if (state.Roots.Current is { Unsync: true })
             state = state.SyncReachable();
         return state.Running();
@@ -388,7 +388,7 @@ public sealed record ShadowState(
     /// <summary>The current root's page that translates <paramref name="gva"/>.</summary>
     ShadowKey? RootPageFor(ulong gva) => RootPageFor(Root, gva);
 
-    /// <summary>The first frame entry <paramref name="index"/> of direct page <paramref name="key"/> maps (seed 002, with the quadrant).</summary>
+    /// <summary>The first frame entry <paramref name="index"/> of direct page <paramref name="key"/> maps (the computed-direct-gfn patch, Lai Jiangshan, 2010, with its quadrant correction).</summary>
     public static ulong DirectGfn(ShadowKey key, int index) =>
         key.Gfn + ((ulong)key.Role.Quadrant << 9) + ((ulong)index << (9 * (key.Role.Level - 1)));
 

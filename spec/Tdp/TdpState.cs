@@ -85,7 +85,7 @@ public sealed record TdpState(
 
     /// <summary>Why [baseGfn, baseGfn + pages) cannot be a memslot, or null.</summary>
     string? SlotRangeProblem(ulong baseGfn, ulong pages, int? ignoreId) =>
-        // Memslots never hold the shared bit: they must lie below it (seed 004).
+        // Memslots never hold the shared bit: they must lie below it (the GFN-direct-bits series, Rick Edgecombe, 2024).
         SlotMemory.RangeProblem(Slots, baseGfn, pages, Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit, ignoreId);
 
     TdpState SetDirtyLogging(TdpMemslot s, bool on)
@@ -116,7 +116,7 @@ public sealed record TdpState(
     {
         if (gpa >> Config.GpaBits != 0) return Reject($"gpa {Bits.Hex(gpa)} is beyond the {Config.GpaBits}-bit guest-physical space");
         bool write = type == AccessType.Write;
-        // 1. Faults strip the shared bit; it only chooses the root (seed 004).
+        // 1. Faults strip the shared bit; it only chooses the root (the GFN-direct-bits series, Rick Edgecombe, 2024).
         ulong gfn = (gpa >> 12) & ~Config.DirectBits;
         bool mirror = Config.SharedBit is not null && ((gpa >> 12) & Config.DirectBits) == 0;
         // 2, 3. No memslot, or a write to a read-only one: userspace emulates it.
@@ -286,7 +286,8 @@ public sealed record TdpState(
 
     /// <summary>
     /// The index of <paramref name="gfn"/> in a table at <paramref name="level"/>: the direct root's
-    /// tables are indexed with the shared bit added back, the mirror root's without it (seed 004).
+    /// tables are indexed with the shared bit added back, the mirror root's without it (the GFN-direct-bits
+    /// series, Rick Edgecombe, 2024).
     /// </summary>
     int Index(int level, ulong gfn, bool mirror) =>
         (int)(((gfn | (mirror ? 0 : Config.DirectBits)) >> (9 * (level - 1))) & 511);

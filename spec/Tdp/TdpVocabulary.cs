@@ -105,7 +105,8 @@ public abstract record Spte
     /// <summary>
     /// A leaf: it maps the 2^(9*(Level-1)) frames from <paramref name="Gfn"/> to host frames from
     /// <paramref name="HostPfn"/>; always readable and executable. The gfn is stored, not computed
-    /// (the "before" of seed 002), so the impl's direct-page formula is checked against it.
+    /// (as KVM did before the computed-direct-gfn patch, Lai Jiangshan, 2010), so the impl's direct-page
+    /// formula is checked against it.
     /// </summary>
     public sealed record Leaf(ulong Gfn, int Level, ulong HostPfn, bool Writable) : Spte
     {

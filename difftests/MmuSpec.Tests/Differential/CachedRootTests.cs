@@ -127,7 +127,8 @@ public sealed class CachedRootTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// Seed 001: A's shared page table goes unsync while B runs; INVPCID flushes A's PCID; the NOFLUSH
+    /// The keep-unsync-prev-roots proposal (Lai Jiangshan, 2021): A's shared page table goes unsync while B runs;
+    /// INVPCID flushes A's PCID; the NOFLUSH
     /// switch back to A must not serve A's stale entry. KeepAndResync keeps A (flagged) and re-syncs it
     /// on reuse; Upstream frees it and rebuilds. Without the INVPCID the stale entry is served, as the
     /// architecture allows (the MMU does no more than the flush requires).

@@ -109,7 +109,7 @@ public sealed class TdpModelTests
         // Bit 47 of the gpa is index bit 8 of the 4-level root: the shared path starts at entry 256.
         Assert.Equal([256], s.Pages[s.DirectRoot!].Entries.Keys);
         Assert.Equal([0], s.Pages[s.MirrorRoot!].Entries.Keys);
-        // Both leaves record gfn 0x100, without the shared bit (seed 004).
+        // Both leaves record gfn 0x100, without the shared bit (the GFN-direct-bits series, Rick Edgecombe, 2024).
         Assert.All(s.Leaves(), l => Assert.Equal(new Spte.Leaf(0x100, 1, 0x500, Writable: true), l.Leaf));
         // The direct root's child for entry 256 has gfn 0, not 1 << 35.
         Assert.Equal(new Spte.Table(new PageKey(0, new MmuRole(3, false))), s.Pages[s.DirectRoot!].Entries[256]);
