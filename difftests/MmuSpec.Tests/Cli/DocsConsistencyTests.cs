@@ -67,6 +67,10 @@ public sealed partial class DocsConsistencyTests
     [GeneratedRegex(@"difftests/MmuSpec\.Cli\S*(?:\s+(?!--\s)\S+)*?\s+--\s+(?<cmd>[a-z][a-z0-9-]*)")]
     private static partial Regex DotnetRunWord();
 
+    /// <summary>A shell comment, a redirection (`&lt; file`, `2&gt; /dev/null`; not a `&lt;placeholder&gt;`), `;`, `&amp;&amp;`, or the next command.</summary>
+    [GeneratedRegex(@"\s#|\s\d?(?:<|>>?)(?=\s)|;|&&|\smmuspec\s|\bdotnet\s")]
+    private static partial Regex CommandLineEnd();
+
     [GeneratedRegex(@"`[^`]*`")]
     private static partial Regex CodeSpan();
 
@@ -88,13 +92,7 @@ public sealed partial class DocsConsistencyTests
             foreach (var (cmd, explicitCli) in hits)
             {
                 string rest = segment[(cmd.Index + cmd.Length)..];
-                int end = rest.Length;
-                foreach (string stop in new[] { " #", "\t#", ">", "<", "&&", ";", " mmuspec ", "dotnet " })
-                {
-                    int at = rest.IndexOf(stop, StringComparison.Ordinal);
-                    if (at >= 0) end = Math.Min(end, at);
-                }
-                rest = rest[..end];
+                if (CommandLineEnd().Match(rest) is { Success: true } stop) rest = rest[..stop.Index];
                 var options = OptionToken().Matches(rest).Select(m => m.Value).ToList();
                 yield return new Invocation(line, cmd.Value, options, explicitCli);
             }
@@ -334,9 +332,10 @@ public sealed partial class DocsConsistencyTests
     [Fact]
     public void The_scanner_finds_command_lines_in_blocks_and_code_spans_only()
     {
-        var lines = Lines("x.md", "run `mmuspec check --deep` or mmuspec walk --bogus in prose\n```sh\ndotnet run --project difftests/MmuSpec.Cli --no-build -- check --time 60 \\\n   --seed 1 # --comment\n```\n");
+        var lines = Lines("x.md", "run `mmuspec check --deep` or mmuspec walk --bogus in prose\n```sh\ndotnet run --project difftests/MmuSpec.Cli --no-build -- check --time 60 \\\n   --seed 1 # --comment\n"
+            + "mmuspec replay <seed,gamma,size> --property p > out.txt --not-mmuspec\nmmuspec walk --batch < in.jsonl --x\n```\n");
         var found = lines.SelectMany(Invocations).Select(i => $"{i.Line.Number}:{i.Command}:{string.Join(",", i.Options)}").ToList();
-        Assert.Equal(["1:check:--deep", "3:check:--time,--seed"], found);
+        Assert.Equal(["1:check:--deep", "3:check:--time,--seed", "5:replay:--property", "6:walk:--batch"], found);
     }
 
     /// <summary>"`PageWalk.FoldRights`": a type of the project and one of its members, inside a code span.</summary>
