@@ -66,8 +66,6 @@ type PropertiesFromEnvironmentAttribute(defaultMaxTest: int) as this =
             s.Replay |> Option.iter (fun t -> this.Replay <- t)
         | Error _ -> this.MaxTest <- defaultMaxTest
 
-    member _.DefaultMaxTest = defaultMaxTest
-
 [<Fact>]
 let ``MMUSPEC_MAX_TEST and MMUSPEC_REPLAY, when set, can be read`` () =
     match fromEnvironment 1 with

@@ -4,7 +4,7 @@
 /// Each property is an FsCheck.Xunit [<Property>] whose argument is drawn from the Arbitrary its
 /// attribute names (one class per kind of scenario, below: they all generate a Scenario). Every
 /// property runs 300 cases, or MMUSPEC_MAX_TEST (module attribute, Running.fs). A failure prints
-/// FsCheck's "Falsifiable, after N tests (...) (seed,gamma,size)"; rerun that one case with
+/// FsCheck's "Replay directly at failing step with (seed,gamma,size)"; rerun that one case with
 /// MMUSPEC_REPLAY=seed,gamma,size dotnet test --filter "DisplayName~<property>", or paste it into
 /// the attribute as Replay = "seed,gamma,size".
 [<MmuSpec.FSharp.Running.PropertiesFromEnvironment(300)>]
