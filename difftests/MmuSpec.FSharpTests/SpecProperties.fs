@@ -1,28 +1,24 @@
 /// Properties of the spec's page walk (SDM Vol. 3 ch. 4), checked with FsCheck on small page-table
 /// trees built by hand: one path of entries from CR3 down to a leaf, in any of the four modes.
+///
+/// Each property is an FsCheck.Xunit [<Property>] whose argument is drawn from the Arbitrary its
+/// attribute names (one class per kind of scenario, below: they all generate a Scenario). Every
+/// property runs 300 cases, or MMUSPEC_MAX_TEST (module attribute, Running.fs). A failure prints
+/// FsCheck's "Replay directly at failing step with (seed,gamma,size)"; rerun that one case with
+/// MMUSPEC_REPLAY=seed,gamma,size dotnet test --filter "DisplayName~<property>", or paste it into
+/// the attribute as Replay = "seed,gamma,size".
+[<MmuSpec.FSharp.Running.PropertiesFromEnvironment(300)>]
 module MmuSpec.FSharp.SpecProperties
 
 open System
+open Xunit
+open FsCheck.Xunit
 open FsCheck
 open FsCheck.FSharp
-open Xunit
 open MmuSpec.Spec.Memory
 open MmuSpec.Spec.Paging
 open MmuSpec.Spec.Machine
 open MmuSpec.FSharp.Patterns
-
-// ---------------------------------------------------------------------------------------------
-// Running: FsCheck.Xunit is not available, so each [<Fact>] hands its property to Check.One.
-// MMUSPEC_MAX_TEST sets the number of cases (default 300).
-// ---------------------------------------------------------------------------------------------
-
-let private maxTest =
-    match Environment.GetEnvironmentVariable "MMUSPEC_MAX_TEST" with
-    | null | "" -> 300
-    | text -> int text
-
-let private check (property: Property) =
-    Check.One(Config.QuickThrowOnFailure.WithMaxTest maxTest, property)
 
 // ---------------------------------------------------------------------------------------------
 // Entry bits as the SDM lays them out (Tables 4-4 to 4-20), written out here rather than taken
@@ -248,7 +244,47 @@ let private genScenario (shape: Shape) =
                   Frame = frame; PageBytes = size; Memory = GuestMemory.FromSlots ram }
     }
 
-let private arb shape = Arb.fromGen (genScenario shape)
+/// A clean scenario with U/S cleared in one walked entry, accessed from user mode.
+let private genUserWithoutUs =
+    gen {
+        let! s = genScenario { anyShape with Clean = true }
+        let! level = s.WalkedEntries |> List.map _.Level |> Gen.elements
+        let! t = Gen.elements [ AccessType.Read; AccessType.Write; AccessType.Fetch ]
+        let s = rewrite (fun e -> if e.Level = level && not e.IsPdpteRegister then e.Value &&& ~~~U else e.Value) s
+        return { s with Access = Access(s.Access.Gva, t, Privilege.User) }
+    }
+
+/// An IA-32e scenario whose address has one bit above the linear-address width flipped.
+let private genNonCanonical =
+    gen {
+        let! s = genScenario longShape
+        let! bit = Gen.choose (linearBits s.Mode - 1, 63)
+        return { s with Access = s.Access.WithGva(s.Access.Gva ^^^ (1UL <<< bit)) }
+    }
+
+// The Arbitrary instances the properties name (FsCheck.Xunit's Arbitrary = [| typeof<...> |]): all
+// generate a Scenario, each of its own kind, so a property names the kind it is about. None
+// shrinks: a scenario is one path whose entries depend on each other.
+
+/// Any mode, any access, entries possibly not present or with a reserved bit.
+type AnyScenario = static member Scenario() = Arb.fromGen (genScenario anyShape)
+/// As AnyScenario, writes only.
+type WriteScenario = static member Scenario() = Arb.fromGen (genScenario { anyShape with Types = [ AccessType.Write ] })
+/// As AnyScenario, reads and fetches only.
+type ReadOrFetchScenario =
+    static member Scenario() = Arb.fromGen (genScenario { anyShape with Types = [ AccessType.Read; AccessType.Fetch ] })
+/// A clean walk with U/S cleared at one level, accessed from user mode.
+type UserWithoutUsScenario = static member Scenario() = Arb.fromGen genUserWithoutUs
+/// 4- or 5-level paging, with an address made non-canonical.
+type NonCanonicalScenario = static member Scenario() = Arb.fromGen genNonCanonical
+/// 4- or 5-level paging, any access.
+type LongScenario = static member Scenario() = Arb.fromGen (genScenario longShape)
+/// 4- or 5-level paging, clean entries, reads and writes.
+type CleanLongDataScenario =
+    static member Scenario() =
+        Arb.fromGen (genScenario { longShape with Clean = true; Types = [ AccessType.Read; AccessType.Write ] })
+/// PAE paging, clean entries.
+type CleanPaeScenario = static member Scenario() = Arb.fromGen (genScenario { anyShape with Modes = [ PagingMode.Pae ]; Clean = true })
 
 // ---------------------------------------------------------------------------------------------
 // Running the spec on a scenario.
@@ -279,148 +315,111 @@ let private isSet bit value = value &&& bit = bit
 
 // SDM §4.3, §4.4.2, §4.5.4: the final physical address is the leaf's frame plus the low bits of
 // the linear address (12, 21, 22 or 30 of them).
-[<Fact>]
-let ``A translated gpa is the leaf's frame plus the gva's offset within a page of the leaf's size`` () =
-    Prop.forAll (arb anyShape) (fun s ->
-        match walk s with
-        | Translated(gpa, size, _), _ ->
-            uint64 size = s.PageBytes && gpa = (s.Frame ||| (s.Access.Gva &&& (s.PageBytes - 1UL)))
-        | (PageFault _ | GeneralProtection _), _ -> true)
-    |> check
+[<Property(Arbitrary = [| typeof<AnyScenario> |])>]
+let ``A translated gpa is the leaf's frame plus the gva's offset within a page of the leaf's size`` (s: Scenario) =
+    match walk s with
+    | Translated(gpa, size, _), _ ->
+        uint64 size = s.PageBytes && gpa = (s.Frame ||| (s.Access.Gva &&& (s.PageBytes - 1UL)))
+    | (PageFault _ | GeneralProtection _), _ -> true
 
 // SDM §4.8 sets A/D only for translations used by an access; the spec (like KVM's
 // walk_addr_generic) writes nothing on a faulting walk.
-[<Fact>]
-let ``A faulting walk changes no memory, so the leaf's A and D bits stay as they were`` () =
-    Prop.forAll (arb anyShape) (fun s ->
-        match walk s with
-        | Translated _, _ -> true
-        | (PageFault _ | GeneralProtection _), after -> contents after = contents s.Memory)
-    |> check
+[<Property(Arbitrary = [| typeof<AnyScenario> |])>]
+let ``A faulting walk changes no memory, so the leaf's A and D bits stay as they were`` (s: Scenario) =
+    match walk s with
+    | Translated _, _ -> true
+    | (PageFault _ | GeneralProtection _), after -> contents after = contents s.Memory
 
 // SDM §4.8: every paging-structure entry used gets A; the entry that maps the page gets D on a
 // write. PAE's PDPTEs have no A bit and live in registers, so the PDPT is untouched.
-[<Fact>]
-let ``A successful write sets A on every entry used and D on the leaf`` () =
-    Prop.forAll (arb { anyShape with Types = [ AccessType.Write ] }) (fun s ->
-        match walk s with
-        | Translated _, after ->
-            let now = entryIn after s.EntryBytes
-            (s.WalkedEntries |> List.forall (now >> isSet A))
-            && isSet D (now s.Leaf)
-            && (s.Path |> List.filter _.IsPdpteRegister |> List.forall (fun e -> now e = e.Value))
-        | _ -> true)
-    |> check
+[<Property(Arbitrary = [| typeof<WriteScenario> |])>]
+let ``A successful write sets A on every entry used and D on the leaf`` (s: Scenario) =
+    match walk s with
+    | Translated _, after ->
+        let now = entryIn after s.EntryBytes
+        (s.WalkedEntries |> List.forall (now >> isSet A))
+        && isSet D (now s.Leaf)
+        && (s.Path |> List.filter _.IsPdpteRegister |> List.forall (fun e -> now e = e.Value))
+    | _ -> true
 
 // SDM §4.8: D is set only "whenever there is a write to a linear address".
-[<Fact>]
-let ``Reads and fetches never change a D bit`` () =
-    Prop.forAll (arb { anyShape with Types = [ AccessType.Read; AccessType.Fetch ] }) (fun s ->
-        let _, after = walk s
-        s.Path |> List.forall (fun e -> (entryIn after s.EntryBytes e &&& D) = (e.Value &&& D)))
-    |> check
+[<Property(Arbitrary = [| typeof<ReadOrFetchScenario> |])>]
+let ``Reads and fetches never change a D bit`` (s: Scenario) =
+    let _, after = walk s
+    s.Path |> List.forall (fun e -> (entryIn after s.EntryBytes e &&& D) = (e.Value &&& D))
 
 // SDM §4.6: an address is a user-mode address only if U/S=1 in every paging-structure entry
 // controlling it; user-mode accesses to supervisor-mode addresses are never allowed (§4.6.1), and
 // the fault is a protection fault: P=1, U/S=1 in the error code (§4.7).
-[<Fact>]
-let ``Clearing U/S at any level makes every user access fault with P=1 and U=1`` () =
-    let gen =
-        gen {
-            let! s = genScenario { anyShape with Clean = true }
-            let! level = s.WalkedEntries |> List.map _.Level |> Gen.elements
-            let! t = Gen.elements [ AccessType.Read; AccessType.Write; AccessType.Fetch ]
-            let s = rewrite (fun e -> if e.Level = level && not e.IsPdpteRegister then e.Value &&& ~~~U else e.Value) s
-            return { s with Access = Access(s.Access.Gva, t, Privilege.User) }
-        }
-    Prop.forAll (Arb.fromGen gen) (fun s ->
-        match walk s with
-        | PageFault(FaultBits b), _ -> b.Present && b.User && not b.Reserved && not b.ProtectionKey
-        | _ -> false)
-    |> check
+[<Property(Arbitrary = [| typeof<UserWithoutUsScenario> |])>]
+let ``Clearing U/S at any level makes every user access fault with P=1 and U=1`` (s: Scenario) =
+    match walk s with
+    | PageFault(FaultBits b), _ -> b.Present && b.User && not b.Reserved && not b.ProtectionKey
+    | _ -> false
 
 // SDM §3.3.7.1 / §4.5: in IA-32e mode a linear address whose bits 63:47 (63:56 with 5-level
 // paging) are not all equal is non-canonical; using it is #GP, never #PF, whatever the tables hold.
-[<Fact>]
-let ``A non-canonical address is always #GP in IA-32e paging and writes nothing`` () =
-    let gen =
-        gen {
-            let! s = genScenario longShape
-            let! bit = Gen.choose (linearBits s.Mode - 1, 63)
-            return { s with Access = s.Access.WithGva(s.Access.Gva ^^^ (1UL <<< bit)) }
-        }
-    Prop.forAll (Arb.fromGen gen) (fun s ->
-        match walk s with
-        | GeneralProtection GpReason.NonCanonical, after -> contents after = contents s.Memory
-        | _ -> false)
-    |> check
+[<Property(Arbitrary = [| typeof<NonCanonicalScenario> |])>]
+let ``A non-canonical address is always #GP in IA-32e paging and writes nothing`` (s: Scenario) =
+    match walk s with
+    | GeneralProtection GpReason.NonCanonical, after -> contents after = contents s.Memory
+    | _ -> false
 
 // SDM §4.8: A and D are sticky flags the processor only sets, so the second identical access
 // sees the same tables (up to A/D) and has nothing left to write.
-[<Fact>]
-let ``Walking twice gives the same result and the second walk writes nothing`` () =
-    Prop.forAll (arb anyShape) (fun s ->
-        let first, once = walk s
-        let second, twice = walkWith s once
-        first = second && contents twice = contents once)
-    |> check
+[<Property(Arbitrary = [| typeof<AnyScenario> |])>]
+let ``Walking twice gives the same result and the second walk writes nothing`` (s: Scenario) =
+    let first, once = walk s
+    let second, twice = walkWith s once
+    first = second && contents twice = contents once
 
 // SDM §4.7, Figure 4-12: W/R is 1 for a write, U/S is 1 for a user-mode access (not an implicit
 // supervisor access), I/D is 1 for a fetch only when CR4.SMEP=1 or (PAE/IA-32e and EFER.NXE=1).
-[<Fact>]
-let ``The error code's W, U and I/D bits describe the access`` () =
-    Prop.forAll (arb anyShape) (fun s ->
-        match walk s with
-        | PageFault(FaultBits b), _ ->
-            let c = s.Controls
-            let fetch = s.Access.Type = AccessType.Fetch
-            b.Write = (s.Access.Type = AccessType.Write)
-            && b.User = (s.Access.Privilege = Privilege.User)
-            && b.Fetch = (fetch && (c.Cr4Smep || (c.Mode <> PagingMode.Bits32 && c.EferNxe)))
-        | _ -> true)
-    |> check
+[<Property(Arbitrary = [| typeof<AnyScenario> |])>]
+let ``The error code's W, U and I/D bits describe the access`` (s: Scenario) =
+    match walk s with
+    | PageFault(FaultBits b), _ ->
+        let c = s.Controls
+        let fetch = s.Access.Type = AccessType.Fetch
+        b.Write = (s.Access.Type = AccessType.Write)
+        && b.User = (s.Access.Privilege = Privilege.User)
+        && b.Fetch = (fetch && (c.Cr4Smep || (c.Mode <> PagingMode.Bits32 && c.EferNxe)))
+    | _ -> true
 
 // SDM §4.6.2: protection keys govern only data accesses to user-mode addresses; instruction
 // fetches and supervisor-mode addresses are never checked against PKRU.
-[<Fact>]
-let ``PKRU changes nothing for fetches and for supervisor-mode addresses`` () =
-    Prop.forAll (arb longShape) (fun s ->
-        let supervisorAddress = s.WalkedEntries |> List.exists (fun e -> not (isSet U e.Value))
-        let withPkru pkru = fst (walk { s with Controls = s.Controls.WithCr4Pke(true).WithPkru(pkru) })
-        let exempt = s.Access.Type = AccessType.Fetch || supervisorAddress
-        not exempt || withPkru 0u = withPkru UInt32.MaxValue)
-    |> check
+[<Property(Arbitrary = [| typeof<LongScenario> |])>]
+let ``PKRU changes nothing for fetches and for supervisor-mode addresses`` (s: Scenario) =
+    let supervisorAddress = s.WalkedEntries |> List.exists (fun e -> not (isSet U e.Value))
+    let withPkru pkru = fst (walk { s with Controls = s.Controls.WithCr4Pke(true).WithPkru(pkru) })
+    let exempt = s.Access.Type = AccessType.Fetch || supervisorAddress
+    not exempt || withPkru 0u = withPkru UInt32.MaxValue
 
 // SDM §4.6.2: with AD=1 for a key, no data access to a user-mode address with that key is
 // allowed, whoever makes it; the fault sets PK (and P) in the error code (§4.7).
-[<Fact>]
-let ``With AD set for every key, a complete data walk to a user-mode address faults with PK`` () =
-    let shape = { longShape with Clean = true; Types = [ AccessType.Read; AccessType.Write ] }
-    Prop.forAll (arb shape) (fun s ->
-        let s = { s with Controls = s.Controls.WithCr4Pke(true).WithPkru(0x55555555u) }
-        let userAddress = s.WalkedEntries |> List.forall (fun e -> isSet U e.Value)
-        match walk s with
-        | PageFault(FaultBits b), _ when userAddress -> b.Present && b.ProtectionKey && not b.Reserved
-        | _ when userAddress -> false
-        | _ -> true)
-    |> check
+[<Property(Arbitrary = [| typeof<CleanLongDataScenario> |])>]
+let ``With AD set for every key, a complete data walk to a user-mode address faults with PK`` (s: Scenario) =
+    let s = { s with Controls = s.Controls.WithCr4Pke(true).WithPkru(0x55555555u) }
+    let userAddress = s.WalkedEntries |> List.forall (fun e -> isSet U e.Value)
+    match walk s with
+    | PageFault(FaultBits b), _ when userAddress -> b.Present && b.ProtectionKey && not b.Reserved
+    | _ when userAddress -> false
+    | _ -> true
 
 // SDM §4.4.1: PAE paging uses the four PDPTE registers loaded by MOV CR3; a later write to the
 // PDPT in memory changes nothing until CR3 is loaded again.
-[<Fact>]
-let ``PAE ignores a write to the PDPT until CR3 is reloaded`` () =
-    Prop.forAll (arb { anyShape with Modes = [ PagingMode.Pae ]; Clean = true }) (fun s ->
-        let access = Op.GuestAccess(s.Access)
-        let machine = GuestMachine.Boot(s.Controls, s.Cr3, s.Memory)
-        let first = machine.Step access
-        let cleared = first.Machine.Step(Op.WriteGuest(s.Path.Head.Gpa, 0UL, 8))
-        let stale = cleared.Machine.Step access
-        let reloaded = stale.Machine.Step(Op.LoadCr3(s.Cr3))
-        let fresh = reloaded.Machine.Step access
-        match first.Result, cleared.Result, stale.Result, reloaded.Result, fresh.Result with
-        | Walked before, Completed, Walked after, Completed, Walked(NotPresentFault _) -> before = after
-        | _ -> false)
-    |> check
+[<Property(Arbitrary = [| typeof<CleanPaeScenario> |])>]
+let ``PAE ignores a write to the PDPT until CR3 is reloaded`` (s: Scenario) =
+    let access = Op.GuestAccess(s.Access)
+    let machine = GuestMachine.Boot(s.Controls, s.Cr3, s.Memory)
+    let first = machine.Step access
+    let cleared = first.Machine.Step(Op.WriteGuest(s.Path.Head.Gpa, 0UL, 8))
+    let stale = cleared.Machine.Step access
+    let reloaded = stale.Machine.Step(Op.LoadCr3(s.Cr3))
+    let fresh = reloaded.Machine.Step access
+    match first.Result, cleared.Result, stale.Result, reloaded.Result, fresh.Result with
+    | Walked before, Completed, Walked after, Completed, Walked(NotPresentFault _) -> before = after
+    | _ -> false
 
 // ---- the TDP MMU model, from F# ----
 
@@ -433,24 +432,29 @@ module TdpFromFSharp =
     let private run (ops: TdpOp list) =
         ops |> List.fold (fun (s: TdpState) op -> s.Step(op).State) (TdpState.Create(VmConfig(TdpFormat.Ept)))
 
-    /// Inside a slot, every access is mapped to the slot's host frame for its gfn, whatever the policy.
-    [<Fact>]
-    let ``A TDP access inside a slot reaches the slot's host frame for the gfn`` () =
-        let gen =
+    /// An access to the slot above: its page within the slot, the offset in the page, the largest
+    /// page size allowed, and the access type.
+    type SlotAccess = { Page: uint64; Offset: uint64; MaxSize: PageSize; Type: AccessType }
+
+    type SlotAccesses =
+        static member SlotAccess() =
             gen {
                 let! page = Gen.choose (0, 0x3FFFF)
                 let! offset = Gen.choose (0, 0xFFF)
                 let! size = Gen.elements [ PageSize.Size4K; PageSize.Size2M; PageSize.Size1G ]
-                let! write = Gen.elements [ AccessType.Read; AccessType.Write; AccessType.Fetch ]
-                return uint64 page, uint64 offset, size, write
+                let! t = Gen.elements [ AccessType.Read; AccessType.Write; AccessType.Fetch ]
+                return { Page = uint64 page; Offset = uint64 offset; MaxSize = size; Type = t }
             }
-        let prop (page: uint64, offset: uint64, size: PageSize, access: AccessType) =
-            let state = run [ slot; TdpOp.SetMaxPageSize(size) ]
-            let gpa = ((0x40000UL + page) <<< 12) ||| offset
-            match state.Step(TdpOp.AccessGpa(gpa, access)).Result with
-            | TdpMapped(hpa, mapped, faulted) -> hpa = (((0x80000UL + page) <<< 12) ||| offset) && mapped = size && faulted
-            | _ -> false
-        check (Prop.forAll (Arb.fromGen gen) prop)
+            |> Arb.fromGen
+
+    /// Inside a slot, every access is mapped to the slot's host frame for its gfn, whatever the policy.
+    [<Property(Arbitrary = [| typeof<SlotAccesses> |])>]
+    let ``A TDP access inside a slot reaches the slot's host frame for the gfn`` (a: SlotAccess) =
+        let state = run [ slot; TdpOp.SetMaxPageSize(a.MaxSize) ]
+        let gpa = ((0x40000UL + a.Page) <<< 12) ||| a.Offset
+        match state.Step(TdpOp.AccessGpa(gpa, a.Type)).Result with
+        | TdpMapped(hpa, mapped, faulted) -> hpa = (((0x80000UL + a.Page) <<< 12) ||| a.Offset) && mapped = a.MaxSize && faulted
+        | _ -> false
 
 // ---- the shadow MMU model, from F# ----
 

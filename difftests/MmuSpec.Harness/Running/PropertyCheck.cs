@@ -17,6 +17,15 @@ public sealed class PropertyFailedException(string message) : Exception(message)
 /// a failure writes its counterexample file; "off" writes none) and <c>MMUSPEC_SHRINK</c> ("off":
 /// a failure is reported as drawn, unshrunk; mutation testing needs the kill, not a minimal case,
 /// and a shadow shrink can take a minute).
+/// <para>
+/// The op-sequence differential properties run here rather than as FsCheck.Xunit [Property] tests
+/// (which the F# spec properties are): the same <see cref="DiffProperty"/> runs in `dotnet test` and
+/// in `mmuspec check` campaigns (batches seeded from the campaign's seed, outside xunit), and a
+/// failure must be explained step by step, written to a counterexample file with the campaign's
+/// seed and batch, and end with both replay commands. FsCheck.Xunit's attribute always installs its
+/// own runner (no Runner setting) and takes its settings only as attribute constants, so none of
+/// that, nor MMUSPEC_SEED's per-property start or MMUSPEC_SHRINK, could be had through it.
+/// </para>
 /// </summary>
 public static class PropertyCheck
 {

@@ -16,7 +16,8 @@ public sealed record CounterexampleTarget(DiffProperty Property, string? Directo
 /// ITestOutputHelper, the console), counts shrinks, and on failure renders the shrunk
 /// counterexample through <paramref name="explain"/>, writes it to a counterexample file when
 /// <paramref name="counterexamples"/> says where, and ends with the exact replay lines.
-/// This is the part of FsCheck.Xunit we need, without the package.
+/// FsCheck.Xunit's [Property] cannot take a runner (it installs its own, which prints FsCheck's
+/// message), so the differential properties keep this one; see <see cref="PropertyCheck"/>.
 /// </summary>
 public sealed class PropertyRunner(string property, Action<string> write, Func<object, string> explain, bool verbose = false,
     CounterexampleTarget? counterexamples = null) : IRunner

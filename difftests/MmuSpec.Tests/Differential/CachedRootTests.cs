@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using MmuSpec.Harness.Running;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Spec.Paging;
@@ -13,16 +14,18 @@ namespace MmuSpec.Tests.Differential;
 /// p"): random sequences with many address spaces, PCIDs, NOFLUSH switches and INVPCID under both
 /// root policies, and hand-written scenarios run on both sides with concrete expectations.
 /// </summary>
-public sealed class CachedRootTests(ITestOutputHelper output)
+public sealed class CachedRootTests(ITestOutputHelper output, PropertyProgress progress) : IClassFixture<PropertyProgress>
 {
     [Theory]
     [InlineData("shadow-roots-keep")]
     [InlineData("shadow-roots-upstream")]
     public void Spec_and_impl_agree_on_cached_roots_after_every_operation(string property)
     {
+        var time = Stopwatch.StartNew();
         var p = DiffProperties.Find(property);   // its TestCases: the quick tier's count (MMUSPEC_MAX_TEST overrides)
         var runner = p.Check(output.WriteLine, PropertyCheck.MaxTest(p.TestCases), PropertyCheck.ReplayFromEnvironment());
         Assert.True(runner.TestsRun > 0, "the property ran no case");
+        progress.Passed(property, runner.TestsRun, time.Elapsed);
     }
 
     static readonly string[] RequiredRules =

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Collections.Immutable;
 using MmuSpec.Harness.Running;
 using MmuSpec.Harness.Shadow;
@@ -16,7 +17,7 @@ namespace MmuSpec.Tests.Differential;
 /// results, abstract state and the impl's derived structures compared after every step, every
 /// result judged by the architecture layer.
 /// </summary>
-public sealed class ShadowDifferentialTests(ITestOutputHelper output)
+public sealed class ShadowDifferentialTests(ITestOutputHelper output, PropertyProgress progress) : IClassFixture<PropertyProgress>
 {
 
     [Theory]
@@ -28,9 +29,11 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output)
     [InlineData("shadow-no-unsync")]
     public void Spec_and_impl_shadow_MMUs_agree_after_every_operation(string property)
     {
+        var time = Stopwatch.StartNew();
         var p = DiffProperties.Find(property);   // its TestCases: the quick tier's count (MMUSPEC_MAX_TEST overrides)
         var runner = p.Check(output.WriteLine, PropertyCheck.MaxTest(p.TestCases), PropertyCheck.ReplayFromEnvironment());
         Assert.True(runner.TestsRun > 0, "the property ran no case");
+        progress.Passed(property, runner.TestsRun, time.Elapsed);
     }
 
     [Fact]

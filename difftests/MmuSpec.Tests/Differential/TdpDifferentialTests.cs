@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using MmuSpec.Harness.Running;
 using Xunit;
 using Xunit.Abstractions;
@@ -9,7 +10,7 @@ namespace MmuSpec.Tests.Differential;
 /// dirty logging, policy changes, shared and private gpas) run on the spec's MMU model and the
 /// impl's TDP MMU, results and abstract state compared after every step, per table format and VM kind.
 /// </summary>
-public sealed class TdpDifferentialTests(ITestOutputHelper output)
+public sealed class TdpDifferentialTests(ITestOutputHelper output, PropertyProgress progress) : IClassFixture<PropertyProgress>
 {
 
     [Theory]
@@ -20,8 +21,10 @@ public sealed class TdpDifferentialTests(ITestOutputHelper output)
     [InlineData("tdp-stage2-shared47")]
     public void Spec_and_impl_TDP_MMUs_agree_after_every_operation(string property)
     {
+        var time = Stopwatch.StartNew();
         var p = DiffProperties.Find(property);   // its TestCases: the quick tier's count (MMUSPEC_MAX_TEST overrides)
         var runner = p.Check(output.WriteLine, PropertyCheck.MaxTest(p.TestCases), PropertyCheck.ReplayFromEnvironment());
         Assert.True(runner.TestsRun > 0, "the property ran no case");
+        progress.Passed(property, runner.TestsRun, time.Elapsed);
     }
 }
