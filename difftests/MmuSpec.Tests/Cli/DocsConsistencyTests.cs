@@ -272,7 +272,7 @@ public sealed partial class DocsConsistencyTests
             }
         }
         Assert.True(envRows >= 2, $"expected the {PropertyCheck.MaxTestVariable} rows of README.md's and docs/cli.md's environment tables, found {envRows}");
-        Assert.True(problems.Count == 0, "the docs' case counts disagree with the test classes' DefaultCases:\n" + string.Join("\n", problems));
+        Assert.True(problems.Count == 0, "the docs' case counts disagree with the properties' TestCases:\n" + string.Join("\n", problems));
     }
 
     static readonly string[] NumberWords = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
