@@ -14,8 +14,8 @@ public struct WalkTrace : IWalkObserver
     /// <summary>At most one entry per level: 5-level paging reads five.</summary>
     public const int MaxEntries = 5;
 
-    private EntryGpas _gpas;
-    private EntryGpas _values;
+    private EntryWords _gpas;
+    private EntryWords _values;
     private ulong _unbackedGpa;
     private bool _unbacked;
     private byte _count;
@@ -105,7 +105,7 @@ public struct WalkTrace : IWalkObserver
     }
 
     [InlineArray(MaxEntries)]
-    private struct EntryGpas
+    private struct EntryWords
     {
         private ulong _element0;
     }

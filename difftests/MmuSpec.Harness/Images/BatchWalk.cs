@@ -30,7 +30,7 @@ public static class BatchWalk
     public static int Run(TextReader input, TextWriter output, Func<Scenario, WalkReport> engine, Spec.Memory.IPhysicalMemoryImage? image = null)
     {
         int lineNumber = 0, failed = 0;
-        for (string? line = input.ReadLine(); line is not null; line = input.ReadLine())
+        for (string? line = ReadLine(input, lineNumber); line is not null; line = ReadLine(input, lineNumber))
         {
             lineNumber++;
             string trimmed = line.Trim();
@@ -56,5 +56,12 @@ public static class BatchWalk
         }
         output.Flush();
         return failed;
+    }
+
+    // The input is read as the batch goes, so a read error can come after some results are out.
+    static string? ReadLine(TextReader input, int linesSoFar)
+    {
+        try { return input.ReadLine(); }
+        catch (IOException e) { throw new InputException($"cannot read the batch input after line {linesSoFar}: {e.Message}"); }
     }
 }

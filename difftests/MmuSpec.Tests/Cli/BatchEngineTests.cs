@@ -193,6 +193,16 @@ public sealed class BatchEngineTests
         finally { Directory.Delete(dir, recursive: true); }
     }
 
+    [Fact]
+    public void A_read_error_in_the_middle_of_a_batch_is_bad_input_naming_the_last_line_read()
+    {
+        var reader = new GeneratedLines(3, i => i < 2 ? Descending : throw new IOException("Input/output error"));
+        var output = new StringWriter();
+        var e = Assert.Throws<InputException>(() => BatchWalk.Run(reader, output, SpecWalk.Run));
+        Assert.Equal("cannot read the batch input after line 2: Input/output error", e.Message);
+        Assert.Equal(2, output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+    }
+
     [DllImport("libc", SetLastError = true)]
     static extern int mkfifo([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int mode);
 
