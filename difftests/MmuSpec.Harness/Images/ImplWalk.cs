@@ -128,14 +128,24 @@ public sealed class ImplWalker(NativePagePool pool) : IDisposable
     /// <summary>Makes guest memory exactly <paramref name="slots"/>, keeping the pages of every slot that stays.</summary>
     void UseSlots(ImmutableArray<Memslot> slots)
     {
-        static bool Same(Memslot n, MemslotInfo c) => n.BaseGfn == c.BaseGfn && n.Pages == c.Pages;
-        var current = memory.Slots;
-        if (current.Count == slots.Length && slots.All(n => current.Any(c => Same(n, c)))) return;
+        if (SameLayout(slots)) return;
         ulong bytes = slots.Aggregate(0UL, (sum, slot) => sum + (slot.Pages << 12));
         if (bytes > ImplWalk.MaxPoolBytes)
             throw new InputException($"memslots total {Hex.Size(bytes)}: the impl engine backs them with host memory and allows at most {Hex.Size(ImplWalk.MaxPoolBytes)}; give smaller memslots");
-        foreach (var old in current.Where(c => !slots.Any(n => Same(n, c))).ToList()) memory.RemoveSlot(old.BaseGfn);
-        foreach (var slot in slots.Where(n => !memory.Slots.Any(c => Same(n, c))).ToList()) memory.AddSlot(slot.BaseGfn, slot.Pages);
+        var wanted = slots.Select(n => (n.BaseGfn, n.Pages)).ToHashSet();
+        foreach (var old in memory.Slots.Where(c => !wanted.Contains((c.BaseGfn, c.Pages))).ToList()) memory.RemoveSlot(old.BaseGfn);
+        var kept = memory.Slots.Select(c => (c.BaseGfn, c.Pages)).ToHashSet();
+        foreach (var slot in slots.Where(n => !kept.Contains((n.BaseGfn, n.Pages)))) memory.AddSlot(slot.BaseGfn, slot.Pages);
+    }
+
+    /// <summary>The common case, checked without allocating: the same slots as the previous line, in the same order.</summary>
+    bool SameLayout(ImmutableArray<Memslot> slots)
+    {
+        var current = memory.Slots;
+        if (current.Count != slots.Length) return false;
+        for (int i = 0; i < slots.Length; i++)
+            if (current[i].BaseGfn != slots[i].BaseGfn || current[i].Pages != slots[i].Pages) return false;
+        return true;
     }
 
     void Write(ulong gpa, ulong value, int entryBytes)
