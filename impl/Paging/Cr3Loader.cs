@@ -20,9 +20,18 @@ internal static class Cr3Loader
         OutOfRange,
     }
 
-    public static Result TryLoad(WalkContext ctx, GuestPhysicalMemory memory, ulong cr3, out ulong root, out PdpteRegisters pdptes)
+    public static Result TryLoad(WalkContext ctx, GuestPhysicalMemory memory, ulong cr3, out ulong root, out PdpteRegisters pdptes) =>
+        TryLoad(ctx, memory, cr3, out root, out pdptes, out _);
+
+    /// <summary>
+    /// <see cref="TryLoad(WalkContext, GuestPhysicalMemory, ulong, out ulong, out PdpteRegisters)"/>, also
+    /// naming the PDPTE that could not be loaded (unbacked, or present with reserved bits) in
+    /// <paramref name="badPdpte"/>; -1 when none did (loaded, or CR3 itself was refused).
+    /// </summary>
+    public static Result TryLoad(WalkContext ctx, GuestPhysicalMemory memory, ulong cr3, out ulong root, out PdpteRegisters pdptes, out int badPdpte)
     {
         pdptes = default;
+        badPdpte = -1;
         Result result = TryRoot(ctx, cr3, out root);
         if (result != Result.Loaded || !ctx.UsesPdpteRegisters)
             return result;
@@ -30,10 +39,12 @@ internal static class Cr3Loader
         for (int i = 0; i < PdpteRegisters.Count; i++)
         {
             // An unbacked PDPT cannot be loaded; a present PDPTE with reserved bits is rejected.
-            if (!memory.TryRead64(root + (ulong)(i * sizeof(ulong)), out ulong pdpte))
+            if (!memory.TryRead64(root + (ulong)(i * sizeof(ulong)), out ulong pdpte) ||
+                ((pdpte & PagingEntryBits.Present) != 0 && (pdpte & ctx.PdpteReservedMask) != 0))
+            {
+                badPdpte = i;
                 return Result.GeneralProtection;
-            if ((pdpte & PagingEntryBits.Present) != 0 && (pdpte & ctx.PdpteReservedMask) != 0)
-                return Result.GeneralProtection;
+            }
             pdptes[i] = pdpte;
         }
         return Result.Loaded;

@@ -55,6 +55,38 @@ public sealed partial class GuestVcpu
         return result == Cr3Loader.Result.Loaded ? new GuestVcpu(memory, context, cr3, root, pdptes) : null;
     }
 
+    /// <summary>
+    /// A vCPU that has just executed MOV CR3 under <paramref name="controls"/> (PAE: loading the PDPTE
+    /// registers from <paramref name="memory"/>, with the same checks as <see cref="LoadCr3"/>), or null
+    /// with why MOV CR3 would raise #GP in <paramref name="error"/>: for callers that report bad input.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Unknown mode, MAXPHYADDR outside 36..52, or CR3 &gt;= 2^32 in 32-bit/PAE paging.</exception>
+    public static GuestVcpu? TryBoot(GuestPhysicalMemory memory, PagingControls controls, ulong cr3, out Cr3LoadError error)
+    {
+        ArgumentNullException.ThrowIfNull(memory);
+        WalkContext context = WalkContext.Create(controls);
+        Cr3Loader.Result result = Cr3Loader.TryLoad(context, memory, cr3, out ulong root, out PdpteRegisters pdptes, out int bad);
+        switch (result)
+        {
+            case Cr3Loader.Result.Loaded:
+                error = default;
+                return new GuestVcpu(memory, context, cr3, root, pdptes);
+            case Cr3Loader.Result.OutOfRange:
+                ThrowHelper.ArgumentOutOfRange(nameof(cr3), "CR3 must fit in 32 bits in 32-bit and PAE paging.");
+                break;
+        }
+        if (bad < 0)
+        {
+            error = new Cr3LoadError(Cr3Fault.ReservedBits, -1, 0, 0, cr3 & context.Cr3ReservedMask);
+            return null;
+        }
+        ulong gpa = root + (ulong)(bad * sizeof(ulong));
+        error = memory.TryRead64(gpa, out ulong pdpte)
+            ? new Cr3LoadError(Cr3Fault.PdpteReservedBits, bad, gpa, pdpte, pdpte & context.PdpteReservedMask)
+            : new Cr3LoadError(Cr3Fault.PdptUnbacked, bad, gpa, 0, 0);
+        return null;
+    }
+
     public ulong Cr3 => _cr3;
 
     /// <summary>The precomputed walk policy for the current controls (for the shadow MMU's checks).</summary>

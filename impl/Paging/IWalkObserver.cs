@@ -10,8 +10,17 @@ internal interface IWalkObserver
     /// <summary>True: a permitted translation sets A/D in memory (SDM 4.8). False: the caller does it.</summary>
     static abstract bool WritesAccessedDirty { get; }
 
-    /// <summary>A paging-structure entry was read from memory at <paramref name="gpa"/> (walk order).</summary>
-    void EntryRead(ulong gpa);
+    /// <summary>
+    /// A paging-structure entry was read from memory at <paramref name="gpa"/> (walk order), with the value
+    /// <paramref name="pte"/> the walk saw (before any A/D update of this walk).
+    /// </summary>
+    void EntryRead(ulong gpa, ulong pte);
+
+    /// <summary>
+    /// The walk needed the entry at <paramref name="gpa"/>, but no memslot backs it: the walk ends there
+    /// with a not-present fault (KVM treats such a table as not present).
+    /// </summary>
+    void EntryUnbacked(ulong gpa);
 
     /// <summary>
     /// The entry just read at <paramref name="level"/> passed the present and reserved-bit checks and is

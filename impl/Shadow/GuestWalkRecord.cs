@@ -32,7 +32,10 @@ internal struct GuestWalkRecord : IWalkObserver
     public readonly uint RightsThrough(int level) => _rights[level];
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void EntryRead(ulong gpa) => _gpas[_count++] = gpa;
+    public void EntryRead(ulong gpa, ulong pte) => _gpas[_count++] = gpa;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public readonly void EntryUnbacked(ulong gpa) { }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void EntryUsed(int level, ulong pte, uint rightsSoFar)

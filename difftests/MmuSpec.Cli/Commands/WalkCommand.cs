@@ -1,5 +1,6 @@
 using System.CommandLine;
 using MmuSpec.Harness.Images;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Cli.Commands;
@@ -61,19 +62,21 @@ public static class WalkCommand
     {
         if (image is null) return ImplWalk.Run(s);
         using var cow = CopyOnWriteImage.Open(image);
-        return ImplWalk.Run(s, cow.Memory, cow.Changed);
+        return ImplWalk.Run(s, cow.Memory);
     }
 
     static int Batch(FileInfo? file, FileInfo? imageFile, bool useImpl)
     {
-        using var reader = file is null ? Console.In : new StringReader(MachineOptions.ReadScenario(file));
+        using var reader = file is null ? Console.In : BatchWalk.OpenFile(file);
         using var image = imageFile is null ? null : MappedImage.Open(imageFile.ToString());
         using var cow = useImpl && image is not null ? CopyOnWriteImage.Open(image) : null;
+        // The impl's native memory lives as long as the batch: allocated once, rewritten per line.
+        using var walker = useImpl && image is null ? new ImplWalker(new NativePagePool()) : null;
         Func<Scenario, WalkReport> engine = !useImpl ? SpecWalk.Run
-            : cow is null ? ImplWalk.Run
+            : cow is null ? walker!.Run
             : s =>
             {
-                var r = ImplWalk.Run(s, cow.Memory, cow.Changed);
+                var r = ImplWalk.Run(s, cow.Memory);
                 cow.Restore(r.Changes, s.EntryBytes);     // every line starts from the file as it is
                 return r;
             };

@@ -1,4 +1,3 @@
-using System.Collections.Immutable;
 using System.IO.MemoryMappedFiles;
 using MmuSpec.Harness.Images;
 using MmuSpec.Impl.Memory;
@@ -9,8 +8,9 @@ namespace MmuSpec.Cli;
 /// <summary>
 /// The impl's view of a memory image: the file mapped a second time, copy-on-write, and registered
 /// as external memslots of a <see cref="GuestPhysicalMemory"/>. The impl's A/D writes land in
-/// private copies of the pages they touch; the file never changes. Slots are at most 1 GiB each so
-/// that every slot can be compared as one span against the read-only <see cref="MappedImage"/>.
+/// private copies of the pages they touch; the file never changes. The walk's trace names the entries
+/// it changed (<see cref="ImplWalk"/>), and <see cref="Restore"/> puts them back. Slots are at most
+/// 1 GiB each, so every slot's bytes are one span.
 /// </summary>
 public sealed unsafe class CopyOnWriteImage : IDisposable
 {
@@ -20,12 +20,11 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
     readonly MemoryMappedFile file;
     readonly MemoryMappedViewAccessor view;
     readonly NativePagePool pool = new();
-    readonly MappedImage pristine;
     byte* pointer;
 
     CopyOnWriteImage(MappedImage pristine, MemoryMappedFile file, MemoryMappedViewAccessor view)
     {
-        this.pristine = pristine; this.file = file; this.view = view;
+        this.file = file; this.view = view;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
         pointer += view.PointerOffset;
         Memory = new GuestPhysicalMemory(pool);
@@ -36,9 +35,6 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
 
     /// <summary>Guest memory for the impl, backed by the copy-on-write mapping.</summary>
     public GuestPhysicalMemory Memory { get; }
-
-    /// <summary>How the last <see cref="Changed"/> found its candidates: "pagemap" or "full compare".</summary>
-    public string LastDiffMethod { get; private set; } = "";
 
     /// <summary>Maps the file behind <paramref name="pristine"/> again, copy-on-write.</summary>
     public static CopyOnWriteImage Open(MappedImage pristine)
@@ -56,63 +52,6 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
         {
             if (file is null) stream.Dispose(); else file.Dispose();
             throw new InputException($"cannot map image '{pristine.Path}' copy-on-write: {e.Message}");
-        }
-    }
-
-    /// <summary>
-    /// The entries the impl changed: the copy-on-write view against the file. Only pages the kernel
-    /// has copied can differ, and /proc/self/pagemap names them (present, no longer a file page), so
-    /// a walk over a multi-GiB image compares a handful of pages; without pagemap every page is compared.
-    /// </summary>
-    public ImmutableArray<EntryUpdate> Changed(GuestPhysicalMemory memory, int entryBytes)
-    {
-        var changes = ImmutableArray.CreateBuilder<EntryUpdate>();
-        ulong bytes = pristine.Length & ~0xFFFUL;
-        var copied = CopiedPages(bytes);
-        LastDiffMethod = copied is null ? "full compare" : "pagemap";
-        IEnumerable<ulong> pages = copied ?? Range(bytes);
-        foreach (ulong offset in pages)
-        {
-            var before = new ReadOnlySpan<byte>((byte*)pristine.Pointer + offset, Page);
-            var after = new ReadOnlySpan<byte>(pointer + offset, Page);
-            EntryDiff.Compare(before, after, offset, entryBytes, changes);
-        }
-        return changes.ToImmutable();
-    }
-
-    static IEnumerable<ulong> Range(ulong bytes)
-    {
-        for (ulong offset = 0; offset < bytes; offset += Page) yield return offset;
-    }
-
-    /// <summary>Offsets of the view's pages that are private copies, or null when pagemap cannot be read.</summary>
-    List<ulong>? CopiedPages(ulong bytes)
-    {
-        const ulong PresentBit = 1UL << 63, FilePageBit = 1UL << 61;
-        try
-        {
-            using var pagemap = new FileStream("/proc/self/pagemap", FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1, FileOptions.None);
-            ulong firstPage = (ulong)pointer / Page;
-            ulong count = bytes / Page;
-            var result = new List<ulong>();
-            var buffer = new byte[8 * 8192];
-            for (ulong done = 0; done < count;)
-            {
-                int n = (int)Math.Min(8192UL, count - done);
-                pagemap.Seek((long)((firstPage + done) * 8), SeekOrigin.Begin);
-                pagemap.ReadExactly(buffer, 0, n * 8);
-                for (int i = 0; i < n; i++)
-                {
-                    ulong e = BitConverter.ToUInt64(buffer, i * 8);
-                    if ((e & PresentBit) != 0 && (e & FilePageBit) == 0) result.Add((done + (ulong)i) * Page);
-                }
-                done += (ulong)n;
-            }
-            return result;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
-        {
-            return null;
         }
     }
 

@@ -8,13 +8,29 @@ namespace MmuSpec.Harness.Images;
 public static class BatchWalk
 {
     /// <summary>
+    /// Opens a batch file to be read line by line as the batch goes: never whole, so memory stays
+    /// bounded by the longest line, whatever the file's size.
+    /// </summary>
+    public static TextReader OpenFile(FileInfo file)
+    {
+        if (Directory.Exists(file.FullName)) throw new InputException($"scenario '{file}' is a directory");
+        if (!file.Exists) throw new InputException($"scenario '{file}' does not exist");
+        try { return new StreamReader(file.FullName, System.Text.Encoding.UTF8, detectEncodingFromByteOrderMarks: true, new FileStreamOptions { BufferSize = 1 << 16 }); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InputException($"cannot read scenario '{file}': {e.Message}");
+        }
+    }
+
+    /// <summary>
     /// Runs every line through <paramref name="engine"/>; returns how many lines failed. With
-    /// <paramref name="image"/>, every line walks over that image (and must not list memory).
+    /// <paramref name="image"/>, every line walks over that image (and must not list memory). Reads a
+    /// line, answers it, then reads the next: a line's result is written before the next line is read.
     /// </summary>
     public static int Run(TextReader input, TextWriter output, Func<Scenario, WalkReport> engine, Spec.Memory.IPhysicalMemoryImage? image = null)
     {
         int lineNumber = 0, failed = 0;
-        for (string? line = input.ReadLine(); line is not null; line = input.ReadLine())
+        for (string? line = ReadLine(input, lineNumber); line is not null; line = ReadLine(input, lineNumber))
         {
             lineNumber++;
             string trimmed = line.Trim();
@@ -40,5 +56,12 @@ public static class BatchWalk
         }
         output.Flush();
         return failed;
+    }
+
+    // The input is read as the batch goes, so a read error can come after some results are out.
+    static string? ReadLine(TextReader input, int linesSoFar)
+    {
+        try { return input.ReadLine(); }
+        catch (IOException e) { throw new InputException($"cannot read the batch input after line {linesSoFar}: {e.Message}"); }
     }
 }

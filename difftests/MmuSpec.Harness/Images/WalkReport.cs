@@ -35,23 +35,22 @@ public static class SpecWalk
         var cpu = s.Boot(memory);
         var e = PageWalk.Explain(cpu, memory, access);
         CheckImageLongEnough(s, e);
-        return new WalkReport("spec", s, access, cpu, e.Result, Coalesce(e.Updates), e);
+        return new WalkReport("spec", s, access, cpu, e.Result, Coalesce(e.Updates, e.Steps), e);
     }
 
     /// <summary>
-    /// One change per entry, in the order the walk first wrote it: the spec records A and D of a
-    /// leaf as two writes, memory comparison (the impl) sees one. Both engines report the latter.
+    /// One change per entry, in walk order (the order the walk first read the entries, as in
+    /// <paramref name="steps"/>): the spec records A and D of a leaf as two writes, and writes all A
+    /// bits before the leaf's D, so a table that maps itself would otherwise come out of order.
+    /// Both engines report this.
     /// </summary>
-    public static ImmutableArray<EntryUpdate> Coalesce(ImmutableArray<EntryUpdate> updates)
+    public static ImmutableArray<EntryUpdate> Coalesce(ImmutableArray<EntryUpdate> updates, ImmutableArray<WalkStep> steps)
     {
-        var order = new List<ulong>();
         var merged = new Dictionary<ulong, EntryUpdate>();
         foreach (var u in updates)
-        {
-            if (merged.TryGetValue(u.Gpa, out var first)) merged[u.Gpa] = first with { After = u.After };
-            else { order.Add(u.Gpa); merged[u.Gpa] = u; }
-        }
-        return order.Select(g => merged[g]).Where(u => u.Before != u.After).ToImmutableArray();
+            merged[u.Gpa] = merged.TryGetValue(u.Gpa, out var first) ? first with { After = u.After } : u;
+        var walkOrder = steps.Select(s => s.EntryGpa).OfType<ulong>().Distinct();
+        return walkOrder.Where(merged.ContainsKey).Select(g => merged[g]).Where(u => u.Before != u.After).ToImmutableArray();
     }
 
     /// <summary>
