@@ -13,8 +13,8 @@ public static class WalkCommand
     public static Command Create()
     {
         var machine = new MachineOptions();
-        var gva = Cli.Number("--gva", "linear address to translate (overrides the scenario's access)");
-        var accessType = Cli.Choice("--access", "access type", "read", "read", "write", "fetch");
+        var gva = Cli.HexNumber("--gva", "linear address to translate, hex (0x optional) (overrides the scenario's access)");
+        var accessType = Cli.Choice("--access", "access type (fetch = exec = x)", "read", [.. ScenarioJson.AccessTypeWords.Select(w => w.Word)]);
         var user = Cli.Flag("--user", "a user-mode access (CPL 3)");
         var @implicit = Cli.Flag("--implicit", "an implicit supervisor-mode access (GDT/IDT/TSS...)");
         var engine = Cli.Choice("--engine", "which side walks: the spec (with steps) or the impl (outcome + A/D only)", "spec", "spec", "impl");

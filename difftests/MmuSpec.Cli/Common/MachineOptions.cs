@@ -13,7 +13,7 @@ public sealed class MachineOptions
 {
     public readonly Option<FileInfo?> Scenario = new("--scenario") { Description = "JSON scenario file (docs/json-format.md)", HelpName = "file.json" };
     public readonly Option<FileInfo?> Image = new("--image") { Description = "raw guest-physical memory image, file offset = gpa (QEMU pmemsave)", HelpName = "file" };
-    public readonly Option<ulong?> Cr3 = Cli.Number("--cr3", "CR3 (with --image)");
+    public readonly Option<ulong?> Cr3 = Cli.HexNumber("--cr3", "CR3, hex (0x optional; with --image)");
     public readonly Option<string?> Mode = new("--mode") { Description = "paging mode", HelpName = "bits32|pae|long4|long5" };
     public readonly Option<bool> Wp = Cli.Flag("--wp", "CR0.WP: supervisor writes honour R/W");
     public readonly Option<bool> Pse = Cli.Flag("--pse", "CR4.PSE: 4M pages in 32-bit paging");
@@ -22,12 +22,12 @@ public sealed class MachineOptions
     public readonly Option<bool> Pke = Cli.Flag("--pke", "CR4.PKE: protection keys (4/5-level paging)");
     public readonly Option<bool> Nxe = Cli.Flag("--nxe", "EFER.NXE: bit 63 is XD");
     public readonly Option<bool> Ac = Cli.Flag("--ac", "EFLAGS.AC: explicit supervisor accesses pass SMAP");
-    public readonly Option<ulong?> Pkru = Cli.Number("--pkru", "PKRU (AD = bit 2k, WD = bit 2k+1 for key k)");
-    public readonly Option<ulong?> MaxPhyAddr = Cli.Number("--maxphyaddr", "MAXPHYADDR, 36..52 (default 46)", "bits");
-    public readonly Option<ulong?> Cr0 = Cli.Number("--cr0", "raw CR0; with --cr4/--efer decides mode and flags (overrides --mode and flags)");
-    public readonly Option<ulong?> Cr4 = Cli.Number("--cr4", "raw CR4 (needs --cr0)");
-    public readonly Option<ulong?> Efer = Cli.Number("--efer", "raw IA32_EFER (needs --cr0)");
-    public readonly Option<ulong?> Rflags = Cli.Number("--rflags", "raw RFLAGS, for AC (needs --cr0)");
+    public readonly Option<ulong?> Pkru = Cli.HexNumber("--pkru", "PKRU (AD = bit 2k, WD = bit 2k+1 for key k)");
+    public readonly Option<ulong?> MaxPhyAddr = Cli.Number("--maxphyaddr", "MAXPHYADDR in bits, decimal: 36..52 (default 46)", "bits");
+    public readonly Option<ulong?> Cr0 = Cli.HexNumber("--cr0", "raw CR0; with --cr4/--efer decides mode and flags (overrides --mode and flags)");
+    public readonly Option<ulong?> Cr4 = Cli.HexNumber("--cr4", "raw CR4 (needs --cr0)");
+    public readonly Option<ulong?> Efer = Cli.HexNumber("--efer", "raw IA32_EFER (needs --cr0)");
+    public readonly Option<ulong?> Rflags = Cli.HexNumber("--rflags", "raw RFLAGS, for AC (needs --cr0)");
 
     Option[] ControlOptions => [Cr3, Mode, Wp, Pse, Smep, Smap, Pke, Nxe, Ac, Pkru, MaxPhyAddr, Cr0, Cr4, Efer, Rflags];
 
