@@ -30,11 +30,13 @@ public static class WalkCommand
             bool useImpl = p.GetValue(engine)!.Equals("impl", StringComparison.OrdinalIgnoreCase);
             if (p.GetValue(batch))
             {
-                foreach (var o in new Option[] { gva, accessType, user, @implicit, machine.Cr3, machine.Mode, machine.Cr0 })
+                foreach (var o in new Option[] { gva, accessType, user, @implicit, machine.Cr3, machine.Mode, machine.Cr0, machine.QemuPdptes })
                     if (p.Given(o)) throw new InputException($"{o.Name} cannot be combined with --batch: each line is a whole scenario");
                 return Batch(p.GetValue(machine.Scenario), p.GetValue(machine.Image), useImpl);
             }
 
+            if (useImpl && p.GetValue(machine.QemuPdptes))
+                throw new InputException("--pdpte-as-qemu needs --engine spec: the impl loads the PDPTEs itself, by the SDM's rule");
             var scenario = machine.Build(p, out var image);
             using var imageScope = image;
             scenario = WithAccessOverrides(scenario, p.GetValue(gva), p.Given(accessType) ? p.GetValue(accessType) : null,

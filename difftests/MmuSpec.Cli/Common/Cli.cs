@@ -21,6 +21,9 @@ public static class Cli
     /// <summary>A remark on stderr that does not change the outcome.</summary>
     public static void Note(string message) => Console.Error.WriteLine($"mmuspec: note: {OneLine(message)}");
 
+    /// <summary>A warning on stderr: the output is complete but probably not what the user meant.</summary>
+    public static void Warn(string message) => Console.Error.WriteLine($"mmuspec: warning: {OneLine(message)}");
+
     static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
     /// <summary>An option taking a count or seed: decimal, or hex with 0x (a bare number is decimal).</summary>

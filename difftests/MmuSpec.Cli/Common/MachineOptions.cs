@@ -29,6 +29,9 @@ public sealed class MachineOptions
     public readonly Option<ulong?> Efer = Cli.HexNumber("--efer", "raw IA32_EFER (needs --cr0)");
     public readonly Option<ulong?> Rflags = Cli.HexNumber("--rflags", "raw RFLAGS, for AC (needs --cr0)");
 
+    public readonly Option<bool> QemuPdptes = Cli.Flag("--pdpte-as-qemu",
+        "PAE: ignore PDPTE bits 8:5 at MOV CR3 as QEMU TCG does (it sets A, bit 5, in PDPTEs it walked; the SDM reserves 8:5 and would #GP)");
+
     Option[] ControlOptions => [Cr3, Mode, Wp, Pse, Smep, Smap, Pke, Nxe, Ac, Pkru, MaxPhyAddr, Cr0, Cr4, Efer, Rflags];
 
     public void AddTo(Command command)
@@ -36,6 +39,7 @@ public sealed class MachineOptions
         command.Add(Scenario);
         command.Add(Image);
         foreach (var o in ControlOptions) command.Add(o);
+        command.Add(QemuPdptes);
     }
 
     /// <summary>
@@ -43,6 +47,12 @@ public sealed class MachineOptions
     /// <paramref name="image"/>; the caller disposes it.
     /// </summary>
     public Scenario Build(ParseResult p, out MappedImage? image)
+    {
+        var scenario = BuildAsGiven(p, out image);
+        return p.GetValue(QemuPdptes) ? scenario.WithQemuPdptes() : scenario;
+    }
+
+    Scenario BuildAsGiven(ParseResult p, out MappedImage? image)
     {
         image = null;
         var scenarioFile = p.GetValue(Scenario);

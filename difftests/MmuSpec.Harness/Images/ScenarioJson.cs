@@ -143,7 +143,7 @@ public static class ScenarioJson
         var words = new List<MemoryWord>();
         foreach (var p in e.EnumerateObject())
         {
-            ulong gpa = Hex.ParseHex(p.Name, "memory: key");
+            if (Hex.Read(p.Name, bareIsHex: true, out ulong gpa) is { } problem) throw new InputException($"memory: key {problem}");
             ulong value = Number(p.Value, $"memory {Hex.Format(gpa)}");
             words.Add(new MemoryWord(gpa, value));
         }
