@@ -68,7 +68,7 @@ public static class WalkText
     }
 
     public static string Memory(Scenario s) => s.Image is MappedImage m
-        ? $"image {m.Path} ({Hex.Size(m.Length)}, {m.Length} bytes)"
+        ? m.Describe()
         : s.Image is { } img ? $"image of {img.Length} bytes"
         : $"{string.Join(", ", s.Slots)}; {s.Memory.Length} word{(s.Memory.Length == 1 ? "" : "s")} given";
 }

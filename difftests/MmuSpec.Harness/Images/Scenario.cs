@@ -60,7 +60,8 @@ public sealed class Scenario
     {
         CheckCr3(controls, cr3);
         if (access is not null) CheckAccess(controls, access);
-        var slots = GuestMemory.FromImage(image).Slots;
+        // An ELF core backs only its segments: a gpa in a hole (MMIO, or simply not dumped) is not memory.
+        var slots = image is MappedImage mapped ? GuestMemory.FromSlots(mapped.Memslots).Slots : GuestMemory.FromImage(image).Slots;
         return new Scenario(controls, cr3, slots, ImmutableArray<MemoryWord>.Empty, access, image);
     }
 
@@ -76,7 +77,7 @@ public sealed class Scenario
     /// <summary>Guest memory as the spec sees it.</summary>
     public GuestMemory BuildMemory()
     {
-        if (Image is { } image) return GuestMemory.FromImage(image);
+        if (Image is { } image) return GuestMemory.FromSlots(Slots, image);
         var memory = GuestMemory.FromSlots(Slots);
         foreach (var w in Memory) memory = memory.Write(w.Gpa, w.Value, EntryBytes);
         return memory;
@@ -127,8 +128,9 @@ public sealed class Scenario
     }
 
     /// <summary>The error for an image too short for a table the walk needs.</summary>
-    public static string TooShort(IPhysicalMemoryImage image, string what, ulong gpa) =>
-        $"image is {image.Length} bytes but the walk needs the {what} at gpa {Hex.Format(gpa)}";
+    public static string TooShort(IPhysicalMemoryImage image, string what, ulong gpa) => image is MappedImage { Core: not null } core
+        ? $"the ELF core '{core.Path}' holds no memory at gpa {Hex.Format(gpa)}, where the walk needs the {what} (its segments end at gpa {Hex.Format(core.Length)})"
+        : $"image is {image.Length} bytes but the walk needs the {what} at gpa {Hex.Format(gpa)}";
 
     static void CheckCr3(PagingControls c, ulong cr3)
     {
