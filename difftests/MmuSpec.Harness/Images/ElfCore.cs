@@ -4,8 +4,11 @@ using MmuSpec.Spec.Memory;
 
 namespace MmuSpec.Harness.Images;
 
-/// <summary>A PT_LOAD segment of an ELF core: <see cref="Bytes"/> bytes of guest-physical memory from <see cref="Gpa"/> (p_paddr) stored at <see cref="FileOffset"/>.</summary>
-public sealed record ElfSegment(ulong Gpa, ulong FileOffset, ulong Bytes)
+/// <summary>
+/// <see cref="Bytes"/> bytes of guest-physical memory from <see cref="Gpa"/> stored at <see cref="FileOffset"/>:
+/// a PT_LOAD segment of an ELF core (p_paddr, p_offset, p_filesz), or a whole raw image (gpa = offset).
+/// </summary>
+public sealed record ImageSegment(ulong Gpa, ulong FileOffset, ulong Bytes)
 {
     public ulong End => Gpa + Bytes;
 }
@@ -17,7 +20,7 @@ public sealed record ElfSegment(ulong Gpa, ulong FileOffset, ulong Bytes)
 public sealed record QemuCpuState(int Cpu, ulong Cr0, ulong Cr3, ulong Cr4, ulong Rflags);
 
 /// <summary>What an ELF core holds: its class and machine, the memory segments and QEMU's vCPU notes.</summary>
-public sealed record ElfCoreInfo(bool Is64, ushort Machine, IReadOnlyList<ElfSegment> Segments, IReadOnlyList<QemuCpuState> Cpus)
+public sealed record ElfCoreInfo(bool Is64, ushort Machine, IReadOnlyList<ImageSegment> Segments, IReadOnlyList<QemuCpuState> Cpus)
 {
     public const ushort EmI386 = 3, EmX86_64 = 62;
 
@@ -92,7 +95,7 @@ public static class ElfCore
         }
         if (phentsize < (is64 ? 56 : 32)) throw new InputException(Bad($"its program headers are {phentsize} bytes"));
 
-        var segments = new List<ElfSegment>();
+        var segments = new List<ImageSegment>();
         var cpus = new List<QemuCpuState>();
         for (uint i = 0; i < phnum; i++)
         {
@@ -107,7 +110,7 @@ public static class ElfCore
             if (ptype == PtLoad)
             {
                 if (paddr + filesz < paddr) throw new InputException($"image '{path}': ELF segment {i} at gpa {Hex.Format(paddr)} wraps past 2^64");
-                segments.Add(new ElfSegment(paddr, offset, filesz));
+                segments.Add(new ImageSegment(paddr, offset, filesz));
             }
             else if (filesz <= 1 << 24)
                 ReadNotes(read(offset, (int)filesz), cpus);
@@ -150,7 +153,7 @@ public static class ElfCore
     static ulong U64(byte[] b, int at) => BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(at));
 
     /// <summary>The memslots an ELF core's segments back: every whole 4 KiB page inside a segment.</summary>
-    public static List<Memslot> Memslots(IEnumerable<ElfSegment> segments)
+    public static List<Memslot> Memslots(IEnumerable<ImageSegment> segments)
     {
         var slots = new List<Memslot>();
         foreach (var s in segments)

@@ -21,7 +21,7 @@ public sealed class MappedImage : IPhysicalMemoryImage, IDisposable
     readonly nint start;      // first byte of the file in the view
     bool pinned;
 
-    readonly ElfSegment[]? segments;   // sorted by gpa; null for raw memory
+    readonly ImageSegment[]? segments;   // sorted by gpa; null for raw memory
     int lastSegment;
 
     MappedImage(string path, ulong length, MemoryMappedFile file, MemoryMappedViewAccessor view)
@@ -67,6 +67,9 @@ public sealed class MappedImage : IPhysicalMemoryImage, IDisposable
 
     /// <summary>The ELF core's layout and QEMU's register notes; null for raw memory.</summary>
     public ElfCoreInfo? Core { get; }
+
+    /// <summary>Where guest memory lies in the file: one segment at offset 0 for raw memory, the PT_LOAD segments (by gpa) for an ELF core.</summary>
+    public IReadOnlyList<ImageSegment> Segments => segments ?? [new ImageSegment(0, 0, Length)];
 
     /// <summary>The guest memory the image backs: whole 4 KiB pages from gpa 0 (raw), or inside each segment (ELF core).</summary>
     public IReadOnlyList<Memslot> Memslots => segments is null

@@ -122,11 +122,11 @@ public sealed class ElfCoreTests : IDisposable
     {
         var low = new byte[0xa0000];
         var high = new byte[0x100000];
-        Put64(high, 0x0000, 0x101063);                      // PML4[0] -> PDPT 0x101000
-        Put64(high, 0x1000, 0x102063);                      // PDPT[0] -> PD 0x102000
-        Put64(high, 0x2000 + 2 * 8, 0x103063);              // PD[2] (0x400000) -> PT 0x103000
-        Put64(high, 0x2000 + 3 * 8, 0xb0063);               // PD[3] (0x600000) -> a PT in the hole
-        Put64(high, 0x3000, 0x8000000000005063);            // PT[0] -> 0x5000, XD
+        Put64(high, 0x0000, 0x101003);                      // PML4[0] -> PDPT 0x101000 (P W, A clear)
+        Put64(high, 0x1000, 0x102003);                      // PDPT[0] -> PD 0x102000
+        Put64(high, 0x2000 + 2 * 8, 0x103003);              // PD[2] (0x400000) -> PT 0x103000
+        Put64(high, 0x2000 + 3 * 8, 0xb0003);               // PD[3] (0x600000) -> a PT in the hole
+        Put64(high, 0x3000, 0x8000000000005003);            // PT[0] -> 0x5000, XD
         return [(0, low), (0x100000, high)];
     }
 
@@ -145,11 +145,11 @@ public sealed class ElfCoreTests : IDisposable
         using var image = MappedImage.Open(File("core64"));
 
         var core = Assert.IsType<ElfCoreInfo>(image.Core);
-        Assert.Equal([new ElfSegment(0, core.Segments[0].FileOffset, 0xa0000), new ElfSegment(0x100000, core.Segments[1].FileOffset, 0x100000)], core.Segments);
+        Assert.Equal([new ImageSegment(0, core.Segments[0].FileOffset, 0xa0000), new ImageSegment(0x100000, core.Segments[1].FileOffset, 0x100000)], core.Segments);
         Assert.NotEqual(0x100000UL, core.Segments[1].FileOffset);
         Assert.Equal([new QemuCpuState(0, 0x80050033, 0x100000, 0x3406f0, 0x246), new QemuCpuState(1, 0x80050033, 0x200000, 0x3406f0, 0x246)], core.Cpus);
         Assert.Equal(0x200000UL, image.Length);
-        Assert.Equal(0x101063UL, image.ReadQword(0x100000));
+        Assert.Equal(0x101003UL, image.ReadQword(0x100000));
 
         var (input, cr3, source) = new ControlsInput { Efer = 0xd01, Names = n => "--" + n }.WithDumpRegisters(null, image);
         Assert.Equal(0x100000UL, cr3);
@@ -166,6 +166,25 @@ public sealed class ElfCoreTests : IDisposable
         var (mappings, stats) = AddressSpaceMap.List(s.Boot(memory), memory);
         Assert.Equal(0x400000UL, Assert.Single(mappings).Virtual);
         Assert.Equal(1, stats.TablesOutsideMemory);
+    }
+
+    [Fact]
+    public void The_impl_walks_an_ELF_core_in_place_and_reports_its_AD_writes_at_gpas()
+    {
+        WriteCore(File("impl"), is64: true, ElfCoreInfo.EmX86_64, Long4Segments(), [Linux64]);
+        using var image = MappedImage.Open(File("impl"));
+        var s = Open(image, new ControlsInput { Efer = 0xd01 }).WithAccess(new Access(0x400008, AccessType.Write, Privilege.Supervisor));
+        var spec = SpecWalk.Run(s);
+        using var cow = MmuSpec.Cli.CopyOnWriteImage.Open(image);
+        var impl = ImplWalk.Run(s, cow.Memory, cow.Changed);
+        Assert.Equal(new WalkResult.Translated(0x5008, PageSize.Size4K, new TranslationRights(false, true, true, 0)), impl.Result);
+        Assert.Equal(spec.Result, impl.Result);
+        // A in every entry, D in the PTE: found at their gpas, although the file holds them elsewhere.
+        Assert.Equal([new EntryUpdate(0x100000, 0x101003, 0x101023), new EntryUpdate(0x101000, 0x102003, 0x102023),
+                      new EntryUpdate(0x102010, 0x103003, 0x103023), new EntryUpdate(0x103000, 0x8000000000005003, 0x8000000000005063)],
+            impl.Changes.OrderBy(c => c.Gpa));
+        Assert.Equal(spec.Changes.OrderBy(c => c.Gpa), impl.Changes.OrderBy(c => c.Gpa));
+        Assert.Equal(0x101003UL, image.ReadQword(0x100000));   // the file is untouched
     }
 
     [Fact]
