@@ -22,12 +22,12 @@ public sealed class MachineOptions
     public readonly Option<bool> Pke = Cli.Flag("--pke", "CR4.PKE: protection keys (4/5-level paging)");
     public readonly Option<bool> Nxe = Cli.Flag("--nxe", "EFER.NXE: bit 63 is XD");
     public readonly Option<bool> Ac = Cli.Flag("--ac", "EFLAGS.AC: explicit supervisor accesses pass SMAP");
-    public readonly Option<ulong?> Pkru = Cli.HexNumber("--pkru", "PKRU (AD = bit 2k, WD = bit 2k+1 for key k)");
+    public readonly Option<ulong?> Pkru = Cli.HexNumber("--pkru", "PKRU, hex (AD = bit 2k, WD = bit 2k+1 for key k)");
     public readonly Option<ulong?> MaxPhyAddr = Cli.Number("--maxphyaddr", "MAXPHYADDR in bits, decimal: 36..52 (default 46)", "bits");
-    public readonly Option<ulong?> Cr0 = Cli.HexNumber("--cr0", "raw CR0; with --cr4/--efer decides mode and flags (overrides --mode and flags)");
-    public readonly Option<ulong?> Cr4 = Cli.HexNumber("--cr4", "raw CR4 (needs --cr0)");
-    public readonly Option<ulong?> Efer = Cli.HexNumber("--efer", "raw IA32_EFER (needs --cr0)");
-    public readonly Option<ulong?> Rflags = Cli.HexNumber("--rflags", "raw RFLAGS, for AC (needs --cr0)");
+    public readonly Option<ulong?> Cr0 = Cli.HexNumber("--cr0", "raw CR0, hex as debuggers print it (80050033 = 0x80050033); with --cr4/--efer decides mode and flags (overrides --mode and flags)");
+    public readonly Option<ulong?> Cr4 = Cli.HexNumber("--cr4", "raw CR4, hex (needs --cr0, or an ELF core)");
+    public readonly Option<ulong?> Efer = Cli.HexNumber("--efer", "raw IA32_EFER, hex (needs --cr0, or an ELF core: its note has no EFER)");
+    public readonly Option<ulong?> Rflags = Cli.HexNumber("--rflags", "raw RFLAGS, hex, for AC (needs --cr0, or an ELF core)");
 
     public readonly Option<ulong?> Cpu = Cli.Number("--cpu", "ELF core: whose QEMU note gives the registers not given here (default vCPU 0)", "N");
     public readonly Option<bool> QemuPdptes = Cli.Flag("--pdpte-as-qemu",
