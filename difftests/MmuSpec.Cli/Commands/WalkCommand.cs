@@ -14,8 +14,8 @@ public static class WalkCommand
     public static Command Create()
     {
         var machine = new MachineOptions();
-        var gva = Cli.Number("--gva", "linear address to translate (overrides the scenario's access)");
-        var accessType = Cli.Choice("--access", "access type", "read", "read", "write", "fetch");
+        var gva = Cli.HexNumber("--gva", "linear address to translate, hex (0x optional) (overrides the scenario's access)");
+        var accessType = Cli.Choice("--access", "access type (fetch = exec = x)", "read", [.. ScenarioJson.AccessTypeWords.Select(w => w.Word)]);
         var user = Cli.Flag("--user", "a user-mode access (CPL 3)");
         var @implicit = Cli.Flag("--implicit", "an implicit supervisor-mode access (GDT/IDT/TSS...)");
         var engine = Cli.Choice("--engine", "which side walks: the spec (with steps) or the impl (outcome + A/D only)", "spec", "spec", "impl");
@@ -31,11 +31,13 @@ public static class WalkCommand
             bool useImpl = p.GetValue(engine)!.Equals("impl", StringComparison.OrdinalIgnoreCase);
             if (p.GetValue(batch))
             {
-                foreach (var o in new Option[] { gva, accessType, user, @implicit, machine.Cr3, machine.Mode, machine.Cr0 })
+                foreach (var o in new Option[] { gva, accessType, user, @implicit, machine.Cr3, machine.Mode, machine.Cr0, machine.QemuPdptes })
                     if (p.Given(o)) throw new InputException($"{o.Name} cannot be combined with --batch: each line is a whole scenario");
                 return Batch(p.GetValue(machine.Scenario), p.GetValue(machine.Image), useImpl);
             }
 
+            if (useImpl && p.GetValue(machine.QemuPdptes))
+                throw new InputException("--pdpte-as-qemu needs --engine spec: the impl loads the PDPTEs itself, by the SDM's rule");
             var scenario = machine.Build(p, out var image);
             using var imageScope = image;
             scenario = WithAccessOverrides(scenario, p.GetValue(gva), p.Given(accessType) ? p.GetValue(accessType) : null,

@@ -21,18 +21,28 @@ public static class Cli
     /// <summary>A remark on stderr that does not change the outcome.</summary>
     public static void Note(string message) => Console.Error.WriteLine($"mmuspec: note: {OneLine(message)}");
 
+    /// <summary>A warning on stderr: the output is complete but probably not what the user meant.</summary>
+    public static void Warn(string message) => Console.Error.WriteLine($"mmuspec: warning: {OneLine(message)}");
+
     static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
-    /// <summary>An option taking a number in hex (0x...) or decimal.</summary>
-    public static Option<ulong?> Number(string name, string description, string helpName = "hex") => new(name)
+    /// <summary>An option taking a count or seed: decimal, or hex with 0x (a bare number is decimal).</summary>
+    public static Option<ulong?> Number(string name, string description, string helpName = "N") => NumberOption(name, description, helpName, bareIsHex: false);
+
+    /// <summary>
+    /// An option taking a register or an address: hex, 0x optional, as debuggers print them
+    /// (QEMU's <c>info registers</c> shows <c>CR0=80050033</c>); a bare number is never decimal.
+    /// </summary>
+    public static Option<ulong?> HexNumber(string name, string description, string helpName = "hex") => NumberOption(name, description, helpName, bareIsHex: true);
+
+    static Option<ulong?> NumberOption(string name, string description, string helpName, bool bareIsHex) => new(name)
     {
         Description = description,
         HelpName = helpName,
         CustomParser = r =>
         {
             string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-            ulong? v = Hex.TryParse(text);
-            if (v is null) r.AddError($"{name}: '{text}' is not a number (write hex as 0x1000, or decimal)");
+            if (Hex.Read(text, bareIsHex, out ulong v) is { } problem) { r.AddError($"{name}: {problem}"); return null; }
             return v;
         },
     };

@@ -7,9 +7,10 @@ namespace MmuSpec.Cli;
 
 /// <summary>
 /// The impl's view of a memory image: the file mapped a second time, copy-on-write, and registered
-/// as external memslots of a <see cref="GuestPhysicalMemory"/>. The impl's A/D writes land in
-/// private copies of the pages they touch; the file never changes. The walk's trace names the entries
-/// it changed (<see cref="ImplWalk"/>), and <see cref="Restore"/> puts them back. Slots are at most
+/// as external memslots of a <see cref="GuestPhysicalMemory"/>, one or more per segment (the whole
+/// file for raw memory, each PT_LOAD segment of an ELF core). The impl's A/D writes land in private
+/// copies of the pages they touch; the file never changes. The walk's trace names the entries it
+/// changed (<see cref="ImplWalk"/>), and <see cref="Restore"/> puts them back. Slots are at most
 /// 1 GiB each, so every slot's bytes are one span.
 /// </summary>
 public sealed unsafe class CopyOnWriteImage : IDisposable
@@ -28,9 +29,14 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
         pointer += view.PointerOffset;
         Memory = new GuestPhysicalMemory(pool);
-        ulong pages = pristine.Length >> 12;   // a partial last page is not guest memory, as in the spec
-        for (ulong gfn = 0; gfn < pages; gfn += SlotBytes >> 12)
-            Memory.AddExternalSlot(gfn, Math.Min(SlotBytes >> 12, pages - gfn), pointer + (gfn << 12));
+        foreach (var seg in pristine.Segments)
+        {
+            // Whole pages only: a partial page is not guest memory, as in the spec (MappedImage.Memslots).
+            ulong first = (seg.Gpa + 0xFFF) >> 12, end = seg.End >> 12;
+            byte* host = pointer + seg.FileOffset + ((first << 12) - seg.Gpa);
+            for (ulong gfn = first; gfn < end; gfn += SlotBytes >> 12)
+                Memory.AddExternalSlot(gfn, Math.Min(SlotBytes >> 12, end - gfn), host + ((gfn - first) << 12));
+        }
     }
 
     /// <summary>Guest memory for the impl, backed by the copy-on-write mapping.</summary>
@@ -40,12 +46,16 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
     public static CopyOnWriteImage Open(MappedImage pristine)
     {
         if (pristine.Length < Page) throw new InputException($"image '{pristine.Path}' is {pristine.Length} bytes: less than one 4 KiB page");
+        if (pristine.Segments.FirstOrDefault(s => (s.FileOffset & 7) != 0) is { } odd)
+            throw new InputException($"image '{pristine.Path}': the segment at gpa {Hex.Format(odd.Gpa)} starts at file offset {Hex.Format(odd.FileOffset)}, not 8-byte aligned: the impl cannot read it in place (use --engine spec)");
+        // Raw memory: whole pages (a partial last page is not guest memory); an ELF core: the whole file.
+        ulong viewBytes = pristine.Core is null ? pristine.FileLength & ~0xFFFUL : pristine.FileLength;
         var stream = new FileStream(pristine.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
         MemoryMappedFile? file = null;
         try
         {
             file = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.CopyOnWrite, HandleInheritability.None, leaveOpen: false);
-            var view = file.CreateViewAccessor(0, (long)(pristine.Length & ~0xFFFUL), MemoryMappedFileAccess.CopyOnWrite);
+            var view = file.CreateViewAccessor(0, (long)viewBytes, MemoryMappedFileAccess.CopyOnWrite);
             return new CopyOnWriteImage(pristine, file, view);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -12,8 +12,8 @@ namespace MmuSpec.Cli;
 public sealed class MachineOptions
 {
     public readonly Option<FileInfo?> Scenario = new("--scenario") { Description = "JSON scenario file (docs/json-format.md)", HelpName = "file.json" };
-    public readonly Option<FileInfo?> Image = new("--image") { Description = "raw guest-physical memory image, file offset = gpa (QEMU pmemsave)", HelpName = "file" };
-    public readonly Option<ulong?> Cr3 = Cli.Number("--cr3", "CR3 (with --image)");
+    public readonly Option<FileInfo?> Image = new("--image") { Description = "guest memory: a raw image (file offset = gpa, QEMU pmemsave) or an ELF core (QEMU dump-guest-memory; its QEMU note gives CR0/CR3/CR4/RFLAGS not given here)", HelpName = "file" };
+    public readonly Option<ulong?> Cr3 = Cli.HexNumber("--cr3", "CR3, hex (0x optional; with --image)");
     public readonly Option<string?> Mode = new("--mode") { Description = "paging mode", HelpName = "bits32|pae|long4|long5" };
     public readonly Option<bool> Wp = Cli.Flag("--wp", "CR0.WP: supervisor writes honour R/W");
     public readonly Option<bool> Pse = Cli.Flag("--pse", "CR4.PSE: 4M pages in 32-bit paging");
@@ -22,20 +22,25 @@ public sealed class MachineOptions
     public readonly Option<bool> Pke = Cli.Flag("--pke", "CR4.PKE: protection keys (4/5-level paging)");
     public readonly Option<bool> Nxe = Cli.Flag("--nxe", "EFER.NXE: bit 63 is XD");
     public readonly Option<bool> Ac = Cli.Flag("--ac", "EFLAGS.AC: explicit supervisor accesses pass SMAP");
-    public readonly Option<ulong?> Pkru = Cli.Number("--pkru", "PKRU (AD = bit 2k, WD = bit 2k+1 for key k)");
-    public readonly Option<ulong?> MaxPhyAddr = Cli.Number("--maxphyaddr", "MAXPHYADDR, 36..52 (default 46)", "bits");
-    public readonly Option<ulong?> Cr0 = Cli.Number("--cr0", "raw CR0; with --cr4/--efer decides mode and flags (overrides --mode and flags)");
-    public readonly Option<ulong?> Cr4 = Cli.Number("--cr4", "raw CR4 (needs --cr0)");
-    public readonly Option<ulong?> Efer = Cli.Number("--efer", "raw IA32_EFER (needs --cr0)");
-    public readonly Option<ulong?> Rflags = Cli.Number("--rflags", "raw RFLAGS, for AC (needs --cr0)");
+    public readonly Option<ulong?> Pkru = Cli.HexNumber("--pkru", "PKRU, hex (AD = bit 2k, WD = bit 2k+1 for key k)");
+    public readonly Option<ulong?> MaxPhyAddr = Cli.Number("--maxphyaddr", "MAXPHYADDR in bits, decimal: 36..52 (default 46)", "bits");
+    public readonly Option<ulong?> Cr0 = Cli.HexNumber("--cr0", "raw CR0, hex as debuggers print it (80050033 = 0x80050033); with --cr4/--efer decides mode and flags (overrides --mode and flags)");
+    public readonly Option<ulong?> Cr4 = Cli.HexNumber("--cr4", "raw CR4, hex (needs --cr0, or an ELF core)");
+    public readonly Option<ulong?> Efer = Cli.HexNumber("--efer", "raw IA32_EFER, hex (needs --cr0, or an ELF core: its note has no EFER)");
+    public readonly Option<ulong?> Rflags = Cli.HexNumber("--rflags", "raw RFLAGS, hex, for AC (needs --cr0, or an ELF core)");
 
-    Option[] ControlOptions => [Cr3, Mode, Wp, Pse, Smep, Smap, Pke, Nxe, Ac, Pkru, MaxPhyAddr, Cr0, Cr4, Efer, Rflags];
+    public readonly Option<ulong?> Cpu = Cli.Number("--cpu", "ELF core: whose QEMU note gives the registers not given here (default vCPU 0)", "N");
+    public readonly Option<bool> QemuPdptes = Cli.Flag("--pdpte-as-qemu",
+        "PAE: ignore PDPTE bits 8:5 at MOV CR3 as QEMU TCG does (it sets A, bit 5, in PDPTEs it walked; the SDM reserves 8:5 and would #GP)");
+
+    Option[] ControlOptions => [Cr3, Mode, Wp, Pse, Smep, Smap, Pke, Nxe, Ac, Pkru, MaxPhyAddr, Cr0, Cr4, Efer, Rflags, Cpu];
 
     public void AddTo(Command command)
     {
         command.Add(Scenario);
         command.Add(Image);
         foreach (var o in ControlOptions) command.Add(o);
+        command.Add(QemuPdptes);
     }
 
     /// <summary>
@@ -43,6 +48,12 @@ public sealed class MachineOptions
     /// <paramref name="image"/>; the caller disposes it.
     /// </summary>
     public Scenario Build(ParseResult p, out MappedImage? image)
+    {
+        var scenario = BuildAsGiven(p, out image);
+        return p.GetValue(QemuPdptes) ? scenario.WithQemuPdptes() : scenario;
+    }
+
+    Scenario BuildAsGiven(ParseResult p, out MappedImage? image)
     {
         image = null;
         var scenarioFile = p.GetValue(Scenario);
@@ -59,30 +70,31 @@ public sealed class MachineOptions
         }
         if (imageFile is null)
             throw new InputException("no address space: give --scenario FILE, or --image FILE with --cr3 and --mode (or raw --cr0/--cr4/--efer)");
+        if (p.GetValue(Mode) is not null || p.GetValue(Cr0) is not null) Input(p).Build();   // a typo in the controls first, before the file
 
-        var controls = Controls(p);
-        ulong cr3 = p.GetValue(Cr3) ?? throw new InputException("--cr3 is required with --image");
         image = MappedImage.Open(imageFile.ToString());
-        try { return Harness.Images.Scenario.FromImage(controls, cr3, image, access: null); }
+        try
+        {
+            int cpu = (int)Math.Min(p.GetValue(Cpu) ?? 0, int.MaxValue);
+            var (input, cr3, source) = Input(p).WithDumpRegisters(p.GetValue(Cr3), image, cpu);
+            if (source is not null) Cli.Note("registers " + source);
+            var controls = input.Build();
+            if (input.UsesRegisters && input.HasModeOrFlags)
+                Cli.Note($"raw registers given: the mode and flags come from them ({controls}); --mode and flag options are ignored");
+            return Harness.Images.Scenario.FromImage(controls, cr3, image, access: null);
+        }
         catch { image.Dispose(); image = null; throw; }
     }
 
-    PagingControls Controls(ParseResult p)
+    ControlsInput Input(ParseResult p) => new()
     {
-        var input = new ControlsInput
-        {
-            Mode = p.GetValue(Mode),
-            Wp = p.GetValue(Wp), Pse = p.GetValue(Pse), Smep = p.GetValue(Smep), Smap = p.GetValue(Smap),
-            Pke = p.GetValue(Pke), Nxe = p.GetValue(Nxe), Ac = p.GetValue(Ac),
-            Pkru = p.GetValue(Pkru), MaxPhyAddr = p.GetValue(MaxPhyAddr),
-            Cr0 = p.GetValue(Cr0), Cr4 = p.GetValue(Cr4), Efer = p.GetValue(Efer), Rflags = p.GetValue(Rflags),
-            Names = n => "--" + n,
-        };
-        var controls = input.Build();
-        if (input.UsesRegisters && input.HasModeOrFlags)
-            Cli.Note($"--cr0 given: the mode and flags come from the registers ({controls}); --mode and flag options are ignored");
-        return controls;
-    }
+        Mode = p.GetValue(Mode),
+        Wp = p.GetValue(Wp), Pse = p.GetValue(Pse), Smep = p.GetValue(Smep), Smap = p.GetValue(Smap),
+        Pke = p.GetValue(Pke), Nxe = p.GetValue(Nxe), Ac = p.GetValue(Ac),
+        Pkru = p.GetValue(Pkru), MaxPhyAddr = p.GetValue(MaxPhyAddr),
+        Cr0 = p.GetValue(Cr0), Cr4 = p.GetValue(Cr4), Efer = p.GetValue(Efer), Rflags = p.GetValue(Rflags),
+        Names = n => "--" + n,
+    };
 
     /// <summary>
     /// Runs <paramref name="body"/>, naming the scenario file in front of any bad-input error it

@@ -34,13 +34,13 @@ public static class WalkText
             sb.AppendLine();
             sb.AppendLine(table.Render("  "));
             sb.AppendLine();
-            sb.AppendLine($"result   {r.Result}");
+            sb.AppendLine($"result   {GpText.Result(r.Result)}");
             sb.AppendLine($"rule     {e.Rule}");
         }
         else
         {
             sb.AppendLine($"engine   {r.Engine} (keeps no trace: outcome and A/D changes only; use --engine spec for the steps)");
-            sb.AppendLine($"result   {r.Result}");
+            sb.AppendLine($"result   {GpText.Result(r.Result)}");
         }
         if (r.Changes.IsEmpty) sb.AppendLine("A/D      no entry changed");
         for (int i = 0; i < r.Changes.Length; i++)
@@ -68,7 +68,7 @@ public static class WalkText
     }
 
     public static string Memory(Scenario s) => s.Image is MappedImage m
-        ? $"image {m.Path} ({Hex.Size(m.Length)}, {m.Length} bytes)"
+        ? m.Describe()
         : s.Image is { } img ? $"image of {img.Length} bytes"
         : $"{string.Join(", ", s.Slots)}; {s.Memory.Length} word{(s.Memory.Length == 1 ? "" : "s")} given";
 }

@@ -23,6 +23,8 @@ public sealed class MapStats
     public long ReservedEntries { get; internal set; }
     /// <summary>The first such entry: (name, gpa, raw, reserved bits).</summary>
     public (string Name, ulong Gpa, ulong Raw, ulong Reserved)? FirstReserved { get; internal set; }
+    /// <summary>Skipped entries per reserved bit set (an entry with two such bits counts under both).</summary>
+    public SortedDictionary<int, long> ReservedByBit { get; } = new();
     /// <summary>Tables referenced by a present entry but outside guest memory (beyond the image).</summary>
     public long TablesOutsideMemory { get; internal set; }
     public (string Name, ulong Gpa, ulong Table)? FirstOutside { get; internal set; }
@@ -30,6 +32,86 @@ public sealed class MapStats
     public long TablesRead { get; internal set; }
     /// <summary>The enumeration stopped early (the consumer asked it to, e.g. --limit).</summary>
     public bool Truncated { get; internal set; }
+
+    /// <summary>More entries than this skipped for one reserved bit look like wrong controls, not a guest's doing.</summary>
+    public const long SuspiciousReservedCount = 3;
+
+    /// <summary>
+    /// Warnings for a dump that skipped many entries for one reserved bit, naming the likely cause:
+    /// most often a guest that sets XD everywhere, dumped with EFER.NXE=0 because only --mode was given.
+    /// </summary>
+    public IEnumerable<string> Warnings(PagingControls c)
+    {
+        foreach (var (bit, count) in ReservedByBit)
+        {
+            if (count <= SuspiciousReservedCount) continue;
+            string entries = $"{count} entries skipped because they set bit {bit}";
+            if (bit == PagingEntry.XdBit && !c.EferNxe && c.Mode != PagingMode.Bits32)
+                yield return $"{entries} (XD), reserved because EFER.NXE=0: did you mean --nxe, or the raw registers --cr0/--cr4/--efer as the guest's debugger prints them (EFER bit 11 is NXE)?";
+            else if (bit >= c.MaxPhyAddr && bit <= 51)
+                yield return $"{entries}, reserved because MAXPHYADDR is {c.MaxPhyAddr}: did you mean --maxphyaddr {bit + 1} or more (the guest CPU's)?";
+            else
+                yield return $"{entries}, reserved in {c.Mode.Name()} paging with these controls: check --mode and the registers";
+        }
+    }
+}
+
+/// <summary>A linear-address range [<see cref="Start"/>, <see cref="End"/>) (End exclusive; null: to the top).</summary>
+public sealed record AddressRange(ulong Start, ulong? End)
+{
+    /// <summary>True when the inclusive range [first, last] overlaps this one.</summary>
+    public bool Overlaps(ulong first, ulong last) => last >= Start && (End is not { } e || first < e);
+
+    /// <summary>"START-END" in hex, 0x optional, END exclusive ("ffffffff81000000-ffffffff82000000"); END may be empty (to the top).</summary>
+    public static AddressRange Parse(string text, string what)
+    {
+        int dash = text.IndexOf('-', StringComparison.Ordinal);
+        if (dash < 0) throw new InputException($"{what}: '{text}' is not a range (write START-END in hex, END exclusive: ffffffff81000000-ffffffff82000000)");
+        ulong start = Hex.ParseHex(text[..dash], what);
+        string rest = text[(dash + 1)..].Trim();
+        ulong? end = rest.Length == 0 ? null : Hex.ParseHex(rest, what);
+        if (end is { } e && e <= start) throw new InputException($"{what}: the end {Hex.Format(e)} is not above the start {Hex.Format(start)} (END is exclusive)");
+        return new AddressRange(start, end);
+    }
+}
+
+/// <summary>
+/// Contiguous mappings with the same effective rights merged into one run, as QEMU's <c>info mem</c>
+/// shows an address space: the virtual range, its size, the rights, and how many leaf entries map it.
+/// </summary>
+public sealed record MappingRun(ulong Virtual, ulong Last, TranslationRights Rights, long Mappings, ulong? Physical)
+{
+    /// <summary>Bytes in the run (0 for the whole 2^64, which no mode can map).</summary>
+    public ulong Bytes => Last - Virtual + 1;
+
+    /// <summary>Feeds mappings in ascending order; calls <paramref name="emit"/> with each finished run.</summary>
+    public sealed class Builder(Func<MappingRun, bool> emit)
+    {
+        MappingRun? open;
+
+        /// <summary>Adds a mapping; false when the consumer asked to stop.</summary>
+        public bool Add(Mapping m)
+        {
+            if (open is { } r && r.Last != ulong.MaxValue && r.Last + 1 == m.Virtual && r.Rights == m.Rights)
+            {
+                // The physical start is kept only while the run is physically contiguous too.
+                ulong? physical = r.Physical is { } p && p + r.Bytes == m.Physical ? p : null;
+                open = r with { Last = m.VirtualLast, Mappings = r.Mappings + 1, Physical = physical };
+                return true;
+            }
+            bool more = Flush();
+            open = new MappingRun(m.Virtual, m.VirtualLast, m.Rights, 1, m.Physical);
+            return more;
+        }
+
+        /// <summary>Emits the run under way, if any.</summary>
+        public bool Flush()
+        {
+            if (open is not { } r) return true;
+            open = null;
+            return emit(r);
+        }
+    }
 }
 
 /// <summary>
@@ -38,7 +120,7 @@ public sealed class MapStats
 /// judged with the spec's own rules (<see cref="PagingLevels"/> for indexing, what maps a page and
 /// frame addresses; <see cref="ReservedBits"/> for reserved bits; <see cref="PagingEntry"/> for
 /// flags), and the rights are combined the way <see cref="PageWalk"/> combines them (SDM §4.6).
-/// Nothing is coalesced: one line per leaf entry.
+/// One line per leaf entry; <see cref="MappingRun"/> coalesces them.
 /// </summary>
 public sealed class AddressSpaceMap
 {
@@ -48,31 +130,43 @@ public sealed class AddressSpaceMap
     readonly PagingMode mode;
     readonly int entryBytes;
     readonly Func<Mapping, bool> emit;
+    readonly AddressRange? range;
     readonly MapStats stats = new();
     bool stopped;
 
-    AddressSpaceMap(CpuState cpu, GuestMemory memory, Func<Mapping, bool> emit)
+    AddressSpaceMap(CpuState cpu, GuestMemory memory, Func<Mapping, bool> emit, AddressRange? range)
     {
-        this.cpu = cpu; this.memory = memory; this.emit = emit;
+        this.cpu = cpu; this.memory = memory; this.emit = emit; this.range = range;
         c = cpu.Controls; mode = c.Mode; entryBytes = mode.EntryBytes();
     }
 
     /// <summary>
     /// Calls <paramref name="emit"/> for each mapping until it returns false. The root table itself
     /// must be in guest memory (an <see cref="InputException"/> otherwise, naming the image's length).
+    /// With <paramref name="range"/>, only mappings that overlap it (listed whole); tables wholly
+    /// outside it are not read.
     /// </summary>
-    public static MapStats Enumerate(CpuState cpu, GuestMemory memory, Func<Mapping, bool> emit)
+    public static MapStats Enumerate(CpuState cpu, GuestMemory memory, Func<Mapping, bool> emit, AddressRange? range = null)
     {
-        var map = new AddressSpaceMap(cpu, memory, emit);
+        var map = new AddressSpaceMap(cpu, memory, emit, range);
         map.Run();
         return map.stats;
     }
 
+    /// <summary>Calls <paramref name="emit"/> for each run of contiguous mappings with the same rights (<see cref="MappingRun"/>) until it returns false.</summary>
+    public static MapStats EnumerateRuns(CpuState cpu, GuestMemory memory, Func<MappingRun, bool> emit, AddressRange? range = null)
+    {
+        var runs = new MappingRun.Builder(emit);
+        var stats = Enumerate(cpu, memory, runs.Add, range);
+        if (!stats.Truncated) runs.Flush();   // the last run; reaching the limit with it leaves nothing out
+        return stats;
+    }
+
     /// <summary>All mappings as a list (for tests and small address spaces).</summary>
-    public static (List<Mapping> Mappings, MapStats Stats) List(CpuState cpu, GuestMemory memory, int limit = int.MaxValue)
+    public static (List<Mapping> Mappings, MapStats Stats) List(CpuState cpu, GuestMemory memory, int limit = int.MaxValue, AddressRange? range = null)
     {
         var list = new List<Mapping>();
-        var stats = Enumerate(cpu, memory, m => { list.Add(m); return list.Count < limit; });
+        var stats = Enumerate(cpu, memory, m => { list.Add(m); return list.Count < limit; }, range);
         return (list, stats);
     }
 
@@ -84,7 +178,7 @@ public sealed class AddressSpaceMap
             for (int i = 0; i < 4 && !stopped; i++)
             {
                 var pdpte = new PagingEntry(cpu.Pdptes[i]);
-                if (!pdpte.Present) continue;
+                if (!pdpte.Present || !InRange((ulong)i << 30, 30)) continue;
                 Table(2, PagingLevels.FrameAddress(c, 3, pdpte, mapsPage: false), (ulong)i << 30, TranslationRights.All, "PDPTE", null);
             }
             return;
@@ -123,6 +217,8 @@ public sealed class AddressSpaceMap
             }
             var entry = new PagingEntry(raw);
             if (!entry.Present) continue;
+            ulong va = vaBase | ((ulong)i << shift);
+            if (!InRange(va, shift)) continue;
 
             bool mapsPage = PagingLevels.MapsPage(c, level, entry);
             ulong reserved = raw & ReservedBits.Mask(c, level, mapsPage);
@@ -130,11 +226,15 @@ public sealed class AddressSpaceMap
             {
                 stats.ReservedEntries++;
                 stats.FirstReserved ??= (name, entryGpa, raw, reserved);
+                for (ulong bits = reserved; bits != 0; bits &= bits - 1)
+                {
+                    int bit = System.Numerics.BitOperations.TrailingZeroCount(bits);
+                    stats.ReservedByBit[bit] = stats.ReservedByBit.GetValueOrDefault(bit) + 1;
+                }
                 continue;
             }
 
             var folded = PageWalk.FoldRights(c, rights, entry);
-            ulong va = vaBase | ((ulong)i << shift);
             ulong frame = PagingLevels.FrameAddress(c, level, entry, mapsPage);
             if (!mapsPage)
             {
@@ -152,6 +252,37 @@ public sealed class AddressSpaceMap
                 stats.Truncated = true;
             }
         }
+    }
+
+    /// <summary>Whether the 2^<paramref name="shift"/> bytes an entry covers from <paramref name="va"/> overlap the range.</summary>
+    bool InRange(ulong va, int shift)
+    {
+        if (range is null) return true;
+        ulong first = Canonical(va);   // the span shares its top bit, so it stays contiguous once sign-extended
+        return range.Overlaps(first, first + ((1UL << shift) - 1));
+    }
+
+    /// <summary>
+    /// The leaf's flags as a debugger shows them: P, W/R, U/S, PWT, PCD, A, D, PS, PAT, G, XD and the
+    /// protection key (SDM Tables 4-6..4-20: PAT is bit 7 of a PTE, bit 12 of a large-page entry;
+    /// G exists only in leaves; XD only in 8-byte entries; the key in IA-32e leaves with CR4.PKE).
+    /// </summary>
+    public static string LeafFlags(PagingControls c, Mapping m)
+    {
+        ulong raw = m.Leaf.Raw;
+        bool wide = c.Mode.EntryBytes() == 8;
+        var f = new List<string> { "P", (raw & 2) != 0 ? "W" : "R", (raw & 4) != 0 ? "U" : "S" };
+        if ((raw & (1UL << 3)) != 0) f.Add("PWT");
+        if ((raw & (1UL << 4)) != 0) f.Add("PCD");
+        if (m.Leaf.IsAccessed) f.Add("A");
+        if (m.Leaf.IsDirty) f.Add("D");
+        bool large = m.Level > 1;
+        if (large) f.Add("PS");
+        if ((raw & (1UL << (large ? 12 : 7))) != 0) f.Add("PAT");
+        if ((raw & (1UL << 8)) != 0) f.Add("G");
+        if (wide && m.Leaf.Xd) f.Add("XD");
+        if (c.Mode.IsLongMode() && c.Cr4Pke) f.Add($"PK={m.Leaf.ProtectionKey}");
+        return string.Join(' ', f);
     }
 
     /// <summary>The lowest linear-address bit a level's index covers (the spec's rule).</summary>

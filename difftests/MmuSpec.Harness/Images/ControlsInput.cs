@@ -34,6 +34,45 @@ public sealed record ControlsInput
     /// <summary>Whether a mode or a flag was given that raw registers override.</summary>
     public bool HasModeOrFlags => Mode is not null || Wp || Pse || Smep || Smap || Pke || Nxe || Ac;
 
+    /// <summary>
+    /// Fills what the user did not give from the registers an ELF core carries (QEMU's note for
+    /// vCPU <paramref name="cpu"/>): CR3 unless given; CR0, CR4 and RFLAGS unless a mode or CR0 was
+    /// given. The note holds no EFER, so with CR4.PAE set EFER must come from the user (it decides
+    /// long mode and NXE). Returns the controls input, CR3 and a line saying where each came from.
+    /// </summary>
+    public (ControlsInput Controls, ulong Cr3, string? Source) WithDumpRegisters(ulong? cr3, MappedImage image, int cpu = 0)
+    {
+        if (image.Core is not { } core || core.Cpus.Count == 0)
+        {
+            if (cr3 is null)
+                throw new InputException(image.Core is null
+                    ? $"{Names("cr3")} is required with a raw image (it holds no registers)"
+                    : $"{Names("cr3")} is required: the ELF core '{image.Path}' has no QEMU note with the registers");
+            return (this, cr3.Value, null);
+        }
+        if (cpu < 0 || cpu >= core.Cpus.Count)
+            throw new InputException($"{Names("cpu")} {cpu}: the ELF core has QEMU notes for {core.Cpus.Count} vCPU{(core.Cpus.Count == 1 ? "" : "s")} (0..{core.Cpus.Count - 1})");
+        var note = core.Cpus[cpu];
+        var taken = new List<string>();
+        var input = this;
+        if (cr3 is null) taken.Add($"CR3={Hex.Format(note.Cr3)}");
+        if (Mode is null && Cr0 is null)
+        {
+            const ulong Cr4Pae = 1UL << 5;
+            ulong cr4 = Cr4 ?? note.Cr4;
+            if (Efer is null && (cr4 & Cr4Pae) != 0)
+                throw new InputException($"the ELF core's QEMU note holds CR0, CR3, CR4 and RFLAGS but not EFER, which decides long mode and NXE with CR4.PAE set: give {Names("efer")} (QEMU's info registers prints EFER=...)");
+            input = this with { Cr0 = note.Cr0, Cr4 = cr4, Rflags = Rflags ?? note.Rflags, Efer = Efer ?? 0 };
+            taken.Add($"CR0={Hex.Format(note.Cr0)}");
+            if (Cr4 is null) taken.Add($"CR4={Hex.Format(note.Cr4)}");
+            if (Rflags is null) taken.Add($"RFLAGS={Hex.Format(note.Rflags)}");
+        }
+        string? source = taken.Count == 0 ? null
+            : $"from the ELF core's QEMU note for vCPU {cpu}{(core.Cpus.Count > 1 ? $" of {core.Cpus.Count}" : "")}: {string.Join(' ', taken)}"
+              + (input.Cr0 is not null && Cr0 is null && Efer is not null ? $"; EFER={Hex.Format(Efer.Value)} from {Names("efer")}" : "");
+        return (input, cr3 ?? note.Cr3, source);
+    }
+
     public PagingControls Build()
     {
         int maxPhyAddr = 46;

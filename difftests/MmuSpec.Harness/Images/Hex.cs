@@ -3,23 +3,49 @@ using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Harness.Images;
 
-/// <summary>Numbers as kernel engineers write them: 0x-prefixed hex or decimal, '_' allowed between digits.</summary>
+/// <summary>
+/// Numbers as kernel engineers write them. Registers and addresses are hex, with or without
+/// <c>0x</c>, because that is how debuggers print them (QEMU's <c>info registers</c>: <c>CR0=80050033</c>):
+/// reading a pasted <c>80050033</c> as decimal would silently walk another machine. Counts and
+/// seeds are decimal unless <c>0x</c>-prefixed. <c>_</c> is allowed between digits in both.
+/// </summary>
 public static class Hex
 {
-    /// <summary>Parses "0x1000", "0X1000", "4096" or "0xffff_8880_0000_0000"; null when it is not a number.</summary>
-    public static ulong? TryParse(string? text)
-    {
-        if (text is null) return null;
-        string t = text.Trim().Replace("_", "", StringComparison.Ordinal);
-        if (t.Length == 0 || t.StartsWith('-') || t.StartsWith('+')) return null;
-        if (t.StartsWith("0x", StringComparison.OrdinalIgnoreCase))
-            return t.Length > 2 && ulong.TryParse(t.AsSpan(2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out ulong h) ? h : null;
-        return ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out ulong d) ? d : null;
-    }
+    /// <summary>Parses "0x1000", "0X1000", "4096" (decimal) or "0xffff_8880_0000_0000"; null when it is not a number that fits in 64 bits.</summary>
+    public static ulong? TryParse(string? text) => Read(text, bareIsHex: false, out ulong v) is null ? v : null;
 
-    /// <summary>Parses a number or throws an <see cref="InputException"/> naming <paramref name="what"/>.</summary>
+    /// <summary>Parses a register or address: hex with or without 0x ("80050033", "0x1000", "ffff_8880_0000_0000"); null otherwise.</summary>
+    public static ulong? TryParseHex(string? text) => Read(text, bareIsHex: true, out ulong v) is null ? v : null;
+
+    /// <summary>A count or seed: decimal, or hex with 0x. Throws an <see cref="InputException"/> naming <paramref name="what"/>.</summary>
     public static ulong Parse(string text, string what) =>
-        TryParse(text) ?? throw new InputException($"{what}: '{text}' is not a number (write hex as 0x1000, or decimal)");
+        Read(text, bareIsHex: false, out ulong v) is { } problem ? throw new InputException($"{what}: {problem}") : v;
+
+    /// <summary>A register or address: hex, 0x optional. Throws an <see cref="InputException"/> naming <paramref name="what"/>.</summary>
+    public static ulong ParseHex(string text, string what) =>
+        Read(text, bareIsHex: true, out ulong v) is { } problem ? throw new InputException($"{what}: {problem}") : v;
+
+    /// <summary>
+    /// Reads <paramref name="text"/> as a number: null on success, else what is wrong with it, in
+    /// words fit for "--cr3: ..." (a number too wide is "larger than 64 bits", not "not a number").
+    /// </summary>
+    public static string? Read(string? text, bool bareIsHex, out ulong value)
+    {
+        value = 0;
+        string t = (text ?? "").Trim().Replace("_", "", StringComparison.Ordinal);
+        bool prefixed = t.StartsWith("0x", StringComparison.OrdinalIgnoreCase);
+        bool hex = prefixed || bareIsHex;
+        string digits = prefixed ? t[2..] : t;
+        string shown = $"'{text}'";
+        if (digits.Length == 0 || !digits.All(hex ? char.IsAsciiHexDigit : char.IsAsciiDigit))
+            return bareIsHex
+                ? $"{shown} is not a hex number (registers and addresses are hex, 0x optional: 80050033, 0x1000)"
+                : $"{shown} is not a number (decimal, or hex as 0x1000)";
+        bool ok = hex
+            ? ulong.TryParse(digits, NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out value)
+            : ulong.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out value);
+        return ok ? null : $"{shown} is larger than 64 bits";
+    }
 
     /// <summary>0x-prefixed lower-case hex, as the spec prints it.</summary>
     public static string Format(ulong value) => Bits.Hex(value);

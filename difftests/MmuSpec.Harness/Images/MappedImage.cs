@@ -6,10 +6,12 @@ using MmuSpec.Spec.Memory;
 namespace MmuSpec.Harness.Images;
 
 /// <summary>
-/// A guest-physical memory image (file offset = gpa, as QEMU's <c>pmemsave</c> writes it) mapped
-/// read-only into the process. Nothing is copied: <see cref="ReadQword"/> reads the mapped page
-/// through a pointer pinned once for the image's lifetime, so a walk over a multi-GiB dump costs
-/// a few nanoseconds per entry and touches only the pages it reads.
+/// A guest-physical memory image mapped read-only into the process: raw memory (file offset = gpa,
+/// as QEMU's <c>pmemsave</c> writes it) or an ELF core (QEMU's <c>dump-guest-memory</c>: each PT_LOAD
+/// segment maps its p_paddr range to a file range; <see cref="ElfCore"/>). Nothing is copied:
+/// <see cref="ReadQword"/> reads the mapped page through a pointer pinned once for the image's
+/// lifetime, so a walk over a multi-GiB dump costs a few nanoseconds per entry and touches only
+/// the pages it reads. A file whose header shows another format is refused when opened.
 /// </summary>
 public sealed class MappedImage : IPhysicalMemoryImage, IDisposable
 {
@@ -19,20 +21,85 @@ public sealed class MappedImage : IPhysicalMemoryImage, IDisposable
     readonly nint start;      // first byte of the file in the view
     bool pinned;
 
+    readonly ImageSegment[]? segments;   // sorted by gpa; null for raw memory
+    int lastSegment;
+
     MappedImage(string path, ulong length, MemoryMappedFile file, MemoryMappedViewAccessor view)
     {
-        Path = path; Length = length; this.file = file; this.view = view;
+        Path = path; FileLength = length; Length = length; this.file = file; this.view = view;
         handle = view.SafeMemoryMappedViewHandle;
         // One AddRef for the whole lifetime instead of one per read (SafeBuffer.Read<T> does it per call).
         handle.DangerousAddRef(ref pinned);
         start = handle.DangerousGetHandle() + (nint)view.PointerOffset;
+        try
+        {
+            Core = ElfCore.Inspect(path, length, (offset, count) =>
+            {
+                var bytes = new byte[count];
+                handle.ReadSpan((ulong)view.PointerOffset + offset, bytes.AsSpan());
+                return bytes;
+            });
+        }
+        catch
+        {
+            pinned = false;
+            handle.DangerousRelease();
+            throw;
+        }
+        if (Core is { } core)
+        {
+            segments = [.. core.Segments];
+            Length = segments[^1].End;
+        }
     }
 
     /// <summary>The file the image was mapped from.</summary>
     public string Path { get; }
 
-    /// <summary>Size of the file in bytes: gpas at or above it are outside guest memory.</summary>
+    /// <summary>
+    /// The top of guest-physical memory the image holds: the file's size for raw memory (gpas at or
+    /// above it are outside guest memory), the end of the highest segment for an ELF core.
+    /// </summary>
     public ulong Length { get; }
+
+    /// <summary>Size of the file in bytes.</summary>
+    public ulong FileLength { get; }
+
+    /// <summary>The ELF core's layout and QEMU's register notes; null for raw memory.</summary>
+    public ElfCoreInfo? Core { get; }
+
+    /// <summary>Where guest memory lies in the file: one segment at offset 0 for raw memory, the PT_LOAD segments (by gpa) for an ELF core.</summary>
+    public IReadOnlyList<ImageSegment> Segments => segments ?? [new ImageSegment(0, 0, Length)];
+
+    /// <summary>The guest memory the image backs: whole 4 KiB pages from gpa 0 (raw), or inside each segment (ELF core).</summary>
+    public IReadOnlyList<Memslot> Memslots => segments is null
+        ? [new Memslot(0, Length >> Memslot.PageShift)]
+        : ElfCore.Memslots(segments);
+
+    /// <summary>How the image is described to the user.</summary>
+    public string Describe() => Core is { } core
+        ? $"image {Path} ({core.Describe()}; {Hex.Size(Memslots.Aggregate(0UL, (sum, s) => sum + (s.Pages << Memslot.PageShift)))} of memory up to gpa {Hex.Format(Length)})"
+        : $"image {Path} ({Hex.Size(Length)}, {Length} bytes)";
+
+    /// <summary>The file offset holding <paramref name="bytes"/> bytes at <paramref name="gpa"/>, or null when the image holds none there.</summary>
+    public ulong? FileOffset(ulong gpa, ulong bytes)
+    {
+        if (segments is null) return gpa <= Length && bytes <= Length - gpa ? gpa : null;
+        var s = segments[lastSegment];
+        if (gpa < s.Gpa || gpa >= s.End)
+        {
+            int lo = 0, hi = segments.Length - 1, found = -1;
+            while (lo <= hi)
+            {
+                int mid = (lo + hi) >>> 1;
+                if (segments[mid].Gpa <= gpa) { found = mid; lo = mid + 1; } else hi = mid - 1;
+            }
+            if (found < 0) return null;
+            lastSegment = found;
+            s = segments[found];
+        }
+        return gpa >= s.Gpa && bytes <= s.End - gpa ? s.FileOffset + (gpa - s.Gpa) : null;
+    }
 
     /// <summary>
     /// The view's first byte. Valid until <see cref="Dispose"/>; for code that compares whole pages
@@ -55,7 +122,14 @@ public sealed class MappedImage : IPhysicalMemoryImage, IDisposable
             file = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
             stream = null;   // owned by the mapping now
             var view = file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            return new MappedImage(path, length, file, view);
+            try { return new MappedImage(path, length, file, view); }
+            catch { view.Dispose(); throw; }
+        }
+        catch (InputException)
+        {
+            file?.Dispose();
+            stream?.Dispose();
+            throw;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -65,23 +139,23 @@ public sealed class MappedImage : IPhysicalMemoryImage, IDisposable
         }
     }
 
-    /// <summary>The little-endian qword at an 8-aligned <paramref name="gpa"/> below <see cref="Length"/> - 7.</summary>
+    /// <summary>The little-endian qword at an 8-aligned <paramref name="gpa"/> the image holds.</summary>
     public ulong ReadQword(ulong gpa)
     {
         ObjectDisposedException.ThrowIf(!pinned, this);
-        if (Length < 8 || gpa > Length - 8)
-            throw new ArgumentOutOfRangeException(nameof(gpa), gpa, $"qword at gpa {Hex.Format(gpa)} is beyond the {Length}-byte image");
-        ulong v = (ulong)Marshal.ReadInt64(start + (nint)gpa);
+        ulong offset = FileOffset(gpa, 8)
+            ?? throw new ArgumentOutOfRangeException(nameof(gpa), gpa, $"qword at gpa {Hex.Format(gpa)} is not in the image");
+        ulong v = (ulong)Marshal.ReadInt64(start + (nint)offset);
         return BitConverter.IsLittleEndian ? v : System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(v);
     }
 
-    /// <summary>Copies <paramref name="destination"/>.Length bytes starting at <paramref name="gpa"/>.</summary>
+    /// <summary>Copies <paramref name="destination"/>.Length bytes starting at <paramref name="gpa"/> (within one segment of an ELF core).</summary>
     public void ReadBytes(ulong gpa, Span<byte> destination)
     {
         ObjectDisposedException.ThrowIf(!pinned, this);
-        if (gpa > Length || (ulong)destination.Length > Length - gpa)
-            throw new ArgumentOutOfRangeException(nameof(gpa), gpa, $"{destination.Length} bytes at gpa {Hex.Format(gpa)} are beyond the {Length}-byte image");
-        handle.ReadSpan((ulong)view.PointerOffset + gpa, destination);
+        ulong offset = FileOffset(gpa, (ulong)destination.Length)
+            ?? throw new ArgumentOutOfRangeException(nameof(gpa), gpa, $"{destination.Length} bytes at gpa {Hex.Format(gpa)} are not in the image");
+        handle.ReadSpan((ulong)view.PointerOffset + offset, destination);
     }
 
     public void Dispose()
@@ -95,5 +169,5 @@ public sealed class MappedImage : IPhysicalMemoryImage, IDisposable
         file.Dispose();
     }
 
-    public override string ToString() => $"{Path} ({Length} bytes)";
+    public override string ToString() => Core is null ? $"{Path} ({Length} bytes)" : $"{Path} ({Core.Describe()})";
 }

@@ -18,10 +18,19 @@ public sealed class Scenario
     /// <summary>Default memory when a scenario names no memslots: gpa 0 up to at least this, in 2 MiB steps.</summary>
     public const ulong DefaultMemoryBytes = 1UL << 20;
 
-    Scenario(PagingControls controls, ulong cr3, ImmutableArray<Memslot> slots, ImmutableArray<MemoryWord> memory, Access? access, IPhysicalMemoryImage? image)
+    Scenario(PagingControls controls, ulong cr3, ImmutableArray<Memslot> slots, ImmutableArray<MemoryWord> memory, Access? access, IPhysicalMemoryImage? image, bool qemuPdptes = false)
     {
-        Controls = controls; Cr3 = cr3; Slots = slots; Memory = memory; Access = access; Image = image;
+        Controls = controls; Cr3 = cr3; Slots = slots; Memory = memory; Access = access; Image = image; QemuPdptes = qemuPdptes;
     }
+
+    /// <summary>The PDPTE bits QEMU's TCG walker ignores, and sets bit 5 (A) of: reserved by SDM Table 4-8.</summary>
+    public static readonly ulong QemuIgnoredPdpteBits = Bits.Range(8, 5);
+
+    /// <summary>
+    /// PAE only: the PDPTEs are read with bits 8:5 cleared before MOV CR3 checks them (an input
+    /// transformation the user asks for, for dumps taken under QEMU TCG; the spec's rule is unchanged).
+    /// </summary>
+    public bool QemuPdptes { get; }
 
     public PagingControls Controls { get; }
     public ulong Cr3 { get; }
@@ -51,20 +60,24 @@ public sealed class Scenario
     {
         CheckCr3(controls, cr3);
         if (access is not null) CheckAccess(controls, access);
-        var slots = GuestMemory.FromImage(image).Slots;
+        // An ELF core backs only its segments: a gpa in a hole (MMIO, or simply not dumped) is not memory.
+        var slots = image is MappedImage mapped ? GuestMemory.FromSlots(mapped.Memslots).Slots : GuestMemory.FromImage(image).Slots;
         return new Scenario(controls, cr3, slots, ImmutableArray<MemoryWord>.Empty, access, image);
     }
 
     public Scenario WithAccess(Access access)
     {
         CheckAccess(Controls, access);
-        return new Scenario(Controls, Cr3, Slots, Memory, access, Image);
+        return new Scenario(Controls, Cr3, Slots, Memory, access, Image, QemuPdptes);
     }
+
+    /// <summary>The same scenario with its PDPTEs read as QEMU reads them (<see cref="QemuPdptes"/>).</summary>
+    public Scenario WithQemuPdptes() => new(Controls, Cr3, Slots, Memory, Access, Image, qemuPdptes: true);
 
     /// <summary>Guest memory as the spec sees it.</summary>
     public GuestMemory BuildMemory()
     {
-        if (Image is { } image) return GuestMemory.FromImage(image);
+        if (Image is { } image) return GuestMemory.FromSlots(Slots, image);
         var memory = GuestMemory.FromSlots(Slots);
         foreach (var w in Memory) memory = memory.Write(w.Gpa, w.Value, EntryBytes);
         return memory;
@@ -76,7 +89,7 @@ public sealed class Scenario
     /// </summary>
     public CpuState Boot(GuestMemory memory)
     {
-        var loaded = CpuState.LoadCr3(Controls, Cr3, memory);
+        var loaded = CpuState.LoadCr3(Controls, Cr3, QemuPdptes ? WithoutQemuPdpteBits(memory) : memory);
         if (loaded.State is { } state) return state;
         ulong pdpt = Cr3 & Bits.Range(31, 5);
         switch (loaded.Fault)
@@ -89,19 +102,35 @@ public sealed class Scenario
                 for (int i = 0; i < 4; i++)
                 {
                     ulong pdpte = memory.Read64(pdpt + 8 * (ulong)i) ?? 0;
-                    ulong reserved = pdpte & ReservedBits.PaePdpteMask(Controls);
-                    if (new PagingEntry(pdpte).Present && reserved != 0)
-                        throw new InputException($"cr3 {Hex.Format(Cr3)}: PDPTE {i} at gpa {Hex.Format(pdpt + 8 * (ulong)i)} = {Hex.Format(pdpte)} sets reserved bits {Hex.Format(reserved)}, so loading CR3 would #GP");
+                    ulong reserved = pdpte & ReservedBits.PaePdpteMask(Controls) & (QemuPdptes ? ~QemuIgnoredPdpteBits : ~0UL);
+                    if (!new PagingEntry(pdpte).Present || reserved == 0) continue;
+                    string message = $"cr3 {Hex.Format(Cr3)}: PDPTE {i} at gpa {Hex.Format(pdpt + 8 * (ulong)i)} = {Hex.Format(pdpte)} sets reserved bits {Hex.Format(reserved)}, so loading CR3 would #GP";
+                    // QEMU's TCG sets A (bit 5) in the PDPTEs it walks: a dump taken under it trips the SDM's rule.
+                    if ((reserved & ~QemuIgnoredPdpteBits) == 0)
+                        message += " (SDM Table 4-8 reserves PDPTE bits 8:5; QEMU TCG sets bit 5, A, in PDPTEs it walked: for such a dump, --pdpte-as-qemu ignores bits 8:5 as QEMU does)";
+                    throw new InputException(message);
                 }
                 goto default;
             default:
-                throw new InputException($"cr3 {Hex.Format(Cr3)} cannot be loaded: #GP ({loaded.Fault})");
+                throw new InputException($"cr3 {Hex.Format(Cr3)} cannot be loaded: #GP, {GpText.Describe(loaded.Fault!.Value)}");
         }
     }
 
+    /// <summary>PAE: memory with the four PDPTEs' bits 8:5 cleared (the others are checked as the SDM says).</summary>
+    GuestMemory WithoutQemuPdpteBits(GuestMemory memory)
+    {
+        if (Mode != PagingMode.Pae) return memory;
+        ulong pdpt = Cr3 & Bits.Range(31, 5);
+        for (ulong i = 0; i < 4; i++)
+            if (memory.Read64(pdpt + 8 * i) is { } pdpte && (pdpte & QemuIgnoredPdpteBits) != 0)
+                memory = memory.Write64(pdpt + 8 * i, pdpte & ~QemuIgnoredPdpteBits);
+        return memory;
+    }
+
     /// <summary>The error for an image too short for a table the walk needs.</summary>
-    public static string TooShort(IPhysicalMemoryImage image, string what, ulong gpa) =>
-        $"image is {image.Length} bytes but the walk needs the {what} at gpa {Hex.Format(gpa)}";
+    public static string TooShort(IPhysicalMemoryImage image, string what, ulong gpa) => image is MappedImage { Core: not null } core
+        ? $"the ELF core '{core.Path}' holds no memory at gpa {Hex.Format(gpa)}, where the walk needs the {what} (its segments end at gpa {Hex.Format(core.Length)})"
+        : $"image is {image.Length} bytes but the walk needs the {what} at gpa {Hex.Format(gpa)}";
 
     static void CheckCr3(PagingControls c, ulong cr3)
     {

@@ -7,8 +7,9 @@ namespace MmuSpec.Harness.Images;
 
 /// <summary>
 /// Reads a scenario from JSON (docs/json-format.md). Strict: an unknown field, a value of the
-/// wrong type or a bad number is an <see cref="InputException"/> naming the field. Numbers are hex
-/// strings ("0x1000"), decimal strings or JSON integers; comments and trailing commas are allowed.
+/// wrong type or a bad number is an <see cref="InputException"/> naming the field. Registers and
+/// addresses are hex strings, 0x optional ("0x1000", "80050033": a debugger's output pasted as it
+/// is) or JSON integers; maxphyaddr is decimal. Comments and trailing commas are allowed.
 /// </summary>
 public static class ScenarioJson
 {
@@ -34,7 +35,7 @@ public static class ScenarioJson
             Mode = OptionalString(root, "mode"),
             Wp = Flag(root, "wp"), Pse = Flag(root, "pse"), Smep = Flag(root, "smep"), Smap = Flag(root, "smap"),
             Pke = Flag(root, "pke"), Nxe = Flag(root, "nxe"), Ac = Flag(root, "ac"),
-            Pkru = OptionalNumber(root, "pkru"), MaxPhyAddr = OptionalNumber(root, "maxphyaddr"),
+            Pkru = OptionalNumber(root, "pkru"), MaxPhyAddr = OptionalCount(root, "maxphyaddr"),
             Cr0 = OptionalNumber(root, "cr0"), Cr4 = OptionalNumber(root, "cr4"),
             Efer = OptionalNumber(root, "efer"), Rflags = OptionalNumber(root, "rflags"),
         }.Build();
@@ -66,13 +67,21 @@ public static class ScenarioJson
         return MakeAccess(gva, type, privilege);
     }
 
-    public static AccessType ParseAccessType(string text, string what) => text.Trim().ToLowerInvariant() switch
+    /// <summary>Every word an access type may be written as, in JSON and on the command line alike (one list).</summary>
+    public static readonly IReadOnlyList<(string Word, AccessType Type)> AccessTypeWords =
+    [
+        ("read", AccessType.Read), ("r", AccessType.Read),
+        ("write", AccessType.Write), ("w", AccessType.Write),
+        ("fetch", AccessType.Fetch), ("exec", AccessType.Fetch), ("x", AccessType.Fetch),
+    ];
+
+    public static AccessType ParseAccessType(string text, string what)
     {
-        "read" or "r" => AccessType.Read,
-        "write" or "w" => AccessType.Write,
-        "fetch" or "exec" or "x" => AccessType.Fetch,
-        _ => throw new InputException($"{what}: unknown access type '{text}' (expected read, write or fetch)"),
-    };
+        string t = text.Trim();
+        foreach (var (word, type) in AccessTypeWords)
+            if (word.Equals(t, StringComparison.OrdinalIgnoreCase)) return type;
+        throw new InputException($"{what}: unknown access type '{text}' (expected read, write or fetch)");
+    }
 
     public static Privilege ParsePrivilege(string text, string what) => text.Trim().ToLowerInvariant() switch
     {
@@ -134,7 +143,7 @@ public static class ScenarioJson
         var words = new List<MemoryWord>();
         foreach (var p in e.EnumerateObject())
         {
-            ulong gpa = Hex.TryParse(p.Name) ?? throw new InputException($"memory: key '{p.Name}' is not a gpa (write hex as 0x1000, or decimal)");
+            if (Hex.Read(p.Name, bareIsHex: true, out ulong gpa) is { } problem) throw new InputException($"memory: key {problem}");
             ulong value = Number(p.Value, $"memory {Hex.Format(gpa)}");
             words.Add(new MemoryWord(gpa, value));
         }
@@ -166,13 +175,20 @@ public static class ScenarioJson
             : throw new InputException($"{what ?? name}: expected a string, got {Kind(v)}");
     }
 
+    /// <summary>A register or address: a hex string (0x optional, as a debugger prints it) or a JSON integer.</summary>
     static ulong? OptionalNumber(JsonElement obj, string name, string? what = null) =>
-        obj.TryGetProperty(name, out var v) ? Number(v, what ?? name) : null;
+        obj.TryGetProperty(name, out var v) ? Number(v, what ?? name, bareIsHex: true) : null;
 
-    static ulong Number(JsonElement v, string what)
+    /// <summary>A count (maxphyaddr): a JSON integer, or a decimal string (hex with 0x).</summary>
+    static ulong? OptionalCount(JsonElement obj, string name) =>
+        obj.TryGetProperty(name, out var v) ? Number(v, name, bareIsHex: false) : null;
+
+    static ulong Number(JsonElement v, string what, bool bareIsHex = true)
     {
-        if (v.ValueKind == JsonValueKind.String) return Hex.Parse(v.GetString()!, what);
+        if (v.ValueKind == JsonValueKind.String) return bareIsHex ? Hex.ParseHex(v.GetString()!, what) : Hex.Parse(v.GetString()!, what);
         if (v.ValueKind == JsonValueKind.Number && v.TryGetUInt64(out ulong n)) return n;
+        if (v.ValueKind == JsonValueKind.Number && v.GetRawText().All(char.IsAsciiDigit))
+            throw new InputException($"{what}: {v.GetRawText()} is larger than 64 bits");
         throw new InputException($"{what}: expected a hex string like \"0x1000\" or a non-negative integer, got {Kind(v)}");
     }
 }

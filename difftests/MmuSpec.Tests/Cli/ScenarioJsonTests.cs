@@ -41,9 +41,9 @@ public sealed class ScenarioJsonTests
     }
 
     [Fact]
-    public void Numbers_may_be_hex_strings_decimal_strings_or_integers()
+    public void Addresses_are_hex_strings_0x_optional_or_integers_and_maxphyaddr_is_decimal()
     {
-        var s = ScenarioJson.Parse("""{"mode":"long5","cr3":4096,"maxphyaddr":"52","memslots":[{"gpa":"0x0","size":"8192"}],"memory":{"4096":"0X3"},"access":{"gva":"0xff11_0000_0000_0000"}}""");
+        var s = ScenarioJson.Parse("""{"mode":"long5","cr3":4096,"maxphyaddr":"52","memslots":[{"gpa":"0","size":"2000"}],"memory":{"1000":"0X3"},"access":{"gva":"ff11_0000_0000_0000"}}""");
         Assert.Equal(4096UL, s.Cr3);
         Assert.Equal(52, s.Controls.MaxPhyAddr);
         Assert.Equal(2UL, Assert.Single(s.Slots).Pages);
@@ -61,7 +61,7 @@ public sealed class ScenarioJsonTests
     [InlineData("""{"mode":"long4"}""", "cr3 is missing")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","acess":{}}""", "unknown field 'acess' (known: comment, mode, wp, pse, smep, smap, pke, nxe, ac, pkru, maxphyaddr, cr0, cr4, efer, rflags, cr3, memory, memslots, access)")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","wp":"yes"}""", "wp: expected true or false, got the string \"yes\"")]
-    [InlineData("""{"mode":"long4","cr3":"0x10zz"}""", "cr3: '0x10zz' is not a number (write hex as 0x1000, or decimal)")]
+    [InlineData("""{"mode":"long4","cr3":"0x10zz"}""", "cr3: '0x10zz' is not a hex number (registers and addresses are hex, 0x optional: 80050033, 0x1000)")]
     [InlineData("""{"mode":"long4","cr3":-1}""", "cr3: expected a hex string like \"0x1000\" or a non-negative integer, got the number -1")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","maxphyaddr":60}""", "maxphyaddr 60 is out of range (36..52)")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","pkru":"0x100000000"}""", "pkru 0x100000000 does not fit in 32 bits")]
@@ -74,7 +74,7 @@ public sealed class ScenarioJsonTests
     [InlineData("""{"mode":"bits32","cr3":"0x1000","memory":{"0x1004":"0x100000000"}}""", "memory 0x1004: value 0x100000000 does not fit in a 4-byte bits32 entry")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","memory":{"0x400000000000":"0x1"}}""", "memory 0x400000000000: gpa is beyond MAXPHYADDR (46 bits)")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","memory":{"0x1000":"0x1","0x01000":"0x2"}}""", "memory 0x1000: gpa is given twice")]
-    [InlineData("""{"mode":"long4","cr3":"0x1000","memory":{"page":"0x1"}}""", "memory: key 'page' is not a gpa (write hex as 0x1000, or decimal)")]
+    [InlineData("""{"mode":"long4","cr3":"0x1000","memory":{"page":"0x1"}}""", "memory: key 'page' is not a hex number (registers and addresses are hex, 0x optional: 80050033, 0x1000)")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","memslots":[{"gpa":"0x0","size":"0x2000"}],"memory":{"0x5000":"0x1"}}""", "memory 0x5000: gpa is outside every memslot")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","memslots":[{"gpa":"0x10","size":"0x2000"}]}""", "memslots[0]: gpa 0x10 is not 4 KiB aligned")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","memslots":[{"gpa":"0x0","size":"0x2000"},{"gpa":"0x1000","size":"0x1000"}]}""", "memslots overlap: slot gfn [0x0, 0x2) and slot gfn [0x1, 0x2)")]
