@@ -32,6 +32,19 @@ public sealed class Scenario
     /// </summary>
     public bool QemuPdptes { get; }
 
+    /// <summary>
+    /// The error for a present PDPTE with reserved bits at MOV CR3 (#GP, SDM §4.4.1), in the words both
+    /// walk engines use, so a bad batch line reads the same from either.
+    /// </summary>
+    public static string PdpteReservedMessage(ulong cr3, int index, ulong gpa, ulong pdpte, ulong reserved)
+    {
+        string message = $"cr3 {Hex.Format(cr3)}: PDPTE {index} at gpa {Hex.Format(gpa)} = {Hex.Format(pdpte)} sets reserved bits {Hex.Format(reserved)}, so loading CR3 would #GP";
+        // QEMU's TCG sets A (bit 5) in the PDPTEs it walks: a dump taken under it trips the SDM's rule.
+        if ((reserved & ~QemuIgnoredPdpteBits) == 0)
+            message += " (SDM Table 4-8 reserves PDPTE bits 8:5; QEMU TCG sets bit 5, A, in PDPTEs it walked: for such a dump, --pdpte-as-qemu ignores bits 8:5 as QEMU does)";
+        return message;
+    }
+
     public PagingControls Controls { get; }
     public ulong Cr3 { get; }
     /// <summary>The memslots backing guest memory (one slot over the whole image for an image).</summary>
@@ -104,11 +117,7 @@ public sealed class Scenario
                     ulong pdpte = memory.Read64(pdpt + 8 * (ulong)i) ?? 0;
                     ulong reserved = pdpte & ReservedBits.PaePdpteMask(Controls) & (QemuPdptes ? ~QemuIgnoredPdpteBits : ~0UL);
                     if (!new PagingEntry(pdpte).Present || reserved == 0) continue;
-                    string message = $"cr3 {Hex.Format(Cr3)}: PDPTE {i} at gpa {Hex.Format(pdpt + 8 * (ulong)i)} = {Hex.Format(pdpte)} sets reserved bits {Hex.Format(reserved)}, so loading CR3 would #GP";
-                    // QEMU's TCG sets A (bit 5) in the PDPTEs it walks: a dump taken under it trips the SDM's rule.
-                    if ((reserved & ~QemuIgnoredPdpteBits) == 0)
-                        message += " (SDM Table 4-8 reserves PDPTE bits 8:5; QEMU TCG sets bit 5, A, in PDPTEs it walked: for such a dump, --pdpte-as-qemu ignores bits 8:5 as QEMU does)";
-                    throw new InputException(message);
+                    throw new InputException(PdpteReservedMessage(Cr3, i, pdpt + 8 * (ulong)i, pdpte, reserved));
                 }
                 goto default;
             default:
