@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Mutants;
+using MmuSpec.Harness.Running;
 
 namespace MmuSpec.Cli;
 
@@ -124,8 +125,8 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
         long cases = root.GetProperty("cases").GetInt64();
         if (root.GetProperty("failure").ValueKind == JsonValueKind.Null)
         {
-            progress($"{label}: NOT caught in {cases} cases");
-            return Outcome(entry, "not caught", $"{cases} cases in {root.GetProperty("seconds").GetDouble():0.0} s, no divergence") with { Cases = cases };
+            progress($"{label}: NOT caught in {CaseRuns.Count(cases, "case")}");
+            return Outcome(entry, "not caught", $"{CaseRuns.Count(cases, "case")} in {root.GetProperty("seconds").GetDouble():0.0} s, no divergence") with { Cases = cases };
         }
 
         var failure = root.GetProperty("failure");

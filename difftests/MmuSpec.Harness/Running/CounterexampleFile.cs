@@ -140,12 +140,26 @@ public static class CounterexampleFile
         return path;
     }
 
-    /// <summary>Writes the file at <paramref name="path"/>: first to a temporary file beside it, so a reader never sees half a file.</summary>
+    /// <summary>
+    /// Writes the file at <paramref name="path"/>: first to a temporary file beside it, so a reader never
+    /// sees half a file. A failure (a full disk, <paramref name="path"/> a directory) removes the
+    /// temporary file again and rethrows.
+    /// </summary>
     public static void WriteTo(Counterexample x, string path)
     {
+        if (Directory.Exists(path)) throw new IOException($"'{path}' is a directory, not a file name");
         string temporary = path + ".tmp";
-        File.WriteAllText(temporary, ToJson(x));
-        File.Move(temporary, path, overwrite: true);
+        try
+        {
+            File.WriteAllText(temporary, ToJson(x));
+            File.Move(temporary, path, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(temporary); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }   // the first error is the one to report
+            throw;
+        }
     }
 
     // ---- reading ----

@@ -249,6 +249,38 @@ public sealed class ReplayAndShrinkTests : IDisposable
         Assert.True(CaseRuns.Trace(back.Case).Agreed);
     }
 
+    [Theory]
+    [InlineData("1,2,3", "replay token '1,2,3': the gamma 2 is even; SplitMix needs an odd gamma")]
+    [InlineData("1,0,3", "the gamma 0 is even")]
+    [InlineData("1,3,999999999", "replay token '1,3,999999999': the size 999999999 is outside 0..300 (the deep tier's largest size)")]
+    [InlineData("1,3,301", "the size 301 is outside 0..300")]
+    [InlineData("1,3,-5", "the size -5 is outside 0..300")]
+    [InlineData("1,3", "replay token '1,3' is not 'seed,gamma,size'")]
+    [InlineData("-1,3,5", "is not 'seed,gamma,size'")]
+    [InlineData("1,3,5,7", "is not 'seed,gamma,size'")]
+    [InlineData("1,3,99999999999", "is not 'seed,gamma,size'")]
+    public void A_bad_replay_token_is_a_format_error_that_says_why(string token, string expected)
+    {
+        var e = Assert.Throws<FormatException>(() => PropertyCheck.ParseReplay(token));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+        // MMUSPEC_REPLAY, as dotnet test reads it: the same reason, naming the variable.
+        var env = Assert.Throws<ArgumentException>(() => PropertyCheck.ReplayFrom(token));
+        Assert.StartsWith("MMUSPEC_REPLAY: ", env.Message, StringComparison.Ordinal);
+        Assert.Contains(expected, env.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Tokens_at_the_size_bounds_replay_and_round_trip()
+    {
+        foreach (string token in new[] { "18446744073709551615,18446744073709551615,0", "1,3,300", " 7 , 9 , 100 " })
+        {
+            var r = PropertyCheck.ParseReplay(token);
+            Assert.Equal(token.Replace(" ", "", StringComparison.Ordinal), PropertyCheck.FormatReplay(r));
+        }
+        Assert.Null(PropertyCheck.ReplayFrom(null));
+        Assert.Null(PropertyCheck.ReplayFrom("  "));
+    }
+
     static void AssertNoSingleDeletionFails<T>(T c, Func<object, bool> fails)
     {
         foreach (var list in CaseShrinker.Lists<T>())
