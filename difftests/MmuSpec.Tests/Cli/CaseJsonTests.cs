@@ -45,6 +45,15 @@ public sealed class CaseJsonTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Properties))]
+    public void Every_generated_case_obeys_the_case_rules_up_to_the_deep_size(string name)
+    {
+        // The reader refuses what CaseRules refuses: no case a run can draw (sizes up to the deep tier's 300) may be among it.
+        var p = DiffProperties.Find(name);
+        foreach (var c in p.Sample(seed: 16, count: 60, endSize: PropertyCheck.MaxReplaySize)) CaseRules.Check(c, "");
+    }
+
     [Fact]
     public void Hand_made_cases_with_every_op_kind_read_back_equal()
     {

@@ -281,6 +281,25 @@ public sealed class ReplayAndShrinkTests : IDisposable
         Assert.Null(PropertyCheck.ReplayFrom("  "));
     }
 
+    [Fact]
+    public void Shrinking_never_leaves_what_every_generated_case_obeys()
+    {
+        // Boot in PAE, switch to 4-level paging, load a CR3 with a reserved bit (#GP there). Dropping
+        // the mode switch would leave a 64-bit CR3 load in PAE paging, which the spec refuses by
+        // throwing: a shrinker that counts the throw as "still fails" would end on a case that is no
+        // guest event, and the file it writes would be refused on replay.
+        var p = (DiffProperty<WalkCase>)DiffProperties.Find("walk-pae");
+        var c = CaseSamples.EveryWalkOp() with
+        {
+            Ops = [new Op.SetControls(new PagingControls(PagingMode.Long4, maxPhyAddr: 36)), new Op.LoadCr3(0x8000_0000_0000_1000)],
+        };
+        CaseRules.Check(c, "");
+        Assert.DoesNotContain(p.Arbitrary.Shrinker(c), x => !CaseRules.Obeys(x));
+        var r = CaseShrinker.Shrink(p, c, fails: x => ((WalkCase)x).Ops.Any(o => o is Op.LoadCr3));
+        Assert.True(CaseRules.Obeys(r.Case), CaseRuns.Render(r.Case));
+        Assert.Contains(((WalkCase)r.Case).Ops, o => o is Op.SetControls);   // kept: without it the load is out of bounds
+    }
+
     static void AssertNoSingleDeletionFails<T>(T c, Func<object, bool> fails)
     {
         foreach (var list in CaseShrinker.Lists<T>())
