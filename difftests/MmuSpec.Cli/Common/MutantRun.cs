@@ -136,7 +136,7 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
         string? file = failure.GetProperty("counterexample").GetString();
         string firstLine = failure.GetProperty("report").GetString()!.Split('\n')[0];
         var outcome = new MutantOutcome(entry, "caught", found, ops, property, cases, file, 0, firstLine);
-        progress($"{label}: caught by {property} after {found:0.0} s, shrunk to {ops?.ToString(CultureInfo.InvariantCulture) ?? "?"} ops");
+        progress($"{label}: caught by {property} after {found:0.0} s, shrunk to {(ops is { } n ? CaseRuns.Count(n, "op") : "? ops")}");
 
         // The shrunk case must agree on the unmutated build: otherwise the campaign found something
         // else (a bug in main, or a flaky harness) and the catch says nothing about the patch.

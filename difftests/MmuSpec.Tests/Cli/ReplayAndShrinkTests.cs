@@ -300,6 +300,23 @@ public sealed class ReplayAndShrinkTests : IDisposable
         Assert.Contains(((WalkCase)r.Case).Ops, o => o is Op.SetControls);   // kept: without it the load is out of bounds
     }
 
+    [Fact]
+    public void Counts_of_one_are_singular_in_traces_and_reports()
+    {
+        // "all 1 steps agree", "1 cases", "setup (1 writes)" were printed.
+        var c = CaseSamples.EveryWalkOp() with { Setup = [new Op.WriteGuest(0x1020, 0x2001, 8)], Ops = [new Op.LoadCr3(0x1000)] };
+        var t = CaseRuns.Trace(c);
+        Assert.Equal("the one step agrees", t.Tail);
+        Assert.StartsWith("spec and impl agree on the one step", t.Report, StringComparison.Ordinal);
+        Assert.Contains("setup (1 write):", c.Render(null), StringComparison.Ordinal);
+        Assert.Equal("all 2 steps agree", CaseRuns.StepsAgree(2));
+        Assert.Equal(("1 case", "3 cases", "5000000000 cases"), (CaseRuns.Count(1L, "case"), CaseRuns.Count(3L, "case"), CaseRuns.Count(5_000_000_000L, "case")));
+        var p = DiffProperties.Find("walk-pae");
+        var runner = PropertyCheck.Check(p.Name, p, _ => { }, 20, PropertyCheck.SeededStart(3, p.Name), throwOnFailure: false,
+            holds: _ => false, counterexampleDirectory: dir);
+        Assert.Contains("walk-pae: FAILED after 1 case, shrunk ", runner.FailureReport, StringComparison.Ordinal);
+    }
+
     static void AssertNoSingleDeletionFails<T>(T c, Func<object, bool> fails)
     {
         foreach (var list in CaseShrinker.Lists<T>())
