@@ -146,7 +146,7 @@ public static class ReplayCommand
     static int Shrink(Counterexample x, string path, string? outPath)
     {
         var p = x.Property;
-        string target = ShrinkTarget(path, outPath);
+        string target = CounterexampleFile.ShrinkTarget(path, outPath);
         Console.WriteLine($"shrink {path}: {p.Name}, {CaseRuns.Summary(x.Case)}");
         if (!CaseShrinker.Fails(p, x.Case))
         {
@@ -184,23 +184,4 @@ public static class ReplayCommand
         Console.WriteLine("result: spec and impl DIVERGE");
         return Cli.Diverged;
     }
-
-    /// <summary>
-    /// Where --shrink writes: --out's path, or into --out when it is a directory (under the default
-    /// name), else FILE.shrunk.json. Checked before anything runs: a directory that is not there is
-    /// bad input, found before minutes of shrinking.
-    /// </summary>
-    public static string ShrinkTarget(string path, string? outPath)
-    {
-        string target = outPath is null ? ShrunkPath(path)
-            : Directory.Exists(outPath) ? Path.Combine(outPath, Path.GetFileName(ShrunkPath(path))) : outPath;
-        string? directory = Path.GetDirectoryName(Path.GetFullPath(target));
-        if (directory is not null && !Directory.Exists(directory))
-            throw new InputException($"cannot write the shrunk case to '{target}': directory '{directory}' does not exist");
-        return target;
-    }
-
-    /// <summary>FILE.json -> FILE.shrunk.json (any other name gets .shrunk.json appended).</summary>
-    public static string ShrunkPath(string path) =>
-        path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? path[..^".json".Length] + ".shrunk.json" : path + ".shrunk.json";
 }

@@ -162,6 +162,25 @@ public static class CounterexampleFile
         }
     }
 
+    /// <summary>
+    /// Where <c>replay FILE --shrink</c> writes: --out's path, or into --out when it is a directory (under the default
+    /// name), else FILE.shrunk.json. Checked before anything runs: a directory that is not there is
+    /// bad input, found before minutes of shrinking.
+    /// </summary>
+    public static string ShrinkTarget(string path, string? outPath)
+    {
+        string target = outPath is null ? ShrunkPath(path)
+            : Directory.Exists(outPath) ? Path.Combine(outPath, Path.GetFileName(ShrunkPath(path))) : outPath;
+        string? directory = Path.GetDirectoryName(Path.GetFullPath(target));
+        if (directory is not null && !Directory.Exists(directory))
+            throw new InputException($"cannot write the shrunk case to '{target}': directory '{directory}' does not exist");
+        return target;
+    }
+
+    /// <summary>FILE.json -> FILE.shrunk.json (any other name gets .shrunk.json appended).</summary>
+    public static string ShrunkPath(string path) =>
+        path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? path[..^".json".Length] + ".shrunk.json" : path + ".shrunk.json";
+
     // ---- reading ----
 
     /// <summary>Reads a counterexample file; problems are <see cref="InputException"/>s starting with the path.</summary>

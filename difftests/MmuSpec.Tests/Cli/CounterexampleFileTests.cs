@@ -235,6 +235,20 @@ public sealed partial class CounterexampleFileTests : IDisposable
     }
 
     [Fact]
+    public void The_shrink_target_is_the_out_path_a_file_inside_the_out_directory_or_beside_the_input()
+    {
+        string file = Path.Combine(dir, "x.json");
+        Assert.Equal(Path.Combine(dir, "x.shrunk.json"), CounterexampleFile.ShrinkTarget(file, null));
+        Assert.Equal(Path.Combine(dir, "y.json"), CounterexampleFile.ShrinkTarget(file, Path.Combine(dir, "y.json")));
+        // --out DIR used to be taken as a file name: the rename onto the directory failed and left DIR.tmp.
+        string sub = Directory.CreateDirectory(Path.Combine(dir, "sub")).FullName;
+        Assert.Equal(Path.Combine(sub, "x.shrunk.json"), CounterexampleFile.ShrinkTarget(file, sub));
+        var e = Assert.Throws<InputException>(() => CounterexampleFile.ShrinkTarget(file, Path.Combine(dir, "no", "y.json")));
+        Assert.Equal($"cannot write the shrunk case to '{Path.Combine(dir, "no", "y.json")}': directory '{Path.Combine(dir, "no")}' does not exist", e.Message);
+        Assert.Equal([sub], Directory.GetFileSystemEntries(dir));
+    }
+
+    [Fact]
     public void A_missing_file_or_a_file_that_is_not_json_is_bad_input()
     {
         string missing = Path.Combine(dir, "nope.json");
