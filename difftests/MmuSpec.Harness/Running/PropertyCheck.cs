@@ -90,7 +90,7 @@ public static class PropertyCheck
     /// <summary>
     /// The largest size a replay token may carry: the deep tier's end size (<c>mmuspec check --deep</c>),
     /// the largest any run draws. The generators scale with the size and never cap it, so a far larger
-    /// one would only build an enormous case (999999999 ran for hours).
+    /// one would only build an enormous case (a size of 999999999 never finished).
     /// </summary>
     public const int MaxReplaySize = 300;
 
