@@ -5,7 +5,7 @@ using MmuSpec.Cli.Commands;
 using MmuSpec.Harness.Images;
 
 // mmuspec: differential campaigns, replays, explained walks and page-table dumps (docs/cli.md).
-// Exit codes (docs/cli.md's table): 0 success / agreement, 1 spec and impl diverge, 2 bad input, 3 internal error;
+// Exit codes (docs/cli.md's table): 0 success / agreement, 1 spec and impl diverge, 2 bad input (and I/O errors), 3 internal error;
 // check adds 4 (coverage incomplete), 5 (budget ended before every property ran) and 130 (interrupted).
 var root = MmuSpecCommand.Create();
 
@@ -24,6 +24,11 @@ try
 catch (InputException e)
 {
     return Cli.Fail(e.Message);
+}
+catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+{
+    // A full disk, a read-only directory, a vanished file: the environment's fault, not ours (exit 2, not 3).
+    return Cli.Fail($"I/O error: {Messages.Of(e)}");
 }
 catch (Exception e) when (Environment.GetEnvironmentVariable("MMUSPEC_DEBUG") is not "1")
 {

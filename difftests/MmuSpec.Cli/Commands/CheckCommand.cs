@@ -19,7 +19,7 @@ public static class CheckCommand
     static readonly TimeSpan DefaultBudget = TimeSpan.FromSeconds(60);
     /// <summary>The deep tier (nightly CI): a 30-minute budget and cases up to three times the default size.</summary>
     static readonly TimeSpan DeepBudget = TimeSpan.FromMinutes(30);
-    public const int DeepEndSize = 300;
+    public const int DeepEndSize = PropertyCheck.MaxReplaySize;   // a deep failure's token must replay
     static readonly TimeSpan ProgressEvery = TimeSpan.FromSeconds(2);
 
     /// <summary>Exit code of <c>--require-coverage</c> when spec and impl agreed but some expected situation was never reached.</summary>
@@ -201,7 +201,7 @@ public static class CheckCommand
         {
             lines.Add($"FAILED: {r.FailedProperty} diverged in batch {r.FailedBatch} (shrunk with {r.ShrinkRuns} more runs)");
             if (r.FoundAfter is { } found)
-                lines.Add(FormattableString.Invariant($"found after {found.TotalSeconds:0.0} s; shrunk to {r.ShrunkOps} ops"));
+                lines.Add(FormattableString.Invariant($"found after {found.TotalSeconds:0.0} s; shrunk to {Plural(r.ShrunkOps ?? 0, "op")}"));
             if (r.CounterexampleFile is { } file) lines.Add($"counterexample file: {file}  (rerun it: mmuspec replay {file}; shrink further: mmuspec replay {file} --shrink)");
             if (r.FailureReplay is { } token) lines.Add($"replay the unshrunk case: mmuspec replay {token} --property {r.FailedProperty}");
         }
@@ -241,7 +241,7 @@ public static class CheckCommand
         double total = Math.Max(r.Elapsed.TotalSeconds, 1e-3);
         var lines = new List<string>
         {
-            FormattableString.Invariant($"coverage: {expected - unreached} of {expected} expected situations reached ({unreached} never), classifying {tally.Cases} cases took {tally.Elapsed.TotalSeconds:0.0} s of {total:0.0} s ({100 * tally.Elapsed.TotalSeconds / total:0}%)"),
+            FormattableString.Invariant($"coverage: {expected - unreached} of {expected} expected situations reached ({unreached} never), classifying {Plural(tally.Cases, "case")} took {tally.Elapsed.TotalSeconds:0.0} s of {total:0.0} s ({100 * tally.Elapsed.TotalSeconds / total:0}%)"),
         };
         var notRun = r.Tallies.Where(t => t.Cases == 0).Select(t => t.Property.Name).ToList();
         if (notRun.Count > 0) lines.Add($"  not run in this campaign (their situations are not expected): {string.Join(", ", notRun)}");

@@ -67,7 +67,7 @@ public static class MutantsCommand
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         Console.Error.WriteLine(FormattableString.Invariant(
-            $"mmuspec mutants: {entries.Count} catalogued bugs, {options.Budget.TotalSeconds:0} s campaign each, seed {options.Seed}, target <= {options.MaxOps} ops"));
+            $"mmuspec mutants: {Harness.Running.CaseRuns.Count(entries.Count, "catalogued bug")}, {options.Budget.TotalSeconds:0} s campaign each, seed {options.Seed}, target <= {options.MaxOps} ops"));
         var run = new MutantRun(root, options, line => Console.Error.WriteLine(FormattableString.Invariant($"[{clock.Elapsed.TotalSeconds,6:0}s] {line}")));
         var outcomes = run.Run(entries);
         var verdicts = outcomes.Select(o => (Outcome: o, Verdict: Verdict(o, options))).ToList();

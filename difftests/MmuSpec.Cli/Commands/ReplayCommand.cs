@@ -47,12 +47,13 @@ public static class ReplayCommand
                 throw new InputException($"--shrink and --out need a counterexample file, not a token ('{text}' is not a file)");
             if (name is null)
                 throw new InputException($"replay needs --property NAME with a token: the property the token came from ({string.Join(", ", DiffProperties.All.Select(x => x.Name))})");
-            FsCheck.Replay replay;
-            try { replay = PropertyCheck.ParseReplay(text); }
-            catch (FormatException e) { throw new InputException(e.Message); }
+            // The property first: a bad token must not hide an unknown name.
             DiffProperty prop;
             try { prop = DiffProperties.Find(name); }
             catch (ArgumentException e) { throw new InputException($"--property: {Messages.Of(e)}"); }
+            FsCheck.Replay replay;
+            try { replay = PropertyCheck.ParseReplay(text); }
+            catch (FormatException e) { throw new InputException((p.GetValue(target) is null ? $"${PropertyCheck.ReplayVariable}: " : "") + e.Message); }
             return RunToken(prop, replay, text.Trim());
         });
         return command;
@@ -145,6 +146,7 @@ public static class ReplayCommand
     static int Shrink(Counterexample x, string path, string? outPath)
     {
         var p = x.Property;
+        string target = CounterexampleFile.ShrinkTarget(path, outPath);
         Console.WriteLine($"shrink {path}: {p.Name}, {CaseRuns.Summary(x.Case)}");
         if (!CaseShrinker.Fails(p, x.Case))
         {
@@ -154,14 +156,13 @@ public static class ReplayCommand
             Console.WriteLine("result: spec and impl agree");
             return Cli.Ok;
         }
-        string target = outPath ?? ShrunkPath(path);
         var clock = Stopwatch.StartNew();
         var lastProgress = TimeSpan.Zero;
         var result = CaseShrinker.Shrink(p, x.Case, progress: runs =>
         {
             if (clock.Elapsed - lastProgress < ProgressEvery) return;
             lastProgress = clock.Elapsed;
-            Console.Error.WriteLine(FormattableString.Invariant($"[{clock.Elapsed.TotalSeconds,6:0.0}s] {runs} runs"));
+            Console.Error.WriteLine(FormattableString.Invariant($"[{clock.Elapsed.TotalSeconds,6:0.0}s] {CaseRuns.Count(runs, "run")}"));
         });
         var shrunk = CounterexampleFile.Create(p, result.Case, x.ReplayToken, x.Seed, x.Batch);
         try { CounterexampleFile.WriteTo(shrunk, target); }
@@ -183,8 +184,4 @@ public static class ReplayCommand
         Console.WriteLine("result: spec and impl DIVERGE");
         return Cli.Diverged;
     }
-
-    /// <summary>FILE.json -> FILE.shrunk.json (any other name gets .shrunk.json appended).</summary>
-    public static string ShrunkPath(string path) =>
-        path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? path[..^".json".Length] + ".shrunk.json" : path + ".shrunk.json";
 }

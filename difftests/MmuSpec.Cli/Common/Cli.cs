@@ -13,7 +13,10 @@ public static class Cli
     /// <summary>Prints "mmuspec: error: ..." on one line and returns <see cref="BadInput"/>.</summary>
     public static int Fail(string message)
     {
-        Console.Out.Flush();
+        // Stdout first, so the error comes after what was printed; a stdout that cannot take it (a full
+        // disk: the error being reported) must not turn the one-line error into an internal error.
+        try { Console.Out.Flush(); }
+        catch (IOException) { }
         Console.Error.WriteLine($"mmuspec: error: {OneLine(message)}");
         return BadInput;
     }

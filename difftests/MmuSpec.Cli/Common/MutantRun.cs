@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Mutants;
+using MmuSpec.Harness.Running;
 
 namespace MmuSpec.Cli;
 
@@ -124,8 +125,8 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
         long cases = root.GetProperty("cases").GetInt64();
         if (root.GetProperty("failure").ValueKind == JsonValueKind.Null)
         {
-            progress($"{label}: NOT caught in {cases} cases");
-            return Outcome(entry, "not caught", $"{cases} cases in {root.GetProperty("seconds").GetDouble():0.0} s, no divergence") with { Cases = cases };
+            progress($"{label}: NOT caught in {CaseRuns.Count(cases, "case")}");
+            return Outcome(entry, "not caught", $"{CaseRuns.Count(cases, "case")} in {root.GetProperty("seconds").GetDouble():0.0} s, no divergence") with { Cases = cases };
         }
 
         var failure = root.GetProperty("failure");
@@ -135,7 +136,7 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
         string? file = failure.GetProperty("counterexample").GetString();
         string firstLine = failure.GetProperty("report").GetString()!.Split('\n')[0];
         var outcome = new MutantOutcome(entry, "caught", found, ops, property, cases, file, 0, firstLine);
-        progress($"{label}: caught by {property} after {found:0.0} s, shrunk to {ops?.ToString(CultureInfo.InvariantCulture) ?? "?"} ops");
+        progress($"{label}: caught by {property} after {found:0.0} s, shrunk to {(ops is { } n ? CaseRuns.Count(n, "op") : "? ops")}");
 
         // The shrunk case must agree on the unmutated build: otherwise the campaign found something
         // else (a bug in main, or a flaky harness) and the catch says nothing about the patch.

@@ -36,7 +36,7 @@ public sealed record DiffReport(WalkCase Case, int StepsRun, Divergence? Diverge
 
     public string Render() => Divergence is { } d
         ? d.Render(Case.Render, "at boot")
-        : $"spec and impl agree on all {StepsRun} steps";
+        : Running.CaseRuns.AgreeOnAll(StepsRun);
 }
 
 /// <summary>

@@ -102,7 +102,7 @@ public static class ScenarioJson
     /// <summary>JSON text to a document, with a malformed document reported by line and column.</summary>
     public static JsonDocument ParseDocument(string json)
     {
-        try { return JsonDocument.Parse(json, Options); }
+        try { return Running.DuplicateFields.Refuse(JsonDocument.Parse(json, Options)); }
         catch (JsonException e)
         {
             string message = e.Message;

@@ -20,7 +20,8 @@ namespace MmuSpec.Harness.Running;
 /// (ids, sizes, MAXPHYADDR) plain integers. Every operation is an object with its kind in "op", its
 /// fields, and its text as the traces print it in "text" (for people; the reader only checks that it
 /// is a string). Reading is strict: an unknown or missing field, a wrong type, an unknown op kind or a
-/// value the spec's constructors refuse is an <see cref="InputException"/> naming the JSON path.
+/// value the spec's constructors refuse is an <see cref="InputException"/> naming the JSON path, and so is
+/// a case outside what the generators draw (<see cref="CaseRules"/>).
 /// </summary>
 public static class CaseJson
 {
@@ -295,7 +296,9 @@ public static class CaseJson
         var setup = o.Array("setup").Select(s => ReadWalkOp(s.Element, s.Path) is Op.WriteGuest w ? w
             : throw new InputException($"{s.Path}.op: the setup of a walk case holds only write_guest operations")).ToImmutableArray();
         var ops = o.Array("ops").Select(s => ReadWalkOp(s.Element, s.Path)).ToImmutableArray();
-        return new WalkCase(slots, controls, cr3, setup, ops);
+        var c = new WalkCase(slots, controls, cr3, setup, ops);
+        CaseRules.Check(c, path);
+        return c;
     }
 
     public static TdpCase ReadTdp(JsonElement e, string path)
@@ -306,7 +309,9 @@ public static class CaseJson
         int? bit = c.NullableInt("shared_bit");
         var config = Construct(c.At("shared_bit"), () => new VmConfig(format, bit));
         var ops = o.Array("ops").Select(s => ReadTdpOp(s.Element, s.Path)).ToImmutableArray();
-        return new TdpCase(config, ops);
+        var tdp = new TdpCase(config, ops);
+        CaseRules.Check(tdp, path);
+        return tdp;
     }
 
     public static ShadowCase ReadShadow(JsonElement e, string path)
@@ -320,7 +325,9 @@ public static class CaseJson
         var config = Construct(c.At("maxphyaddr"), () => new ShadowConfig(maxPhyAddr, allowUnsync, policy));
         var setup = o.Array("setup").Select(s => ReadShadowOp(s.Element, s.Path)).ToImmutableArray();
         var ops = o.Array("ops").Select(s => ReadShadowOp(s.Element, s.Path)).ToImmutableArray();
-        return new ShadowCase(config, setup, ops);
+        var shadow = new ShadowCase(config, setup, ops);
+        CaseRules.Check(shadow, path);
+        return shadow;
     }
 
     static readonly Dictionary<string, string[]> WalkOps = new()

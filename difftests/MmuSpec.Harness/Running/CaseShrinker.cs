@@ -30,7 +30,9 @@ public static class CaseShrinker
     public static ShrinkResult Shrink(DiffProperty property, object c, Func<object, bool>? fails = null,
         int maxRuns = DefaultMaxRuns, Action<int>? progress = null)
     {
-        fails ??= x => Fails(property, x);
+        var failing = fails ?? (x => Fails(property, x));
+        // Only candidates within CaseRules: outside them the spec throws, and a throw counts as a failure.
+        fails = x => CaseRules.Obeys(x) && failing(x);
         return property switch
         {
             DiffProperty<WalkCase> p => Shrink((WalkCase)c, x => fails(x), p.Arbitrary.Shrinker, Lists<WalkCase>(), maxRuns, progress),

@@ -77,6 +77,17 @@ public static class CaseRuns
         _ => throw NotACase(c),
     };
 
+    /// <summary>"all 3 steps agree", "the one step agrees".</summary>
+    public static string StepsAgree(int n) => n == 1 ? "the one step agrees" : $"all {n.ToString(CultureInfo.InvariantCulture)} steps agree";
+
+    /// <summary>"spec and impl agree on all 3 steps", "... on the one step".</summary>
+    public static string AgreeOnAll(int n) =>
+        $"spec and impl agree on {(n == 1 ? "the one step" : $"all {n.ToString(CultureInfo.InvariantCulture)} steps")}";
+
+    /// <summary>"1 op", "3 ops", "1 entry", "2 entries".</summary>
+    public static string Count(long n, string what) => n is >= int.MinValue and <= int.MaxValue ? Count((int)n, what)
+        : $"{n.ToString(CultureInfo.InvariantCulture)} {(what.EndsWith('y') ? what[..^1] + "ies" : what + "s")}";
+
     /// <summary>"1 op", "3 ops", "1 entry", "2 entries".</summary>
     public static string Count(int n, string what) =>
         $"{n.ToString(CultureInfo.InvariantCulture)} {(n == 1 ? what : what.EndsWith('y') ? what[..^1] + "ies" : what + "s")}";
@@ -191,10 +202,10 @@ public static class CaseRuns
 
     static string Tail(Divergence? d, int steps, string whenNoStep) => d switch
     {
-        null => $"all {steps} steps agree",
+        null => StepsAgree(steps),
         { Step: < 0 } when whenNoStep == "at boot" => "stopped at the first divergence (at boot)",
-        { Step: < 0 } => $"all {steps} steps agree; then, {whenNoStep}: spec {d.SpecResult} / impl {d.ImplResult}",
-        _ when d.Step >= steps => $"all {steps} steps agree; then, {d.Op}: spec {d.SpecResult} / impl {d.ImplResult}",
+        { Step: < 0 } => $"{StepsAgree(steps)}; then, {whenNoStep}: spec {d.SpecResult} / impl {d.ImplResult}",
+        _ when d.Step >= steps => $"{StepsAgree(steps)}; then, {d.Op}: spec {d.SpecResult} / impl {d.ImplResult}",
         _ => $"stopped at the first divergence (step {d.Step + 1} of {steps})",
     };
 

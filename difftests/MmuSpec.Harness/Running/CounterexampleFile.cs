@@ -140,13 +140,46 @@ public static class CounterexampleFile
         return path;
     }
 
-    /// <summary>Writes the file at <paramref name="path"/>: first to a temporary file beside it, so a reader never sees half a file.</summary>
+    /// <summary>
+    /// Writes the file at <paramref name="path"/>: first to a temporary file beside it, so a reader never
+    /// sees half a file. A failure (a full disk, <paramref name="path"/> a directory) removes the
+    /// temporary file again and rethrows.
+    /// </summary>
     public static void WriteTo(Counterexample x, string path)
     {
+        if (Directory.Exists(path)) throw new IOException($"'{path}' is a directory, not a file name");
         string temporary = path + ".tmp";
-        File.WriteAllText(temporary, ToJson(x));
-        File.Move(temporary, path, overwrite: true);
+        try
+        {
+            File.WriteAllText(temporary, ToJson(x));
+            File.Move(temporary, path, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(temporary); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }   // the first error is the one to report
+            throw;
+        }
     }
+
+    /// <summary>
+    /// Where <c>replay FILE --shrink</c> writes: --out's path, or into --out when it is a directory (under the default
+    /// name), else FILE.shrunk.json. Checked before anything runs: a directory that is not there is
+    /// bad input, found before minutes of shrinking.
+    /// </summary>
+    public static string ShrinkTarget(string path, string? outPath)
+    {
+        string target = outPath is null ? ShrunkPath(path)
+            : Directory.Exists(outPath) ? Path.Combine(outPath, Path.GetFileName(ShrunkPath(path))) : outPath;
+        string? directory = Path.GetDirectoryName(Path.GetFullPath(target));
+        if (directory is not null && !Directory.Exists(directory))
+            throw new InputException($"cannot write the shrunk case to '{target}': directory '{directory}' does not exist");
+        return target;
+    }
+
+    /// <summary>FILE.json -> FILE.shrunk.json (any other name gets .shrunk.json appended).</summary>
+    public static string ShrunkPath(string path) =>
+        path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) ? path[..^".json".Length] + ".shrunk.json" : path + ".shrunk.json";
 
     // ---- reading ----
 

@@ -98,16 +98,16 @@ public static class DiffProperties
     public const int WalkTestCases = 1000, TdpTestCases = 300, ShadowTestCases = 300;
 
     static DiffProperty<WalkCase> Walk(string name, string law, PagingMode? mode) =>
-        new(name, law, mode is { } m ? WalkGen.Arbitrary(m) : WalkGen.Arbitrary(), c => WalkDiff.Run(c).Agreed, c => WalkDiff.Run(c).Render(), c => c.Ops.Length,
+        new(name, law, CaseRules.Shrinking(mode is { } m ? WalkGen.Arbitrary(m) : WalkGen.Arbitrary()), c => WalkDiff.Run(c).Agreed, c => WalkDiff.Run(c).Render(), c => c.Ops.Length,
             WalkFamily, WalkCoverage.Expected(mode), WalkCoverage.Classify, WalkTestCases);
 
     static DiffProperty<TdpCase> Tdp(string name, VmConfig config) =>
-        new(name, $"Spec_and_impl_TDP_MMUs_agree_after_every_operation ({config})", TdpGen.Arbitrary(config),
+        new(name, $"Spec_and_impl_TDP_MMUs_agree_after_every_operation ({config})", CaseRules.Shrinking(TdpGen.Arbitrary(config)),
             c => TdpDiff.Run(c).Agreed, c => TdpDiff.Run(c).Render(), c => c.Ops.Length,
             TdpFamily, TdpCoverage.Expected(config), TdpCoverage.Classify, TdpTestCases);
 
     static DiffProperty<ShadowCase> Shadow(string name, ShadowGenOptions options) =>
-        new(name, $"Spec_and_impl_shadow_MMUs_agree_after_every_operation ({options})", ShadowGen.Arbitrary(options),
+        new(name, $"Spec_and_impl_shadow_MMUs_agree_after_every_operation ({options})", CaseRules.Shrinking(ShadowGen.Arbitrary(options)),
             c => ShadowDiff.Run(c).Agreed, c => ShadowDiff.Run(c).Render(), c => c.Length,
             ShadowFamily, ShadowCoverage.Expected(options), ShadowCoverage.Classify, ShadowTestCases);
 

@@ -43,10 +43,15 @@ public static class PropertyCheck
             ? n : throw new ArgumentException($"{MaxTestVariable}='{v}' is not a positive integer");
     }
 
-    public static Replay? ReplayFromEnvironment()
+    /// <summary>MMUSPEC_REPLAY parsed, null when unset; a bad token is an error naming the variable.</summary>
+    public static Replay? ReplayFromEnvironment() => ReplayFrom(Environment.GetEnvironmentVariable(ReplayVariable));
+
+    /// <summary><paramref name="v"/> as MMUSPEC_REPLAY's value: null when unset or blank.</summary>
+    public static Replay? ReplayFrom(string? v)
     {
-        string? v = Environment.GetEnvironmentVariable(ReplayVariable);
-        return string.IsNullOrWhiteSpace(v) ? null : ParseReplay(v);
+        if (string.IsNullOrWhiteSpace(v)) return null;
+        try { return ParseReplay(v); }
+        catch (FormatException e) { throw new ArgumentException($"{ReplayVariable}: {e.Message}", e); }
     }
 
     /// <summary>False when MMUSPEC_SHRINK is "off" (or "0"); true when unset or "on" (or "1").</summary>
@@ -91,15 +96,30 @@ public static class PropertyCheck
         return z ^ (z >> 31);
     }
 
-    /// <summary>Parses "seed,gamma,size" (as printed on failure).</summary>
+    /// <summary>
+    /// The largest size a replay token may carry: the deep tier's end size (<c>mmuspec check --deep</c>),
+    /// the largest any run draws. The generators scale with the size and never cap it, so a far larger
+    /// one would only build an enormous case (a size of 999999999 never finished).
+    /// </summary>
+    public const int MaxReplaySize = 300;
+
+    /// <summary>
+    /// Parses "seed,gamma,size" (as printed on failure); a <see cref="FormatException"/> says what is
+    /// wrong: not three integers, an even gamma, or a size outside 0..<see cref="MaxReplaySize"/>.
+    /// </summary>
     public static Replay ParseReplay(string token)
     {
         var parts = token.Split(',', StringSplitOptions.TrimEntries);
         if (parts.Length != 3
-            || !ulong.TryParse(parts[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out ulong seed)
-            || !ulong.TryParse(parts[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out ulong gamma)
-            || !int.TryParse(parts[2], NumberStyles.Integer, CultureInfo.InvariantCulture, out int size))
+            || !ulong.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out ulong seed)
+            || !ulong.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out ulong gamma)
+            || !int.TryParse(parts[2], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int size))
             throw new FormatException($"replay token '{token}' is not 'seed,gamma,size' (three integers, as printed by a failure)");
+        // SplitMix64 steps its state by gamma: an even gamma would not visit every state, and FsCheck refuses it.
+        if (gamma % 2 == 0)
+            throw new FormatException($"replay token '{token}': the gamma {gamma} is even; SplitMix needs an odd gamma (copy the token as a failure printed it)");
+        if (size is < 0 or > MaxReplaySize)
+            throw new FormatException($"replay token '{token}': the size {size} is outside 0..{MaxReplaySize} (the deep tier's largest size)");
         return new Replay(new Rnd(seed, gamma), FSharpOption<int>.Some(size));
     }
 

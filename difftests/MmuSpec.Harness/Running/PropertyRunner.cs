@@ -39,7 +39,7 @@ public sealed class PropertyRunner(string property, Action<string> write, Func<o
     public void OnArguments(int ntest, FSharpList<object> args, FSharpFunc<int, FSharpFunc<FSharpList<object>, string>> every)
     {
         TestsRun = ntest;
-        if (verbose && ntest % 100 == 0) write($"{property}: {ntest} cases");
+        if (verbose && ntest % 100 == 0) write($"{property}: {CaseRuns.Count(ntest, "case")}");
     }
 
     public void OnShrink(FSharpList<object> args, FSharpFunc<FSharpList<object>, string> everyShrink) { }
@@ -50,10 +50,10 @@ public sealed class PropertyRunner(string property, Action<string> write, Func<o
         {
             case TestResult.Passed p:
                 TestsRun = p.Item1.NumberOfTests;
-                write($"{property}: passed {p.Item1.NumberOfTests} cases");
+                write($"{property}: passed {CaseRuns.Count(p.Item1.NumberOfTests, "case")}");
                 break;
             case TestResult.Exhausted e:
-                FailureReport = $"{property}: gave up after {e.Item.NumberOfTests} cases (too many discarded)";
+                FailureReport = $"{property}: gave up after {CaseRuns.Count(e.Item.NumberOfTests, "case")} (too many discarded)";
                 write(FailureReport);
                 break;
             case TestResult.Failed f:
@@ -71,7 +71,7 @@ public sealed class PropertyRunner(string property, Action<string> write, Func<o
                 string outcome = exception is null ? "" : $"\nexception: {exception}";
                 string file = FailingCase is null ? "" : WriteCounterexample(FailingCase, token, exception);
                 FailureReport =
-                    $"{property}: FAILED after {f.Item1.NumberOfTests} cases, shrunk {f.Item1.NumberOfShrinks} times{outcome}\n" +
+                    $"{property}: FAILED after {CaseRuns.Count(f.Item1.NumberOfTests, "case")}, shrunk {CaseRuns.Count(f.Item1.NumberOfShrinks, "time")}{outcome}\n" +
                     $"{counterexample}\n" +
                     file +
                     $"replay: MMUSPEC_REPLAY={token} dotnet test --filter \"DisplayName~{property}\"\n" +

@@ -48,14 +48,26 @@ public readonly struct StrictObject
     public ulong Hex(string name) => HexValue(Field(name), At(name));
 
     public static ulong HexValue(JsonElement v, string path) => v.ValueKind == JsonValueKind.String
-        ? Images.Hex.TryParse(v.GetString()) ?? throw new InputException($"{path}: '{v.GetString()}' is not a number (write hex as \"0x1000\")")
+        ? Images.Hex.TryParse(v.GetString()) ?? throw new InputException(TooWide(v.GetString()!)
+            ? $"{path}: '{v.GetString()}' is larger than 64 bits"
+            : $"{path}: '{v.GetString()}' is not a number (write hex as \"0x1000\")")
         : throw new InputException($"{path}: expected a hex string like \"0x1000\", got {Kind(v)}");
+
+    /// <summary>Digits Hex.TryParse would take (0x hex or decimal, '_' between digits) that overflow 64 bits.</summary>
+    static bool TooWide(string text)
+    {
+        string t = text.Trim().Replace("_", "", StringComparison.Ordinal);
+        bool hex = t.StartsWith("0x", StringComparison.OrdinalIgnoreCase);
+        string digits = hex ? t[2..] : t;
+        return digits.Length > 0 && digits.All(hex ? char.IsAsciiHexDigit : char.IsAsciiDigit);
+    }
 
     public int Int(string name)
     {
         var v = Field(name);
         return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) ? n
-            : throw new InputException($"{At(name)}: expected an integer, got {Kind(v)}");
+            : throw new InputException(IsWholeNumber(v) ? $"{At(name)}: {v.GetRawText()} does not fit 32 bits"
+                : $"{At(name)}: expected an integer, got {Kind(v)}");
     }
 
     public int? NullableInt(string name) => IsNull(name) ? null : Int(name);
@@ -64,7 +76,8 @@ public readonly struct StrictObject
     {
         var v = Field(name);
         return v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long n) ? n
-            : throw new InputException($"{At(name)}: expected an integer, got {Kind(v)}");
+            : throw new InputException(IsWholeNumber(v) ? $"{At(name)}: {v.GetRawText()} is larger than 64 bits"
+                : $"{At(name)}: expected an integer, got {Kind(v)}");
     }
 
     public long? NullableLong(string name) => IsNull(name) ? null : Long(name);
@@ -91,8 +104,13 @@ public readonly struct StrictObject
         string? s = NullableString(name);
         if (s is null) return null;
         return ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out ulong n) ? n
-            : throw new InputException($"{At(name)}: '{s}' is not a non-negative decimal number");
+            : throw new InputException(s.Length > 0 && s.All(char.IsAsciiDigit) ? $"{At(name)}: '{s}' is larger than 64 bits"
+                : $"{At(name)}: '{s}' is not a non-negative decimal number");
     }
+
+    /// <summary>A JSON number written as digits only (with a sign at most): an integer, whatever its size.</summary>
+    static bool IsWholeNumber(JsonElement v) =>
+        v.ValueKind == JsonValueKind.Number && v.GetRawText().TrimStart('-').All(char.IsAsciiDigit);
 
     /// <summary>A string that must be one of <paramref name="choices"/>.</summary>
     public T Choice<T>(string name, IReadOnlyDictionary<string, T> choices)

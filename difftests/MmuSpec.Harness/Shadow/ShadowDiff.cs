@@ -12,7 +12,7 @@ public sealed record ShadowReport(ShadowCase Case, int StepsRun, Divergence? Div
 
     public string Render() => Divergence is { } d
         ? d.Render(Case.Render, "when the VM was destroyed")
-        : $"spec and impl agree on all {StepsRun} steps";
+        : Running.CaseRuns.AgreeOnAll(StepsRun);
 }
 
 /// <summary>

@@ -12,7 +12,7 @@ public sealed record TdpReport(TdpCase Case, int StepsRun, Divergence? Divergenc
 
     public string Render() => Divergence is { } d
         ? d.Render(Case.Render, "when the VM was destroyed")
-        : $"spec and impl agree on all {StepsRun} steps";
+        : Running.CaseRuns.AgreeOnAll(StepsRun);
 }
 
 /// <summary>

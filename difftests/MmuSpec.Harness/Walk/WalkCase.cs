@@ -43,7 +43,7 @@ public sealed record WalkCase(
         var sb = new StringBuilder();
         sb.AppendLine($"boot: {Controls}, CR3={Bits.Hex(Cr3)}");
         sb.AppendLine($"memory: {string.Join(", ", Slots)}");
-        sb.AppendLine($"setup ({Setup.Length} writes):");
+        sb.AppendLine($"setup ({Running.CaseRuns.Count(Setup.Length, "write")}):");
         foreach (var w in Setup) sb.AppendLine($"    {w}");
         sb.AppendLine($"ops ({Ops.Length}):");
         for (int i = 0; i < Ops.Length; i++)

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Running;
+using MmuSpec.Harness.Tdp;
 using MmuSpec.Spec.Machine;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Spec.Tdp;
@@ -42,6 +43,15 @@ public sealed class CaseJsonTests
             Assert.True(c.Equals(file.Case), $"{name}: the case read back from a counterexample file differs");
             Assert.Same(p, file.Property);
         }
+    }
+
+    [Theory]
+    [MemberData(nameof(Properties))]
+    public void Every_generated_case_obeys_the_case_rules_up_to_the_deep_size(string name)
+    {
+        // The reader refuses what CaseRules refuses: no case a run can draw (sizes up to the deep tier's 300) may be among it.
+        var p = DiffProperties.Find(name);
+        foreach (var c in p.Sample(seed: 16, count: 60, endSize: PropertyCheck.MaxReplaySize)) CaseRules.Check(c, "");
     }
 
     [Fact]
@@ -132,6 +142,26 @@ public sealed class CaseJsonTests
         { "shadow", "config.root_policy=\"keep\"", "config.root_policy: unknown value 'keep' (expected keep-and-resync, upstream)" },
         { "shadow", "setup[3].pcide-", "setup[3].pcide is missing" },
         { "shadow", "ops[5].op=\"invlpga\"", "ops[5].op: unknown shadow op kind 'invlpga'" },
+        // Numbers too wide for their field.
+        { "tdp", "ops[3].new_base_gfn=\"0x1_0000_0000_0000_0000\"", "ops[3].new_base_gfn: '0x1_0000_0000_0000_0000' is larger than 64 bits" },
+        { "tdp", "ops[3].new_base_gfn=\"18446744073709551616\"", "ops[3].new_base_gfn: '18446744073709551616' is larger than 64 bits" },
+        { "tdp", "ops[0].id=3000000000", "ops[0].id: 3000000000 does not fit 32 bits" },
+        // CaseRules: what every generated case obeys (one row per rule).
+        { "walk", "slots[1].base_gfn=\"0xfffffffffffffff8\"", "slots[1]: 0x10 pages from gfn 0xfffffffffffffff8 run past the 64-bit guest-physical address space (gfn 0x10000000000000)" },
+        { "walk", "slots[1].base_gfn=\"0xffffffffffff8\"", "slots[1]: 0x10 pages from gfn 0xffffffffffff8 run past the 64-bit guest-physical address space" },
+        { "walk", "slots[0].pages=\"0x0\"", "slots[0].pages: a memslot has at least one page" },
+        { "walk", "slots[1].base_gfn=\"0x3f\"", "slots[1]: overlaps slots[0]" },
+        { "walk", "slots[1].pages=\"0x10000\"", "slots: more than 0x10000 pages (256 MiB) in all" },
+        { "walk", "setup[0].size=3", "setup[0].size: a guest write is 4 or 8 bytes (a page-table entry), not 3" },
+        { "walk", "setup[0].gpa=\"0x1024\"", "setup[0].gpa: 0x1024 is not 8-byte aligned" },
+        { "walk", "ops[1].gpa=\"0x2002\"", "ops[1].gpa: 0x2002 is not 4-byte aligned" },
+        { "walk", "ops[1].value=\"0x100000000\"", "ops[1].value: 0x100000000 does not fit a 4-byte write" },
+        { "walk", "cr3=\"0x100001000\"", "cr3: 0x100001000 is wider than CR3's 32 bits in pae paging" },
+        { "walk", "ops[2].controls.mode=\"bits32\"", "ops[3].cr3: 0x8000000000001000 is wider than CR3's 32 bits in bits32 paging" },
+        { "walk", "ops[0].access.gva=\"0x100000000\"", "ops[0].access.gva: 0x100000000 is wider than a linear address's 32 bits in pae paging" },
+        { "tdp", "ops[1].pages=\"0x100001\"", "ops[1].pages: 0x100001 pages is more than a memslot may have here (0x100000, 4 GiB)" },
+        { "shadow", "setup[0].pages=\"0xffffffff\"", "setup[0].pages: 0xffffffff pages is more than a memslot may have here" },
+        { "shadow", "ops[16].pages=\"0x100001\"", "ops[16].pages: 0x100001 pages is more than a memslot may have here" },
     };
 
     [Theory]
@@ -143,6 +173,37 @@ public sealed class CaseJsonTests
         Mutate(root, mutation);
         var e = Assert.Throws<InputException>(() => CaseJson.Parse(root.ToJsonString()));
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_hand_made_cases_and_the_largest_rule_values_are_accepted_and_agree()
+    {
+        // The rules refuse nothing the samples need: every hand-made case reads back and replays in agreement.
+        foreach (object c in new object[] { CaseSamples.EveryWalkOp(), CaseSamples.EveryTdpOp(), CaseSamples.EveryShadowOp() })
+            Assert.True(CaseRuns.Trace(CaseJson.Parse(CaseJson.ToJson(c))).Agreed, $"{CaseJson.KindOf(c)}: the hand-made case diverges");
+        // At the limits: a slot ending exactly at 2^52 gfns, and the largest memory and slot allowed.
+        var top = CaseSamples.EveryWalkOp() with { Slots = [new(0, 0x40), new(CaseRules.GfnLimit - 0x10, 0x10)] };
+        Assert.True(top.Equals(CaseJson.Parse(CaseJson.ToJson(top))));
+        var most = CaseSamples.EveryWalkOp() with { Slots = [new(0, 0x40), new(0x100, CaseRules.MaxWalkPages - 0x40)] };
+        Assert.True(most.Equals(CaseJson.Parse(CaseJson.ToJson(most))));
+        var big = CaseSamples.EveryTdpOp();
+        big = big.WithOps(big.Ops.SetItem(1, ((TdpOp.CreateSlot)big.Ops[1]) with { Pages = CaseRules.MaxSlotPages }));
+        Assert.True(big.Equals(CaseJson.Parse(CaseJson.ToJson(big))));
+    }
+
+    [Fact]
+    public void A_field_named_twice_is_refused_with_its_path()
+    {
+        string json = CaseJson.ToJson(CaseSamples.EveryTdpOp());
+        // System.Text.Json would keep the last value silently; the reader refuses the document.
+        string nested = new System.Text.RegularExpressions.Regex("\"new_base_gfn\": ").Replace(json, "\"new_base_gfn\": \"0x1\", \"new_base_gfn\": ", 1);
+        var e = Assert.Throws<InputException>(() => CaseJson.Parse(nested));
+        Assert.Equal("duplicate field 'ops[3].new_base_gfn': each field may appear once in an object", e.Message);
+        string top = json.Replace("\"kind\": \"tdp\"", "\"kind\": \"tdp\", \"kind\": \"tdp\"", StringComparison.Ordinal);
+        Assert.Equal("duplicate field 'kind': each field may appear once in an object", Assert.Throws<InputException>(() => CaseJson.Parse(top)).Message);
+        // Scenarios go through the same reader.
+        var s = Assert.Throws<InputException>(() => ScenarioJson.Parse("""{"mode":"long4","cr3":"0x1000","memory":{"0x1000":"0x3","0x1000":"0x7"}}"""));
+        Assert.Equal("duplicate field 'memory.0x1000': each field may appear once in an object", s.Message);
     }
 
     [Fact]

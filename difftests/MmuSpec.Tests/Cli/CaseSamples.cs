@@ -26,18 +26,21 @@ internal static class CaseSamples
         return cases;
     }
 
-    /// <summary>A walk case with every walk op kind and unusual values (PAE, PKRU, a 4-byte write of a wide value, a 64-bit CR3).</summary>
+    /// <summary>
+    /// A walk case with every walk op kind and unusual values (PAE, PKRU, a 4-byte write of all ones, a
+    /// 64-bit CR3 and a kernel address once in 5-level paging), within <see cref="CaseRules"/>.
+    /// </summary>
     public static WalkCase EveryWalkOp() => new(
         WalkGen.Slots,
         new PagingControls(PagingMode.Pae, cr0Wp: true, cr4Smap: true, eferNxe: true, eflagsAc: true, pkru: 0x5555_5554, maxPhyAddr: 52),
         0x1020,
         [new Op.WriteGuest(0x1020, 0x2001, 8), new Op.WriteGuest(0x2ff8, 0x8000_0000_0000_3063, 8)],
         [
-            new Op.GuestAccess(new Access(0xffff_8000_0000_0123, AccessType.Fetch, Privilege.User)),
-            new Op.WriteGuest(0x2000, ulong.MaxValue, 4),
-            new Op.LoadCr3(0x8000_0000_0000_1000),
+            new Op.GuestAccess(new Access(0x8000_0123, AccessType.Fetch, Privilege.User)),
+            new Op.WriteGuest(0x2004, uint.MaxValue, 4),
             new Op.SetControls(new PagingControls(PagingMode.Long5, cr4Pke: true, cr4Smep: true, cr4Pse: true, maxPhyAddr: 36)),
-            new Op.GuestAccess(Access.Write(0x1234, Privilege.ImplicitSupervisor)),
+            new Op.LoadCr3(0x8000_0000_0000_1000),
+            new Op.GuestAccess(Access.Write(0xff00_0000_0000_1234, Privilege.ImplicitSupervisor)),
         ]);
 
     /// <summary>A TDP case with every TDP op kind, on a stage-2 VM with shared bit 47.</summary>

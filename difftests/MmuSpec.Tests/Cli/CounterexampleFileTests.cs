@@ -65,7 +65,7 @@ public sealed partial class CounterexampleFileTests : IDisposable
         var p = DiffProperties.Find("walk-pae");
         var e = Assert.Throws<PropertyFailedException>(() => PropertyCheck.Check(p.Name, p, _ => { }, 20, PropertyCheck.SeededStart(3, p.Name),
             holds: _ => false, counterexampleDirectory: Path.Combine(blocker, "sub")));
-        Assert.Contains("walk-pae: FAILED after 1 cases", e.Message, StringComparison.Ordinal);
+        Assert.Contains("walk-pae: FAILED after 1 case,", e.Message, StringComparison.Ordinal);
         Assert.Contains($"counterexample: not written to {Path.Combine(blocker, "sub")}: ", e.Message, StringComparison.Ordinal);
         Assert.Contains("replay: MMUSPEC_REPLAY=", e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("counterexample: /", e.Message, StringComparison.Ordinal);
@@ -151,6 +151,13 @@ public sealed partial class CounterexampleFileTests : IDisposable
         { "case.ops[1].id-", "case.ops[1].id is missing" },
         { "case=[]", "case: expected a case object, got an array" },
         { "shrunk=true", "unknown field 'shrunk'" },
+        { "replay_token=\"1,2,3\"", "replay_token: replay token '1,2,3': the gamma 2 is even; SplitMix needs an odd gamma" },
+        { "replay_token=\"1,3,301\"", "replay_token: replay token '1,3,301': the size 301 is outside 0..300" },
+        { "replay_token=\"1,3,-1\"", "replay_token: replay token '1,3,-1': the size -1 is outside 0..300" },
+        { "seed=\"18446744073709551616\"", "seed: '18446744073709551616' is larger than 64 bits" },
+        { "batch=18446744073709551616", "batch: 18446744073709551616 is larger than 64 bits" },
+        { "ops=2147483648", "ops: 2147483648 does not fit 32 bits" },
+        { "case.ops[0].pages=\"0x100001\"", "case.ops[0].pages: 0x100001 pages is more than a memslot may have here" },
     };
 
     [Theory]
@@ -172,6 +179,73 @@ public sealed partial class CounterexampleFileTests : IDisposable
         var e = Assert.Throws<InputException>(() => CounterexampleFile.Load(file));
         Assert.StartsWith($"{file}: ", e.Message, StringComparison.Ordinal);
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_walk_file_whose_memslot_wraps_past_2_64_is_refused_not_replayed_as_a_divergence()
+    {
+        // It used to be read, and replay reported the impl's refusal of the slot as a DIVERGENCE (exit 1).
+        var p = DiffProperties.Find("walk-long4");
+        var c = WalkGen.Build(5, 30, MmuSpec.Spec.Paging.PagingMode.Long4);
+        var root = JsonNode.Parse(CounterexampleFile.ToJson(CounterexampleFile.Create(p, c)))!;
+        root["case"]!["slots"]![1]!["base_gfn"] = "0xfffffffffffffff8";
+        string file = Path.Combine(dir, "wrap.json");
+        File.WriteAllText(file, root.ToJsonString());
+        var e = Assert.Throws<InputException>(() => CounterexampleFile.Load(file));
+        Assert.Equal($"{file}: case.slots[1]: 0x10 pages from gfn 0xfffffffffffffff8 run past the 64-bit guest-physical address space (gfn 0x10000000000000)", e.Message);
+    }
+
+    [Fact]
+    public void A_field_named_twice_anywhere_in_the_file_is_refused()
+    {
+        string json = CounterexampleFile.ToJson(CounterexampleFile.Create(DiffProperties.Find("walk-pae"), CaseSamples.EveryWalkOp()));
+        foreach (var (from, to, field) in new[]
+        {
+            ("\"law\": ", "\"law\": \"old\", \"law\": ", "law"),
+            ("\"commit\": ", "\"commit\": \"x\", \"commit\": ", "versions.commit"),
+            ("\"cr3\": \"0x1020\"", "\"cr3\": \"0x1020\", \"cr3\": \"0x2020\"", "case.cr3"),
+            ("\"gpa\": \"0x2004\"", "\"gpa\": \"0x2004\", \"gpa\": \"0x2008\"", "case.ops[1].gpa"),
+        })
+        {
+            string file = Path.Combine(dir, "dup.json");
+            int at = json.IndexOf(from, StringComparison.Ordinal);
+            Assert.True(at >= 0, from);
+            File.WriteAllText(file, json[..at] + to + json[(at + from.Length)..]);
+            var e = Assert.Throws<InputException>(() => CounterexampleFile.Load(file));
+            Assert.Equal($"{file}: duplicate field '{field}': each field may appear once in an object", e.Message);
+        }
+    }
+
+    [Fact]
+    public void A_failed_write_leaves_no_temporary_file()
+    {
+        var x = CounterexampleFile.Create(DiffProperties.Find("tdp-ept"), CaseSamples.EveryTdpOp() with { Config = new VmConfig(TdpFormat.Ept) });
+        // Onto a directory: the rename used to fail after the temporary file was written, leaving DIR.tmp.
+        string target = Path.Combine(dir, "out");
+        Directory.CreateDirectory(target);
+        Assert.Throws<IOException>(() => CounterexampleFile.WriteTo(x, target));
+        Assert.Equal([target], Directory.GetFileSystemEntries(dir));
+        Assert.Empty(Directory.GetFileSystemEntries(target));
+        // Into a directory that is not there: nothing at all.
+        Assert.Throws<DirectoryNotFoundException>(() => CounterexampleFile.WriteTo(x, Path.Combine(dir, "nope", "x.json")));
+        Assert.Equal([target], Directory.GetFileSystemEntries(dir));
+        // A success leaves the file only.
+        CounterexampleFile.WriteTo(x, Path.Combine(target, "x.json"));
+        Assert.Equal([Path.Combine(target, "x.json")], Directory.GetFileSystemEntries(target));
+    }
+
+    [Fact]
+    public void The_shrink_target_is_the_out_path_a_file_inside_the_out_directory_or_beside_the_input()
+    {
+        string file = Path.Combine(dir, "x.json");
+        Assert.Equal(Path.Combine(dir, "x.shrunk.json"), CounterexampleFile.ShrinkTarget(file, null));
+        Assert.Equal(Path.Combine(dir, "y.json"), CounterexampleFile.ShrinkTarget(file, Path.Combine(dir, "y.json")));
+        // --out DIR used to be taken as a file name: the rename onto the directory failed and left DIR.tmp.
+        string sub = Directory.CreateDirectory(Path.Combine(dir, "sub")).FullName;
+        Assert.Equal(Path.Combine(sub, "x.shrunk.json"), CounterexampleFile.ShrinkTarget(file, sub));
+        var e = Assert.Throws<InputException>(() => CounterexampleFile.ShrinkTarget(file, Path.Combine(dir, "no", "y.json")));
+        Assert.Equal($"cannot write the shrunk case to '{Path.Combine(dir, "no", "y.json")}': directory '{Path.Combine(dir, "no")}' does not exist", e.Message);
+        Assert.Equal([sub], Directory.GetFileSystemEntries(dir));
     }
 
     [Fact]

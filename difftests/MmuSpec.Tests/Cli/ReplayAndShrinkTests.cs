@@ -249,6 +249,74 @@ public sealed class ReplayAndShrinkTests : IDisposable
         Assert.True(CaseRuns.Trace(back.Case).Agreed);
     }
 
+    [Theory]
+    [InlineData("1,2,3", "replay token '1,2,3': the gamma 2 is even; SplitMix needs an odd gamma")]
+    [InlineData("1,0,3", "the gamma 0 is even")]
+    [InlineData("1,3,999999999", "replay token '1,3,999999999': the size 999999999 is outside 0..300 (the deep tier's largest size)")]
+    [InlineData("1,3,301", "the size 301 is outside 0..300")]
+    [InlineData("1,3,-5", "the size -5 is outside 0..300")]
+    [InlineData("1,3", "replay token '1,3' is not 'seed,gamma,size'")]
+    [InlineData("-1,3,5", "is not 'seed,gamma,size'")]
+    [InlineData("1,3,5,7", "is not 'seed,gamma,size'")]
+    [InlineData("1,3,99999999999", "is not 'seed,gamma,size'")]
+    public void A_bad_replay_token_is_a_format_error_that_says_why(string token, string expected)
+    {
+        var e = Assert.Throws<FormatException>(() => PropertyCheck.ParseReplay(token));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+        // MMUSPEC_REPLAY, as dotnet test reads it: the same reason, naming the variable.
+        var env = Assert.Throws<ArgumentException>(() => PropertyCheck.ReplayFrom(token));
+        Assert.StartsWith("MMUSPEC_REPLAY: ", env.Message, StringComparison.Ordinal);
+        Assert.Contains(expected, env.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Tokens_at_the_size_bounds_replay_and_round_trip()
+    {
+        foreach (string token in new[] { "18446744073709551615,18446744073709551615,0", "1,3,300", " 7 , 9 , 100 " })
+        {
+            var r = PropertyCheck.ParseReplay(token);
+            Assert.Equal(token.Replace(" ", "", StringComparison.Ordinal), PropertyCheck.FormatReplay(r));
+        }
+        Assert.Null(PropertyCheck.ReplayFrom(null));
+        Assert.Null(PropertyCheck.ReplayFrom("  "));
+    }
+
+    [Fact]
+    public void Shrinking_never_leaves_what_every_generated_case_obeys()
+    {
+        // Boot in PAE, switch to 4-level paging, load a CR3 with a reserved bit (#GP there). Dropping
+        // the mode switch would leave a 64-bit CR3 load in PAE paging, which the spec refuses by
+        // throwing: a shrinker that counts the throw as "still fails" would end on a case that is no
+        // guest event, and the file it writes would be refused on replay.
+        var p = (DiffProperty<WalkCase>)DiffProperties.Find("walk-pae");
+        var c = CaseSamples.EveryWalkOp() with
+        {
+            Ops = [new Op.SetControls(new PagingControls(PagingMode.Long4, maxPhyAddr: 36)), new Op.LoadCr3(0x8000_0000_0000_1000)],
+        };
+        CaseRules.Check(c, "");
+        Assert.DoesNotContain(p.Arbitrary.Shrinker(c), x => !CaseRules.Obeys(x));
+        var r = CaseShrinker.Shrink(p, c, fails: x => ((WalkCase)x).Ops.Any(o => o is Op.LoadCr3));
+        Assert.True(CaseRules.Obeys(r.Case), CaseRuns.Render(r.Case));
+        Assert.Contains(((WalkCase)r.Case).Ops, o => o is Op.SetControls);   // kept: without it the load is out of bounds
+    }
+
+    [Fact]
+    public void Counts_of_one_are_singular_in_traces_and_reports()
+    {
+        // "all 1 steps agree", "1 cases", "setup (1 writes)" were printed.
+        var c = CaseSamples.EveryWalkOp() with { Setup = [new Op.WriteGuest(0x1020, 0x2001, 8)], Ops = [new Op.LoadCr3(0x1000)] };
+        var t = CaseRuns.Trace(c);
+        Assert.Equal("the one step agrees", t.Tail);
+        Assert.StartsWith("spec and impl agree on the one step", t.Report, StringComparison.Ordinal);
+        Assert.Contains("setup (1 write):", c.Render(null), StringComparison.Ordinal);
+        Assert.Equal("all 2 steps agree", CaseRuns.StepsAgree(2));
+        Assert.Equal(("1 case", "3 cases", "5000000000 cases"), (CaseRuns.Count(1L, "case"), CaseRuns.Count(3L, "case"), CaseRuns.Count(5_000_000_000L, "case")));
+        var p = DiffProperties.Find("walk-pae");
+        var runner = PropertyCheck.Check(p.Name, p, _ => { }, 20, PropertyCheck.SeededStart(3, p.Name), throwOnFailure: false,
+            holds: _ => false, counterexampleDirectory: dir);
+        Assert.Contains("walk-pae: FAILED after 1 case, shrunk ", runner.FailureReport, StringComparison.Ordinal);
+    }
+
     static void AssertNoSingleDeletionFails<T>(T c, Func<object, bool> fails)
     {
         foreach (var list in CaseShrinker.Lists<T>())
