@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using MmuSpec.Harness.Running;
 using MmuSpec.Harness.Walk;
@@ -59,7 +58,8 @@ public sealed class BadInputTests : IDisposable
         foreach (var (name, content) in Files) File.WriteAllText(Path.Combine(dir, name), content());
         var before = Directory.GetFileSystemEntries(dir, "*", SearchOption.AllDirectories).Order().ToList();
 
-        var (exit, stdout, stderr) = Run(argv.Split('|'), env);
+        var env1 = env.Length == 0 ? null : new Dictionary<string, string> { [env[..env.IndexOf('=')]] = env[(env.IndexOf('=') + 1)..] };
+        var (exit, stdout, stderr) = MmuspecProcess.Run(argv.Split('|'), dir, env1);
 
         Assert.True(exit == 2, $"exit {exit}, expected 2\nstdout: {stdout}\nstderr: {stderr}");
         string line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => !l.StartsWith("mmuspec: note: ", StringComparison.Ordinal));
@@ -74,7 +74,7 @@ public sealed class BadInputTests : IDisposable
         if (!File.Exists("/dev/full")) return;   // Linux: a device on which every write fails with ENOSPC
         foreach (string command in new[] { "replay 1,3,5 --property walk-long4", "check --count 3 --property walk-pae --json" })
         {
-            var (exit, stdout, stderr) = Run(["-c", $"exec \"$0\" exec '{CliDll()}' {command} > /dev/full", Dotnet()], "", shell: true);
+            var (exit, stdout, stderr) = MmuspecProcess.RunRedirected(command, "> /dev/full", dir);
             Assert.True(exit == 2, $"{command}: exit {exit}, expected 2\nstdout: {stdout}\nstderr: {stderr}");
             Assert.EndsWith("mmuspec: error: I/O error: No space left on device", stderr.TrimEnd(), StringComparison.Ordinal);
         }
@@ -95,44 +95,5 @@ public sealed class BadInputTests : IDisposable
         int at = json.IndexOf(from, StringComparison.Ordinal);
         Assert.True(at >= 0, from);
         return json[..at] + to + json[(at + from.Length)..];
-    }
-
-    /// <summary>mmuspec.dll as the solution's build put it beside this test assembly's configuration.</summary>
-    static string CliDll()
-    {
-        // .../difftests/MmuSpec.Tests/bin/<configuration>/<tfm>/
-        var here = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
-        string dll = Path.Combine(WalkAndBatchTests.RepoRoot(), "difftests", "MmuSpec.Cli", "bin", here.Parent!.Name, here.Name, "mmuspec.dll");
-        Assert.True(File.Exists(dll), $"{dll} is missing: build the solution (the test project builds MmuSpec.Cli first)");
-        return dll;
-    }
-
-    static string Dotnet() => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
-
-    (int Exit, string Stdout, string Stderr) Run(string[] args, string env, bool shell = false)
-    {
-        var info = new ProcessStartInfo(shell ? "/bin/sh" : Dotnet())
-        {
-            WorkingDirectory = dir,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        if (!shell)
-        {
-            info.ArgumentList.Add("exec");
-            info.ArgumentList.Add(CliDll());
-        }
-        foreach (string a in args) info.ArgumentList.Add(a);
-        // The child must not inherit a developer's replay or seed.
-        foreach (string v in new[] { PropertyCheck.ReplayVariable, PropertyCheck.SeedVariable, PropertyCheck.MaxTestVariable, "MMUSPEC_DEBUG" })
-            info.Environment.Remove(v);
-        info.Environment[CounterexampleFile.DirectoryVariable] = "off";
-        if (env.Length > 0) info.Environment[env[..env.IndexOf('=')]] = env[(env.IndexOf('=') + 1)..];
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        Assert.True(process.WaitForExit(TimeSpan.FromMinutes(2)), $"mmuspec {string.Join(' ', args)} did not finish in 2 minutes");
-        return (process.ExitCode, stdout.Result, stderr.Result);
     }
 }

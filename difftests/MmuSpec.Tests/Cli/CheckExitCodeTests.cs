@@ -14,13 +14,13 @@ public sealed class CheckExitCodeTests
     [Fact]
     public void A_budget_that_ends_before_every_property_ran_is_a_failure_unless_allowed()
     {
-        var r = Mmuspec.Run("check", "--seed", "1", "--time", "0.001", "--property", "walk-pae,walk-long4");
+        var r = MmuspecProcess.Run("check", "--seed", "1", "--time", "0.001", "--property", "walk-pae,walk-long4");
         Assert.Equal(CheckCommand.Partial, r.ExitCode);
         Assert.Contains("PARTIAL", r.Stdout);
         Assert.Contains("ran no case", r.Stdout);
         Assert.DoesNotContain("agree on every case\n", r.Stdout.ReplaceLineEndings("\n"));
 
-        var allowed = Mmuspec.Run("check", "--seed", "1", "--time", "0.001", "--property", "walk-pae,walk-long4", "--allow-partial");
+        var allowed = MmuspecProcess.Run("check", "--seed", "1", "--time", "0.001", "--property", "walk-pae,walk-long4", "--allow-partial");
         Assert.Equal(0, allowed.ExitCode);
         Assert.Contains("PARTIAL (allowed)", allowed.Stdout);
     }
@@ -28,7 +28,7 @@ public sealed class CheckExitCodeTests
     [Fact]
     public void A_case_limit_that_reaches_every_property_exits_0_and_prints_ops_per_second()
     {
-        var r = Mmuspec.Run("check", "--seed", "1", "--count", "20", "--batch-size", "10", "--property", "walk-pae,walk-long4");
+        var r = MmuspecProcess.Run("check", "--seed", "1", "--count", "20", "--batch-size", "10", "--property", "walk-pae,walk-long4");
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("spec and impl agree on every case", r.Stdout);
         Assert.Contains("ops/s", r.Stdout);
@@ -42,7 +42,7 @@ public sealed class CheckExitCodeTests
     {
         if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return;   // POSIX signals
         bool sent = false;   // once: a second signal is the runtime's, it terminates at once
-        var r = Mmuspec.Run(["check", "--seed", "1", "--time", "600", "--property", "walk-pae,shadow-long4"],
+        var r = MmuspecProcess.Run(["check", "--seed", "1", "--time", "600", "--property", "walk-pae,shadow-long4"],
             onStderrLine: (line, pid) =>
             {
                 // The first progress line (every 2 s) proves the campaign is under way; then signal it.
@@ -64,7 +64,7 @@ public sealed class CheckExitCodeTests
     [InlineData("walk-nope", "unknown property 'walk-nope'")]
     public void A_bad_property_list_is_bad_input(string list, string expected)
     {
-        var r = Mmuspec.Run("check", "--count", "1", "--property", list);
+        var r = MmuspecProcess.Run("check", "--count", "1", "--property", list);
         Assert.Equal(2, r.ExitCode);
         Assert.Contains(expected, r.Stderr);
         Assert.Single(r.Stderr.Trim().Split('\n'));
@@ -76,46 +76,5 @@ public sealed class CheckExitCodeTests
     {
         // Directory.Build.props: a plain `dotnet run` (Debug) must not run a campaign ten times slower.
         Assert.False(MmuSpec.Harness.Running.BuildInfo.Unoptimized);
-    }
-}
-
-/// <summary>Runs the built mmuspec tool (copied beside the tests by the project reference) as a child process, bounded in time.</summary>
-static class Mmuspec
-{
-    public sealed record Result(int ExitCode, string Stdout, string Stderr);
-
-    static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
-
-    public static Result Run(params string[] args) => Run(args, null);
-
-    public static Result Run(string[] args, Action<string, int>? onStderrLine)
-    {
-        string dll = Path.Combine(AppContext.BaseDirectory, "mmuspec.dll");
-        var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-        };
-        start.ArgumentList.Add(dll);
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment["MMUSPEC_COUNTEREXAMPLES"] = "off";
-        using var p = Process.Start(start) ?? throw new InvalidOperationException("cannot start mmuspec");
-        p.StandardInput.Close();
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = new System.Text.StringBuilder();
-        var errDone = Task.Run(() =>
-        {
-            while (p.StandardError.ReadLine() is { } line)
-            {
-                stderr.AppendLine(line);
-                onStderrLine?.Invoke(line, p.Id);
-            }
-        });
-        if (!p.WaitForExit(Limit))
-        {
-            p.Kill(entireProcessTree: true);
-            throw new TimeoutException($"mmuspec {string.Join(' ', args)} ran past {Limit.TotalMinutes} min");
-        }
-        errDone.Wait();
-        return new Result(p.ExitCode, stdout.Result, stderr.ToString());
     }
 }
