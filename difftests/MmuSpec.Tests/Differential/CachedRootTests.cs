@@ -17,8 +17,7 @@ namespace MmuSpec.Tests.Differential;
 public sealed class CachedRootTests(ITestOutputHelper output, PropertyProgress progress) : IClassFixture<PropertyProgress>
 {
     [Theory]
-    [InlineData("shadow-roots-keep")]
-    [InlineData("shadow-roots-upstream")]
+    [MemberData(nameof(RegisteredProperties.CachedRoots), MemberType = typeof(RegisteredProperties))]
     public void Spec_and_impl_agree_on_cached_roots_after_every_operation(string property)
     {
         var time = Stopwatch.StartNew();

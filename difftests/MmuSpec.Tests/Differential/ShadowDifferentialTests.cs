@@ -19,14 +19,8 @@ namespace MmuSpec.Tests.Differential;
 /// </summary>
 public sealed class ShadowDifferentialTests(ITestOutputHelper output, PropertyProgress progress) : IClassFixture<PropertyProgress>
 {
-
     [Theory]
-    [InlineData("shadow-32bit")]
-    [InlineData("shadow-pae")]
-    [InlineData("shadow-long4")]
-    [InlineData("shadow-long5")]
-    [InlineData("shadow-mixed")]
-    [InlineData("shadow-no-unsync")]
+    [MemberData(nameof(RegisteredProperties.ShadowMmus), MemberType = typeof(RegisteredProperties))]
     public void Spec_and_impl_shadow_MMUs_agree_after_every_operation(string property)
     {
         var time = Stopwatch.StartNew();

@@ -12,13 +12,8 @@ namespace MmuSpec.Tests.Differential;
 /// </summary>
 public sealed class TdpDifferentialTests(ITestOutputHelper output, PropertyProgress progress) : IClassFixture<PropertyProgress>
 {
-
     [Theory]
-    [InlineData("tdp-ept")]
-    [InlineData("tdp-ept-shared47")]
-    [InlineData("tdp-ept-shared51")]
-    [InlineData("tdp-stage2")]
-    [InlineData("tdp-stage2-shared47")]
+    [MemberData(nameof(RegisteredProperties.TdpMmus), MemberType = typeof(RegisteredProperties))]
     public void Spec_and_impl_TDP_MMUs_agree_after_every_operation(string property)
     {
         var time = Stopwatch.StartNew();

@@ -12,13 +12,8 @@ namespace MmuSpec.Tests.Differential;
 /// </summary>
 public sealed class WalkDifferentialTests(ITestOutputHelper output, PropertyProgress progress) : IClassFixture<PropertyProgress>
 {
-
     [Theory]
-    [InlineData("walk-any-mode")]
-    [InlineData("walk-bits32")]
-    [InlineData("walk-pae")]
-    [InlineData("walk-long4")]
-    [InlineData("walk-long5")]
+    [MemberData(nameof(RegisteredProperties.Walks), MemberType = typeof(RegisteredProperties))]
     public void Spec_and_impl_agree_after_every_step_of_a_walk_sequence(string property)
     {
         var time = Stopwatch.StartNew();
