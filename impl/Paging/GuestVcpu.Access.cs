@@ -56,13 +56,11 @@ public sealed partial class GuestVcpu
     /// <exception cref="ArgumentOutOfRangeException">Undefined enum value, or gva &gt;= 2^32 in 32-bit/PAE paging.</exception>
     /// <exception cref="ArgumentException">A fetch with <see cref="Privilege.ImplicitSupervisor"/>.</exception>
     [SkipLocalsInit]
-    public WalkOutcome Access(ulong gva, AccessType type, Privilege priv, ref WalkTrace trace)
+    public WalkOutcome Access(ulong gva, AccessType type, Privilege priv, ref AccessTrace trace)
     {
-        AccessTrace observer = default;
-        observer.Trace.Start(_context.WideEntries ? sizeof(ulong) : sizeof(uint));
-        WalkOutcome outcome = Walk(gva, type, priv, ref observer);
-        observer.Trace.Finish(outcome.Status == WalkStatus.Translated);
-        trace = observer.Trace;
+        trace.Start(_context.WideEntries ? sizeof(ulong) : sizeof(uint));
+        WalkOutcome outcome = Walk(gva, type, priv, ref trace);
+        trace.Finish(outcome.Status == WalkStatus.Translated);
         return outcome;
     }
 
@@ -204,23 +202,6 @@ public sealed partial class GuestVcpu
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public readonly void EntryUnbacked(ulong gpa) { }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public readonly void EntryUsed(int level, ulong pte, uint rightsSoFar) { }
-    }
-
-    /// <summary>The traced <see cref="Access"/>'s observer: a <see cref="WalkTrace"/>, but the walk sets A/D itself.</summary>
-    private struct AccessTrace : IWalkObserver
-    {
-        public WalkTrace Trace;
-
-        public static bool WritesAccessedDirty => true;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void EntryRead(ulong gpa, ulong pte) => Trace.Record(gpa, pte);
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public void EntryUnbacked(ulong gpa) => Trace.RecordUnbacked(gpa);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public readonly void EntryUsed(int level, ulong pte, uint rightsSoFar) { }

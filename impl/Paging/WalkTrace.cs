@@ -3,11 +3,12 @@ using System.Runtime.CompilerServices;
 namespace MmuSpec.Impl.Paging;
 
 /// <summary>
-/// What one <see cref="GuestVcpu.Translate"/> (or traced <see cref="GuestVcpu.Access(ulong, AccessType, Privilege, ref WalkTrace)"/>)
-/// read: the guest-physical address and value of every paging-structure entry read from memory, in walk
-/// order (top down), including the entry that ended a faulting walk. PAE's PDPTE registers are not memory
-/// reads and do not appear; nor does a table outside every memslot (nothing was read: see
-/// <see cref="UnbackedGpa"/>). A plain struct on the caller's stack: no allocation.
+/// What one <see cref="GuestVcpu.Translate"/> read: the guest-physical address of every paging-structure
+/// entry read from memory, in walk order (top down), including the entry that ended a faulting walk.
+/// PAE's PDPTE registers are not memory reads and do not appear; nor does a table outside every memslot
+/// (nothing was read). A plain struct on the caller's stack: no allocation. It holds addresses only, so
+/// the TDP MMU's guest accesses zero and fill no more than they use; <see cref="AccessTrace"/> adds the
+/// values for callers that report what a walk changed.
 /// </summary>
 public struct WalkTrace : IWalkObserver
 {
@@ -15,9 +16,6 @@ public struct WalkTrace : IWalkObserver
     public const int MaxEntries = 5;
 
     private EntryWords _gpas;
-    private EntryWords _values;
-    private ulong _unbackedGpa;
-    private bool _unbacked;
     private byte _count;
     private byte _used;
     private byte _entryBytes;
@@ -45,43 +43,16 @@ public struct WalkTrace : IWalkObserver
         }
     }
 
-    /// <summary>Value of entry <paramref name="i"/> as the walk read it (before any A/D update of this walk).</summary>
-    public readonly ulong Value(int i)
-    {
-        if ((uint)i >= _count)
-            ThrowHelper.ArgumentOutOfRange(nameof(i), "No such entry in the trace.");
-        return _values[i];
-    }
-
-    /// <summary>
-    /// The guest-physical address of the entry the walk needed but could not read, no memslot backing it
-    /// (the walk then faulted as for a not-present entry); null when every entry it needed was read.
-    /// </summary>
-    public readonly ulong? UnbackedGpa => _unbacked ? _unbackedGpa : null;
-
     /// <summary>Guest-physical address of the leaf entry (the last one used); only when <see cref="Used"/> &gt; 0.</summary>
     public readonly ulong LeafGpa => this[_used - 1];
 
     static bool IWalkObserver.WritesAccessedDirty => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    void IWalkObserver.EntryRead(ulong gpa, ulong pte) => Record(gpa, pte);
+    void IWalkObserver.EntryRead(ulong gpa, ulong pte) => _gpas[_count++] = gpa;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    void IWalkObserver.EntryUnbacked(ulong gpa) => RecordUnbacked(gpa);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void Record(ulong gpa, ulong pte)
-    {
-        _gpas[_count] = gpa;
-        _values[_count++] = pte;
-    }
-
-    internal void RecordUnbacked(ulong gpa)
-    {
-        _unbackedGpa = gpa;
-        _unbacked = true;
-    }
+    readonly void IWalkObserver.EntryUnbacked(ulong gpa) { }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     readonly void IWalkObserver.EntryUsed(int level, ulong pte, uint rightsSoFar) { }
@@ -90,7 +61,6 @@ public struct WalkTrace : IWalkObserver
     {
         _count = 0;
         _used = 0;
-        _unbacked = false;
         _entryBytes = (byte)entryBytes;
     }
 
@@ -104,9 +74,11 @@ public struct WalkTrace : IWalkObserver
         return $"WalkTrace([{string.Join(", ", parts)}], used={_used}, {_entryBytes}-byte entries)";
     }
 
-    [InlineArray(MaxEntries)]
-    private struct EntryWords
-    {
-        private ulong _element0;
-    }
+}
+
+/// <summary>One 64-bit word per level a walk can read (<see cref="WalkTrace.MaxEntries"/>), inline in a trace.</summary>
+[InlineArray(WalkTrace.MaxEntries)]
+internal struct EntryWords
+{
+    private ulong _element0;
 }

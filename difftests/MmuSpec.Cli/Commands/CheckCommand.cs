@@ -134,7 +134,7 @@ public static class CheckCommand
             if (Interlocked.Increment(ref signals) > 1) return;
             ctx.Cancel = true;
             campaign.Stop();
-            Console.Error.WriteLine($"mmuspec check: {ctx.Signal} received: stopping (again to quit at once)");
+            Console.Error.WriteLine($"mmuspec check: {ctx.Signal} received: stopping (a shrink under way finishes first; signal again to quit at once)");
         }
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);

@@ -31,7 +31,7 @@ public static class WalkCommand
             bool useImpl = p.GetValue(engine)!.Equals("impl", StringComparison.OrdinalIgnoreCase);
             if (p.GetValue(batch))
             {
-                foreach (var o in new Option[] { gva, accessType, user, @implicit, machine.Cr3, machine.Mode, machine.Cr0, machine.QemuPdptes })
+                foreach (var o in new Option[] { gva, accessType, user, @implicit, machine.Cr3, machine.Mode, machine.Cr0, machine.QemuPdptes, machine.Cpu })
                     if (p.Given(o)) throw new InputException($"{o.Name} cannot be combined with --batch: each line is a whole scenario");
                 return Batch(p.GetValue(machine.Scenario), p.GetValue(machine.Image), useImpl);
             }

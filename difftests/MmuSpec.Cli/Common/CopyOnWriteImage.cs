@@ -46,8 +46,10 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
     public static CopyOnWriteImage Open(MappedImage pristine)
     {
         if (pristine.Length < Page) throw new InputException($"image '{pristine.Path}' is {pristine.Length} bytes: less than one 4 KiB page");
-        if (pristine.Segments.FirstOrDefault(s => (s.FileOffset & 7) != 0) is { } odd)
-            throw new InputException($"image '{pristine.Path}': the segment at gpa {Hex.Format(odd.Gpa)} starts at file offset {Hex.Format(odd.FileOffset)}, not 8-byte aligned: the impl cannot read it in place (use --engine spec)");
+        // The impl reads entries through host pointers that must be 8-byte aligned (GuestPhysicalMemory asserts it):
+        // a gpa's host address is the segment's file offset plus (gpa - segment gpa), so the two must agree mod 8.
+        if (pristine.Segments.FirstOrDefault(s => ((s.FileOffset - s.Gpa) & 7) != 0) is { } odd)
+            throw new InputException($"image '{pristine.Path}': the segment at gpa {Hex.Format(odd.Gpa)} is at file offset {Hex.Format(odd.FileOffset)}, not 8-byte aligned with its gpa: the impl cannot read it in place (use --engine spec)");
         // Raw memory: whole pages (a partial last page is not guest memory); an ELF core: the whole file.
         ulong viewBytes = pristine.Core is null ? pristine.FileLength & ~0xFFFUL : pristine.FileLength;
         var stream = new FileStream(pristine.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);

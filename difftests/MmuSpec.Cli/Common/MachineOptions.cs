@@ -75,6 +75,8 @@ public sealed class MachineOptions
         image = MappedImage.Open(imageFile.ToString());
         try
         {
+            if (p.Given(Cpu) && image.Core is not { Cpus.Count: > 0 })
+                throw new InputException($"--cpu picks a vCPU's registers from an ELF core's QEMU note; '{imageFile}' {(image.Core is null ? "is raw memory, with no registers" : "has no QEMU note")}");
             int cpu = (int)Math.Min(p.GetValue(Cpu) ?? 0, int.MaxValue);
             var (input, cr3, source) = Input(p).WithDumpRegisters(p.GetValue(Cr3), image, cpu);
             if (source is not null) Cli.Note("registers " + source);

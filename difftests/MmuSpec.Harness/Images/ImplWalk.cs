@@ -10,7 +10,7 @@ namespace MmuSpec.Harness.Images;
 
 /// <summary>
 /// Runs an access on the impl alone (<see cref="GuestVcpu.TryBoot"/>, then the traced
-/// <see cref="GuestVcpu.Access(ulong, Impl.Paging.AccessType, Impl.Paging.Privilege, ref WalkTrace)"/>):
+/// <see cref="GuestVcpu.Access(ulong, Impl.Paging.AccessType, Impl.Paging.Privilege, ref AccessTrace)"/>):
 /// the impl loads CR3 (PAE: checks and loads the PDPTEs), walks and sets A/D itself; its trace names
 /// the entries it read in walk order with their values, which gives the changed entries.
 /// </summary>
@@ -35,7 +35,7 @@ public static class ImplWalk
     {
         var access = s.Access ?? throw new InputException("no access to walk: give \"access\": {\"gva\": ...} in the scenario, or --gva");
         var vcpu = Boot(s, memory);
-        var trace = default(WalkTrace);
+        var trace = default(AccessTrace);
         var outcome = vcpu.Access(access.Gva, ImplWalkEngine.ToImpl(access.Type), ImplWalkEngine.ToImpl(access.Privilege), ref trace);
         if (s.Image is { } image && trace.UnbackedGpa is { } missing)
             throw new InputException(Scenario.TooShort(image, PagingLevels.EntryName(s.Mode, LevelAt(s.Mode, trace.Count)), missing));
@@ -69,13 +69,13 @@ public static class ImplWalk
 
     /// <summary>
     /// The entries whose value the walk changed, once each, in the order the walk first read them:
-    /// the value it read against the value in memory now.
+    /// the value it read against the value in memory now. Every entry read is compared, not only those a
+    /// translation used: a faulting walk must change nothing, and a stray write shows here.
     /// </summary>
-    static ImmutableArray<EntryUpdate> Changes(GuestPhysicalMemory memory, in WalkTrace trace)
+    static ImmutableArray<EntryUpdate> Changes(GuestPhysicalMemory memory, in AccessTrace trace)
     {
-        if (trace.Used == 0) return [];    // only a permitted translation writes A/D
-        var changes = ImmutableArray.CreateBuilder<EntryUpdate>(trace.Used);
-        for (int i = 0; i < trace.Used; i++)
+        var changes = ImmutableArray.CreateBuilder<EntryUpdate>(trace.Count);
+        for (int i = 0; i < trace.Count; i++)
         {
             ulong gpa = trace[i], before = trace.Value(i);
             if (changes.Any(c => c.Gpa == gpa)) continue;    // a table that maps itself: the first read counts

@@ -26,6 +26,7 @@ public sealed class BadInputTests : IDisposable
         ["wide.json"] = () => WalkFile(r => r["case"]!["cr3"] = "0x1_0000_0000_0000_0000"),
         ["dup.json"] = () => Duplicate(WalkFile(_ => { }), "\"law\":", "\"law\":\"x\",\"law\":"),
         ["even.json"] = () => WalkFile(r => r["replay_token"] = "1,2,3"),
+        ["raw.img"] = () => new string('\0', 2 * 4096),
         ["dup-scenario.json"] = () => """{"mode":"long4","cr3":"0x1000","cr3":"0x2000","access":{"gva":"0x0"}}""",
     };
 
@@ -49,6 +50,9 @@ public sealed class BadInputTests : IDisposable
         { "replay|ok.json|--shrink|--out|no/such/dir/x.json", "", "cannot write the shrunk case to 'no/such/dir/x.json': directory" },
         { "walk|--scenario|dup-scenario.json", "", "duplicate field 'cr3': each field may appear once in an object" },
         { "synth-image|--out|no/such/dir/x.img|--size|4M", "", "cannot write 'no/such/dir/x.img'" },
+        { "walk|--image|raw.img|--cpu|1|--cr3|1000|--mode|long4|--gva|0", "", "--cpu picks a vCPU's registers from an ELF core's QEMU note; 'raw.img' is raw memory" },
+        { "walk|--batch|--scenario|ok.json|--cpu|1", "", "--cpu cannot be combined with --batch" },
+        { "check|--count|1|--property|walk-pae,", "", "--property: 'walk-pae,' has an empty name" },
     };
 
     [Theory]

@@ -169,6 +169,18 @@ public sealed class ElfCoreTests : IDisposable
     }
 
     [Fact]
+    public void A_segment_whose_gpa_and_file_offset_disagree_mod_8_is_refused_by_the_impl_view()
+    {
+        // File offsets are page-aligned here; a gpa of 0x1004 puts every 8-byte entry on a 4-byte host address,
+        // which the impl's memslots must never see (GuestPhysicalMemory asserts 8-byte alignment).
+        WriteCore(File("odd"), is64: true, ElfCoreInfo.EmX86_64, [(0x1004UL, new byte[0x3000])], [Linux64]);
+        using var image = MappedImage.Open(File("odd"));
+        var e = Assert.Throws<InputException>(() => MmuSpec.Cli.CopyOnWriteImage.Open(image));
+        Assert.Contains("the segment at gpa 0x1004 is at file offset", e.Message);
+        Assert.Contains("not 8-byte aligned with its gpa", e.Message);
+    }
+
+    [Fact]
     public void The_impl_walks_an_ELF_core_in_place_and_reports_its_AD_writes_at_gpas()
     {
         WriteCore(File("impl"), is64: true, ElfCoreInfo.EmX86_64, Long4Segments(), [Linux64]);

@@ -6,7 +6,7 @@ namespace MmuSpec.Tests.Impl;
 
 /// <summary>
 /// The impl's API for callers that report a walk (the CLI's batch engine): the traced
-/// <see cref="GuestVcpu.Access(ulong, AccessType, Privilege, ref WalkTrace)"/> writes exactly what the
+/// <see cref="GuestVcpu.Access(ulong, AccessType, Privilege, ref AccessTrace)"/> writes exactly what the
 /// untraced one writes and names the entries it read with their values before the walk, and
 /// <see cref="GuestVcpu.TryBoot"/> says why MOV CR3 would #GP.
 /// </summary>
@@ -34,7 +34,7 @@ public sealed class TracedAccessTests
         Tables(plain);
         Tables(traced);
         var expected = new GuestVcpu(plain, Controls(PagingMode.Long4), 0x5000).Access(0x123, AccessType.Write, Privilege.User);
-        WalkTrace trace = default;
+        AccessTrace trace = default;
         var outcome = new GuestVcpu(traced, Controls(PagingMode.Long4), 0x5000).Access(0x123, AccessType.Write, Privilege.User, ref trace);
 
         Assert.Equal(expected, outcome);
@@ -60,7 +60,7 @@ public sealed class TracedAccessTests
         memory.TryWrite64(0x5000, 0x4007);
         memory.TryWrite64(0x4000, 0x100007);   // the page directory at 1 MiB is outside the slot
         var vcpu = new GuestVcpu(memory, Controls(PagingMode.Long4), 0x5000);
-        WalkTrace trace = default;
+        AccessTrace trace = default;
         var outcome = vcpu.Access(5UL << 21, AccessType.Read, Privilege.Supervisor, ref trace);
 
         Assert.Equal(WalkStatus.PageFault, outcome.Status);
