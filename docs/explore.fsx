@@ -8,7 +8,7 @@
 
 open MmuSpec.Spec.Memory
 open MmuSpec.Spec.Paging
-open MmuSpec.Spec.Machine
+open MmuSpec.Spec.GuestWalk
 
 // Entry flags, the same in every paging mode (SDM Tables 4-14 to 4-20).
 let P, W, U = 0x1UL, 0x2UL, 0x4UL

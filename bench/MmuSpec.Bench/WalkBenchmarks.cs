@@ -3,7 +3,7 @@ using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Reports;
 using MmuSpec.Impl.Memory;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Memory;
 using I = MmuSpec.Impl.Paging;
 using S = MmuSpec.Spec.Paging;

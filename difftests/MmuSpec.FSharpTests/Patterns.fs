@@ -4,7 +4,7 @@
 module MmuSpec.FSharp.Patterns
 
 open MmuSpec.Spec.Paging
-open MmuSpec.Spec.Machine
+open MmuSpec.Spec.GuestWalk
 
 /// A walk's outcome (SDM Vol. 3 §4.7): a translation, a #PF with its error code, or a #GP.
 let (|Translated|PageFault|GeneralProtection|) (result: WalkResult) =

@@ -17,7 +17,7 @@ open FsCheck
 open FsCheck.FSharp
 open MmuSpec.Spec.Memory
 open MmuSpec.Spec.Paging
-open MmuSpec.Spec.Machine
+open MmuSpec.Spec.GuestWalk
 open MmuSpec.FSharp.Patterns
 
 // ---------------------------------------------------------------------------------------------

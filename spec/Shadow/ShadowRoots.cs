@@ -43,6 +43,12 @@ public sealed record ShadowRootInfo(ulong Pgd, ShadowRole Role, ShadowRoot Root,
     /// <summary>The PCID the root's address space runs with: CR3 bits 11:0 when CR4.PCIDE is set, else 0.</summary>
     public int Pcid(bool pcide) => ShadowRoots.PcidOf(Pgd, pcide);
 
+    /// <summary>
+    /// KVM's is_root_usable: MOV CR3 of <paramref name="pgd"/> may switch to this root if it was built
+    /// for that CR3 value (PCID included) with <paramref name="role"/> (the base role with the root level).
+    /// </summary>
+    public bool IsUsableFor(ulong pgd, ShadowRole role) => Pgd == pgd && Role.Equals(role);
+
     /// <summary>Whether <paramref name="key"/> is one of the root's pages.</summary>
     public bool Holds(ShadowKey key) => Root.Pages.Contains(key);
 
@@ -64,6 +70,26 @@ public sealed record ShadowRoots(ShadowRootInfo? Current, ImmutableList<ShadowRo
     public IEnumerable<ShadowRootInfo> All => Current is null ? Previous : Previous.Insert(0, Current);
 
     public static int PcidOf(ulong cr3, bool pcide) => pcide ? (int)(cr3 & 0xFFF) : 0;
+
+    /// <summary>
+    /// MOV CR3's switch of the cached roots (docs/shadow-model.md, "GuestMovCr3", step 2; KVM's
+    /// cached_root_find_and_keep_current and cached_root_find_without_current). A usable current root
+    /// stays. Else the first usable previous root becomes current and the old current root (if any) the
+    /// most recently used previous one, the others keeping their order. Else (a miss) the old current
+    /// root (if any) becomes the most recently used previous one, the least recently used beyond
+    /// <see cref="MaxPrevious"/> is freed, and there is no current root until one is loaded.
+    /// </summary>
+    /// <returns>The roots after the switch, and the previous root switched back in (null unless one was).</returns>
+    public (ShadowRoots Roots, ShadowRootInfo? Reused) Switch(ulong pgd, ShadowRole role)
+    {
+        if (Current is { } current && current.IsUsableFor(pgd, role)) return (this, null);
+        int hit = Previous.FindIndex(r => r.IsUsableFor(pgd, role));
+        var others = hit >= 0 ? Previous.RemoveAt(hit) : Previous;
+        var demoted = Current is null ? others : others.Insert(0, Current);
+        return hit >= 0
+            ? (new(Previous[hit], demoted), Previous[hit])
+            : (new(null, demoted.Take(MaxPrevious).ToImmutableList()), null);
+    }
 
     /// <summary>Every root that <paramref name="which"/> selects is freed; the later previous roots move up.</summary>
     public ShadowRoots Free(Func<ShadowRootInfo, bool> which) =>

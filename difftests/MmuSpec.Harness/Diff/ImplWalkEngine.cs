@@ -1,6 +1,6 @@
 using System.Collections.Immutable;
 using MmuSpec.Harness.Walk;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Paging;
 using ImplMemory = MmuSpec.Impl.Memory;
 using ImplPaging = MmuSpec.Impl.Paging;

@@ -1,7 +1,7 @@
 using System.Collections.Immutable;
 using System.Text;
 using MmuSpec.Harness.Walk;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 
 namespace MmuSpec.Harness.Diff;
 

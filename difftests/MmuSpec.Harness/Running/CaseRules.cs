@@ -5,7 +5,7 @@ using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Spec.Tdp;

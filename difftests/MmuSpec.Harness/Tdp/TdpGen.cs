@@ -164,10 +164,10 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         var op = forest.NextOp(ref guestControls);
         return op switch
         {
-            Spec.Machine.Op.GuestAccess a => new TdpOp.GuestAccess(a.Access),
-            Spec.Machine.Op.WriteGuest w => new TdpOp.GuestStore(w.Gpa, w.Value, w.Size),
-            Spec.Machine.Op.LoadCr3 l => new TdpOp.GuestSetPaging(guestControls, l.Cr3),
-            Spec.Machine.Op.SetControls c => rng.Next(20) == 0 ? new TdpOp.GuestSetPaging(null, 0) : new TdpOp.GuestSetPaging(c.Controls, guestCr3),
+            Spec.GuestWalk.Op.GuestAccess a => new TdpOp.GuestAccess(a.Access),
+            Spec.GuestWalk.Op.WriteGuest w => new TdpOp.GuestStore(w.Gpa, w.Value, w.Size),
+            Spec.GuestWalk.Op.LoadCr3 l => new TdpOp.GuestSetPaging(guestControls, l.Cr3),
+            Spec.GuestWalk.Op.SetControls c => rng.Next(20) == 0 ? new TdpOp.GuestSetPaging(null, 0) : new TdpOp.GuestSetPaging(c.Controls, guestCr3),
             _ => NextOp(),
         };
     }

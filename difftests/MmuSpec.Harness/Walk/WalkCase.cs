@@ -1,6 +1,6 @@
 using System.Collections.Immutable;
 using System.Text;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 

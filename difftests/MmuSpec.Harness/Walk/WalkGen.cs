@@ -1,7 +1,7 @@
 using System.Collections.Immutable;
 using FsCheck;
 using FsCheck.Fluent;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 

@@ -1,5 +1,5 @@
 using System.Collections.Immutable;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Harness.Walk;

@@ -3,7 +3,7 @@ using System.Text.Json.Nodes;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Running;
 using MmuSpec.Harness.Tdp;
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Spec.Tdp;
 using Xunit;

@@ -345,6 +345,16 @@ public sealed partial class DocsConsistencyTests
     [GeneratedRegex(@"\b[A-Za-z][A-Za-z0-9_-]*\.md\b")]
     private static partial Regex MarkdownFile();
 
+    /// <summary>Right after a Type.Member match: the extension that makes it a source file name.</summary>
+    [GeneratedRegex(@"\G\.(cs|fs|fsx)\b")]
+    private static partial Regex SourceExtension();
+
+    static HashSet<string> SourceFileNames(string root) =>
+        new[] { "*.cs", "*.fs", "*.fsx" }.SelectMany(p => Directory.EnumerateFiles(root, p, SearchOption.AllDirectories))
+            .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}", StringComparison.Ordinal)
+                && !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal))
+            .Select(f => Path.GetFileName(f)).ToHashSet(StringComparer.Ordinal);
+
     [Fact]
     public void Every_type_member_and_doc_file_the_docs_name_exists()
     {
@@ -361,6 +371,7 @@ public sealed partial class DocsConsistencyTests
             .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}bin{Path.DirectorySeparatorChar}", StringComparison.Ordinal)
                 && !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}", StringComparison.Ordinal))
             .Select(Path.GetFileName).ToHashSet(StringComparer.Ordinal);
+        var sources = SourceFileNames(root);
         var problems = new List<string>();
         int named = 0;
         foreach (string path in DocFiles().Where(f => !Records.Contains(Path.GetFileName(f))))
@@ -370,6 +381,12 @@ public sealed partial class DocsConsistencyTests
                 foreach (Match span in CodeSpan().Matches(line.Text))
                     foreach (Match m in TypeMember().Matches(span.Value))
                     {
+                        // "`ShadowState.Roots.cs`": a file of a partial type, not a member; it must exist.
+                        if (SourceExtension().Match(span.Value, m.Index + m.Length) is { Success: true } ext)
+                        {
+                            if (!sources.Contains(m.Value + ext.Value)) problems.Add($"{line}: {m.Value + ext.Value} is not in the repository");
+                            continue;
+                        }
                         // Only the project's own types: FsCheck's Config.Quick or a namespace like MmuSpec.Cli are not checked.
                         if (!types.TryGetValue(m.Groups["type"].Value, out var candidates)) continue;
                         named++;

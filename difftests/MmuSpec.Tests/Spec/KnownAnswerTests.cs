@@ -1,4 +1,4 @@
-using MmuSpec.Spec.Machine;
+using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using Xunit;

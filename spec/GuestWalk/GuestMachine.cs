@@ -1,7 +1,7 @@
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 
-namespace MmuSpec.Spec.Machine;
+namespace MmuSpec.Spec.GuestWalk;
 
 /// <summary>The state after an operation and what the operation returned.</summary>
 public sealed record Stepped(GuestMachine Machine, OpResult Result);

@@ -1,6 +1,6 @@
 using MmuSpec.Spec.Paging;
 
-namespace MmuSpec.Spec.Machine;
+namespace MmuSpec.Spec.GuestWalk;
 
 /// <summary>
 /// One step a guest (or the test) takes. Operations are immutable values with no behaviour; the
