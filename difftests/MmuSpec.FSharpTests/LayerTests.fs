@@ -47,6 +47,26 @@ let ``Memory reads are None outside every memslot and Some inside`` () =
     Assert.Equal(None, Memory.read32 0x10000UL memory)
     Assert.Equal(memory, Memory.write 0x10000UL 1UL 8 memory)
 
+/// docs/tdp-model.md: a root exists from the first fault that needs it until ZapAll; the guest's
+/// paging is off until it loads controls and CR3.
+[<Fact>]
+let ``The TDP state's nullable parts are options`` () =
+    let controls = PagingControls(PagingMode.Long4, maxPhyAddr = 46)
+    let vm = Tdp.create (VmConfig(TdpFormat.Ept))
+    Assert.Equal((None, None, None), (Tdp.guestCpu vm, Tdp.directRoot vm, Tdp.mirrorRoot vm))
+    let results, faulted =
+        Tdp.run [ Tdp.createSlot 0 0UL 16UL 0x100UL PageSize.Size4K false
+                  Tdp.accessGpa 0x1000UL AccessType.Read
+                  Tdp.guestSetPaging (Some controls) 0x1000UL ] vm
+    match results with
+    | [ TdpOk; TdpMapped(0x101000UL, PageSize.Size4K, true); TdpOk ] -> ()
+    | other -> failwithf "expected ok, a fault mapping host frame 0x101 and ok, got %A" other
+    Assert.Equal(Some controls, Tdp.guestCpu faulted |> Option.map _.Controls)
+    Assert.Equal(Some 4, Tdp.directRoot faulted |> Option.map _.Role.Level)
+    Assert.Equal(None, Tdp.mirrorRoot faulted)
+    let _, off = Tdp.run [ Tdp.guestSetPaging None 0UL; Tdp.zapAll ] faulted
+    Assert.Equal((None, None), (Tdp.guestCpu off, Tdp.directRoot off))
+
 let private pwua = 0x27UL   // P, R/W, U/S, A
 
 /// A 4-level guest whose one path maps gva 0 to data gfn 0x400, backed by host frame 0x8000.
@@ -78,8 +98,9 @@ let ``Shadow.judge gives an allowed result Allowed and a wrong one its reason`` 
     | Allowed -> failwith "a translation to another slot's frame was allowed"
     // With paging off no access may be served; the reason names that.
     let off = Shadow.create (ShadowConfig 46)
-    Assert.Equal(None, Shadow.guestCpu off)
-    Assert.True((Shadow.guestCpu after).IsSome)
+    Assert.Equal((None, None), (Shadow.guestCpu off, Shadow.currentRoot off))
+    Assert.Equal(Some 0x100000UL, Shadow.guestCpu after |> Option.map _.Cr3)
+    Assert.Equal(Some 0x100000UL, Shadow.currentRoot after |> Option.map _.Pgd)
     match Shadow.judge read result off (Shadow.tlbStart off) with
     | Violates why -> Assert.Contains("paging off", why)
     | Allowed -> failwith "an access served with paging off was allowed"

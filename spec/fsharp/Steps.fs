@@ -85,8 +85,20 @@ module Tdp =
     /// Operations in order: their results and the last state.
     let run (ops: TdpOp list) (state: TdpState) = List.mapFold (fun s op -> step op s) state ops
 
+    /// The guest's CPU state, None while its paging is off.
+    let guestCpu (state: TdpState) = Option.ofObj state.GuestCpu
+
+    /// The direct (shared) root's page, None until a fault needs it and after ZapAll.
+    let directRoot (state: TdpState) = Option.ofObj state.DirectRoot
+
+    /// The mirror (private) root's page; only a VM with a shared bit has one.
+    let mirrorRoot (state: TdpState) = Option.ofObj state.MirrorRoot
+
     /// The TLB flushes a step from `before` to `after` owes (TdpTlb.MustFlush).
     let mustFlush before after = TdpTlb.MustFlush(before, after)
+
+    /// The flush owed for a gfn range, if any (FlushObligation.DutyFor).
+    let dutyFor gfns (obligation: FlushObligation) = Option.ofObj (obligation.DutyFor gfns)
 
     let createSlot id baseGfn pages hostPfnBase hostPageSize readOnly : TdpOp =
         TdpOp.CreateSlot(id, baseGfn, pages, hostPfnBase, hostPageSize, readOnly)
@@ -118,6 +130,9 @@ module Shadow =
 
     /// The guest's CPU state, None while its paging is off.
     let guestCpu (state: ShadowState) = Option.ofObj state.GuestCpu
+
+    /// The current root (its pgd, role, pages and whether it is unsync), None before one is loaded.
+    let currentRoot (state: ShadowState) = Option.ofObj state.Roots.Current
 
     /// The TLB layer at a state: only what the guest's tables say now may be seen.
     let tlbStart state = ShadowTlb.Start state
