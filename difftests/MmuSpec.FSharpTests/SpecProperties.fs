@@ -1,5 +1,6 @@
 /// Properties of the spec's page walk (SDM Vol. 3 ch. 4), checked with FsCheck on small page-table
-/// trees built by hand: one path of entries from CR3 down to a leaf, in any of the four modes.
+/// trees built by hand: one path of entries from CR3 down to a leaf, in any of the four modes. They
+/// use the spec through its F# layer (spec/fsharp: patterns, Walk/Tdp/Shadow steps).
 ///
 /// Each property is an FsCheck.Xunit [<Property>] whose argument is drawn from the Arbitrary its
 /// attribute names (one class per kind of scenario, below: they all generate a Scenario). Every
