@@ -1,5 +1,6 @@
 /// Properties of the spec's page walk (SDM Vol. 3 ch. 4), checked with FsCheck on small page-table
-/// trees built by hand: one path of entries from CR3 down to a leaf, in any of the four modes.
+/// trees built by hand: one path of entries from CR3 down to a leaf, in any of the four modes. They
+/// use the spec through its F# layer (spec/fsharp: patterns, Walk/Tdp/Shadow steps).
 ///
 /// Each property is an FsCheck.Xunit [<Property>] whose argument is drawn from the Arbitrary its
 /// attribute names (one class per kind of scenario, below: they all generate a Scenario). Every
@@ -292,20 +293,18 @@ type CleanPaeScenario = static member Scenario() = Arb.fromGen (genScenario { an
 
 /// MOV CR3 then the CPU state; the generator never writes a PDPTE with reserved bits.
 let private cpuOf (s: Scenario) =
-    match CpuState.LoadCr3(s.Controls, s.Cr3, s.Memory).State with
-    | null -> failwithf "MOV CR3 raised #GP for\n%s" s.Show
-    | cpu -> cpu
+    match Walk.loadCr3 s.Controls s.Cr3 s.Memory with
+    | Booted cpu -> cpu
+    | Gp reason -> failwithf "MOV CR3 raised #GP (%O) for\n%s" reason s.Show
 
-let private walkWith (s: Scenario) (memory: GuestMemory) =
-    let t = PageWalk.Translate(cpuOf s, memory, s.Access)
-    t.Result, t.Memory
+let private walkWith (s: Scenario) (memory: GuestMemory) = Walk.translate (cpuOf s) memory s.Access
 
 let private walk (s: Scenario) = walkWith s s.Memory
 
 /// Every non-zero qword of memory, to compare two memories.
 let private contents (m: GuestMemory) = [ for kv in m.Written -> kv.Key, kv.Value ]
 
-let private entryIn (m: GuestMemory) bytes (e: Entry) = m.Read(e.Gpa, bytes).Value
+let private entryIn (m: GuestMemory) bytes (e: Entry) = Memory.read e.Gpa bytes m |> Option.get
 
 let private isSet bit value = value &&& bit = bit
 
@@ -410,16 +409,13 @@ let ``With AD set for every key, a complete data walk to a user-mode address fau
 // PDPT in memory changes nothing until CR3 is loaded again.
 [<Property(Arbitrary = [| typeof<CleanPaeScenario> |])>]
 let ``PAE ignores a write to the PDPT until CR3 is reloaded`` (s: Scenario) =
-    let access = Op.GuestAccess(s.Access)
-    let machine = GuestMachine.Boot(s.Controls, s.Cr3, s.Memory)
-    let first = machine.Step access
-    let cleared = first.Machine.Step(Op.WriteGuest(s.Path.Head.Gpa, 0UL, 8))
-    let stale = cleared.Machine.Step access
-    let reloaded = stale.Machine.Step(Op.LoadCr3(s.Cr3))
-    let fresh = reloaded.Machine.Step access
-    match first.Result, cleared.Result, stale.Result, reloaded.Result, fresh.Result with
-    | Walked before, Completed, Walked after, Completed, Walked(NotPresentFault _) -> before = after
-    | _ -> false
+    let access = Walk.access s.Access
+    match Walk.boot s.Controls s.Cr3 s.Memory with
+    | Gp reason -> failwithf "MOV CR3 raised #GP (%O) for\n%s" reason s.Show
+    | Booted machine ->
+        match Walk.run [ access; Walk.writeGuest s.Path.Head.Gpa 0UL 8; access; Walk.movCr3 s.Cr3; access ] machine with
+        | [ Walked before; Completed; Walked after; Completed; Walked(NotPresentFault _) ], _ -> before = after
+        | _ -> false
 
 // ---- the TDP MMU model, from F# ----
 
@@ -427,10 +423,9 @@ module TdpFromFSharp =
     open MmuSpec.Spec.Tdp
     open MmuSpec.FSharp.Patterns
 
-    let private slot = TdpOp.CreateSlot(0, 0x40000UL, 0x40000UL, 0x80000UL, PageSize.Size1G, false)
+    let private slot = Tdp.createSlot 0 0x40000UL 0x40000UL 0x80000UL PageSize.Size1G false
 
-    let private run (ops: TdpOp list) =
-        ops |> List.fold (fun (s: TdpState) op -> s.Step(op).State) (TdpState.Create(VmConfig(TdpFormat.Ept)))
+    let private run (ops: TdpOp list) = Tdp.run ops (Tdp.create (VmConfig(TdpFormat.Ept))) |> snd
 
     /// An access to the slot above: its page within the slot, the offset in the page, the largest
     /// page size allowed, and the access type.
@@ -450,9 +445,9 @@ module TdpFromFSharp =
     /// Inside a slot, every access is mapped to the slot's host frame for its gfn, whatever the policy.
     [<Property(Arbitrary = [| typeof<SlotAccesses> |])>]
     let ``A TDP access inside a slot reaches the slot's host frame for the gfn`` (a: SlotAccess) =
-        let state = run [ slot; TdpOp.SetMaxPageSize(a.MaxSize) ]
+        let state = run [ slot; Tdp.setMaxPageSize a.MaxSize ]
         let gpa = ((0x40000UL + a.Page) <<< 12) ||| a.Offset
-        match state.Step(TdpOp.AccessGpa(gpa, a.Type)).Result with
+        match Tdp.step (Tdp.accessGpa gpa a.Type) state |> fst with
         | TdpMapped(hpa, mapped, faulted) -> hpa = (((0x80000UL + a.Page) <<< 12) ||| a.Offset) && mapped = a.MaxSize && faulted
         | _ -> false
 
@@ -479,8 +474,7 @@ module ShadowFromFSharp =
               ShadowOp.GuestSetPaging(controls, 0x100000UL)
               ShadowOp.GuestAccess(Access.Read(0x10UL))
               ShadowOp.GuestAccess(Access.Read(0x10UL)) ]
-        let results, state =
-            ops |> List.fold (fun (rs, s: ShadowState) op -> let st = s.Step(op) in (rs @ [ st.Result ], st.State)) ([], ShadowState.Create(ShadowConfig(46)))
+        let results, state = Shadow.run ops (Shadow.create (ShadowConfig 46))
         for op in ops do
             match op with
             | ShadowGuestStore(_, _, size) -> Assert.Equal(8, size)
@@ -517,8 +511,7 @@ module ShadowFromFSharp =
               ShadowOp.GuestMovCr3(0x104002UL ||| noFlush)
               ShadowOp.GuestMovCr3(0x100001UL ||| noFlush)
               ShadowOp.GuestAccess(Access.Read(0x10UL)) ]
-        let results, state =
-            ops |> List.fold (fun (rs, s: ShadowState) op -> let st = s.Step(op) in (rs @ [ st.Result ], st.State)) ([], ShadowState.Create(ShadowConfig(46)))
+        let results, state = Shadow.run ops (Shadow.create (ShadowConfig 46))
         let switches =
             [ for op in ops do
                   match op with

@@ -69,8 +69,8 @@ public enum GpReason
 
 /// <summary>
 /// The architectural outcome of translating one access: a translation, a #PF with its error
-/// code, or a #GP. A sealed hierarchy; F# users match it with the active patterns shipped in the
-/// F# test project (MmuSpec.FSharp.Patterns).
+/// code, or a #GP. A sealed hierarchy; F# users match it with the active patterns of the F#
+/// layer in spec/fsharp (MmuSpec.FSharp.Patterns).
 /// </summary>
 public abstract record WalkResult
 {

@@ -1,10 +1,17 @@
-/// Active patterns over the spec's C# result types, so F# code can `match` a walk's outcome the way
-/// it would match a discriminated union. The C# types are sealed record hierarchies
-/// (WalkResult, OpResult, Op); each pattern below is total over its hierarchy.
+/// Active patterns over the spec's C# hierarchies, so F# code can `match` a walk's outcome, an
+/// operation or a result the way it would match a discriminated union. Each C# hierarchy is a
+/// sealed record family (a private base constructor, sealed cases). A hierarchy of at most seven
+/// cases gets one total pattern; F# allows at most seven cases per pattern, so the op families
+/// (TdpOp, ShadowOp) are matched in parts, each total over every op, whose last case carries the rest.
+/// A one-part pattern's fallback throws: only a case added in C# without a pattern here reaches it
+/// (or, for the op families, lands in a rest case), which the F# tests catch: LayerTests.fs lists
+/// every sealed case of every hierarchy by reflection.
 module MmuSpec.FSharp.Patterns
 
 open MmuSpec.Spec.Paging
 open MmuSpec.Spec.GuestWalk
+
+let private unknown name (value: obj) = invalidArg name $"no pattern for {value.GetType().FullName}: add it to MmuSpec.FSharp.Patterns"
 
 /// A walk's outcome (SDM Vol. 3 §4.7): a translation, a #PF with its error code, or a #GP.
 let (|Translated|PageFault|GeneralProtection|) (result: WalkResult) =
@@ -12,7 +19,14 @@ let (|Translated|PageFault|GeneralProtection|) (result: WalkResult) =
     | :? WalkResult.Translated as t -> Translated(t.Gpa, t.Size, t.Rights)
     | :? WalkResult.PageFault as f -> PageFault f.ErrorCode
     | :? WalkResult.GeneralProtection as g -> GeneralProtection g.Reason
-    | other -> invalidArg (nameof result) $"unknown WalkResult {other}"
+    | other -> unknown (nameof result) other
+
+/// MOV CR3's outcome (SDM §4.4.1, §4.5): the loaded CPU state (PAE: with its PDPTE registers), or #GP.
+let (|Cr3Loaded|Cr3Gp|) (loaded: CpuStateOrGp) =
+    match loaded.State, loaded.Fault with
+    | NonNull cpu, _ -> Cr3Loaded cpu
+    | Null, reason when reason.HasValue -> Cr3Gp reason.Value
+    | _ -> invalidArg (nameof loaded) "a CpuStateOrGp with neither a state nor a #GP reason"
 
 /// What a machine step returned: nothing to report, a walk's outcome, or a #GP from MOV CR3 or a
 /// control change (the state is unchanged then).
@@ -21,7 +35,7 @@ let (|Completed|Walked|GpFault|) (result: OpResult) =
     | :? OpResult.Completed -> Completed
     | :? OpResult.Walked as w -> Walked w.Result
     | :? OpResult.GeneralProtection as g -> GpFault g.Reason
-    | other -> invalidArg (nameof result) $"unknown OpResult {other}"
+    | other -> unknown (nameof result) other
 
 /// A machine operation.
 let (|GuestAccess|WriteGuest|LoadCr3|SetControls|) (op: Op) =
@@ -30,7 +44,7 @@ let (|GuestAccess|WriteGuest|LoadCr3|SetControls|) (op: Op) =
     | :? Op.WriteGuest as w -> WriteGuest(w.Gpa, w.Value, w.Size)
     | :? Op.LoadCr3 as l -> LoadCr3 l.Cr3
     | :? Op.SetControls as s -> SetControls s.Controls
-    | other -> invalidArg (nameof op) $"unknown Op {other}"
+    | other -> unknown (nameof op) other
 
 /// The #PF error code (SDM §4.7, Figure 4-12) as an F# record of booleans.
 type ErrorBits =
@@ -72,27 +86,55 @@ let (|RightsFault|_|) (result: WalkResult) =
 open MmuSpec.Spec.Tdp
 
 /// What a TDP MMU operation returned (docs/tdp-model.md).
-let (|TdpOk|TdpRejected|TdpMapped|TdpMmioExit|TdpDirtyLog|) (result: TdpResult) =
+let (|TdpOk|TdpRejected|TdpMapped|TdpMmioExit|TdpGuestFault|TdpDirtyLog|) (result: TdpResult) =
     match result with
     | :? TdpResult.Ok -> TdpOk
     | :? TdpResult.Rejected as r -> TdpRejected r.Reason
     | :? TdpResult.Mapped as m -> TdpMapped(m.Hpa, m.Size, m.Faulted)
     | :? TdpResult.MmioExit as e -> TdpMmioExit e.Gpa
+    | :? TdpResult.GuestFault as f -> TdpGuestFault f.Fault
     | :? TdpResult.DirtyLog as d -> TdpDirtyLog(List.ofSeq d.Gfns)
-    | other -> invalidArg (nameof result) $"unknown TdpResult {other}"
+    | other -> unknown (nameof result) other
+
+/// A TDP guest operation: an access to a gpa, a store, paging off (None) or controls and CR3, an
+/// access to a linear address; the host's operations match TdpHostOp.
+let (|TdpAccessGpa|TdpGuestStore|TdpGuestSetPaging|TdpGuestAccess|TdpHostOp|) (op: TdpOp) =
+    match op with
+    | :? TdpOp.AccessGpa as a -> TdpAccessGpa(a.Gpa, a.Type)
+    | :? TdpOp.GuestStore as s -> TdpGuestStore(s.Gpa, s.Value, s.Size)
+    | :? TdpOp.GuestSetPaging as p -> TdpGuestSetPaging(Option.ofObj p.Controls, p.Cr3)
+    | :? TdpOp.GuestAccess as a -> TdpGuestAccess a.Access
+    | _ -> TdpHostOp op
+
+/// A TDP memslot operation; zaps and the huge-page limit match TdpNotSlotOp, as do guest operations.
+let (|TdpCreateSlot|TdpDeleteSlot|TdpMoveSlot|TdpSetDirtyLogging|TdpGetDirtyLog|TdpNotSlotOp|) (op: TdpOp) =
+    match op with
+    | :? TdpOp.CreateSlot as c -> TdpCreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.HostPageSize, c.ReadOnly)
+    | :? TdpOp.DeleteSlot as d -> TdpDeleteSlot d.Id
+    | :? TdpOp.MoveSlot as m -> TdpMoveSlot(m.Id, m.NewBaseGfn)
+    | :? TdpOp.SetDirtyLogging as l -> TdpSetDirtyLogging(l.Id, l.On)
+    | :? TdpOp.GetDirtyLog as g -> TdpGetDirtyLog g.Id
+    | _ -> TdpNotSlotOp op
+
+/// The host's own MMU operations: a zap (TdpZap None is ZapAll) and the largest page size it may map.
+let (|TdpZap|TdpSetMaxPageSize|TdpNotMmuOp|) (op: TdpOp) =
+    match op with
+    | :? TdpOp.ZapRange as z -> TdpZap(Some(z.StartGfn, z.EndGfn))
+    | :? TdpOp.ZapAll -> TdpZap None
+    | :? TdpOp.SetMaxPageSize as s -> TdpSetMaxPageSize s.Size
+    | _ -> TdpNotMmuOp op
 
 /// A present entry of a TDP table page: a link to a child table or a leaf mapping.
 let (|TableLink|LeafMapping|) (entry: Spte) =
     match entry with
     | :? Spte.Table as t -> TableLink t.Child
     | :? Spte.Leaf as l -> LeafMapping(l.Gfn, l.Level, l.HostPfn, l.Writable)
-    | other -> invalidArg (nameof entry) $"unknown Spte {other}"
+    | other -> unknown (nameof entry) other
 
 open MmuSpec.Spec.Shadow
 
 /// A shadow-VM guest operation (docs/shadow-model.md); TLB and CR3 operations match ShadowTlbOp,
-/// the host's operations ShadowHostOp. (F# allows at most seven cases per active pattern, so
-/// ShadowOp is matched in three parts.)
+/// the host's operations ShadowHostOp.
 let (|ShadowGuestStore|ShadowGuestSetPaging|ShadowGuestAccess|ShadowTlbOp|ShadowHostOp|) (op: ShadowOp) =
     match op with
     | :? ShadowOp.GuestStore as s -> ShadowGuestStore(s.Gpa, s.Value, s.Size)
@@ -132,11 +174,11 @@ let (|ShadowOk|ShadowRejected|ShadowTranslated|ShadowMmioExit|ShadowGuestFault|S
     | :? ShadowResult.MmioExit as e -> ShadowMmioExit e.Gpa
     | :? ShadowResult.GuestFault as f -> ShadowGuestFault f.Fault
     | :? ShadowResult.DirtyLog as d -> ShadowDirtyLog(List.ofSeq d.Gfns)
-    | other -> invalidArg (nameof result) $"unknown ShadowResult {other}"
+    | other -> unknown (nameof result) other
 
 /// A present shadow entry: a link to a child shadow page, or a 4 KiB leaf (gfn, host frame, guest rights, the MMU's W bit).
 let (|ShadowTableLink|ShadowLeaf|) (entry: ShadowEntry) =
     match entry with
     | :? ShadowEntry.Table as t -> ShadowTableLink t.Child
     | :? ShadowEntry.Leaf as l -> ShadowLeaf(l.Gfn, l.HostPfn, l.Rights, l.Writable)
-    | other -> invalidArg (nameof entry) $"unknown ShadowEntry {other}"
+    | other -> unknown (nameof entry) other
