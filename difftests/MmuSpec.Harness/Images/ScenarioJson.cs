@@ -143,6 +143,7 @@ public static class ScenarioJson
         var words = new List<MemoryWord>();
         foreach (var p in e.EnumerateObject())
         {
+            if (Ambiguous(p.Name, forKey: true) is { } ambiguous) throw new InputException($"memory: key {ambiguous}");
             if (Hex.Read(p.Name, bareIsHex: true, out ulong gpa) is { } problem) throw new InputException($"memory: key {problem}");
             ulong value = Number(p.Value, $"memory {Hex.Format(gpa)}");
             words.Add(new MemoryWord(gpa, value));
@@ -183,8 +184,24 @@ public static class ScenarioJson
     static ulong? OptionalCount(JsonElement obj, string name) =>
         obj.TryGetProperty(name, out var v) ? Number(v, name, bareIsHex: false) : null;
 
+    /// <summary>
+    /// A register or address string of two or more decimal digits and no 0x ("4096", "80050033"): refused. Bare
+    /// strings are hex (as pasted from a debugger), but scenario files of earlier versions wrote decimal strings,
+    /// so such a file must fail loudly rather than walk another address. A hex letter or 0x decides it.
+    /// </summary>
+    static string? Ambiguous(string text, bool forKey)
+    {
+        string t = text.Trim().Replace("_", "", StringComparison.Ordinal);
+        if (t.Length < 2 || !t.All(char.IsAsciiDigit)) return null;
+        string hint = $"'{text}' is ambiguous in JSON: write \"0x{text.Trim()}\" for hex";
+        return forKey || !ulong.TryParse(t, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong d)
+            ? hint : $"{hint} or the JSON integer {d} for decimal";
+    }
+
     static ulong Number(JsonElement v, string what, bool bareIsHex = true)
     {
+        if (v.ValueKind == JsonValueKind.String && bareIsHex && Ambiguous(v.GetString()!, forKey: false) is { } ambiguous)
+            throw new InputException($"{what}: {ambiguous}");
         if (v.ValueKind == JsonValueKind.String) return bareIsHex ? Hex.ParseHex(v.GetString()!, what) : Hex.Parse(v.GetString()!, what);
         if (v.ValueKind == JsonValueKind.Number && v.TryGetUInt64(out ulong n)) return n;
         if (v.ValueKind == JsonValueKind.Number && v.GetRawText().All(char.IsAsciiDigit))

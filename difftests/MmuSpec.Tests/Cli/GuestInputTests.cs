@@ -70,8 +70,8 @@ public sealed class GuestInputTests
     [Fact]
     public void JSON_register_and_address_strings_are_hex_too_and_integers_decimal()
     {
-        // The pasted string is hex in JSON as on the command line; a JSON integer is a number.
-        var s = ScenarioJson.Parse("""{"cr0":"80050033","cr4":"3406f0","efer":"d01","cr3":"0000000000010000","maxphyaddr":"40","memory":{"10ff8":"11063","0x11ff0":"0x12063","12040":"10001e1"},"access":{"gva":"ffffffff81000123","type":"exec"}}""");
+        // A string with a hex letter or 0x is hex in JSON as on the command line; a JSON integer is a number.
+        var s = ScenarioJson.Parse("""{"cr0":"0x80050033","cr4":"3406f0","efer":"d01","cr3":"0x0000000000010000","maxphyaddr":"40","memory":{"10ff8":"0x11063","0x11ff0":"0x12063","0x12040":"10001e1"},"access":{"gva":"ffffffff81000123","type":"exec"}}""");
         Assert.Equal(0x10000UL, s.Cr3);
         Assert.Equal(PagingMode.Long4, s.Mode);
         Assert.True(s.Controls.EferNxe);
@@ -83,8 +83,20 @@ public sealed class GuestInputTests
         Assert.Equal(4096UL, ScenarioJson.Parse("""{"mode":"long4","cr3":4096}""").Cr3);
         Assert.Equal("cr3: 18446744073709551616 is larger than 64 bits",
             Assert.Throws<InputException>(() => ScenarioJson.Parse("""{"mode":"long4","cr3":18446744073709551616}""")).Message);
-        Assert.Equal("cr3: '1_0000_0000_0000_0000' is larger than 64 bits",
-            Assert.Throws<InputException>(() => ScenarioJson.Parse("""{"mode":"long4","cr3":"1_0000_0000_0000_0000"}""")).Message);
+        Assert.Equal("cr3: '1_0000_0000_0000_f000' is larger than 64 bits",
+            Assert.Throws<InputException>(() => ScenarioJson.Parse("""{"mode":"long4","cr3":"1_0000_0000_0000_f000"}""")).Message);
+    }
+
+    [Theory]
+    [InlineData("""{"mode":"long4","cr3":"4096"}""", "cr3: '4096' is ambiguous in JSON: write \"0x4096\" for hex or the JSON integer 4096 for decimal")]
+    [InlineData("""{"mode":"long4","cr3":"0x1000","memory":{"12040":"0x1"}}""", "memory: key '12040' is ambiguous in JSON: write \"0x12040\" for hex")]
+    [InlineData("""{"mode":"long4","cr3":"0x1000","memory":{"0x1000":"80050033"}}""", "memory 0x1000: '80050033' is ambiguous in JSON: write \"0x80050033\" for hex or the JSON integer 80050033 for decimal")]
+    public void A_JSON_string_of_decimal_digits_is_refused_not_read_one_way(string json, string expected)
+    {
+        // Earlier versions read "4096" as decimal, this one reads bare strings as hex: a file written for
+        // either must not silently walk another address. Single digits mean the same both ways and pass.
+        Assert.Equal(expected, Assert.Throws<InputException>(() => ScenarioJson.Parse(json)).Message);
+        Assert.Equal(7UL, ScenarioJson.Parse("""{"mode":"long4","cr3":"7"}""").Cr3);
     }
 
     [Fact]

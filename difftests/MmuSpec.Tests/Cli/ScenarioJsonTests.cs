@@ -43,7 +43,7 @@ public sealed class ScenarioJsonTests
     [Fact]
     public void Addresses_are_hex_strings_0x_optional_or_integers_and_maxphyaddr_is_decimal()
     {
-        var s = ScenarioJson.Parse("""{"mode":"long5","cr3":4096,"maxphyaddr":"52","memslots":[{"gpa":"0","size":"2000"}],"memory":{"1000":"0X3"},"access":{"gva":"ff11_0000_0000_0000"}}""");
+        var s = ScenarioJson.Parse("""{"mode":"long5","cr3":4096,"maxphyaddr":"52","memslots":[{"gpa":"0","size":"0x2000"}],"memory":{"0x1000":"0X3"},"access":{"gva":"ff11_0000_0000_0000"}}""");
         Assert.Equal(4096UL, s.Cr3);
         Assert.Equal(52, s.Controls.MaxPhyAddr);
         Assert.Equal(2UL, Assert.Single(s.Slots).Pages);
