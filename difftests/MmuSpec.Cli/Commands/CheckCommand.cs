@@ -113,12 +113,12 @@ public static class CheckCommand
     {
         string limit = string.Join(" or ", new[]
         {
-            o.MaxCases is { } n ? $"{Plural(n, "case")}{(o.Shard.IsWhole ? "" : " in all shards")}" : null,
+            o.MaxCases is { } n ? $"{CaseRuns.Count(n, "case")}{(o.Shard.IsWhole ? "" : " in all shards")}" : null,
             o.Budget is { } b ? FormattableString.Invariant($"{b.TotalSeconds:0.#} s") + (o.MinimumFirst ? " and every property's `dotnet test` cases" : "") : null,
         }.Where(x => x is not null));
         if (BuildInfo.Unoptimized)
             Console.Error.WriteLine("mmuspec: warning: this build runs unoptimized code (about 10x fewer cases per second); build without -p:Optimize=false");
-        Console.Error.WriteLine($"mmuspec check: seed {o.Seed}, {limit}, {Plural(o.Properties.Count, "property", "properties")}, batches of {Plural(o.BatchSize, "case")}"
+        Console.Error.WriteLine($"mmuspec check: seed {o.Seed}, {limit}, {CaseRuns.Count(o.Properties.Count, "property")}, batches of {CaseRuns.Count(o.BatchSize, "case")}"
             + (o.Deep ? $", deep (sizes up to {o.EndSize})" : "")
             + (o.Shard.IsWhole ? "" : $", shard {o.Shard} (batches {o.Shard.Index - 1}, {o.Shard.Index - 1 + o.Shard.Count}, {o.Shard.Index - 1 + 2 * o.Shard.Count}, ...)")
             + (o.Coverage ? ", coverage on" : ""));
@@ -176,10 +176,6 @@ public static class CheckCommand
         return FormattableString.Invariant($"[{s,6:0.0}s] {shard}{cases,8} cases {cases / s,7:0}/s  {ops,9} ops  | {per}");
     }
 
-    /// <summary>"1 case", "2 cases"; <paramref name="plural"/> for irregular words.</summary>
-    public static string Plural(long n, string word, string? plural = null) =>
-        string.Create(CultureInfo.InvariantCulture, $"{n} {(n == 1 ? word : plural ?? word + "s")}");
-
     static string Short(string name) => name.StartsWith("walk-", StringComparison.Ordinal) ? name[5..] : name;
 
     static string Summary(CampaignResult r, RunOptions o)
@@ -192,7 +188,7 @@ public static class CheckCommand
         string shard = o.Shard.IsWhole ? "" : $" (shard {o.Shard})";
         var lines = new List<string>
         {
-            FormattableString.Invariant($"check{shard}: {Plural(r.Cases, "case")}, {Plural(r.Ops, "op")} in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s), {Plural(r.Failed ? 1 : 0, "failure")}{(r.Interrupted ? " (interrupted)" : "")}"),
+            FormattableString.Invariant($"check{shard}: {CaseRuns.Count(r.Cases, "case")}, {CaseRuns.Count(r.Ops, "op")} in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s), {CaseRuns.Count(r.Failed ? 1 : 0, "failure")}{(r.Interrupted ? " (interrupted)" : "")}"),
             table.Render("  "),
         };
         var notRun = r.NotRun.Select(p => p.Name).ToList();
@@ -201,17 +197,17 @@ public static class CheckCommand
         {
             lines.Add($"FAILED: {r.FailedProperty} diverged in batch {r.FailedBatch} (shrunk with {r.ShrinkRuns} more runs)");
             if (r.FoundAfter is { } found)
-                lines.Add(FormattableString.Invariant($"found after {found.TotalSeconds:0.0} s; shrunk to {Plural(r.ShrunkOps ?? 0, "op")}"));
+                lines.Add(FormattableString.Invariant($"found after {found.TotalSeconds:0.0} s; shrunk to {CaseRuns.Count(r.ShrunkOps ?? 0, "op")}"));
             if (r.CounterexampleFile is { } file) lines.Add($"counterexample file: {file}  (rerun it: mmuspec replay {file}; shrink further: mmuspec replay {file} --shrink)");
             if (r.FailureReplay is { } token) lines.Add($"replay the unshrunk case: mmuspec replay {token} --property {r.FailedProperty}");
         }
         else if (r.Interrupted)
         {
-            lines.Add($"INTERRUPTED: spec and impl agree on the {Plural(r.Cases, "case")} that ran, but the campaign did not finish");
+            lines.Add($"INTERRUPTED: spec and impl agree on the {CaseRuns.Count(r.Cases, "case")} that ran, but the campaign did not finish");
             if (notRun.Count > 0) lines.Add($"properties that ran no case: {string.Join(", ", notRun)}");
         }
         else if (notRun.Count > 0)
-            lines.Add($"{(o.AllowPartial ? "PARTIAL (allowed)" : "PARTIAL")}: spec and impl agree on every case that ran, but {Plural(notRun.Count, "property", "properties")} ran no case "
+            lines.Add($"{(o.AllowPartial ? "PARTIAL (allowed)" : "PARTIAL")}: spec and impl agree on every case that ran, but {CaseRuns.Count(notRun.Count, "property")} ran no case "
                 + $"before the {(o.MaxCases is null ? "time budget" : "case limit")} ended: {string.Join(", ", notRun)} (give more --time or --count{(o.AllowPartial ? "" : ", or --allow-partial")})");
         else lines.Add("spec and impl agree on every case");
         if (!r.Failed && shortOf.Count > 0)
@@ -241,7 +237,7 @@ public static class CheckCommand
         double total = Math.Max(r.Elapsed.TotalSeconds, 1e-3);
         var lines = new List<string>
         {
-            FormattableString.Invariant($"coverage: {expected - unreached} of {expected} expected situations reached ({unreached} never), classifying {Plural(tally.Cases, "case")} took {tally.Elapsed.TotalSeconds:0.0} s of {total:0.0} s ({100 * tally.Elapsed.TotalSeconds / total:0}%)"),
+            FormattableString.Invariant($"coverage: {expected - unreached} of {expected} expected situations reached ({unreached} never), classifying {CaseRuns.Count(tally.Cases, "case")} took {tally.Elapsed.TotalSeconds:0.0} s of {total:0.0} s ({100 * tally.Elapsed.TotalSeconds / total:0}%)"),
         };
         var notRun = r.Tallies.Where(t => t.Cases == 0).Select(t => t.Property.Name).ToList();
         if (notRun.Count > 0) lines.Add($"  not run in this campaign (their situations are not expected): {string.Join(", ", notRun)}");
