@@ -1,5 +1,5 @@
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
-using MmuSpec.Impl.Tdp;
 
 namespace MmuSpec.Impl.Shadow;
 
@@ -12,15 +12,15 @@ namespace MmuSpec.Impl.Shadow;
 /// </summary>
 internal sealed partial class ShadowMmu
 {
-    public IReadOnlyList<ShadowSlotInfo> Slots
+    public IReadOnlyList<HostMemslotInfo> Slots
     {
         get
         {
-            var slots = new List<ShadowSlotInfo>();
-            foreach (TdpMemslot? s in _slotsById)
+            var slots = new List<HostMemslotInfo>();
+            foreach (HostMemslot? s in _slotsById)
             {
                 if (s is not null)
-                    slots.Add(new ShadowSlotInfo(s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, s.ReadOnly, s.DirtyLogging));
+                    slots.Add(s.Info);
             }
             return slots;
         }
@@ -49,7 +49,7 @@ internal sealed partial class ShadowMmu
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
-        foreach (TdpMemslot? slot in _slotsById)
+        foreach (HostMemslot? slot in _slotsById)
             slot?.Host.Visit(slot.HostPfnBase << PageShift, visit);
     }
 
@@ -101,7 +101,7 @@ internal sealed partial class ShadowMmu
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
-        foreach (TdpMemslot? slot in _slotsById)
+        foreach (HostMemslot? slot in _slotsById)
         {
             if (slot is null)
                 continue;

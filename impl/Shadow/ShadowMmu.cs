@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
-using MmuSpec.Impl.Tdp;
 
 namespace MmuSpec.Impl.Shadow;
 
@@ -13,8 +12,8 @@ namespace MmuSpec.Impl.Shadow;
 /// no rule scans all pages except the "every page" ones (zap all, the test read-back). The cached roots (current
 /// and three previous, KVM's root and prev_roots) are 16-byte entries in the object (ShadowMmu.Roots.cs).
 /// <para>
-/// Memslots, their host memory and dirty bitmaps are the TDP MMU's types (<see cref="TdpMemslot"/>,
-/// <see cref="TdpHostMemory"/>, <see cref="DirtyBitmap"/>); the guest's paging is <see cref="GuestVcpu"/>
+/// Memslots, their host memory and dirty bitmaps are shared with the TDP MMU (<see cref="HostMemslot"/>,
+/// <see cref="HostMemory"/>, <see cref="DirtyBitmap"/> in impl/Memory); the guest's paging is <see cref="GuestVcpu"/>
 /// over a <see cref="GuestPhysicalMemory"/> view of the slots, as in the TDP MMU.
 /// </para>
 /// <para>
@@ -43,10 +42,10 @@ internal sealed partial class ShadowMmu : IShadowVm
     // Frames below 2^(M-12): slots and zap ranges stay below.
     private readonly ulong _gfnLimit;
 
-    private readonly TdpMemslot?[] _slotsById = new TdpMemslot?[MaxSlots];
+    private readonly HostMemslot?[] _slotsById = new HostMemslot?[MaxSlots];
     private readonly SlotRmap?[] _rmapsById = new SlotRmap?[MaxSlots];
-    private TdpMemslot[] _slots = [];
-    private TdpMemslot _lastSlot = TdpMemslot.None; // KVM's last_used_slot
+    private HostMemslot[] _slots = [];
+    private HostMemslot _lastSlot = HostMemslot.None; // KVM's last_used_slot
 
     private GuestVcpu? _guest;
     private bool _disposed;
@@ -90,13 +89,13 @@ internal sealed partial class ShadowMmu : IShadowVm
             return Reject(problem);
         if (hostPfnBase >= HostPfnLimit || pages > HostPfnLimit - hostPfnBase)
             return Reject($"host frames [0x{hostPfnBase:X}, +0x{pages:X}) are not below 2^40");
-        foreach (TdpMemslot other in _slots)
+        foreach (HostMemslot other in _slots)
         {
             if (other.OverlapsHostFrames(hostPfnBase, pages))
                 return Reject($"host frames [0x{hostPfnBase:X}, 0x{hostPfnBase + pages:X}) overlap slot {other.Id}'s");
         }
 
-        var host = new TdpHostMemory(_pool, pages); // reads as zero; the OS supplies pages when written
+        var host = new HostMemory(_pool, pages); // reads as zero; the OS supplies pages when written
         SlotRmap rmap;
         try
         {
@@ -107,7 +106,7 @@ internal sealed partial class ShadowMmu : IShadowVm
             host.Free();
             throw;
         }
-        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, PageShift, readOnly, host); // no host page size: every leaf is 4 KiB
+        var slot = new HostMemslot(id, baseGfn, pages, hostPfnBase, PageShift, readOnly, host); // no host page size: every leaf is 4 KiB
         AddGuestWindow(baseGfn, pages, host);
         _slotsById[id] = slot;
         _rmapsById[id] = rmap;
@@ -119,14 +118,14 @@ internal sealed partial class ShadowMmu : IShadowVm
     public ShadowOutcome DeleteSlot(int id)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         ZapAllPages();
         _slotsById[id] = null;
         _rmapsById[id]!.Free();
         _rmapsById[id] = null;
         _slots = Array.FindAll(_slots, s => s != slot);
-        _lastSlot = TdpMemslot.None;
+        _lastSlot = HostMemslot.None;
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
         return ShadowOutcome.Ok;
@@ -136,7 +135,7 @@ internal sealed partial class ShadowMmu : IShadowVm
     public ShadowOutcome MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
             return Reject(problem);
@@ -144,7 +143,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.MoveTo(newBaseGfn);
         AddGuestWindow(newBaseGfn, slot.Pages, slot.Host); // the window moves, not the contents
-        _lastSlot = TdpMemslot.None;
+        _lastSlot = HostMemslot.None;
         return ShadowOutcome.Ok;
     }
 
@@ -152,7 +151,7 @@ internal sealed partial class ShadowMmu : IShadowVm
     public ShadowOutcome SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (on == slot.DirtyLogging)
             return ShadowOutcome.Ok;
@@ -173,7 +172,7 @@ internal sealed partial class ShadowMmu : IShadowVm
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (slot.Dirty is not DirtyBitmap dirty)
             return Reject($"slot {id} does not log dirty pages");
@@ -191,7 +190,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         ThrowIfDisposed();
         if (startGfn >= endGfn || endGfn > _gfnLimit)
             return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_maxPhyAddr - PageShift} frames");
-        foreach (TdpMemslot slot in _slots)
+        foreach (HostMemslot slot in _slots)
         {
             SlotRmap rmap = _rmapsById[slot.Id]!;
             ulong lo = Math.Max(startGfn, slot.BaseGfn);
@@ -231,7 +230,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         _livePages = 0;
         _guest = null;
         _guestMemory.Dispose(); // external slots only: frees nothing
-        foreach (TdpMemslot slot in _slots)
+        foreach (HostMemslot slot in _slots)
         {
             slot.Host.Free();
             _rmapsById[slot.Id]?.Free();
@@ -239,28 +238,28 @@ internal sealed partial class ShadowMmu : IShadowVm
         _slots = [];
         Array.Clear(_slotsById);
         Array.Clear(_rmapsById);
-        _lastSlot = TdpMemslot.None;
+        _lastSlot = HostMemslot.None;
     }
 
     // ---- slots ----
 
     /// <summary>The guest's view of a slot's host memory at its gfns (for the walker and PDPTE loads).</summary>
-    private unsafe void AddGuestWindow(ulong baseGfn, ulong pages, TdpHostMemory host) =>
+    private unsafe void AddGuestWindow(ulong baseGfn, ulong pages, HostMemory host) =>
         _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
 
-    private TdpMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
+    private HostMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private TdpMemslot? FindSlot(ulong gfn)
+    private HostMemslot? FindSlot(ulong gfn)
     {
-        TdpMemslot last = _lastSlot;
+        HostMemslot last = _lastSlot;
         return last.Contains(gfn) ? last : FindSlotSlow(gfn);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private TdpMemslot? FindSlotSlow(ulong gfn)
+    private HostMemslot? FindSlotSlow(ulong gfn)
     {
-        foreach (TdpMemslot slot in _slots)
+        foreach (HostMemslot slot in _slots)
         {
             if (slot.Contains(gfn))
             {
@@ -272,12 +271,12 @@ internal sealed partial class ShadowMmu : IShadowVm
     }
 
     /// <summary>Why [baseGfn, baseGfn + pages) cannot hold a slot, or null when it can.</summary>
-    private string? RangeProblem(ulong baseGfn, ulong pages, TdpMemslot? self)
+    private string? RangeProblem(ulong baseGfn, ulong pages, HostMemslot? self)
     {
         if (baseGfn >= _gfnLimit || pages > _gfnLimit - baseGfn)
             return $"range [0x{baseGfn:X}, +0x{pages:X}) is not below 2^{_maxPhyAddr - PageShift} frames";
         ulong end = baseGfn + pages;
-        foreach (TdpMemslot other in _slots)
+        foreach (HostMemslot other in _slots)
         {
             if (other != self && baseGfn < other.EndGfn && other.BaseGfn < end)
                 return $"range [0x{baseGfn:X}, 0x{end:X}) overlaps slot {other.Id}";

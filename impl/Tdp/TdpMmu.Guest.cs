@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 using static MmuSpec.Impl.PageTable.TableGeometry;
 
@@ -121,7 +122,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
-        foreach (TdpMemslot? slot in _slotsById)
+        foreach (HostMemslot? slot in _slotsById)
             slot?.Host.Visit(slot.HostPfnBase << PageShift, visit);
     }
 
@@ -146,7 +147,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
     private void StoreHost(ulong hpa, ulong value, int size)
     {
         ulong hostPfn = hpa >> PageShift;
-        foreach (TdpMemslot slot in _slots)
+        foreach (HostMemslot slot in _slots)
         {
             if (slot.HoldsHostFrame(hostPfn))
             {

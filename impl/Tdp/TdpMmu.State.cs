@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.PageTable;
 using static MmuSpec.Impl.PageTable.TableGeometry;
 
@@ -7,12 +8,12 @@ namespace MmuSpec.Impl.Tdp;
 /// <summary>The abstract state, for tests and tools (docs/tdp-model.md, "What the tests compare"). Allocates.</summary>
 public sealed unsafe partial class TdpMmu<TFormat>
 {
-    public IReadOnlyList<TdpSlotInfo> Slots
+    public IReadOnlyList<HostMemslotInfo> Slots
     {
         get
         {
-            var slots = new List<TdpSlotInfo>();
-            foreach (TdpMemslot? slot in _slotsById)
+            var slots = new List<HostMemslotInfo>();
+            foreach (HostMemslot? slot in _slotsById)
             {
                 if (slot is not null)
                     slots.Add(slot.Info);

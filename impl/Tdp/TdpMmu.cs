@@ -19,7 +19,7 @@ namespace MmuSpec.Impl.Tdp;
 /// with <see cref="_sharedGfnMask"/>.
 /// </para>
 /// <para>
-/// Each slot also owns its host memory (<see cref="TdpHostMemory"/>, lazily zeroed), which the guest
+/// Each slot also owns its host memory (<see cref="HostMemory"/>, lazily zeroed), which the guest
 /// writes with <see cref="GuestStore"/> and reads through its own page walk (TdpMmu.Guest.cs).
 /// </para>
 /// Not thread-safe.
@@ -60,13 +60,13 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     // Host frames an entry of this format can hold (2^40 for EPT, 2^36 for stage-2).
     private readonly ulong _hostPfnLimit;
 
-    private readonly TdpMemslot?[] _slotsById = new TdpMemslot?[MaxSlots];
+    private readonly HostMemslot?[] _slotsById = new HostMemslot?[MaxSlots];
 
     // The slots in use, scanned when the last-slot cache misses (copied on change).
-    private TdpMemslot[] _slots = [];
+    private HostMemslot[] _slots = [];
 
     // The slot of the previous access (KVM's last_used_slot): faults come in runs within one slot.
-    private TdpMemslot _lastSlot = TdpMemslot.None;
+    private HostMemslot _lastSlot = HostMemslot.None;
 
     private ulong* _directRoot;
     private ulong* _mirrorRoot;
@@ -151,15 +151,15 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
             return Reject($"host frames reach 2^{TFormat.OutputAddressBits - PageShift}, beyond what {Format} entries address");
         if (RangeProblem(baseGfn, pages, self: null) is string problem)
             return Reject(problem);
-        foreach (TdpMemslot other in _slots)
+        foreach (HostMemslot other in _slots)
         {
             // Slots may not share host frames: each frame's contents belong to one slot.
             if (other.OverlapsHostFrames(hostPfnBase, pages))
                 return Reject($"host frames [0x{hostPfnBase:X}, 0x{hostPfnBase + pages:X}) overlap slot {other.Id}'s");
         }
 
-        var host = new TdpHostMemory(_pool, pages); // reads as zero; pages come from the OS when written
-        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly, host);
+        var host = new HostMemory(_pool, pages); // reads as zero; pages come from the OS when written
+        var slot = new HostMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly, host);
         _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
         _slotsById[id] = slot;
         _slots = [.. _slots, slot];
@@ -170,13 +170,13 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public TdpStatus DeleteSlot(int id)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
         _slotsById[id] = null;
         _slots = Array.FindAll(_slots, s => s != slot);
         if (_lastSlot == slot)
-            _lastSlot = TdpMemslot.None;
+            _lastSlot = HostMemslot.None;
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
         return TdpStatus.Ok;
@@ -186,7 +186,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public TdpStatus MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
             return Reject(problem);
@@ -205,7 +205,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public TdpStatus SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (on == slot.DirtyLogging)
             return TdpStatus.Ok; // KVM acts only on a change of KVM_MEM_LOG_DIRTY_PAGES
@@ -229,7 +229,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (Slot(id) is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (slot.Dirty is not DirtyBitmap dirty)
             return Reject($"slot {id} does not log dirty pages");
@@ -296,24 +296,24 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         _pages.ReleaseAll();
         _guest = null;
         _guestMemory.Dispose(); // external slots only: frees nothing
-        foreach (TdpMemslot slot in _slots)
+        foreach (HostMemslot slot in _slots)
             slot.Host.Free();
         _slots = [];
         Array.Clear(_slotsById);
-        _lastSlot = TdpMemslot.None;
+        _lastSlot = HostMemslot.None;
     }
 
-    private TdpMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
+    private HostMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
 
     /// <summary>Why [baseGfn, baseGfn + pages) cannot hold a slot, or null when it can.</summary>
-    private string? RangeProblem(ulong baseGfn, ulong pages, TdpMemslot? self)
+    private string? RangeProblem(ulong baseGfn, ulong pages, HostMemslot? self)
     {
         if (baseGfn >= _slotGfnLimit || pages > _slotGfnLimit - baseGfn)
             return _sharedGfnMask != 0
                 ? $"range [0x{baseGfn:X}, +0x{pages:X}) reaches the shared bit (gfn 0x{_sharedGfnMask:X})"
                 : $"range [0x{baseGfn:X}, +0x{pages:X}) is beyond 2^{_gpaBits - PageShift} frames";
         ulong end = baseGfn + pages;
-        foreach (TdpMemslot other in _slots)
+        foreach (HostMemslot other in _slots)
         {
             if (other != self && baseGfn < other.EndGfn && other.BaseGfn < end)
                 return $"range [0x{baseGfn:X}, 0x{end:X}) overlaps slot {other.Id}";

@@ -17,7 +17,7 @@ public sealed record ShadowStepped(ShadowState State, ShadowResult Result);
 /// </summary>
 public sealed record ShadowState(
     ShadowConfig Config,
-    ImmutableSortedDictionary<int, TdpMemslot> Slots,
+    ImmutableSortedDictionary<int, HostMemslot> Slots,
     ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
     ImmutableSortedDictionary<ulong, ulong> HostMemory,
     CpuState? GuestCpu,
@@ -29,7 +29,7 @@ public sealed record ShadowState(
 
     /// <summary>A new VM: no memslots, paging off, no shadow pages.</summary>
     public static ShadowState Create(ShadowConfig config) => new(config,
-        ImmutableSortedDictionary<int, TdpMemslot>.Empty,
+        ImmutableSortedDictionary<int, HostMemslot>.Empty,
         ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null, GuestPcide: false,
         ImmutableSortedDictionary<ShadowKey, ShadowPage>.Empty, ShadowRoots.None);
@@ -78,11 +78,11 @@ public sealed record ShadowState(
         if (SlotMemory.RangeProblem(Slots, c.BaseGfn, c.Pages, Config.GfnLimit, ignoreId: null) is { } problem) return Reject(problem);
         if (SlotMemory.HostRangeProblem(Slots, c.HostPfnBase, c.Pages, ShadowConfig.HostPfnLimit, "shadow entries") is { } hostProblem)
             return Reject(hostProblem);
-        var slot = new TdpMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, PageSize.Size4K, c.ReadOnly, DirtyLogging: false);
+        var slot = new HostMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, PageSize.Size4K, c.ReadOnly, DirtyLogging: false);
         return Done(this with { Slots = Slots.Add(c.Id, slot) });
     }
 
-    ShadowState SetDirtyLogging(TdpMemslot s, bool on)
+    ShadowState SetDirtyLogging(HostMemslot s, bool on)
     {
         if (!on)
             return this with { Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(false)), DirtyBitmaps = DirtyBitmaps.Remove(s.Id) };
@@ -95,7 +95,7 @@ public sealed record ShadowState(
         };
     }
 
-    ShadowStepped GetDirtyLog(TdpMemslot s)
+    ShadowStepped GetDirtyLog(HostMemslot s)
     {
         if (!s.DirtyLogging) return Reject($"slot {s.Id} does not log dirty pages");
         var gfns = DirtyBitmaps[s.Id].Select(offset => s.BaseGfn + offset).ToImmutableArray();
@@ -104,7 +104,7 @@ public sealed record ShadowState(
         return new ShadowStepped(state, new ShadowResult.DirtyLog(gfns));
     }
 
-    ShadowState MarkDirty(TdpMemslot slot, ulong gfn) =>
+    ShadowState MarkDirty(HostMemslot slot, ulong gfn) =>
         slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
 
     /// <summary>Guest-physical memory as the guest sees it now (memslots over host memory).</summary>
@@ -119,7 +119,7 @@ public sealed record ShadowState(
         return size == 8 ? word : word & 0xFFFF_FFFF;
     }
 
-    ShadowState StoreGuest(TdpMemslot slot, ulong gpa, ulong value, int size) =>
+    ShadowState StoreGuest(HostMemslot slot, ulong gpa, ulong value, int size) =>
         this with { HostMemory = SlotMemory.Store(HostMemory, (slot.HostPfn(gpa >> 12) << 12) | (gpa & 0xFFF), value, size) };
 
     // ---- definitions (docs/shadow-model.md, "Definitions used by the rules") ----
@@ -600,7 +600,7 @@ public sealed record ShadowState(
         return state;
     }
 
-    ShadowStepped Fill(Access access, WalkExplanation walk, WalkResult.Translated t, TdpMemslot slot)
+    ShadowStepped Fill(Access access, WalkExplanation walk, WalkResult.Translated t, HostMemslot slot)
     {
         var c = GuestCpu!.Controls;
         ulong gva = access.Gva;
@@ -694,7 +694,7 @@ public sealed record ShadowState(
 
     // ---- results ----
 
-    ShadowStepped WithSlot(int id, Func<TdpMemslot, ShadowStepped> then) =>
+    ShadowStepped WithSlot(int id, Func<HostMemslot, ShadowStepped> then) =>
         Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
 
     static ShadowStepped Done(ShadowState state) => new(state, ShadowResult.Ok.Instance);

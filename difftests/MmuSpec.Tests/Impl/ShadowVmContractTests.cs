@@ -175,7 +175,7 @@ public sealed class ShadowVmContractTests
             Assert.Equal(ShadowStatus.Ok, vm.ZapRange(gfnLimit - 1, gfnLimit).Status);
             Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 2).Status);
             Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 1).Status);
-            Assert.Equal(new ShadowSlotInfo(1, gfnLimit - 1, 1, hostPfnLimit - 1, false, false), vm.Slots[1]);
+            Assert.Equal(new HostMemslotInfo(1, gfnLimit - 1, 1, hostPfnLimit - 1, 12, false, false), vm.Slots[1]);
         }
         Assert.Equal(0, pool.PagesInUse);
     }
