@@ -73,9 +73,21 @@ internal sealed class HostMemslot
         LevelCap = level;
     }
 
-    public void StartLogging() => Dirty ??= new DirtyBitmap();
+    /// <summary>
+    /// Dirty logging on (an empty bitmap) or off (the bitmap dropped). False, changing nothing, when the
+    /// flag already has that value: KVM acts only on a change of KVM_MEM_LOG_DIRTY_PAGES.
+    /// </summary>
+    public bool SetDirtyLogging(bool on)
+    {
+        if (on == DirtyLogging)
+            return false;
+        Dirty = on ? new DirtyBitmap() : null;
+        return true;
+    }
 
-    public void StopLogging() => Dirty = null;
+    /// <summary>Marks <paramref name="gfn"/>, a frame of this slot, dirty when the slot logs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void MarkDirty(ulong gfn) => Dirty?.Mark(gfn - BaseGfn);
 
     public HostMemslotInfo Info => new(Id, BaseGfn, Pages, HostPfnBase, HostPageShift, ReadOnly, DirtyLogging);
 }

@@ -36,7 +36,7 @@ internal sealed partial class ShadowMmu
             slot.Host.Store(gpa - (slot.BaseGfn << PageShift), value, size);
             if (emulated)
                 TrackedWrite(gpa, size);
-            slot.Dirty?.Mark(gfn - slot.BaseGfn);
+            slot.MarkDirty(gfn);
             result = ShadowOutcome.Ok;
         }
         CommitZapped();
@@ -360,7 +360,7 @@ internal sealed partial class ShadowMmu
         if ((current & bit) != 0 || slot.ReadOnly)
             return;
         slot.Host.Store(entryGpa - (slot.BaseGfn << PageShift), current | bit, bytes);
-        slot.Dirty?.Mark((entryGpa >> PageShift) - slot.BaseGfn);
+        slot.MarkDirty(entryGpa >> PageShift);
     }
 
     private ulong ReadGuestEntry(ulong gpa, int bytes)

@@ -24,13 +24,8 @@ public sealed unsafe partial class TdpMmu<TFormat>
         bool mirror = _sharedGfnMask != 0 && frame == gfn; // a private gpa, in a VM with a shared bit
 
         // Steps 2 and 3: no slot, or a write to a read-only slot, exit to userspace; nothing changes.
-        HostMemslot slot = _lastSlot;
-        if (!slot.Contains(gfn))
-        {
-            if (FindSlot(gfn) is not HostMemslot found)
-                return TdpAccessOutcome.MmioExit;
-            slot = found;
-        }
+        if (_slots.Find(gfn) is not HostMemslot slot)
+            return TdpAccessOutcome.MmioExit;
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
@@ -55,7 +50,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
         if (level == 1 || !slot.DirtyLogging)
         {
             pte.Write(TFormat.WithWritable(leaf, true));
-            slot.Dirty?.Mark(gfn - slot.BaseGfn);
+            slot.MarkDirty(gfn);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
         }
 
@@ -125,20 +120,6 @@ public sealed unsafe partial class TdpMmu<TFormat>
                 break;
         }
         return level;
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private HostMemslot? FindSlot(ulong gfn)
-    {
-        foreach (HostMemslot slot in _slots)
-        {
-            if (slot.Contains(gfn))
-            {
-                _lastSlot = slot;
-                return slot;
-            }
-        }
-        return null;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -8,28 +8,11 @@ namespace MmuSpec.Impl.Tdp;
 /// <summary>The abstract state, for tests and tools (docs/tdp-model.md, "What the tests compare"). Allocates.</summary>
 public sealed unsafe partial class TdpMmu<TFormat>
 {
-    public IReadOnlyList<HostMemslotInfo> Slots
-    {
-        get
-        {
-            var slots = new List<HostMemslotInfo>();
-            foreach (HostMemslot? slot in _slotsById)
-            {
-                if (slot is not null)
-                    slots.Add(slot.Info);
-            }
-            return slots;
-        }
-    }
+    public IReadOnlyList<HostMemslotInfo> Slots => _slots.Infos();
 
     public byte MaxPageShift => (byte)PageShiftOf(_policyLevel);
 
-    public IEnumerable<ulong> DirtyOffsets(int id)
-    {
-        var offsets = new List<ulong>();
-        Slot(id)?.Dirty?.CopySorted(offsets, bias: 0);
-        return offsets;
-    }
+    public IEnumerable<ulong> DirtyOffsets(int id) => _slots.DirtyOffsets(id);
 
     public TdpPageKey? DirectRoot => _directRoot == null ? null : TdpPageAllocator.HeaderOf(_directRoot).Key;
 
