@@ -34,6 +34,9 @@ internal struct HostMemslotTable
     /// <summary>The slots in creation order.</summary>
     public readonly HostMemslot[] All => _all;
 
+    /// <summary>The slot of the previous lookup, or one that contains no gfn: never null.</summary>
+    public readonly HostMemslot Last => _last;
+
     /// <summary>Slot <paramref name="id"/>, or null (also for an id outside 0..MaxSlots-1).</summary>
     public readonly HostMemslot? this[int id] => (uint)id < MaxSlots ? _byId[id] : null;
 

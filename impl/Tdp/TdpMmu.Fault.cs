@@ -24,8 +24,13 @@ public sealed unsafe partial class TdpMmu<TFormat>
         bool mirror = _sharedGfnMask != 0 && frame == gfn; // a private gpa, in a VM with a shared bit
 
         // Steps 2 and 3: no slot, or a write to a read-only slot, exit to userspace; nothing changes.
-        if (_slots.Find(gfn) is not HostMemslot slot)
-            return TdpAccessOutcome.MmioExit;
+        HostMemslot slot = _slots.Last; // never null: a hit needs no null check
+        if (!slot.Contains(gfn))
+        {
+            if (_slots.Find(gfn) is not HostMemslot found)
+                return TdpAccessOutcome.MmioExit;
+            slot = found;
+        }
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
