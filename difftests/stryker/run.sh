@@ -32,7 +32,7 @@ api="FullyQualifiedName~MmuSpec.Tests.Impl"
 case "$area" in
   paging)    mutate=('**/Paging/**/*.cs'); tests="$ns.WalkDifferentialTests|$ns.AccessEnumerationTests|$ns.TdpDifferentialTests" ;;
   pagetable) mutate=('**/PageTable/**/*.cs' '**/Memory/**/*.cs')
-             tests="$ns.WalkDifferentialTests|$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.NativeMemoryTests" ;;
+             tests="$ns.WalkDifferentialTests|$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.TdpVmContractTests|$ns.NativeMemoryTests" ;;
   tdp)       mutate=('**/Tdp/**/*.cs'); tests="$ns.TdpDifferentialTests|$ns.TdpFlushTests|$ns.TdpVmContractTests|$ns.NativeMemoryTests" ;;
   shadow)    mutate=('**/Shadow/**/*.cs'); tests="$ns.ShadowDifferentialTests|$ns.CachedRootTests|$ns.NativeMemoryTests" ;;
   all)       mutate=('**/*.cs'); tests="($ns&FullyQualifiedName!~CoverageTests)|$api" ;;

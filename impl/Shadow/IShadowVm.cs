@@ -1,3 +1,4 @@
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 
 namespace MmuSpec.Impl.Shadow;
@@ -56,7 +57,7 @@ public interface IShadowVm : IDisposable
 
     // ---- the abstract state, read back for the differential tests (may allocate) ----
 
-    IReadOnlyList<ShadowSlotInfo> Slots { get; }
+    IReadOnlyList<HostMemslotInfo> Slots { get; }
 
     /// <summary>Sorted slot-relative dirty offsets (empty for an unknown or non-logging slot).</summary>
     IEnumerable<ulong> DirtyOffsets(int id);
@@ -128,9 +129,6 @@ public readonly record struct ShadowOutcome(ShadowStatus Status, ulong Gpa, ulon
         _ => Status.ToString(),
     };
 }
-
-/// <summary>A memslot as the abstract state shows it.</summary>
-public readonly record struct ShadowSlotInfo(int Id, ulong BaseGfn, ulong Pages, ulong HostPfnBase, bool ReadOnly, bool DirtyLogging);
 
 /// <summary>A shadow page's identity: the gfn and the packed role.</summary>
 public readonly record struct ShadowPageKey(ulong Gfn, ShadowRole Role)

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
-using MmuSpec.Impl.Tdp;
 
 namespace MmuSpec.Impl.Shadow;
 
@@ -24,7 +24,7 @@ internal sealed partial class ShadowMmu
         EnsureRoot();
 
         ulong gfn = gpa >> PageShift;
-        TdpMemslot? slot = FindSlot(gfn);
+        HostMemslot? slot = FindSlot(gfn);
         ShadowOutcome result;
         if (slot is null || slot.ReadOnly)
         {
@@ -36,7 +36,7 @@ internal sealed partial class ShadowMmu
             slot.Host.Store(gpa - (slot.BaseGfn << PageShift), value, size);
             if (emulated)
                 TrackedWrite(gpa, size);
-            slot.Dirty?.Mark(gfn - slot.BaseGfn);
+            slot.MarkDirty(gfn);
             result = ShadowOutcome.Ok;
         }
         CommitZapped();
@@ -266,7 +266,7 @@ internal sealed partial class ShadowMmu
         // 3. No slot, or a write into a read-only one: exit (the A/D updates stay).
         ulong gpa = walk.Gpa;
         ulong gfn = gpa >> PageShift;
-        TdpMemslot? slot = FindSlot(gfn);
+        HostMemslot? slot = FindSlot(gfn);
         if (slot is null || (write && slot.ReadOnly))
             return ShadowOutcome.MmioExit(gpa);
 
@@ -354,13 +354,13 @@ internal sealed partial class ShadowMmu
     /// </summary>
     private void SetGuestEntryBit(ulong entryGpa, int bytes, ulong bit)
     {
-        TdpMemslot? slot = FindSlot(entryGpa >> PageShift);
+        HostMemslot? slot = FindSlot(entryGpa >> PageShift);
         Debug.Assert(slot is not null, "the walk read this entry, so a slot backs it");
         ulong current = ReadGuestEntry(entryGpa, bytes);
         if ((current & bit) != 0 || slot.ReadOnly)
             return;
         slot.Host.Store(entryGpa - (slot.BaseGfn << PageShift), current | bit, bytes);
-        slot.Dirty?.Mark((entryGpa >> PageShift) - slot.BaseGfn);
+        slot.MarkDirty(entryGpa >> PageShift);
     }
 
     private ulong ReadGuestEntry(ulong gpa, int bytes)

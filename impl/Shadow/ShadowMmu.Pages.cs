@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
-using MmuSpec.Impl.Tdp;
 
 namespace MmuSpec.Impl.Shadow;
 
@@ -43,7 +43,7 @@ internal sealed partial class ShadowMmu
 
     private SlotRmap? RmapOf(ulong gfn, out ulong offset)
     {
-        TdpMemslot? slot = FindSlot(gfn);
+        HostMemslot? slot = FindSlot(gfn);
         offset = slot is null ? 0 : gfn - slot.BaseGfn;
         return slot is null ? null : _rmapsById[slot.Id];
     }
@@ -78,7 +78,7 @@ internal sealed partial class ShadowMmu
             leaf.Value &= ~ShadowSpte.Writable;
     }
 
-    private void WriteProtectSlot(TdpMemslot slot)
+    private void WriteProtectSlot(HostMemslot slot)
     {
         SlotRmap rmap = _rmapsById[slot.Id]!;
         if (rmap.NonEmpty == 0)

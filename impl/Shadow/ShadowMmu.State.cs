@@ -1,5 +1,5 @@
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
-using MmuSpec.Impl.Tdp;
 
 namespace MmuSpec.Impl.Shadow;
 
@@ -12,26 +12,9 @@ namespace MmuSpec.Impl.Shadow;
 /// </summary>
 internal sealed partial class ShadowMmu
 {
-    public IReadOnlyList<ShadowSlotInfo> Slots
-    {
-        get
-        {
-            var slots = new List<ShadowSlotInfo>();
-            foreach (TdpMemslot? s in _slotsById)
-            {
-                if (s is not null)
-                    slots.Add(new ShadowSlotInfo(s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, s.ReadOnly, s.DirtyLogging));
-            }
-            return slots;
-        }
-    }
+    public IReadOnlyList<HostMemslotInfo> Slots => _slots.Infos();
 
-    public IEnumerable<ulong> DirtyOffsets(int id)
-    {
-        var offsets = new List<ulong>();
-        Slot(id)?.Dirty?.CopySorted(offsets, bias: 0);
-        return offsets;
-    }
+    public IEnumerable<ulong> DirtyOffsets(int id) => _slots.DirtyOffsets(id);
 
     public PagingControls? GuestControls => _guest?.Controls;
 
@@ -49,8 +32,7 @@ internal sealed partial class ShadowMmu
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
-        foreach (TdpMemslot? slot in _slotsById)
-            slot?.Host.Visit(slot.HostPfnBase << PageShift, visit);
+        _slots.VisitHostMemory(visit);
     }
 
     public void VisitPages(Action<ShadowPageInfo, IReadOnlyList<ShadowEntryInfo>> visit)
@@ -101,9 +83,9 @@ internal sealed partial class ShadowMmu
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
-        foreach (TdpMemslot? slot in _slotsById)
+        for (int id = 0; id < HostMemslotTable.MaxSlots; id++)
         {
-            if (slot is null)
+            if (_slots[id] is not HostMemslot slot)
                 continue;
             SlotRmap rmap = _rmapsById[slot.Id]!;
             long nonEmpty = 0;

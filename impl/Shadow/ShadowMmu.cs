@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
-using MmuSpec.Impl.Tdp;
 
 namespace MmuSpec.Impl.Shadow;
 
@@ -13,8 +12,8 @@ namespace MmuSpec.Impl.Shadow;
 /// no rule scans all pages except the "every page" ones (zap all, the test read-back). The cached roots (current
 /// and three previous, KVM's root and prev_roots) are 16-byte entries in the object (ShadowMmu.Roots.cs).
 /// <para>
-/// Memslots, their host memory and dirty bitmaps are the TDP MMU's types (<see cref="TdpMemslot"/>,
-/// <see cref="TdpHostMemory"/>, <see cref="DirtyBitmap"/>); the guest's paging is <see cref="GuestVcpu"/>
+/// Memslots, their host memory and dirty bitmaps are shared with the TDP MMU (<see cref="HostMemslot"/>,
+/// <see cref="HostMemory"/>, <see cref="DirtyBitmap"/> in impl/Memory); the guest's paging is <see cref="GuestVcpu"/>
 /// over a <see cref="GuestPhysicalMemory"/> view of the slots, as in the TDP MMU.
 /// </para>
 /// <para>
@@ -27,7 +26,6 @@ namespace MmuSpec.Impl.Shadow;
 /// </summary>
 internal sealed partial class ShadowMmu : IShadowVm
 {
-    private const int MaxSlots = 32;
     private const ulong HostPfnLimit = 1UL << 40;
     private const int PageShift = 12;
     private const ulong PageOffsetMask = (1UL << PageShift) - 1;
@@ -43,10 +41,9 @@ internal sealed partial class ShadowMmu : IShadowVm
     // Frames below 2^(M-12): slots and zap ranges stay below.
     private readonly ulong _gfnLimit;
 
-    private readonly TdpMemslot?[] _slotsById = new TdpMemslot?[MaxSlots];
-    private readonly SlotRmap?[] _rmapsById = new SlotRmap?[MaxSlots];
-    private TdpMemslot[] _slots = [];
-    private TdpMemslot _lastSlot = TdpMemslot.None; // KVM's last_used_slot
+    // A mutable struct: never readonly, never copied (faults read its last-slot cache in place).
+    private HostMemslotTable _slots = new();
+    private readonly SlotRmap?[] _rmapsById = new SlotRmap?[HostMemslotTable.MaxSlots];
 
     private GuestVcpu? _guest;
     private bool _disposed;
@@ -80,23 +77,16 @@ internal sealed partial class ShadowMmu : IShadowVm
     public ShadowOutcome CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly)
     {
         ThrowIfDisposed();
-        if ((uint)id >= MaxSlots)
-            return Reject($"slot id {id} is outside 0..{MaxSlots - 1}");
-        if (_slotsById[id] is not null)
-            return Reject($"slot {id} already exists");
-        if (pages == 0)
-            return Reject("a slot needs at least one page");
+        if (_slots.CreateProblem(id, pages) is string idProblem)
+            return Reject(idProblem);
         if (RangeProblem(baseGfn, pages, self: null) is string problem)
             return Reject(problem);
         if (hostPfnBase >= HostPfnLimit || pages > HostPfnLimit - hostPfnBase)
             return Reject($"host frames [0x{hostPfnBase:X}, +0x{pages:X}) are not below 2^40");
-        foreach (TdpMemslot other in _slots)
-        {
-            if (other.OverlapsHostFrames(hostPfnBase, pages))
-                return Reject($"host frames [0x{hostPfnBase:X}, 0x{hostPfnBase + pages:X}) overlap slot {other.Id}'s");
-        }
+        if (_slots.HostOverlapProblem(hostPfnBase, pages) is string hostProblem)
+            return Reject(hostProblem);
 
-        var host = new TdpHostMemory(_pool, pages); // reads as zero; the OS supplies pages when written
+        var host = new HostMemory(_pool, pages); // reads as zero; the OS supplies pages when written
         SlotRmap rmap;
         try
         {
@@ -107,11 +97,10 @@ internal sealed partial class ShadowMmu : IShadowVm
             host.Free();
             throw;
         }
-        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, PageShift, readOnly, host); // no host page size: every leaf is 4 KiB
+        var slot = new HostMemslot(id, baseGfn, pages, hostPfnBase, PageShift, readOnly, host); // no host page size: every leaf is 4 KiB
         AddGuestWindow(baseGfn, pages, host);
-        _slotsById[id] = slot;
+        _slots.Add(slot);
         _rmapsById[id] = rmap;
-        _slots = [.. _slots, slot];
         return ShadowOutcome.Ok;
     }
 
@@ -119,14 +108,12 @@ internal sealed partial class ShadowMmu : IShadowVm
     public ShadowOutcome DeleteSlot(int id)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (_slots[id] is not HostMemslot slot)
             return Reject($"no slot {id}");
         ZapAllPages();
-        _slotsById[id] = null;
+        _slots.Remove(slot);
         _rmapsById[id]!.Free();
         _rmapsById[id] = null;
-        _slots = Array.FindAll(_slots, s => s != slot);
-        _lastSlot = TdpMemslot.None;
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
         return ShadowOutcome.Ok;
@@ -136,7 +123,7 @@ internal sealed partial class ShadowMmu : IShadowVm
     public ShadowOutcome MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (_slots[id] is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
             return Reject(problem);
@@ -144,7 +131,6 @@ internal sealed partial class ShadowMmu : IShadowVm
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.MoveTo(newBaseGfn);
         AddGuestWindow(newBaseGfn, slot.Pages, slot.Host); // the window moves, not the contents
-        _lastSlot = TdpMemslot.None;
         return ShadowOutcome.Ok;
     }
 
@@ -152,19 +138,10 @@ internal sealed partial class ShadowMmu : IShadowVm
     public ShadowOutcome SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (_slots[id] is not HostMemslot slot)
             return Reject($"no slot {id}");
-        if (on == slot.DirtyLogging)
-            return ShadowOutcome.Ok;
-        if (on)
-        {
-            slot.StartLogging();
+        if (slot.SetDirtyLogging(on) && on)
             WriteProtectSlot(slot);
-        }
-        else
-        {
-            slot.StopLogging();
-        }
         return ShadowOutcome.Ok;
     }
 
@@ -173,13 +150,9 @@ internal sealed partial class ShadowMmu : IShadowVm
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
-            return Reject($"no slot {id}");
-        if (slot.Dirty is not DirtyBitmap dirty)
-            return Reject($"slot {id} does not log dirty pages");
         int first = gfns.Count;
-        dirty.CopySorted(gfns, slot.BaseGfn);
-        dirty.Clear();
+        if (_slots.TakeDirtyLog(id, gfns, out _) is string problem)
+            return Reject(problem);
         for (int i = first; i < gfns.Count; i++)
             WriteProtect(gfns[i]);
         return ShadowOutcome.Ok;
@@ -191,7 +164,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         ThrowIfDisposed();
         if (startGfn >= endGfn || endGfn > _gfnLimit)
             return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_maxPhyAddr - PageShift} frames");
-        foreach (TdpMemslot slot in _slots)
+        foreach (HostMemslot slot in _slots.All)
         {
             SlotRmap rmap = _rmapsById[slot.Id]!;
             ulong lo = Math.Max(startGfn, slot.BaseGfn);
@@ -231,58 +204,27 @@ internal sealed partial class ShadowMmu : IShadowVm
         _livePages = 0;
         _guest = null;
         _guestMemory.Dispose(); // external slots only: frees nothing
-        foreach (TdpMemslot slot in _slots)
-        {
-            slot.Host.Free();
+        foreach (HostMemslot slot in _slots.All)
             _rmapsById[slot.Id]?.Free();
-        }
-        _slots = [];
-        Array.Clear(_slotsById);
+        _slots.FreeAll();
         Array.Clear(_rmapsById);
-        _lastSlot = TdpMemslot.None;
     }
 
     // ---- slots ----
 
     /// <summary>The guest's view of a slot's host memory at its gfns (for the walker and PDPTE loads).</summary>
-    private unsafe void AddGuestWindow(ulong baseGfn, ulong pages, TdpHostMemory host) =>
+    private unsafe void AddGuestWindow(ulong baseGfn, ulong pages, HostMemory host) =>
         _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
 
-    private TdpMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private TdpMemslot? FindSlot(ulong gfn)
-    {
-        TdpMemslot last = _lastSlot;
-        return last.Contains(gfn) ? last : FindSlotSlow(gfn);
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private TdpMemslot? FindSlotSlow(ulong gfn)
-    {
-        foreach (TdpMemslot slot in _slots)
-        {
-            if (slot.Contains(gfn))
-            {
-                _lastSlot = slot;
-                return slot;
-            }
-        }
-        return null;
-    }
+    private HostMemslot? FindSlot(ulong gfn) => _slots.Find(gfn);
 
     /// <summary>Why [baseGfn, baseGfn + pages) cannot hold a slot, or null when it can.</summary>
-    private string? RangeProblem(ulong baseGfn, ulong pages, TdpMemslot? self)
+    private string? RangeProblem(ulong baseGfn, ulong pages, HostMemslot? self)
     {
         if (baseGfn >= _gfnLimit || pages > _gfnLimit - baseGfn)
             return $"range [0x{baseGfn:X}, +0x{pages:X}) is not below 2^{_maxPhyAddr - PageShift} frames";
-        ulong end = baseGfn + pages;
-        foreach (TdpMemslot other in _slots)
-        {
-            if (other != self && baseGfn < other.EndGfn && other.BaseGfn < end)
-                return $"range [0x{baseGfn:X}, 0x{end:X}) overlaps slot {other.Id}";
-        }
-        return null;
+        return _slots.OverlapProblem(baseGfn, pages, self);
     }
 
     private ShadowOutcome Reject(string reason)

@@ -1,3 +1,4 @@
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 
 namespace MmuSpec.Impl.Tdp;
@@ -57,7 +58,7 @@ public interface ITdpVm : IDisposable
     string? LastRejection { get; }
 
     /// <summary>The slots, by id.</summary>
-    IReadOnlyList<TdpSlotInfo> Slots { get; }
+    IReadOnlyList<HostMemslotInfo> Slots { get; }
 
     byte MaxPageShift { get; }
 

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 using MmuSpec.Impl.PageTable;
 using static MmuSpec.Impl.PageTable.TableGeometry;
@@ -23,10 +24,10 @@ public sealed unsafe partial class TdpMmu<TFormat>
         bool mirror = _sharedGfnMask != 0 && frame == gfn; // a private gpa, in a VM with a shared bit
 
         // Steps 2 and 3: no slot, or a write to a read-only slot, exit to userspace; nothing changes.
-        TdpMemslot slot = _lastSlot;
+        HostMemslot slot = _slots.Last; // never null: a hit needs no null check
         if (!slot.Contains(gfn))
         {
-            if (FindSlot(gfn) is not TdpMemslot found)
+            if (_slots.Find(gfn) is not HostMemslot found)
                 return TdpAccessOutcome.MmioExit;
             slot = found;
         }
@@ -54,7 +55,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
         if (level == 1 || !slot.DirtyLogging)
         {
             pte.Write(TFormat.WithWritable(leaf, true));
-            slot.Dirty?.Mark(gfn - slot.BaseGfn);
+            slot.MarkDirty(gfn);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
         }
 
@@ -69,7 +70,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
     /// Step 6: no leaf covers the gfn. <paramref name="stop"/> is where the walk stopped (an entry that
     /// is not present), or default when the root does not exist yet.
     /// </summary>
-    private TdpAccessOutcome Miss(TdpMemslot slot, ulong gpa, ulong gfn, bool write, bool mirror, PteRef stop)
+    private TdpAccessOutcome Miss(HostMemslot slot, ulong gpa, ulong gfn, bool write, bool mirror, PteRef stop)
     {
         int level = TargetLevel(slot, gfn);
         ulong leafGfn = AlignDown(gfn, level);
@@ -109,10 +110,10 @@ public sealed unsafe partial class TdpMmu<TFormat>
     /// <summary>
     /// The largest level L &lt;= min(policy, host page level, 3) (1 when the slot logs) such that the
     /// L-sized range around the gfn lies inside the slot and gfn and host frame are equally aligned
-    /// (the alignment and host level are folded into <see cref="TdpMemslot.LevelCap"/>).
+    /// (the alignment and host level are folded into <see cref="HostMemslot.LevelCap"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private int TargetLevel(TdpMemslot slot, ulong gfn)
+    private int TargetLevel(HostMemslot slot, ulong gfn)
     {
         if (slot.DirtyLogging)
             return 1;
@@ -124,20 +125,6 @@ public sealed unsafe partial class TdpMmu<TFormat>
                 break;
         }
         return level;
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private TdpMemslot? FindSlot(ulong gfn)
-    {
-        foreach (TdpMemslot slot in _slots)
-        {
-            if (slot.Contains(gfn))
-            {
-                _lastSlot = slot;
-                return slot;
-            }
-        }
-        return null;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

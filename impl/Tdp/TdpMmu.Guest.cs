@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 using static MmuSpec.Impl.PageTable.TableGeometry;
 
@@ -121,8 +122,7 @@ public sealed unsafe partial class TdpMmu<TFormat>
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
-        foreach (TdpMemslot? slot in _slotsById)
-            slot?.Host.Visit(slot.HostPfnBase << PageShift, visit);
+        _slots.VisitHostMemory(visit);
     }
 
     /// <summary>
@@ -145,16 +145,9 @@ public sealed unsafe partial class TdpMmu<TFormat>
     /// <summary>Stores <paramref name="size"/> bytes at <paramref name="hpa"/>, in the slot whose host frames hold it.</summary>
     private void StoreHost(ulong hpa, ulong value, int size)
     {
-        ulong hostPfn = hpa >> PageShift;
-        foreach (TdpMemslot slot in _slots)
-        {
-            if (slot.HoldsHostFrame(hostPfn))
-            {
-                slot.Host.Store(hpa - (slot.HostPfnBase << PageShift), value, size);
-                return;
-            }
-        }
-        Debug.Fail($"hpa 0x{hpa:X} is in no slot's host frames, yet an access mapped it");
+        HostMemslot? slot = _slots.HoldingHostFrame(hpa >> PageShift);
+        Debug.Assert(slot is not null, $"hpa 0x{hpa:X} is in no slot's host frames, yet an access mapped it");
+        slot.Host.Store(hpa - (slot.HostPfnBase << PageShift), value, size);
     }
 
     private TdpAccessOutcome RejectGuestAccess(string reason)

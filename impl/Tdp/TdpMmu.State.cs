@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.PageTable;
 using static MmuSpec.Impl.PageTable.TableGeometry;
 
@@ -7,28 +8,11 @@ namespace MmuSpec.Impl.Tdp;
 /// <summary>The abstract state, for tests and tools (docs/tdp-model.md, "What the tests compare"). Allocates.</summary>
 public sealed unsafe partial class TdpMmu<TFormat>
 {
-    public IReadOnlyList<TdpSlotInfo> Slots
-    {
-        get
-        {
-            var slots = new List<TdpSlotInfo>();
-            foreach (TdpMemslot? slot in _slotsById)
-            {
-                if (slot is not null)
-                    slots.Add(slot.Info);
-            }
-            return slots;
-        }
-    }
+    public IReadOnlyList<HostMemslotInfo> Slots => _slots.Infos();
 
     public byte MaxPageShift => (byte)PageShiftOf(_policyLevel);
 
-    public IEnumerable<ulong> DirtyOffsets(int id)
-    {
-        var offsets = new List<ulong>();
-        Slot(id)?.Dirty?.CopySorted(offsets, bias: 0);
-        return offsets;
-    }
+    public IEnumerable<ulong> DirtyOffsets(int id) => _slots.DirtyOffsets(id);
 
     public TdpPageKey? DirectRoot => _directRoot == null ? null : TdpPageAllocator.HeaderOf(_directRoot).Key;
 

@@ -19,15 +19,13 @@ namespace MmuSpec.Impl.Tdp;
 /// with <see cref="_sharedGfnMask"/>.
 /// </para>
 /// <para>
-/// Each slot also owns its host memory (<see cref="TdpHostMemory"/>, lazily zeroed), which the guest
+/// Each slot also owns its host memory (<see cref="HostMemory"/>, lazily zeroed), which the guest
 /// writes with <see cref="GuestStore"/> and reads through its own page walk (TdpMmu.Guest.cs).
 /// </para>
 /// Not thread-safe.
 /// </summary>
 public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPteFormat
 {
-    private const int MaxSlots = 32;
-
     /// <summary>The contract's bound on a slot's host frame base.</summary>
     private const ulong HostPfnBaseLimit = 1UL << 40;
 
@@ -60,13 +58,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     // Host frames an entry of this format can hold (2^40 for EPT, 2^36 for stage-2).
     private readonly ulong _hostPfnLimit;
 
-    private readonly TdpMemslot?[] _slotsById = new TdpMemslot?[MaxSlots];
-
-    // The slots in use, scanned when the last-slot cache misses (copied on change).
-    private TdpMemslot[] _slots = [];
-
-    // The slot of the previous access (KVM's last_used_slot): faults come in runs within one slot.
-    private TdpMemslot _lastSlot = TdpMemslot.None;
+    // A mutable struct: never readonly, never copied (the fault path reads its last-slot cache in place).
+    private HostMemslotTable _slots = new();
 
     private ulong* _directRoot;
     private ulong* _mirrorRoot;
@@ -137,12 +130,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public TdpStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
     {
         ThrowIfDisposed();
-        if ((uint)id >= MaxSlots)
-            return Reject($"slot id {id} is outside 0..{MaxSlots - 1}");
-        if (_slotsById[id] is not null)
-            return Reject($"slot {id} already exists");
-        if (pages == 0)
-            return Reject("a slot needs at least one page");
+        if (_slots.CreateProblem(id, pages) is string idProblem)
+            return Reject(idProblem);
         if (hostPageShift is not (12 or 21 or 30))
             return Reject($"host page shift {hostPageShift} is not 12, 21 or 30");
         if (hostPfnBase >= HostPfnBaseLimit)
@@ -151,18 +140,13 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
             return Reject($"host frames reach 2^{TFormat.OutputAddressBits - PageShift}, beyond what {Format} entries address");
         if (RangeProblem(baseGfn, pages, self: null) is string problem)
             return Reject(problem);
-        foreach (TdpMemslot other in _slots)
-        {
-            // Slots may not share host frames: each frame's contents belong to one slot.
-            if (other.OverlapsHostFrames(hostPfnBase, pages))
-                return Reject($"host frames [0x{hostPfnBase:X}, 0x{hostPfnBase + pages:X}) overlap slot {other.Id}'s");
-        }
+        if (_slots.HostOverlapProblem(hostPfnBase, pages) is string hostProblem)
+            return Reject(hostProblem);
 
-        var host = new TdpHostMemory(_pool, pages); // reads as zero; pages come from the OS when written
-        var slot = new TdpMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly, host);
+        var host = new HostMemory(_pool, pages); // reads as zero; pages come from the OS when written
+        var slot = new HostMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly, host);
         _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
-        _slotsById[id] = slot;
-        _slots = [.. _slots, slot];
+        _slots.Add(slot);
         return TdpStatus.Ok;
     }
 
@@ -170,13 +154,10 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public TdpStatus DeleteSlot(int id)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (_slots[id] is not HostMemslot slot)
             return Reject($"no slot {id}");
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
-        _slotsById[id] = null;
-        _slots = Array.FindAll(_slots, s => s != slot);
-        if (_lastSlot == slot)
-            _lastSlot = TdpMemslot.None;
+        _slots.Remove(slot);
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
         return TdpStatus.Ok;
@@ -186,7 +167,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public TdpStatus MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (_slots[id] is not HostMemslot slot)
             return Reject($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
             return Reject(problem);
@@ -205,21 +186,14 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     public TdpStatus SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
+        if (_slots[id] is not HostMemslot slot)
             return Reject($"no slot {id}");
-        if (on == slot.DirtyLogging)
-            return TdpStatus.Ok; // KVM acts only on a change of KVM_MEM_LOG_DIRTY_PAGES
-        if (on)
+        if (slot.SetDirtyLogging(on) && on)
         {
-            slot.StartLogging();
             WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
             // KVM flushes the memslot unconditionally after enabling dirty logging
             // (kvm_mmu_slot_apply_flags, kvm_flush_remote_tlbs_memslot); no leaf extends past its slot.
             _flushes.Add(slot.BaseGfn, slot.Pages);
-        }
-        else
-        {
-            slot.StopLogging();
         }
         return TdpStatus.Ok;
     }
@@ -229,14 +203,9 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
-        if (Slot(id) is not TdpMemslot slot)
-            return Reject($"no slot {id}");
-        if (slot.Dirty is not DirtyBitmap dirty)
-            return Reject($"slot {id} does not log dirty pages");
-
         int first = gfns.Count;
-        dirty.CopySorted(gfns, slot.BaseGfn);
-        dirty.Clear();
+        if (_slots.TakeDirtyLog(id, gfns, out HostMemslot? slot) is string problem)
+            return Reject(problem);
         // Write-protect in runs of consecutive gfns: one range walk per run, not one walk per gfn.
         for (int i = first; i < gfns.Count;)
         {
@@ -248,7 +217,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         }
         // KVM's kvm_get_dirty_log_protect: one flush of the memslot when the log was not empty.
         if (gfns.Count > first)
-            _flushes.Add(slot.BaseGfn, slot.Pages);
+            _flushes.Add(slot!.BaseGfn, slot.Pages);
         return TdpStatus.Ok;
     }
 
@@ -296,29 +265,17 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         _pages.ReleaseAll();
         _guest = null;
         _guestMemory.Dispose(); // external slots only: frees nothing
-        foreach (TdpMemslot slot in _slots)
-            slot.Host.Free();
-        _slots = [];
-        Array.Clear(_slotsById);
-        _lastSlot = TdpMemslot.None;
+        _slots.FreeAll();
     }
 
-    private TdpMemslot? Slot(int id) => (uint)id < MaxSlots ? _slotsById[id] : null;
-
     /// <summary>Why [baseGfn, baseGfn + pages) cannot hold a slot, or null when it can.</summary>
-    private string? RangeProblem(ulong baseGfn, ulong pages, TdpMemslot? self)
+    private string? RangeProblem(ulong baseGfn, ulong pages, HostMemslot? self)
     {
         if (baseGfn >= _slotGfnLimit || pages > _slotGfnLimit - baseGfn)
             return _sharedGfnMask != 0
                 ? $"range [0x{baseGfn:X}, +0x{pages:X}) reaches the shared bit (gfn 0x{_sharedGfnMask:X})"
                 : $"range [0x{baseGfn:X}, +0x{pages:X}) is beyond 2^{_gpaBits - PageShift} frames";
-        ulong end = baseGfn + pages;
-        foreach (TdpMemslot other in _slots)
-        {
-            if (other != self && baseGfn < other.EndGfn && other.BaseGfn < end)
-                return $"range [0x{baseGfn:X}, 0x{end:X}) overlaps slot {other.Id}";
-        }
-        return null;
+        return _slots.OverlapProblem(baseGfn, pages, self);
     }
 
     /// <summary>Zaps every leaf overlapping gfns [start, end) in both roots.</summary>

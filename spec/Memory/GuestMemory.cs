@@ -3,7 +3,10 @@ using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Spec.Memory;
 
-/// <summary>A range of guest frames backed by host memory: KVM's memslot, reduced to what a walk needs.</summary>
+/// <summary>
+/// A range of guest frames backed by host memory: KVM's memslot, reduced to what a walk needs. The MMU
+/// models keep the whole memslot (id, host frames, flags) as a <see cref="HostMemslot"/>.
+/// </summary>
 public sealed record Memslot(ulong BaseGfn, ulong Pages)
 {
     public const int PageShift = 12;

@@ -1,3 +1,4 @@
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 
@@ -64,7 +65,7 @@ public sealed partial record ShadowState
         return state;
     }
 
-    ShadowStepped Fill(Access access, WalkExplanation walk, WalkResult.Translated t, TdpMemslot slot)
+    ShadowStepped Fill(Access access, WalkExplanation walk, WalkResult.Translated t, HostMemslot slot)
     {
         var c = GuestCpu!.Controls;
         ulong gva = access.Gva;

@@ -18,11 +18,11 @@ public sealed partial record ShadowState
         if (SlotMemory.RangeProblem(Slots, c.BaseGfn, c.Pages, Config.GfnLimit, ignoreId: null) is { } problem) return Reject(problem);
         if (SlotMemory.HostRangeProblem(Slots, c.HostPfnBase, c.Pages, ShadowConfig.HostPfnLimit, "shadow entries") is { } hostProblem)
             return Reject(hostProblem);
-        var slot = new TdpMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, PageSize.Size4K, c.ReadOnly, DirtyLogging: false);
+        var slot = new HostMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, PageSize.Size4K, c.ReadOnly, DirtyLogging: false);
         return Done(this with { Slots = Slots.Add(c.Id, slot) });
     }
 
-    ShadowState SetDirtyLogging(TdpMemslot s, bool on)
+    ShadowState SetDirtyLogging(HostMemslot s, bool on)
     {
         if (!on)
             return this with { Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(false)), DirtyBitmaps = DirtyBitmaps.Remove(s.Id) };
@@ -35,7 +35,7 @@ public sealed partial record ShadowState
         };
     }
 
-    ShadowStepped GetDirtyLog(TdpMemslot s)
+    ShadowStepped GetDirtyLog(HostMemslot s)
     {
         if (!s.DirtyLogging) return Reject($"slot {s.Id} does not log dirty pages");
         var gfns = DirtyBitmaps[s.Id].Select(offset => s.BaseGfn + offset).ToImmutableArray();
@@ -44,7 +44,7 @@ public sealed partial record ShadowState
         return new ShadowStepped(state, new ShadowResult.DirtyLog(gfns));
     }
 
-    ShadowState MarkDirty(TdpMemslot slot, ulong gfn) =>
+    ShadowState MarkDirty(HostMemslot slot, ulong gfn) =>
         slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
 
     /// <summary>Guest-physical memory as the guest sees it now (memslots over host memory).</summary>
@@ -59,6 +59,6 @@ public sealed partial record ShadowState
         return size == 8 ? word : word & 0xFFFF_FFFF;
     }
 
-    ShadowState StoreGuest(TdpMemslot slot, ulong gpa, ulong value, int size) =>
+    ShadowState StoreGuest(HostMemslot slot, ulong gpa, ulong value, int size) =>
         this with { HostMemory = SlotMemory.Store(HostMemory, (slot.HostPfn(gpa >> 12) << 12) | (gpa & 0xFFF), value, size) };
 }

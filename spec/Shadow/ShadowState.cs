@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 
@@ -17,7 +18,7 @@ public sealed record ShadowStepped(ShadowState State, ShadowResult Result);
 /// </summary>
 public sealed partial record ShadowState(
     ShadowConfig Config,
-    ImmutableSortedDictionary<int, TdpMemslot> Slots,
+    ImmutableSortedDictionary<int, HostMemslot> Slots,
     ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
     ImmutableSortedDictionary<ulong, ulong> HostMemory,
     CpuState? GuestCpu,
@@ -27,7 +28,7 @@ public sealed partial record ShadowState(
 {
     /// <summary>A new VM: no memslots, paging off, no shadow pages.</summary>
     public static ShadowState Create(ShadowConfig config) => new(config,
-        ImmutableSortedDictionary<int, TdpMemslot>.Empty,
+        ImmutableSortedDictionary<int, HostMemslot>.Empty,
         ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null, GuestPcide: false,
         ImmutableSortedDictionary<ShadowKey, ShadowPage>.Empty, ShadowRoots.None);
@@ -69,7 +70,7 @@ public sealed partial record ShadowState(
 
     // ---- results ----
 
-    ShadowStepped WithSlot(int id, Func<TdpMemslot, ShadowStepped> then) =>
+    ShadowStepped WithSlot(int id, Func<HostMemslot, ShadowStepped> then) =>
         Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
 
     static ShadowStepped Done(ShadowState state) => new(state, ShadowResult.Ok.Instance);

@@ -6,7 +6,7 @@ using MmuSpec.Spec.Tdp;
 namespace MmuSpec.Spec.Shadow;
 
 /// <summary>Guest memory at one moment: the memslots and the host memory behind them.</summary>
-public sealed record MemorySnapshot(ImmutableSortedDictionary<int, TdpMemslot> Slots, ImmutableSortedDictionary<ulong, ulong> HostMemory)
+public sealed record MemorySnapshot(ImmutableSortedDictionary<int, HostMemslot> Slots, ImmutableSortedDictionary<ulong, ulong> HostMemory)
 {
     GuestMemory? _view;
 

@@ -15,7 +15,7 @@ public sealed record TdpStepped(TdpState State, TdpResult Result);
 /// </summary>
 public sealed record TdpState(
     VmConfig Config,
-    ImmutableSortedDictionary<int, TdpMemslot> Slots,
+    ImmutableSortedDictionary<int, HostMemslot> Slots,
     PageSize MaxPageSize,
     ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
     ImmutableSortedDictionary<PageKey, TablePage> Pages,
@@ -28,7 +28,7 @@ public sealed record TdpState(
 
     /// <summary>A new VM: no memslots, no tables, 1 GiB pages allowed.</summary>
     public static TdpState Create(VmConfig config) => new(config,
-        ImmutableSortedDictionary<int, TdpMemslot>.Empty, PageSize.Size1G,
+        ImmutableSortedDictionary<int, HostMemslot>.Empty, PageSize.Size1G,
         ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
         ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null);
@@ -70,7 +70,7 @@ public sealed record TdpState(
         if (SlotRangeProblem(c.BaseGfn, c.Pages, ignoreId: null) is { } problem) return Reject(problem);
         if (SlotMemory.HostRangeProblem(Slots, c.HostPfnBase, c.Pages, Config.HostPfnLimit, $"{Config.Format} entries") is { } hostProblem)
             return Reject(hostProblem);
-        var slot = new TdpMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.HostPageSize, c.ReadOnly, DirtyLogging: false);
+        var slot = new HostMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.HostPageSize, c.ReadOnly, DirtyLogging: false);
         return Done(this with { Slots = Slots.Add(c.Id, slot) });
     }
 
@@ -88,7 +88,7 @@ public sealed record TdpState(
         // Memslots never hold the shared bit: they must lie below it (the GFN-direct-bits series, Rick Edgecombe, 2024).
         SlotMemory.RangeProblem(Slots, baseGfn, pages, Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit, ignoreId);
 
-    TdpState SetDirtyLogging(TdpMemslot s, bool on)
+    TdpState SetDirtyLogging(HostMemslot s, bool on)
     {
         if (!on)
             return this with { Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(false)), DirtyBitmaps = DirtyBitmaps.Remove(s.Id) };
@@ -101,7 +101,7 @@ public sealed record TdpState(
         };
     }
 
-    TdpStepped GetDirtyLog(TdpMemslot s)
+    TdpStepped GetDirtyLog(HostMemslot s)
     {
         if (!s.DirtyLogging) return Reject($"slot {s.Id} does not log dirty pages");
         var gfns = DirtyBitmaps[s.Id].Select(offset => s.BaseGfn + offset).ToImmutableArray();
@@ -143,7 +143,7 @@ public sealed record TdpState(
         return Fault(gpa, gfn, mirror, slot, write);
     }
 
-    TdpStepped Fault(ulong gpa, ulong gfn, bool mirror, TdpMemslot slot, bool write)
+    TdpStepped Fault(ulong gpa, ulong gfn, bool mirror, HostMemslot slot, bool write)
     {
         int target = MappingLevel(slot, gfn);
         var state = this;
@@ -189,7 +189,7 @@ public sealed record TdpState(
     /// limited by the policy, the host page size and dirty logging, then lowered until the aligned
     /// range lies inside the slot and gfn and host frame are equally aligned.
     /// </summary>
-    public int MappingLevel(TdpMemslot slot, ulong gfn)
+    public int MappingLevel(HostMemslot slot, ulong gfn)
     {
         int level = Math.Min(LevelOf(MaxPageSize), Math.Min(LevelOf(slot.HostPageSize), 3));
         if (slot.DirtyLogging) level = 1;
@@ -214,7 +214,7 @@ public sealed record TdpState(
     static TdpResult.Mapped Mapped(ulong gpa, ulong gfn, Spte.Leaf leaf, bool faulted) =>
         new(((leaf.HostPfn + (gfn - leaf.Gfn)) << 12) | (gpa & 0xFFF), leaf.Size, faulted);
 
-    TdpState MarkDirty(TdpMemslot slot, ulong gfn) =>
+    TdpState MarkDirty(HostMemslot slot, ulong gfn) =>
         slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
 
     // ---- the guest: its memory and its own paging (docs/tdp-model.md, "Guest memory") ----
@@ -351,7 +351,7 @@ public sealed record TdpState(
 
     // ---- results ----
 
-    TdpStepped WithSlot(int id, Func<TdpMemslot, TdpStepped> then) =>
+    TdpStepped WithSlot(int id, Func<HostMemslot, TdpStepped> then) =>
         Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
 
     static TdpStepped Done(TdpState state) => new(state, TdpResult.Ok.Instance);

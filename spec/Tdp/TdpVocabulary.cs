@@ -49,26 +49,6 @@ public sealed record VmConfig
 }
 
 /// <summary>
-/// A memslot as the TDP MMU sees it (KVM's struct kvm_memory_slot, reduced): guest frames
-/// [BaseGfn, BaseGfn + Pages) backed by host frames from HostPfnBase, with host pages of
-/// HostPageSize, read-only or not, logging dirty pages or not.
-/// </summary>
-public sealed record TdpMemslot(int Id, ulong BaseGfn, ulong Pages, ulong HostPfnBase, PageSize HostPageSize, bool ReadOnly, bool DirtyLogging)
-{
-    public ulong EndGfn => BaseGfn + Pages;
-    public bool Contains(ulong gfn) => gfn >= BaseGfn && gfn < EndGfn;
-    public bool Overlaps(ulong start, ulong end) => start < EndGfn && BaseGfn < end;
-    public ulong HostPfn(ulong gfn) => HostPfnBase + (gfn - BaseGfn);
-
-    public TdpMemslot WithBaseGfn(ulong value) => this with { BaseGfn = value };
-    public TdpMemslot WithDirtyLogging(bool value) => this with { DirtyLogging = value };
-
-    public override string ToString() =>
-        $"slot {Id}: gfn [{Bits.Hex(BaseGfn)}, {Bits.Hex(EndGfn)}) -> host pfn {Bits.Hex(HostPfnBase)}, {HostPageSize.Name()} host pages"
-        + (ReadOnly ? ", read-only" : "") + (DirtyLogging ? ", dirty logging" : "");
-}
-
-/// <summary>
 /// The role of a TDP table page: its level and whether it belongs to the mirror (private) root.
 /// (The shadow MMU's role has many more fields; a TDP page is always direct.)
 /// </summary>

@@ -6,6 +6,7 @@ using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
 using MmuSpec.Spec.GuestWalk;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Spec.Tdp;
@@ -251,7 +252,7 @@ public static class CaseRuns
     static ImmutableSortedDictionary<int, T> Empty<T>() => ImmutableSortedDictionary<int, T>.Empty;
 
     /// <summary>A memslot without the "slot N: " its row already names.</summary>
-    static string Slot(TdpMemslot s)
+    static string Slot(HostMemslot s)
     {
         string text = s.ToString();
         int colon = text.IndexOf(": ", StringComparison.Ordinal);

@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using MmuSpec.Harness.Diff;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Spec.Tdp;
@@ -73,8 +74,8 @@ public sealed class ImplShadowEngine : IDisposable
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public ShadowState View()
     {
-        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new TdpMemslot(
-            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSize.Size4K, s.ReadOnly, s.DirtyLogging));
+        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new HostMemslot(
+            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSizes.FromShift(s.HostPageShift), s.ReadOnly, s.DirtyLogging));
         var bitmaps = slots.Values.Where(s => s.DirtyLogging)
             .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
         var host = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();

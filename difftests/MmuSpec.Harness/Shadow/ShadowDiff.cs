@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using MmuSpec.Harness.Diff;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 

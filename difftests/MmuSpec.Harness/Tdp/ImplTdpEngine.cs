@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using MmuSpec.Harness.Diff;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using ImplMemory = MmuSpec.Impl.Memory;
@@ -133,7 +134,7 @@ public sealed class ImplTdpEngine : IDisposable
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public TdpState View()
     {
-        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new TdpMemslot(
+        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new HostMemslot(
             s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSizes.FromShift(s.HostPageShift), s.ReadOnly, s.DirtyLogging));
         var bitmaps = slots.Values.Where(s => s.DirtyLogging)
             .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());

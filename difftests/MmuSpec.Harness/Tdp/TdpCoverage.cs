@@ -1,4 +1,5 @@
 using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 
@@ -189,7 +190,7 @@ public static class TdpCoverage
     }
 
     /// <summary>Why a new leaf is no bigger than it is: dirty logging, the policy, the host pages, or the slot's edges and alignment.</summary>
-    static void LimitedBy(TdpState after, TdpMemslot slot, Spte.Leaf leaf, Action<string> hit)
+    static void LimitedBy(TdpState after, HostMemslot slot, Spte.Leaf leaf, Action<string> hit)
     {
         if (slot.DirtyLogging)
         {

@@ -1,6 +1,7 @@
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 using MmuSpec.Impl.Shadow;
+using MmuSpec.Impl.Tdp;
 using Xunit;
 
 namespace MmuSpec.Tests.Impl;
@@ -175,7 +176,7 @@ public sealed class ShadowVmContractTests
             Assert.Equal(ShadowStatus.Ok, vm.ZapRange(gfnLimit - 1, gfnLimit).Status);
             Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 2).Status);
             Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 1).Status);
-            Assert.Equal(new ShadowSlotInfo(1, gfnLimit - 1, 1, hostPfnLimit - 1, false, false), vm.Slots[1]);
+            Assert.Equal(new HostMemslotInfo(1, gfnLimit - 1, 1, hostPfnLimit - 1, 12, false, false), vm.Slots[1]);
         }
         Assert.Equal(0, pool.PagesInUse);
     }
@@ -267,6 +268,65 @@ public sealed class ShadowVmContractTests
         }
         Assert.Equal(0, pool.PagesInUse);
     }
+
+    /// <summary>
+    /// Both MMUs keep their memslots in one table (impl/Memory): the same slot operations are accepted or
+    /// rejected alike, with the same reasons, the same slots read back and the same dirty log.
+    /// </summary>
+    [Fact]
+    public void Tdp_and_shadow_apply_the_same_memslot_rules()
+    {
+        var pool = new NativePagePool();
+        using (var shadow = ShadowVm.Create(46, allowUnsync: true, pool))
+        using (var tdp = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool))
+        {
+            var steps = new (string What, Func<IShadowVm, ShadowOutcome> Shadow, Func<ITdpVm, TdpStatus> Tdp)[]
+            {
+                ("create 0", v => v.CreateSlot(0, 0x10, 4, 0x100, readOnly: false), v => v.CreateSlot(0, 0x10, 4, 0x100, 12, readOnly: false)),
+                ("create 1", v => v.CreateSlot(1, 0x20, 2, 0x200, readOnly: true), v => v.CreateSlot(1, 0x20, 2, 0x200, 12, readOnly: true)),
+                ("id 32", v => v.CreateSlot(32, 0x40, 1, 0x400, readOnly: false), v => v.CreateSlot(32, 0x40, 1, 0x400, 12, readOnly: false)),
+                ("id taken", v => v.CreateSlot(0, 0x40, 1, 0x400, readOnly: false), v => v.CreateSlot(0, 0x40, 1, 0x400, 12, readOnly: false)),
+                ("no pages", v => v.CreateSlot(2, 0x40, 0, 0x400, readOnly: false), v => v.CreateSlot(2, 0x40, 0, 0x400, 12, readOnly: false)),
+                ("gfns overlap", v => v.CreateSlot(2, 0x13, 2, 0x400, readOnly: false), v => v.CreateSlot(2, 0x13, 2, 0x400, 12, readOnly: false)),
+                ("host frames overlap", v => v.CreateSlot(2, 0x40, 2, 0x201, readOnly: false), v => v.CreateSlot(2, 0x40, 2, 0x201, 12, readOnly: false)),
+                ("move onto 1", v => v.MoveSlot(0, 0x1F), v => v.MoveSlot(0, 0x1F)),
+                ("move", v => v.MoveSlot(0, 0x30), v => v.MoveSlot(0, 0x30)),
+                ("no log", v => v.GetDirtyLog(0, []), v => v.GetDirtyLog(0, [])),
+                ("no slot", v => v.SetDirtyLogging(5, true), v => v.SetDirtyLogging(5, true)),
+                ("log on", v => v.SetDirtyLogging(0, true), v => v.SetDirtyLogging(0, true)),
+                ("store", v => v.GuestStore(0x32008, 0xAB, 8), v => Status(v.GuestStore(0x32008, 0xAB, 8))),
+                ("delete 1", v => v.DeleteSlot(1), v => v.DeleteSlot(1)),
+                ("delete 1 again", v => v.DeleteSlot(1), v => v.DeleteSlot(1)),
+            };
+            List<string> shadowSays = [], tdpSays = [];
+            foreach (var (what, onShadow, onTdp) in steps)
+            {
+                shadowSays.Add(onShadow(shadow).Status == ShadowStatus.Ok ? $"{what}: ok" : $"{what}: {shadow.LastRejection}");
+                tdpSays.Add(onTdp(tdp) == TdpStatus.Ok ? $"{what}: ok" : $"{what}: {tdp.LastRejection}");
+            }
+            Assert.Equal(
+            [
+                "create 0: ok", "create 1: ok", "id 32: slot id 32 is outside 0..31", "id taken: slot 0 already exists",
+                "no pages: a slot needs at least one page", "gfns overlap: range [0x13, 0x15) overlaps slot 0",
+                "host frames overlap: host frames [0x201, 0x203) overlap slot 1's", "move onto 1: range [0x1F, 0x23) overlaps slot 1",
+                "move: ok", "no log: slot 0 does not log dirty pages", "no slot: no slot 5", "log on: ok", "store: ok",
+                "delete 1: ok", "delete 1 again: no slot 1",
+            ], shadowSays);
+            Assert.Equal(shadowSays, tdpSays);
+            Assert.Equal([new HostMemslotInfo(0, 0x30, 4, 0x100, 12, false, true)], shadow.Slots);
+            Assert.Equal(shadow.Slots, tdp.Slots);
+            List<ulong> shadowLog = [], tdpLog = [];
+            Assert.Equal(ShadowStatus.Ok, shadow.GetDirtyLog(0, shadowLog).Status);
+            Assert.Equal(TdpStatus.Ok, tdp.GetDirtyLog(0, tdpLog));
+            Assert.Equal([0x32UL], shadowLog);
+            Assert.Equal(shadowLog, tdpLog);
+            Assert.Empty(shadow.DirtyOffsets(0));
+            Assert.Empty(tdp.DirtyOffsets(0));
+        }
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    static TdpStatus Status(TdpAccessOutcome outcome) => outcome.Status == TdpAccessStatus.Rejected ? TdpStatus.Rejected : TdpStatus.Ok;
 
     static string Snapshot(IShadowVm vm)
     {

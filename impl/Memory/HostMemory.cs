@@ -2,7 +2,7 @@ using System.Diagnostics;
 using MmuSpec.Impl.Memory;
 using static MmuSpec.Impl.PageTable.TableGeometry;
 
-namespace MmuSpec.Impl.Tdp;
+namespace MmuSpec.Impl.Memory;
 
 /// <summary>
 /// The host memory behind one memslot (docs/tdp-model.md, "Guest memory"): one contiguous run that reads
@@ -10,20 +10,20 @@ namespace MmuSpec.Impl.Tdp;
 /// costs only the pages the guest touches. Remembers which pages were ever written, so the abstract
 /// state's "every non-zero word" is found without scanning (and faulting in) the whole run.
 /// </summary>
-internal sealed unsafe class TdpHostMemory
+internal sealed unsafe class HostMemory
 {
     /// <summary>No memory at all (the placeholder slot's).</summary>
-    public static readonly TdpHostMemory None = new();
+    public static readonly HostMemory None = new();
 
     private readonly NativePagePool? _pool;
     private readonly ulong _pages;
     private readonly HashSet<ulong> _writtenPages = new();
     private byte* _base;
 
-    private TdpHostMemory() { }
+    private HostMemory() { }
 
     /// <exception cref="OutOfMemoryException">The OS refused the reservation.</exception>
-    public TdpHostMemory(NativePagePool pool, ulong pages)
+    public HostMemory(NativePagePool pool, ulong pages)
     {
         if (pages > long.MaxValue)
             throw new OutOfMemoryException($"{pages} pages of host memory cannot be reserved.");

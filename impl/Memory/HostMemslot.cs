@@ -1,18 +1,18 @@
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.PageTable;
 
-namespace MmuSpec.Impl.Tdp;
+namespace MmuSpec.Impl.Memory;
 
 /// <summary>
 /// One memslot: frames [BaseGfn, BaseGfn + Pages) backed by host frames HostPfnBase + (gfn - BaseGfn).
 /// Mutable only through the MMU (move, dirty logging).
 /// </summary>
-internal sealed class TdpMemslot
+internal sealed class HostMemslot
 {
     /// <summary>Contains no gfn: the "last slot" cache starts here so lookups need no null check.</summary>
-    public static readonly TdpMemslot None = new(-1, 0, 0, 0, TableGeometry.PageShift, false, TdpHostMemory.None);
+    public static readonly HostMemslot None = new(-1, 0, 0, 0, TableGeometry.PageShift, false, HostMemory.None);
 
-    public TdpMemslot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly, TdpHostMemory host)
+    public HostMemslot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly, HostMemory host)
     {
         Id = id;
         Host = host;
@@ -36,7 +36,7 @@ internal sealed class TdpMemslot
     public bool ReadOnly { get; }
 
     /// <summary>The contents of host frames [HostPfnBase, HostPfnBase + Pages): they stay with the slot when it moves.</summary>
-    public TdpHostMemory Host { get; }
+    public HostMemory Host { get; }
 
     /// <summary>The slot's host frames include <paramref name="hostPfn"/>.</summary>
     public bool HoldsHostFrame(ulong hostPfn) => hostPfn - HostPfnBase < Pages;
@@ -73,9 +73,21 @@ internal sealed class TdpMemslot
         LevelCap = level;
     }
 
-    public void StartLogging() => Dirty ??= new DirtyBitmap();
+    /// <summary>
+    /// Dirty logging on (an empty bitmap) or off (the bitmap dropped). False, changing nothing, when the
+    /// flag already has that value: KVM acts only on a change of KVM_MEM_LOG_DIRTY_PAGES.
+    /// </summary>
+    public bool SetDirtyLogging(bool on)
+    {
+        if (on == DirtyLogging)
+            return false;
+        Dirty = on ? new DirtyBitmap() : null;
+        return true;
+    }
 
-    public void StopLogging() => Dirty = null;
+    /// <summary>Marks <paramref name="gfn"/>, a frame of this slot, dirty when the slot logs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void MarkDirty(ulong gfn) => Dirty?.Mark(gfn - BaseGfn);
 
-    public TdpSlotInfo Info => new(Id, BaseGfn, Pages, HostPfnBase, HostPageShift, ReadOnly, DirtyLogging);
+    public HostMemslotInfo Info => new(Id, BaseGfn, Pages, HostPfnBase, HostPageShift, ReadOnly, DirtyLogging);
 }

@@ -1,7 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 
-namespace MmuSpec.Impl.Tdp;
+namespace MmuSpec.Impl.Memory;
 
 /// <summary>
 /// A slot's dirty bitmap: slot-relative frame offsets written since the last fetch. Sparse, in chunks of

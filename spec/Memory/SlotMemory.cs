@@ -2,7 +2,7 @@ using System.Collections.Immutable;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 
-namespace MmuSpec.Spec.Tdp;
+namespace MmuSpec.Spec.Memory;
 
 /// <summary>
 /// Guest memory as the host provides it, shared by the TDP and shadow models: memslots map guest
@@ -12,22 +12,22 @@ namespace MmuSpec.Spec.Tdp;
 public static class SlotMemory
 {
     /// <summary>Whether host-physical address <paramref name="hpa"/> lies in <paramref name="slot"/>'s host frames.</summary>
-    public static bool HostSlotOf(TdpMemslot slot, ulong hpa) =>
+    public static bool HostSlotOf(HostMemslot slot, ulong hpa) =>
         (hpa >> 12) >= slot.HostPfnBase && (hpa >> 12) - slot.HostPfnBase < slot.Pages;
 
     /// <summary>The slot holding <paramref name="gfn"/>, or null.</summary>
-    public static TdpMemslot? SlotOf(ImmutableSortedDictionary<int, TdpMemslot> slots, ulong gfn) =>
+    public static HostMemslot? SlotOf(ImmutableSortedDictionary<int, HostMemslot> slots, ulong gfn) =>
         slots.Values.FirstOrDefault(s => s.Contains(gfn));
 
     /// <summary>
     /// Guest-physical memory as the guest sees it now: the memslots, and in them the host memory
     /// that backs them (what KVM's software walker reads through memslots).
     /// </summary>
-    public static GuestMemory View(ImmutableSortedDictionary<int, TdpMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host) =>
+    public static GuestMemory View(ImmutableSortedDictionary<int, HostMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host) =>
         GuestMemory.FromSlots(slots.Values.Select(s => new Memslot(s.BaseGfn, s.Pages)), new ThroughSlots(slots, host));
 
     /// <summary>Guest-physical reads resolved at the moment of reading: slot, then host frame, then host word.</summary>
-    sealed class ThroughSlots(ImmutableSortedDictionary<int, TdpMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host) : IPhysicalMemoryImage
+    sealed class ThroughSlots(ImmutableSortedDictionary<int, HostMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host) : IPhysicalMemoryImage
     {
         public ulong Length => slots.Values.Select(s => s.EndGfn << 12).DefaultIfEmpty(0UL).Max();
 
@@ -47,11 +47,11 @@ public static class SlotMemory
     }
 
     /// <summary>Host memory without the words of <paramref name="slot"/>'s host frames (the VMM unmapped them).</summary>
-    public static ImmutableSortedDictionary<ulong, ulong> Discard(ImmutableSortedDictionary<ulong, ulong> host, TdpMemslot slot) =>
+    public static ImmutableSortedDictionary<ulong, ulong> Discard(ImmutableSortedDictionary<ulong, ulong> host, HostMemslot slot) =>
         host.RemoveRange(host.Keys.Where(hpa => HostSlotOf(slot, hpa)));
 
     /// <summary>Why gfns [baseGfn, baseGfn + pages) cannot be a memslot below <paramref name="limit"/>, or null.</summary>
-    public static string? RangeProblem(ImmutableSortedDictionary<int, TdpMemslot> slots, ulong baseGfn, ulong pages, ulong limit, int? ignoreId)
+    public static string? RangeProblem(ImmutableSortedDictionary<int, HostMemslot> slots, ulong baseGfn, ulong pages, ulong limit, int? ignoreId)
     {
         if (pages == 0) return "a memslot has at least one page";
         if (baseGfn >= limit || pages > limit - baseGfn)
@@ -63,7 +63,7 @@ public static class SlotMemory
     }
 
     /// <summary>Why host frames [hostPfnBase, hostPfnBase + pages) cannot back a new slot, or null.</summary>
-    public static string? HostRangeProblem(ImmutableSortedDictionary<int, TdpMemslot> slots, ulong hostPfnBase, ulong pages, ulong hostPfnLimit, string limitReason)
+    public static string? HostRangeProblem(ImmutableSortedDictionary<int, HostMemslot> slots, ulong hostPfnBase, ulong pages, ulong hostPfnLimit, string limitReason)
     {
         if (hostPfnBase >= hostPfnLimit || pages > hostPfnLimit - hostPfnBase)
             return $"host frames beyond {Bits.Hex(hostPfnLimit)}, more than {limitReason} can hold";
