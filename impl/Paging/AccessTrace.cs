@@ -11,38 +11,27 @@ namespace MmuSpec.Impl.Paging;
 /// </summary>
 public struct AccessTrace : IWalkObserver
 {
-    private EntryWords _gpas;
-    private EntryWords _values;
+    private WalkTrace _trace;     // the addresses, counts and entry width, as an untraced Translate records them
+    private EntryWords _values;   // entry i's value as the walk read it
     private ulong _unbackedGpa;
     private bool _unbacked;
-    private byte _count;
-    private byte _used;
-    private byte _entryBytes;
 
     /// <summary>Entries read from memory.</summary>
-    public readonly int Count => _count;
+    public readonly int Count => _trace.Count;
 
     /// <summary>Entries the translation used (all read when it translated, each given A; the leaf D for a write), 0 when it faulted.</summary>
-    public readonly int Used => _used;
+    public readonly int Used => _trace.Used;
 
     /// <summary>Width of each entry in memory: 4 (32-bit paging) or 8.</summary>
-    public readonly int EntryBytes => _entryBytes;
+    public readonly int EntryBytes => _trace.EntryBytes;
 
     /// <summary>Guest-physical address of entry <paramref name="i"/> (0 = the first one read).</summary>
-    public readonly ulong this[int i]
-    {
-        get
-        {
-            if ((uint)i >= _count)
-                ThrowHelper.ArgumentOutOfRange(nameof(i), "No such entry in the trace.");
-            return _gpas[i];
-        }
-    }
+    public readonly ulong this[int i] => _trace[i];
 
     /// <summary>Value of entry <paramref name="i"/> as the walk read it (before any A/D update of this walk).</summary>
     public readonly ulong Value(int i)
     {
-        if ((uint)i >= _count)
+        if ((uint)i >= _trace.Count)
             ThrowHelper.ArgumentOutOfRange(nameof(i), "No such entry in the trace.");
         return _values[i];
     }
@@ -58,8 +47,8 @@ public struct AccessTrace : IWalkObserver
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     void IWalkObserver.EntryRead(ulong gpa, ulong pte)
     {
-        _gpas[_count] = gpa;
-        _values[_count++] = pte;
+        _values[_trace.Count] = pte;
+        _trace.Record(gpa);
     }
 
     void IWalkObserver.EntryUnbacked(ulong gpa)
@@ -73,19 +62,17 @@ public struct AccessTrace : IWalkObserver
 
     internal void Start(int entryBytes)
     {
-        _count = 0;
-        _used = 0;
+        _trace.Start(entryBytes);
         _unbacked = false;
-        _entryBytes = (byte)entryBytes;
     }
 
-    internal void Finish(bool translated) => _used = translated ? _count : (byte)0;
+    internal void Finish(bool translated) => _trace.Finish(translated);
 
     public override readonly string ToString()
     {
-        var parts = new string[_count];
-        for (int i = 0; i < _count; i++)
-            parts[i] = $"0x{_gpas[i]:X}=0x{_values[i]:X}";
-        return $"AccessTrace([{string.Join(", ", parts)}], used={_used}, {_entryBytes}-byte entries{(_unbacked ? $", unbacked 0x{_unbackedGpa:X}" : "")})";
+        var parts = new string[Count];
+        for (int i = 0; i < Count; i++)
+            parts[i] = $"0x{_trace[i]:X}=0x{_values[i]:X}";
+        return $"AccessTrace([{string.Join(", ", parts)}], used={Used}, {EntryBytes}-byte entries{(_unbacked ? $", unbacked 0x{_unbackedGpa:X}" : "")})";
     }
 }

@@ -49,7 +49,10 @@ public struct WalkTrace : IWalkObserver
     static bool IWalkObserver.WritesAccessedDirty => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    void IWalkObserver.EntryRead(ulong gpa, ulong pte) => _gpas[_count++] = gpa;
+    void IWalkObserver.EntryRead(ulong gpa, ulong pte) => Record(gpa);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Record(ulong gpa) => _gpas[_count++] = gpa;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     readonly void IWalkObserver.EntryUnbacked(ulong gpa) { }
