@@ -56,6 +56,6 @@ public abstract record OpResult
     /// <summary>MOV CR3 or a control change raised #GP; the state is unchanged.</summary>
     public sealed record GeneralProtection(GpReason Reason) : OpResult
     {
-        public override string ToString() => $"#GP ({Reason})";
+        public override string ToString() => $"#GP: {Reason.Describe()}";
     }
 }

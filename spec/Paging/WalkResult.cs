@@ -67,6 +67,21 @@ public enum GpReason
     InvpcidPcid,
 }
 
+/// <summary>A #GP's reason in words, as text output and traces print it (the enum names are for JSON and code).</summary>
+public static class GpReasons
+{
+    public static string Describe(this GpReason reason) => reason switch
+    {
+        GpReason.NonCanonical => "non-canonical linear address (SDM §3.3.7.1)",
+        GpReason.Cr3ReservedBits => "CR3 sets reserved bits at or above MAXPHYADDR (SDM §4.5)",
+        GpReason.PdpteReservedBits => "a present PDPTE sets reserved bits (SDM §4.4.1, Table 4-8)",
+        GpReason.PdptNotInMemory => "the PDPT is outside guest memory, so the PDPTEs cannot be loaded",
+        GpReason.InvpcidType => "INVPCID type above 3",
+        GpReason.InvpcidPcid => "INVPCID with a bad PCID or linear address",
+        _ => reason.ToString(),
+    };
+}
+
 /// <summary>
 /// The architectural outcome of translating one access: a translation, a #PF with its error
 /// code, or a #GP. A sealed hierarchy; F# users match it with the active patterns of the F#
@@ -91,7 +106,7 @@ public abstract record WalkResult
     /// <summary>The access raises #GP.</summary>
     public sealed record GeneralProtection(GpReason Reason) : WalkResult
     {
-        public override string ToString() => $"#GP ({Reason})";
+        public override string ToString() => $"#GP: {Reason.Describe()}";
     }
 
     public bool IsTranslated => this is Translated;

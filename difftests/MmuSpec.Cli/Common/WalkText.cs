@@ -34,13 +34,13 @@ public static class WalkText
             sb.AppendLine();
             sb.AppendLine(table.Render("  "));
             sb.AppendLine();
-            sb.AppendLine($"result   {GpText.Result(r.Result)}");
+            sb.AppendLine($"result   {r.Result}");
             sb.AppendLine($"rule     {e.Rule}");
         }
         else
         {
             sb.AppendLine($"engine   {r.Engine} (keeps no trace: outcome and A/D changes only; use --engine spec for the steps)");
-            sb.AppendLine($"result   {GpText.Result(r.Result)}");
+            sb.AppendLine($"result   {r.Result}");
         }
         if (r.Changes.IsEmpty) sb.AppendLine("A/D      no entry changed");
         for (int i = 0; i < r.Changes.Length; i++)

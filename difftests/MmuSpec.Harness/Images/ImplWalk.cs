@@ -56,7 +56,7 @@ public static class ImplWalk
             Cr3Fault.PdptUnbacked when s.Image is { } image => Scenario.TooShort(image, "PDPT", pdpt),
             Cr3Fault.PdptUnbacked => $"cr3 {Hex.Format(s.Cr3)}: the PDPT at gpa {Hex.Format(pdpt)} is outside guest memory, so loading CR3 would #GP",
             Cr3Fault.PdpteReservedBits => Scenario.PdpteReservedMessage(s.Cr3, error.PdpteIndex, error.PdpteGpa, error.Pdpte, error.ReservedBits),
-            _ => $"cr3 {Hex.Format(s.Cr3)} cannot be loaded: #GP, {GpText.Describe(GpReason.Cr3ReservedBits)}",
+            _ => $"cr3 {Hex.Format(s.Cr3)} cannot be loaded: #GP, {GpReason.Cr3ReservedBits.Describe()}",
         });
     }
 

@@ -121,7 +121,7 @@ public sealed class Scenario
                 }
                 goto default;
             default:
-                throw new InputException($"cr3 {Hex.Format(Cr3)} cannot be loaded: #GP, {GpText.Describe(loaded.Fault!.Value)}");
+                throw new InputException($"cr3 {Hex.Format(Cr3)} cannot be loaded: #GP, {loaded.Fault!.Value.Describe()}");
         }
     }
 

@@ -25,26 +25,6 @@ public sealed record WalkReport(
     };
 }
 
-/// <summary>Outcomes in words, for text output (the enum names are for JSON and code).</summary>
-public static class GpText
-{
-    /// <summary>Why an operation raised #GP, in words.</summary>
-    public static string Describe(GpReason reason) => reason switch
-    {
-        GpReason.NonCanonical => "non-canonical linear address (SDM §3.3.7.1)",
-        GpReason.Cr3ReservedBits => "CR3 sets reserved bits at or above MAXPHYADDR (SDM §4.5)",
-        GpReason.PdpteReservedBits => "a present PDPTE sets reserved bits (SDM §4.4.1, Table 4-8)",
-        GpReason.PdptNotInMemory => "the PDPT is outside guest memory, so the PDPTEs cannot be loaded",
-        GpReason.InvpcidType => "INVPCID type above 3",
-        GpReason.InvpcidPcid => "INVPCID with a bad PCID or linear address",
-        _ => reason.ToString(),
-    };
-
-    /// <summary>A walk's result as text: the spec's own wording, with a #GP's reason in words.</summary>
-    public static string Result(WalkResult result) =>
-        result is WalkResult.GeneralProtection gp ? $"#GP: {Describe(gp.Reason)}" : result.ToString();
-}
-
 /// <summary>Runs an access on the spec (<see cref="PageWalk.Explain"/>).</summary>
 public static class SpecWalk
 {

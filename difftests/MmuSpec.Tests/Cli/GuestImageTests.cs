@@ -167,6 +167,10 @@ public sealed class GuestImageTests : IDisposable
         Assert.Contains("result   #GP: non-canonical linear address (SDM §3.3.7.1)\n", text, StringComparison.Ordinal);
         Assert.DoesNotContain("NonCanonical", text, StringComparison.Ordinal);
         foreach (var reason in Enum.GetValues<GpReason>())
-            Assert.NotEqual(reason.ToString(), GpText.Describe(reason));
+            Assert.NotEqual(reason.ToString(), reason.Describe());
+        // Replay traces and failure reports print the spec's results: the same words there.
+        Assert.Equal("#GP: non-canonical linear address (SDM §3.3.7.1)", new WalkResult.GeneralProtection(GpReason.NonCanonical).ToString());
+        Assert.Equal("#GP: a present PDPTE sets reserved bits (SDM §4.4.1, Table 4-8)",
+            new MmuSpec.Spec.GuestWalk.OpResult.GeneralProtection(GpReason.PdpteReservedBits).ToString());
     }
 }
