@@ -29,22 +29,28 @@ public static class Hex
     /// Reads <paramref name="text"/> as a number: null on success, else what is wrong with it, in
     /// words fit for "--cr3: ..." (a number too wide is "larger than 64 bits", not "not a number").
     /// </summary>
-    public static string? Read(string? text, bool bareIsHex, out ulong value)
+    public static string? Read(string? text, bool bareIsHex, out ulong value) => Scan(text, bareIsHex, out value) switch
+    {
+        NumberScan.Ok => null,
+        NumberScan.TooWide => $"'{text}' is larger than 64 bits",
+        _ => bareIsHex
+            ? $"'{text}' is not a hex number (registers and addresses are hex, 0x optional: 80050033, 0x1000)"
+            : $"'{text}' is not a number (decimal, or hex as 0x1000)",
+    };
+
+    /// <summary>What reading <paramref name="text"/> as a number gives, for callers that word their own errors.</summary>
+    public static NumberScan Scan(string? text, bool bareIsHex, out ulong value)
     {
         value = 0;
         string t = (text ?? "").Trim().Replace("_", "", StringComparison.Ordinal);
         bool prefixed = t.StartsWith("0x", StringComparison.OrdinalIgnoreCase);
         bool hex = prefixed || bareIsHex;
         string digits = prefixed ? t[2..] : t;
-        string shown = $"'{text}'";
-        if (digits.Length == 0 || !digits.All(hex ? char.IsAsciiHexDigit : char.IsAsciiDigit))
-            return bareIsHex
-                ? $"{shown} is not a hex number (registers and addresses are hex, 0x optional: 80050033, 0x1000)"
-                : $"{shown} is not a number (decimal, or hex as 0x1000)";
+        if (digits.Length == 0 || !digits.All(hex ? char.IsAsciiHexDigit : char.IsAsciiDigit)) return NumberScan.NotANumber;
         bool ok = hex
             ? ulong.TryParse(digits, NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out value)
             : ulong.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out value);
-        return ok ? null : $"{shown} is larger than 64 bits";
+        return ok ? NumberScan.Ok : NumberScan.TooWide;
     }
 
     /// <summary>0x-prefixed lower-case hex, as the spec prints it.</summary>
@@ -66,3 +72,6 @@ public static class Hex
             : v == Math.Floor(v) ? FormattableString.Invariant($"{v:0} {units[u]}") : FormattableString.Invariant($"{v:0.0} {units[u]}");
     }
 }
+
+/// <summary>The outcome of <see cref="Hex.Scan"/>: a number, not a number, or digits wider than 64 bits.</summary>
+public enum NumberScan { Ok, NotANumber, TooWide }

@@ -47,19 +47,16 @@ public readonly struct StrictObject
     /// <summary>A number written as a hex string ("0x1000"; a decimal string is accepted too).</summary>
     public ulong Hex(string name) => HexValue(Field(name), At(name));
 
-    public static ulong HexValue(JsonElement v, string path) => v.ValueKind == JsonValueKind.String
-        ? Images.Hex.TryParse(v.GetString()) ?? throw new InputException(TooWide(v.GetString()!)
-            ? $"{path}: '{v.GetString()}' is larger than 64 bits"
-            : $"{path}: '{v.GetString()}' is not a number (write hex as \"0x1000\")")
-        : throw new InputException($"{path}: expected a hex string like \"0x1000\", got {Kind(v)}");
-
-    /// <summary>Digits Hex.TryParse would take (0x hex or decimal, '_' between digits) that overflow 64 bits.</summary>
-    static bool TooWide(string text)
+    public static ulong HexValue(JsonElement v, string path)
     {
-        string t = text.Trim().Replace("_", "", StringComparison.Ordinal);
-        bool hex = t.StartsWith("0x", StringComparison.OrdinalIgnoreCase);
-        string digits = hex ? t[2..] : t;
-        return digits.Length > 0 && digits.All(hex ? char.IsAsciiHexDigit : char.IsAsciiDigit);
+        if (v.ValueKind != JsonValueKind.String) throw new InputException($"{path}: expected a hex string like \"0x1000\", got {Kind(v)}");
+        string text = v.GetString()!;
+        return Images.Hex.Scan(text, bareIsHex: false, out ulong value) switch
+        {
+            Images.NumberScan.Ok => value,
+            Images.NumberScan.TooWide => throw new InputException($"{path}: '{text}' is larger than 64 bits"),
+            _ => throw new InputException($"{path}: '{text}' is not a number (write hex as \"0x1000\")"),
+        };
     }
 
     public int Int(string name)
