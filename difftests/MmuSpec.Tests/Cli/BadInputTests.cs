@@ -53,6 +53,10 @@ public sealed class BadInputTests : IDisposable
         { "walk|--image|raw.img|--cpu|1|--cr3|1000|--mode|long4|--gva|0", "", "--cpu picks a vCPU's registers from an ELF core's QEMU note; 'raw.img' is raw memory" },
         { "walk|--batch|--scenario|ok.json|--cpu|1", "", "--cpu cannot be combined with --batch" },
         { "check|--count|1|--property|walk-pae,", "", "--property: 'walk-pae,' has an empty name" },
+        { "check|--count|1|--property|,walk-pae", "", "--property: ',walk-pae' has an empty name" },
+        { "check|--count|1|--property|walk-pae,,walk-long4", "", "has an empty name (a leading, trailing or doubled comma)" },
+        { "check|--count|1|--property|,", "", "--property: no property named" },
+        { "check|--count|1|--property|walk-nope", "", "unknown property 'walk-nope'" },
     };
 
     [Theory]

@@ -56,21 +56,6 @@ public sealed class CheckExitCodeTests
         Assert.DoesNotContain("spec and impl agree on every case", r.Stdout);
     }
 
-    [Theory]
-    [InlineData("walk-pae,", "empty name")]
-    [InlineData(",walk-pae", "empty name")]
-    [InlineData("walk-pae,,walk-long4", "empty name")]
-    [InlineData(",", "no property named")]
-    [InlineData("walk-nope", "unknown property 'walk-nope'")]
-    public void A_bad_property_list_is_bad_input(string list, string expected)
-    {
-        var r = MmuspecProcess.Run("check", "--count", "1", "--property", list);
-        Assert.Equal(2, r.ExitCode);
-        Assert.Contains(expected, r.Stderr);
-        Assert.Single(r.Stderr.Trim().Split('\n'));
-        Assert.Equal("", r.Stdout);
-    }
-
     [Fact]
     public void The_tools_code_is_optimized_in_every_configuration()
     {
