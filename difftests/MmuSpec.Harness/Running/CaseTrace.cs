@@ -80,9 +80,11 @@ public static class CaseRuns
     /// check in the tail); then both sides' state after that step (at most <paramref name="maxStateRows"/>
     /// rows: every differing one first, then equal ones).
     /// </summary>
-    public static CaseTrace Trace(object c, int maxStateRows = 48)
+    public static CaseTrace Trace(object c, int maxStateRows = 48) => Trace(Families.For(c), c, maxStateRows);
+
+    /// <summary>The trace of <paramref name="c"/> as <paramref name="family"/> runs it (a test may pass a family of its own).</summary>
+    public static CaseTrace Trace(IDiffFamily family, object c, int maxStateRows = 48)
     {
-        var family = Families.For(c);
         var report = family.Run(c, maxStateRows);
         var d = report.Divergence;
         var rows = report.Records.Where(r => r.Kind != StepKind.End)

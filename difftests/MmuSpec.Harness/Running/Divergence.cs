@@ -45,12 +45,16 @@ public enum StepKind
 /// <summary>
 /// One step of a lockstep run, as the comparator judges it and as replay and the failure report print it.
 /// <paramref name="Index"/> is the 0-based op index (-1 for boot, the op count for the end);
-/// <paramref name="Spec"/> and <paramref name="Impl"/> are the results as the family describes them (or
+/// <paramref name="Operation"/> is the op (or the boot's or end's words), printed only when asked for
+/// (<see cref="Op"/>): an agreeing step costs no text; <paramref name="Spec"/> and <paramref name="Impl"/> are the results as the family describes them (or
 /// "threw ..."); <paramref name="ResultsDiffer"/> is the family's structural comparison of the results;
 /// <paramref name="Differences"/> are the lines of the first check after the step that failed (state,
 /// oracle 2, the family's own checks), empty when every check held.
 /// </summary>
-public sealed record StepRecord(StepKind Kind, int Index, string Op, string Spec, string Impl, bool ResultsDiffer, ImmutableArray<string> Differences)
+public sealed record StepRecord(StepKind Kind, int Index, object Operation, string Spec, string Impl, bool ResultsDiffer, ImmutableArray<string> Differences)
 {
+    /// <summary>The operation as the trace prints it.</summary>
+    public string Op => Operation as string ?? Operation.ToString()!;
+
     public bool Diverges => ResultsDiffer || Differences.Length > 0;
 }

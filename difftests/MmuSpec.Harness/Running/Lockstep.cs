@@ -78,7 +78,7 @@ public static class Lockstep
         // A side that threw agrees with nothing: the spec throws only on a case outside the rules.
         bool differ = spec is null || impl is null || !family.SameResult(spec, impl);
         var lines = differ ? Guard(() => session.ResultDifference(op, spec, impl)) : FirstFailing(session.Checks(op, spec!));
-        return new StepRecord(StepKind.Op, index, op.ToString()!, sr, ir, differ, lines);
+        return new StepRecord(StepKind.Op, index, op, sr, ir, differ, lines);
     }
 
     static ImmutableArray<string> FirstFailing(IEnumerable<ImmutableArray<string>> checks)
