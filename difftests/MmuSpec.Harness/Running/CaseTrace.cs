@@ -1,11 +1,7 @@
 using System.Collections.Immutable;
 using System.Globalization;
 using MmuSpec.Harness.Diff;
-using MmuSpec.Harness.Images;
-using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
-using MmuSpec.Harness.Walk;
-using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;

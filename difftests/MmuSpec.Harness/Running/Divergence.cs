@@ -44,7 +44,8 @@ public enum StepKind
 
 /// <summary>
 /// One step of a lockstep run, as the comparator judges it and as replay and the failure report print it.
-/// <paramref name="Index"/> is the 0-based op index (-1 for boot, the op count for the end);
+/// <paramref name="Index"/> is the 0-based op index: -1 for boot, and for the end the op count when
+/// the family words the end check as a step after the last (walk), else -1 (outside the steps);
 /// <paramref name="Operation"/> is the op (or the boot's or end's words), printed only when asked for
 /// (<see cref="Op"/>): an agreeing step costs no text; <paramref name="Spec"/> and <paramref name="Impl"/> are the results as the family describes them (or
 /// "threw ..."); <paramref name="ResultsDiffer"/> is the family's structural comparison of the results;

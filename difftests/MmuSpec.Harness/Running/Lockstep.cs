@@ -63,7 +63,8 @@ public static class Lockstep
         // Native memory: every page the impl allocated for this case must be back in the pool.
         var (op, freed, leaked) = family.EndOfCase(pool.PagesInUse);
         bool leak = pool.PagesInUse != 0;
-        yield return new StepRecord(StepKind.End, steps.Count, op ?? family.WhenNoStep, freed, leak ? leaked : freed, leak, []);
+        // A family that words the end check as an op counts it as the step after the last; else it is outside the steps.
+        yield return new StepRecord(StepKind.End, op is null ? -1 : steps.Count, op ?? family.WhenNoStep, freed, leak ? leaked : freed, leak, []);
     }
 
     static StepRecord Step<TCase, TOp, TResult>(DiffFamily<TCase, TOp, TResult> family, LockstepSession<TOp, TResult> session, int index, TOp op)
@@ -113,14 +114,14 @@ public static class Lockstep
             state = session.NoState is { } none ? ([], 0, none) : CaseRuns.Limit(CaseRuns.Capture(session.StateRows), maxStateRows))
             .ToImmutableArray();
         var divergent = records.FirstOrDefault(r => r.Diverges);
-        return new LockstepReport(family, c, records, divergent is null ? null : ToDivergence(family, divergent), state.Rows, state.Hidden, state.Note);
+        return new LockstepReport(family, c, records, divergent is null ? null : ToDivergence(divergent), state.Rows, state.Hidden, state.Note);
     }
 
     /// <summary>The divergence a record stands for, numbered as reports number it.</summary>
-    public static Divergence ToDivergence(IDiffFamily family, StepRecord r) => r.Kind switch
+    public static Divergence ToDivergence(StepRecord r) => r.Kind switch
     {
         StepKind.Boot => new Divergence(-1, null, r.Spec, r.Impl, r.Differences),
-        StepKind.End when r.Op == family.WhenNoStep => new Divergence(-1, null, r.Spec, r.Impl, r.Differences),
+        StepKind.End when r.Index < 0 => new Divergence(-1, null, r.Spec, r.Impl, r.Differences),
         _ => new Divergence(r.Index, r.Op, r.Spec, r.Impl, r.Differences),
     };
 }
