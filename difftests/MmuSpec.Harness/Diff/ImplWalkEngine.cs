@@ -4,12 +4,13 @@ using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Paging;
 using ImplMemory = MmuSpec.Impl.Memory;
 using ImplPaging = MmuSpec.Impl.Paging;
+using static MmuSpec.Harness.Diff.PagingVocabulary;
 
 namespace MmuSpec.Harness.Diff;
 
 /// <summary>
-/// The impl as an engine. This adapter is the only place that knows both vocabularies: it feeds
-/// spec operations to the impl and reads the impl's results and state back into spec terms.
+/// The impl's guest walk as an engine: it feeds spec operations to the impl and reads the impl's
+/// results and state back into spec terms (the words themselves: <see cref="PagingVocabulary"/>).
 /// It owns the native page pool, so disposing it frees (and lets tests count) every page.
 /// </summary>
 public sealed class ImplWalkEngine : IWalkEngine
@@ -86,56 +87,6 @@ public sealed class ImplWalkEngine : IWalkEngine
         }
         return new MachineView(new CpuState(c, vcpu.Cr3, pdptes), words.ToImmutable());
     }
-
-    public static ImplPaging.PagingControls ToImpl(PagingControls c) => new(
-        ToImpl(c.Mode), c.Cr0Wp, c.Cr4Pse, c.Cr4Smep, c.Cr4Smap, c.Cr4Pke, c.EferNxe, c.EflagsAc, c.Pkru, c.MaxPhyAddr);
-
-    public static PagingControls FromImpl(ImplPaging.PagingControls c) => new(
-        FromImpl(c.Mode), c.Cr0Wp, c.Cr4Pse, c.Cr4Smep, c.Cr4Smap, c.Cr4Pke, c.EferNxe, c.EflagsAc, c.Pkru, c.MaxPhyAddr);
-
-    // Explicit maps, not casts: the two sides' enums are independent declarations.
-    public static ImplPaging.PagingMode ToImpl(PagingMode m) => m switch
-    {
-        PagingMode.Bits32 => ImplPaging.PagingMode.Bits32,
-        PagingMode.Pae => ImplPaging.PagingMode.Pae,
-        PagingMode.Long4 => ImplPaging.PagingMode.Long4,
-        PagingMode.Long5 => ImplPaging.PagingMode.Long5,
-        _ => throw new ArgumentOutOfRangeException(nameof(m)),
-    };
-
-    public static PagingMode FromImpl(ImplPaging.PagingMode m) => m switch
-    {
-        ImplPaging.PagingMode.Bits32 => PagingMode.Bits32,
-        ImplPaging.PagingMode.Pae => PagingMode.Pae,
-        ImplPaging.PagingMode.Long4 => PagingMode.Long4,
-        ImplPaging.PagingMode.Long5 => PagingMode.Long5,
-        _ => throw new ArgumentOutOfRangeException(nameof(m)),
-    };
-
-    public static ImplPaging.AccessType ToImpl(AccessType t) => t switch
-    {
-        AccessType.Read => ImplPaging.AccessType.Read,
-        AccessType.Write => ImplPaging.AccessType.Write,
-        AccessType.Fetch => ImplPaging.AccessType.Fetch,
-        _ => throw new ArgumentOutOfRangeException(nameof(t)),
-    };
-
-    public static ImplPaging.Privilege ToImpl(Privilege p) => p switch
-    {
-        Privilege.Supervisor => ImplPaging.Privilege.Supervisor,
-        Privilege.User => ImplPaging.Privilege.User,
-        Privilege.ImplicitSupervisor => ImplPaging.Privilege.ImplicitSupervisor,
-        _ => throw new ArgumentOutOfRangeException(nameof(p)),
-    };
-
-    public static WalkResult FromImpl(ImplPaging.WalkOutcome o) => o.Status switch
-    {
-        ImplPaging.WalkStatus.Translated => new WalkResult.Translated(o.Gpa, PageSizes.FromShift(o.PageShift),
-            new TranslationRights(o.User, o.Writable, o.NoExecute, o.ProtectionKey)),
-        ImplPaging.WalkStatus.PageFault => new WalkResult.PageFault((PageFaultErrorCode)o.ErrorCode),
-        ImplPaging.WalkStatus.GeneralProtection => new WalkResult.GeneralProtection(GpReason.NonCanonical),
-        _ => throw new InvalidOperationException($"impl returned unknown walk status {o.Status}"),
-    };
 
     public void Dispose() => memory.Dispose();
 }

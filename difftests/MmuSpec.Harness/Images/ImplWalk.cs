@@ -36,10 +36,10 @@ public static class ImplWalk
         var access = s.Access ?? throw new InputException("no access to walk: give \"access\": {\"gva\": ...} in the scenario, or --gva");
         var vcpu = Boot(s, memory);
         var trace = default(AccessTrace);
-        var outcome = vcpu.Access(access.Gva, ImplWalkEngine.ToImpl(access.Type), ImplWalkEngine.ToImpl(access.Privilege), ref trace);
+        var outcome = vcpu.Access(access.Gva, PagingVocabulary.ToImpl(access.Type), PagingVocabulary.ToImpl(access.Privilege), ref trace);
         if (s.Image is { } image && trace.UnbackedGpa is { } missing)
             throw new InputException(Scenario.TooShort(image, PagingLevels.EntryName(s.Mode, LevelAt(s.Mode, trace.Count)), missing));
-        return new WalkReport("impl", s, access, CpuOf(s, vcpu), ImplWalkEngine.FromImpl(outcome), Changes(memory, trace), null);
+        return new WalkReport("impl", s, access, CpuOf(s, vcpu), PagingVocabulary.FromImpl(outcome), Changes(memory, trace), null);
     }
 
     /// <summary>
@@ -48,7 +48,7 @@ public static class ImplWalk
     /// </summary>
     static GuestVcpu Boot(Scenario s, GuestPhysicalMemory memory)
     {
-        var vcpu = GuestVcpu.TryBoot(memory, ImplWalkEngine.ToImpl(s.Controls), s.Cr3, out var error);
+        var vcpu = GuestVcpu.TryBoot(memory, PagingVocabulary.ToImpl(s.Controls), s.Cr3, out var error);
         if (vcpu is not null) return vcpu;
         ulong pdpt = s.Cr3 & Bits.Range(31, 5);
         throw new InputException(error.Fault switch

@@ -28,11 +28,7 @@ public static class CaseJson
     public const string WalkKind = "walk", TdpKind = "tdp", ShadowKind = "shadow";
 
     /// <summary>The "kind" of a case type: walk, tdp or shadow.</summary>
-    public static string KindOf(Type caseType) =>
-        caseType == typeof(WalkCase) ? WalkKind
-        : caseType == typeof(TdpCase) ? TdpKind
-        : caseType == typeof(ShadowCase) ? ShadowKind
-        : throw new ArgumentException($"{caseType.Name} is not a case type (WalkCase, TdpCase or ShadowCase)", nameof(caseType));
+    public static string KindOf(Type caseType) => Families.ForCaseType(caseType).Name;
 
     public static string KindOf(object c) => KindOf(c.GetType());
 
@@ -53,18 +49,9 @@ public static class CaseJson
 
     // ---- writing ----
 
-    public static void Write(Utf8JsonWriter w, object c)
-    {
-        switch (c)
-        {
-            case WalkCase walk: WriteWalk(w, walk); break;
-            case TdpCase tdp: WriteTdp(w, tdp); break;
-            case ShadowCase shadow: WriteShadow(w, shadow); break;
-            default: throw new ArgumentException($"{c.GetType().Name} is not a case type (WalkCase, TdpCase or ShadowCase)", nameof(c));
-        }
-    }
+    public static void Write(Utf8JsonWriter w, object c) => Families.For(c).WriteJson(w, c);
 
-    static void WriteWalk(Utf8JsonWriter w, WalkCase c)
+    public static void WriteWalk(Utf8JsonWriter w, WalkCase c)
     {
         w.WriteStartObject();
         w.WriteString("kind", WalkKind);
@@ -88,7 +75,7 @@ public static class CaseJson
         w.WriteEndObject();
     }
 
-    static void WriteTdp(Utf8JsonWriter w, TdpCase c)
+    public static void WriteTdp(Utf8JsonWriter w, TdpCase c)
     {
         w.WriteStartObject();
         w.WriteString("kind", TdpKind);
@@ -102,7 +89,7 @@ public static class CaseJson
         w.WriteEndObject();
     }
 
-    static void WriteShadow(Utf8JsonWriter w, ShadowCase c)
+    public static void WriteShadow(Utf8JsonWriter w, ShadowCase c)
     {
         w.WriteStartObject();
         w.WriteString("kind", ShadowKind);
@@ -261,7 +248,6 @@ public static class CaseJson
     {
         ["keep-and-resync"] = ShadowRootPolicy.KeepAndResync, ["upstream"] = ShadowRootPolicy.Upstream,
     };
-    static readonly string[] Kinds = [WalkKind, TdpKind, ShadowKind];
 
     // ---- reading ----
 
@@ -274,13 +260,8 @@ public static class CaseJson
         if (!e.TryGetProperty("kind", out var kind)) throw new InputException($"{at} is missing (walk, tdp or shadow)");
         return kind.ValueKind != JsonValueKind.String
             ? throw new InputException($"{at}: expected a string, got {StrictObject.Kind(kind)}")
-            : kind.GetString() switch
-            {
-                WalkKind => ReadWalk(e, path),
-                TdpKind => ReadTdp(e, path),
-                ShadowKind => ReadShadow(e, path),
-                var other => throw new InputException($"{at}: unknown case kind '{other}' (expected {string.Join(", ", Kinds)})"),
-            };
+            : Families.Named(kind.GetString()!) is { } family ? family.ReadJson(e, path)
+            : throw new InputException($"{at}: unknown case kind '{kind.GetString()}' (expected {string.Join(", ", Families.All.Select(f => f.Name))})");
     }
 
     public static WalkCase ReadWalk(JsonElement e, string path)

@@ -54,16 +54,7 @@ public static class CaseRules
     public static Arbitrary<T> Shrinking<T>(Arbitrary<T> arbitrary) where T : notnull =>
         Arb.From(arbitrary.Generator, c => arbitrary.Shrinker(c).Where(x => Obeys(x)));
 
-    public static void Check(object c, string path)
-    {
-        switch (c)
-        {
-            case WalkCase w: Check(w, path); break;
-            case TdpCase t: Check(t, path); break;
-            case ShadowCase s: Check(s, path); break;
-            default: throw new ArgumentException($"{c.GetType().Name} is not a case type", nameof(c));
-        }
-    }
+    public static void Check(object c, string path) => Families.For(c).CheckRules(c, path);
 
     /// <summary>
     /// A walk case: memslots of at least one page that neither overlap nor run past 2^64, 0x10000

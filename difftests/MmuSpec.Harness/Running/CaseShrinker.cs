@@ -1,7 +1,3 @@
-using MmuSpec.Harness.Shadow;
-using MmuSpec.Harness.Tdp;
-using MmuSpec.Harness.Walk;
-
 namespace MmuSpec.Harness.Running;
 
 /// <summary>How a shrink went: the smallest failing case found, the candidates tried, the ones taken.</summary>
@@ -32,14 +28,7 @@ public static class CaseShrinker
     {
         var failing = fails ?? (x => Fails(property, x));
         // Only candidates within CaseRules: outside them the spec throws, and a throw counts as a failure.
-        fails = x => CaseRules.Obeys(x) && failing(x);
-        return property switch
-        {
-            DiffProperty<WalkCase> p => Shrink((WalkCase)c, x => fails(x), p.Arbitrary.Shrinker, Lists<WalkCase>(), maxRuns, progress),
-            DiffProperty<TdpCase> p => Shrink((TdpCase)c, x => fails(x), p.Arbitrary.Shrinker, Lists<TdpCase>(), maxRuns, progress),
-            DiffProperty<ShadowCase> p => Shrink((ShadowCase)c, x => fails(x), p.Arbitrary.Shrinker, Lists<ShadowCase>(), maxRuns, progress),
-            _ => throw new ArgumentException($"property {property.Name} runs no known case type", nameof(property)),
-        };
+        return property.Shrink(c, x => CaseRules.Obeys(x) && failing(x), maxRuns, progress);
     }
 
     /// <summary>The property does not hold on <paramref name="c"/>; an exception counts as a failure, as in FsCheck.</summary>
@@ -50,25 +39,7 @@ public static class CaseShrinker
     }
 
     /// <summary>The operation lists of a case type that the deletion pass shortens: ops first, then setup.</summary>
-    public static IReadOnlyList<OpList<T>> Lists<T>()
-    {
-        object lists = typeof(T) == typeof(WalkCase) ? new OpList<WalkCase>[]
-            {
-                new("ops", c => c.Ops.Length, (c, i) => c.WithOps(c.Ops.RemoveAt(i))),
-                new("setup", c => c.Setup.Length, (c, i) => c.WithSetup(c.Setup.RemoveAt(i))),
-            }
-            : typeof(T) == typeof(TdpCase) ? new OpList<TdpCase>[]
-            {
-                new("ops", c => c.Ops.Length, (c, i) => c.WithOps(c.Ops.RemoveAt(i))),
-            }
-            : typeof(T) == typeof(ShadowCase) ? new OpList<ShadowCase>[]
-            {
-                new("ops", c => c.Ops.Length, (c, i) => c.WithOps(c.Ops.RemoveAt(i))),
-                new("setup", c => c.Setup.Length, (c, i) => c.WithSetup(c.Setup.RemoveAt(i))),
-            }
-            : throw new ArgumentException($"{typeof(T).Name} is not a case type");
-        return (IReadOnlyList<OpList<T>>)lists;
-    }
+    public static IReadOnlyList<OpList<T>> Lists<T>() where T : notnull => Families.Of<T>().OpLists;
 
     /// <summary>The shrink loop itself, for any case type, shrinker and predicate.</summary>
     public static ShrinkResult Shrink<T>(T start, Func<T, bool> fails, Func<T, IEnumerable<T>> shrinker, IReadOnlyList<OpList<T>> lists,

@@ -1,11 +1,7 @@
 using System.Collections.Immutable;
 using System.Globalization;
 using MmuSpec.Harness.Diff;
-using MmuSpec.Harness.Images;
-using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
-using MmuSpec.Harness.Walk;
-using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
@@ -36,47 +32,28 @@ public sealed record CaseTrace(
 }
 
 /// <summary>
-/// Runs any of the three case types (<see cref="WalkCase"/>, <see cref="TdpCase"/>, <see cref="ShadowCase"/>)
-/// through its differential runner, for the code that handles cases without knowing their type:
-/// counterexample files, <c>mmuspec replay</c> and its shrinker.
+/// Cases of any family, for the code that handles them without knowing their type: counterexample
+/// files, <c>mmuspec replay</c> and its shrinker. Each call finds the case's family in
+/// <see cref="Families"/> and runs it through the one lockstep runner (<see cref="Lockstep"/>).
 /// </summary>
 public static class CaseRuns
 {
     /// <summary>The first divergence (null when spec and impl agree), the rendered report, and how a divergence outside the steps is named.</summary>
-    public static (Divergence? Divergence, string Report, string WhenNoStep) Run(object c) => c switch
+    public static (Divergence? Divergence, string Report, string WhenNoStep) Run(object c)
     {
-        WalkCase w => WalkDiff.Run(w) is var r ? (r.Divergence, r.Render(), "at boot") : default,
-        TdpCase t => TdpDiff.Run(t) is var r ? (r.Divergence, r.Render(), "when the VM was destroyed") : default,
-        ShadowCase s => ShadowDiff.Run(s) is var r ? (r.Divergence, r.Render(), "when the VM was destroyed") : default,
-        _ => throw NotACase(c),
-    };
+        var family = Families.For(c);
+        var report = family.Run(c);
+        return (report.Divergence, report.Render(), family.WhenNoStep);
+    }
 
     /// <summary>The steps a divergence's step counts in: the ops (walk, TDP), or setup and ops (shadow).</summary>
-    public static int Steps(object c) => c switch
-    {
-        WalkCase w => w.Ops.Length,
-        TdpCase t => t.Ops.Length,
-        ShadowCase s => s.Length,
-        _ => throw NotACase(c),
-    };
+    public static int Steps(object c) => Families.For(c).StepCount(c);
 
     /// <summary>"13 ops, 9 setup writes" and the like: the size of a case in words.</summary>
-    public static string Summary(object c) => c switch
-    {
-        WalkCase w => $"{Count(w.Ops.Length, "op")}, {Count(w.Setup.Length, "setup write")}",
-        TdpCase t => $"{Count(t.Ops.Length, "op")}, VM {t.Config}",
-        ShadowCase s => $"{Count(s.Setup.Length, "setup op")} and {Count(s.Ops.Length, "op")}, VM {s.Config}",
-        _ => throw NotACase(c),
-    };
+    public static string Summary(object c) => Families.For(c).Summary(c);
 
     /// <summary>The case rendered with the divergent step (0-based, counted as the runner counts) marked.</summary>
-    public static string Render(object c, int? highlightStep = null) => c switch
-    {
-        WalkCase w => w.Render(highlightStep),
-        TdpCase t => t.Render(highlightStep),
-        ShadowCase s => s.Render(highlightStep),
-        _ => throw NotACase(c),
-    };
+    public static string Render(object c, int? highlightStep = null) => Families.For(c).Render(c, highlightStep);
 
     /// <summary>"all 3 steps agree", "the one step agrees".</summary>
     public static string StepsAgree(int n) => n == 1 ? "the one step agrees" : $"all {n.ToString(CultureInfo.InvariantCulture)} steps agree";
@@ -93,98 +70,25 @@ public static class CaseRuns
     public static string Count(int n, string what) =>
         $"{n.ToString(CultureInfo.InvariantCulture)} {(n == 1 ? what : what.EndsWith('y') ? what[..^1] + "ies" : what + "s")}";
 
-    static ArgumentException NotACase(object c) => new($"{c.GetType().Name} is not a case type (WalkCase, TdpCase or ShadowCase)", nameof(c));
-
     /// <summary>
-    /// Reruns the case step by step on fresh engines, each step's results side by side, up to the
-    /// step where the differential runner says they diverge; then both sides' state after that step
-    /// (at most <paramref name="maxStateRows"/> rows: every differing one first, then equal ones).
+    /// The case run step by step on fresh engines, each step's results side by side, up to the step
+    /// where the lockstep runner says they diverge (the rows are its records, boot included, the end
+    /// check in the tail); then both sides' state after that step (at most <paramref name="maxStateRows"/>
+    /// rows: every differing one first, then equal ones).
     /// </summary>
-    public static CaseTrace Trace(object c, int maxStateRows = 48) => c switch
-    {
-        WalkCase w => TraceWalk(w, maxStateRows),
-        TdpCase t => TraceTdp(t, maxStateRows),
-        ShadowCase s => TraceShadow(s, maxStateRows),
-        _ => throw NotACase(c),
-    };
+    public static CaseTrace Trace(object c, int maxStateRows = 48) => Trace(Families.For(c), c, maxStateRows);
 
-    static CaseTrace TraceWalk(WalkCase c, int maxStateRows)
+    /// <summary>The trace of <paramref name="c"/> as <paramref name="family"/> runs it (a test may pass a family of its own).</summary>
+    public static CaseTrace Trace(IDiffFamily family, object c, int maxStateRows = 48)
     {
-        var report = WalkDiff.Run(c);
+        var report = family.Run(c, maxStateRows);
         var d = report.Divergence;
-        var rows = ImmutableArray.CreateBuilder<TraceRow>();
-        var spec = c.BootSpec();
-        ImplWalkEngine? impl = null;
-        string implBoot;
-        try { impl = ImplWalkEngine.Boot(c); implBoot = impl is null ? "#GP" : "ok"; }
-        catch (Exception e) { implBoot = Threw(e); }
-        using var implScope = impl;
-        string specBoot = spec is null ? "#GP" : "ok";
-        int stopAt = d?.Step ?? c.Ops.Length - 1;
-        bool bootDiverges = d is { Step: < 0 };
-        rows.Add(new TraceRow(bootDiverges, "boot", $"{c.Controls}, CR3={Hex.Format(c.Cr3)}", specBoot,
-            Same(specBoot, implBoot, bootDiverges ? d : null)));
-        (ImmutableArray<StateRow>, int, string?) state = ([], 0, null);
-        if (spec is not null && impl is not null)
-        {
-            using var specEngine = new SpecEngine(spec);
-            for (int i = 0; i <= stopAt && i < c.Ops.Length; i++)
-            {
-                var op = c.Ops[i];
-                string sr = Describe(specEngine, op), ir = Describe(impl, op);
-                bool diverges = d is not null && i == stopAt;
-                rows.Add(new TraceRow(diverges, Step(i), op.ToString(), sr, Same(sr, ir, diverges ? d : null)));
-            }
-            if (d is not null && d.Step < c.Ops.Length)
-                state = Limit(Capture(() => WalkState(specEngine.View(), impl.View())), maxStateRows);
-        }
-        else if (d is not null) state = ([], 0, "one side did not boot: there is no state to show");
-        return new CaseTrace(c, d, report.Render(), rows.ToImmutable(), Tail(d, c.Ops.Length, "at boot"), state.Item1, state.Item2, state.Item3);
-    }
-
-    static CaseTrace TraceTdp(TdpCase c, int maxStateRows)
-    {
-        var report = TdpDiff.Run(c);
-        var spec = TdpState.Create(c.Config);
-        using var impl = new ImplTdpEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool());
-        var rows = Steps(c.Ops, report.Divergence,
-            op => { var s = spec.Step(op); spec = s.State; return TdpDiff.Describe(s.Result); },
-            op => TdpDiff.Describe(impl.Step(op)));
-        var state = report.Divergence is { Step: >= 0 }
-            ? Limit(Capture(() => TdpStateRows(spec, impl.View())), maxStateRows) : ([], 0, null);
-        return new CaseTrace(c, report.Divergence, report.Render(), rows, Tail(report.Divergence, c.Ops.Length, "when the VM was destroyed"),
-            state.Item1, state.Item2, state.Item3);
-    }
-
-    static CaseTrace TraceShadow(ShadowCase c, int maxStateRows)
-    {
-        var report = ShadowDiff.Run(c);
-        var spec = ShadowState.Create(c.Config);
-        using var impl = new ImplShadowEngine(c.Config, new MmuSpec.Impl.Memory.NativePagePool());
-        var rows = Steps([.. c.AllOps], report.Divergence,
-            op => { var s = spec.Step(op); spec = s.State; return ShadowDiff.Describe(s.Result); },
-            op => ShadowDiff.Describe(impl.Step(op)));
-        var state = report.Divergence is { Step: >= 0 }
-            ? Limit(Capture(() => ShadowStateRows(spec, impl.View())), maxStateRows) : ([], 0, null);
-        return new CaseTrace(c, report.Divergence, report.Render(), rows, Tail(report.Divergence, c.Length, "when the VM was destroyed"),
-            state.Item1, state.Item2, state.Item3);
-    }
-
-    /// <summary>An MMU case step by step, up to the divergent step (or to the end); a step that throws shows the exception.</summary>
-    static ImmutableArray<TraceRow> Steps<TOp>(IReadOnlyList<TOp> ops, Divergence? d, Func<TOp, string> specStep, Func<TOp, string> implStep)
-        where TOp : notnull
-    {
-        var rows = ImmutableArray.CreateBuilder<TraceRow>();
-        int stopAt = d is { Step: >= 0 } ? d.Step : ops.Count - 1;
-        for (int i = 0; i <= stopAt && i < ops.Count; i++)
-        {
-            string sr, ir;
-            try { sr = specStep(ops[i]); } catch (Exception e) { sr = Threw(e); }
-            try { ir = implStep(ops[i]); } catch (Exception e) { ir = Threw(e); }
-            bool diverges = d is { Step: >= 0 } && i == stopAt;
-            rows.Add(new TraceRow(diverges, Step(i), ops[i].ToString()!, sr, Same(sr, ir, diverges ? d : null)));
-        }
-        return rows.ToImmutable();
+        var rows = report.Records.Where(r => r.Kind != StepKind.End)
+            .Select(r => new TraceRow(r.Diverges, r.Kind == StepKind.Boot ? "boot" : Step(r.Index), r.Op, r.Spec,
+                Same(r.ResultsDiffer, r.Impl, r.Diverges ? d : null)))
+            .ToImmutableArray();
+        return new CaseTrace(c, d, report.Render(), rows, Tail(d, family.StepCount(c), family.WhenNoStep),
+            report.State, report.StateRowsHidden, report.StateNote);
     }
 
     static string Step(int i) => (i + 1).ToString(CultureInfo.InvariantCulture);
@@ -194,8 +98,10 @@ public static class CaseRuns
     /// the divergent step (<paramref name="divergence"/>, null for the others): only missed TLB
     /// flushes (TdpDiff's "TLB flush:" lines), or the state.
     /// </summary>
-    public static string Same(string spec, string impl, Divergence? divergence) =>
-        spec != impl ? impl
+    public static string Same(string spec, string impl, Divergence? divergence) => Same(spec != impl, impl, divergence);
+
+    static string Same(bool resultsDiffer, string impl, Divergence? divergence) =>
+        resultsDiffer ? impl
         : divergence is null ? "same"
         : divergence.StateDifferences.Length > 0 && divergence.StateDifferences.All(l => l.StartsWith(TdpDiff.FlushLinePrefix, StringComparison.Ordinal))
             ? "same result, TLB flush missed"
@@ -210,21 +116,13 @@ public static class CaseRuns
         _ => $"stopped at the first divergence (step {d.Step + 1} of {steps})",
     };
 
-    static string Describe(IWalkEngine engine, Op op)
-    {
-        try { return WalkDiff.Describe(engine.Step(op)); }
-        catch (Exception e) { return Threw(e); }
-    }
-
-    static string Threw(Exception e) => $"threw {e.GetType().Name}: {e.Message}";
-
-    static (IReadOnlyList<StateRow>? Rows, string? Note) Capture(Func<IEnumerable<StateRow>> rows)
+    internal static (IReadOnlyList<StateRow>? Rows, string? Note) Capture(Func<IEnumerable<StateRow>> rows)
     {
         try { return (rows().ToList(), null); }
-        catch (Exception e) { return (null, $"the state could not be read: {Threw(e)}"); }
+        catch (Exception e) { return (null, $"the state could not be read: {Lockstep.Threw(e)}"); }
     }
 
-    static (ImmutableArray<StateRow>, int, string?) Limit((IReadOnlyList<StateRow>? Rows, string? Note) captured, int max)
+    internal static (ImmutableArray<StateRow>, int, string?) Limit((IReadOnlyList<StateRow>? Rows, string? Note) captured, int max)
     {
         if (captured.Rows is not { } rows) return ([], 0, captured.Note);
         var (kept, hidden) = LimitRows(rows, max);

@@ -3,7 +3,6 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
-using MmuSpec.Harness.Diff;
 using MmuSpec.Harness.Images;
 
 namespace MmuSpec.Harness.Running;
@@ -240,7 +239,7 @@ public static class CounterexampleFile
         string? exception = o.NullableString("exception");
 
         object c = CaseJson.Read(o.Field("case"), "case");
-        var expected = CaseType(property);
+        var expected = property.CaseType;
         if (c.GetType() != expected)
             throw new InputException($"case.kind: property {property.Name} runs {CaseJson.KindOf(expected)} cases, not {CaseJson.KindOf(c)} cases");
         return new Counterexample(property, law, c, ops, token, seed, batch, versions, when, divergence, exception);
@@ -254,10 +253,4 @@ public static class CounterexampleFile
             : throw new InputException($"{e.Path}: expected a string, got {StrictObject.Kind(e.Element)}")).ToImmutableArray();
         return new RecordedDivergence(step, d.NullableString("op"), d.String("spec"), d.String("impl"), lines, d.String("message"));
     }
-
-    /// <summary>The case type a property runs (its <see cref="DiffProperty{T}"/> type argument).</summary>
-    public static Type CaseType(DiffProperty property) =>
-        property.GetType() is { IsGenericType: true } t && t.GetGenericTypeDefinition() == typeof(DiffProperty<>)
-            ? t.GetGenericArguments()[0]
-            : throw new ArgumentException($"property {property.Name} is not a DiffProperty<T>", nameof(property));
 }

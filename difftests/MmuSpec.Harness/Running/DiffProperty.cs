@@ -1,6 +1,5 @@
 using FsCheck;
 using FsCheck.Fluent;
-using MmuSpec.Harness.Diff;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Harness.Tdp;
@@ -53,6 +52,15 @@ public abstract class DiffProperty(string name, string law, string family, int t
     public abstract string Explain(object c);
     public abstract int OpCount(object c);
 
+    /// <summary>The type of this property's cases.</summary>
+    public abstract Type CaseType { get; }
+
+    /// <summary>
+    /// Shrinks failing case <paramref name="c"/> with this property's shrinker and its family's op
+    /// lists (<see cref="CaseShrinker"/>) while <paramref name="fails"/> holds.
+    /// </summary>
+    public abstract ShrinkResult Shrink(object c, Func<object, bool> fails, int maxRuns, Action<int>? progress);
+
     /// <summary>Runs the property with <see cref="PropertyCheck"/> semantics (MMUSPEC_* variables are the caller's business).</summary>
     public PropertyRunner Check(Action<string> output, int maxTest, Replay? replay = null, bool throwOnFailure = true) =>
         PropertyCheck.Check(Name, this, output, maxTest, replay, throwOnFailure);
@@ -65,10 +73,22 @@ public sealed class DiffProperty<T>(string name, string law, Arbitrary<T> arbitr
     string family, IReadOnlyList<string> situations, Action<T, Action<string>> classify, int testCases = DiffProperty<T>.FsCheckDefaultCases)
     : DiffProperty(name, law, family, testCases) where T : notnull
 {
+    /// <summary>A property over <paramref name="caseFamily"/>'s cases: it holds when the family's lockstep run agrees.</summary>
+    public DiffProperty(string name, string law, Arbitrary<T> arbitrary, DiffFamily<T> caseFamily, IReadOnlyList<string> situations, int testCases)
+        : this(name, law, arbitrary, c => caseFamily.Run(c).Agreed, c => caseFamily.Run(c).Render(), caseFamily.StepCount,
+            caseFamily.Name, situations, caseFamily.Classify, testCases) => CaseFamily = caseFamily;
+
     /// <summary>FsCheck's own default MaxTest, for properties that do not say.</summary>
     public const int FsCheckDefaultCases = 100;
 
     public Arbitrary<T> Arbitrary { get; } = arbitrary;
+    /// <summary>The family whose lockstep runner the property runs; null for a property built from bare functions.</summary>
+    public DiffFamily<T>? CaseFamily { get; }
+    public override Type CaseType => typeof(T);
+
+    public override ShrinkResult Shrink(object c, Func<object, bool> fails, int maxRuns, Action<int>? progress) =>
+        CaseFamily is { } f ? f.Shrink(c, fails, x => Arbitrary.Shrinker((T)x).Cast<object>(), maxRuns, progress)
+        : throw new ArgumentException($"property {Name} runs no registered family", nameof(c));
     public override Property ForAll(Func<object, bool> predicate, bool shrink = true) =>
         Prop.ForAll(shrink ? Arbitrary : Arb.From(Arbitrary.Generator, _ => []), (T c) => predicate(c));
     public override bool Holds(object c) => holds((T)c);
@@ -98,27 +118,20 @@ public static class DiffProperties
     public const int WalkTestCases = 1000, TdpTestCases = 300, ShadowTestCases = 300;
 
     static DiffProperty<WalkCase> Walk(string name, string law, PagingMode? mode) =>
-        new(name, law, CaseRules.Shrinking(mode is { } m ? WalkGen.Arbitrary(m) : WalkGen.Arbitrary()), c => WalkDiff.Run(c).Agreed, c => WalkDiff.Run(c).Render(), c => c.Ops.Length,
-            WalkFamily, WalkCoverage.Expected(mode), WalkCoverage.Classify, WalkTestCases);
+        new(name, law, CaseRules.Shrinking(mode is { } m ? WalkGen.Arbitrary(m) : WalkGen.Arbitrary()), Families.Walk,
+            WalkCoverage.Expected(mode), WalkTestCases);
 
     static DiffProperty<TdpCase> Tdp(string name, VmConfig config) =>
-        new(name, $"Spec_and_impl_TDP_MMUs_agree_after_every_operation ({config})", CaseRules.Shrinking(TdpGen.Arbitrary(config)),
-            c => TdpDiff.Run(c).Agreed, c => TdpDiff.Run(c).Render(), c => c.Ops.Length,
-            TdpFamily, TdpCoverage.Expected(config), TdpCoverage.Classify, TdpTestCases);
+        new(name, $"Spec_and_impl_TDP_MMUs_agree_after_every_operation ({config})", CaseRules.Shrinking(TdpGen.Arbitrary(config)), Families.Tdp,
+            TdpCoverage.Expected(config), TdpTestCases);
 
     static DiffProperty<ShadowCase> Shadow(string name, ShadowGenOptions options) =>
-        new(name, $"Spec_and_impl_shadow_MMUs_agree_after_every_operation ({options})", CaseRules.Shrinking(ShadowGen.Arbitrary(options)),
-            c => ShadowDiff.Run(c).Agreed, c => ShadowDiff.Run(c).Render(), c => c.Length,
-            ShadowFamily, ShadowCoverage.Expected(options), ShadowCoverage.Classify, ShadowTestCases);
+        new(name, $"Spec_and_impl_shadow_MMUs_agree_after_every_operation ({options})", CaseRules.Shrinking(ShadowGen.Arbitrary(options)), Families.Shadow,
+            ShadowCoverage.Expected(options), ShadowTestCases);
 
     /// <summary>Every situation a family's classifier can name, grouped, in report order.</summary>
-    public static IReadOnlyList<string> FamilySituations(string family) => family switch
-    {
-        WalkFamily => WalkCoverage.All,
-        TdpFamily => TdpCoverage.All,
-        ShadowFamily => ShadowCoverage.All,
-        _ => throw new ArgumentException($"unknown property family '{family}'", nameof(family)),
-    };
+    public static IReadOnlyList<string> FamilySituations(string family) =>
+        Families.Named(family)?.Situations ?? throw new ArgumentException($"unknown property family '{family}'", nameof(family));
 
     /// <summary>The guest page walk: one property per paging mode plus one over all modes.</summary>
     public static readonly IReadOnlyList<DiffProperty> Walks =

@@ -47,11 +47,11 @@ public sealed class ImplShadowEngine : IDisposable
                 var o = vm.GetDirtyLog(g.Id, dirty);
                 return o.Status == ImplShadow.ShadowStatus.Ok ? new ShadowResult.DirtyLog(dirty.ToImmutableArray()) : Result(o);
             case ShadowOp.GuestStore g: return Result(vm.GuestStore(g.Gpa, g.Value, g.Size));
-            case ShadowOp.GuestSetPaging p: return Result(vm.GuestSetPaging(ImplWalkEngine.ToImpl(p.Controls), p.Cr3, p.Pcide));
+            case ShadowOp.GuestSetPaging p: return Result(vm.GuestSetPaging(PagingVocabulary.ToImpl(p.Controls), p.Cr3, p.Pcide));
             case ShadowOp.GuestMovCr3 m: return Result(vm.GuestMovCr3(m.Cr3));
             case ShadowOp.Invpcid i: return Result(vm.Invpcid(i.Type, i.Pcid, i.Gva));
             case ShadowOp.GuestAccess a:
-                return Result(vm.GuestAccess(a.Access.Gva, ImplWalkEngine.ToImpl(a.Access.Type), ImplWalkEngine.ToImpl(a.Access.Privilege)));
+                return Result(vm.GuestAccess(a.Access.Gva, PagingVocabulary.ToImpl(a.Access.Type), PagingVocabulary.ToImpl(a.Access.Privilege)));
             case ShadowOp.Invlpg i: return Result(vm.Invlpg(i.Gva));
             case ShadowOp.FlushTlb: return Result(vm.FlushTlb());
             case ShadowOp.ZapRange z: return Result(vm.ZapRange(z.StartGfn, z.EndGfn));
@@ -67,7 +67,7 @@ public sealed class ImplShadowEngine : IDisposable
         ImplShadow.ShadowStatus.Translated => new ShadowResult.Translated(o.Gpa, o.Hpa, o.Faulted),
         ImplShadow.ShadowStatus.MmioExit => new ShadowResult.MmioExit(o.Gpa),
         // The impl, like hardware, gives no #GP reason: FromImpl fills a placeholder, and the comparison ignores it.
-        ImplShadow.ShadowStatus.GuestFault => new ShadowResult.GuestFault(ImplWalkEngine.FromImpl(o.Fault)),
+        ImplShadow.ShadowStatus.GuestFault => new ShadowResult.GuestFault(PagingVocabulary.FromImpl(o.Fault)),
         _ => throw new InvalidOperationException($"impl returned unknown status {o.Status}"),
     };
 
@@ -81,7 +81,7 @@ public sealed class ImplShadowEngine : IDisposable
         var host = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();
         vm.VisitHostMemory((hpa, value) => { if (value != 0) host[hpa] = value; });
         CpuState? guest = vm.GuestControls is { } gc
-            ? new CpuState(ImplWalkEngine.FromImpl(gc), vm.GuestCr3,
+            ? new CpuState(PagingVocabulary.FromImpl(gc), vm.GuestCr3,
                 gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
             : null;
         var pages = ImmutableSortedDictionary.CreateBuilder<ShadowKey, ShadowPage>();

@@ -6,80 +6,23 @@ using MmuSpec.Spec.Shadow;
 
 namespace MmuSpec.Harness.Shadow;
 
-/// <summary>The outcome of running one shadow case on both sides.</summary>
-public sealed record ShadowReport(ShadowCase Case, int StepsRun, Divergence? Divergence)
-{
-    public bool Agreed => Divergence is null;
-
-    public string Render() => Divergence is { } d
-        ? d.Render(Case.Render, "when the VM was destroyed")
-        : Running.CaseRuns.AgreeOnAll(StepsRun);
-}
-
 /// <summary>
-/// Runs a <see cref="ShadowCase"/> (setup, then ops) on the spec's shadow MMU model and the impl's
-/// shadow MMU in lock step. After every step: oracle 1 (equal results, equal abstract state), the
-/// impl's derived structures against its own pages, and oracle 2 (the architecture layer,
-/// <see cref="ShadowTlb"/>, allows the spec's result; the impl's too when it differs). Finally every
-/// native page must go back to the pool when the VM is destroyed.
+/// The shadow family's comparisons and checks (<see cref="ShadowFamily"/> runs them in lock step):
+/// after every step oracle 1 (equal results, equal abstract state), the impl's derived structures
+/// against its own pages, and oracle 2 (the architecture layer, <see cref="ShadowTlb"/>, allows the
+/// spec's result; the impl's too when it differs). Finally every native page must go back to the
+/// pool when the VM is destroyed.
 /// </summary>
 public static class ShadowDiff
 {
-    public static ShadowReport Run(ShadowCase c)
-    {
-        var pool = new MmuSpec.Impl.Memory.NativePagePool();
-        var spec = ShadowState.Create(c.Config);
-        var tlb = ShadowTlb.Start(spec);
-        int steps = 0;
-        using (var impl = new ImplShadowEngine(c.Config, pool))
-        {
-            for (int i = 0; i < c.Length; i++, steps++)
-            {
-                var op = c[i];
-                string sr, ir;
-                ShadowResult? specResult = null, implResult = null;
-                try { var s = spec.Step(op); spec = s.State; specResult = s.Result; sr = Describe(s.Result); }
-                catch (Exception e) { sr = Threw(e); }
-                try { implResult = impl.Step(op); ir = Describe(implResult); } catch (Exception e) { ir = Threw(e); }
-                if (specResult is null || sr != ir)
-                {
-                    var view = SafeView(impl);
-                    var lines = ImmutableArray.CreateBuilder<string>();
-                    // Oracle 2 on both results says which side the architecture allows.
-                    if (specResult is not null) lines.Add($"oracle 2 on the spec's result: {Judge(tlb, op, specResult, spec)}");
-                    if (implResult is not null && specResult is not null) lines.Add($"oracle 2 on the impl's result: {Judge(tlb, op, implResult, view ?? spec)}");
-                    lines.AddRange(Differences(spec, view));
-                    return new ShadowReport(c, i + 1, new Divergence(i, op, sr, ir, lines.ToImmutable()));
-                }
-
-                var diffs = Differences(spec, SafeView(impl));
-                if (diffs.Length > 0) return new ShadowReport(c, i + 1, new Divergence(i, op, sr, ir, diffs));
-
-                ImmutableArray<string> problems;
-                try { problems = impl.InvariantProblems(); }
-                catch (Exception e) { problems = [$"reading the impl's structures {Threw(e)}"]; }
-                if (problems.Length > 0)
-                    return new ShadowReport(c, i + 1, new Divergence(i, op, sr, ir, [.. problems.Select(p => $"impl invariant: {p}")]));
-
-                string? violation;
-                try { violation = tlb.Violation(op, specResult, spec); tlb = tlb.Record(op, specResult, spec); }
-                catch (Exception e) { violation = $"the architecture layer {Threw(e)}"; }
-                if (violation is not null)
-                    return new ShadowReport(c, i + 1, new Divergence(i, op, sr, ir, [$"oracle 2: {violation}"]));
-            }
-        }
-        if (pool.PagesInUse != 0)
-            return new ShadowReport(c, steps, new Divergence(-1, null, "all native pages freed", $"{pool.PagesInUse} pages still allocated after the VM was destroyed", []));
-        return new ShadowReport(c, steps, null);
-    }
-
-    static string Judge(ShadowTlb tlb, ShadowOp op, ShadowResult result, ShadowState after)
+    /// <summary>Oracle 2's verdict on <paramref name="result"/>: "allowed" or why not.</summary>
+    public static string Judge(ShadowTlb tlb, ShadowOp op, ShadowResult result, ShadowState after)
     {
         try { return tlb.Violation(op, result, after) ?? "allowed"; }
         catch (Exception e) { return Threw(e); }
     }
 
-    static ShadowState? SafeView(ImplShadowEngine impl)
+    public static ShadowState? SafeView(ImplShadowEngine impl)
     {
         try { return impl.View(); } catch { return null; }
     }
@@ -94,6 +37,15 @@ public static class ShadowDiff
         ShadowResult.GuestFault { Fault: WalkResult.GeneralProtection } => "guest #GP",
         _ => r.ToString()!,
     };
+
+    /// <summary>What <see cref="Describe"/> leaves out, blanked: the structural comparison compares the rest.</summary>
+    public static ShadowResult Comparable(ShadowResult r) => r switch
+    {
+        ShadowResult.Rejected => NoReason,
+        ShadowResult.GuestFault { Fault: WalkResult.GeneralProtection } => GuestGp,
+        _ => r,
+    };
+    static readonly ShadowResult NoReason = new ShadowResult.Rejected(""), GuestGp = new ShadowResult.GuestFault(new WalkResult.GeneralProtection(default));
 
     static string Threw(Exception e) => $"threw {e.GetType().Name}: {e.Message}";
 

@@ -40,14 +40,14 @@ public sealed class ImplTdpEngine : IDisposable
                     ? new TdpResult.DirtyLog(dirty.ToImmutableArray())
                     : Rejected();
             case TdpOp.AccessGpa a:
-                return Access(vm.Access(a.Gpa, ImplWalkEngine.ToImpl(a.Type)), a.Gpa);
+                return Access(vm.Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa);
             case TdpOp.ZapRange z: return Status(vm.ZapRange(z.StartGfn, z.EndGfn));
             case TdpOp.ZapAll: return Status(vm.ZapAll());
             case TdpOp.SetMaxPageSize p: return Status(vm.SetMaxPageSize((byte)p.Size.Shift()));
             case TdpOp.GuestStore g: return Access(vm.GuestStore(g.Gpa, g.Value, g.Size), g.Gpa);
-            case TdpOp.GuestSetPaging p: return Guest(vm.GuestSetPaging(p.Controls is { } pc ? ImplWalkEngine.ToImpl(pc) : null, p.Cr3), gpa: 0);
+            case TdpOp.GuestSetPaging p: return Guest(vm.GuestSetPaging(p.Controls is { } pc ? PagingVocabulary.ToImpl(pc) : null, p.Cr3), gpa: 0);
             case TdpOp.GuestAccess a:
-                return Guest(vm.GuestAccess(a.Access.Gva, ImplWalkEngine.ToImpl(a.Access.Type), ImplWalkEngine.ToImpl(a.Access.Privilege)), gpa: null);
+                return Guest(vm.GuestAccess(a.Access.Gva, PagingVocabulary.ToImpl(a.Access.Type), PagingVocabulary.ToImpl(a.Access.Privilege)), gpa: null);
             default: throw new ArgumentException($"unknown operation {op}", nameof(op));
         }
     }
@@ -77,7 +77,7 @@ public sealed class ImplTdpEngine : IDisposable
         ImplTdp.TdpGuestStatus.Ok => TdpResult.Ok.Instance,
         ImplTdp.TdpGuestStatus.Mapped => Access(o.Access, 0),
         ImplTdp.TdpGuestStatus.MmioExit => new TdpResult.MmioExit(o.Gpa),
-        ImplTdp.TdpGuestStatus.GuestFault => new TdpResult.GuestFault(ImplWalkEngine.FromImpl(o.Fault)),
+        ImplTdp.TdpGuestStatus.GuestFault => new TdpResult.GuestFault(PagingVocabulary.FromImpl(o.Fault)),
         _ => Rejected(),
     };
 
@@ -162,7 +162,7 @@ public sealed class ImplTdpEngine : IDisposable
                 viewProblems.Add($"host memory word 0x{value:X} at hpa 0x{hpa:X}: {problem}");
         });
         CpuState? guest = vm.GuestControls is { } gc
-            ? new CpuState(ImplWalkEngine.FromImpl(gc), vm.GuestCr3,
+            ? new CpuState(PagingVocabulary.FromImpl(gc), vm.GuestCr3,
                 gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
             : null;
         return new TdpState(config, slots, PageSizes.FromShift(vm.MaxPageShift), bitmaps, pages.ToImmutable(),

@@ -6,72 +6,16 @@ using MmuSpec.Spec.Tdp;
 
 namespace MmuSpec.Harness.Tdp;
 
-/// <summary>The outcome of running one TDP case on both sides.</summary>
-public sealed record TdpReport(TdpCase Case, int StepsRun, Divergence? Divergence)
-{
-    public bool Agreed => Divergence is null;
-
-    public string Render() => Divergence is { } d
-        ? d.Render(Case.Render, "when the VM was destroyed")
-        : Running.CaseRuns.AgreeOnAll(StepsRun);
-}
-
 /// <summary>
-/// Runs a <see cref="TdpCase"/> on the spec's MMU model and the impl's TDP MMU in lock step.
-/// Oracle 1: equal results and equal abstract state after every step. Oracle 2: every mapping
-/// served agrees with the memslots of that moment. TLB flushes: the impl's flushes of every step
-/// cover what the spec says the step must flush (<see cref="TdpTlb.MustFlush"/>). After every step
-/// the impl holds exactly as many table pages as the model has tables (none unlinked and kept);
-/// finally every page must go back to the pool when the VM is destroyed.
+/// The TDP family's comparisons and checks (<see cref="TdpFamily"/> runs them in lock step). Oracle 1:
+/// equal results and equal abstract state after every step. Oracle 2: every mapping served agrees
+/// with the memslots of that moment. TLB flushes: the impl's flushes of every step cover what the
+/// spec says the step must flush (<see cref="TdpTlb.MustFlush"/>). After every step the impl holds
+/// exactly as many table pages as the model has tables (none unlinked and kept); finally every page
+/// must go back to the pool when the VM is destroyed.
 /// </summary>
 public static class TdpDiff
 {
-    public static TdpReport Run(TdpCase c)
-    {
-        var pool = new MmuSpec.Impl.Memory.NativePagePool();
-        var spec = TdpState.Create(c.Config);
-        int steps = 0;
-        using (var impl = new ImplTdpEngine(c.Config, pool))
-        {
-            for (int i = 0; i < c.Ops.Length; i++, steps++)
-            {
-                var op = c.Ops[i];
-                var before = spec;
-                string sr, ir;
-                TdpResult? specResult = null;
-                try { var s = spec.Step(op); spec = s.State; specResult = s.Result; sr = Describe(s.Result); }
-                catch (Exception e) { sr = Threw(e); }
-                try { ir = Describe(impl.Step(op)); } catch (Exception e) { ir = Threw(e); }
-                GfnRanges? flushed;
-                try { flushed = impl.TakeFlushes(); } catch { flushed = GfnRanges.Empty; }
-                if (sr != ir) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, Differences(spec, SafeView(impl))));
-
-                if (specResult is not null && ArchitectureViolation(before, op, specResult) is { } violation)
-                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, [$"oracle 2: {violation}"]));
-
-                var diffs = Differences(spec, SafeView(impl));
-                if (diffs.Length > 0) return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, diffs));
-                // What the read-back shows wrong that the abstract state has no place for (table-entry
-                // rights, leaf format bits, the host-memory visit's contract: ImplTdpEngine.ViewProblems).
-                if (impl.ViewProblems.Count > 0)
-                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, [.. impl.ViewProblems.Take(6)]));
-
-                // The view shows only the tables reachable from the roots; the allocator's count shows
-                // the ones not yet freed. A table unlinked but never freed (a leak for the VM's life:
-                // the pool gets its slab back only when the VM is destroyed) differs here.
-                if (impl.Vm.TablePages != spec.Pages.Count)
-                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir,
-                        [$"table pages in use: spec {spec.Pages.Count} (every table of the model) | impl {impl.Vm.TablePages} allocated and not freed"]));
-
-                if (MissedFlushes(TdpTlb.MustFlush(before, spec), flushed) is { Length: > 0 } missed)
-                    return new TdpReport(c, i + 1, new Divergence(i, op, sr, ir, missed));
-            }
-        }
-        if (pool.PagesInUse != 0)
-            return new TdpReport(c, steps, new Divergence(-1, null, "all table pages freed", $"{pool.PagesInUse} pages still allocated after the VM was destroyed", []));
-        return new TdpReport(c, steps, null);
-    }
-
     /// <summary>How every line of a missed-flush report starts (the replay trace labels such a step by it).</summary>
     public const string FlushLinePrefix = "TLB flush:";
 
@@ -96,7 +40,7 @@ public static class TdpDiff
         return lines.ToImmutable();
     }
 
-    static TdpState? SafeView(ImplTdpEngine impl)
+    public static TdpState? SafeView(ImplTdpEngine impl)
     {
         try { return impl.View(); } catch { return null; }
     }
@@ -111,6 +55,15 @@ public static class TdpDiff
         TdpResult.GuestFault { Fault: WalkResult.GeneralProtection } => "guest #GP",
         _ => r.ToString()!,
     };
+
+    /// <summary>What <see cref="Describe"/> leaves out, blanked: the structural comparison compares the rest.</summary>
+    public static TdpResult Comparable(TdpResult r) => r switch
+    {
+        TdpResult.Rejected => NoReason,
+        TdpResult.GuestFault { Fault: WalkResult.GeneralProtection } => GuestGp,
+        _ => r,
+    };
+    static readonly TdpResult NoReason = new TdpResult.Rejected(""), GuestGp = new TdpResult.GuestFault(new WalkResult.GeneralProtection(default));
 
     /// <summary>
     /// Oracle 2, against the memslots before the access: a mapping is served only for a gfn in a
@@ -142,8 +95,6 @@ public static class TdpDiff
         ulong expected = (slot.HostPfn(gfn) << 12) | (gpa & 0xFFF);
         return m.Hpa == expected ? null : $"gfn {Bits.Hex(gfn)} should reach hpa {Bits.Hex(expected)} through {slot}, got {Bits.Hex(m.Hpa)}";
     }
-
-    static string Threw(Exception e) => $"threw {e.GetType().Name}: {e.Message}";
 
     /// <summary>Human-readable differences between the spec's state and the impl's, empty when equal.</summary>
     public static ImmutableArray<string> Differences(TdpState spec, TdpState? impl, int max = 12)

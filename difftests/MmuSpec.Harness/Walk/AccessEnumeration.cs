@@ -122,7 +122,7 @@ public static class AccessEnumeration
                 ulong pte = large ? 0 : pteBase!.Value | keyBits;
                 var specMemory = baseSpec.Write64(PdeEntry, pde).Write64(PteEntry, pte);
                 var specCpu = new CpuState(controls, Pml4);
-                var vcpu = new ImplPaging.GuestVcpu(implMemory, Diff.ImplWalkEngine.ToImpl(controls), Pml4);
+                var vcpu = new ImplPaging.GuestVcpu(implMemory, Diff.PagingVocabulary.ToImpl(controls), Pml4);
 
                 foreach (var access in accesses)
                 {
@@ -133,7 +133,7 @@ public static class AccessEnumeration
                     implMemory.TryWrite64(PteEntry, pte);
 
                     var (specResult, after) = PageWalk.Translate(specCpu, specMemory, access);
-                    var implResult = Diff.ImplWalkEngine.FromImpl(vcpu.Access(access.Gva, Diff.ImplWalkEngine.ToImpl(access.Type), Diff.ImplWalkEngine.ToImpl(access.Privilege)));
+                    var implResult = Diff.PagingVocabulary.FromImpl(vcpu.Access(access.Gva, Diff.PagingVocabulary.ToImpl(access.Type), Diff.PagingVocabulary.ToImpl(access.Privilege)));
                     cases++;
                     if (specResult is WalkResult.Translated) translated++; else faults++;
 

@@ -188,7 +188,7 @@ public sealed class ReplayAndShrinkTests : IDisposable
         var missed = TdpDiff.MissedFlushes(TdpTlb.MustFlush(s, s.Step(zap).State), GfnRanges.Empty);
         Assert.Contains(missed, l => l.Contains("did not flush gfns [0x200, 0x400)"));
 
-        Divergence At(ImmutableArray<string> diffs) => new(2, zap, "done", "done", diffs);
+        Divergence At(ImmutableArray<string> diffs) => new(2, zap.ToString(), "done", "done", diffs);
         Assert.Equal("same result, TLB flush missed", CaseRuns.Same("done", "done", At(missed)));
         Assert.Equal("same result, state differs", CaseRuns.Same("done", "done", At([.. missed, "leaf 0x200: spec 2M | impl none"])));
         Assert.Equal("same result, state differs", CaseRuns.Same("done", "done", At([])));
@@ -317,7 +317,7 @@ public sealed class ReplayAndShrinkTests : IDisposable
         Assert.Contains("walk-pae: FAILED after 1 case, shrunk ", runner.FailureReport, StringComparison.Ordinal);
     }
 
-    static void AssertNoSingleDeletionFails<T>(T c, Func<object, bool> fails)
+    static void AssertNoSingleDeletionFails<T>(T c, Func<object, bool> fails) where T : notnull
     {
         foreach (var list in CaseShrinker.Lists<T>())
             for (int i = 0; i < list.Count(c); i++)
