@@ -37,7 +37,7 @@ public static class ShadowDiff
             {
                 var op = c[i];
                 string sr, ir;
-                ShadowResult? specResult = null, implResult = null;
+                VmResult? specResult = null, implResult = null;
                 try { var s = spec.Step(op); spec = s.State; specResult = s.Result; sr = Describe(s.Result); }
                 catch (Exception e) { sr = Threw(e); }
                 try { implResult = impl.Step(op); ir = Describe(implResult); } catch (Exception e) { ir = Threw(e); }
@@ -73,7 +73,7 @@ public static class ShadowDiff
         return new ShadowReport(c, steps, null);
     }
 
-    static string Judge(ShadowTlb tlb, ShadowOp op, ShadowResult result, ShadowState after)
+    static string Judge(ShadowTlb tlb, ShadowOp op, VmResult result, ShadowState after)
     {
         try { return tlb.Violation(op, result, after) ?? "allowed"; }
         catch (Exception e) { return Threw(e); }
@@ -88,9 +88,9 @@ public static class ShadowDiff
     /// Results compare in full, except a rejection's reason (each side words it its own way) and a
     /// guest #GP's reason (the impl, like hardware, reports none).
     /// </summary>
-    public static string Describe(ShadowResult r) => r switch
+    public static string Describe(VmResult r) => r switch
     {
-        ShadowResult.Rejected => "rejected",
+        VmResult.Rejected => "rejected",
         ShadowResult.GuestFault { Fault: WalkResult.GeneralProtection } => "guest #GP",
         _ => r.ToString()!,
     };

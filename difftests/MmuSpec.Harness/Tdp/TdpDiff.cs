@@ -38,7 +38,7 @@ public static class TdpDiff
                 var op = c.Ops[i];
                 var before = spec;
                 string sr, ir;
-                TdpResult? specResult = null;
+                VmResult? specResult = null;
                 try { var s = spec.Step(op); spec = s.State; specResult = s.Result; sr = Describe(s.Result); }
                 catch (Exception e) { sr = Threw(e); }
                 try { ir = Describe(impl.Step(op)); } catch (Exception e) { ir = Threw(e); }
@@ -105,9 +105,9 @@ public static class TdpDiff
     /// Results compare in full, except a rejection's reason (each side words it its own way) and a
     /// guest #GP's reason (the impl, like hardware, reports none).
     /// </summary>
-    public static string Describe(TdpResult r) => r switch
+    public static string Describe(VmResult r) => r switch
     {
-        TdpResult.Rejected => "rejected",
+        VmResult.Rejected => "rejected",
         TdpResult.GuestFault { Fault: WalkResult.GeneralProtection } => "guest #GP",
         _ => r.ToString()!,
     };
@@ -116,7 +116,7 @@ public static class TdpDiff
     /// Oracle 2, against the memslots before the access: a mapping is served only for a gfn in a
     /// slot, at that slot's host frame for the gfn, and never for a write to a read-only slot.
     /// </summary>
-    public static string? ArchitectureViolation(TdpState before, TdpOp op, TdpResult result)
+    public static string? ArchitectureViolation(TdpState before, TdpOp op, VmResult result)
     {
         if (result is not TdpResult.Mapped m) return null;
         ulong gpa;
