@@ -10,10 +10,13 @@ public sealed partial record ShadowState
     // ---- memslots and dirty logging (as the TDP model, with every leaf 4 KiB; docs/shadow-model.md, "Memslots") ----
     // Their rules are HostMemslots' (spec/Memory); the MMU's part is dropping and write-protecting leaves.
 
-    /// <summary>The memslots and their dirty bitmaps as one value, with the rules both MMUs share.</summary>
-    public HostMemslots Memslots => new(Slots, DirtyBitmaps);
+    /// <summary>The memslots by id.</summary>
+    public ImmutableSortedDictionary<int, HostMemslot> Slots => Memslots.Slots;
 
-    ShadowState With(HostMemslots memslots) => this with { Slots = memslots.Slots, DirtyBitmaps = memslots.DirtyBitmaps };
+    /// <summary>Each logging slot's dirty bitmap (slot-relative offsets).</summary>
+    public ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps => Memslots.DirtyBitmaps;
+
+    ShadowState With(HostMemslots memslots) => this with { Memslots = memslots };
 
     ShadowStepped CreateSlot(ShadowOp.CreateSlot c)
     {

@@ -18,8 +18,7 @@ public sealed record ShadowStepped(ShadowState State, VmResult Result);
 /// </summary>
 public sealed partial record ShadowState(
     ShadowConfig Config,
-    ImmutableSortedDictionary<int, HostMemslot> Slots,
-    ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
+    HostMemslots Memslots,
     ImmutableSortedDictionary<ulong, ulong> HostMemory,
     CpuState? GuestCpu,
     bool GuestPcide,
@@ -27,9 +26,7 @@ public sealed partial record ShadowState(
     ShadowRoots Roots)
 {
     /// <summary>A new VM: no memslots, paging off, no shadow pages.</summary>
-    public static ShadowState Create(ShadowConfig config) => new(config,
-        ImmutableSortedDictionary<int, HostMemslot>.Empty,
-        ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
+    public static ShadowState Create(ShadowConfig config) => new(config, HostMemslots.Empty,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null, GuestPcide: false,
         ImmutableSortedDictionary<ShadowKey, ShadowPage>.Empty, ShadowRoots.None);
 

@@ -15,9 +15,8 @@ public sealed record TdpStepped(TdpState State, VmResult Result);
 /// </summary>
 public sealed record TdpState(
     VmConfig Config,
-    ImmutableSortedDictionary<int, HostMemslot> Slots,
+    HostMemslots Memslots,
     PageSize MaxPageSize,
-    ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
     ImmutableSortedDictionary<PageKey, TablePage> Pages,
     PageKey? DirectRoot,
     PageKey? MirrorRoot,
@@ -25,9 +24,7 @@ public sealed record TdpState(
     CpuState? GuestCpu)
 {
     /// <summary>A new VM: no memslots, no tables, 1 GiB pages allowed.</summary>
-    public static TdpState Create(VmConfig config) => new(config,
-        ImmutableSortedDictionary<int, HostMemslot>.Empty, PageSize.Size1G,
-        ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
+    public static TdpState Create(VmConfig config) => new(config, HostMemslots.Empty, PageSize.Size1G,
         ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null);
 
@@ -58,10 +55,13 @@ public sealed record TdpState(
 
     // ---- memslots (their rules and dirty logging are HostMemslots'; the MMU zaps and write-protects) ----
 
-    /// <summary>The memslots and their dirty bitmaps as one value, with the rules both MMUs share.</summary>
-    public HostMemslots Memslots => new(Slots, DirtyBitmaps);
+    /// <summary>The memslots by id.</summary>
+    public ImmutableSortedDictionary<int, HostMemslot> Slots => Memslots.Slots;
 
-    TdpState With(HostMemslots memslots) => this with { Slots = memslots.Slots, DirtyBitmaps = memslots.DirtyBitmaps };
+    /// <summary>Each logging slot's dirty bitmap (slot-relative offsets).</summary>
+    public ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps => Memslots.DirtyBitmaps;
+
+    TdpState With(HostMemslots memslots) => this with { Memslots = memslots };
 
     /// <summary>Memslots never hold the shared bit: they lie below it (the GFN-direct-bits series, Rick Edgecombe, 2024).</summary>
     ulong SlotGfnLimit => Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit;

@@ -96,7 +96,7 @@ public sealed class ImplShadowEngine : IDisposable
         });
         var roots = new ShadowRoots(vm.CurrentRoot is { } current ? RootInfo(current) : null,
             vm.PreviousRoots.Select(RootInfo).ToImmutableList());
-        return new ShadowState(config, slots, bitmaps, host.ToImmutable(), guest, vm.GuestPcide, pages.ToImmutable(), roots);
+        return new ShadowState(config, new HostMemslots(slots, bitmaps), host.ToImmutable(), guest, vm.GuestPcide, pages.ToImmutable(), roots);
     }
 
     static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>

@@ -166,7 +166,7 @@ public sealed class ImplTdpEngine : IDisposable
             ? new CpuState(ImplWalkEngine.FromImpl(gc), vm.GuestCr3,
                 gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
             : null;
-        return new TdpState(config, slots, PageSizes.FromShift(vm.MaxPageShift), bitmaps, pages.ToImmutable(),
+        return new TdpState(config, new HostMemslots(slots, bitmaps), PageSizes.FromShift(vm.MaxPageShift), pages.ToImmutable(),
             vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null, host.ToImmutable(), guest);
     }
 
