@@ -5,6 +5,7 @@ using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Reports;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Shadow;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 using I = MmuSpec.Impl.Paging;
@@ -183,7 +184,7 @@ public class CachedRootBenchmarks
 
             var stats = _vm.RootStats;
             var (after, result) = spec.Step(new ShadowOp.GuestMovCr3(operands[i]));
-            if (result is not ShadowResult.Ok)
+            if (result is not VmResult.Ok)
                 throw new InvalidOperationException($"spec ({what}, switch {i}): {result}");
             CachedRootRig.ImplOk(_vm.GuestMovCr3(operands[i]), $"{what}, switch {i}", _vm);
             var delta = CachedRootRig.Delta(_vm.RootStats, stats);
@@ -559,13 +560,19 @@ internal sealed class CachedRootRig : IDisposable
     public static ShadowState ExpectOk(ShadowState state, ShadowOp op)
     {
         var (after, result) = state.Step(op);
-        return result is ShadowResult.Ok ? after : throw new InvalidOperationException($"spec: {op} gave {result}");
+        return result is VmResult.Ok ? after : throw new InvalidOperationException($"spec: {op} gave {result}");
     }
 
     public static void ImplOk(ShadowOutcome outcome, string what, IShadowVm vm)
     {
         if (outcome.Status != ShadowStatus.Ok)
             throw new InvalidOperationException($"impl: {what} gave {outcome} {vm.LastRejection}");
+    }
+
+    public static void ImplOk(SlotStatus status, string what, IShadowVm vm)
+    {
+        if (status != SlotStatus.Ok)
+            throw new InvalidOperationException($"impl: {what} gave {status} {vm.LastRejection}");
     }
 }
 
@@ -611,10 +618,10 @@ public readonly record struct CachedRootOp(CachedRootOpKind Kind, ulong A, ulong
     public override string ToString() => ToSpec().ToString();
 
     /// <summary>A result as both sides can say it: ok, rejected, a translation (gpa, hpa, faulted or hit), an MMIO exit, #PF with its error code, #GP.</summary>
-    public static string Describe(ShadowResult result) => result switch
+    public static string Describe(VmResult result) => result switch
     {
-        ShadowResult.Ok => "ok",
-        ShadowResult.Rejected => "rejected",
+        VmResult.Ok => "ok",
+        VmResult.Rejected => "rejected",
         ShadowResult.Translated t => Translated(t.Gpa, t.Hpa, t.Faulted),
         ShadowResult.MmioExit m => $"mmio exit {m.Gpa:X}",
         ShadowResult.GuestFault { Fault: WalkResult.PageFault pf } => $"#PF {(uint)pf.ErrorCode:X}",
@@ -730,7 +737,7 @@ public sealed class CachedRootWorkload
 
     /// <summary>
     /// A fresh rig under <paramref name="policy"/> (spec and impl), the populate, then every operation on both
-    /// sides: the results compared (<see cref="CachedRootOp.Describe(ShadowResult)"/>) and the cached roots after
+    /// sides: the results compared (<see cref="CachedRootOp.Describe(VmResult)"/>) and the cached roots after
     /// each. Stats are the impl's over the operations only.
     /// </summary>
     public static CheckedRun RunChecked(CachedRootWorkload workload, ImplPolicy policy, NativePagePool pool)

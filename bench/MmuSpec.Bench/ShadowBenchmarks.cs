@@ -5,6 +5,7 @@ using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Reports;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Shadow;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Shadow;
 using I = MmuSpec.Impl.Paging;
 using S = MmuSpec.Spec.Paging;
@@ -837,7 +838,7 @@ internal sealed class ShadowRig : IDisposable
     public void ImplRead(int i, bool faulted, string what) =>
         CheckImplTranslated(Vm.GuestAccess(Layout.Gvas[i], I.AccessType.Read, I.Privilege.User), i, faulted, what);
 
-    public void CheckSpecTranslated(ShadowResult result, int i, bool faulted, string what)
+    public void CheckSpecTranslated(VmResult result, int i, bool faulted, string what)
     {
         if (result is not ShadowResult.Translated t || t.Gpa != Layout.ExpectedGpas[i] || t.Hpa != Layout.ExpectedHpas[i] || t.Faulted != faulted)
             throw new InvalidOperationException($"spec ({what}): read of gva {Layout.Gvas[i]:X} gave {result}, expected {Expected(i, faulted)}");
@@ -890,13 +891,19 @@ internal sealed class ShadowRig : IDisposable
     public static ShadowState ExpectOk(ShadowState state, ShadowOp op)
     {
         var (after, result) = state.Step(op);
-        return result is ShadowResult.Ok ? after : throw new InvalidOperationException($"spec: {op} gave {result}");
+        return result is VmResult.Ok ? after : throw new InvalidOperationException($"spec: {op} gave {result}");
     }
 
     public static void ImplOk(ShadowOutcome outcome, string what, IShadowVm vm)
     {
         if (outcome.Status != ShadowStatus.Ok)
             throw new InvalidOperationException($"impl: {what} gave {outcome} {vm.LastRejection}");
+    }
+
+    public static void ImplOk(SlotStatus status, string what, IShadowVm vm)
+    {
+        if (status != SlotStatus.Ok)
+            throw new InvalidOperationException($"impl: {what} gave {status} {vm.LastRejection}");
     }
 
     static S.PagingControls SpecControls(Mode mode) => new(

@@ -5,6 +5,7 @@ using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Reports;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Tdp;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using I = MmuSpec.Impl.Paging;
@@ -244,7 +245,7 @@ public class TdpBenchmarks
     {
         _pool = new NativePagePool();
         _vm = TdpVm.Create(TdpFormatKind.Ept, null, _pool);
-        if (_vm.CreateSlot(SlotId, SlotBaseGfn, SlotPages, HostPfnBase, Shift1G, readOnly: false) != TdpStatus.Ok)
+        if (_vm.CreateSlot(SlotId, SlotBaseGfn, SlotPages, HostPfnBase, Shift1G, readOnly: false) != SlotStatus.Ok)
             throw new InvalidOperationException($"impl: create slot rejected: {_vm.LastRejection}");
 
         var spec = Expect(TdpState.Create(new VmConfig(TdpFormat.Ept)),
@@ -259,7 +260,7 @@ public class TdpBenchmarks
     static TdpState Expect(TdpState state, TdpOp op)
     {
         var (after, result) = state.Step(op);
-        return result is TdpResult.Ok ? after : throw new InvalidOperationException($"spec: {op} gave {result}");
+        return result is VmResult.Ok ? after : throw new InvalidOperationException($"spec: {op} gave {result}");
     }
 
     void ResetImpl(byte maxPageShift)
@@ -279,7 +280,7 @@ public class TdpBenchmarks
         using var pool = new NativePagePool();
         using (ITdpVm vm = TdpVm.Create(TdpFormatKind.Ept, null, pool))
         {
-            if (vm.CreateSlot(SlotId, SlotBaseGfn, SlotPages, HostPfnBase, Shift1G, readOnly: false) != TdpStatus.Ok
+            if (vm.CreateSlot(SlotId, SlotBaseGfn, SlotPages, HostPfnBase, Shift1G, readOnly: false) != SlotStatus.Ok
                 || vm.SetMaxPageSize(maxPageShift) != TdpStatus.Ok)
                 throw new InvalidOperationException($"impl: {vm.LastRejection}");
             ulong stride = SlotPages / (ulong)faults;

@@ -88,7 +88,7 @@ let ``Shadow.judge gives an allowed result Allowed and a wrong one its reason`` 
     let tlb = Shadow.tlbStart before
     let read = Shadow.guestAccess (Access.Read(0x10UL))
     let result, after = Shadow.step read before
-    Assert.Equal(ShadowResult.Translated(0x400010UL, 0x8000010UL, true) :> ShadowResult, result)
+    Assert.Equal(ShadowResult.Translated(0x400010UL, 0x8000010UL, true) :> VmResult, result)
     Assert.Equal(Allowed, Shadow.judge read result after tlb)
     let wrong = ShadowResult.Translated(0x400010UL, 0x9000010UL, true)
     match Shadow.judge read wrong after tlb with
@@ -128,6 +128,13 @@ let private opCase =
     | WriteGuest _ -> "WriteGuest"
     | LoadCr3 _ -> "LoadCr3"
     | SetControls _ -> "SetControls"
+
+let private vmResultCase =
+    function
+    | VmOk -> "Ok"
+    | VmRejected _ -> "Rejected"
+    | VmDirtyLog _ -> "DirtyLog"
+    | MmuOutcome other -> $"an MMU's own outcome {other.GetType().Name}"
 
 let private tdpResultCase =
     function
@@ -195,8 +202,10 @@ let private shadowEntryCase =
 /// Each hierarchy's base type and how the patterns name one of its values.
 let private classifiers: (Type * (obj -> string)) list =
     let by (f: 'T -> string) = typeof<'T>, (fun (o: obj) -> f (o :?> 'T))
-    [ by walkResultCase; by opResultCase; by opCase; by tdpResultCase; by tdpOpCase; by spteCase
-      by shadowOpCase; by shadowResultCase; by shadowEntryCase ]
+    // TDP and shadow steps return a VmResult: its own cases, or one of the MMU's.
+    let byVm (mmu: Type) (f: VmResult -> string) = mmu, (fun (o: obj) -> f (o :?> VmResult))
+    [ by walkResultCase; by opResultCase; by opCase; by vmResultCase; byVm typeof<TdpResult> tdpResultCase; by tdpOpCase
+      by spteCase; by shadowOpCase; byVm typeof<ShadowResult> shadowResultCase; by shadowEntryCase ]
 
 /// A hierarchy's cases: the sealed types nested in an abstract base that derive from it.
 let private casesOf (baseType: Type) =

@@ -5,8 +5,8 @@ namespace MmuSpec.Impl.Shadow;
 
 /// <summary>
 /// A VM's shadow MMU (docs/shadow-model.md): memslots, the guest's own paging state, and the shadow
-/// pages the MMU builds from the guest's tables. Every operation returns a <see cref="ShadowOutcome"/>;
-/// a rejected one changed nothing (<see cref="LastRejection"/> says why). Not thread-safe.
+/// pages the MMU builds from the guest's tables. A memslot operation returns a <see cref="SlotStatus"/>,
+/// every other one a <see cref="ShadowOutcome"/>; a rejected one changed nothing (<see cref="LastRejection"/> says why). Not thread-safe.
 /// </summary>
 public interface IShadowVm : IDisposable
 {
@@ -21,14 +21,14 @@ public interface IShadowVm : IDisposable
 
     // ---- host-side operations ----
 
-    ShadowOutcome CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly);
-    ShadowOutcome DeleteSlot(int id);
-    ShadowOutcome MoveSlot(int id, ulong newBaseGfn);
-    ShadowOutcome SetDirtyLogging(int id, bool on);
+    SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly);
+    SlotStatus DeleteSlot(int id);
+    SlotStatus MoveSlot(int id, ulong newBaseGfn);
+    SlotStatus SetDirtyLogging(int id, bool on);
 
     /// <summary>Appends the dirty gfns (absolute, sorted) to <paramref name="gfns"/> and clears the bitmap;
     /// appends nothing when rejected.</summary>
-    ShadowOutcome GetDirtyLog(int id, List<ulong> gfns);
+    SlotStatus GetDirtyLog(int id, List<ulong> gfns);
 
     ShadowOutcome ZapRange(ulong startGfn, ulong endGfn);
     ShadowOutcome ZapAll();

@@ -74,17 +74,17 @@ internal sealed partial class ShadowMmu : IShadowVm
 
     // ---- host-side operations ----
 
-    public ShadowOutcome CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly)
+    public SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly)
     {
         ThrowIfDisposed();
         if (_slots.CreateProblem(id, pages) is string idProblem)
-            return Reject(idProblem);
+            return RejectSlot(idProblem);
         if (RangeProblem(baseGfn, pages, self: null) is string problem)
-            return Reject(problem);
+            return RejectSlot(problem);
         if (hostPfnBase >= HostPfnLimit || pages > HostPfnLimit - hostPfnBase)
-            return Reject($"host frames [0x{hostPfnBase:X}, +0x{pages:X}) are not below 2^40");
+            return RejectSlot($"host frames [0x{hostPfnBase:X}, +0x{pages:X}) are not below 2^40");
         if (_slots.HostOverlapProblem(hostPfnBase, pages) is string hostProblem)
-            return Reject(hostProblem);
+            return RejectSlot(hostProblem);
 
         var host = new HostMemory(_pool, pages); // reads as zero; the OS supplies pages when written
         SlotRmap rmap;
@@ -101,61 +101,61 @@ internal sealed partial class ShadowMmu : IShadowVm
         AddGuestWindow(baseGfn, pages, host);
         _slots.Add(slot);
         _rmapsById[id] = rmap;
-        return ShadowOutcome.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>Zaps every page and frees every root (KVM's memslot quirk), then forgets the slot, its bitmap and memory.</summary>
-    public ShadowOutcome DeleteSlot(int id)
+    public SlotStatus DeleteSlot(int id)
     {
         ThrowIfDisposed();
         if (_slots[id] is not HostMemslot slot)
-            return Reject($"no slot {id}");
+            return RejectSlot($"no slot {id}");
         ZapAllPages();
         _slots.Remove(slot);
         _rmapsById[id]!.Free();
         _rmapsById[id] = null;
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
-        return ShadowOutcome.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>Zaps every page and frees every root; the slot keeps its backing, flags and bitmap.</summary>
-    public ShadowOutcome MoveSlot(int id, ulong newBaseGfn)
+    public SlotStatus MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
         if (_slots[id] is not HostMemslot slot)
-            return Reject($"no slot {id}");
+            return RejectSlot($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
-            return Reject(problem);
+            return RejectSlot(problem);
         ZapAllPages();
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.MoveTo(newBaseGfn);
         AddGuestWindow(newBaseGfn, slot.Pages, slot.Host); // the window moves, not the contents
-        return ShadowOutcome.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>As TDP: no change when the flag already has that value; on write-protects every leaf in the slot.</summary>
-    public ShadowOutcome SetDirtyLogging(int id, bool on)
+    public SlotStatus SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
         if (_slots[id] is not HostMemslot slot)
-            return Reject($"no slot {id}");
+            return RejectSlot($"no slot {id}");
         if (slot.SetDirtyLogging(on) && on)
             WriteProtectSlot(slot);
-        return ShadowOutcome.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>Returns and clears the bitmap, then write-protects each returned gfn.</summary>
-    public ShadowOutcome GetDirtyLog(int id, List<ulong> gfns)
+    public SlotStatus GetDirtyLog(int id, List<ulong> gfns)
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
         int first = gfns.Count;
         if (_slots.TakeDirtyLog(id, gfns, out _) is string problem)
-            return Reject(problem);
+            return RejectSlot(problem);
         for (int i = first; i < gfns.Count; i++)
             WriteProtect(gfns[i]);
-        return ShadowOutcome.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>KVM's rmap zap: every leaf mapping a gfn in [start, end) goes; pages stay.</summary>
@@ -231,6 +231,12 @@ internal sealed partial class ShadowMmu : IShadowVm
     {
         LastRejection = reason;
         return ShadowOutcome.Rejected;
+    }
+
+    private SlotStatus RejectSlot(string reason)
+    {
+        LastRejection = reason;
+        return SlotStatus.Rejected;
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

@@ -21,17 +21,17 @@ public interface ITdpVm : IDisposable
     /// <summary>Guest-physical address width: 52 with 5 levels, else 48.</summary>
     int GpaBits { get; }
 
-    TdpStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly);
+    SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly);
 
-    TdpStatus DeleteSlot(int id);
+    SlotStatus DeleteSlot(int id);
 
-    TdpStatus MoveSlot(int id, ulong newBaseGfn);
+    SlotStatus MoveSlot(int id, ulong newBaseGfn);
 
-    TdpStatus SetDirtyLogging(int id, bool on);
+    SlotStatus SetDirtyLogging(int id, bool on);
 
     /// <summary>Appends the dirty gfns (absolute, sorted) to <paramref name="gfns"/>, clears the bitmap and
     /// write-protects the leaves that map them. Appends nothing when rejected.</summary>
-    TdpStatus GetDirtyLog(int id, List<ulong> gfns);
+    SlotStatus GetDirtyLog(int id, List<ulong> gfns);
 
     TdpAccessOutcome Access(ulong gpa, AccessType type);
 

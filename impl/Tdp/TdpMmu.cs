@@ -127,55 +127,55 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     /// <summary>Slabs of table pages the MMU holds (each <see cref="TdpPageAllocator.SlabPages"/> pool pages).</summary>
     public int Slabs => _pages.Slabs;
 
-    public TdpStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
+    public SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
     {
         ThrowIfDisposed();
         if (_slots.CreateProblem(id, pages) is string idProblem)
-            return Reject(idProblem);
+            return RejectSlot(idProblem);
         if (hostPageShift is not (12 or 21 or 30))
-            return Reject($"host page shift {hostPageShift} is not 12, 21 or 30");
+            return RejectSlot($"host page shift {hostPageShift} is not 12, 21 or 30");
         if (hostPfnBase >= HostPfnBaseLimit)
-            return Reject($"host frame base 0x{hostPfnBase:X} is not below 2^40");
+            return RejectSlot($"host frame base 0x{hostPfnBase:X} is not below 2^40");
         if (hostPfnBase >= _hostPfnLimit || pages > _hostPfnLimit - hostPfnBase)
-            return Reject($"host frames reach 2^{TFormat.OutputAddressBits - PageShift}, beyond what {Format} entries address");
+            return RejectSlot($"host frames reach 2^{TFormat.OutputAddressBits - PageShift}, beyond what {Format} entries address");
         if (RangeProblem(baseGfn, pages, self: null) is string problem)
-            return Reject(problem);
+            return RejectSlot(problem);
         if (_slots.HostOverlapProblem(hostPfnBase, pages) is string hostProblem)
-            return Reject(hostProblem);
+            return RejectSlot(hostProblem);
 
         var host = new HostMemory(_pool, pages); // reads as zero; pages come from the OS when written
         var slot = new HostMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly, host);
         _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
         _slots.Add(slot);
-        return TdpStatus.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>Zaps every leaf overlapping the slot (both roots), then forgets the slot, its bitmap and its host memory.</summary>
-    public TdpStatus DeleteSlot(int id)
+    public SlotStatus DeleteSlot(int id)
     {
         ThrowIfDisposed();
         if (_slots[id] is not HostMemslot slot)
-            return Reject($"no slot {id}");
+            return RejectSlot($"no slot {id}");
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
         _slots.Remove(slot);
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
-        return TdpStatus.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>Zaps every leaf overlapping the old range; the slot keeps its backing, flags and bitmap.</summary>
-    public TdpStatus MoveSlot(int id, ulong newBaseGfn)
+    public SlotStatus MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
         if (_slots[id] is not HostMemslot slot)
-            return Reject($"no slot {id}");
+            return RejectSlot($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
-            return Reject(problem);
+            return RejectSlot(problem);
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.MoveTo(newBaseGfn);
         _guestMemory.AddExternalSlot(newBaseGfn, slot.Pages, slot.Host.Base); // the window moves, not the contents
-        return TdpStatus.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>
@@ -183,11 +183,11 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     /// every leaf overlapping the slot, huge ones included. Off: drops the bitmap; mappings stay (KVM would also zap collapsible
     /// 4K leaves; the model does not).
     /// </summary>
-    public TdpStatus SetDirtyLogging(int id, bool on)
+    public SlotStatus SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
         if (_slots[id] is not HostMemslot slot)
-            return Reject($"no slot {id}");
+            return RejectSlot($"no slot {id}");
         if (slot.SetDirtyLogging(on) && on)
         {
             WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
@@ -195,17 +195,17 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
             // (kvm_mmu_slot_apply_flags, kvm_flush_remote_tlbs_memslot); no leaf extends past its slot.
             _flushes.Add(slot.BaseGfn, slot.Pages);
         }
-        return TdpStatus.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>KVM_GET_DIRTY_LOG without manual protect: fetch, clear, write-protect what was fetched.</summary>
-    public TdpStatus GetDirtyLog(int id, List<ulong> gfns)
+    public SlotStatus GetDirtyLog(int id, List<ulong> gfns)
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
         int first = gfns.Count;
         if (_slots.TakeDirtyLog(id, gfns, out HostMemslot? slot) is string problem)
-            return Reject(problem);
+            return RejectSlot(problem);
         // Write-protect in runs of consecutive gfns: one range walk per run, not one walk per gfn.
         for (int i = first; i < gfns.Count;)
         {
@@ -218,7 +218,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         // KVM's kvm_get_dirty_log_protect: one flush of the memslot when the log was not empty.
         if (gfns.Count > first)
             _flushes.Add(slot!.BaseGfn, slot.Pages);
-        return TdpStatus.Ok;
+        return SlotStatus.Ok;
     }
 
     /// <summary>KVM's kvm_tdp_mmu_zap_leafs: every leaf overlapping [start, end) goes; tables stay, even empty.</summary>
@@ -348,6 +348,12 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     {
         LastRejection = reason;
         return TdpStatus.Rejected;
+    }
+
+    private SlotStatus RejectSlot(string reason)
+    {
+        LastRejection = reason;
+        return SlotStatus.Rejected;
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

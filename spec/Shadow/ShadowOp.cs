@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Spec.Shadow;
@@ -106,22 +107,10 @@ public abstract record ShadowOp
     }
 }
 
-/// <summary>What a shadow-VM operation returned.</summary>
-public abstract record ShadowResult
+/// <summary>What a shadow-VM operation returned: a <see cref="VmResult"/> case (ok, rejected, a dirty log) or one of these.</summary>
+public abstract record ShadowResult : VmResult
 {
     private ShadowResult() { }
-
-    public sealed record Ok : ShadowResult
-    {
-        public static Ok Instance { get; } = new();
-        public override string ToString() => "ok";
-    }
-
-    /// <summary>The operation was invalid; nothing changed.</summary>
-    public sealed record Rejected(string Reason) : ShadowResult
-    {
-        public override string ToString() => $"rejected: {Reason}";
-    }
 
     /// <summary>A guest access reached <paramref name="Gpa"/> at <paramref name="Hpa"/>; <paramref name="Faulted"/> when the MMU had to walk the guest's tables (false: a shadow hit).</summary>
     public sealed record Translated(ulong Gpa, ulong Hpa, bool Faulted) : ShadowResult
@@ -139,13 +128,5 @@ public abstract record ShadowResult
     public sealed record GuestFault(WalkResult Fault) : ShadowResult
     {
         public override string ToString() => $"guest {Fault}";
-    }
-
-    /// <summary>The dirty frames of a slot since the last fetch, as sorted absolute gfns.</summary>
-    public sealed record DirtyLog(ImmutableArray<ulong> Gfns) : ShadowResult
-    {
-        public bool Equals(DirtyLog? other) => other is not null && Gfns.SequenceEqual(other.Gfns);
-        public override int GetHashCode() => Gfns.Length;
-        public override string ToString() => $"dirty gfns [{string.Join(", ", Gfns.Select(Bits.Hex))}]";
     }
 }

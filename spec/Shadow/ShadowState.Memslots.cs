@@ -8,44 +8,41 @@ namespace MmuSpec.Spec.Shadow;
 public sealed partial record ShadowState
 {
     // ---- memslots and dirty logging (as the TDP model, with every leaf 4 KiB; docs/shadow-model.md, "Memslots") ----
+    // Their rules are HostMemslots' (spec/Memory); the MMU's part is dropping and write-protecting leaves.
 
-    const int MaxSlotId = 31;
+    /// <summary>The memslots by id.</summary>
+    public ImmutableSortedDictionary<int, HostMemslot> Slots => Memslots.Slots;
+
+    /// <summary>Each logging slot's dirty bitmap (slot-relative offsets).</summary>
+    public ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps => Memslots.DirtyBitmaps;
+
+    ShadowState With(HostMemslots memslots) => this with { Memslots = memslots };
 
     ShadowStepped CreateSlot(ShadowOp.CreateSlot c)
     {
-        if (c.Id is < 0 or > MaxSlotId) return Reject($"slot id {c.Id} is not in 0..{MaxSlotId}");
-        if (Slots.ContainsKey(c.Id)) return Reject($"slot {c.Id} already exists");
-        if (SlotMemory.RangeProblem(Slots, c.BaseGfn, c.Pages, Config.GfnLimit, ignoreId: null) is { } problem) return Reject(problem);
-        if (SlotMemory.HostRangeProblem(Slots, c.HostPfnBase, c.Pages, ShadowConfig.HostPfnLimit, "shadow entries") is { } hostProblem)
-            return Reject(hostProblem);
         var slot = new HostMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, PageSize.Size4K, c.ReadOnly, DirtyLogging: false);
-        return Done(this with { Slots = Slots.Add(c.Id, slot) });
+        return Memslots.CreateProblem(slot, Config.GfnLimit, ShadowConfig.HostPfnLimit, "shadow entries") is { } problem
+            ? Reject(problem)
+            : Done(With(Memslots.Create(slot)));
     }
 
     ShadowState SetDirtyLogging(HostMemslot s, bool on)
     {
-        if (!on)
-            return this with { Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(false)), DirtyBitmaps = DirtyBitmaps.Remove(s.Id) };
-        if (s.DirtyLogging) return this;
-        // Every leaf of the slot loses W, so the next write to each page faults and is logged.
-        return UpdateLeaves(l => l.Writable && s.Contains(l.Gfn), l => l.WithWritable(false)) with
-        {
-            Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(true)),
-            DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty),
-        };
+        // Enabling: every leaf of the slot loses W, so the next write to each page faults and is logged.
+        var state = on && !s.DirtyLogging ? UpdateLeaves(l => l.Writable && s.Contains(l.Gfn), l => l.WithWritable(false)) : this;
+        return state.With(Memslots.SetDirtyLogging(s, on));
     }
 
     ShadowStepped GetDirtyLog(HostMemslot s)
     {
-        if (!s.DirtyLogging) return Reject($"slot {s.Id} does not log dirty pages");
-        var gfns = DirtyBitmaps[s.Id].Select(offset => s.BaseGfn + offset).ToImmutableArray();
-        var state = this with { DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty) };
-        foreach (ulong gfn in gfns) state = state.WriteProtect(gfn);
-        return new ShadowStepped(state, new ShadowResult.DirtyLog(gfns));
+        var result = Memslots.FetchDirtyLog(s, out var after);
+        var state = With(after);
+        if (result is VmResult.DirtyLog log)
+            foreach (ulong gfn in log.Gfns) state = state.WriteProtect(gfn);
+        return new ShadowStepped(state, result);
     }
 
-    ShadowState MarkDirty(HostMemslot slot, ulong gfn) =>
-        slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
+    ShadowState MarkDirty(HostMemslot slot, ulong gfn) => With(Memslots.MarkDirty(slot, gfn));
 
     /// <summary>Guest-physical memory as the guest sees it now (memslots over host memory).</summary>
     public GuestMemory GuestMemoryView() => SlotMemory.View(Slots, HostMemory);

@@ -6,7 +6,7 @@ using MmuSpec.Spec.Tdp;
 namespace MmuSpec.Spec.Shadow;
 
 /// <summary>The state after a shadow-VM operation and what the operation returned.</summary>
-public sealed record ShadowStepped(ShadowState State, ShadowResult Result);
+public sealed record ShadowStepped(ShadowState State, VmResult Result);
 
 /// <summary>
 /// The MMU-model layer for shadow paging, written to be obvious rather than fast: shadow pages in an
@@ -18,8 +18,7 @@ public sealed record ShadowStepped(ShadowState State, ShadowResult Result);
 /// </summary>
 public sealed partial record ShadowState(
     ShadowConfig Config,
-    ImmutableSortedDictionary<int, HostMemslot> Slots,
-    ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
+    HostMemslots Memslots,
     ImmutableSortedDictionary<ulong, ulong> HostMemory,
     CpuState? GuestCpu,
     bool GuestPcide,
@@ -27,9 +26,7 @@ public sealed partial record ShadowState(
     ShadowRoots Roots)
 {
     /// <summary>A new VM: no memslots, paging off, no shadow pages.</summary>
-    public static ShadowState Create(ShadowConfig config) => new(config,
-        ImmutableSortedDictionary<int, HostMemslot>.Empty,
-        ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
+    public static ShadowState Create(ShadowConfig config) => new(config, HostMemslots.Empty,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null, GuestPcide: false,
         ImmutableSortedDictionary<ShadowKey, ShadowPage>.Empty, ShadowRoots.None);
 
@@ -42,16 +39,14 @@ public sealed partial record ShadowState(
     public ShadowStepped Step(ShadowOp op) => op switch
     {
         ShadowOp.CreateSlot c => CreateSlot(c),
-        ShadowOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapAllPages() with
+        ShadowOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapAllPages().With(Memslots.Delete(s)) with
         {
-            Slots = Slots.Remove(s.Id),
-            DirtyBitmaps = DirtyBitmaps.Remove(s.Id),
             HostMemory = SlotMemory.Discard(HostMemory, s),
         })),
         ShadowOp.MoveSlot m => WithSlot(m.Id, s =>
-            SlotMemory.RangeProblem(Slots, m.NewBaseGfn, s.Pages, Config.GfnLimit, ignoreId: s.Id) is { } problem
+            Memslots.MoveProblem(s, m.NewBaseGfn, Config.GfnLimit) is { } problem
                 ? Reject(problem)
-                : Done(ZapAllPages() with { Slots = Slots.SetItem(s.Id, s.WithBaseGfn(m.NewBaseGfn)) })),
+                : Done(ZapAllPages().With(Memslots.Move(s, m.NewBaseGfn)))),
         ShadowOp.SetDirtyLogging d => WithSlot(d.Id, s => Done(SetDirtyLogging(s, d.On))),
         ShadowOp.GetDirtyLog g => WithSlot(g.Id, GetDirtyLog),
         ShadowOp.GuestStore g => GuestStore(g),
@@ -71,19 +66,17 @@ public sealed partial record ShadowState(
     // ---- results ----
 
     ShadowStepped WithSlot(int id, Func<HostMemslot, ShadowStepped> then) =>
-        Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
+        Slots.TryGetValue(id, out var slot) ? then(slot) : Reject(HostMemslots.NoSlot(id));
 
-    static ShadowStepped Done(ShadowState state) => new(state, ShadowResult.Ok.Instance);
+    static ShadowStepped Done(ShadowState state) => new(state, VmResult.Ok.Instance);
     ShadowStepped GeneralProtection(GpReason reason) => new(this, new ShadowResult.GuestFault(new WalkResult.GeneralProtection(reason)));
-    ShadowStepped Reject(string reason) => new(this, new ShadowResult.Rejected(reason));
+    ShadowStepped Reject(string reason) => new(this, new VmResult.Rejected(reason));
 
     // ---- equality and printing: by content ----
 
     public bool Equals(ShadowState? other) =>
         other is not null && Config.Equals(other.Config) && Roots.Equals(other.Roots) && GuestPcide == other.GuestPcide
-        && Slots.SequenceEqual(other.Slots)
-        && DirtyBitmaps.Count == other.DirtyBitmaps.Count
-        && DirtyBitmaps.All(b => other.DirtyBitmaps.TryGetValue(b.Key, out var o) && b.Value.SetEquals(o))
+        && Memslots.Equals(other.Memslots)
         && Pages.SequenceEqual(other.Pages)
         && HostMemory.SequenceEqual(other.HostMemory)
         && Equals(GuestCpu, other.GuestCpu);

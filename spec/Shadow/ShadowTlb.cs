@@ -44,9 +44,9 @@ public sealed record ShadowTlb(
     /// Why the architecture does not allow <paramref name="result"/> of <paramref name="op"/>, or null
     /// if it does. Call before <see cref="Record"/>, with the state after the operation.
     /// </summary>
-    public string? Violation(ShadowOp op, ShadowResult result, ShadowState after)
+    public string? Violation(ShadowOp op, VmResult result, ShadowState after)
     {
-        if (op is not ShadowOp.GuestAccess { Access: var access } || result is ShadowResult.Rejected) return null;
+        if (op is not ShadowOp.GuestAccess { Access: var access } || result is VmResult.Rejected) return null;
         if (after.GuestCpu is not { } cpu) return "a guest access was served with paging off";
 
         bool write = access.Type == AccessType.Write;
@@ -96,7 +96,7 @@ public sealed record ShadowTlb(
     public IEnumerable<WalkResult> AllowedResults(CpuState cpu, int pcid, Access access) =>
         Memories.Skip(AllowedFrom(pcid, access.Gva >> 12)).Select(m => PageWalk.Explain(cpu, m.View, access).Result);
 
-    static bool Matches(ShadowResult result, WalkResult walk) => result switch
+    static bool Matches(VmResult result, WalkResult walk) => result switch
     {
         ShadowResult.Translated t => walk is WalkResult.Translated w && w.Gpa == t.Gpa,
         ShadowResult.MmioExit m => walk is WalkResult.Translated w && w.Gpa == m.Gpa,
@@ -105,10 +105,10 @@ public sealed record ShadowTlb(
     };
 
     /// <summary>The layer after <paramref name="op"/> returned <paramref name="result"/> and left <paramref name="after"/>.</summary>
-    public ShadowTlb Record(ShadowOp op, ShadowResult result, ShadowState after)
+    public ShadowTlb Record(ShadowOp op, VmResult result, ShadowState after)
     {
-        if (result is ShadowResult.Rejected) return this;
-        bool ok = result is ShadowResult.Ok;
+        if (result is VmResult.Rejected) return this;
+        bool ok = result is VmResult.Ok;
         // Flushes of every PCID: a change of paging controls, a flush (CR4.PGE toggle), INVPCID of all
         // contexts, MOV CR3 without PCIDs (every translation is PCID 0's), and the host changing
         // memslots (KVM flushes every TLB). Only what the guest's tables say now remains.

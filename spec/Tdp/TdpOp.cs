@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Spec.Tdp;
@@ -75,22 +76,10 @@ public abstract record TdpOp
     }
 }
 
-/// <summary>What a TDP operation returned.</summary>
-public abstract record TdpResult
+/// <summary>What a TDP operation returned: a <see cref="VmResult"/> case (ok, rejected, a dirty log) or one of these.</summary>
+public abstract record TdpResult : VmResult
 {
     private TdpResult() { }
-
-    public sealed record Ok : TdpResult
-    {
-        public static Ok Instance { get; } = new();
-        public override string ToString() => "ok";
-    }
-
-    /// <summary>The operation was invalid; nothing changed.</summary>
-    public sealed record Rejected(string Reason) : TdpResult
-    {
-        public override string ToString() => $"rejected: {Reason}";
-    }
 
     /// <summary>The access reached host-physical address <paramref name="Hpa"/> through a leaf of <paramref name="Size"/>; <paramref name="Faulted"/> when the MMU had to handle a fault first.</summary>
     public sealed record Mapped(ulong Hpa, PageSize Size, bool Faulted) : TdpResult
@@ -108,13 +97,5 @@ public abstract record TdpResult
     public sealed record GuestFault(WalkResult Fault) : TdpResult
     {
         public override string ToString() => $"guest {Fault}";
-    }
-
-    /// <summary>The dirty frames of a slot since the last fetch, as sorted absolute gfns.</summary>
-    public sealed record DirtyLog(ImmutableArray<ulong> Gfns) : TdpResult
-    {
-        public bool Equals(DirtyLog? other) => other is not null && Gfns.SequenceEqual(other.Gfns);
-        public override int GetHashCode() => Gfns.Length;
-        public override string ToString() => $"dirty gfns [{string.Join(", ", Gfns.Select(Bits.Hex))}]";
     }
 }

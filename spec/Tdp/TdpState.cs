@@ -5,7 +5,7 @@ using MmuSpec.Spec.Paging;
 namespace MmuSpec.Spec.Tdp;
 
 /// <summary>The state after a TDP operation and what the operation returned.</summary>
-public sealed record TdpStepped(TdpState State, TdpResult Result);
+public sealed record TdpStepped(TdpState State, VmResult Result);
 
 /// <summary>
 /// The MMU-model layer for two-dimensional paging, written to be obvious rather than fast: table
@@ -15,31 +15,24 @@ public sealed record TdpStepped(TdpState State, TdpResult Result);
 /// </summary>
 public sealed record TdpState(
     VmConfig Config,
-    ImmutableSortedDictionary<int, HostMemslot> Slots,
+    HostMemslots Memslots,
     PageSize MaxPageSize,
-    ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps,
     ImmutableSortedDictionary<PageKey, TablePage> Pages,
     PageKey? DirectRoot,
     PageKey? MirrorRoot,
     ImmutableSortedDictionary<ulong, ulong> HostMemory,
     CpuState? GuestCpu)
 {
-    const int MaxSlotId = 31;
-
     /// <summary>A new VM: no memslots, no tables, 1 GiB pages allowed.</summary>
-    public static TdpState Create(VmConfig config) => new(config,
-        ImmutableSortedDictionary<int, HostMemslot>.Empty, PageSize.Size1G,
-        ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>.Empty,
+    public static TdpState Create(VmConfig config) => new(config, HostMemslots.Empty, PageSize.Size1G,
         ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null);
 
     public TdpStepped Step(TdpOp op) => op switch
     {
         TdpOp.CreateSlot c => CreateSlot(c),
-        TdpOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapLeaves(s.BaseGfn, s.EndGfn) with
+        TdpOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapLeaves(s.BaseGfn, s.EndGfn).With(Memslots.Delete(s)) with
         {
-            Slots = Slots.Remove(s.Id),
-            DirtyBitmaps = DirtyBitmaps.Remove(s.Id),
             // The VMM unmapped the slot's memory: its host frames hold nothing any more.
             HostMemory = SlotMemory.Discard(HostMemory, s),
         })),
@@ -60,54 +53,49 @@ public sealed record TdpState(
         _ => throw new ArgumentException($"unknown operation {op}", nameof(op)),
     };
 
-    // ---- memslots ----
+    // ---- memslots (their rules and dirty logging are HostMemslots'; the MMU zaps and write-protects) ----
+
+    /// <summary>The memslots by id.</summary>
+    public ImmutableSortedDictionary<int, HostMemslot> Slots => Memslots.Slots;
+
+    /// <summary>Each logging slot's dirty bitmap (slot-relative offsets).</summary>
+    public ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>> DirtyBitmaps => Memslots.DirtyBitmaps;
+
+    TdpState With(HostMemslots memslots) => this with { Memslots = memslots };
+
+    /// <summary>Memslots never hold the shared bit: they lie below it (the GFN-direct-bits series, Rick Edgecombe, 2024).</summary>
+    ulong SlotGfnLimit => Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit;
 
     TdpStepped CreateSlot(TdpOp.CreateSlot c)
     {
-        if (c.Id is < 0 or > MaxSlotId) return Reject($"slot id {c.Id} is not in 0..{MaxSlotId}");
-        if (Slots.ContainsKey(c.Id)) return Reject($"slot {c.Id} already exists");
-        if (c.HostPageSize is not (PageSize.Size4K or PageSize.Size2M or PageSize.Size1G)) return Reject("host pages are 4K, 2M or 1G");
-        if (SlotRangeProblem(c.BaseGfn, c.Pages, ignoreId: null) is { } problem) return Reject(problem);
-        if (SlotMemory.HostRangeProblem(Slots, c.HostPfnBase, c.Pages, Config.HostPfnLimit, $"{Config.Format} entries") is { } hostProblem)
-            return Reject(hostProblem);
         var slot = new HostMemslot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.HostPageSize, c.ReadOnly, DirtyLogging: false);
-        return Done(this with { Slots = Slots.Add(c.Id, slot) });
+        if (Memslots.IdProblem(c.Id) is { } idProblem) return Reject(idProblem);
+        if (c.HostPageSize is not (PageSize.Size4K or PageSize.Size2M or PageSize.Size1G)) return Reject("host pages are 4K, 2M or 1G");
+        if (Memslots.RangeProblem(slot, SlotGfnLimit, Config.HostPfnLimit, $"{Config.Format} entries") is { } problem) return Reject(problem);
+        return Done(With(Memslots.Create(slot)));
     }
 
     TdpStepped MoveSlot(TdpOp.MoveSlot m) => WithSlot(m.Id, s =>
     {
-        if (SlotRangeProblem(m.NewBaseGfn, s.Pages, ignoreId: s.Id) is { } problem) return Reject(problem);
-        // KVM_MR_MOVE: the old gfns no longer map this slot, so their mappings go; host backing,
-        // flags and the (slot-relative) dirty bitmap travel with the slot.
-        var zapped = ZapLeaves(s.BaseGfn, s.EndGfn);
-        return Done(zapped with { Slots = zapped.Slots.SetItem(s.Id, s.WithBaseGfn(m.NewBaseGfn)) });
+        if (Memslots.MoveProblem(s, m.NewBaseGfn, SlotGfnLimit) is { } problem) return Reject(problem);
+        // KVM_MR_MOVE: the old gfns no longer map this slot, so their mappings go.
+        return Done(ZapLeaves(s.BaseGfn, s.EndGfn).With(Memslots.Move(s, m.NewBaseGfn)));
     });
-
-    /// <summary>Why [baseGfn, baseGfn + pages) cannot be a memslot, or null.</summary>
-    string? SlotRangeProblem(ulong baseGfn, ulong pages, int? ignoreId) =>
-        // Memslots never hold the shared bit: they must lie below it (the GFN-direct-bits series, Rick Edgecombe, 2024).
-        SlotMemory.RangeProblem(Slots, baseGfn, pages, Config.SharedBit is { } s ? 1UL << (s - 12) : Config.GfnLimit, ignoreId);
 
     TdpState SetDirtyLogging(HostMemslot s, bool on)
     {
-        if (!on)
-            return this with { Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(false)), DirtyBitmaps = DirtyBitmaps.Remove(s.Id) };
-        if (s.DirtyLogging) return this;
         // Enabling: every mapping of the slot loses W, so the next write to each page faults and is logged.
-        return WriteProtect(s.BaseGfn, s.EndGfn) with
-        {
-            Slots = Slots.SetItem(s.Id, s.WithDirtyLogging(true)),
-            DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty),
-        };
+        var state = on && !s.DirtyLogging ? WriteProtect(s.BaseGfn, s.EndGfn) : this;
+        return state.With(Memslots.SetDirtyLogging(s, on));
     }
 
     TdpStepped GetDirtyLog(HostMemslot s)
     {
-        if (!s.DirtyLogging) return Reject($"slot {s.Id} does not log dirty pages");
-        var gfns = DirtyBitmaps[s.Id].Select(offset => s.BaseGfn + offset).ToImmutableArray();
-        var state = this with { DirtyBitmaps = DirtyBitmaps.SetItem(s.Id, ImmutableSortedSet<ulong>.Empty) };
-        foreach (ulong gfn in gfns) state = state.WriteProtect(gfn, gfn + 1);
-        return new TdpStepped(state, new TdpResult.DirtyLog(gfns));
+        var result = Memslots.FetchDirtyLog(s, out var after);
+        var state = With(after);
+        if (result is VmResult.DirtyLog log)
+            foreach (ulong gfn in log.Gfns) state = state.WriteProtect(gfn, gfn + 1);
+        return new TdpStepped(state, result);
     }
 
     // ---- the fault handler ----
@@ -214,8 +202,7 @@ public sealed record TdpState(
     static TdpResult.Mapped Mapped(ulong gpa, ulong gfn, Spte.Leaf leaf, bool faulted) =>
         new(((leaf.HostPfn + (gfn - leaf.Gfn)) << 12) | (gpa & 0xFFF), leaf.Size, faulted);
 
-    TdpState MarkDirty(HostMemslot slot, ulong gfn) =>
-        slot.DirtyLogging ? this with { DirtyBitmaps = DirtyBitmaps.SetItem(slot.Id, DirtyBitmaps[slot.Id].Add(gfn - slot.BaseGfn)) } : this;
+    TdpState MarkDirty(HostMemslot slot, ulong gfn) => With(Memslots.MarkDirty(slot, gfn));
 
     // ---- the guest: its memory and its own paging (docs/tdp-model.md, "Guest memory") ----
 
@@ -352,19 +339,17 @@ public sealed record TdpState(
     // ---- results ----
 
     TdpStepped WithSlot(int id, Func<HostMemslot, TdpStepped> then) =>
-        Slots.TryGetValue(id, out var slot) ? then(slot) : Reject($"there is no slot {id}");
+        Slots.TryGetValue(id, out var slot) ? then(slot) : Reject(HostMemslots.NoSlot(id));
 
-    static TdpStepped Done(TdpState state) => new(state, TdpResult.Ok.Instance);
-    TdpStepped Reject(string reason) => new(this, new TdpResult.Rejected(reason));
+    static TdpStepped Done(TdpState state) => new(state, VmResult.Ok.Instance);
+    TdpStepped Reject(string reason) => new(this, new VmResult.Rejected(reason));
 
     // ---- equality and printing: by content ----
 
     public bool Equals(TdpState? other) =>
         other is not null && Config.Equals(other.Config) && MaxPageSize == other.MaxPageSize
         && Equals(DirectRoot, other.DirectRoot) && Equals(MirrorRoot, other.MirrorRoot)
-        && Slots.SequenceEqual(other.Slots)
-        && DirtyBitmaps.Count == other.DirtyBitmaps.Count
-        && DirtyBitmaps.All(b => other.DirtyBitmaps.TryGetValue(b.Key, out var o) && b.Value.SetEquals(o))
+        && Memslots.Equals(other.Memslots)
         && Pages.SequenceEqual(other.Pages)
         && HostMemory.SequenceEqual(other.HostMemory)
         && Equals(GuestCpu, other.GuestCpu);

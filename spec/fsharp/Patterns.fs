@@ -2,7 +2,8 @@
 /// operation or a result the way it would match a discriminated union. Each C# hierarchy is a
 /// sealed record family (a private base constructor, sealed cases). A hierarchy of at most seven
 /// cases gets one total pattern; F# allows at most seven cases per pattern, so the op families
-/// (TdpOp, ShadowOp) are matched in parts, each total over every op, whose last case carries the rest.
+/// (TdpOp, ShadowOp) are matched in parts, each total over every op, whose last case carries the rest;
+/// so is VmResult, whose rest (MmuOutcome) the TDP and shadow result patterns take apart.
 /// A one-part pattern's fallback throws: only a case added in C# without a pattern here reaches it
 /// (or, for the op families, lands in a rest case), which the F# tests catch: LayerTests.fs lists
 /// every sealed case of every hierarchy by reflection.
@@ -83,18 +84,30 @@ let (|RightsFault|_|) (result: WalkResult) =
     | PageFault(FaultBits b) when b.Present && not b.Reserved -> Some b
     | _ -> None
 
+open MmuSpec.Spec.Memory
+
+/// What an operation returned, whichever MMU ran it: the outcomes both share (a memslot operation
+/// returns only these: ok, rejected with a reason, a slot's dirty gfns), or the MMU's own outcome
+/// of an access (a TdpResult or a ShadowResult), which MmuOutcome carries.
+let (|VmOk|VmRejected|VmDirtyLog|MmuOutcome|) (result: VmResult) =
+    match result with
+    | :? VmResult.Ok -> VmOk
+    | :? VmResult.Rejected as r -> VmRejected r.Reason
+    | :? VmResult.DirtyLog as d -> VmDirtyLog(List.ofSeq d.Gfns)
+    | other -> MmuOutcome other
+
 open MmuSpec.Spec.Tdp
 
 /// What a TDP MMU operation returned (docs/tdp-model.md).
-let (|TdpOk|TdpRejected|TdpMapped|TdpMmioExit|TdpGuestFault|TdpDirtyLog|) (result: TdpResult) =
+let (|TdpOk|TdpRejected|TdpMapped|TdpMmioExit|TdpGuestFault|TdpDirtyLog|) (result: VmResult) =
     match result with
-    | :? TdpResult.Ok -> TdpOk
-    | :? TdpResult.Rejected as r -> TdpRejected r.Reason
-    | :? TdpResult.Mapped as m -> TdpMapped(m.Hpa, m.Size, m.Faulted)
-    | :? TdpResult.MmioExit as e -> TdpMmioExit e.Gpa
-    | :? TdpResult.GuestFault as f -> TdpGuestFault f.Fault
-    | :? TdpResult.DirtyLog as d -> TdpDirtyLog(List.ofSeq d.Gfns)
-    | other -> unknown (nameof result) other
+    | VmOk -> TdpOk
+    | VmRejected why -> TdpRejected why
+    | VmDirtyLog gfns -> TdpDirtyLog gfns
+    | MmuOutcome(:? TdpResult.Mapped as m) -> TdpMapped(m.Hpa, m.Size, m.Faulted)
+    | MmuOutcome(:? TdpResult.MmioExit as e) -> TdpMmioExit e.Gpa
+    | MmuOutcome(:? TdpResult.GuestFault as f) -> TdpGuestFault f.Fault
+    | MmuOutcome other -> unknown (nameof result) other
 
 /// A TDP guest operation: an access to a gpa, a store, paging off (None) or controls and CR3, an
 /// access to a linear address; the host's operations match TdpHostOp.
@@ -166,15 +179,15 @@ let (|ShadowCreateSlot|ShadowDeleteSlot|ShadowMoveSlot|ShadowSetDirtyLogging|Sha
     | _ -> ShadowGuestOp op
 
 /// What a shadow-VM operation returned.
-let (|ShadowOk|ShadowRejected|ShadowTranslated|ShadowMmioExit|ShadowGuestFault|ShadowDirtyLog|) (result: ShadowResult) =
+let (|ShadowOk|ShadowRejected|ShadowTranslated|ShadowMmioExit|ShadowGuestFault|ShadowDirtyLog|) (result: VmResult) =
     match result with
-    | :? ShadowResult.Ok -> ShadowOk
-    | :? ShadowResult.Rejected as r -> ShadowRejected r.Reason
-    | :? ShadowResult.Translated as t -> ShadowTranslated(t.Gpa, t.Hpa, t.Faulted)
-    | :? ShadowResult.MmioExit as e -> ShadowMmioExit e.Gpa
-    | :? ShadowResult.GuestFault as f -> ShadowGuestFault f.Fault
-    | :? ShadowResult.DirtyLog as d -> ShadowDirtyLog(List.ofSeq d.Gfns)
-    | other -> unknown (nameof result) other
+    | VmOk -> ShadowOk
+    | VmRejected why -> ShadowRejected why
+    | VmDirtyLog gfns -> ShadowDirtyLog gfns
+    | MmuOutcome(:? ShadowResult.Translated as t) -> ShadowTranslated(t.Gpa, t.Hpa, t.Faulted)
+    | MmuOutcome(:? ShadowResult.MmioExit as e) -> ShadowMmioExit e.Gpa
+    | MmuOutcome(:? ShadowResult.GuestFault as f) -> ShadowGuestFault f.Fault
+    | MmuOutcome other -> unknown (nameof result) other
 
 /// A present shadow entry: a link to a child shadow page, or a 4 KiB leaf (gfn, host frame, guest rights, the MMU's W bit).
 let (|ShadowTableLink|ShadowLeaf|) (entry: ShadowEntry) =

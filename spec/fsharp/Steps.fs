@@ -138,13 +138,13 @@ module Shadow =
     let tlbStart state = ShadowTlb.Start state
 
     /// Whether the architecture allows `result` of `op`, given the state after it; judge before `record`.
-    let judge (op: ShadowOp) (result: ShadowResult) (after: ShadowState) (tlb: ShadowTlb) =
+    let judge (op: ShadowOp) (result: VmResult) (after: ShadowState) (tlb: ShadowTlb) =
         match tlb.Violation(op, result, after) with
         | Null -> Allowed
         | NonNull why -> Violates why
 
     /// The TLB layer after `op` returned `result` and left `after`.
-    let record (op: ShadowOp) (result: ShadowResult) (after: ShadowState) (tlb: ShadowTlb) = tlb.Record(op, result, after)
+    let record (op: ShadowOp) (result: VmResult) (after: ShadowState) (tlb: ShadowTlb) = tlb.Record(op, result, after)
 
     let createSlot id baseGfn pages hostPfnBase readOnly : ShadowOp = ShadowOp.CreateSlot(id, baseGfn, pages, hostPfnBase, readOnly)
     let deleteSlot id : ShadowOp = ShadowOp.DeleteSlot id

@@ -34,18 +34,18 @@ public sealed class ImplShadowEngine : IDisposable
 
     public ImplShadow.IShadowVm Vm => vm;
 
-    public ShadowResult Step(ShadowOp op)
+    public VmResult Step(ShadowOp op)
     {
         switch (op)
         {
-            case ShadowOp.CreateSlot c: return Result(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.ReadOnly));
-            case ShadowOp.DeleteSlot d: return Result(vm.DeleteSlot(d.Id));
-            case ShadowOp.MoveSlot m: return Result(vm.MoveSlot(m.Id, m.NewBaseGfn));
-            case ShadowOp.SetDirtyLogging s: return Result(vm.SetDirtyLogging(s.Id, s.On));
+            case ShadowOp.CreateSlot c: return Slot(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.ReadOnly));
+            case ShadowOp.DeleteSlot d: return Slot(vm.DeleteSlot(d.Id));
+            case ShadowOp.MoveSlot m: return Slot(vm.MoveSlot(m.Id, m.NewBaseGfn));
+            case ShadowOp.SetDirtyLogging s: return Slot(vm.SetDirtyLogging(s.Id, s.On));
             case ShadowOp.GetDirtyLog g:
                 dirty.Clear();
-                var o = vm.GetDirtyLog(g.Id, dirty);
-                return o.Status == ImplShadow.ShadowStatus.Ok ? new ShadowResult.DirtyLog(dirty.ToImmutableArray()) : Result(o);
+                var status = vm.GetDirtyLog(g.Id, dirty);
+                return status == ImplMemory.SlotStatus.Ok ? new VmResult.DirtyLog(dirty.ToImmutableArray()) : Slot(status);
             case ShadowOp.GuestStore g: return Result(vm.GuestStore(g.Gpa, g.Value, g.Size));
             case ShadowOp.GuestSetPaging p: return Result(vm.GuestSetPaging(PagingVocabulary.ToImpl(p.Controls), p.Cr3, p.Pcide));
             case ShadowOp.GuestMovCr3 m: return Result(vm.GuestMovCr3(m.Cr3));
@@ -60,16 +60,19 @@ public sealed class ImplShadowEngine : IDisposable
         }
     }
 
-    ShadowResult Result(ImplShadow.ShadowOutcome o) => o.Status switch
+    VmResult Result(ImplShadow.ShadowOutcome o) => o.Status switch
     {
-        ImplShadow.ShadowStatus.Ok => ShadowResult.Ok.Instance,
-        ImplShadow.ShadowStatus.Rejected => new ShadowResult.Rejected(vm.LastRejection ?? "(no reason given)"),
+        ImplShadow.ShadowStatus.Ok => VmResult.Ok.Instance,
+        ImplShadow.ShadowStatus.Rejected => Rejected(),
         ImplShadow.ShadowStatus.Translated => new ShadowResult.Translated(o.Gpa, o.Hpa, o.Faulted),
         ImplShadow.ShadowStatus.MmioExit => new ShadowResult.MmioExit(o.Gpa),
         // The impl, like hardware, gives no #GP reason: FromImpl fills a placeholder, and the comparison ignores it.
         ImplShadow.ShadowStatus.GuestFault => new ShadowResult.GuestFault(PagingVocabulary.FromImpl(o.Fault)),
         _ => throw new InvalidOperationException($"impl returned unknown status {o.Status}"),
     };
+
+    VmResult Slot(ImplMemory.SlotStatus s) => s == ImplMemory.SlotStatus.Ok ? VmResult.Ok.Instance : Rejected();
+    VmResult Rejected() => new VmResult.Rejected(vm.LastRejection ?? "(no reason given)");
 
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public ShadowState View()
@@ -93,7 +96,7 @@ public sealed class ImplShadowEngine : IDisposable
         });
         var roots = new ShadowRoots(vm.CurrentRoot is { } current ? RootInfo(current) : null,
             vm.PreviousRoots.Select(RootInfo).ToImmutableList());
-        return new ShadowState(config, slots, bitmaps, host.ToImmutable(), guest, vm.GuestPcide, pages.ToImmutable(), roots);
+        return new ShadowState(config, new HostMemslots(slots, bitmaps), host.ToImmutable(), guest, vm.GuestPcide, pages.ToImmutable(), roots);
     }
 
     static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>

@@ -1,4 +1,5 @@
 using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 
@@ -211,17 +212,17 @@ public static class ShadowCoverage
     }
 
     /// <summary>The situations the rules do not name: guest mode and error code at an access, the roles of the pages created, MMIO exits, NOFLUSH misses.</summary>
-    static void Situations(ShadowOp op, ShadowResult r, ShadowState before, ShadowState after, Action<string> hit)
+    static void Situations(ShadowOp op, VmResult r, ShadowState before, ShadowState after, Action<string> hit)
     {
         if (op is ShadowOp.GuestAccess && before.GuestCpu is { } cpu) hit(WalkCoverage.ModeName(cpu.Controls.Mode));
         if (r is ShadowResult.GuestFault { Fault: WalkResult.PageFault pf }) WalkCoverage.ErrorCode(pf.ErrorCode, hit);
         if (op is ShadowOp.GuestAccess && r is ShadowResult.MmioExit) hit("access: MMIO exit");
-        if (op is ShadowOp.GuestMovCr3 mov && mov.Cr3 >> 63 != 0 && before.GuestPcide && r is ShadowResult.Ok
+        if (op is ShadowOp.GuestMovCr3 mov && mov.Cr3 >> 63 != 0 && before.GuestPcide && r is VmResult.Ok
             && after.Roots.Current is { } now && !before.Roots.All.Any(x => x.Pgd == now.Pgd && x.Role.Equals(now.Role)))
             hit("NOFLUSH: miss, root built");
         if (ReferenceEquals(before.Pages, after.Pages)) return;
         // An invalidation syncs entries of unsync pages, which stay unsync (docs/shadow-model.md, "Invalidate gva in root R").
-        if (op is ShadowOp.Invlpg or ShadowOp.Invpcid && r is ShadowResult.Ok
+        if (op is ShadowOp.Invlpg or ShadowOp.Invpcid && r is VmResult.Ok
             && after.Pages.Any(p => p.Value.Unsync && before.Pages.TryGetValue(p.Key, out var old) && old.Unsync && !ReferenceEquals(old, p.Value) && !old.Entries.SequenceEqual(p.Value.Entries)))
             hit($"re-sync: entry by {op.GetType().Name}");
         foreach (var k in after.Pages.Keys)
@@ -256,7 +257,7 @@ public static class ShadowCoverage
         return counts;
     }
 
-    static void Classify(ShadowOp op, ShadowResult r, ShadowState before, ShadowState after, Action<string> hit)
+    static void Classify(ShadowOp op, VmResult r, ShadowState before, ShadowState after, Action<string> hit)
     {
         string name = op.GetType().Name;
         hit($"op {name} -> {r.GetType().Name}");
@@ -264,7 +265,7 @@ public static class ShadowCoverage
         if (r is ShadowResult.GuestFault { Fault: WalkResult.PageFault pf })
             hit($"#PF kind: {((pf.ErrorCode & PageFaultErrorCode.ReservedBit) != 0 ? "reserved bit" : (pf.ErrorCode & PageFaultErrorCode.Present) != 0 ? "rights" : "not present")}");
         if (r is ShadowResult.Translated t) hit(t.Faulted ? "access: fill" : "access: hit");
-        if (r is ShadowResult.DirtyLog { Gfns.Length: > 0 }) hit("dirty log: non-empty");
+        if (r is VmResult.DirtyLog { Gfns.Length: > 0 }) hit("dirty log: non-empty");
 
         var gone = before.Pages.Keys.Where(k => !after.Pages.ContainsKey(k)).ToList();
         var added = after.Pages.Keys.Where(k => !before.Pages.ContainsKey(k)).ToList();
@@ -319,17 +320,17 @@ public static class ShadowCoverage
         if (op is ShadowOp.GuestAccess { Access.Type: AccessType.Write } && r is ShadowResult.Translated { Faulted: true } tr
             && !after.Leaves().Any(l => l.Leaf.Gfn == tr.Gpa >> 12 && l.Leaf.Writable))
             hit("fill: write left the leaf read-only (emulated)");
-        if (op is ShadowOp.GuestSetPaging sp && before.GuestCpu is { } old2 && r is ShadowResult.Ok
+        if (op is ShadowOp.GuestSetPaging sp && before.GuestCpu is { } old2 && r is VmResult.Ok
             && (old2.Controls.Mode != sp.Controls.Mode || old2.Controls.Cr4Pse != sp.Controls.Cr4Pse))
             hit("set paging: mode or PSE changed (zap all)");
     }
 
     /// <summary>The cached-root rules: hits, misses and evictions, PAE rebuilds, flags set and cleared, roots freed.</summary>
-    static void ClassifyRoots(ShadowOp op, ShadowResult r, ShadowState before, ShadowState after, Action<string> hit)
+    static void ClassifyRoots(ShadowOp op, VmResult r, ShadowState before, ShadowState after, Action<string> hit)
     {
         string name = op.GetType().Name;
         var (b, a) = (before.Roots, after.Roots);
-        if (op is ShadowOp.GuestMovCr3 && r is ShadowResult.Ok && a.Current is { } now)
+        if (op is ShadowOp.GuestMovCr3 && r is VmResult.Ok && a.Current is { } now)
         {
             bool NoFlush() => ((ShadowOp.GuestMovCr3)op).Cr3 >> 63 != 0 && before.GuestPcide;
             if (b.Current is { } was && was.Pgd == now.Pgd && was.Role.Equals(now.Role)) hit("MOV CR3: current root kept");
@@ -352,6 +353,6 @@ public static class ShadowCoverage
             && PageWalk.Explain(cpu, after.GuestMemoryView(), ((ShadowOp.GuestAccess)op).Access).Result is var fresh
             && !(fresh is WalkResult.Translated ft && ft.Gpa == t.Gpa))
             hit("access: stale hit (a translation the tables no longer give)");
-        if (op is ShadowOp.Invpcid i && r is ShadowResult.Ok) hit($"INVPCID type {i.Type}");
+        if (op is ShadowOp.Invpcid i && r is VmResult.Ok) hit($"INVPCID type {i.Type}");
     }
 }

@@ -16,7 +16,7 @@ namespace MmuSpec.Harness.Shadow;
 public static class ShadowDiff
 {
     /// <summary>Oracle 2's verdict on <paramref name="result"/>: "allowed" or why not.</summary>
-    public static string Judge(ShadowTlb tlb, ShadowOp op, ShadowResult result, ShadowState after)
+    public static string Judge(ShadowTlb tlb, ShadowOp op, VmResult result, ShadowState after)
     {
         try { return tlb.Violation(op, result, after) ?? "allowed"; }
         catch (Exception e) { return Threw(e); }
@@ -31,21 +31,21 @@ public static class ShadowDiff
     /// Results compare in full, except a rejection's reason (each side words it its own way) and a
     /// guest #GP's reason (the impl, like hardware, reports none).
     /// </summary>
-    public static string Describe(ShadowResult r) => r switch
+    public static string Describe(VmResult r) => r switch
     {
-        ShadowResult.Rejected => "rejected",
+        VmResult.Rejected => "rejected",
         ShadowResult.GuestFault { Fault: WalkResult.GeneralProtection } => "guest #GP",
         _ => r.ToString()!,
     };
 
     /// <summary>What <see cref="Describe"/> leaves out, blanked: the structural comparison compares the rest.</summary>
-    public static ShadowResult Comparable(ShadowResult r) => r switch
+    public static VmResult Comparable(VmResult r) => r switch
     {
-        ShadowResult.Rejected => NoReason,
+        VmResult.Rejected => NoReason,
         ShadowResult.GuestFault { Fault: WalkResult.GeneralProtection } => GuestGp,
         _ => r,
     };
-    static readonly ShadowResult NoReason = new ShadowResult.Rejected(""), GuestGp = new ShadowResult.GuestFault(new WalkResult.GeneralProtection(default));
+    static readonly VmResult NoReason = new VmResult.Rejected(""), GuestGp = new ShadowResult.GuestFault(new WalkResult.GeneralProtection(default));
 
     static string Threw(Exception e) => $"threw {e.GetType().Name}: {e.Message}";
 

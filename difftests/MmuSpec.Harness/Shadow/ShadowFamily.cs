@@ -1,3 +1,4 @@
+using MmuSpec.Spec.Memory;
 using System.Collections.Immutable;
 using System.Text.Json;
 using MmuSpec.Harness.Running;
@@ -13,16 +14,16 @@ namespace MmuSpec.Harness.Shadow;
 /// architecture layer, <see cref="ShadowTlb"/>, allows the spec's result). When the results differ,
 /// oracle 2 judges both, so the report says which side the architecture allows.
 /// </summary>
-public sealed class ShadowFamily : DiffFamily<ShadowCase, ShadowOp, ShadowResult>
+public sealed class ShadowFamily : DiffFamily<ShadowCase, ShadowOp, VmResult>
 {
     public override string Name => DiffProperties.ShadowFamily;
     public override IReadOnlyList<string> Situations => ShadowCoverage.All;
 
     public override IReadOnlyList<ShadowOp> Steps(ShadowCase c) => [.. c.AllOps];
     public override int StepCount(ShadowCase c) => c.Length;
-    public override LockstepSession<ShadowOp, ShadowResult> Open(ShadowCase c, NativePagePool pool) => new Session(c, pool);
-    public override ShadowResult Comparable(ShadowResult r) => ShadowDiff.Comparable(r);
-    public override string Describe(ShadowResult r) => ShadowDiff.Describe(r);
+    public override LockstepSession<ShadowOp, VmResult> Open(ShadowCase c, NativePagePool pool) => new Session(c, pool);
+    public override VmResult Comparable(VmResult r) => ShadowDiff.Comparable(r);
+    public override string Describe(VmResult r) => ShadowDiff.Describe(r);
 
     public override (string? Op, string Freed, string Leaked) EndOfCase(long pagesInUse) =>
         (null, "all native pages freed", $"{pagesInUse} pages still allocated after the VM was destroyed");
@@ -39,7 +40,7 @@ public sealed class ShadowFamily : DiffFamily<ShadowCase, ShadowOp, ShadowResult
         new("setup", c => c.Setup.Length, (c, i) => c.WithSetup(c.Setup.RemoveAt(i))),
     ];
 
-    sealed class Session : LockstepSession<ShadowOp, ShadowResult>
+    sealed class Session : LockstepSession<ShadowOp, VmResult>
     {
         ShadowState spec;
         ShadowTlb tlb;
@@ -52,17 +53,17 @@ public sealed class ShadowFamily : DiffFamily<ShadowCase, ShadowOp, ShadowResult
             impl = new ImplShadowEngine(c.Config, pool);
         }
 
-        public override ShadowResult SpecStep(ShadowOp op)
+        public override VmResult SpecStep(ShadowOp op)
         {
             var s = spec.Step(op);
             spec = s.State;
             return s.Result;
         }
 
-        public override ShadowResult ImplStep(ShadowOp op) => impl.Step(op);
+        public override VmResult ImplStep(ShadowOp op) => impl.Step(op);
         public override ImmutableArray<string> StateDifferences() => ShadowDiff.Differences(spec, ShadowDiff.SafeView(impl));
 
-        public override ImmutableArray<string> ResultDifference(ShadowOp op, ShadowResult? specResult, ShadowResult? implResult)
+        public override ImmutableArray<string> ResultDifference(ShadowOp op, VmResult? specResult, VmResult? implResult)
         {
             var view = ShadowDiff.SafeView(impl);
             var lines = ImmutableArray.CreateBuilder<string>();
@@ -73,7 +74,7 @@ public sealed class ShadowFamily : DiffFamily<ShadowCase, ShadowOp, ShadowResult
             return lines.ToImmutable();
         }
 
-        public override IEnumerable<ImmutableArray<string>> Checks(ShadowOp op, ShadowResult result)
+        public override IEnumerable<ImmutableArray<string>> Checks(ShadowOp op, VmResult result)
         {
             yield return StateDifferences();
             ImmutableArray<string> problems;

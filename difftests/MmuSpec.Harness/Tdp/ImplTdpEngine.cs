@@ -26,18 +26,18 @@ public sealed class ImplTdpEngine : IDisposable
 
     public ImplTdp.ITdpVm Vm => vm;
 
-    public TdpResult Step(TdpOp op)
+    public VmResult Step(TdpOp op)
     {
         switch (op)
         {
-            case TdpOp.CreateSlot c: return Status(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly));
-            case TdpOp.DeleteSlot d: return Status(vm.DeleteSlot(d.Id));
-            case TdpOp.MoveSlot m: return Status(vm.MoveSlot(m.Id, m.NewBaseGfn));
-            case TdpOp.SetDirtyLogging s: return Status(vm.SetDirtyLogging(s.Id, s.On));
+            case TdpOp.CreateSlot c: return Slot(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly));
+            case TdpOp.DeleteSlot d: return Slot(vm.DeleteSlot(d.Id));
+            case TdpOp.MoveSlot m: return Slot(vm.MoveSlot(m.Id, m.NewBaseGfn));
+            case TdpOp.SetDirtyLogging s: return Slot(vm.SetDirtyLogging(s.Id, s.On));
             case TdpOp.GetDirtyLog g:
                 dirty.Clear();
-                return vm.GetDirtyLog(g.Id, dirty) == ImplTdp.TdpStatus.Ok
-                    ? new TdpResult.DirtyLog(dirty.ToImmutableArray())
+                return vm.GetDirtyLog(g.Id, dirty) == ImplMemory.SlotStatus.Ok
+                    ? new VmResult.DirtyLog(dirty.ToImmutableArray())
                     : Rejected();
             case TdpOp.AccessGpa a:
                 return Access(vm.Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa);
@@ -64,7 +64,7 @@ public sealed class ImplTdpEngine : IDisposable
         return GfnRanges.Of(ranges);
     }
 
-    TdpResult Access(ImplTdp.TdpAccessOutcome o, ulong gpa) => o.Status switch
+    VmResult Access(ImplTdp.TdpAccessOutcome o, ulong gpa) => o.Status switch
     {
         ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Hpa, PageSizes.FromShift(o.PageShift), o.Faulted),
         ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
@@ -72,17 +72,18 @@ public sealed class ImplTdpEngine : IDisposable
     };
 
     /// <summary>A guest operation's outcome; an MMIO exit of a guest access reports the gpa the walk reached.</summary>
-    TdpResult Guest(ImplTdp.TdpGuestOutcome o, ulong? gpa) => o.Status switch
+    VmResult Guest(ImplTdp.TdpGuestOutcome o, ulong? gpa) => o.Status switch
     {
-        ImplTdp.TdpGuestStatus.Ok => TdpResult.Ok.Instance,
+        ImplTdp.TdpGuestStatus.Ok => VmResult.Ok.Instance,
         ImplTdp.TdpGuestStatus.Mapped => Access(o.Access, 0),
         ImplTdp.TdpGuestStatus.MmioExit => new TdpResult.MmioExit(o.Gpa),
         ImplTdp.TdpGuestStatus.GuestFault => new TdpResult.GuestFault(PagingVocabulary.FromImpl(o.Fault)),
         _ => Rejected(),
     };
 
-    TdpResult Status(ImplTdp.TdpStatus s) => s == ImplTdp.TdpStatus.Ok ? TdpResult.Ok.Instance : Rejected();
-    TdpResult Rejected() => new TdpResult.Rejected(vm.LastRejection ?? "(no reason given)");
+    VmResult Status(ImplTdp.TdpStatus s) => s == ImplTdp.TdpStatus.Ok ? VmResult.Ok.Instance : Rejected();
+    VmResult Slot(ImplMemory.SlotStatus s) => s == ImplMemory.SlotStatus.Ok ? VmResult.Ok.Instance : Rejected();
+    VmResult Rejected() => new VmResult.Rejected(vm.LastRejection ?? "(no reason given)");
 
     readonly List<string> viewProblems = new();
 
@@ -165,7 +166,7 @@ public sealed class ImplTdpEngine : IDisposable
             ? new CpuState(PagingVocabulary.FromImpl(gc), vm.GuestCr3,
                 gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
             : null;
-        return new TdpState(config, slots, PageSizes.FromShift(vm.MaxPageShift), bitmaps, pages.ToImmutable(),
+        return new TdpState(config, new HostMemslots(slots, bitmaps), PageSizes.FromShift(vm.MaxPageShift), pages.ToImmutable(),
             vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null, host.ToImmutable(), guest);
     }
 

@@ -69,7 +69,7 @@ public static class TdpCoverage
         }
     }
 
-    static void Classify(TdpOp op, TdpResult r, TdpState before, TdpState after, Action<string> hit)
+    static void Classify(TdpOp op, VmResult r, TdpState before, TdpState after, Action<string> hit)
     {
         var (added, removed, protectedLeaves) = LeafChanges(before, after);
         foreach (var (_, leaf) in added)
@@ -104,7 +104,7 @@ public static class TdpCoverage
                 hit(r is TdpResult.GuestFault ? GuestCr3Gp : p.Controls is null ? GuestPagingOff : GuestPagingOn);
                 break;
             case TdpOp.SetDirtyLogging d:
-                if (r is not TdpResult.Ok) { hit(NoSuchSlot); break; }
+                if (r is not VmResult.Ok) { hit(NoSuchSlot); break; }
                 bool was = before.Slots[d.Id].DirtyLogging;
                 if (!was && d.On)
                 {
@@ -116,13 +116,13 @@ public static class TdpCoverage
             case TdpOp.GetDirtyLog g:
                 hit(r switch
                 {
-                    TdpResult.DirtyLog { Gfns.Length: > 0 } => FetchNonEmpty,
-                    TdpResult.DirtyLog => FetchEmpty,
+                    VmResult.DirtyLog { Gfns.Length: > 0 } => FetchNonEmpty,
+                    VmResult.DirtyLog => FetchEmpty,
                     _ => before.Slots.ContainsKey(g.Id) ? FetchRejected : NoSuchSlot,
                 });
                 break;
             case TdpOp.ZapRange z:
-                if (r is TdpResult.Rejected) { hit(ZapRejected); break; }
+                if (r is VmResult.Rejected) { hit(ZapRejected); break; }
                 hit(removed.Count > 0 ? ZapLeaves : ZapNothing);
                 if (removed.Any(l => l.Leaf.Level > 1 && (z.StartGfn > l.Leaf.Gfn || z.EndGfn < l.Leaf.Gfn + l.Leaf.Frames))) hit(ZapInsideHuge);
                 break;
@@ -130,9 +130,9 @@ public static class TdpCoverage
                 if (before.Leaves().Any()) hit(ZapAllMapped);
                 break;
             case TdpOp.CreateSlot:
-                hit(r is TdpResult.Ok ? Create : CreateRejected);
+                hit(r is VmResult.Ok ? Create : CreateRejected);
                 break;
-            case TdpOp.MoveSlot or TdpOp.DeleteSlot when r is TdpResult.Rejected:
+            case TdpOp.MoveSlot or TdpOp.DeleteSlot when r is VmResult.Rejected:
                 // A move into an overlapping range is rejected too; only a missing id is named.
                 if (!before.Slots.ContainsKey(op is TdpOp.MoveSlot m ? m.Id : ((TdpOp.DeleteSlot)op).Id)) hit(NoSuchSlot);
                 break;
@@ -146,13 +146,13 @@ public static class TdpCoverage
     }
 
     /// <summary>An access through the MMU at <paramref name="gpa"/> (AccessGpa, GuestStore): hit, miss, write-protection fault, split, exit.</summary>
-    static void Access(ulong gpa, AccessType type, TdpResult r, TdpState before, List<(PageKey Page, Spte.Leaf Leaf)> added,
+    static void Access(ulong gpa, AccessType type, VmResult r, TdpState before, List<(PageKey Page, Spte.Leaf Leaf)> added,
         List<(PageKey Page, Spte.Leaf Leaf)> removed, Action<string> hit)
     {
         var config = before.Config;
         switch (r)
         {
-            case TdpResult.Rejected: hit(TooWide); return;
+            case VmResult.Rejected: hit(TooWide); return;
             case TdpResult.MmioExit:
                 ulong g = (gpa >> 12) & ~config.DirectBits;
                 hit(before.Slots.Values.Any(s => s.Contains(g)) ? ReadOnlyWrite : NoSlot);
@@ -171,7 +171,7 @@ public static class TdpCoverage
         }
     }
 
-    static void Guest(Access access, TdpResult r, TdpState before, List<(PageKey Page, Spte.Leaf Leaf)> added, Action<string> hit)
+    static void Guest(Access access, VmResult r, TdpState before, List<(PageKey Page, Spte.Leaf Leaf)> added, Action<string> hit)
     {
         if (before.GuestCpu is not { } cpu)
         {

@@ -49,27 +49,27 @@ public static class TdpDiff
     /// Results compare in full, except a rejection's reason (each side words it its own way) and a
     /// guest #GP's reason (the impl, like hardware, reports none).
     /// </summary>
-    public static string Describe(TdpResult r) => r switch
+    public static string Describe(VmResult r) => r switch
     {
-        TdpResult.Rejected => "rejected",
+        VmResult.Rejected => "rejected",
         TdpResult.GuestFault { Fault: WalkResult.GeneralProtection } => "guest #GP",
         _ => r.ToString()!,
     };
 
     /// <summary>What <see cref="Describe"/> leaves out, blanked: the structural comparison compares the rest.</summary>
-    public static TdpResult Comparable(TdpResult r) => r switch
+    public static VmResult Comparable(VmResult r) => r switch
     {
-        TdpResult.Rejected => NoReason,
+        VmResult.Rejected => NoReason,
         TdpResult.GuestFault { Fault: WalkResult.GeneralProtection } => GuestGp,
         _ => r,
     };
-    static readonly TdpResult NoReason = new TdpResult.Rejected(""), GuestGp = new TdpResult.GuestFault(new WalkResult.GeneralProtection(default));
+    static readonly VmResult NoReason = new VmResult.Rejected(""), GuestGp = new TdpResult.GuestFault(new WalkResult.GeneralProtection(default));
 
     /// <summary>
     /// Oracle 2, against the memslots before the access: a mapping is served only for a gfn in a
     /// slot, at that slot's host frame for the gfn, and never for a write to a read-only slot.
     /// </summary>
-    public static string? ArchitectureViolation(TdpState before, TdpOp op, TdpResult result)
+    public static string? ArchitectureViolation(TdpState before, TdpOp op, VmResult result)
     {
         if (result is not TdpResult.Mapped m) return null;
         ulong gpa;

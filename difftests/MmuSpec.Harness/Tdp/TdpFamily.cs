@@ -1,3 +1,4 @@
+using MmuSpec.Spec.Memory;
 using System.Collections.Immutable;
 using System.Text.Json;
 using MmuSpec.Harness.Running;
@@ -12,15 +13,15 @@ namespace MmuSpec.Harness.Tdp;
 /// the memslots before the step), oracle 1 (equal abstract state), the impl's read-back problems, the
 /// table-page count, and the TLB flushes the step owes (<see cref="TdpTlb.MustFlush"/>).
 /// </summary>
-public sealed class TdpFamily : DiffFamily<TdpCase, TdpOp, TdpResult>
+public sealed class TdpFamily : DiffFamily<TdpCase, TdpOp, VmResult>
 {
     public override string Name => DiffProperties.TdpFamily;
     public override IReadOnlyList<string> Situations => TdpCoverage.All;
 
     public override IReadOnlyList<TdpOp> Steps(TdpCase c) => c.Ops;
-    public override LockstepSession<TdpOp, TdpResult> Open(TdpCase c, NativePagePool pool) => new Session(c, pool);
-    public override TdpResult Comparable(TdpResult r) => TdpDiff.Comparable(r);
-    public override string Describe(TdpResult r) => TdpDiff.Describe(r);
+    public override LockstepSession<TdpOp, VmResult> Open(TdpCase c, NativePagePool pool) => new Session(c, pool);
+    public override VmResult Comparable(VmResult r) => TdpDiff.Comparable(r);
+    public override string Describe(VmResult r) => TdpDiff.Describe(r);
 
     public override (string? Op, string Freed, string Leaked) EndOfCase(long pagesInUse) =>
         (null, "all table pages freed", $"{pagesInUse} pages still allocated after the VM was destroyed");
@@ -36,13 +37,13 @@ public sealed class TdpFamily : DiffFamily<TdpCase, TdpOp, TdpResult>
         new("ops", c => c.Ops.Length, (c, i) => c.WithOps(c.Ops.RemoveAt(i))),
     ];
 
-    sealed class Session(TdpCase c, NativePagePool pool) : LockstepSession<TdpOp, TdpResult>
+    sealed class Session(TdpCase c, NativePagePool pool) : LockstepSession<TdpOp, VmResult>
     {
         TdpState spec = TdpState.Create(c.Config), before = TdpState.Create(c.Config);
         readonly ImplTdpEngine impl = new(c.Config, pool);
         GfnRanges? flushed;
 
-        public override TdpResult SpecStep(TdpOp op)
+        public override VmResult SpecStep(TdpOp op)
         {
             before = spec;
             var s = spec.Step(op);
@@ -50,7 +51,7 @@ public sealed class TdpFamily : DiffFamily<TdpCase, TdpOp, TdpResult>
             return s.Result;
         }
 
-        public override TdpResult ImplStep(TdpOp op)
+        public override VmResult ImplStep(TdpOp op)
         {
             try { return impl.Step(op); }
             finally
@@ -61,7 +62,7 @@ public sealed class TdpFamily : DiffFamily<TdpCase, TdpOp, TdpResult>
 
         public override ImmutableArray<string> StateDifferences() => TdpDiff.Differences(spec, TdpDiff.SafeView(impl));
 
-        public override IEnumerable<ImmutableArray<string>> Checks(TdpOp op, TdpResult result)
+        public override IEnumerable<ImmutableArray<string>> Checks(TdpOp op, VmResult result)
         {
             yield return TdpDiff.ArchitectureViolation(before, op, result) is { } violation ? [$"oracle 2: {violation}"] : [];
             yield return StateDifferences();

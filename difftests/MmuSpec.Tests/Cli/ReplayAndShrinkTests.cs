@@ -113,7 +113,7 @@ public sealed class ReplayAndShrinkTests : IDisposable
         tdp = tdp.Step(new TdpOp.CreateSlot(3, 0x100, 0x200, 0x1000, PageSize.Size4K, ReadOnly: false)).State;
         tdp = tdp.Step(new TdpOp.AccessGpa(0x100_123, AccessType.Write)).State;
         Assert.NotEmpty(tdp.Pages);
-        var moved = tdp with { Slots = tdp.Slots.SetItem(3, tdp.Slots[3].WithBaseGfn(0x900)), MaxPageSize = PageSize.Size2M };
+        var moved = tdp with { Memslots = tdp.Memslots.Move(tdp.Slots[3], 0x900), MaxPageSize = PageSize.Size2M };
         Assert.Equal(["max page size", "slot 3"], CaseRuns.TdpStateRows(tdp, moved).Where(r => r.Differs).Select(r => r.Item));
     }
 

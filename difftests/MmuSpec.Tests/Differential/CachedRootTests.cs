@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using MmuSpec.Harness.Running;
 using MmuSpec.Harness.Shadow;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 using Xunit;
@@ -287,6 +288,6 @@ public sealed class CachedRootTests(ITestOutputHelper output, PropertyProgress p
             Assert.IsType<ShadowResult.GuestFault>(results[i]);
             Assert.Equal(states[boot - 1], states[i]);
         }
-        Assert.Equal(ShadowResult.Ok.Instance, results[^1]);
+        Assert.Equal(VmResult.Ok.Instance, results[^1]);
     }
 }

@@ -1,3 +1,4 @@
+using MmuSpec.Spec.Memory;
 using System.Collections.Immutable;
 using System.Text.Json;
 using MmuSpec.Harness.Images;
@@ -131,7 +132,7 @@ public sealed class LockstepTests
     {
         var c = Drawn<TdpCase>("tdp-ept", minSteps: 5);
         Assert.True(Families.Tdp.Run(c).Agreed);
-        var family = new BrokenFamily<TdpCase, TdpOp, TdpResult>(Families.Tdp, atStep: 3, wrongResult: _ => new TdpResult.MmioExit(0xDEAD_B000));
+        var family = new BrokenFamily<TdpCase, TdpOp, VmResult>(Families.Tdp, atStep: 3, wrongResult: _ => new TdpResult.MmioExit(0xDEAD_B000));
         AssertTraceIsTheRecords(family, c, step: 3, boot: false);
         Assert.Equal("MMIO exit at gpa 0xdeadb000", CaseRuns.Trace(family, c).Rows[^1].Impl, ignoreCase: true);
     }
@@ -141,7 +142,7 @@ public sealed class LockstepTests
     {
         var c = Drawn<ShadowCase>("shadow-long4", minSteps: 4);
         Assert.True(Families.Shadow.Run(c).Agreed);
-        var family = new BrokenFamily<ShadowCase, ShadowOp, ShadowResult>(Families.Shadow, atStep: 3, stateLine: "page 0x1: spec sync / impl unsync");
+        var family = new BrokenFamily<ShadowCase, ShadowOp, VmResult>(Families.Shadow, atStep: 3, stateLine: "page 0x1: spec sync / impl unsync");
         AssertTraceIsTheRecords(family, c, step: 3, boot: false);
         var trace = CaseRuns.Trace(family, c);
         Assert.Equal("same result, state differs", trace.Rows[^1].Impl);
@@ -163,7 +164,7 @@ public sealed class LockstepTests
             CaseRuns.Trace(walk, walkCase).Tail);
 
         var tdpCase = Drawn<TdpCase>("tdp-stage2", minSteps: 2);
-        var tdp = new BrokenFamily<TdpCase, TdpOp, TdpResult>(Families.Tdp, atStep: -2, leakPage: true);
+        var tdp = new BrokenFamily<TdpCase, TdpOp, VmResult>(Families.Tdp, atStep: -2, leakPage: true);
         var t = CaseRuns.Trace(tdp, tdpCase);
         Assert.Equal((-1, (string?)null), (t.Divergence!.Step, t.Divergence.Op));
         Assert.Equal(tdpCase.Ops.Length, t.Rows.Length);
@@ -188,18 +189,18 @@ public sealed class LockstepTests
         Assert.True(walk.SameResult(new OpResult.Walked(pf), new OpResult.Walked(new WalkResult.PageFault((PageFaultErrorCode)0x5))));
 
         var tdp = Families.Tdp;
-        Assert.True(tdp.SameResult(new TdpResult.Rejected("no such slot"), new TdpResult.Rejected("EINVAL")));
+        Assert.True(tdp.SameResult(new VmResult.Rejected("no such slot"), new VmResult.Rejected("EINVAL")));
         Assert.True(tdp.SameResult(new TdpResult.GuestFault(gp), new TdpResult.GuestFault(otherGp)));
         Assert.False(tdp.SameResult(new TdpResult.GuestFault(gp), new TdpResult.GuestFault(pf)));
         Assert.False(tdp.SameResult(new TdpResult.GuestFault(pf), new TdpResult.GuestFault(new WalkResult.PageFault((PageFaultErrorCode)0x4))));
-        Assert.False(tdp.SameResult(new TdpResult.Rejected("x"), new TdpResult.MmioExit(0)));
+        Assert.False(tdp.SameResult(new VmResult.Rejected("x"), new TdpResult.MmioExit(0)));
         Assert.False(tdp.SameResult(new TdpResult.Mapped(0x1000, PageSize.Size4K, true), new TdpResult.Mapped(0x1000, PageSize.Size4K, false)));
         Assert.False(tdp.SameResult(new TdpResult.Mapped(0x1000, PageSize.Size4K, true), new TdpResult.Mapped(0x2000, PageSize.Size4K, true)));
         Assert.True(tdp.SameResult(new TdpResult.DirtyLog([1, 2]), new TdpResult.DirtyLog([1, 2])));
         Assert.False(tdp.SameResult(new TdpResult.DirtyLog([1, 2]), new TdpResult.DirtyLog([1, 3])));
 
         var shadow = Families.Shadow;
-        Assert.True(shadow.SameResult(new ShadowResult.Rejected("a"), new ShadowResult.Rejected("b")));
+        Assert.True(shadow.SameResult(new VmResult.Rejected("a"), new VmResult.Rejected("b")));
         Assert.True(shadow.SameResult(new ShadowResult.GuestFault(gp), new ShadowResult.GuestFault(otherGp)));
         Assert.False(shadow.SameResult(new ShadowResult.GuestFault(gp), new ShadowResult.GuestFault(pf)));
         Assert.False(shadow.SameResult(new ShadowResult.Translated(0x1000, 0x5000, false), new ShadowResult.Translated(0x1000, 0x6000, false)));
@@ -207,7 +208,7 @@ public sealed class LockstepTests
         Assert.False(shadow.SameResult(new ShadowResult.DirtyLog([1]), new ShadowResult.DirtyLog([])));
 
         // The comparison and the printed text agree: equal results print alike.
-        Assert.Equal(tdp.Describe(new TdpResult.Rejected("a")), tdp.Describe(new TdpResult.Rejected("b")));
+        Assert.Equal(tdp.Describe(new VmResult.Rejected("a")), tdp.Describe(new VmResult.Rejected("b")));
         Assert.Equal(shadow.Describe(new ShadowResult.GuestFault(gp)), shadow.Describe(new ShadowResult.GuestFault(otherGp)));
     }
 
@@ -215,7 +216,7 @@ public sealed class LockstepTests
     public void A_side_that_throws_agrees_with_nothing()
     {
         var c = Drawn<TdpCase>("tdp-ept", minSteps: 3);
-        var family = new BrokenFamily<TdpCase, TdpOp, TdpResult>(Families.Tdp, atStep: 1, wrongResult: _ => throw new InvalidOperationException("boom"));
+        var family = new BrokenFamily<TdpCase, TdpOp, VmResult>(Families.Tdp, atStep: 1, wrongResult: _ => throw new InvalidOperationException("boom"));
         var d = family.Run(c).Divergence!;
         Assert.Equal(1, d.Step);
         Assert.Equal("threw InvalidOperationException: boom", d.ImplResult);
@@ -249,7 +250,7 @@ public sealed class LockstepTests
 
         // Registering a family twice, under its name or its case type, is refused.
         Assert.Throws<InvalidOperationException>(() => Families.Checked([Families.Walk, Families.Tdp, Families.Walk]));
-        var renamed = new BrokenFamily<TdpCase, TdpOp, TdpResult>(Families.Tdp, atStep: -2);
+        var renamed = new BrokenFamily<TdpCase, TdpOp, VmResult>(Families.Tdp, atStep: -2);
         Assert.Throws<InvalidOperationException>(() => Families.Checked([Families.Tdp, renamed]));
     }
 

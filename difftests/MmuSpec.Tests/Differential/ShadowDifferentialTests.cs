@@ -3,6 +3,7 @@ using System.Collections.Immutable;
 using MmuSpec.Harness.Running;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Impl.Memory;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 using Xunit;
@@ -57,7 +58,7 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output, PropertyPr
             foreach (var op in c.Setup)
             {
                 var stepped = state.Step(op);
-                Assert.False(stepped.Result is ShadowResult.Rejected, $"seed {seed}: setup op '{op}' was rejected: {stepped.Result}");
+                Assert.False(stepped.Result is VmResult.Rejected, $"seed {seed}: setup op '{op}' was rejected: {stepped.Result}");
                 state = stepped.State;
             }
             Assert.NotNull(state.GuestCpu);
@@ -112,10 +113,10 @@ public sealed class ShadowDifferentialTests(ITestOutputHelper output, PropertyPr
     static ShadowOp Write(ulong gva) => new ShadowOp.GuestAccess(Access.Write(gva));
 
     /// <summary>Runs the ops on the spec and the impl, asserting equal results and states at every step; returns both sides' states and results.</summary>
-    internal static (List<ShadowState> States, List<ShadowResult> Results) RunBoth(ShadowConfig config, params ShadowOp[] ops)
+    internal static (List<ShadowState> States, List<VmResult> Results) RunBoth(ShadowConfig config, params ShadowOp[] ops)
     {
         var states = new List<ShadowState>();
-        var results = new List<ShadowResult>();
+        var results = new List<VmResult>();
         var pool = new NativePagePool();
         var spec = ShadowState.Create(config);
         var tlb = ShadowTlb.Start(spec);

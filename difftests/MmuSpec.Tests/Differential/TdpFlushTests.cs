@@ -20,7 +20,7 @@ public sealed class TdpFlushTests : IDisposable
     {
         vm = TdpVm.Create(TdpFormatKind.Ept, null, pool);
         // gfns [0x200, 0x600) on 2 MiB host pages, equally aligned: two 2 MiB leaves fit.
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x400, 0x1200, 21, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0x200, 0x400, 0x1200, 21, readOnly: false));
     }
 
     public void Dispose()
@@ -59,17 +59,17 @@ public sealed class TdpFlushTests : IDisposable
     public void Dirty_logging_on_flushes_the_slot_and_a_logged_write_to_a_huge_leaf_flushes_the_leaf()
     {
         Map(0x20_0000, AccessType.Write, 21);
-        Assert.Equal(TdpStatus.Ok, vm.SetDirtyLogging(0, true));
+        Assert.Equal(SlotStatus.Ok, vm.SetDirtyLogging(0, true));
         Assert.Equal(new TdpFlushRange(0x200, 0x400), Single(vm.TakeFlushes()));
         Map(0x20_3000, AccessType.Write, 12);
         Assert.Equal(new TdpFlushRange(0x200, 0x200), Single(vm.TakeFlushes()));
         // Fetching the log write-protects the written page: the memslot is flushed, as KVM does.
         var gfns = new List<ulong>();
-        Assert.Equal(TdpStatus.Ok, vm.GetDirtyLog(0, gfns));
+        Assert.Equal(SlotStatus.Ok, vm.GetDirtyLog(0, gfns));
         Assert.Equal([0x203UL], gfns);
         Assert.Equal(new TdpFlushRange(0x200, 0x400), Single(vm.TakeFlushes()));
         // Nothing dirty, nothing write-protected, nothing flushed.
-        Assert.Equal(TdpStatus.Ok, vm.GetDirtyLog(0, gfns));
+        Assert.Equal(SlotStatus.Ok, vm.GetDirtyLog(0, gfns));
         Assert.True(vm.TakeFlushes().IsEmpty);
     }
 

@@ -18,7 +18,7 @@ public sealed class TdpVmContractTests
     static ITdpVm MappedVm(NativePagePool pool)
     {
         var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool);
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
         Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);
         return vm;
     }
@@ -69,7 +69,7 @@ public sealed class TdpVmContractTests
         ["overlapping slot"] = (null, vm => vm.CreateSlot(1, 0x3FF, 2, 0x9000, 12, readOnly: false), "range [0x3FF, 0x401) overlaps slot 0"),
         ["slot moved onto another"] = (null, vm =>
         {
-            Assert.Equal(TdpStatus.Ok, vm.CreateSlot(1, 0x1000, 0x10, 0x9000, 12, readOnly: false));
+            Assert.Equal(SlotStatus.Ok, vm.CreateSlot(1, 0x1000, 0x10, 0x9000, 12, readOnly: false));
             return vm.MoveSlot(1, 0x300);
         }, "range [0x300, 0x310) overlaps slot 0"),
         ["slot id past the table"] = (null, vm => vm.DeleteSlot(32), "no slot 32"),
@@ -95,7 +95,7 @@ public sealed class TdpVmContractTests
         var pool = new NativePagePool();
         using (var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit, pool))
         {
-            Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
+            Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
             Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);
             string Tables()
             {
@@ -122,7 +122,7 @@ public sealed class TdpVmContractTests
     public void More_than_16_separate_flushes_overflow_the_log_into_a_flush_of_everything()
     {
         using var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, new NativePagePool());
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
         TdpFlushLog none = vm.TakeFlushes();
         Assert.True(none.IsEmpty);
         Assert.Throws<ArgumentOutOfRangeException>(() => none[0]);
@@ -164,7 +164,7 @@ public sealed class TdpVmContractTests
     public void Guest_registers_and_linear_addresses_keep_their_modes_bounds()
     {
         using var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, new NativePagePool());
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0, 0x10, 0x1000, 12, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0, 0x10, 0x1000, 12, readOnly: false));
         Assert.Equal(0UL, vm.GuestPdpte(3));                                        // paging off
         Assert.Equal(TdpAccessStatus.Mapped, vm.GuestStore(0xFE0 + 3 * 8, 0x5001, 8).Status);
         Assert.Equal(TdpGuestStatus.Ok, vm.GuestSetPaging(Guest(PagingMode.Pae), 0xFE0).Status);
@@ -202,7 +202,7 @@ public sealed class TdpVmContractTests
         using (var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool))
         {
             Assert.Equal(TdpStatus.Ok, vm.SetMaxPageSize(12));
-            Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0, 64 * 512, 0x10_0000, 12, readOnly: false));
+            Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0, 64 * 512, 0x10_0000, 12, readOnly: false));
             long hostPages = pool.PagesInUse;
             // The root, one level-3 and one level-2 table, then a level-1 table per 2 MiB region touched.
             ulong region = 0;
@@ -224,8 +224,8 @@ public sealed class TdpVmContractTests
     {
         var format = kind == TdpFormatKind.Ept ? TdpFormat.Ept : TdpFormat.Stage2;
         using var vm = TdpVm.Create(kind, sharedBit: null, new NativePagePool());
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(1, 0x1000, 0x10, 0x9000, 12, readOnly: true));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 21, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(1, 0x1000, 0x10, 0x9000, 12, readOnly: true));
         Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);   // a 2 MiB leaf
         Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x100_3000, AccessType.Read).Status);   // a 4 KiB read-only leaf
         var leaves = new List<TdpEntryInfo>();
@@ -256,7 +256,7 @@ public sealed class TdpVmContractTests
     {
         var format = kind == TdpFormatKind.Ept ? TdpFormat.Ept : TdpFormat.Stage2;
         using var vm = TdpVm.Create(kind, sharedBit: null, new NativePagePool());
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
         Assert.Equal(TdpAccessStatus.Mapped, vm.Access(0x20_1000, AccessType.Write).Status);
         var tables = new List<TdpEntryInfo>();
         vm.VisitPages((_, entries) => tables.AddRange(entries.Where(e => !e.IsLeaf)));

@@ -183,7 +183,7 @@ public sealed class ResultTypeTests
     {
         var pool = new NativePagePool();
         using var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool);
-        Assert.Equal(TdpStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0x200, 0x200, 0x1200, 12, readOnly: false));
         Assert.Equal("no flush", vm.TakeFlushes().ToString());
 
         foreach (ulong gfn in new ulong[] { 0x201, 0x205 })

@@ -22,7 +22,7 @@ public sealed class ShadowVmContractTests
     static IShadowVm MappedVm(NativePagePool pool)
     {
         var vm = ShadowVm.Create(46, allowUnsync: true, pool);
-        Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(0, 0, 0x100, 0x1000, readOnly: false).Status);
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0, 0x100, 0x1000, readOnly: false));
         Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x1000, 0x2007, 8).Status);
         Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x2000, 0x3007, 8).Status);
         Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x3000, 0x4007, 8).Status);
@@ -92,18 +92,18 @@ public sealed class ShadowVmContractTests
 
     static readonly Dictionary<string, Func<IShadowVm, ShadowOutcome>> BadInput = new()
     {
-        ["slot id past the table"] = vm => vm.CreateSlot(32, 0x1000, 1, 0x9000, readOnly: false),
-        ["negative slot id"] = vm => vm.CreateSlot(-1, 0x1000, 1, 0x9000, readOnly: false),
-        ["slot id taken"] = vm => vm.CreateSlot(0, 0x1000, 1, 0x9000, readOnly: false),
-        ["empty slot"] = vm => vm.CreateSlot(1, 0x1000, 0, 0x9000, readOnly: false),
-        ["slot beyond MAXPHYADDR"] = vm => vm.CreateSlot(1, (1UL << 34) - 1, 2, 0x9000, readOnly: false),
-        ["overlapping slot"] = vm => vm.CreateSlot(1, 0xFF, 2, 0x9000, readOnly: false),
-        ["overlapping host frames"] = vm => vm.CreateSlot(1, 0x1000, 2, 0x10FF, readOnly: false),
-        ["host frames beyond 2^40"] = vm => vm.CreateSlot(1, 0x1000, 2, (1UL << 40) - 1, readOnly: false),
-        ["unknown slot deleted"] = vm => vm.DeleteSlot(32),
-        ["unknown slot moved"] = vm => vm.MoveSlot(5, 0x4000),
-        ["slot moved beyond MAXPHYADDR"] = vm => vm.MoveSlot(0, 1UL << 34),
-        ["dirty log of a quiet slot"] = vm => vm.GetDirtyLog(0, []),
+        ["slot id past the table"] = vm => Slot(vm.CreateSlot(32, 0x1000, 1, 0x9000, readOnly: false)),
+        ["negative slot id"] = vm => Slot(vm.CreateSlot(-1, 0x1000, 1, 0x9000, readOnly: false)),
+        ["slot id taken"] = vm => Slot(vm.CreateSlot(0, 0x1000, 1, 0x9000, readOnly: false)),
+        ["empty slot"] = vm => Slot(vm.CreateSlot(1, 0x1000, 0, 0x9000, readOnly: false)),
+        ["slot beyond MAXPHYADDR"] = vm => Slot(vm.CreateSlot(1, (1UL << 34) - 1, 2, 0x9000, readOnly: false)),
+        ["overlapping slot"] = vm => Slot(vm.CreateSlot(1, 0xFF, 2, 0x9000, readOnly: false)),
+        ["overlapping host frames"] = vm => Slot(vm.CreateSlot(1, 0x1000, 2, 0x10FF, readOnly: false)),
+        ["host frames beyond 2^40"] = vm => Slot(vm.CreateSlot(1, 0x1000, 2, (1UL << 40) - 1, readOnly: false)),
+        ["unknown slot deleted"] = vm => Slot(vm.DeleteSlot(32)),
+        ["unknown slot moved"] = vm => Slot(vm.MoveSlot(5, 0x4000)),
+        ["slot moved beyond MAXPHYADDR"] = vm => Slot(vm.MoveSlot(0, 1UL << 34)),
+        ["dirty log of a quiet slot"] = vm => Slot(vm.GetDirtyLog(0, [])),
         ["empty zap"] = vm => vm.ZapRange(0x10, 0x10),
         ["zap beyond MAXPHYADDR"] = vm => vm.ZapRange(0, (1UL << 34) + 1),
         ["store of 2 bytes"] = vm => vm.GuestStore(0x6000, 1, 2),
@@ -142,7 +142,7 @@ public sealed class ShadowVmContractTests
     public void Guest_operations_need_paging_on()
     {
         using var vm = ShadowVm.Create(46, allowUnsync: false, new NativePagePool());
-        Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(0, 0, 0x100, 0x1000, readOnly: false).Status);
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0, 0x100, 0x1000, readOnly: false));
         foreach (ShadowOutcome o in new[]
         {
             vm.GuestMovCr3(0x1000), vm.Invpcid(2, 0, 0), vm.GuestAccess(0x1000, AccessType.Read, Privilege.User),
@@ -168,14 +168,14 @@ public sealed class ShadowVmContractTests
         var pool = new NativePagePool();
         using (var vm = MappedVm(pool))
         {
-            Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(1, gfnLimit - 1, 1, hostPfnLimit - 1, readOnly: false).Status);
+            Assert.Equal(SlotStatus.Ok, vm.CreateSlot(1, gfnLimit - 1, 1, hostPfnLimit - 1, readOnly: false));
             Assert.Equal(ShadowStatus.Ok, vm.GuestStore((1UL << 46) - 8, 0x55, 8).Status);
             var words = new Dictionary<ulong, ulong>();
             vm.VisitHostMemory((hpa, value) => words.Add(hpa, value));
             Assert.Equal(0x55UL, words[(hostPfnLimit << 12) - 8]);
             Assert.Equal(ShadowStatus.Ok, vm.ZapRange(gfnLimit - 1, gfnLimit).Status);
-            Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 2).Status);
-            Assert.Equal(ShadowStatus.Ok, vm.MoveSlot(1, gfnLimit - 1).Status);
+            Assert.Equal(SlotStatus.Ok, vm.MoveSlot(1, gfnLimit - 2));
+            Assert.Equal(SlotStatus.Ok, vm.MoveSlot(1, gfnLimit - 1));
             Assert.Equal(new HostMemslotInfo(1, gfnLimit - 1, 1, hostPfnLimit - 1, 12, false, false), vm.Slots[1]);
         }
         Assert.Equal(0, pool.PagesInUse);
@@ -195,7 +195,7 @@ public sealed class ShadowVmContractTests
         var pool = new NativePagePool();
         using (var vm = ShadowVm.Create(46, allowUnsync: false, pool))
         {
-            Assert.Equal(ShadowStatus.Ok, vm.CreateSlot(0, 0, 0x200, 0x1000, readOnly: false).Status);
+            Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, 0, 0x200, 0x1000, readOnly: false));
             Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x1000, 0x2007, 8).Status);          // PML4[0] -> PDPT
             Assert.Equal(ShadowStatus.Ok, vm.GuestStore(0x2000, 0x3007, 8).Status);          // PDPT[0] -> PD
             for (ulong i = 0; i < tables; i++)
@@ -270,8 +270,8 @@ public sealed class ShadowVmContractTests
     }
 
     /// <summary>
-    /// Both MMUs keep their memslots in one table (impl/Memory): the same slot operations are accepted or
-    /// rejected alike, with the same reasons, the same slots read back and the same dirty log.
+    /// Both MMUs keep their memslots in one table (impl/Memory): the same slot operations return the same
+    /// <see cref="SlotStatus"/>, with the same reasons, the same slots read back and the same dirty log.
     /// </summary>
     [Fact]
     public void Tdp_and_shadow_apply_the_same_memslot_rules()
@@ -280,7 +280,7 @@ public sealed class ShadowVmContractTests
         using (var shadow = ShadowVm.Create(46, allowUnsync: true, pool))
         using (var tdp = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool))
         {
-            var steps = new (string What, Func<IShadowVm, ShadowOutcome> Shadow, Func<ITdpVm, TdpStatus> Tdp)[]
+            var steps = new (string What, Func<IShadowVm, SlotStatus> Shadow, Func<ITdpVm, SlotStatus> Tdp)[]
             {
                 ("create 0", v => v.CreateSlot(0, 0x10, 4, 0x100, readOnly: false), v => v.CreateSlot(0, 0x10, 4, 0x100, 12, readOnly: false)),
                 ("create 1", v => v.CreateSlot(1, 0x20, 2, 0x200, readOnly: true), v => v.CreateSlot(1, 0x20, 2, 0x200, 12, readOnly: true)),
@@ -294,15 +294,17 @@ public sealed class ShadowVmContractTests
                 ("no log", v => v.GetDirtyLog(0, []), v => v.GetDirtyLog(0, [])),
                 ("no slot", v => v.SetDirtyLogging(5, true), v => v.SetDirtyLogging(5, true)),
                 ("log on", v => v.SetDirtyLogging(0, true), v => v.SetDirtyLogging(0, true)),
-                ("store", v => v.GuestStore(0x32008, 0xAB, 8), v => Status(v.GuestStore(0x32008, 0xAB, 8))),
+                ("store", v => Status(v.GuestStore(0x32008, 0xAB, 8)), v => Status(v.GuestStore(0x32008, 0xAB, 8))),
                 ("delete 1", v => v.DeleteSlot(1), v => v.DeleteSlot(1)),
                 ("delete 1 again", v => v.DeleteSlot(1), v => v.DeleteSlot(1)),
             };
             List<string> shadowSays = [], tdpSays = [];
             foreach (var (what, onShadow, onTdp) in steps)
             {
-                shadowSays.Add(onShadow(shadow).Status == ShadowStatus.Ok ? $"{what}: ok" : $"{what}: {shadow.LastRejection}");
-                tdpSays.Add(onTdp(tdp) == TdpStatus.Ok ? $"{what}: ok" : $"{what}: {tdp.LastRejection}");
+                SlotStatus onBoth = onShadow(shadow);
+                Assert.Equal(onBoth, onTdp(tdp));
+                shadowSays.Add(onBoth == SlotStatus.Ok ? $"{what}: ok" : $"{what}: {shadow.LastRejection}");
+                tdpSays.Add(onBoth == SlotStatus.Ok ? $"{what}: ok" : $"{what}: {tdp.LastRejection}");
             }
             Assert.Equal(
             [
@@ -316,8 +318,8 @@ public sealed class ShadowVmContractTests
             Assert.Equal([new HostMemslotInfo(0, 0x30, 4, 0x100, 12, false, true)], shadow.Slots);
             Assert.Equal(shadow.Slots, tdp.Slots);
             List<ulong> shadowLog = [], tdpLog = [];
-            Assert.Equal(ShadowStatus.Ok, shadow.GetDirtyLog(0, shadowLog).Status);
-            Assert.Equal(TdpStatus.Ok, tdp.GetDirtyLog(0, tdpLog));
+            Assert.Equal(SlotStatus.Ok, shadow.GetDirtyLog(0, shadowLog));
+            Assert.Equal(SlotStatus.Ok, tdp.GetDirtyLog(0, tdpLog));
             Assert.Equal([0x32UL], shadowLog);
             Assert.Equal(shadowLog, tdpLog);
             Assert.Empty(shadow.DirtyOffsets(0));
@@ -326,7 +328,31 @@ public sealed class ShadowVmContractTests
         Assert.Equal(0, pool.PagesInUse);
     }
 
-    static TdpStatus Status(TdpAccessOutcome outcome) => outcome.Status == TdpAccessStatus.Rejected ? TdpStatus.Rejected : TdpStatus.Ok;
+    /// <summary>
+    /// One result type for memslot operations on both MMUs: every slot operation of either VM interface
+    /// returns <see cref="SlotStatus"/> (the list is checked against the interfaces, so a new slot operation
+    /// that returns something else fails here).
+    /// </summary>
+    [Fact]
+    public void Both_VMs_return_one_slot_status_from_every_memslot_operation()
+    {
+        string[] slotOperations = ["CreateSlot", "DeleteSlot", "MoveSlot", "SetDirtyLogging", "GetDirtyLog"];
+        foreach (Type vm in new[] { typeof(ITdpVm), typeof(IShadowVm) })
+        {
+            var returns = vm.GetMethods()
+                .Where(m => m.Name.Contains("Slot", StringComparison.Ordinal) || m.Name.Contains("Dirty", StringComparison.Ordinal))
+                .Where(m => m.Name != nameof(IShadowVm.DirtyOffsets) && !m.IsSpecialName)
+                .ToDictionary(m => m.Name, m => m.ReturnType);
+            Assert.Equal(slotOperations.Order(), returns.Keys.Order());
+            Assert.All(returns, r => Assert.True(r.Value == typeof(SlotStatus), $"{vm.Name}.{r.Key} returns {r.Value.Name}"));
+        }
+    }
+
+    /// <summary>A memslot operation's status as the outcome other shadow operations return.</summary>
+    static ShadowOutcome Slot(SlotStatus status) => status == SlotStatus.Ok ? ShadowOutcome.Ok : ShadowOutcome.Rejected;
+
+    static SlotStatus Status(TdpAccessOutcome outcome) => outcome.Status == TdpAccessStatus.Rejected ? SlotStatus.Rejected : SlotStatus.Ok;
+    static SlotStatus Status(ShadowOutcome outcome) => outcome.Status == ShadowStatus.Rejected ? SlotStatus.Rejected : SlotStatus.Ok;
 
     static string Snapshot(IShadowVm vm)
     {

@@ -17,7 +17,7 @@ public sealed class TdpModelTests
         return s;
     }
 
-    static TdpResult Last(TdpState s, TdpOp op) => s.Step(op).Result;
+    static VmResult Last(TdpState s, TdpOp op) => s.Step(op).Result;
 
     static readonly TdpOp OneGiBSlot = new TdpOp.CreateSlot(0, 0x40000, 0x40000, 0x80000, PageSize.Size1G, ReadOnly: false);
 
@@ -80,11 +80,11 @@ public sealed class TdpModelTests
             new TdpOp.AccessGpa(0x4000_5000, AccessType.Read));
         Assert.Equal(new Spte.Leaf(0x40005, 1, 0x80005, Writable: false), Assert.Single(s.Leaves()).Leaf);
         s = Run(s, new TdpOp.AccessGpa(0x4000_5000, AccessType.Write));
-        Assert.Equal(new TdpResult.DirtyLog([0x40005]), Last(s, new TdpOp.GetDirtyLog(0)));
+        Assert.Equal(new VmResult.DirtyLog([0x40005]), Last(s, new TdpOp.GetDirtyLog(0)));
         // Fetching the log write-protects the page again and empties the log.
         s = Run(s, new TdpOp.GetDirtyLog(0));
         Assert.False(Assert.Single(s.Leaves()).Leaf.Writable);
-        Assert.Equal(new TdpResult.DirtyLog([]), Last(s, new TdpOp.GetDirtyLog(0)));
+        Assert.Equal(new VmResult.DirtyLog([]), Last(s, new TdpOp.GetDirtyLog(0)));
     }
 
     [Fact]
@@ -158,7 +158,7 @@ public sealed class TdpModelTests
         })
         {
             var step = s.Step(op);
-            Assert.IsType<TdpResult.Rejected>(step.Result);
+            Assert.IsType<VmResult.Rejected>(step.Result);
             Assert.Equal(s, step.State);
         }
     }
