@@ -213,8 +213,8 @@ internal sealed partial class ShadowMmu : IShadowVm
     // ---- slots ----
 
     /// <summary>The guest's view of a slot's host memory at its gfns (for the walker and PDPTE loads).</summary>
-    private unsafe void AddGuestWindow(ulong baseGfn, ulong pages, HostMemory host) =>
-        _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
+    private void AddGuestWindow(ulong baseGfn, ulong pages, HostMemory host) =>
+        _guestMemory.AddExternalSlot(baseGfn, pages, host);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private HostMemslot? FindSlot(ulong gfn) => _slots.Find(gfn);

@@ -7,7 +7,7 @@ using static MmuSpec.Impl.PageTable.TableGeometry;
 namespace MmuSpec.Impl.Tdp;
 
 /// <summary>The fault handler: docs/tdp-model.md, "The fault handler", steps 1 to 6.</summary>
-public sealed unsafe partial class TdpMmu<TFormat>
+public sealed partial class TdpMmu<TFormat>
 {
     private const ulong PageOffsetMask = (1UL << PageShift) - 1;
 
@@ -35,8 +35,8 @@ public sealed unsafe partial class TdpMmu<TFormat>
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
 
-        ulong* root = mirror ? _mirrorRoot : _directRoot;
-        if (root == null)
+        TableRef root = mirror ? _mirrorRoot : _directRoot;
+        if (root.IsNull)
             return Miss(slot, gpa, gfn, write, mirror, default);
 
         PteRef pte = RadixTable<TFormat>.Walk(root, _rootLevel, frame);
@@ -80,12 +80,12 @@ public sealed unsafe partial class TdpMmu<TFormat>
 
         ulong frame = gpa >> PageShift;
         var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror);
-        ref ulong* root = ref mirror ? ref _mirrorRoot : ref _directRoot;
-        if (root == null)
+        ref TableRef root = ref mirror ? ref _mirrorRoot : ref _directRoot;
+        if (root.IsNull)
         {
             // The root exists from the first fault that needs it until ZapAll (gfn 0, the root level).
             root = _pages.Allocate(0, _rootLevel, mirror);
-            stop = new PteRef(root + Index(frame, _rootLevel), _rootLevel, AlignDown(frame, _rootLevel), 0);
+            stop = new PteRef(root, Index(frame, _rootLevel), _rootLevel, AlignDown(frame, _rootLevel), 0);
         }
 
         if (stop.Level >= level)
