@@ -144,6 +144,10 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
         return HostAddressSlow(gpa);
     }
 
+    /// <summary>The paging entry at <paramref name="gpa"/> for the walk (unbacked when no slot covers it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal Paging.PagingEntry Entry(ulong gpa) => new(HostAddress(gpa));
+
     public bool TryRead64(ulong gpa, out ulong value)
     {
         Debug.Assert((gpa & (sizeof(ulong) - 1)) == 0, "unaligned 64-bit guest read");

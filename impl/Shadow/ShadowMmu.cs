@@ -48,7 +48,7 @@ internal sealed partial class ShadowMmu : IShadowVm
     private GuestVcpu? _guest;
     private bool _disposed;
 
-    public unsafe ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
+    public ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (maxPhyAddr is < WalkContext.MinMaxPhyAddr or > WalkContext.MaxMaxPhyAddr)
@@ -63,7 +63,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         _pages = new ShadowPageAllocator(pool);
         _lists = new PteListPool(pool);
         _guestMemory = new GuestPhysicalMemory(pool);
-        _blocks = AllocateBlockPage(pool); // last: nothing above holds native memory yet
+        _blocks = PaeRootPage.Allocate(pool); // last: nothing above holds native memory yet
     }
 
     public int MaxPhyAddr => _maxPhyAddr;
