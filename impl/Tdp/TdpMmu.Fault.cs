@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
@@ -38,8 +39,10 @@ public sealed partial class TdpMmu<TFormat>
         TableRef root = mirror ? _mirrorRoot : _directRoot;
         if (root.IsNull)
             return Miss(slot, gpa, gfn, write, mirror, default);
+        AssertTable(root, _rootLevel, mirror);
 
         PteRef pte = RadixTable<TFormat>.Walk(root, _rootLevel, frame);
+        AssertTable(pte.Table, pte.Level, mirror); // the walk followed entries' table addresses down to here
         ulong leaf = pte.Value;
         if (!TFormat.IsPresent(leaf))
             return Miss(slot, gpa, gfn, write, mirror, pte);
@@ -87,6 +90,8 @@ public sealed partial class TdpMmu<TFormat>
             root = _pages.Allocate(0, _rootLevel, mirror);
             stop = new PteRef(root, Index(frame, _rootLevel), _rootLevel, AlignDown(frame, _rootLevel), 0);
         }
+        AssertTable(stop.Table, stop.Level, mirror);
+        Debug.Assert(stop.Current == 0 || RadixTable<TFormat>.IsLeafEntry(stop.Current, stop.Level), "a miss stops at a hole or a leaf to replace");
 
         if (stop.Level >= level)
         {

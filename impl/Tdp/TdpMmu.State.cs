@@ -27,6 +27,8 @@ public sealed partial class TdpMmu<TFormat>
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
+        AssertRoot(_directRoot);
+        AssertRoot(_mirrorRoot);
         if (!_directRoot.IsNull)
             VisitTree(_directRoot, visit);
         if (!_mirrorRoot.IsNull)
@@ -36,6 +38,8 @@ public sealed partial class TdpMmu<TFormat>
     private void VisitTree(TableRef table, Action<TdpPageKey, IReadOnlyList<TdpEntryInfo>> visit)
     {
         TdpPageHeader header = TdpPageAllocator.HeaderOf(table);
+        Debug.Assert(header.InUse, "a linked table page that is free");
+        _pages.AssertOwned(table);
         int level = header.Level;
         var entries = new List<TdpEntryInfo>();
         var children = new List<TableRef>();
@@ -51,6 +55,7 @@ public sealed partial class TdpMmu<TFormat>
                 continue;
             }
             var child = TableRef.At(TFormat.TableAddress(pte), level - 1);
+            AssertTable(child, level - 1, header.Mirror);
             // The link is reported as the parent's direct-page formula computes it (gfns computed, Lai Jiangshan, 2010;
             // shared bit stripped, Rick Edgecombe, 2024),
             // while the child reports its own header: if the formula lost the shared-bit strip, the

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.PageTable;
@@ -294,6 +295,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     /// </summary>
     private void ZapLeafs(TableRef root, ulong startFrame, ulong endFrame)
     {
+        AssertRoot(root);
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level))
@@ -316,6 +318,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
 
     private void WriteProtectLeafs(TableRef root, ulong startFrame, ulong endFrame)
     {
+        AssertRoot(root);
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
@@ -338,10 +341,34 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     {
         if (root.IsNull)
             return;
+        AssertRoot(root);
         // Freeing reads no page's key, so the role new pages would get (direct or mirror) plays no part.
         var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror: false);
         RadixTable<TFormat>.FreeTree(ref pages, root, _rootLevel);
         root = default;
+    }
+
+    /// <summary>
+    /// DEBUG, where a table address enters from an entry or a root field: <paramref name="table"/> is a page
+    /// of one of this MMU's slabs, in use, at <paramref name="level"/> of the direct or mirror tree.
+    /// </summary>
+    [Conditional("DEBUG")]
+    private static void AssertTable(TableRef table, int level, bool mirror)
+    {
+        TdpPageHeader header = TdpPageAllocator.HeaderOf(table); // asserts a page-aligned page of a slab
+        Debug.Assert(header.InUse && header.Level == level && header.Mirror == mirror,
+            "a table pointer that is not a table in use at that level of that root");
+    }
+
+    /// <summary>DEBUG: an empty root, or one of this MMU's two roots as its field holds it (the slab is this MMU's).</summary>
+    [Conditional("DEBUG")]
+    private void AssertRoot(TableRef root)
+    {
+        if (root.IsNull)
+            return;
+        Debug.Assert(root == _directRoot || root == _mirrorRoot, "a root that is not this MMU's");
+        _pages.AssertOwned(root);
+        AssertTable(root, _rootLevel, mirror: root == _mirrorRoot);
     }
 
     private TdpStatus Reject(string reason)

@@ -71,6 +71,7 @@ internal sealed unsafe class TdpPageAllocator
     public void Free(TableRef table, int level)
     {
         ulong* page = table.Page;
+        AssertOwned(table);
         Debug.Assert(HeaderOf(page).InUse, "double free of a table page");
         Debug.Assert(HeaderOf(page).Level == level, "freeing a table as another level than its header's");
         table.Clear();
@@ -78,6 +79,14 @@ internal sealed unsafe class TdpPageAllocator
         page[0] = (ulong)_freeHead;
         _freeHead = page;
         _tablesInUse--;
+    }
+
+    /// <summary>DEBUG: <paramref name="table"/> lies in one of this allocator's slabs (a search: cold paths only).</summary>
+    [Conditional("DEBUG")]
+    public void AssertOwned(TableRef table)
+    {
+        nint slab = (nint)((nuint)table.Page & ~SlabOffsetMask);
+        Debug.Assert(_slabs.Contains(slab), "a table page outside this allocator's slabs");
     }
 
     /// <summary>The header of <paramref name="table"/> (see the class comment).</summary>

@@ -88,6 +88,28 @@ public sealed class TableRefTests
     }
 
     [Fact]
+    public void A_table_freed_twice_or_to_an_allocator_that_did_not_hand_it_out_fails_its_assertion()
+    {
+        var pool = new NativePagePool();
+        var mine = new TdpPageAllocator(pool, EptAddressMask);
+        var other = new TdpPageAllocator(pool, EptAddressMask);
+        TableRef table = mine.Allocate(0, level: 1, mirror: false);
+        _ = other.Allocate(0, level: 1, mirror: false);
+        try
+        {
+            AssertionListener.Fails("outside this allocator's slabs", () => other.Free(table, 1));
+            mine.Free(table, 1);
+            AssertionListener.Fails("double free", () => mine.Free(table, 1));
+        }
+        finally
+        {
+            mine.ReleaseAll();
+            other.ReleaseAll();
+        }
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    [Fact]
     public void An_entry_index_outside_0_to_511_fails_its_assertion()
     {
         var pool = new NativePagePool();
