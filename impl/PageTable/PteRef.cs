@@ -4,14 +4,15 @@ using System.Runtime.CompilerServices;
 namespace MmuSpec.Impl.PageTable;
 
 /// <summary>
-/// One entry of a table, as a walk or an iterator found it: its table and index, its level, the first frame
-/// it covers (index space) and its value when it was read. Writes go through <see cref="Write"/>, so the
-/// table never leaks into policy code.
+/// One entry of a table, as a walk or an iterator found it: where it is, its level, the first frame it
+/// covers (index space) and its value when it was read. Writes go through <see cref="Write"/>, so the
+/// entry never leaks into policy code. Made only from a <see cref="TableRef"/> and an index (asserted);
+/// it keeps the entry's address rather than table and index so that it stays four fields, which the JIT
+/// keeps in registers on the fault path (a fifth field sends it to the stack).
 /// </summary>
-internal readonly struct PteRef
+internal readonly unsafe struct PteRef
 {
-    private readonly TableRef _table;
-    private readonly int _index;
+    private readonly ulong* _entry;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public PteRef(TableRef table, int index, int level, ulong frame, ulong value)
@@ -19,8 +20,16 @@ internal readonly struct PteRef
         Debug.Assert(!table.IsNull, "entry outside any table");
         Debug.Assert((uint)index < TableGeometry.EntriesPerTable, "entry index outside the table");
         table.AssertLevel(level);
-        _table = table;
-        _index = index;
+        _entry = table.Page + index;
+        Level = level;
+        Frame = frame;
+        Value = value;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private PteRef(ulong* entry, int level, ulong frame, ulong value)
+    {
+        _entry = entry;
         Level = level;
         Frame = frame;
         Value = value;
@@ -35,22 +44,46 @@ internal readonly struct PteRef
     public ulong Value { get; }
 
     /// <summary>Index of the entry in its table (0..511).</summary>
-    public int Index => _index;
+    public int Index => (int)(((nuint)_entry & (TableGeometry.TableBytes - 1)) / sizeof(ulong));
 
-    /// <summary>The table holding the entry.</summary>
-    public TableRef Table => _table;
+    /// <summary>The table holding the entry (tables are page aligned).</summary>
+    public TableRef Table
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => TableRef.FromPage((ulong*)((nuint)_entry & ~(nuint)(TableGeometry.TableBytes - 1)), Level);
+    }
 
     /// <summary>The entry's value now (it may have been written since it was reached).</summary>
     public ulong Current
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => _table[_index];
+        get
+        {
+            Debug.Assert(_entry != null, "no entry");
+            return *_entry;
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Write(ulong value) => _table[_index] = value;
+    public void Write(ulong value)
+    {
+        Debug.Assert(_entry != null, "no entry");
+        *_entry = value;
+    }
+
+    /// <summary>Writes <paramref name="value"/> and returns the entry as it now is.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public PteRef Store(ulong value)
+    {
+        Write(value);
+        return new PteRef(_entry, Level, Frame, value);
+    }
 
     /// <summary>Makes the entry not present (every format treats an all-zero entry as absent).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Clear() => _table[_index] = 0;
+    public void Clear()
+    {
+        Debug.Assert(_entry != null, "no entry");
+        *_entry = 0;
+    }
 }

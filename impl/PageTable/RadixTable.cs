@@ -76,18 +76,15 @@ internal static class RadixTable<TFormat> where TFormat : struct, IPteFormat
         Debug.Assert(at.Level >= level && TFormat.LeafAllowed(level), "cannot map below the stopping point");
         Debug.Assert(!TFormat.IsPresent(at.Current) || TFormat.IsLeaf(at.Current, at.Level),
             "a table in the way would leak");
-        TableRef table = at.Table;
-        int index = at.Index;
+        PteRef entry = at;
         for (int l = at.Level; l > level; l--)
         {
             // The new table covers exactly what the entry at level l covers.
             TableRef child = pages.Allocate(l - 1, AlignDown(frame, l));
-            table[index] = TFormat.MakeTable(child.Address);
-            table = child;
-            index = Index(frame, l - 1);
+            entry.Write(TFormat.MakeTable(child.Address));
+            entry = new PteRef(child, Index(frame, l - 1), l - 1, AlignDown(frame, l - 1), 0); // a new table is zeroed
         }
-        table[index] = leaf;
-        return new PteRef(table, index, level, AlignDown(frame, level), leaf);
+        return entry.Store(leaf);
     }
 
     /// <summary>Frees <paramref name="table"/> (at <paramref name="level"/>) and every table below it.

@@ -134,7 +134,11 @@ internal readonly unsafe struct PaeRootPage
 
     /// <summary>The block a tagged root pointer names, which must be one of this page's.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public ref PaeRoot At(nint root) => ref _blocks[IndexOf(root)];
+    public ref PaeRoot At(nint root)
+    {
+        Debug.Assert(IndexOf(root) >= 0, "a PAE root pointer outside this MMU's blocks");
+        return ref *(PaeRoot*)(root & ~RootInfo.PaeTag);
+    }
 
     /// <summary>Which block of this page a tagged root pointer names.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
