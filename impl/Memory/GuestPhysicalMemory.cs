@@ -1,6 +1,7 @@
 using System.Collections.ObjectModel;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace MmuSpec.Impl.Memory;
 
@@ -8,6 +9,8 @@ namespace MmuSpec.Impl.Memory;
 /// Guest physical address space as a handful of memslots (KVM's kvm_memory_slot / gfn_to_hva):
 /// each slot maps a run of guest frames onto host memory. Addresses outside every slot are unbacked.
 /// Lookups may run concurrently with each other; adding slots or disposing must not race with them.
+/// One of the two owners of raw pointers (with <see cref="NativePagePool"/>): host addresses leave it only
+/// through internal members, and the public surface reads, writes and adds slots by gpa.
 /// </summary>
 public sealed unsafe class GuestPhysicalMemory : IDisposable
 {
@@ -54,10 +57,39 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
     }
 
     /// <summary>
-    /// Adds a slot over host memory this object does not own (e.g. a mapped copy-on-write image).
-    /// The memory must stay valid for this object's lifetime and is not freed by <see cref="Dispose"/>.
+    /// Adds a slot over <paramref name="pages"/> pages of <paramref name="buffer"/> from byte
+    /// <paramref name="byteOffset"/> (e.g. a memory-mapped image's view). The buffer is held (its pointer
+    /// acquired) until the slot is removed or this object disposed; it is never freed here.
     /// </summary>
-    public void AddExternalSlot(ulong baseGfn, ulong pages, byte* host)
+    /// <exception cref="ArgumentOutOfRangeException">The pages do not fit in the buffer from that offset,
+    /// or the range is not a valid slot.</exception>
+    /// <exception cref="ArgumentException">The offset is not 8-byte aligned, or the range overlaps a slot.</exception>
+    public void AddExternalSlot(ulong baseGfn, ulong pages, SafeBuffer buffer, ulong byteOffset)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        ValidateRange(baseGfn, pages);
+        if (byteOffset > buffer.ByteLength || pages > (buffer.ByteLength - byteOffset) / PageSize)
+            ThrowHelper.ArgumentOutOfRange(nameof(pages), "The slot's pages do not fit in the buffer from that offset.");
+        if ((byteOffset & (ExternalHostAlignment - 1)) != 0)
+            ThrowHelper.Argument(nameof(byteOffset), "External host memory must be 8-byte aligned.");
+        byte* start = null;
+        buffer.AcquirePointer(ref start); // released by RemoveSlot or Dispose
+        Debug.Assert(((nuint)start & (ExternalHostAlignment - 1)) == 0, "a buffer's base is 8-byte aligned");
+        Insert(new Slot(baseGfn, pages, start + byteOffset, ownedByPool: false, buffer));
+    }
+
+    /// <summary>A memslot's host memory (the TDP and shadow MMUs'), at <paramref name="baseGfn"/>; not freed here.</summary>
+    internal void AddExternalSlot(ulong baseGfn, ulong pages, HostMemory host)
+    {
+        Debug.Assert(pages << PageShift <= host.Bytes, "a window larger than its host memory");
+        AddExternalSlot(baseGfn, pages, host.Base);
+    }
+
+    /// <summary>
+    /// Adds a slot over host memory this object does not own. The memory must stay valid for this
+    /// object's lifetime and is not freed by <see cref="Dispose"/>.
+    /// </summary>
+    internal void AddExternalSlot(ulong baseGfn, ulong pages, byte* host)
     {
         if (host == null)
             ThrowHelper.ArgumentNull(nameof(host));
@@ -97,13 +129,12 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
         _infos.RemoveAt(index);
         if (_lastHit == removed)
             _lastHit = Slot.Empty;
-        if (removed.OwnedByPool)
-            _pool.FreePages(removed.Host, (int)(removed.Bytes >> PageShift));
+        removed.Release(_pool);
     }
 
     /// <summary>Host address backing <paramref name="gpa"/>, or null when no slot covers it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public byte* HostAddress(ulong gpa)
+    internal byte* HostAddress(ulong gpa)
     {
         Slot last = _lastHit;
         // Unsigned wrap turns "below base" into a huge offset: one compare checks both bounds.
@@ -112,6 +143,10 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
             return last.Host + offset;
         return HostAddressSlow(gpa);
     }
+
+    /// <summary>The paging entry at <paramref name="gpa"/> for the walk (unbacked when no slot covers it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal Paging.PagingEntry Entry(ulong gpa) => new(HostAddress(gpa));
 
     public bool TryRead64(ulong gpa, out ulong value)
     {
@@ -137,6 +172,17 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
         }
         value = *(uint*)p;
         return true;
+    }
+
+    /// <summary>A <paramref name="bytes"/>-wide (4 or 8) read: a paging entry of either width.</summary>
+    public bool TryRead(ulong gpa, int bytes, out ulong value)
+    {
+        Debug.Assert(bytes is sizeof(uint) or sizeof(ulong), "an entry is 4 or 8 bytes");
+        if (bytes == sizeof(ulong))
+            return TryRead64(gpa, out value);
+        bool backed = TryRead32(gpa, out uint narrow);
+        value = narrow;
+        return backed;
     }
 
     public bool TryWrite64(ulong gpa, ulong value)
@@ -182,10 +228,7 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
         _lastHit = Slot.Empty;
         _infos.Clear();
         foreach (Slot s in slots)
-        {
-            if (s.OwnedByPool)
-                _pool.FreePages(s.Host, (int)(s.Bytes >> PageShift));
-        }
+            s.Release(_pool);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)] // keeps HostAddress's inlined fast path tiny
@@ -238,14 +281,26 @@ public sealed unsafe class GuestPhysicalMemory : IDisposable
         public readonly byte* Host;
         public readonly bool OwnedByPool;
 
+        // A caller's buffer whose pointer the slot holds, released with the slot.
+        private readonly SafeBuffer? _buffer;
+
         private Slot() { }
 
-        public Slot(ulong baseGfn, ulong pages, byte* host, bool ownedByPool)
+        public Slot(ulong baseGfn, ulong pages, byte* host, bool ownedByPool, SafeBuffer? buffer = null)
         {
             BaseGpa = baseGfn << PageShift;
             Bytes = pages * PageSize;
             Host = host;
             OwnedByPool = ownedByPool;
+            _buffer = buffer;
+        }
+
+        /// <summary>Gives the slot's memory back: to the pool when it owns it, the buffer's pointer when it holds one.</summary>
+        public void Release(NativePagePool pool)
+        {
+            if (OwnedByPool)
+                pool.FreePages(Host, (int)(Bytes >> PageShift));
+            _buffer?.ReleasePointer();
         }
     }
 }

@@ -8,6 +8,8 @@ namespace MmuSpec.Impl.Memory;
 /// large guest memory, lazily zeroed runs: <see cref="AllocateLazilyZeroedPages"/>).
 /// Owners free their own runs; <see cref="Dispose"/> frees nothing (tests check
 /// <see cref="PagesInUse"/> == 0 to find leaks). Thread-safe.
+/// One of the two owners of raw pointers (with <see cref="GuestPhysicalMemory"/>): runs are handed out
+/// and taken back only inside the impl (and to its own contract tests); the counters are public.
 /// </summary>
 public sealed unsafe class NativePagePool : IDisposable
 {
@@ -41,7 +43,7 @@ public sealed unsafe class NativePagePool : IDisposable
     public long LazilyZeroedPagesInUse => Interlocked.Read(ref _lazilyZeroedPagesInUse);
 
     /// <summary>Allocates <paramref name="count"/> contiguous zeroed pages aligned to <see cref="PageSize"/>.</summary>
-    public byte* AllocatePages(int count) => AllocatePages(count, alignmentPages: 1);
+    internal byte* AllocatePages(int count) => AllocatePages(count, alignmentPages: 1);
 
     /// <summary>
     /// Allocates <paramref name="count"/> contiguous zeroed pages whose base is aligned to
@@ -49,7 +51,7 @@ public sealed unsafe class NativePagePool : IDisposable
     /// masking an address down to its run (e.g. the TDP MMU's page headers) need runs aligned to their size.
     /// Free with <see cref="FreePages"/> as usual.
     /// </summary>
-    public byte* AllocatePages(int count, int alignmentPages)
+    internal byte* AllocatePages(int count, int alignmentPages)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (count <= 0)
@@ -80,7 +82,7 @@ public sealed unsafe class NativePagePool : IDisposable
     /// with <see cref="FreeLazilyZeroedPages"/>.
     /// </summary>
     /// <exception cref="OutOfMemoryException">The OS refused the reservation.</exception>
-    public byte* AllocateLazilyZeroedPages(long count)
+    internal byte* AllocateLazilyZeroedPages(long count)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (count <= 0)
@@ -104,7 +106,7 @@ public sealed unsafe class NativePagePool : IDisposable
     /// Returns a run obtained from <see cref="AllocateLazilyZeroedPages"/> with the same
     /// <paramref name="count"/>. Allowed after <see cref="Dispose"/>.
     /// </summary>
-    public void FreeLazilyZeroedPages(byte* p, long count)
+    internal void FreeLazilyZeroedPages(byte* p, long count)
     {
         if (p == null)
             ThrowHelper.ArgumentNull(nameof(p));
@@ -120,7 +122,7 @@ public sealed unsafe class NativePagePool : IDisposable
     /// Returns a run obtained from <see cref="AllocatePages"/> with the same <paramref name="count"/>.
     /// Allowed after <see cref="Dispose"/> so owners may be disposed in any order.
     /// </summary>
-    public void FreePages(byte* p, int count)
+    internal void FreePages(byte* p, int count)
     {
         if (p == null)
             ThrowHelper.ArgumentNull(nameof(p));

@@ -16,7 +16,7 @@ namespace MmuSpec.Impl.PageTable;
 /// it, which is true as soon as the entry no longer points at it.
 /// </para>
 /// </summary>
-public unsafe ref struct PteIterator<TFormat> where TFormat : struct, IPteFormat
+internal ref struct PteIterator<TFormat> where TFormat : struct, IPteFormat
 {
     // Tables on the way to the current entry, by level: stepping up needs no walk from the root (KVM's pt_path).
     private TablePath _path;
@@ -30,8 +30,9 @@ public unsafe ref struct PteIterator<TFormat> where TFormat : struct, IPteFormat
     // Exclusive end of the range: the walk stops at the first entry starting at or after it.
     private readonly ulong _end;
 
-    // The current entry, so a step sideways is one increment.
-    private ulong* _entry;
+    // The current entry's table and index, so a step sideways is one increment.
+    private TableRef _table;
+    private int _index;
 
     // Level of the current entry: its size, and whether it may point at a table.
     private int _level;
@@ -48,9 +49,9 @@ public unsafe ref struct PteIterator<TFormat> where TFormat : struct, IPteFormat
     // False once the walk has stepped past the root's last entry (or the range was empty).
     private bool _valid;
 
-    /// <param name="root">The root table, or null for an empty tree (nothing is yielded).</param>
+    /// <param name="root">The root table, or no table for an empty tree (nothing is yielded).</param>
     /// <param name="minLevel">Lowest level yielded; 1 visits everything.</param>
-    public PteIterator(ulong* root, int rootLevel, ulong start, ulong end, int minLevel = 1)
+    public PteIterator(TableRef root, int rootLevel, ulong start, ulong end, int minLevel = 1)
     {
         Debug.Assert(rootLevel is >= 1 and <= MaxLevel && minLevel >= 1 && minLevel <= rootLevel, "bad levels");
         _end = end;
@@ -59,18 +60,20 @@ public unsafe ref struct PteIterator<TFormat> where TFormat : struct, IPteFormat
         _level = rootLevel;
         _target = start;
         _frame = AlignDown(start, rootLevel);
-        _valid = root != null && start < end && start < FramesPerTable(rootLevel);
+        _valid = !root.IsNull && start < end && start < FramesPerTable(rootLevel);
         if (_valid)
         {
-            _path[rootLevel] = (nuint)root;
-            _entry = root + Index(start, rootLevel);
+            root.AssertLevel(rootLevel);
+            _path[rootLevel] = root;
+            _table = root;
+            _index = Index(start, rootLevel);
         }
     }
 
     public readonly PteRef Current
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => new(_entry, _level, _frame, *_entry);
+        get => new(_table, _index, _level, _frame, _table[_index]);
     }
 
     public readonly PteIterator<TFormat> GetEnumerator() => this;
@@ -102,24 +105,25 @@ public unsafe ref struct PteIterator<TFormat> where TFormat : struct, IPteFormat
     {
         if (_level == _minLevel)
             return false;
-        ulong value = *_entry; // read again: the caller may have rewritten it
+        ulong value = _table[_index]; // read again: the caller may have rewritten it
         if (!TFormat.IsPresent(value) || TFormat.IsLeaf(value, _level))
             return false;
-        ulong* child = (ulong*)TFormat.TableAddress(value);
         _level--;
-        _path[_level] = (nuint)child;
+        TableRef child = TableRef.At(TFormat.TableAddress(value), _level);
+        _path[_level] = child;
         _frame = AlignDown(_target, _level);
-        _entry = child + Index(_frame, _level);
+        _table = child;
+        _index = Index(_frame, _level);
         return true;
     }
 
     private bool TryStepSide()
     {
-        if (Index(_frame, _level) == LastIndex)
+        if (_index == LastIndex)
             return false;
         _frame += FramesPerEntry(_level);
         _target = _frame;
-        _entry++;
+        _index++;
         return true;
     }
 
@@ -129,14 +133,15 @@ public unsafe ref struct PteIterator<TFormat> where TFormat : struct, IPteFormat
             return false;
         _level++;
         _frame = AlignDown(_frame, _level);
-        _entry = (ulong*)_path[_level] + Index(_frame, _level);
+        _table = _path[_level];
+        _index = Index(_frame, _level);
         return true;
     }
 
-    /// <summary>Table addresses indexed by level (slot 0 unused).</summary>
+    /// <summary>Tables indexed by level (slot 0 unused).</summary>
     [InlineArray(MaxLevel + 1)]
     private struct TablePath
     {
-        private nuint _element0;
+        private TableRef _element0;
     }
 }

@@ -6,17 +6,29 @@ namespace MmuSpec.Impl.PageTable;
 /// <summary>
 /// One entry of a table, as a walk or an iterator found it: where it is, its level, the first frame it
 /// covers (index space) and its value when it was read. Writes go through <see cref="Write"/>, so the
-/// entry pointer never leaks into policy code.
+/// entry never leaks into policy code. Made only from a <see cref="TableRef"/> and an index (asserted);
+/// it keeps the entry's address rather than table and index so that it stays four fields, which the JIT
+/// keeps in registers on the fault path (a fifth field sends it to the stack).
 /// </summary>
-public readonly unsafe struct PteRef
+internal readonly unsafe struct PteRef
 {
     private readonly ulong* _entry;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public PteRef(ulong* entry, int level, ulong frame, ulong value)
+    public PteRef(TableRef table, int index, int level, ulong frame, ulong value)
     {
-        Debug.Assert(entry != null, "entry outside any table");
-        Debug.Assert(((nuint)entry & (sizeof(ulong) - 1)) == 0, "misaligned entry");
+        Debug.Assert(!table.IsNull, "entry outside any table");
+        Debug.Assert((uint)index < TableGeometry.EntriesPerTable, "entry index outside the table");
+        table.AssertLevel(level);
+        _entry = table.Page + index;
+        Level = level;
+        Frame = frame;
+        Value = value;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private PteRef(ulong* entry, int level, ulong frame, ulong value)
+    {
         _entry = entry;
         Level = level;
         Frame = frame;
@@ -34,19 +46,44 @@ public readonly unsafe struct PteRef
     /// <summary>Index of the entry in its table (0..511).</summary>
     public int Index => (int)(((nuint)_entry & (TableGeometry.TableBytes - 1)) / sizeof(ulong));
 
+    /// <summary>The table holding the entry (tables are page aligned).</summary>
+    public TableRef Table
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => TableRef.FromPage((ulong*)((nuint)_entry & ~(nuint)(TableGeometry.TableBytes - 1)), Level);
+    }
+
     /// <summary>The entry's value now (it may have been written since it was reached).</summary>
     public ulong Current
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get => *_entry;
+        get
+        {
+            Debug.Assert(_entry != null, "no entry");
+            return *_entry;
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Write(ulong value) => *_entry = value;
+    public void Write(ulong value)
+    {
+        Debug.Assert(_entry != null, "no entry");
+        *_entry = value;
+    }
+
+    /// <summary>Writes <paramref name="value"/> and returns the entry as it now is.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public PteRef Store(ulong value)
+    {
+        Write(value);
+        return new PteRef(_entry, Level, Frame, value);
+    }
 
     /// <summary>Makes the entry not present (every format treats an all-zero entry as absent).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Clear() => *_entry = 0;
-
-    internal ulong* Pointer => _entry;
+    public void Clear()
+    {
+        Debug.Assert(_entry != null, "no entry");
+        *_entry = 0;
+    }
 }

@@ -12,27 +12,28 @@ namespace MmuSpec.Impl.PageTable;
 /// everything below it. Range operations use <see cref="PteIterator{TFormat}"/>.
 /// Not thread-safe: callers serialize (KVM's mmu_lock held for write).
 /// </summary>
-public static unsafe class RadixTable<TFormat> where TFormat : struct, IPteFormat
+internal static class RadixTable<TFormat> where TFormat : struct, IPteFormat
 {
     /// <summary>
     /// Follows tables from the root towards <paramref name="frame"/> and returns the leaf covering it,
     /// or the first entry on the way that is not present (then nothing maps the frame).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static PteRef Walk(ulong* root, int rootLevel, ulong frame)
+    public static PteRef Walk(TableRef root, int rootLevel, ulong frame)
     {
-        Debug.Assert(root != null, "walk without a root");
+        Debug.Assert(!root.IsNull, "walk without a root");
         Debug.Assert(frame < FramesPerTable(rootLevel), "frame outside the tree");
-        ulong* table = root;
+        root.AssertLevel(rootLevel);
+        TableRef table = root;
         int level = rootLevel;
         while (true)
         {
-            ulong* entry = table + Index(frame, level);
-            ulong value = *entry;
+            int index = Index(frame, level);
+            ulong value = table[index];
             if (!TFormat.IsPresent(value) || TFormat.IsLeaf(value, level))
-                return new PteRef(entry, level, AlignDown(frame, level), value);
-            table = (ulong*)TFormat.TableAddress(value);
+                return new PteRef(table, index, level, AlignDown(frame, level), value);
             level--;
+            table = TableRef.At(TFormat.TableAddress(value), level);
         }
     }
 
@@ -41,26 +42,27 @@ public static unsafe class RadixTable<TFormat> where TFormat : struct, IPteForma
     /// level a missing table is created and a leaf in the way is replaced by a new, empty table; at that
     /// level a table in the way is freed with its subtree.
     /// </summary>
-    public static PteRef Map<TPages>(ref TPages pages, ulong* root, int rootLevel, ulong frame, int level, ulong leaf)
+    public static PteRef Map<TPages>(ref TPages pages, TableRef root, int rootLevel, ulong frame, int level, ulong leaf)
         where TPages : struct, ITablePages
     {
         Debug.Assert(TFormat.LeafAllowed(level) && level <= rootLevel, "leaf level not allowed");
-        ulong* table = root;
+        root.AssertLevel(rootLevel);
+        TableRef table = root;
         for (int l = rootLevel; l > level; l--)
         {
-            ulong* entry = table + Index(frame, l);
-            ulong value = *entry;
+            int index = Index(frame, l);
+            ulong value = table[index];
             if (!TFormat.IsPresent(value) || TFormat.IsLeaf(value, l))
-                return MapFrom(ref pages, new PteRef(entry, l, AlignDown(frame, l), value), frame, level, leaf);
-            table = (ulong*)TFormat.TableAddress(value);
+                return MapFrom(ref pages, new PteRef(table, index, l, AlignDown(frame, l), value), frame, level, leaf);
+            table = TableRef.At(TFormat.TableAddress(value), l - 1);
         }
 
-        ulong* target = table + Index(frame, level);
-        ulong old = *target;
-        *target = leaf;
+        int target = Index(frame, level);
+        ulong old = table[target];
+        table[target] = leaf;
         if (TFormat.IsPresent(old) && !TFormat.IsLeaf(old, level))
-            FreeTree(ref pages, (ulong*)TFormat.TableAddress(old), level - 1);
-        return new PteRef(target, level, AlignDown(frame, level), leaf);
+            FreeTree(ref pages, TableRef.At(TFormat.TableAddress(old), level - 1), level - 1);
+        return new PteRef(table, target, level, AlignDown(frame, level), leaf);
     }
 
     /// <summary>
@@ -74,34 +76,34 @@ public static unsafe class RadixTable<TFormat> where TFormat : struct, IPteForma
         Debug.Assert(at.Level >= level && TFormat.LeafAllowed(level), "cannot map below the stopping point");
         Debug.Assert(!TFormat.IsPresent(at.Current) || TFormat.IsLeaf(at.Current, at.Level),
             "a table in the way would leak");
-        ulong* entry = at.Pointer;
+        PteRef entry = at;
         for (int l = at.Level; l > level; l--)
         {
             // The new table covers exactly what the entry at level l covers.
-            ulong* child = pages.Allocate(l - 1, AlignDown(frame, l));
-            *entry = TFormat.MakeTable((ulong)child);
-            entry = child + Index(frame, l - 1);
+            TableRef child = pages.Allocate(l - 1, AlignDown(frame, l));
+            entry.Write(TFormat.MakeTable(child.Address));
+            entry = new PteRef(child, Index(frame, l - 1), l - 1, AlignDown(frame, l - 1), 0); // a new table is zeroed
         }
-        *entry = leaf;
-        return new PteRef(entry, level, AlignDown(frame, level), leaf);
+        return entry.Store(leaf);
     }
 
     /// <summary>Frees <paramref name="table"/> (at <paramref name="level"/>) and every table below it.
     /// The caller has already unlinked it from its parent.</summary>
-    public static void FreeTree<TPages>(ref TPages pages, ulong* table, int level)
+    public static void FreeTree<TPages>(ref TPages pages, TableRef table, int level)
         where TPages : struct, ITablePages
     {
-        Debug.Assert(table != null && level >= 1, "bad table");
+        Debug.Assert(!table.IsNull && level >= 1, "bad table");
+        table.AssertLevel(level);
         if (level > 1)
         {
             for (int i = 0; i < EntriesPerTable; i++)
             {
                 ulong value = table[i];
                 if (TFormat.IsPresent(value) && !TFormat.IsLeaf(value, level))
-                    FreeTree(ref pages, (ulong*)TFormat.TableAddress(value), level - 1);
+                    FreeTree(ref pages, TableRef.At(TFormat.TableAddress(value), level - 1), level - 1);
             }
         }
-        pages.Free(table);
+        pages.Free(table, level);
     }
 
     /// <summary>Whether the entry is a present leaf.</summary>

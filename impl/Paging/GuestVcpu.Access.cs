@@ -71,7 +71,7 @@ public sealed partial class GuestVcpu
     /// </summary>
     [SkipLocalsInit] // WalkedEntries slots are written before they are read: skip zeroing the frame
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private unsafe WalkOutcome Walk<TObserver>(ulong gva, AccessType type, Privilege priv, ref TObserver observer)
+    private WalkOutcome Walk<TObserver>(ulong gva, AccessType type, Privilege priv, ref TObserver observer)
         where TObserver : struct, IWalkObserver
     {
         WalkContext ctx = _context;
@@ -119,19 +119,19 @@ public sealed partial class GuestVcpu
         Unsafe.SkipInit(out WalkedEntries entries); // only slots [0, walked) are ever read: saves zeroing 40 bytes
         // Assigned by the loop's first pass; the initial values only keep the compiler's definite
         // assignment independent of the loop condition (a mutation tool turns `true` into `false`).
-        byte* entry = null;
+        PagingEntry entry = default;
         ulong pte = 0;
         while (true)
         {
             ulong index = (gva >> ctx.Levels[level].Shift) & ctx.IndexMask;
             ulong entryGpa = table + (index << ctx.EntryShift);
-            entry = memory.HostAddress(entryGpa);
-            if (entry == null)
+            entry = memory.Entry(entryGpa);
+            if (entry.IsUnbacked)
             {
                 observer.EntryUnbacked(entryGpa);
                 return WalkOutcome.PageFault(reported); // unbacked table: like a not-present entry (KVM)
             }
-            pte = PagingEntry.Read(entry, wide);
+            pte = entry.Read(wide);
             observer.EntryRead(entryGpa, pte);
             if ((pte & PagingEntryBits.Present) == 0)
                 return WalkOutcome.PageFault(reported);
@@ -139,7 +139,7 @@ public sealed partial class GuestVcpu
             if ((pte & ctx.Reserved.Mask(pageSizeBit, level)) != 0)
                 return WalkOutcome.PageFault(reported | Present | ReservedBit);
 
-            entries[walked++] = (nint)entry;
+            entries[walked++] = entry;
             accessedAll &= pte;
             // P sits where ACC exec does and is known to be 1: XOR with XD yields "executable",
             // so U, W and X accumulate with one AND (KVM gpte_access). 4-byte entries have no XD.
@@ -166,10 +166,10 @@ public sealed partial class GuestVcpu
             if ((accessedAll & PagingEntryBits.Accessed) == 0)
             {
                 for (int i = 0; i < walked; i++)
-                    PagingEntry.SetBits((byte*)entries[i], wide, PagingEntryBits.Accessed);
+                    entries[i].SetBits(wide, PagingEntryBits.Accessed);
             }
             if (type == AccessType.Write && (pte & PagingEntryBits.Dirty) == 0)
-                PagingEntry.SetBits(entry, wide, PagingEntryBits.Dirty);
+                entry.SetBits(wide, PagingEntryBits.Dirty);
         }
 
         ref readonly LevelShape leaf = ref ctx.Levels[level];

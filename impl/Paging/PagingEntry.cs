@@ -3,18 +3,35 @@ using System.Runtime.CompilerServices;
 
 namespace MmuSpec.Impl.Paging;
 
-/// <summary>Reads and updates one paging-structure entry in host memory (4 or 8 bytes wide).</summary>
-internal static unsafe class PagingEntry
+/// <summary>
+/// One paging-structure entry in host memory (4 or 8 bytes wide), as <see cref="Memory.GuestPhysicalMemory"/>
+/// found it for a gpa, or none when no slot backs the gpa. Pointer-sized; the walk reads and updates entries
+/// only through it, so raw host addresses stay in guest memory and here.
+/// </summary>
+internal readonly unsafe struct PagingEntry
 {
     private const nuint NarrowAlignMask = sizeof(uint) - 1;
     private const nuint WideAlignMask = sizeof(ulong) - 1;
 
+    private readonly byte* _host;
+
+    /// <summary>For guest memory, which owns the address: the entry at <paramref name="host"/>, or none for null.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ulong Read(byte* entry, bool wide)
+    internal PagingEntry(byte* host)
     {
-        Debug.Assert(entry != null, "entry in unbacked memory");
-        Debug.Assert(((nuint)entry & (wide ? WideAlignMask : NarrowAlignMask)) == 0, "misaligned entry");
-        return wide ? *(ulong*)entry : *(uint*)entry;
+        Debug.Assert(((nuint)host & NarrowAlignMask) == 0, "an entry's host address is at least 4-byte aligned");
+        _host = host;
+    }
+
+    /// <summary>No slot backs the entry's gpa.</summary>
+    public bool IsUnbacked => _host == null;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong Read(bool wide)
+    {
+        Debug.Assert(_host != null, "entry in unbacked memory");
+        Debug.Assert(((nuint)_host & (wide ? WideAlignMask : NarrowAlignMask)) == 0, "misaligned entry");
+        return wide ? *(ulong*)_host : *(uint*)_host;
     }
 
     /// <summary>
@@ -22,21 +39,21 @@ internal static unsafe class PagingEntry
     /// with the union); writes only when a bit is missing, leaving already-set entries untouched.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void SetBits(byte* entry, bool wide, ulong bits)
+    public void SetBits(bool wide, ulong bits)
     {
-        Debug.Assert(entry != null, "entry in unbacked memory");
+        Debug.Assert(_host != null, "entry in unbacked memory");
         if (wide)
         {
-            Debug.Assert(((nuint)entry & WideAlignMask) == 0, "misaligned entry");
-            ulong* p = (ulong*)entry;
+            Debug.Assert(((nuint)_host & WideAlignMask) == 0, "misaligned entry");
+            ulong* p = (ulong*)_host;
             ulong value = *p;
             if ((value & bits) != bits)
                 *p = value | bits;
         }
         else
         {
-            Debug.Assert(((nuint)entry & NarrowAlignMask) == 0, "misaligned entry");
-            uint* p = (uint*)entry;
+            Debug.Assert(((nuint)_host & NarrowAlignMask) == 0, "misaligned entry");
+            uint* p = (uint*)_host;
             uint value = *p;
             uint narrowBits = (uint)bits;
             if ((value & narrowBits) != narrowBits)

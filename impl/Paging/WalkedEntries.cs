@@ -3,7 +3,7 @@ using System.Runtime.CompilerServices;
 namespace MmuSpec.Impl.Paging;
 
 /// <summary>
-/// Host addresses of the entries read by one walk, kept so the A/D pass needs no second slot lookup.
+/// The entries read by one walk (their host addresses), kept so the A/D pass needs no second slot lookup.
 /// An inline array on the stack: no allocation.
 /// </summary>
 [InlineArray(MaxLevels)]
@@ -11,5 +11,5 @@ internal struct WalkedEntries
 {
     public const int MaxLevels = 5;
 
-    private nint _element0;
+    private PagingEntry _element0;
 }

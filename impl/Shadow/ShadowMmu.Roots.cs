@@ -18,7 +18,7 @@ namespace MmuSpec.Impl.Shadow;
 /// is_root_usable does.
 /// </para>
 /// </summary>
-internal sealed unsafe partial class ShadowMmu
+internal sealed partial class ShadowMmu
 {
     private const ulong PcidMask = 0xFFF;
     private const ulong NoFlushBit = 1UL << 63; // MOV CR3's operand bit 63 with CR4.PCIDE
@@ -37,7 +37,7 @@ internal sealed unsafe partial class ShadowMmu
 
     // PaeRoot.Count blocks in one native page; bit i of _freeBlocks: block i is free. A bit mask instead of a
     // free list: a block costs no link, and the four-way choice is one TrailingZeroCount.
-    private readonly PaeRoot* _blocks;
+    private readonly PaeRootPage _blocks;
     private uint _freeBlocks = AllBlocksFree;
 
     private long _builds, _cachedSwitches, _resyncs, _freed, _pagesCreated;
@@ -57,16 +57,7 @@ internal sealed unsafe partial class ShadowMmu
 
     // ---- PAE blocks ----
 
-    private static PaeRoot* AllocateBlockPage(Memory.NativePagePool pool)
-    {
-        Debug.Assert(sizeof(PaeRoot) == PaeRoot.Bytes && PaeRoot.Count * PaeRoot.Bytes <= ShadowPageAllocator.PageBytes, "PAE root blocks overflow their page");
-        return (PaeRoot*)pool.AllocatePages(1);
-    }
-
-    private void FreeBlockPage()
-    {
-        _pool.FreePages((byte*)_blocks, 1);
-    }
+    private void FreeBlockPage() => _blocks.Free(_pool);
 
     /// <summary>A cleared block, tagged as a root pointer.</summary>
     private nint AllocateBlock()
@@ -76,27 +67,18 @@ internal sealed unsafe partial class ShadowMmu
             ThrowHelper.InvalidOperation("no free PAE root block: more than four PAE/32-bit roots cached");
         int i = BitOperations.TrailingZeroCount(_freeBlocks);
         _freeBlocks &= ~(1u << i);
-        PaeRoot* block = _blocks + i;
-        *block = default;
-        Debug.Assert(((nint)block & RootInfo.PaeTag) == 0, "a block address has bit 0 clear");
-        return (nint)block | RootInfo.PaeTag;
+        return _blocks.Clear(i);
     }
 
     /// <summary>The block a tagged root pointer names.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private ref PaeRoot BlockAt(nint root)
-    {
-        Debug.Assert((root & RootInfo.PaeTag) != 0, "not a PAE root pointer");
-        PaeRoot* block = (PaeRoot*)(root & ~RootInfo.PaeTag);
-        Debug.Assert((ulong)(block - _blocks) < PaeRoot.Count, "a PAE root pointer outside this MMU's blocks");
-        return ref *block;
-    }
+    private ref PaeRoot BlockAt(nint root) => ref _blocks.At(root);
 
     private void ReleaseBlock(nint root)
     {
-        long i = (PaeRoot*)(root & ~RootInfo.PaeTag) - _blocks;
-        Debug.Assert((ulong)i < PaeRoot.Count && (_freeBlocks & (1u << (int)i)) == 0, "releasing a block that is not a used block of this MMU");
-        _freeBlocks |= 1u << (int)i;
+        int i = _blocks.IndexOf(root);
+        Debug.Assert((_freeBlocks & (1u << i)) == 0, "releasing a block that is not in use");
+        _freeBlocks |= 1u << i;
     }
 
     // ---- reading a root ----

@@ -48,7 +48,7 @@ internal sealed partial class ShadowMmu : IShadowVm
     private GuestVcpu? _guest;
     private bool _disposed;
 
-    public unsafe ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
+    public ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (maxPhyAddr is < WalkContext.MinMaxPhyAddr or > WalkContext.MaxMaxPhyAddr)
@@ -63,7 +63,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         _pages = new ShadowPageAllocator(pool);
         _lists = new PteListPool(pool);
         _guestMemory = new GuestPhysicalMemory(pool);
-        _blocks = AllocateBlockPage(pool); // last: nothing above holds native memory yet
+        _blocks = PaeRootPage.Allocate(pool); // last: nothing above holds native memory yet
     }
 
     public int MaxPhyAddr => _maxPhyAddr;
@@ -213,8 +213,8 @@ internal sealed partial class ShadowMmu : IShadowVm
     // ---- slots ----
 
     /// <summary>The guest's view of a slot's host memory at its gfns (for the walker and PDPTE loads).</summary>
-    private unsafe void AddGuestWindow(ulong baseGfn, ulong pages, HostMemory host) =>
-        _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
+    private void AddGuestWindow(ulong baseGfn, ulong pages, HostMemory host) =>
+        _guestMemory.AddExternalSlot(baseGfn, pages, host);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private HostMemslot? FindSlot(ulong gfn) => _slots.Find(gfn);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using MmuSpec.Impl.Memory;
 
 namespace MmuSpec.Impl.Shadow;
 
@@ -75,6 +76,7 @@ internal struct RootInfo
         get
         {
             Debug.Assert(IsPae, "not a PAE/32-bit root");
+            Debug.Assert((Root & ~PaeTag & (PaeRoot.Bytes - 1)) == 0, "a PAE root block is 64-byte aligned");
             return ref *(PaeRoot*)(Root & ~PaeTag);
         }
     }
@@ -100,6 +102,53 @@ internal struct PaeRoot
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public readonly ShadowPage Entry(int i) => ShadowPage.FromAddress(Pages[i]);
+}
+
+/// <summary>
+/// The native page holding one MMU's <see cref="PaeRoot.Count"/> PAE root blocks, and the tagged root
+/// pointers (<see cref="RootInfo"/>) that name them: the only place a block's address is computed.
+/// </summary>
+internal readonly unsafe struct PaeRootPage
+{
+    private readonly PaeRoot* _blocks;
+
+    private PaeRootPage(PaeRoot* blocks) => _blocks = blocks;
+
+    public static PaeRootPage Allocate(NativePagePool pool)
+    {
+        Debug.Assert(sizeof(PaeRoot) == PaeRoot.Bytes && PaeRoot.Count * PaeRoot.Bytes <= ShadowPageAllocator.PageBytes, "PAE root blocks overflow their page");
+        return new((PaeRoot*)pool.AllocatePages(1));
+    }
+
+    public void Free(NativePagePool pool) => pool.FreePages((byte*)_blocks, 1);
+
+    /// <summary>Block <paramref name="i"/>, cleared, as a tagged root pointer.</summary>
+    public nint Clear(int i)
+    {
+        Debug.Assert((uint)i < PaeRoot.Count, "a block index outside the page");
+        PaeRoot* block = _blocks + i;
+        *block = default;
+        Debug.Assert(((nint)block & RootInfo.PaeTag) == 0, "a block address has bit 0 clear");
+        return (nint)block | RootInfo.PaeTag;
+    }
+
+    /// <summary>The block a tagged root pointer names, which must be one of this page's.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ref PaeRoot At(nint root)
+    {
+        Debug.Assert(IndexOf(root) >= 0, "a PAE root pointer outside this MMU's blocks");
+        return ref *(PaeRoot*)(root & ~RootInfo.PaeTag);
+    }
+
+    /// <summary>Which block of this page a tagged root pointer names.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int IndexOf(nint root)
+    {
+        Debug.Assert((root & RootInfo.PaeTag) != 0, "not a PAE root pointer");
+        long i = (PaeRoot*)(root & ~RootInfo.PaeTag) - _blocks;
+        Debug.Assert((ulong)i < PaeRoot.Count && (root & ~RootInfo.PaeTag) == (nint)(_blocks + i), "a PAE root pointer outside this MMU's blocks");
+        return (int)i;
+    }
 }
 
 [InlineArray(PaeRoot.Entries)]

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
@@ -7,7 +8,7 @@ using static MmuSpec.Impl.PageTable.TableGeometry;
 namespace MmuSpec.Impl.Tdp;
 
 /// <summary>The fault handler: docs/tdp-model.md, "The fault handler", steps 1 to 6.</summary>
-public sealed unsafe partial class TdpMmu<TFormat>
+public sealed partial class TdpMmu<TFormat>
 {
     private const ulong PageOffsetMask = (1UL << PageShift) - 1;
 
@@ -35,11 +36,13 @@ public sealed unsafe partial class TdpMmu<TFormat>
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
 
-        ulong* root = mirror ? _mirrorRoot : _directRoot;
-        if (root == null)
+        TableRef root = mirror ? _mirrorRoot : _directRoot;
+        if (root.IsNull)
             return Miss(slot, gpa, gfn, write, mirror, default);
+        AssertTable(root, _rootLevel, mirror);
 
         PteRef pte = RadixTable<TFormat>.Walk(root, _rootLevel, frame);
+        AssertTable(pte.Table, pte.Level, mirror); // the walk followed entries' table addresses down to here
         ulong leaf = pte.Value;
         if (!TFormat.IsPresent(leaf))
             return Miss(slot, gpa, gfn, write, mirror, pte);
@@ -80,13 +83,15 @@ public sealed unsafe partial class TdpMmu<TFormat>
 
         ulong frame = gpa >> PageShift;
         var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror);
-        ref ulong* root = ref mirror ? ref _mirrorRoot : ref _directRoot;
-        if (root == null)
+        ref TableRef root = ref mirror ? ref _mirrorRoot : ref _directRoot;
+        if (root.IsNull)
         {
             // The root exists from the first fault that needs it until ZapAll (gfn 0, the root level).
             root = _pages.Allocate(0, _rootLevel, mirror);
-            stop = new PteRef(root + Index(frame, _rootLevel), _rootLevel, AlignDown(frame, _rootLevel), 0);
+            stop = new PteRef(root, Index(frame, _rootLevel), _rootLevel, AlignDown(frame, _rootLevel), 0);
         }
+        AssertTable(stop.Table, stop.Level, mirror);
+        Debug.Assert(stop.Current == 0 || RadixTable<TFormat>.IsLeafEntry(stop.Current, stop.Level), "a miss stops at a hole or a leaf to replace");
 
         if (stop.Level >= level)
         {

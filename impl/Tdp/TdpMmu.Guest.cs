@@ -9,7 +9,7 @@ namespace MmuSpec.Impl.Tdp;
 /// The guest's memory and its own paging: docs/tdp-model.md, "Guest memory and the guest's own paging".
 /// Every guest-physical address the guest or its page walk touches goes through <see cref="Access"/>.
 /// </summary>
-public sealed unsafe partial class TdpMmu<TFormat>
+public sealed partial class TdpMmu<TFormat>
 {
     public PagingControls? GuestControls => _guest?.Controls;
 
@@ -132,9 +132,8 @@ public sealed unsafe partial class TdpMmu<TFormat>
     /// </summary>
     private void UpdateGuestEntry(ulong entryGpa, int bytes, ulong bit)
     {
-        byte* entry = _guestMemory.HostAddress(entryGpa);
-        Debug.Assert(entry != null, "the walk read this entry, so a slot backs it");
-        ulong current = bytes == sizeof(ulong) ? *(ulong*)entry : *(uint*)entry;
+        bool backed = _guestMemory.TryRead(entryGpa, bytes, out ulong current);
+        Debug.Assert(backed, "the walk read this entry, so a slot backs it");
         if ((current & bit) != 0)
             return;
         TdpAccessOutcome write = Access(entryGpa, AccessType.Write);

@@ -6,7 +6,7 @@ using static MmuSpec.Impl.PageTable.TableGeometry;
 namespace MmuSpec.Impl.Tdp;
 
 /// <summary>The abstract state, for tests and tools (docs/tdp-model.md, "What the tests compare"). Allocates.</summary>
-public sealed unsafe partial class TdpMmu<TFormat>
+public sealed partial class TdpMmu<TFormat>
 {
     public IReadOnlyList<HostMemslotInfo> Slots => _slots.Infos();
 
@@ -14,9 +14,9 @@ public sealed unsafe partial class TdpMmu<TFormat>
 
     public IEnumerable<ulong> DirtyOffsets(int id) => _slots.DirtyOffsets(id);
 
-    public TdpPageKey? DirectRoot => _directRoot == null ? null : TdpPageAllocator.HeaderOf(_directRoot).Key;
+    public TdpPageKey? DirectRoot => _directRoot.IsNull ? null : TdpPageAllocator.HeaderOf(_directRoot).Key;
 
-    public TdpPageKey? MirrorRoot => _mirrorRoot == null ? null : TdpPageAllocator.HeaderOf(_mirrorRoot).Key;
+    public TdpPageKey? MirrorRoot => _mirrorRoot.IsNull ? null : TdpPageAllocator.HeaderOf(_mirrorRoot).Key;
 
     /// <summary>
     /// Every table page, pre-order, direct tree first. Keys come from the page headers and leaf gfns
@@ -27,18 +27,22 @@ public sealed unsafe partial class TdpMmu<TFormat>
     {
         ArgumentNullException.ThrowIfNull(visit);
         ThrowIfDisposed();
-        if (_directRoot != null)
+        AssertRoot(_directRoot);
+        AssertRoot(_mirrorRoot);
+        if (!_directRoot.IsNull)
             VisitTree(_directRoot, visit);
-        if (_mirrorRoot != null)
+        if (!_mirrorRoot.IsNull)
             VisitTree(_mirrorRoot, visit);
     }
 
-    private void VisitTree(ulong* table, Action<TdpPageKey, IReadOnlyList<TdpEntryInfo>> visit)
+    private void VisitTree(TableRef table, Action<TdpPageKey, IReadOnlyList<TdpEntryInfo>> visit)
     {
         TdpPageHeader header = TdpPageAllocator.HeaderOf(table);
+        Debug.Assert(header.InUse, "a linked table page that is free");
+        _pages.AssertOwned(table);
         int level = header.Level;
         var entries = new List<TdpEntryInfo>();
-        var children = new List<nint>();
+        var children = new List<TableRef>();
         for (int i = 0; i < EntriesPerTable; i++)
         {
             ulong pte = table[i];
@@ -50,17 +54,18 @@ public sealed unsafe partial class TdpMmu<TFormat>
                     TFormat.LeafPfn(pte), TFormat.IsWritable(pte), pte));
                 continue;
             }
-            ulong* child = (ulong*)TFormat.TableAddress(pte);
+            var child = TableRef.At(TFormat.TableAddress(pte), level - 1);
+            AssertTable(child, level - 1, header.Mirror);
             // The link is reported as the parent's direct-page formula computes it (gfns computed, Lai Jiangshan, 2010;
             // shared bit stripped, Rick Edgecombe, 2024),
             // while the child reports its own header: if the formula lost the shared-bit strip, the
             // link and the child's key disagree and the differential comparison shows it.
             var linked = new TdpPageKey(header.EntryGfn(i, _sharedGfnMask), level - 1, header.Mirror);
             entries.Add(new TdpEntryInfo(i, IsLeaf: false, linked, 0, 0, 0, false, pte));
-            children.Add((nint)child);
+            children.Add(child);
         }
         visit(header.Key, entries);
-        foreach (nint child in children)
-            VisitTree((ulong*)child, visit);
+        foreach (TableRef child in children)
+            VisitTree(child, visit);
     }
 }

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.PageTable;
@@ -24,7 +25,7 @@ namespace MmuSpec.Impl.Tdp;
 /// </para>
 /// Not thread-safe.
 /// </summary>
-public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPteFormat
+public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPteFormat
 {
     /// <summary>The contract's bound on a slot's host frame base.</summary>
     private const ulong HostPfnBaseLimit = 1UL << 40;
@@ -61,8 +62,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     // A mutable struct: never readonly, never copied (the fault path reads its last-slot cache in place).
     private HostMemslotTable _slots = new();
 
-    private ulong* _directRoot;
-    private ulong* _mirrorRoot;
+    private TableRef _directRoot;
+    private TableRef _mirrorRoot;
 
     // Largest leaf level a fault may install (the mapping policy): 1, 2 or 3.
     private int _policyLevel = LargestLeafLevel;
@@ -145,7 +146,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
 
         var host = new HostMemory(_pool, pages); // reads as zero; pages come from the OS when written
         var slot = new HostMemslot(id, baseGfn, pages, hostPfnBase, hostPageShift, readOnly, host);
-        _guestMemory.AddExternalSlot(baseGfn, pages, host.Base);
+        _guestMemory.AddExternalSlot(baseGfn, pages, host);
         _slots.Add(slot);
         return SlotStatus.Ok;
     }
@@ -174,7 +175,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
         _guestMemory.RemoveSlot(slot.BaseGfn);
         slot.MoveTo(newBaseGfn);
-        _guestMemory.AddExternalSlot(newBaseGfn, slot.Pages, slot.Host.Base); // the window moves, not the contents
+        _guestMemory.AddExternalSlot(newBaseGfn, slot.Pages, slot.Host); // the window moves, not the contents
         return SlotStatus.Ok;
     }
 
@@ -237,7 +238,7 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         ThrowIfDisposed();
         // KVM's zap-all needs no flush because no vCPU runs again (the VM is going away); here the VM goes
         // on, so this is the fast zap's case: a new root is loaded with a full flush (kvm_mmu_load).
-        if (_directRoot != null || _mirrorRoot != null)
+        if (!_directRoot.IsNull || !_mirrorRoot.IsNull)
             _flushes.AddAll();
         FreeRoot(ref _directRoot);
         FreeRoot(ref _mirrorRoot);
@@ -260,8 +261,8 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         if (_disposed)
             return;
         _disposed = true;
-        _directRoot = null;
-        _mirrorRoot = null;
+        _directRoot = default;
+        _mirrorRoot = default;
         _pages.ReleaseAll();
         _guest = null;
         _guestMemory.Dispose(); // external slots only: frees nothing
@@ -292,8 +293,9 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
     /// more than [startFrame, endFrame) (KVM: tdp_mmu_zap_leafs, then a flush of the whole SPTE as in
     /// kvm_flush_remote_tlbs_gfn(gfn, level)). Flushes name gfns, so the shared bit is stripped.
     /// </summary>
-    private void ZapLeafs(ulong* root, ulong startFrame, ulong endFrame)
+    private void ZapLeafs(TableRef root, ulong startFrame, ulong endFrame)
     {
+        AssertRoot(root);
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level))
@@ -314,8 +316,9 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         WriteProtectLeafs(_mirrorRoot, start, end);
     }
 
-    private void WriteProtectLeafs(ulong* root, ulong startFrame, ulong endFrame)
+    private void WriteProtectLeafs(TableRef root, ulong startFrame, ulong endFrame)
     {
+        AssertRoot(root);
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
@@ -334,14 +337,38 @@ public sealed unsafe partial class TdpMmu<TFormat> : ITdpVm where TFormat : stru
         return start < end;
     }
 
-    private void FreeRoot(ref ulong* root)
+    private void FreeRoot(ref TableRef root)
     {
-        if (root == null)
+        if (root.IsNull)
             return;
+        AssertRoot(root);
         // Freeing reads no page's key, so the role new pages would get (direct or mirror) plays no part.
         var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror: false);
         RadixTable<TFormat>.FreeTree(ref pages, root, _rootLevel);
-        root = null;
+        root = default;
+    }
+
+    /// <summary>
+    /// DEBUG, where a table address enters from an entry or a root field: <paramref name="table"/> is a page
+    /// of one of this MMU's slabs, in use, at <paramref name="level"/> of the direct or mirror tree.
+    /// </summary>
+    [Conditional("DEBUG")]
+    private static void AssertTable(TableRef table, int level, bool mirror)
+    {
+        TdpPageHeader header = TdpPageAllocator.HeaderOf(table); // asserts a page-aligned page of a slab
+        Debug.Assert(header.InUse && header.Level == level && header.Mirror == mirror,
+            "a table pointer that is not a table in use at that level of that root");
+    }
+
+    /// <summary>DEBUG: an empty root, or one of this MMU's two roots as its field holds it (the slab is this MMU's).</summary>
+    [Conditional("DEBUG")]
+    private void AssertRoot(TableRef root)
+    {
+        if (root.IsNull)
+            return;
+        Debug.Assert(root == _directRoot || root == _mirrorRoot, "a root that is not this MMU's");
+        _pages.AssertOwned(root);
+        AssertTable(root, _rootLevel, mirror: root == _mirrorRoot);
     }
 
     private TdpStatus Reject(string reason)

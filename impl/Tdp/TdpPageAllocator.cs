@@ -55,7 +55,7 @@ internal sealed unsafe class TdpPageAllocator
 
     /// <summary>A zeroed table, its header set to (gfn, level, mirror).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public ulong* Allocate(ulong gfn, int level, bool mirror)
+    public TableRef Allocate(ulong gfn, int level, bool mirror)
     {
         ulong* table = _freeHead;
         if (table == null)
@@ -64,23 +64,37 @@ internal sealed unsafe class TdpPageAllocator
         table[0] = 0;
         HeaderOf(table) = new TdpPageHeader(gfn, level, mirror);
         _tablesInUse++;
-        return table;
+        return TableRef.FromPage(table, level);
     }
 
-    /// <summary>Clears the table and puts it on the free list.</summary>
-    public void Free(ulong* table)
+    /// <summary>Clears the table (used at <paramref name="level"/>) and puts it on the free list.</summary>
+    public void Free(TableRef table, int level)
     {
-        Debug.Assert(HeaderOf(table).InUse, "double free of a table page");
-        NativeMemory.Clear(table, TableGeometry.TableBytes);
-        HeaderOf(table) = default;
-        table[0] = (ulong)_freeHead;
-        _freeHead = table;
+        ulong* page = table.Page;
+        AssertOwned(table);
+        Debug.Assert(HeaderOf(page).InUse, "double free of a table page");
+        Debug.Assert(HeaderOf(page).Level == level, "freeing a table as another level than its header's");
+        table.Clear();
+        HeaderOf(page) = default;
+        page[0] = (ulong)_freeHead;
+        _freeHead = page;
         _tablesInUse--;
     }
 
-    /// <summary>The header of the table at <paramref name="table"/> (see the class comment).</summary>
+    /// <summary>DEBUG: <paramref name="table"/> lies in one of this allocator's slabs (a search: cold paths only).</summary>
+    [Conditional("DEBUG")]
+    public void AssertOwned(TableRef table)
+    {
+        nint slab = (nint)((nuint)table.Page & ~SlabOffsetMask);
+        Debug.Assert(_slabs.Contains(slab), "a table page outside this allocator's slabs");
+    }
+
+    /// <summary>The header of <paramref name="table"/> (see the class comment).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ref TdpPageHeader HeaderOf(ulong* table)
+    public static ref TdpPageHeader HeaderOf(TableRef table) => ref HeaderOf(table.Page);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ref TdpPageHeader HeaderOf(ulong* table)
     {
         nuint address = (nuint)table;
         nuint slab = address & ~SlabOffsetMask;

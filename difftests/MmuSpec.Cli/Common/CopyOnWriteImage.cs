@@ -7,13 +7,14 @@ namespace MmuSpec.Cli;
 
 /// <summary>
 /// The impl's view of a memory image: the file mapped a second time, copy-on-write, and registered
-/// as external memslots of a <see cref="GuestPhysicalMemory"/>, one or more per segment (the whole
+/// as external memslots of a <see cref="GuestPhysicalMemory"/> (which holds the view's buffer while a slot
+/// uses it), one or more per segment (the whole
 /// file for raw memory, each PT_LOAD segment of an ELF core). The impl's A/D writes land in private
 /// copies of the pages they touch; the file never changes. The walk's trace names the entries it
 /// changed (<see cref="ImplWalk"/>), and <see cref="Restore"/> puts them back. Slots are at most
 /// 1 GiB each, so every slot's bytes are one span.
 /// </summary>
-public sealed unsafe class CopyOnWriteImage : IDisposable
+public sealed class CopyOnWriteImage : IDisposable
 {
     const ulong SlotBytes = 1UL << 30;
     const int Page = 4096;
@@ -21,21 +22,20 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
     readonly MemoryMappedFile file;
     readonly MemoryMappedViewAccessor view;
     readonly NativePagePool pool = new();
-    byte* pointer;
 
     CopyOnWriteImage(MappedImage pristine, MemoryMappedFile file, MemoryMappedViewAccessor view)
     {
         this.file = file; this.view = view;
-        view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
-        pointer += view.PointerOffset;
         Memory = new GuestPhysicalMemory(pool);
+        // The view may start before offset 0 of the file (the mapping is page aligned): offsets are the file's plus that.
+        ulong viewStart = (ulong)view.PointerOffset;
         foreach (var seg in pristine.Segments)
         {
             // Whole pages only: a partial page is not guest memory, as in the spec (MappedImage.Memslots).
             ulong first = (seg.Gpa + 0xFFF) >> 12, end = seg.End >> 12;
-            byte* host = pointer + seg.FileOffset + ((first << 12) - seg.Gpa);
+            ulong host = viewStart + seg.FileOffset + ((first << 12) - seg.Gpa);
             for (ulong gfn = first; gfn < end; gfn += SlotBytes >> 12)
-                Memory.AddExternalSlot(gfn, Math.Min(SlotBytes >> 12, end - gfn), host + ((gfn - first) << 12));
+                Memory.AddExternalSlot(gfn, Math.Min(SlotBytes >> 12, end - gfn), view.SafeMemoryMappedViewHandle, host + ((gfn - first) << 12));
         }
     }
 
@@ -76,12 +76,7 @@ public sealed unsafe class CopyOnWriteImage : IDisposable
 
     public void Dispose()
     {
-        Memory.Dispose();
-        if (pointer != null)
-        {
-            view.SafeMemoryMappedViewHandle.ReleasePointer();
-            pointer = null;
-        }
+        Memory.Dispose(); // releases the view's buffer
         view.Dispose();
         file.Dispose();
         pool.Dispose();

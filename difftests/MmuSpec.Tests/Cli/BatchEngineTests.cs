@@ -125,7 +125,7 @@ public sealed class BatchEngineTests
     }
 
     [Fact]
-    public unsafe void Over_an_image_too_short_for_a_table_the_impl_names_the_entry_as_the_spec_does()
+    public void Over_an_image_too_short_for_a_table_the_impl_names_the_entry_as_the_spec_does()
     {
         string dir = Directory.CreateTempSubdirectory("mmuspec-batch-").FullName;
         try

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using System.IO.MemoryMappedFiles;
 using MmuSpec.Impl.Memory;
 using Xunit;
 
@@ -19,30 +19,30 @@ public sealed unsafe class MemoryContractTests
     public void Slot_ranges_must_lie_in_the_64_bit_gpa_space_and_not_overlap()
     {
         var pool = new NativePagePool();
-        byte* host = (byte*)NativeMemory.AllocZeroed(4096);
-        try
+        using var file = MemoryMappedFile.CreateNew(null, 3 * 4096);
+        using var view = file.CreateViewAccessor();
+        var host = view.SafeMemoryMappedViewHandle;
+        using (var memory = new GuestPhysicalMemory(pool))
         {
-            using var memory = new GuestPhysicalMemory(pool);
-            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(0x10, 0, host));
-            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(0, GfnLimit, host));
-            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(2, GfnLimit - 1, host));
-            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(GfnLimit, 1, host));
-            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(GfnLimit - 1, 2, host));
+            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(0x10, 0, host, 0));
+            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(0, GfnLimit, host, 0));
+            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(2, GfnLimit - 1, host, 0));
+            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(GfnLimit, 1, host, 0));
+            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(GfnLimit - 1, 2, host, 0));
+            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(0x100, 2, host, 2 * 4096)); // past the buffer's end
+            Assert.Throws<ArgumentOutOfRangeException>(() => memory.AddExternalSlot(0x100, 1, host, 4 * 4096));
+            Assert.Throws<ArgumentException>(() => memory.AddExternalSlot(0x100, 1, host, 4));                  // not 8-byte aligned
             Assert.Empty(memory.Slots);
 
-            memory.AddExternalSlot(GfnLimit - 1, 1, host);                  // the last page of the space
+            memory.AddExternalSlot(GfnLimit - 1, 1, host, 2 * 4096);        // the last page of the space, the buffer's last page
             Assert.True(memory.TryWrite64(ulong.MaxValue - 7, 0x1234));
-            Assert.Equal(0x1234UL, *(ulong*)(host + 4088));
+            Assert.Equal(0x1234UL, view.ReadUInt64(3 * 4096 - 8));
             memory.AddSlot(0x10, 2);
             Assert.Throws<ArgumentException>(() => memory.AddSlot(0x11, 1));
-            Assert.Throws<ArgumentException>(() => memory.AddExternalSlot(0xF, 2, host));
-            Assert.Throws<ArgumentException>(() => memory.AddExternalSlot(GfnLimit - 1, 1, host));
+            Assert.Throws<ArgumentException>(() => memory.AddExternalSlot(0xF, 2, host, 0));
+            Assert.Throws<ArgumentException>(() => memory.AddExternalSlot(GfnLimit - 1, 1, host, 0));
             Assert.Equal([(GfnLimit - 1, 1UL), (0x10UL, 2UL)], memory.Slots.Select(s => (s.BaseGfn, s.Pages)));
-            Assert.Throws<ArgumentNullException>(() => memory.AddExternalSlot(0x100, 1, null));
-        }
-        finally
-        {
-            NativeMemory.Free(host);
+            Assert.Throws<ArgumentNullException>(() => memory.AddExternalSlot(0x100, 1, null!, 0));
         }
         Assert.Equal(0, pool.PagesInUse);
         Assert.Throws<ArgumentNullException>(() => new GuestPhysicalMemory(null!));
