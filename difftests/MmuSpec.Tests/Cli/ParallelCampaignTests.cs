@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using FsCheck;
 using FsCheck.Fluent;
+using MmuSpec.Cli.Commands;
 using MmuSpec.Harness.Diff;
 using MmuSpec.Harness.Running;
 using MmuSpec.Harness.Walk;
@@ -161,6 +162,7 @@ public sealed class ParallelCampaignTests
         foreach (string f in new[] { "seconds", "cases_per_second", "ops_per_second", "jobs", "ops_per_job_second" }) Assert.True(root.Remove(f), f);
         foreach (var (_, p) in root["properties"]!.AsObject())
             foreach (string f in new[] { "seconds", "ops_per_second" }) Assert.True(p!.AsObject().Remove(f), f);
+        if (root["coverage"] is JsonObject coverage) Assert.True(coverage.Remove("classify_seconds"));
         return root.ToJsonString();
     }
 
@@ -177,5 +179,20 @@ public sealed class ParallelCampaignTests
         Assert.Contains("3 jobs", three.Stderr);
         Assert.Equal(Timeless(one.Stdout), Timeless(three.Stdout));
         Assert.True(JsonNode.Parse(three.Stdout)!["properties"]!["tdp-ept"]!["ops_per_second"]!.GetValue<double>() > 0);
+    }
+
+    [Fact]
+    public void Coverage_counts_and_the_exit_codes_for_it_and_for_a_partial_run_are_those_of_one_job()
+    {
+        string[] args = ["check", "--seed", "3", "--count", "40", "--batch-size", "10", "--property", "walk-pae,walk-long4", "--coverage", "--require-coverage", "--json"];
+        var one = MmuspecProcess.Run([.. args, "--jobs", "1"]);
+        var two = MmuspecProcess.Run([.. args, "--jobs", "2"]);
+        Assert.Equal(CheckCommand.CoverageIncomplete, one.ExitCode);   // 40 walk cases leave some situation unreached
+        Assert.Equal(CheckCommand.CoverageIncomplete, two.ExitCode);
+        Assert.Equal(Timeless(one.Stdout), Timeless(two.Stdout));
+
+        var partial = MmuspecProcess.Run("check", "--seed", "1", "--time", "0.001", "--property", "walk-pae,walk-long4", "--jobs", "2");
+        Assert.Equal(CheckCommand.Partial, partial.ExitCode);
+        Assert.Contains("PARTIAL", partial.Stdout);
     }
 }
