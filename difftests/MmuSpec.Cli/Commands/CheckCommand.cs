@@ -207,7 +207,7 @@ public static class CheckCommand
         string shard = o.Shard.IsWhole ? "" : $" (shard {o.Shard})";
         var lines = new List<string>
         {
-            FormattableString.Invariant($"check{shard}: {CaseRuns.Count(r.Cases, "case")}, {CaseRuns.Count(r.Ops, "op")} in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s; {CaseRuns.Count(r.Jobs, "job")}, {r.OpsPerJobSecond:0} ops/s each), {CaseRuns.Count(r.Failed ? 1 : 0, "failure")}{(r.Interrupted ? " (interrupted)" : "")}"),
+            FormattableString.Invariant($"check{shard}: {CaseRuns.Count(r.Cases, "case")}, {CaseRuns.Count(r.Ops, "op")} in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s; {CaseRuns.Count(r.Jobs, "job")}, {r.OpsPerCpuSecond:0} ops per CPU-second), {CaseRuns.Count(r.Failed ? 1 : 0, "failure")}{(r.Interrupted ? " (interrupted)" : "")}"),
             table.Render("  "),
         };
         var notRun = r.NotRun.Select(p => p.Name).ToList();
@@ -306,7 +306,8 @@ public static class CheckCommand
             w.WriteNumber("cases_per_second", Math.Round(r.Cases / s, 1));
             w.WriteNumber("ops_per_second", Math.Round(r.Ops / s, 1));
             w.WriteNumber("jobs", r.Jobs);
-            w.WriteNumber("ops_per_job_second", Math.Round(r.OpsPerJobSecond, 1));
+            w.WriteNumber("cpu_seconds", Math.Round(r.CpuTime.TotalSeconds, 3));
+            w.WriteNumber("ops_per_cpu_second", Math.Round(r.OpsPerCpuSecond, 1));
             w.WriteNumber("failures", r.Failed ? 1 : 0);
             w.WriteBoolean("interrupted", r.Interrupted);
             w.WriteStartArray("not_run");

@@ -52,8 +52,12 @@ public sealed record CampaignResult(
     public int Jobs { get; init; } = 1;
     /// <summary>The time counted batches ran, summed over the jobs: the CPU time the campaign's cases took.</summary>
     public TimeSpan Busy => Tallies.Aggregate(TimeSpan.Zero, (sum, t) => sum + t.Busy);
-    /// <summary>Operations per second of one job (per core, when there are as many cores as jobs): <see cref="Ops"/> over <see cref="Busy"/>.</summary>
+    /// <summary>Operations per second of one job: <see cref="Ops"/> over <see cref="Busy"/> (wall-clock time, so lower when the jobs wait for a core).</summary>
     public double OpsPerJobSecond => Ops / Math.Max(Busy.TotalSeconds, 1e-3);
+    /// <summary>The processor time the process used while the campaign ran (every thread: jobs, shrinking, the garbage collector).</summary>
+    public TimeSpan CpuTime { get; init; }
+    /// <summary>Operations per CPU-second, the campaign's throughput per core whatever else the machine runs: <see cref="Ops"/> over <see cref="CpuTime"/>.</summary>
+    public double OpsPerCpuSecond => Ops / Math.Max(CpuTime.TotalSeconds, 1e-3);
 }
 
 /// <summary>
@@ -225,6 +229,8 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
 
     public CampaignResult Run()
     {
+        using var self = Process.GetCurrentProcess();
+        var cpuBefore = self.TotalProcessorTime;
         clock.Start();
         next = frontier = part.NextBatch(0);
         if (jobCount == 1) Job();
@@ -235,6 +241,8 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
             threads.ForEach(t => t.Join());
         }
         clock.Stop();
+        self.Refresh();
+        var cpu = self.TotalProcessorTime - cpuBefore;
         fault?.Throw();
         if (failure is { } f)
         {
@@ -245,9 +253,10 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
                 ShrunkOps = f.ShrunkOps,
                 CounterexampleFile = f.CounterexampleFile,
                 Jobs = jobCount,
+                CpuTime = cpu,
             };
         }
-        return new CampaignResult(seed, clock.Elapsed, tallies, stop, null, -1, null, null, shrinkRuns) { Jobs = jobCount };
+        return new CampaignResult(seed, clock.Elapsed, tallies, stop, null, -1, null, null, shrinkRuns) { Jobs = jobCount, CpuTime = cpu };
     }
 
     /// <summary>One job: takes the next batch of the schedule and runs it, until the schedule, the budget, a failure or a stop ends.</summary>
