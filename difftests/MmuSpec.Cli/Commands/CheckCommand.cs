@@ -31,6 +31,8 @@ public static class CheckCommand
     public const int Partial = 5;
     /// <summary>Exit code of a campaign stopped by SIGINT (Ctrl-C) or SIGTERM: 128 + SIGINT, as shells report it.</summary>
     public const int Interrupted = 130;
+    /// <summary>Jobs without <c>--jobs</c>: one per core.</summary>
+    static int DefaultJobs => Math.Min(Environment.ProcessorCount, Campaign.MaxJobs);
 
     public static Command Create()
     {
@@ -67,8 +69,22 @@ public static class CheckCommand
             },
         };
 
+        var jobs = new Option<int>("--jobs")
+        {
+            Description = $"batches run at once, each on its own core (1 to {Campaign.MaxJobs}; default: every core, {DefaultJobs} here); the same cases and the same first failure as one job",
+            HelpName = "n",
+            DefaultValueFactory = _ => DefaultJobs,
+            CustomParser = r =>
+            {
+                string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+                if (int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n is >= 1 and <= Campaign.MaxJobs) return n;
+                r.AddError($"--jobs: '{text}' is not a number of jobs from 1 to {Campaign.MaxJobs}");
+                return 0;
+            },
+        };
+
         var command = new Command("check", "Run a differential campaign: random operation sequences (guest walks, TDP MMU, shadow MMU with cached roots) on spec and impl, compared after every step.");
-        foreach (var o in new Option[] { seed, count, time, property, batch, json, coverage, requireCoverage, deep, shard, allowPartial }) command.Add(o);
+        foreach (var o in new Option[] { seed, count, time, property, batch, json, coverage, requireCoverage, deep, shard, jobs, allowPartial }) command.Add(o);
         command.SetAction(p =>
         {
             var properties = p.GetValue(property) is { } names ? FindAll(names) : DiffProperties.All;
@@ -81,14 +97,14 @@ public static class CheckCommand
             // Only the default budget waits for every property's `dotnet test` cases: a budget the user gives is theirs.
             bool minimumFirst = p.GetValue(time) is null && maxCases is null;
             var options = new RunOptions(properties, master, p.GetValue(batch), maxCases, budget, p.GetValue(json),
-                wantCoverage, p.GetValue(requireCoverage), isDeep, p.GetValue(shard) ?? Shard.Whole, minimumFirst, p.GetValue(allowPartial));
+                wantCoverage, p.GetValue(requireCoverage), isDeep, p.GetValue(shard) ?? Shard.Whole, minimumFirst, p.GetValue(allowPartial), p.GetValue(jobs));
             return Run(options);
         });
         return command;
     }
 
     sealed record RunOptions(IReadOnlyList<DiffProperty> Properties, ulong Seed, int BatchSize, long? MaxCases, TimeSpan? Budget, bool Json,
-        bool Coverage, bool RequireCoverage, bool Deep, Shard Shard, bool MinimumFirst, bool AllowPartial)
+        bool Coverage, bool RequireCoverage, bool Deep, Shard Shard, bool MinimumFirst, bool AllowPartial, int Jobs)
     {
         public int EndSize => Deep ? DeepEndSize : Campaign.DefaultEndSize;
     }
@@ -121,11 +137,12 @@ public static class CheckCommand
         Console.Error.WriteLine($"mmuspec check: seed {o.Seed}, {limit}, {CaseRuns.Count(o.Properties.Count, "property")}, batches of {CaseRuns.Count(o.BatchSize, "case")}"
             + (o.Deep ? $", deep (sizes up to {o.EndSize})" : "")
             + (o.Shard.IsWhole ? "" : $", shard {o.Shard} (batches {o.Shard.Index - 1}, {o.Shard.Index - 1 + o.Shard.Count}, {o.Shard.Index - 1 + 2 * o.Shard.Count}, ...)")
-            + (o.Coverage ? ", coverage on" : ""));
+            + (o.Coverage ? ", coverage on" : "")
+            + $", {CaseRuns.Count(o.Jobs, "job")}");
 
         var tally = o.Coverage ? new CoverageTally() : null;
         var campaign = new Campaign(o.Properties, o.Seed, o.BatchSize, o.MaxCases, o.Budget, o.Shard, o.EndSize,
-            tally is null ? null : (p, _, c) => tally.Record(p, c), o.MinimumFirst);
+            tally is null ? null : (p, _, c) => tally.Record(p, c), o.MinimumFirst, o.Jobs);
         // SIGINT (Ctrl-C) and SIGTERM (CI's cancel, `timeout`) stop the campaign and still print what ran; a second
         // signal is not cancelled, so the runtime's default (terminate) applies.
         int signals = 0;
@@ -181,14 +198,16 @@ public static class CheckCommand
     static string Summary(CampaignResult r, RunOptions o)
     {
         double s = Math.Max(r.Elapsed.TotalSeconds, 1e-3);
-        var table = new TextTable("property", "cases", "ops", "batches").AlignRight(1, 2, 3);
+        var table = new TextTable("property", "cases", "ops", "batches", "ops/s").AlignRight(1, 2, 3, 4);
         foreach (var t in r.Tallies)
-            table.Add(t.Property.Name, t.Cases.ToString(CultureInfo.InvariantCulture), t.Ops.ToString(CultureInfo.InvariantCulture), t.Batches.ToString(CultureInfo.InvariantCulture));
-        table.Add("total", r.Cases.ToString(CultureInfo.InvariantCulture), r.Ops.ToString(CultureInfo.InvariantCulture), r.Tallies.Sum(t => t.Batches).ToString(CultureInfo.InvariantCulture));
+            table.Add(t.Property.Name, t.Cases.ToString(CultureInfo.InvariantCulture), t.Ops.ToString(CultureInfo.InvariantCulture), t.Batches.ToString(CultureInfo.InvariantCulture),
+                t.Cases == 0 ? "" : t.OpsPerSecond.ToString("0", CultureInfo.InvariantCulture));
+        table.Add("total", r.Cases.ToString(CultureInfo.InvariantCulture), r.Ops.ToString(CultureInfo.InvariantCulture), r.Tallies.Sum(t => t.Batches).ToString(CultureInfo.InvariantCulture),
+            r.OpsPerJobSecond.ToString("0", CultureInfo.InvariantCulture));
         string shard = o.Shard.IsWhole ? "" : $" (shard {o.Shard})";
         var lines = new List<string>
         {
-            FormattableString.Invariant($"check{shard}: {CaseRuns.Count(r.Cases, "case")}, {CaseRuns.Count(r.Ops, "op")} in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s), {CaseRuns.Count(r.Failed ? 1 : 0, "failure")}{(r.Interrupted ? " (interrupted)" : "")}"),
+            FormattableString.Invariant($"check{shard}: {CaseRuns.Count(r.Cases, "case")}, {CaseRuns.Count(r.Ops, "op")} in {s:0.0} s ({r.Cases / s:0} cases/s, {r.Ops / s:0} ops/s; {CaseRuns.Count(r.Jobs, "job")}, {r.OpsPerCpuSecond:0} ops per CPU-second), {CaseRuns.Count(r.Failed ? 1 : 0, "failure")}{(r.Interrupted ? " (interrupted)" : "")}"),
             table.Render("  "),
         };
         var notRun = r.NotRun.Select(p => p.Name).ToList();
@@ -286,6 +305,9 @@ public static class CheckCommand
             w.WriteNumber("ops", r.Ops);
             w.WriteNumber("cases_per_second", Math.Round(r.Cases / s, 1));
             w.WriteNumber("ops_per_second", Math.Round(r.Ops / s, 1));
+            w.WriteNumber("jobs", r.Jobs);
+            w.WriteNumber("cpu_seconds", Math.Round(r.CpuTime.TotalSeconds, 3));
+            w.WriteNumber("ops_per_cpu_second", Math.Round(r.OpsPerCpuSecond, 1));
             w.WriteNumber("failures", r.Failed ? 1 : 0);
             w.WriteBoolean("interrupted", r.Interrupted);
             w.WriteStartArray("not_run");
@@ -299,6 +321,8 @@ public static class CheckCommand
                 w.WriteNumber("ops", t.Ops);
                 w.WriteNumber("batches", t.Batches);
                 w.WriteNumber("test_cases", t.Property.TestCases);
+                w.WriteNumber("seconds", Math.Round(t.Busy.TotalSeconds, 3));
+                w.WriteNumber("ops_per_second", Math.Round(t.OpsPerSecond, 1));
                 w.WriteEndObject();
             }
             w.WriteEndObject();

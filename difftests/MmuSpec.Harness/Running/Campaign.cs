@@ -1,18 +1,30 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.ExceptionServices;
 using FsCheck;
 using FsCheck.Fluent;
 using Microsoft.FSharp.Core;
 
 namespace MmuSpec.Harness.Running;
 
-/// <summary>Counts for one property over a campaign.</summary>
+/// <summary>
+/// Counts for one property over a campaign. The campaign adds each batch's counts when the batch is counted,
+/// in batch order (<see cref="Campaign"/>); readers on other threads (the progress line) use Interlocked.Read.
+/// </summary>
 public sealed class PropertyTally(DiffProperty property)
 {
     public DiffProperty Property { get; } = property;
     public long Cases;
     public long Ops;
     public long Batches;
+    /// <summary>Stopwatch ticks the property's counted batches ran on their jobs (drawing and running cases; not shrinking).</summary>
+    public long BusyTicks;
+
+    /// <summary>The time the property's counted batches ran, summed over the jobs that ran them.</summary>
+    public TimeSpan Busy => Stopwatch.GetElapsedTime(0, Interlocked.Read(ref BusyTicks));
+
+    /// <summary>Operations per second of one job running this property: its ops over <see cref="Busy"/>.</summary>
+    public double OpsPerSecond => Ops / Math.Max(Busy.TotalSeconds, 1e-3);
 }
 
 /// <summary>How a campaign ended.</summary>
@@ -35,6 +47,17 @@ public sealed record CampaignResult(
     public long Cases => Tallies.Sum(t => t.Cases);
     public long Ops => Tallies.Sum(t => t.Ops);
     public bool Failed => FailureReport is not null;
+
+    /// <summary>Batches run at once (<c>--jobs</c>).</summary>
+    public int Jobs { get; init; } = 1;
+    /// <summary>The time counted batches ran, summed over the jobs: the CPU time the campaign's cases took.</summary>
+    public TimeSpan Busy => Tallies.Aggregate(TimeSpan.Zero, (sum, t) => sum + t.Busy);
+    /// <summary>Operations per second of one job: <see cref="Ops"/> over <see cref="Busy"/> (wall-clock time, so lower when the jobs wait for a core).</summary>
+    public double OpsPerJobSecond => Ops / Math.Max(Busy.TotalSeconds, 1e-3);
+    /// <summary>The processor time the process used while the campaign ran (every thread: jobs, shrinking, the garbage collector).</summary>
+    public TimeSpan CpuTime { get; init; }
+    /// <summary>Operations per CPU-second, the campaign's throughput per core whatever else the machine runs: <see cref="Ops"/> over <see cref="CpuTime"/>.</summary>
+    public double OpsPerCpuSecond => Ops / Math.Max(CpuTime.TotalSeconds, 1e-3);
 }
 
 /// <summary>
@@ -89,25 +112,58 @@ public sealed record Shard(int Index, int Count)
 /// EndSize: sizes ramp from 1 to it within each batch (the deep tier raises it). With
 /// <paramref name="minimumFirst"/> the budget does not end the campaign before every property has had
 /// its TestCases (the default `check`); otherwise the budget is a hard limit on starting batches.
+/// <para>
+/// <paramref name="jobs"/> batches run at once, each on its own thread, and the result is the serial
+/// run's: jobs take batches in order, so the batches started are always a prefix of the schedule, and a
+/// batch is counted (tallies, <paramref name="onCase"/>) only once every earlier batch is, in batch order.
+/// The serial run stops at its first failing batch, so a failure in batch b stops the batches after b at
+/// their next case and starts none, and b waits, before shrinking, for every earlier batch: one of them
+/// failing too overtakes b (b is dropped unshrunk, as a serial run never reached it). With a case limit the
+/// same cases run; a time budget or an interruption ends the jobs at a moment that depends on their speed.
+/// </para>
+/// <paramref name="onCase"/> sees every counted case, batch after batch in the schedule's order, from
+/// one thread at a time (not necessarily the caller's).
 /// </summary>
 public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed, int batchSize, long? maxCases, TimeSpan? budget,
-    Shard? shard = null, int endSize = Campaign.DefaultEndSize, Action<DiffProperty, long, object>? onCase = null, bool minimumFirst = false)
+    Shard? shard = null, int endSize = Campaign.DefaultEndSize, Action<DiffProperty, long, object>? onCase = null, bool minimumFirst = false,
+    int jobs = 1)
 {
     /// <summary>FsCheck's default EndSize: the size the default tier and `dotnet test` ramp to.</summary>
     public const int DefaultEndSize = 100;
+    /// <summary>The most batches a campaign runs at once (<c>--jobs</c>).</summary>
+    public const int MaxJobs = 256;
+    /// <summary>A job's stack: a main thread's usual 8 MiB, as generators and shrinkers recurse over a case.</summary>
+    const int JobStackBytes = 8 << 20;
 
     readonly PropertyTally[] tallies = properties.Select(p => new PropertyTally(p)).ToArray();
     readonly Stopwatch clock = new();
     readonly Shard part = shard ?? Shard.Whole;
     readonly int[] plan = MinimumPlan(properties, batchSize);
+    readonly int jobCount = jobs is >= 1 and <= MaxJobs ? jobs : throw new ArgumentOutOfRangeException(nameof(jobs), jobs, $"a campaign runs 1 to {MaxJobs} batches at once");
     volatile bool stop;
+
+    // The jobs' shared state, under `gate`: the next batch to start, whether no more start, the lowest failing
+    // batch, the lowest batch not finished, finished batches waiting for an earlier one, and those ready to count.
+    readonly object gate = new();
+    long next;
+    bool closed;
+    long failFloor = long.MaxValue;
+    long frontier;
+    readonly Dictionary<long, BatchRun> finished = [];
+    readonly Queue<BatchRun> ready = new();
+    bool counting;
+    BatchRun? failure;
+    long shrinkRuns;
+    ExceptionDispatchInfo? fault;
 
     public IReadOnlyList<PropertyTally> Tallies => tallies;
     public TimeSpan Elapsed => clock.Elapsed;
     public Shard Shard => part;
+    /// <summary>Batches run at once.</summary>
+    public int Jobs => jobCount;
 
     /// <summary>
-    /// Asks the campaign to stop (Ctrl-C, SIGTERM): the batch under way runs no further case, none starts,
+    /// Asks the campaign to stop (Ctrl-C, SIGTERM): the batches under way run no further case, none starts,
     /// and the result says it was interrupted. Safe from any thread.
     /// </summary>
     public void Stop() => stop = true;
@@ -158,56 +214,186 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     public static int BatchCases(long batch, int batchSize, long? maxCases) =>
         maxCases is { } max ? (int)Math.Clamp(max - batch * batchSize, 0, batchSize) : batchSize;
 
+    /// <summary>One batch as a job ran it: its counts, its cases (for onCase) and its failure, if any.</summary>
+    sealed class BatchRun(long batch, int property)
+    {
+        public long Batch { get; } = batch;
+        public int Property { get; } = property;
+        public long Cases, Ops, ShrinkRuns, BusyTicks;
+        public bool Whole;
+        public List<object>? CaseList;
+        public string? Report, Token, CounterexampleFile;
+        public int? ShrunkOps;
+        public TimeSpan? FoundAfter;
+    }
+
     public CampaignResult Run()
     {
+        using var self = Process.GetCurrentProcess();
+        var cpuBefore = self.TotalProcessorTime;
         clock.Start();
-        long shrinkRuns = 0;
-        for (long batch = part.NextBatch(0); !stop; batch += part.Count)
+        next = frontier = part.NextBatch(0);
+        if (jobCount == 1) Job();
+        else
         {
-            int size = BatchCases(batch, batchSize, maxCases);
-            if (size == 0) break;
-            if (budget is { } b && clock.Elapsed >= b && !(minimumFirst && batch < plan.Length)) break;
-
-            var tally = tallies[PropertyOf(batch)];
-            var p = tally.Property;
-            bool failing = false;
-            TimeSpan? foundAfter = null;
-            long thisBatch = batch;
-            bool Holds(object c)
-            {
-                if (failing) { shrinkRuns++; return p.Holds(c); }   // shrink candidates are not campaign cases
-                if (stop) return true;   // interrupted: FsCheck draws the rest of the batch, nothing runs or counts
-                bool ok = p.Holds(c);
-                Interlocked.Increment(ref tally.Cases);
-                Interlocked.Add(ref tally.Ops, p.OpCount(c));
-                onCase?.Invoke(p, thisBatch, c);
-                failing = !ok;
-                if (failing) foundAfter = clock.Elapsed;
-                return ok;
-            }
-
-            // A replay without a size makes the batch's seed the start of `size` cases, sizes ramping to endSize
-            // (PropertyCheck.Check's runner and config, with the campaign's EndSize).
-            var runner = new PropertyRunner(p.Name, _ => { }, p.Explain,
-                counterexamples: new CounterexampleTarget(p, CounterexampleFile.DefaultDirectory(), seed, batch));
-            var config = Config.Quick.WithRunner(runner).WithName(p.Name).WithMaxTest(size).WithEndSize(endSize)
-                .WithReplay(FSharpOption<Replay>.Some(new Replay(BatchRnd(seed, batch), FSharpOption<int>.None)));
-            FsCheck.Check.One(config, p.ForAll(Holds));
-            if (!stop) Interlocked.Increment(ref tally.Batches);   // an interrupted batch is not a whole batch
-
-            if (runner.FailureReport is { } report)
-            {
-                clock.Stop();
-                string? token = runner.FailingReplay is { } r ? PropertyCheck.FormatReplay(r) : null;
-                return new CampaignResult(seed, clock.Elapsed, tallies, false, p.Name, batch, report, token, shrinkRuns)
-                {
-                    FoundAfter = foundAfter,
-                    ShrunkOps = runner.FailingCase is { } shrunk ? p.OpCount(shrunk) : null,
-                    CounterexampleFile = runner.CounterexampleFile,
-                };
-            }
+            var threads = Enumerable.Range(0, jobCount).Select(j => new Thread(Job, JobStackBytes) { Name = $"campaign job {j}", IsBackground = true }).ToList();
+            threads.ForEach(t => t.Start());
+            threads.ForEach(t => t.Join());
         }
         clock.Stop();
-        return new CampaignResult(seed, clock.Elapsed, tallies, stop, null, -1, null, null, shrinkRuns);
+        self.Refresh();
+        var cpu = self.TotalProcessorTime - cpuBefore;
+        fault?.Throw();
+        if (failure is { } f)
+        {
+            var p = tallies[f.Property].Property;
+            return new CampaignResult(seed, clock.Elapsed, tallies, false, p.Name, f.Batch, f.Report, f.Token, shrinkRuns)
+            {
+                FoundAfter = f.FoundAfter,
+                ShrunkOps = f.ShrunkOps,
+                CounterexampleFile = f.CounterexampleFile,
+                Jobs = jobCount,
+                CpuTime = cpu,
+            };
+        }
+        return new CampaignResult(seed, clock.Elapsed, tallies, stop, null, -1, null, null, shrinkRuns) { Jobs = jobCount, CpuTime = cpu };
+    }
+
+    /// <summary>One job: takes the next batch of the schedule and runs it, until the schedule, the budget, a failure or a stop ends.</summary>
+    void Job()
+    {
+        try
+        {
+            while (Take() is var (batch, size))
+                Finish(RunBatch(batch, size));
+        }
+        catch (Exception e)
+        {
+            lock (gate)
+            {
+                fault ??= ExceptionDispatchInfo.Capture(e);
+                closed = true;
+                Monitor.PulseAll(gate);   // a failing batch waiting for this job's batch must not wait forever
+            }
+        }
+    }
+
+    /// <summary>The next batch to start and its cases; null when none starts (the serial run would have ended here).</summary>
+    (long Batch, int Size)? Take()
+    {
+        lock (gate)
+        {
+            long batch = next;
+            int size = BatchCases(batch, batchSize, maxCases);
+            // Under the lock, so the batches started are a prefix of the schedule whatever the order jobs come in.
+            if (closed || stop || batch > failFloor || size == 0
+                || budget is { } b && clock.Elapsed >= b && !(minimumFirst && batch < plan.Length))
+            {
+                closed = true;
+                return null;
+            }
+            next = batch + part.Count;
+            return (batch, size);
+        }
+    }
+
+    BatchRun RunBatch(long batch, int size)
+    {
+        var run = new BatchRun(batch, PropertyOf(batch)) { CaseList = onCase is null ? null : new(size) };
+        var p = tallies[run.Property].Property;
+        long started = Stopwatch.GetTimestamp();
+        bool failing = false, overtaken = false;
+        bool Holds(object c)
+        {
+            if (failing) { run.ShrinkRuns++; return p.Holds(c); }   // shrink candidates are not campaign cases
+            // Interrupted, or an earlier batch failed: FsCheck draws the rest of the batch, nothing runs or counts.
+            if (stop || overtaken || Volatile.Read(ref failFloor) < batch) return true;
+            bool ok = p.Holds(c);
+            run.Cases++;
+            run.Ops += p.OpCount(c);
+            run.CaseList?.Add(c);
+            if (ok) return true;
+            run.FoundAfter = clock.Elapsed;
+            run.BusyTicks = Stopwatch.GetTimestamp() - started;
+            overtaken = Overtaken(batch);
+            failing = !overtaken;
+            return overtaken;   // overtaken: reported as passing, so FsCheck neither shrinks nor writes a counterexample
+        }
+
+        // A replay without a size makes the batch's seed the start of `size` cases, sizes ramping to endSize
+        // (PropertyCheck.Check's runner and config, with the campaign's EndSize).
+        var runner = new PropertyRunner(p.Name, _ => { }, p.Explain,
+            counterexamples: new CounterexampleTarget(p, CounterexampleFile.DefaultDirectory(), seed, batch));
+        var config = Config.Quick.WithRunner(runner).WithName(p.Name).WithMaxTest(size).WithEndSize(endSize)
+            .WithReplay(FSharpOption<Replay>.Some(new Replay(BatchRnd(seed, batch), FSharpOption<int>.None)));
+        FsCheck.Check.One(config, p.ForAll(Holds));
+        if (run.FoundAfter is null) run.BusyTicks = Stopwatch.GetTimestamp() - started;
+        run.Whole = !stop;   // an interrupted batch is not a whole batch
+        if (runner.FailureReport is { } report)
+        {
+            run.Report = report;
+            run.Token = runner.FailingReplay is { } r ? PropertyCheck.FormatReplay(r) : null;
+            run.ShrunkOps = runner.FailingCase is { } shrunk ? p.OpCount(shrunk) : null;
+            run.CounterexampleFile = runner.CounterexampleFile;
+            if (!failing) Overtaken(batch, wait: false);   // gave up (too many discards): a failure found only now
+        }
+        return run;
+    }
+
+    /// <summary>
+    /// Batch <paramref name="batch"/> drew a failing case: stops the later batches, then waits until every
+    /// earlier batch has finished. True when one of them failed as well (the serial run stops there first).
+    /// </summary>
+    bool Overtaken(long batch, bool wait = true)
+    {
+        lock (gate)
+        {
+            if (batch < failFloor) failFloor = batch;
+            Monitor.PulseAll(gate);
+            while (wait && frontier < batch && failFloor == batch && fault is null) Monitor.Wait(gate);
+            return failFloor < batch || fault is not null;
+        }
+    }
+
+    /// <summary>Records a finished batch and counts, in batch order, every batch whose earlier batches are all counted.</summary>
+    void Finish(BatchRun run)
+    {
+        lock (gate)
+        {
+            finished.Add(run.Batch, run);
+            while (finished.Remove(frontier, out var r))
+            {
+                ready.Enqueue(r);
+                frontier += part.Count;
+            }
+            Monitor.PulseAll(gate);
+            if (counting) return;   // the job counting now takes these too
+            counting = true;
+        }
+        // Outside the lock, so onCase (coverage classifies each case on the spec) does not hold up the other jobs.
+        while (true)
+        {
+            BatchRun r;
+            lock (gate)
+            {
+                if (!ready.TryDequeue(out r!)) { counting = false; return; }
+            }
+            Count(r);
+        }
+    }
+
+    /// <summary>Adds a batch to the tallies: only up to the first failure, where a serial run stops.</summary>
+    void Count(BatchRun r)
+    {
+        if (failure is not null) return;
+        var tally = tallies[r.Property];
+        if (r.CaseList is { } cases)
+            foreach (var c in cases) onCase!(tally.Property, r.Batch, c);
+        Interlocked.Add(ref tally.Cases, r.Cases);
+        Interlocked.Add(ref tally.Ops, r.Ops);
+        Interlocked.Add(ref tally.BusyTicks, r.BusyTicks);
+        if (r.Whole) Interlocked.Increment(ref tally.Batches);
+        shrinkRuns += r.ShrinkRuns;
+        if (r.Report is not null) failure = r;
     }
 }

@@ -38,8 +38,8 @@ public sealed record CoverageRow(string Family, string Situation, long Count, bo
 
 /// <summary>
 /// Counts the situations of every case a campaign runs, per property (classifying re-runs the spec
-/// on the case, so it costs time: <see cref="Elapsed"/> is that time). Not thread-safe: the
-/// campaign records from its one thread.
+/// on the case, so it costs time: <see cref="Elapsed"/> is that time). Not thread-safe: a
+/// campaign records from one thread at a time, however many jobs it runs (<see cref="Campaign"/>).
 /// </summary>
 public sealed class CoverageTally
 {

@@ -57,6 +57,11 @@ public sealed class BadInputTests : IDisposable
         { "check|--count|1|--property|walk-pae,,walk-long4", "", "has an empty name (a leading, trailing or doubled comma)" },
         { "check|--count|1|--property|,", "", "--property: no property named" },
         { "check|--count|1|--property|walk-nope", "", "unknown property 'walk-nope'" },
+        { "check|--count|1|--jobs|0", "", "--jobs: '0' is not a number of jobs from 1 to 256" },
+        { "check|--count|1|--jobs|-3", "", "--jobs: '-3' is not a number of jobs from 1 to 256" },
+        { "check|--count|1|--jobs|two", "", "--jobs: 'two' is not a number of jobs from 1 to 256" },
+        { "check|--count|1|--jobs|2.5", "", "--jobs: '2.5' is not a number of jobs from 1 to 256" },
+        { "check|--count|1|--jobs|257", "", "--jobs: '257' is not a number of jobs from 1 to 256" },
     };
 
     [Theory]

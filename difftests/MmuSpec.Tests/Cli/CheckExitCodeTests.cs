@@ -36,13 +36,14 @@ public sealed class CheckExitCodeTests
     }
 
     [Theory]
-    [InlineData("SIGTERM", "TERM")]
-    [InlineData("SIGINT", "INT")]
-    public void An_interrupted_campaign_exits_130_and_says_what_ran(string signal, string killName)
+    [InlineData("SIGTERM", "TERM", 1)]
+    [InlineData("SIGINT", "INT", 1)]
+    [InlineData("SIGINT", "INT", 2)]   // every job stops
+    public void An_interrupted_campaign_exits_130_and_says_what_ran(string signal, string killName, int jobs)
     {
         if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return;   // POSIX signals
         bool sent = false;   // once: a second signal is the runtime's, it terminates at once
-        var r = MmuspecProcess.Run(["check", "--seed", "1", "--time", "600", "--property", "walk-pae,shadow-long4"],
+        var r = MmuspecProcess.Run(["check", "--seed", "1", "--time", "600", "--property", "walk-pae,shadow-long4", "--jobs", jobs.ToString(System.Globalization.CultureInfo.InvariantCulture)],
             onStderrLine: (line, pid) =>
             {
                 // The first progress line (every 2 s) proves the campaign is under way; then signal it.
