@@ -55,8 +55,8 @@ public sealed class ParallelCampaignTests
     /// </summary>
     static DiffProperty Planted(WalkCase target) =>
         new DiffProperty<WalkCase>("walk-planted", "fails_on_one_later_case", CaseRules.Shrinking(WalkGen.Arbitrary(target.Controls.Mode)),
-            c => WalkDiff.Run(c).Agreed && !(c.Cr3 == target.Cr3 && c.Controls.Equals(target.Controls) && c.Ops.Length >= 3),
-            c => WalkDiff.Run(c).Render(), c => c.Ops.Length, DiffProperties.WalkFamily, [], (_, _) => { });
+            c => Families.Walk.Run(c).Agreed && !(c.Cr3 == target.Cr3 && c.Controls.Equals(target.Controls) && c.Ops.Length >= 3),
+            c => Families.Walk.Run(c).Render(), c => c.Ops.Length, DiffProperties.WalkFamily, [], (_, _) => { });
 
     [Fact]
     public void A_planted_bug_is_reported_alike_by_one_job_and_by_four()
