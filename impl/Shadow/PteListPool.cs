@@ -133,7 +133,12 @@ internal sealed unsafe class PteListPool
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static nint* Desc(ulong head) => (nint*)(head & ~ChainTag);
+    private static nint* Desc(ulong head)
+    {
+        Debug.Assert((head & ChainTag) != 0, "an inline head is not a descriptor");
+        Debug.Assert(((head & ~ChainTag) & (DescWords * sizeof(ulong) - 1)) == 0, "a descriptor is 64-byte aligned in its pool page");
+        return (nint*)(head & ~ChainTag);
+    }
 
     private void Collapse(ref ulong head)
     {
