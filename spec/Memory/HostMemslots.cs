@@ -105,7 +105,7 @@ public sealed record HostMemslots(
     // ---- equality and printing: by content ----
 
     public bool Equals(HostMemslots? other) =>
-        other is not null && Slots.SequenceEqual(other.Slots)
+        other is not null && Slots.SameEntries(other.Slots)
         && DirtyBitmaps.Count == other.DirtyBitmaps.Count
         && DirtyBitmaps.All(b => other.DirtyBitmaps.TryGetValue(b.Key, out var o) && b.Value.SetEquals(o));
 

@@ -77,8 +77,8 @@ public sealed partial record ShadowState(
     public bool Equals(ShadowState? other) =>
         other is not null && Config.Equals(other.Config) && Roots.Equals(other.Roots) && GuestPcide == other.GuestPcide
         && Memslots.Equals(other.Memslots)
-        && Pages.SequenceEqual(other.Pages)
-        && HostMemory.SequenceEqual(other.HostMemory)
+        && Pages.SameEntries(other.Pages)
+        && HostMemory.SameEntries(other.HostMemory)
         && Equals(GuestCpu, other.GuestCpu);
 
     public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);

@@ -15,7 +15,7 @@ public sealed record MemorySnapshot(ImmutableSortedDictionary<int, HostMemslot> 
 
     public static MemorySnapshot Of(ShadowState state) => new(state.Slots, state.HostMemory);
 
-    public bool SameContents(ShadowState state) => Slots.SequenceEqual(state.Slots) && HostMemory.SequenceEqual(state.HostMemory);
+    public bool SameContents(ShadowState state) => Slots.SameEntries(state.Slots) && HostMemory.SameEntries(state.HostMemory);
 }
 
 /// <summary>
@@ -78,8 +78,9 @@ public sealed record ShadowTlb(
                 : $"{result}: a fault other than a rights fault must come from the guest's tables as they are now, which give {now}";
         }
         int pcid = after.CurrentPcid;
+        // The walks are lazy: the first memory that gives this result ends the search.
+        if (AllowedResults(cpu, pcid, access).Any(r => Matches(result, r))) return null;
         var allowed = AllowedResults(cpu, pcid, access).ToList();
-        if (allowed.Any(r => Matches(result, r))) return null;
         return $"{result} is not what the guest's tables gave for gva {Bits.Hex(access.Gva)} at any moment since its last flush in pcid {pcid}: "
             + string.Join("; ", allowed.Distinct());
     }

@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Spec.Shadow;
@@ -166,7 +167,7 @@ public sealed record ShadowPage(ShadowKey Key, ImmutableSortedDictionary<int, Sh
 
     public bool Equals(ShadowPage? other) =>
         other is not null && Key.Equals(other.Key) && Unsync == other.Unsync && WriteFlooding == other.WriteFlooding
-        && Entries.SequenceEqual(other.Entries);
+        && Entries.SameEntries(other.Entries);
 
     public override int GetHashCode() => HashCode.Combine(Key, Entries.Count, Unsync);
 

@@ -350,8 +350,8 @@ public sealed record TdpState(
         other is not null && Config.Equals(other.Config) && MaxPageSize == other.MaxPageSize
         && Equals(DirectRoot, other.DirectRoot) && Equals(MirrorRoot, other.MirrorRoot)
         && Memslots.Equals(other.Memslots)
-        && Pages.SequenceEqual(other.Pages)
-        && HostMemory.SequenceEqual(other.HostMemory)
+        && Pages.SameEntries(other.Pages)
+        && HostMemory.SameEntries(other.HostMemory)
         && Equals(GuestCpu, other.GuestCpu);
 
     public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);

@@ -58,6 +58,9 @@ public static class TdpTlb
     /// <summary>The gfns a step from <paramref name="before"/> to <paramref name="after"/> must flush.</summary>
     public static FlushObligation MustFlush(TdpState before, TdpState after)
     {
+        // Every duty below is a function of the table pages alone: a step that left them as they
+        // were (the same immutable map) lost no translation and freed no table.
+        if (ReferenceEquals(before.Pages, after.Pages)) return FlushObligation.None;
         var duties = ImmutableArray.CreateBuilder<FlushDuty>();
         bool named = before.Config.SharedBit is not null;   // with a shared bit, say which root
         foreach (bool mirror in new[] { false, true })

@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Spec.Tdp;
@@ -108,7 +109,7 @@ public sealed record TablePage(PageKey Key, ImmutableSortedDictionary<int, Spte>
     public TablePage With(int index, Spte entry) => this with { Entries = Entries.SetItem(index, entry) };
     public TablePage Without(int index) => this with { Entries = Entries.Remove(index) };
 
-    public bool Equals(TablePage? other) => other is not null && Key.Equals(other.Key) && Entries.SequenceEqual(other.Entries);
+    public bool Equals(TablePage? other) => other is not null && Key.Equals(other.Key) && Entries.SameEntries(other.Entries);
     public override int GetHashCode() => HashCode.Combine(Key, Entries.Count);
 
     public override string ToString() =>

@@ -67,12 +67,21 @@ public sealed class ImplWalkEngine : IWalkEngine
         return OpResult.Completed.Instance;
     }
 
-    public MachineView View()
+    public MachineView View() => new(Cpu(), ImmutableSortedDictionary.CreateRange(Words()));
+
+    /// <summary>The vCPU's paging state in spec terms.</summary>
+    public CpuState Cpu()
     {
         var c = FromImpl(vcpu.Controls);
         var pdptes = c.Mode == PagingMode.Pae ? Enumerable.Range(0, 4).Select(vcpu.Pdpte).ToArray() : new ulong[4];
-        var words = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();
-        for (int i = 0; i < memory.Slots.Count; i++)
+        return new CpuState(c, vcpu.Cr3, pdptes);
+    }
+
+    /// <summary>Every non-zero 8-byte word of guest memory, ascending by gpa (slots never overlap).</summary>
+    public List<KeyValuePair<ulong, ulong>> Words()
+    {
+        var words = new List<KeyValuePair<ulong, ulong>>();
+        foreach (int i in SlotsByGpa())
         {
             ulong baseGpa = memory.Slots[i].BaseGfn << 12;
             var qwords = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(memory.SlotBytes(i));
@@ -80,13 +89,41 @@ public sealed class ImplWalkEngine : IWalkEngine
             // guest memory is mostly zero, so this skips it 32 bytes at a time.
             for (int q = qwords.IndexOfAnyExcept(0UL); q >= 0;)
             {
-                words[baseGpa + (ulong)q * 8] = qwords[q];
+                words.Add(new(baseGpa + (ulong)q * 8, qwords[q]));
                 int next = qwords[(q + 1)..].IndexOfAnyExcept(0UL);
                 q = next < 0 ? -1 : q + 1 + next;
             }
         }
-        return new MachineView(new CpuState(c, vcpu.Cr3, pdptes), words.ToImmutable());
+        return words;
     }
+
+    /// <summary>
+    /// Whether guest memory's non-zero words are exactly <paramref name="words"/> (same gpas, same
+    /// values): the state comparison's common case in one pass, without building the impl's list.
+    /// </summary>
+    public bool HoldsExactly(ImmutableSortedDictionary<ulong, ulong> words)
+    {
+        // A mutable struct enumerator: not a using variable, which would be read-only and advance a copy.
+        var expected = words.GetEnumerator();
+        try
+        {
+            foreach (int i in SlotsByGpa())
+            {
+                ulong baseGpa = memory.Slots[i].BaseGfn << 12;
+                var qwords = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(memory.SlotBytes(i));
+                for (int q = qwords.IndexOfAnyExcept(0UL); q >= 0;)
+                {
+                    if (!expected.MoveNext() || expected.Current.Key != baseGpa + (ulong)q * 8 || expected.Current.Value != qwords[q]) return false;
+                    int next = qwords[(q + 1)..].IndexOfAnyExcept(0UL);
+                    q = next < 0 ? -1 : q + 1 + next;
+                }
+            }
+            return !expected.MoveNext();
+        }
+        finally { expected.Dispose(); }
+    }
+
+    IEnumerable<int> SlotsByGpa() => Enumerable.Range(0, memory.Slots.Count).OrderBy(i => memory.Slots[i].BaseGfn);
 
     public void Dispose() => memory.Dispose();
 }
