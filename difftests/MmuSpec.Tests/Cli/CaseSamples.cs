@@ -54,6 +54,7 @@ internal static class CaseSamples
         new TdpOp.GetDirtyLog(3),
         new TdpOp.AccessGpa(0x8000_0040_0123, AccessType.Fetch),
         new TdpOp.ZapRange(0, 1UL << 36),
+        new TdpOp.PreFault(0x40_0000, 0x20_1000),
         new TdpOp.ZapAll(),
         new TdpOp.SetMaxPageSize(PageSize.Size4K),
         new TdpOp.GuestStore(0x1003, 0xdead, 2),
