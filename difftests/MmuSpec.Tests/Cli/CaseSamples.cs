@@ -54,13 +54,13 @@ internal static class CaseSamples
         new TdpOp.GetDirtyLog(3),
         new TdpOp.AccessGpa(0x8000_0040_0123, AccessType.Fetch),
         new TdpOp.ZapRange(0, 1UL << 36),
-        new TdpOp.PreFault(0x40_0000, 0x20_1000),
         new TdpOp.ZapAll(),
         new TdpOp.SetMaxPageSize(PageSize.Size4K),
         new TdpOp.GuestStore(0x1003, 0xdead, 2),
         new TdpOp.GuestSetPaging(new PagingControls(PagingMode.Bits32, cr4Pse: true), 0x3000),
         new TdpOp.GuestAccess(Access.Read(0x40_0000, Privilege.User)),
         new TdpOp.GuestSetPaging(null, 0),
+        new TdpOp.PreFault(0x40_0000, 0x20_1000),
     ]);
 
     /// <summary>A shadow case with every shadow op kind, on a 40-bit VM without unsync pages and with KVM's root policy.</summary>
