@@ -35,6 +35,15 @@ public interface ITdpVm : IDisposable
 
     TdpAccessOutcome Access(ulong gpa, AccessType type);
 
+    /// <summary>
+    /// KVM_PRE_FAULT_MEMORY over [gpa, gpa + size): exactly a read <see cref="Access"/> at the range's start,
+    /// then at the end of the leaf that maps it, and so on, until the range is done or a page is in no
+    /// memslot or beyond the gpa width (docs/tdp-model.md, "Pre-faulting a range"). Rejected, changing
+    /// nothing, when size is 0, either is not page aligned, or the range wraps. Allocates nothing on the
+    /// managed heap.
+    /// </summary>
+    TdpPreFaultOutcome PreFault(ulong gpa, ulong size);
+
     /// <summary>Zaps every leaf overlapping gfns [startGfn, endGfn) in both roots; tables stay.</summary>
     TdpStatus ZapRange(ulong startGfn, ulong endGfn);
 

@@ -47,6 +47,15 @@ public abstract record TdpOp
         public override string ToString() => $"zap gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
     }
 
+    /// <summary>
+    /// KVM_PRE_FAULT_MEMORY: the VMM maps [<paramref name="Gpa"/>, +<paramref name="Size"/>) ahead of the
+    /// guest, as read faults would (<see cref="TdpState"/>'s PreFault rule).
+    /// </summary>
+    public sealed record PreFault(ulong Gpa, ulong Size) : TdpOp
+    {
+        public override string ToString() => $"pre-fault gpa [{Bits.Hex(Gpa)}, +{Bits.Hex(Size)})";
+    }
+
     public sealed record ZapAll : TdpOp
     {
         public override string ToString() => "zap all";
@@ -85,6 +94,15 @@ public abstract record TdpResult : VmResult
     public sealed record Mapped(ulong Hpa, PageSize Size, bool Faulted) : TdpResult
     {
         public override string ToString() => $"{(Faulted ? "faulted in" : "hit")} hpa {Bits.Hex(Hpa)} ({Size.Name()})";
+    }
+
+    /// <summary>
+    /// A pre-fault made progress: the first <paramref name="Bytes"/> of the range are mapped (KVM returns 0
+    /// and advances the range's gpa and size by that much; less than the size when it stopped early).
+    /// </summary>
+    public sealed record Populated(ulong Bytes) : TdpResult
+    {
+        public override string ToString() => $"populated {Bits.Hex(Bytes)} bytes";
     }
 
     /// <summary>No memslot (or a write to a read-only one): the access exits to userspace for emulation.</summary>

@@ -43,6 +43,7 @@ public sealed record TdpState(
         TdpOp.ZapRange z => z.StartGfn < z.EndGfn && z.EndGfn <= Config.GfnLimit
             ? Done(ZapLeaves(z.StartGfn, z.EndGfn))
             : Reject($"zap range [{Bits.Hex(z.StartGfn)}, {Bits.Hex(z.EndGfn)}) is empty or beyond the guest-physical space"),
+        TdpOp.PreFault p => PreFault(p.Gpa, p.Size),
         TdpOp.ZapAll => Done(this with { Pages = Pages.Clear(), DirectRoot = null, MirrorRoot = null }),
         TdpOp.SetMaxPageSize p => p.Size is PageSize.Size4K or PageSize.Size2M or PageSize.Size1G
             ? Done(this with { MaxPageSize = p.Size })
@@ -129,6 +130,39 @@ public sealed record TdpState(
         }
         // 6. A miss.
         return Fault(gpa, gfn, mirror, slot, write);
+    }
+
+    /// <summary>
+    /// KVM_PRE_FAULT_MEMORY (virt/kvm/kvm_main.c kvm_vcpu_pre_fault_memory, arch/x86/kvm/mmu/mmu.c
+    /// kvm_arch_vcpu_pre_fault_memory): the range must be page aligned, non-empty and not wrap (else
+    /// EINVAL). Then, from its start, a read fault (the ioctl's error code has no write bit) by the rule
+    /// above, and on to the end of the leaf that now maps the page (KVM advances to the end of the page
+    /// at the level it mapped), until the range is done or a page is in no memslot or beyond the gpa width
+    /// (KVM's no-slot fault is RET_PF_EMULATE, -ENOENT). Progress of any length returns it (KVM: 0 with the
+    /// range advanced); none returns the error: <c>MmioExit</c> of the first gpa for ENOENT. So a read-only
+    /// slot is mapped read-only, a logging slot 4 KiB read-only and nothing is marked dirty.
+    /// The model has no private/shared attributes: the shared bit in the gpa picks the root, as for an
+    /// access (KVM takes the gpa without it and picks by the page's attribute; an alias is EINVAL there).
+    /// On a hit the step is the existing leaf's size, not the level a fault would pick now, so
+    /// every page of the range done is mapped afterwards.
+    /// </summary>
+    TdpStepped PreFault(ulong gpa, ulong size)
+    {
+        if (size == 0 || ((gpa | size) & 0xFFF) != 0 || gpa + size < gpa)
+            return Reject($"pre-fault range [{Bits.Hex(gpa)}, +{Bits.Hex(size)}) is empty, not page aligned or wraps");
+        ulong end = gpa + size, at = gpa;
+        var state = this;
+        while (at < end && at >> Config.GpaBits == 0)
+        {
+            var fault = state.Access(at, AccessType.Read);
+            if (fault.Result is not TdpResult.Mapped m) break;
+            state = fault.State;
+            ulong leafBytes = 1UL << m.Size.Shift();
+            at = (at & ~(leafBytes - 1)) + leafBytes;
+        }
+        return at == gpa
+            ? new TdpStepped(this, new TdpResult.MmioExit(gpa))
+            : new TdpStepped(state, new TdpResult.Populated(Math.Min(at, end) - gpa));
     }
 
     TdpStepped Fault(ulong gpa, ulong gfn, bool mirror, HostMemslot slot, bool write)

@@ -142,6 +142,7 @@ public static class CaseJson
             case TdpOp.GetDirtyLog g: w.WriteString("op", "get_dirty_log"); w.WriteNumber("id", g.Id); break;
             case TdpOp.AccessGpa a: w.WriteString("op", "access_gpa"); w.WriteString("gpa", Hex.Format(a.Gpa)); w.WriteString("type", TypeName(a.Type)); break;
             case TdpOp.ZapRange z: w.WriteString("op", "zap_range"); w.WriteString("start_gfn", Hex.Format(z.StartGfn)); w.WriteString("end_gfn", Hex.Format(z.EndGfn)); break;
+            case TdpOp.PreFault f: w.WriteString("op", "pre_fault"); w.WriteString("gpa", Hex.Format(f.Gpa)); w.WriteString("size", Hex.Format(f.Size)); break;
             case TdpOp.ZapAll: w.WriteString("op", "zap_all"); break;
             case TdpOp.SetMaxPageSize m: w.WriteString("op", "set_max_page_size"); w.WriteString("size", PageSizeName(m.Size)); break;
             case TdpOp.GuestStore g: w.WriteString("op", "guest_store"); WriteStore(w, g.Gpa, g.Value, g.Size); break;
@@ -341,6 +342,7 @@ public static class CaseJson
         ["get_dirty_log"] = ["id"],
         ["access_gpa"] = ["gpa", "type"],
         ["zap_range"] = ["start_gfn", "end_gfn"],
+        ["pre_fault"] = ["gpa", "size"],
         ["zap_all"] = [],
         ["set_max_page_size"] = ["size"],
         ["guest_store"] = ["gpa", "value", "size"],
@@ -361,6 +363,7 @@ public static class CaseJson
             "get_dirty_log" => new TdpOp.GetDirtyLog(o.Int("id")),
             "access_gpa" => new TdpOp.AccessGpa(o.Hex("gpa"), o.Choice("type", TypeNames)),
             "zap_range" => new TdpOp.ZapRange(o.Hex("start_gfn"), o.Hex("end_gfn")),
+            "pre_fault" => new TdpOp.PreFault(o.Hex("gpa"), o.Hex("size")),
             "zap_all" => new TdpOp.ZapAll(),
             "set_max_page_size" => new TdpOp.SetMaxPageSize(o.Choice("size", PageSizeNames)),
             "guest_store" => new TdpOp.GuestStore(o.Hex("gpa"), o.Hex("value"), o.Int("size")),

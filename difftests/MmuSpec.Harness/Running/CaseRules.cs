@@ -99,11 +99,19 @@ public static class CaseRules
         }
     }
 
-    /// <summary>A TDP case: every memslot created is at most <see cref="MaxSlotPages"/> pages.</summary>
+    /// <summary>
+    /// A TDP case: every memslot created is at most <see cref="MaxSlotPages"/> pages, and so is every
+    /// pre-fault range (the spec takes a fault per leaf, so a range of terabytes in 4 KiB leaves would
+    /// not finish; an empty, unaligned or wrapping range is a guest-visible rejection and stays allowed).
+    /// </summary>
     public static void Check(TdpCase c, string path)
     {
         for (int i = 0; i < c.Ops.Length; i++)
+        {
             if (c.Ops[i] is TdpOp.CreateSlot s) SlotSize(At(path, $"ops[{I(i)}]"), s.Pages);
+            if (c.Ops[i] is TdpOp.PreFault f && f.Size >> 12 > MaxSlotPages && f.Gpa + f.Size >= f.Gpa)
+                throw new InputException($"{At(path, $"ops[{I(i)}]")}.size: {Hex.Format(f.Size)} bytes is more than a pre-fault may cover here ({Hex.Size(MaxSlotPages << 12)})");
+        }
     }
 
     /// <summary>A shadow case: every memslot created, in the setup or the ops, is at most <see cref="MaxSlotPages"/> pages.</summary>

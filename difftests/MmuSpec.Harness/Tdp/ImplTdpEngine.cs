@@ -42,6 +42,7 @@ public sealed class ImplTdpEngine : IDisposable
             case TdpOp.AccessGpa a:
                 return Access(vm.Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa);
             case TdpOp.ZapRange z: return Status(vm.ZapRange(z.StartGfn, z.EndGfn));
+            case TdpOp.PreFault f: return PreFault(vm.PreFault(f.Gpa, f.Size), f.Gpa);
             case TdpOp.ZapAll: return Status(vm.ZapAll());
             case TdpOp.SetMaxPageSize p: return Status(vm.SetMaxPageSize((byte)p.Size.Shift()));
             case TdpOp.GuestStore g: return Access(vm.GuestStore(g.Gpa, g.Value, g.Size), g.Gpa);
@@ -67,6 +68,13 @@ public sealed class ImplTdpEngine : IDisposable
     VmResult Access(ImplTdp.TdpAccessOutcome o, ulong gpa) => o.Status switch
     {
         ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Hpa, PageSizes.FromShift(o.PageShift), o.Faulted),
+        ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
+        _ => Rejected(),
+    };
+
+    VmResult PreFault(ImplTdp.TdpPreFaultOutcome o, ulong gpa) => o.Status switch
+    {
+        ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Populated(o.Bytes),
         ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
         _ => Rejected(),
     };

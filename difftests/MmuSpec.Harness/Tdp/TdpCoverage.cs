@@ -33,6 +33,8 @@ public static class TdpCoverage
     const string Create = "memslot: create", CreateRejected = "memslot: create rejected", MoveMapped = "memslot: move zaps its mappings",
         MoveEmpty = "memslot: move without mappings", DeleteMapped = "memslot: delete zaps its mappings",
         DeleteEmpty = "memslot: delete without mappings", NoSuchSlot = "memslot: operation on a missing slot rejected";
+    const string PreFaultWhole = "pre-fault: the whole range mapped", PreFaultPartial = "pre-fault: stopped early, the range leaves the memslots",
+        PreFaultNothing = "pre-fault: nothing mapped, the start is in no memslot", PreFaultRejected = "pre-fault: rejected (empty, unaligned or wrapping)";
     const string GuestOff = "guest: paging off, gva is the gpa", GuestMapped = "guest: access translated and mapped",
         GuestPf = "guest: walk #PF", GuestGp = "guest: walk #GP", GuestTableRead = "guest: a table read faulted in a mapping",
         GuestPagingOn = "guest: paging turned on", GuestPagingOff = "guest: paging turned off", GuestCr3Gp = "guest: CR3 load #GP";
@@ -47,6 +49,7 @@ public static class TdpCoverage
         .. SharedBitSituations, ReadOnlyRead,
         LogOn, LogOnProtects, LogOff, LogSame, FetchNonEmpty, FetchEmpty, FetchRejected, MarkedDirty, Split, HugeNotUsed,
         ZapInsideHuge, ZapLeaves, ZapNothing, ZapAllMapped, ZapRejected,
+        PreFaultWhole, PreFaultPartial, PreFaultNothing, PreFaultRejected,
         Create, CreateRejected, MoveMapped, MoveEmpty, DeleteMapped, DeleteEmpty, NoSuchSlot,
         .. WalkCoverage.Modes, GuestOff, GuestMapped, GuestPf, GuestGp, GuestTableRead, GuestPagingOn, GuestPagingOff, GuestCr3Gp,
     ];
@@ -85,7 +88,7 @@ public static class TdpCoverage
         if (before.MirrorRoot is null && after.MirrorRoot is not null) hit(MirrorRoot);
         if (DirtyCount(after) > DirtyCount(before)) hit(MarkedDirty);
         // Table pages freed by an access: a huge leaf took the place of a table and everything below it.
-        if (op is TdpOp.AccessGpa or TdpOp.GuestStore or TdpOp.GuestAccess && !ReferenceEquals(before.Pages, after.Pages)
+        if (op is TdpOp.AccessGpa or TdpOp.GuestStore or TdpOp.GuestAccess or TdpOp.PreFault && !ReferenceEquals(before.Pages, after.Pages)
             && before.Pages.Keys.Any(k => !after.Pages.ContainsKey(k)))
             hit(SubtreeReplaced);
 
@@ -125,6 +128,15 @@ public static class TdpCoverage
                 if (r is VmResult.Rejected) { hit(ZapRejected); break; }
                 hit(removed.Count > 0 ? ZapLeaves : ZapNothing);
                 if (removed.Any(l => l.Leaf.Level > 1 && (z.StartGfn > l.Leaf.Gfn || z.EndGfn < l.Leaf.Gfn + l.Leaf.Frames))) hit(ZapInsideHuge);
+                break;
+            case TdpOp.PreFault f:
+                hit(r switch
+                {
+                    TdpResult.Populated p when p.Bytes >= f.Size => PreFaultWhole,
+                    TdpResult.Populated => PreFaultPartial,
+                    TdpResult.MmioExit => PreFaultNothing,
+                    _ => PreFaultRejected,
+                });
                 break;
             case TdpOp.ZapAll:
                 if (before.Leaves().Any()) hit(ZapAllMapped);

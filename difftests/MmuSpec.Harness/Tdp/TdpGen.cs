@@ -177,6 +177,7 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     {
         if (pending.Count > 0) return pending.Dequeue();
         if (slots.Count > 0 && rng.Next(100) < 6) return HugePageScenario();
+        if (slots.Count > 0 && rng.Next(100) < 5) return PreFault();
         int roll = rng.Next(100);
         if (roll < 52 || slots.Count == 0 && roll < 80) return Access();
         if (roll < 60) return Zap();
@@ -268,6 +269,43 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
                 pending.Enqueue(At(Inside(), AccessType.Read));
                 return At(Inside(), rng.Next(2) == 0 ? AccessType.Read : AccessType.Write);
         }
+    }
+
+    /// <summary>
+    /// genPreFault: KVM_PRE_FAULT_MEMORY over part of a slot: mostly inside it, often running past its
+    /// end (partial progress), sometimes starting before it (nothing mapped), a page to a few 2 MiB
+    /// pages long (the spec faults once per leaf, so 4 KiB ranges stay short); rarely empty, unaligned,
+    /// wrapping or beyond the gpa width.
+    /// </summary>
+    TdpOp.PreFault PreFault()
+    {
+        if (rng.Next(15) == 0)
+            return rng.Next(3) switch
+            {
+                0 => new TdpOp.PreFault((ulong)rng.Next(0, 1 << 20) << 12, 0),
+                1 => new TdpOp.PreFault(((ulong)rng.Next(0, 1 << 20) << 12) | 0x800, 0x1000),
+                _ => new TdpOp.PreFault(0UL - ((ulong)rng.Next(1, 4) << 12), (ulong)rng.Next(4, 8) << 12),
+            };
+        var s = slots.Values.ElementAt(rng.Next(slots.Count));
+        ulong gfn = rng.Next(10) switch
+        {
+            < 5 => s.Base + (ulong)rng.NextInt64(0, (long)s.Pages),
+            < 7 => s.Base + s.Pages - Math.Min(s.Pages, (ulong)rng.Next(1, 8)),          // runs past the end
+            < 8 => s.Base >= 4 ? s.Base - (ulong)rng.Next(1, 4) : s.Base + s.Pages,      // starts outside
+            _ => Math.Max(s.Base, (s.Base + (ulong)rng.NextInt64(0, (long)s.Pages)) & ~511UL),
+        };
+        ulong pages = rng.Next(10) switch
+        {
+            < 6 => (ulong)rng.Next(1, 33),
+            < 9 => 512 + (ulong)rng.Next(0, 4),
+            _ => (ulong)rng.Next(1, 1100),
+        };
+        recentGfns.Add(gfn);
+        if (recentGfns.Count > 16) recentGfns.RemoveAt(0);
+        ulong gpa = gfn << 12;
+        if (config.SharedBit is { } bit && rng.Next(2) == 0) gpa |= 1UL << bit;
+        if (rng.Next(100) == 0) gpa |= 1UL << 55;          // beyond the gpa width: nothing mapped
+        return new TdpOp.PreFault(gpa, pages << 12);
     }
 
     /// <summary>A zap range that starts or ends (or both) inside the <paramref name="huge"/>-frame page holding <paramref name="gfn"/>.</summary>

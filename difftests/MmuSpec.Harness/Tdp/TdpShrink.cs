@@ -30,6 +30,9 @@ public static class TdpShrink
             case TdpOp.ZapRange z when z.EndGfn - z.StartGfn > 1:
                 yield return z with { EndGfn = z.StartGfn + (z.EndGfn - z.StartGfn) / 2 };
                 break;
+            case TdpOp.PreFault f when f.Size > 0x1000 && (f.Size & 0xFFF) == 0:
+                yield return f with { Size = (f.Size >> 13) << 12 };   // half, in whole pages
+                break;
             case TdpOp.CreateSlot s:
                 if (s.ReadOnly) yield return s with { ReadOnly = false };
                 if (s.Pages > 1) yield return s with { Pages = s.Pages / 2 };

@@ -60,6 +60,7 @@ internal static class CaseSamples
         new TdpOp.GuestSetPaging(new PagingControls(PagingMode.Bits32, cr4Pse: true), 0x3000),
         new TdpOp.GuestAccess(Access.Read(0x40_0000, Privilege.User)),
         new TdpOp.GuestSetPaging(null, 0),
+        new TdpOp.PreFault(0x40_0000, 0x20_1000),
     ]);
 
     /// <summary>A shadow case with every shadow op kind, on a 40-bit VM without unsync pages and with KVM's root policy.</summary>

@@ -34,6 +34,7 @@ public sealed class TdpVmContractTests
         ["GetDirtyLog"] = vm => vm.GetDirtyLog(0, []),
         ["Access"] = vm => vm.Access(0x20_1000, AccessType.Read),
         ["ZapRange"] = vm => vm.ZapRange(0x200, 0x201),
+        ["PreFault"] = vm => vm.PreFault(0x20_0000, 0x2000),
         ["ZapAll"] = vm => vm.ZapAll(),
         ["SetMaxPageSize"] = vm => vm.SetMaxPageSize(12),
         ["TakeFlushes"] = vm => vm.TakeFlushes(),
@@ -79,6 +80,11 @@ public sealed class TdpVmContractTests
         ["store of 2 bytes"] = (null, vm => vm.GuestStore(0x20_1000, 1, 2), "store size 2 is not 4 or 8"),
         ["misaligned store"] = (null, vm => vm.GuestStore(0x20_1004, 1, 8), "gpa 0x201004 is not aligned to the 8-byte store"),
         ["negative slot id"] = (null, vm => vm.DeleteSlot(-1), "no slot -1"),
+        ["empty pre-fault"] = (null, vm => vm.PreFault(0x20_0000, 0), "pre-fault range [0x200000, +0x0) is empty, not page aligned or wraps"),
+        ["unaligned pre-fault"] = (null, vm => vm.PreFault(0x20_0800, 0x1000), "pre-fault range [0x200800, +0x1000) is empty, not page aligned or wraps"),
+        ["unaligned pre-fault size"] = (null, vm => vm.PreFault(0x20_0000, 0x1800), "pre-fault range [0x200000, +0x1800) is empty, not page aligned or wraps"),
+        ["wrapping pre-fault"] = (null, vm => vm.PreFault(0xFFFF_FFFF_FFFF_F000, 0x2000),
+            "pre-fault range [0xFFFFFFFFFFFFF000, +0x2000) is empty, not page aligned or wraps"),
     };
 
     public static TheoryData<string> BadInputs() => [.. BadInput.Keys];
