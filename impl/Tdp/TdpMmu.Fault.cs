@@ -12,7 +12,39 @@ public sealed partial class TdpMmu<TFormat>
 {
     private const ulong PageOffsetMask = (1UL << PageShift) - 1;
 
+    /// <summary>
+    /// The fast path: an access inside the cached leaf table's 2 MiB (<see cref="_leafGranule"/>) is a hit
+    /// or a 4 KiB miss decided right there, without the slot lookup, the walk from the root or the miss
+    /// path's arguments; saves most of the per-access cost (docs/performance.md). Everything else, and a
+    /// write to a write-protected leaf, takes <see cref="AccessSlow"/>, whose result it must equal: the
+    /// cache is filled only where the slow path would do just this (<see cref="CacheLeafTable"/>), and
+    /// forgotten by anything that could change that (<see cref="ForgetLeafTable"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public TdpAccessOutcome Access(ulong gpa, AccessType type)
+    {
+        ulong frame = gpa >> PageShift;
+        // A disposed MMU has no cache, and a gpa in a cached granule is below 2^_gpaBits: neither needs a check.
+        if ((frame >> IndexBits) == _leafGranule && (uint)type <= (uint)AccessType.Fetch)
+        {
+            int index = (int)(frame & (EntriesPerTable - 1));
+            ulong leaf = _leafTable[index];
+            if (!TFormat.IsPresent(leaf))
+            {
+                // Step 6 as the slow path would take it here: a writable 4 KiB leaf (the slot neither is
+                // read-only nor logs), no table to allocate, nothing to flush or mark dirty.
+                ulong hostPfn = _leafHostPfn + (ulong)index;
+                _leafTable[index] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
+                return TdpAccessOutcome.Mapped((hostPfn << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: true);
+            }
+            if (type != AccessType.Write || TFormat.IsWritable(leaf))
+                return TdpAccessOutcome.Mapped((TFormat.LeafPfn(leaf) << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: false);
+        }
+        return AccessSlow(gpa, type);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private TdpAccessOutcome AccessSlow(ulong gpa, AccessType type)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if ((gpa >> _gpaBits) != 0 || (uint)type > (uint)AccessType.Fetch)
@@ -51,7 +83,11 @@ public sealed partial class TdpMmu<TFormat>
         int level = pte.Level;
         ulong hpa = ((TFormat.LeafPfn(leaf) + (frame & (FramesPerEntry(level) - 1))) << PageShift) | (gpa & PageOffsetMask);
         if (!write || TFormat.IsWritable(leaf))
+        {
+            if (level == 1)
+                CacheLeafTable(slot, pte.Table, frame);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false);
+        }
 
         // Step 5: a write-protection fault. A 4 KiB leaf, or any leaf of a slot that does not log,
         // becomes writable (KVM's fast page fault); a logged write is marked dirty.
@@ -95,10 +131,13 @@ public sealed partial class TdpMmu<TFormat>
 
         if (stop.Level >= level)
         {
-            RadixTable<TFormat>.MapFrom(ref pages, stop, frame, level, leaf); // the walk stopped at or above the leaf's level: only new tables below
+            PteRef mapped = RadixTable<TFormat>.MapFrom(ref pages, stop, frame, level, leaf); // the walk stopped at or above the leaf's level: only new tables below
+            if (level == 1)
+                CacheLeafTable(slot, mapped.Table, frame);
         }
         else
         {
+            ForgetLeafTable(); // the tables under the new leaf are freed (the cached one cannot be among them, but be safe)
             // A table sits where the leaf goes: replace it and free its subtree. The hardware may hold the
             // link to that table for any gfn it covered, i.e. the new leaf's whole range: flush it all
             // (KVM's tdp_mmu_map_handle_target_level, kvm_flush_remote_tlbs_gfn(gfn, level)).
@@ -130,6 +169,35 @@ public sealed partial class TdpMmu<TFormat>
                 break;
         }
         return level;
+    }
+
+    /// <summary>
+    /// Remembers <paramref name="table"/>, the level-1 table the slow path just used for
+    /// <paramref name="frame"/>, when every access to its 2 MiB would go as the fast path takes it: one
+    /// slot covers all 512 gfns, is writable and does not log, and maps them at 4 KiB (the target level
+    /// is the same for all of them: its larger ranges are the same).
+    /// </summary>
+    private void CacheLeafTable(HostMemslot slot, TableRef table, ulong frame)
+    {
+        AssertTable(table, 1, mirror: _sharedGfnMask != 0 && (frame & _sharedGfnMask) == 0);
+        ulong firstGfn = AlignDown(frame & ~_sharedGfnMask, 2);
+        if (slot.ReadOnly || slot.DirtyLogging || !slot.Contains(firstGfn) || !slot.Contains(firstGfn + EntriesPerTable - 1)
+            || TargetLevel(slot, firstGfn) != 1)
+            return;
+        _leafGranule = frame >> IndexBits;
+        _leafTable = table;
+        _leafHostPfn = slot.HostPfnBase + (firstGfn - slot.BaseGfn);
+    }
+
+    /// <summary>
+    /// Drops the cached leaf table. Called by everything that frees or unlinks a table, changes a slot
+    /// or the mapping policy (what <see cref="CacheLeafTable"/> checked), and by Dispose; the fast path
+    /// would otherwise serve a freed table or a stale decision (TdpLeafTableCacheTests).
+    /// </summary>
+    private void ForgetLeafTable()
+    {
+        _leafGranule = NoGranule;
+        _leafTable = default;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -74,6 +74,14 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
 
     private bool _disposed;
 
+    // The paging-structure cache of the fast path (TdpMmu.Fault.cs): the level-1 table last used for a
+    // 4 KiB access, the 2 MiB it covers (frame >> 9, in the root's index space, so the root is implied)
+    // and the host frame of its first entry. NoGranule, above every frame's, when there is none.
+    private const ulong NoGranule = ulong.MaxValue;
+    private ulong _leafGranule = NoGranule;
+    private TableRef _leafTable;
+    private ulong _leafHostPfn;
+
     /// <exception cref="ArgumentOutOfRangeException">The shared bit is not null, 47 or 51.</exception>
     /// <exception cref="ArgumentException">The format cannot build the root level the shared bit needs
     /// (stage-2 with a 4 KiB granule has at most 4 levels; shared bit 51 needs 5), or is not EPT or stage-2.</exception>
@@ -131,6 +139,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
     {
         ThrowIfDisposed();
+        ForgetLeafTable();
         if (_slots.CreateProblem(id, pages) is string idProblem)
             return RejectSlot(idProblem);
         if (hostPageShift is not (12 or 21 or 30))
@@ -155,6 +164,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus DeleteSlot(int id)
     {
         ThrowIfDisposed();
+        ForgetLeafTable();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
@@ -168,6 +178,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
+        ForgetLeafTable();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
@@ -187,6 +198,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
+        ForgetLeafTable();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
         if (slot.SetDirtyLogging(on) && on)
@@ -204,6 +216,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
+        ForgetLeafTable();
         int first = gfns.Count;
         if (_slots.TakeDirtyLog(id, gfns, out HostMemslot? slot) is string problem)
             return RejectSlot(problem);
@@ -226,6 +239,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public TdpStatus ZapRange(ulong startGfn, ulong endGfn)
     {
         ThrowIfDisposed();
+        ForgetLeafTable();
         if (startGfn >= endGfn || endGfn > _gfnLimit)
             return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_gpaBits - PageShift} frames");
         ZapLeafs(startGfn, endGfn);
@@ -236,6 +250,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public TdpStatus ZapAll()
     {
         ThrowIfDisposed();
+        ForgetLeafTable();
         // KVM's zap-all needs no flush because no vCPU runs again (the VM is going away); here the VM goes
         // on, so this is the fast zap's case: a new root is loaded with a full flush (kvm_mmu_load).
         if (!_directRoot.IsNull || !_mirrorRoot.IsNull)
@@ -248,6 +263,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public TdpStatus SetMaxPageSize(byte pageShift)
     {
         ThrowIfDisposed();
+        ForgetLeafTable();
         if (pageShift is not (12 or 21 or 30))
             return Reject($"page shift {pageShift} is not 12, 21 or 30");
         _policyLevel = (pageShift - PageShift) / IndexBits + 1;
@@ -261,6 +277,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
         if (_disposed)
             return;
         _disposed = true;
+        ForgetLeafTable(); // the fast path checks no flag: a disposed MMU serves nothing from the cache
         _directRoot = default;
         _mirrorRoot = default;
         _pages.ReleaseAll();
