@@ -209,6 +209,88 @@ public class ShadowBenchmarks
 }
 
 /// <summary>
+/// Impl only: the <see cref="ShadowBenchmarks"/> Fault (4-level guest, every shadow page above the leaf present,
+/// the leaves removed before each invocation by an [IterationSetup] <c>ZapRange</c> of the data gfns) with
+/// the guest's pages spread over 32, 128 or 512 page tables under one page directory, every entry of every
+/// table mapped, so the working set (guest tables, shadow level-1 pages and their translations, rmap heads)
+/// grows from 0.5 to 8 MiB and a fault's cost shows how many cache lines it touches. Faults go in gva order,
+/// a read of every page per invocation; times are per fault. The spec is not run (it would need minutes to
+/// store 262,144 guest entries); the fault path is the one the spec-checked Fault benchmark times.
+/// </summary>
+[Config(typeof(RatioAsTrendConfig))]
+[MemoryDiagnoser]
+[MedianColumn]
+public class ShadowSpreadBenchmarks
+{
+    const int Pages32 = 32 * 512, Pages128 = 128 * 512, Pages512 = 512 * 512;
+
+    ShadowRig _rig = null!;
+    IShadowVm _vm = null!;
+    ulong[] _gvas = null!;
+    long _pages;
+
+    [GlobalSetup(Target = nameof(Spread32))]
+    public void Setup32() => Setup(32, () => Spread32());
+
+    [GlobalSetup(Target = nameof(Spread128))]
+    public void Setup128() => Setup(128, () => Spread128());
+
+    [GlobalSetup(Target = nameof(Spread512))]
+    public void Setup512() => Setup(512, () => Spread512());
+
+    [GlobalCleanup]
+    public void Cleanup() => _rig.Dispose();
+
+    [IterationSetup]
+    public void ZapLeaves()
+    {
+        ulong start = ShadowGuestLayout.DataBaseGfn;
+        if (_vm.ZapRange(start, start + (ulong)_gvas.Length).Status != ShadowStatus.Ok || (_pages != 0 && _vm.ShadowPages != _pages))
+            throw new InvalidOperationException($"impl: could not zap the leaves: {_vm.LastRejection}");
+    }
+
+    [Benchmark(OperationsPerInvoke = Pages32)]
+    public ulong Spread32() => FaultAll();
+
+    [Benchmark(OperationsPerInvoke = Pages128)]
+    public ulong Spread128() => FaultAll();
+
+    [Benchmark(OperationsPerInvoke = Pages512)]
+    public ulong Spread512() => FaultAll();
+
+    ulong FaultAll()
+    {
+        IShadowVm vm = _vm;
+        ulong sum = 0;
+        foreach (ulong gva in _gvas)
+            sum += vm.GuestAccess(gva, I.AccessType.Read, I.Privilege.User).Hpa;
+        return sum;
+    }
+
+    /// <summary>Populates, then checks twice that a zap and a read of every page refault each with the expected translation and create no page.</summary>
+    void Setup(int tables, Func<ulong> body)
+    {
+        _rig = new ShadowRig(new ShadowGuestLayout(Mode.Long4, Enumerable.Range(0, tables * 512)
+            .Select(i => new[] { 1, 2, i / 512, i % 512 }).ToList()), allowUnsync: true, withSpec: false);
+        _vm = _rig.Vm;
+        _gvas = _rig.Layout.Gvas;
+        for (int i = 0; i < _gvas.Length; i++)
+            _rig.ImplRead(i, faulted: true, "populate");
+        _pages = _vm.ShadowPages;
+        for (int cycle = 0; cycle < 2; cycle++)
+        {
+            ZapLeaves();
+            for (int i = 0; i < _gvas.Length; i++)
+                _rig.ImplRead(i, faulted: true, $"fault (cycle {cycle})");
+            if (_vm.ShadowPages != _pages)
+                throw new InvalidOperationException("a refault created a shadow page");
+        }
+        _rig.Print($"Long4 spread over {tables} page tables");
+        ShadowWarmUp.Run($"spread fault ({tables} tables)", ZapLeaves, () => body());
+    }
+}
+
+/// <summary>
 /// The shadow MMU's other paths, for a 4-level guest (CR0.WP, EFER.NXE, user-mode reads), spec against impl:
 /// <list type="bullet">
 /// <item><b>ColdFault</b>: a fault that creates every shadow page below the root. The guest maps
@@ -781,7 +863,8 @@ internal sealed class ShadowRig : IDisposable
 {
     public const int MaxPhyAddr = 46;
 
-    public ShadowRig(ShadowGuestLayout layout, bool allowUnsync)
+    /// <param name="withSpec">False: the impl only (<see cref="Spec"/> stays the empty initial state).</param>
+    public ShadowRig(ShadowGuestLayout layout, bool allowUnsync, bool withSpec = true)
     {
         Layout = layout;
         Pool = new NativePagePool();
@@ -789,17 +872,20 @@ internal sealed class ShadowRig : IDisposable
         var spec = ShadowState.Create(new ShadowConfig(MaxPhyAddr, allowUnsync));
 
         const ulong slotBase = ShadowGuestLayout.SlotBaseGfn, hostBase = ShadowGuestLayout.HostPfnBase;
-        spec = ExpectOk(spec, new ShadowOp.CreateSlot(ShadowGuestLayout.SlotId, slotBase, layout.SlotPages, hostBase, ReadOnly: false));
+        if (withSpec)
+            spec = ExpectOk(spec, new ShadowOp.CreateSlot(ShadowGuestLayout.SlotId, slotBase, layout.SlotPages, hostBase, ReadOnly: false));
         ImplOk(Vm.CreateSlot(ShadowGuestLayout.SlotId, slotBase, layout.SlotPages, hostBase, readOnly: false), "create slot", Vm);
         foreach (var w in layout.Writes)
         {
-            spec = ExpectOk(spec, new ShadowOp.GuestStore(w.Gpa, w.Value, w.Size));
+            if (withSpec)
+                spec = ExpectOk(spec, new ShadowOp.GuestStore(w.Gpa, w.Value, w.Size));
             ImplOk(Vm.GuestStore(w.Gpa, w.Value, w.Size), $"table store at gpa {w.Gpa:X}", Vm);
         }
-        spec = ExpectOk(spec, new ShadowOp.GuestSetPaging(SpecControls(layout.Mode), layout.Cr3));
+        if (withSpec)
+            spec = ExpectOk(spec, new ShadowOp.GuestSetPaging(SpecControls(layout.Mode), layout.Cr3));
         ImplOk(Vm.GuestSetPaging(ImplControls(layout.Mode), layout.Cr3), "GuestSetPaging", Vm);
         Spec = spec;
-        SpecReads = layout.Gvas.Select(g => (ShadowOp)new ShadowOp.GuestAccess(new S.Access(g, S.AccessType.Read, S.Privilege.User))).ToArray();
+        SpecReads = !withSpec ? [] : layout.Gvas.Select(g => (ShadowOp)new ShadowOp.GuestAccess(new S.Access(g, S.AccessType.Read, S.Privilege.User))).ToArray();
     }
 
     public ShadowGuestLayout Layout { get; }

@@ -226,20 +226,33 @@ internal sealed partial class ShadowMmu
         bool write = type == AccessType.Write;
 
         // 1. Hit: the hardware walks the shadow tables; rights judged by the walker's own permission rule
-        // under the current controls.
-        if (ctx.IsCanonical(gva))
+        // under the current controls. The descent keeps the pages it passed (path[level]): a fault's fill
+        // follows them instead of descending again (KVM's FNAME(fetch) reuses the walk the same way).
+        ShadowPage root = RootFor(gva);
+        ShadowPath path = default;
+        if (ctx.IsCanonical(gva) && !root.IsNull)
         {
-            ShadowPage l1 = PathLevel1(RootFor(gva), gva);
-            if (!l1.IsNull)
+            ShadowPage reached = root;
+            int at = reached.Level;
+            path[at] = reached;
+            while (at > 1)
+            {
+                ulong table = reached.Spte(IndexAt(gva, at));
+                if (!ShadowSpte.IsTable(table))
+                    break;
+                reached = ShadowSpte.Child(table);
+                path[--at] = reached;
+            }
+            if (at == 1)
             {
                 int index = IndexAt(gva, 1);
-                ulong spte = l1.Spte(index);
+                ulong spte = reached.Spte(index);
                 if (ShadowSpte.IsLeaf(spte)
                     && ctx.PermissionFault(GuestVcpu.AccessErrorCode(type, privilege), privilege, ShadowSpte.Rights(spte), ShadowSpte.Key(spte)) == 0
                     && (!write || ShadowSpte.IsWritable(spte)))
                 {
                     ulong offset = gva & PageOffsetMask;
-                    return ShadowOutcome.Translated((EntryGfn(l1, index) << PageShift) | offset,
+                    return ShadowOutcome.Translated((EntryGfn(reached, index) << PageShift) | offset,
                         (ShadowSpte.HostPfn(spte) << PageShift) | offset, faulted: false);
                 }
             }
@@ -256,14 +269,24 @@ internal sealed partial class ShadowMmu
                 InvalidateInPcid(gva, CurrentPcid);
             return ShadowOutcome.GuestFault(walk);
         }
+        // An entry the walk read with A (the leaf: D) already set is left alone: guest memory only gains A/D
+        // bits during the access, so the bit is still set and the pass would store nothing (as the guest
+        // walker skips its write-back); this saves the slot lookup and re-read per entry of a warm walk.
         int entryBytes = ctx.WideEntries ? sizeof(ulong) : sizeof(uint);
         for (int i = 0; i < record.Count; i++)
-            SetGuestEntryBit(record.EntryGpa(i), entryBytes, PagingEntryBits.Accessed);
+        {
+            if ((record.EntryValue(i) & PagingEntryBits.Accessed) == 0)
+                SetGuestEntryBit(record.EntryGpa(i), entryBytes, PagingEntryBits.Accessed);
+        }
         ulong leafGpa = record.EntryGpa(record.Count - 1);
-        if (write)
-            SetGuestEntryBit(leafGpa, entryBytes, PagingEntryBits.Dirty);
+        // The guest leaf as the walk leaves it: a clean large page gives its direct pages no write access
+        // (KVM's protect_clean_gpte), so the first write faults and the walk sets D. Setting A on an
+        // earlier entry never sets D, even where a table maps itself (the leaf's gpa is an upper entry's).
+        bool dirtyGuestLeaf = (record.EntryValue(record.Count - 1) & PagingEntryBits.Dirty) != 0
+            || (write && SetGuestEntryBit(leafGpa, entryBytes, PagingEntryBits.Dirty));
 
-        // 3. No slot, or a write into a read-only one: exit (the A/D updates stay).
+        // 3. No slot, or a write into a read-only one: exit (the A/D updates stay). The slot is resolved
+        // once here: the leaf's rmap below comes from it, not from a second lookup.
         ulong gpa = walk.Gpa;
         ulong gfn = gpa >> PageShift;
         HostMemslot? slot = FindSlot(gfn);
@@ -274,17 +297,33 @@ internal sealed partial class ShadowMmu
         int guestLeafLevel = walk.PageShift switch { 12 => 1, 21 or 22 => 2, _ => 3 };
         uint finalRights = record.RightsThrough(guestLeafLevel);
         ulong largeFirstGfn = (gpa >> walk.PageShift) << (walk.PageShift - PageShift);
-        // The guest leaf as the walk left it: a clean large page gives its direct pages no write access
-        // (KVM's protect_clean_gpte), so the first write faults and the walk sets D.
-        bool dirtyGuestLeaf = (ReadGuestEntry(leafGpa, entryBytes) & PagingEntryBits.Dirty) != 0;
         uint directRights = dirtyGuestLeaf ? finalRights : finalRights & ~AccessRights.Write;
-        ShadowPage page = RootFor(gva);
+        ShadowPage page = root;
         // The walk translated, so the root for the gva was loaded from the same PDPTE registers, and a fill
         // zaps only unsync level-1 pages, never a root. A real check all the same: a null page would be a
         // wild pointer in Release.
         if (page.IsNull || !page.Live)
             throw new InvalidOperationException($"no live root page for gva 0x{gva:X} after a translating walk");
-        for (int level = page.Level; level >= 2; level--)
+        int level = page.Level;
+        Debug.Assert(path[level] == page, "the translating walk's gva is canonical, so the descent started at the root");
+
+        // Along the path the descent found: the shadow tables have not changed since (the guest walk and its
+        // A/D updates are not tracked writes), so path[level - 1] is still what entry IndexAt(gva, level) links.
+        for (; level >= 2 && !path[level - 1].IsNull; level--)
+        {
+            if (level >= guestLeafLevel && !page.Direct)
+                page.Extra.WriteFlooding = 0; // the guest walked through this table
+            ShadowPage linked = path[level - 1];
+            Debug.Assert(page.Spte(IndexAt(gva, level)) == ShadowSpte.MakeTable(linked), "the descent's path changed before the fill");
+            // Where the large guest page is split, a direct child built for other rights is unlinked and
+            // replaced (KVM's validate_direct_spte) by the loop below, from this level.
+            if (level == guestLeafLevel && (linked.Gfn != largeFirstGfn || linked.Role != DirectChildRole(page, IndexAt(gva, level), level, directRights)))
+                break;
+            page = linked;
+        }
+
+        // Below it, the general case: follow, split or create (a page found by key may have entries).
+        for (; level >= 2; level--)
         {
             if (level >= guestLeafLevel && !page.Direct)
                 page.Extra.WriteFlooding = 0; // the guest walked through this table
@@ -332,8 +371,9 @@ internal sealed partial class ShadowMmu
         // others allow a writable entry (as KVM's make_spte tries it only for an SPTE it would make writable).
         bool writable = !slot.ReadOnly && dirtyGuestLeaf && (!logging || write)
             && (write ? TryUnsync(gfn) : !IsWriteProtected(gfn));
-        ulong hostPfn = slot.HostPfnBase + (gfn - slot.BaseGfn);
-        SetLeaf(page, IndexAt(gva, 1), gfn, hostPfn, finalRights, walk.ProtectionKey, writable);
+        ulong offsetInSlot = gfn - slot.BaseGfn;
+        ulong hostPfn = slot.HostPfnBase + offsetInSlot;
+        SetLeaf(page, IndexAt(gva, 1), gfn, hostPfn, finalRights, walk.ProtectionKey, writable, _rmapsById[slot.Id]!, offsetInSlot);
         if (write && logging)
             slot.Dirty!.Mark(gfn - slot.BaseGfn);
         return ShadowOutcome.Translated(gpa, (hostPfn << PageShift) | (gpa & PageOffsetMask), faulted: true);
@@ -352,15 +392,19 @@ internal sealed partial class ShadowMmu
     /// stored, unless its slot is read-only (KVM skips A/D updates there); a logging slot marks the table dirty.
     /// Not a tracked write: KVM's walker updates guest memory directly.
     /// </summary>
-    private void SetGuestEntryBit(ulong entryGpa, int bytes, ulong bit)
+    /// <returns>Whether the entry has the bit now.</returns>
+    private bool SetGuestEntryBit(ulong entryGpa, int bytes, ulong bit)
     {
         HostMemslot? slot = FindSlot(entryGpa >> PageShift);
         Debug.Assert(slot is not null, "the walk read this entry, so a slot backs it");
         ulong current = ReadGuestEntry(entryGpa, bytes);
-        if ((current & bit) != 0 || slot.ReadOnly)
-            return;
+        if ((current & bit) != 0)
+            return true;
+        if (slot.ReadOnly)
+            return false;
         slot.Host.Store(entryGpa - (slot.BaseGfn << PageShift), current | bit, bytes);
         slot.MarkDirty(entryGpa >> PageShift);
+        return true;
     }
 
     private ulong ReadGuestEntry(ulong gpa, int bytes)

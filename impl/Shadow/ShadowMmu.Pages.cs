@@ -48,10 +48,8 @@ internal sealed partial class ShadowMmu
         return slot is null ? null : _rmapsById[slot.Id];
     }
 
-    private void AddRmap(ulong gfn, SpteRef leaf)
+    private void AddRmap(SlotRmap rmap, ulong offset, SpteRef leaf)
     {
-        SlotRmap? rmap = RmapOf(gfn, out ulong offset);
-        Debug.Assert(rmap is not null, "a leaf maps a gfn outside every slot");
         ref ulong head = ref rmap.Head(offset);
         if (head == 0)
             rmap.NonEmpty++;
@@ -92,9 +90,13 @@ internal sealed partial class ShadowMmu
 
     // ---- entries ----
 
-    /// <summary>Entry <paramref name="index"/> becomes a leaf (level 1), replacing whatever was there.</summary>
-    private void SetLeaf(ShadowPage page, int index, ulong gfn, ulong hostPfn, uint rights, uint key, bool writable)
+    /// <summary>
+    /// Entry <paramref name="index"/> becomes a leaf (level 1), replacing whatever was there.
+    /// <paramref name="rmap"/> and <paramref name="offset"/> are gfn's, from the slot the fault already found.
+    /// </summary>
+    private void SetLeaf(ShadowPage page, int index, ulong gfn, ulong hostPfn, uint rights, uint key, bool writable, SlotRmap rmap, ulong offset)
     {
+        Debug.Assert(RmapOf(gfn, out ulong expected) == rmap && expected == offset, "the rmap given is not gfn's");
         Debug.Assert(page.Level == 1, "leaves only at level 1");
         Debug.Assert(!page.Direct || EntryGfn(page, index) == gfn, "a direct page's leaf must map the gfn its formula gives (the rmap is keyed by it)");
         ref ulong spte = ref page.Spte(index);
@@ -105,7 +107,7 @@ internal sealed partial class ShadowMmu
         if (!page.Direct)
             page.Translation(index) = (gfn << TranslationGfnShift) | rights;
         if (!sameGfn)
-            AddRmap(gfn, page.EntryRef(index));
+            AddRmap(rmap, offset, page.EntryRef(index));
     }
 
     /// <summary>Links <paramref name="child"/> at entry <paramref name="index"/> (KVM's link_shadow_page).</summary>
