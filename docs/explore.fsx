@@ -107,6 +107,7 @@ let tdpOps =
       Tdp.guestAccess (Access.Write(gva, Privilege.User))            // faulted in: gfn 0x123
       Tdp.guestAccess (Access.Read(gva, Privilege.User))             // a hit
       Tdp.guestAccess (Access.Write(gva + 0x1000UL, Privilege.User)) // the guest's PTE 5 is empty
+      Tdp.preFault 0x180000UL 0x4000UL                               // KVM_PRE_FAULT_MEMORY: 4 pages, read-faulted
       Tdp.accessGpa 0x400000UL AccessType.Read ]                     // gfn 0x400: no memslot
 
 let tdpResults, tdpState = Tdp.run tdpOps (Tdp.create (VmConfig(TdpFormat.Ept)))
@@ -116,6 +117,7 @@ for op, result in List.zip tdpOps tdpResults do
         | TdpOk -> "ok"
         | TdpRejected why -> $"rejected: {why}"
         | TdpMapped(hpa, size, faulted) -> $"""{(if faulted then "EPT violation handled, " else "")}hpa 0x%x{hpa} ({size.Name()})"""
+        | TdpPopulated bytes -> $"pre-faulted 0x%x{bytes} bytes"
         | TdpMmioExit gpa -> $"MMIO exit at gpa 0x%x{gpa}"
         | TdpGuestFault f -> $"the guest's own fault: {describe f}"
         | TdpDirtyLog gfns -> $"dirty gfns {gfns}"

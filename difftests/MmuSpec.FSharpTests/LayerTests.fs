@@ -141,6 +141,7 @@ let private tdpResultCase =
     | TdpOk -> "Ok"
     | TdpRejected _ -> "Rejected"
     | TdpMapped _ -> "Mapped"
+    | TdpPopulated _ -> "Populated"
     | TdpMmioExit _ -> "MmioExit"
     | TdpGuestFault _ -> "GuestFault"
     | TdpDirtyLog _ -> "DirtyLog"
@@ -159,6 +160,7 @@ let private tdpOpCase =
     | TdpHostOp(TdpNotSlotOp(TdpZap(Some _))) -> "ZapRange"
     | TdpHostOp(TdpNotSlotOp(TdpZap None)) -> "ZapAll"
     | TdpHostOp(TdpNotSlotOp(TdpSetMaxPageSize _)) -> "SetMaxPageSize"
+    | TdpHostOp(TdpNotSlotOp(TdpPreFault _)) -> "PreFault"
     | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp op)) -> $"no pattern for {op.GetType().Name}"
 
 let private spteCase =

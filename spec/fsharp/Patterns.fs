@@ -98,13 +98,14 @@ let (|VmOk|VmRejected|VmDirtyLog|MmuOutcome|) (result: VmResult) =
 
 open MmuSpec.Spec.Tdp
 
-/// What a TDP MMU operation returned (docs/tdp-model.md).
-let (|TdpOk|TdpRejected|TdpMapped|TdpMmioExit|TdpGuestFault|TdpDirtyLog|) (result: VmResult) =
+/// What a TDP MMU operation returned (docs/tdp-model.md); TdpPopulated: the bytes a pre-fault mapped from its gpa.
+let (|TdpOk|TdpRejected|TdpMapped|TdpPopulated|TdpMmioExit|TdpGuestFault|TdpDirtyLog|) (result: VmResult) =
     match result with
     | VmOk -> TdpOk
     | VmRejected why -> TdpRejected why
     | VmDirtyLog gfns -> TdpDirtyLog gfns
     | MmuOutcome(:? TdpResult.Mapped as m) -> TdpMapped(m.Hpa, m.Size, m.Faulted)
+    | MmuOutcome(:? TdpResult.Populated as p) -> TdpPopulated p.Bytes
     | MmuOutcome(:? TdpResult.MmioExit as e) -> TdpMmioExit e.Gpa
     | MmuOutcome(:? TdpResult.GuestFault as f) -> TdpGuestFault f.Fault
     | MmuOutcome other -> unknown (nameof result) other
@@ -129,12 +130,14 @@ let (|TdpCreateSlot|TdpDeleteSlot|TdpMoveSlot|TdpSetDirtyLogging|TdpGetDirtyLog|
     | :? TdpOp.GetDirtyLog as g -> TdpGetDirtyLog g.Id
     | _ -> TdpNotSlotOp op
 
-/// The host's own MMU operations: a zap (TdpZap None is ZapAll) and the largest page size it may map.
-let (|TdpZap|TdpSetMaxPageSize|TdpNotMmuOp|) (op: TdpOp) =
+/// The host's own MMU operations: a zap (TdpZap None is ZapAll), the largest page size it may map,
+/// and a range pre-faulted as KVM_PRE_FAULT_MEMORY does (gpa, size in bytes).
+let (|TdpZap|TdpSetMaxPageSize|TdpPreFault|TdpNotMmuOp|) (op: TdpOp) =
     match op with
     | :? TdpOp.ZapRange as z -> TdpZap(Some(z.StartGfn, z.EndGfn))
     | :? TdpOp.ZapAll -> TdpZap None
     | :? TdpOp.SetMaxPageSize as s -> TdpSetMaxPageSize s.Size
+    | :? TdpOp.PreFault as p -> TdpPreFault(p.Gpa, p.Size)
     | _ -> TdpNotMmuOp op
 
 /// A present entry of a TDP table page: a link to a child table or a leaf mapping.

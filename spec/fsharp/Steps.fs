@@ -110,6 +110,8 @@ module Tdp =
     let zapRange startGfn endGfn : TdpOp = TdpOp.ZapRange(startGfn, endGfn)
     let zapAll: TdpOp = TdpOp.ZapAll()
     let setMaxPageSize size : TdpOp = TdpOp.SetMaxPageSize size
+    /// Map [gpa, gpa + size) as read faults would (KVM_PRE_FAULT_MEMORY).
+    let preFault gpa size : TdpOp = TdpOp.PreFault(gpa, size)
     let guestStore gpa value size : TdpOp = TdpOp.GuestStore(gpa, value, size)
     /// The guest loads controls and CR3 (Some), or turns paging off (None).
     let guestSetPaging (controls: PagingControls option) cr3 : TdpOp = TdpOp.GuestSetPaging(Option.toObj controls, cr3)
