@@ -75,12 +75,12 @@ public sealed class CampaignTests
 
     static readonly DiffProperty[] FastProperties = [DiffProperties.Find("walk-bits32"), DiffProperties.Find("walk-pae"), DiffProperties.Find("walk-long4")];
 
-    /// <summary>Each case a campaign runs, as (property, batch, the case printed).</summary>
+    /// <summary>The cases a campaign ran, each as its JSON (a case record's ToString prints its op lists as type names only).</summary>
     static List<(string Property, long Batch, string Case)> CasesOf(Shard shard, long maxCases, int batchSize = 7)
     {
         var cases = new List<(string, long, string)>();
         var result = new Campaign(FastProperties, seed: 20261121, batchSize, maxCases, budget: null, shard,
-            onCase: (p, batch, c) => cases.Add((p.Name, batch, c.ToString()!))).Run();
+            onCase: (p, batch, c) => cases.Add((p.Name, batch, CaseJson.ToJson(c)))).Run();
         Assert.False(result.Failed, result.FailureReport);
         Assert.Equal(cases.Count, result.Cases);
         return cases;
