@@ -85,10 +85,13 @@ public static class ScheduleExploration
         => Run(subject, program, BaseConfiguration().WithReproducibleTrace(reproducibleTrace));
 
     // Telemetry off (no network from tests), Coyote's own console log off (the result says what failed).
+    // A thread blocked outside a schedule point is reported as a potential deadlock after the timeout:
+    // 10 s rather than Coyote's 1 s, so a thread start delayed on a loaded CI machine is not one.
     static Configuration BaseConfiguration() => Configuration.Create()
         .WithTelemetryEnabled(false)
         .WithConsoleLoggingEnabled(false)
-        .WithVerbosityEnabled(VerbosityLevel.None);
+        .WithVerbosityEnabled(VerbosityLevel.None)
+        .WithDeadlockTimeout(10_000);
 
     static ExplorationResult<TOp, TResult> Run<TObject, TState, TOp, TResult>(
         ConcurrentSubject<TObject, TState, TOp, TResult> subject, ConcurrentProgram<TOp> program, Configuration config)

@@ -1,6 +1,7 @@
 using MmuSpec.Harness.Concurrency;
 using MmuSpec.Impl.Concurrency;
 using Xunit;
+using Xunit.Abstractions;
 using static MmuSpec.Tests.Concurrency.Toys;
 
 namespace MmuSpec.Tests.Concurrency;
@@ -15,7 +16,7 @@ public sealed class CoyoteCollection;
 /// per test (about 1,000 schedules in all).
 /// </summary>
 [Collection(nameof(CoyoteCollection))]
-public class ScheduleExplorationTests
+public class ScheduleExplorationTests(ITestOutputHelper output)
 {
     static readonly ConcurrentProgram<ToyOp> RacyProgram = Program(Repeat(ToyOp.Inc, 3), Repeat(ToyOp.Inc, 3), [ToyOp.Inc, ToyOp.Get, ToyOp.Inc]);
 
@@ -48,6 +49,7 @@ public class ScheduleExplorationTests
     {
         var result = ScheduleExploration.Explore(Racy<CoyoteSchedulePoint>(), RacyProgram, new ExplorationSettings(200, 20261204));
         Assert.True(result.Failed);
+        output.WriteLine($"caught in schedule {result.Iterations} of 200:\n{result.Failure}");
         Assert.InRange(result.Iterations, 1, 20);
         Assert.NotNull(result.FailingHistory);
         Assert.False(Linearizability.Check(result.FailingHistory, Toys.Spec).IsLinearizable);
