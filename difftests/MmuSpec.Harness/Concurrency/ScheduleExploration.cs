@@ -38,8 +38,20 @@ public enum ScheduleStrategy
     Prioritization,
 }
 
-/// <summary>An exploration's bounds: how many schedules (iterations), from which seed, how chosen.</summary>
-public sealed record ExplorationSettings(uint Iterations, uint Seed, ScheduleStrategy Strategy = ScheduleStrategy.Prioritization, uint PriorityChanges = 5);
+/// <summary>
+/// An exploration's bounds: how many schedules (iterations), from which seed, how chosen.
+/// <see cref="TraceFile"/>: where a failing schedule's trace is written (nothing is written on success).
+/// <see cref="DeadlockTimeoutMs"/>: how long a thread may block outside a schedule point before Coyote
+/// reports a potential deadlock; 10 s rather than Coyote's 1 s, so a thread start delayed on a loaded
+/// CI machine is not taken for one.
+/// </summary>
+public sealed record ExplorationSettings(
+    uint Iterations,
+    uint Seed,
+    ScheduleStrategy Strategy = ScheduleStrategy.Prioritization,
+    uint PriorityChanges = 5,
+    string? TraceFile = null,
+    uint DeadlockTimeoutMs = 10_000);
 
 /// <summary>
 /// The outcome of exploring schedules: the iterations run and, on failure, the failing schedule's
@@ -69,13 +81,16 @@ public static class ScheduleExploration
         ConcurrentSubject<TObject, TState, TOp, TResult> subject, ConcurrentProgram<TOp> program, ExplorationSettings settings)
         where TState : notnull
     {
-        var config = BaseConfiguration().WithTestingIterations(settings.Iterations).WithRandomGeneratorSeed(settings.Seed);
+        var config = BaseConfiguration().WithTestingIterations(settings.Iterations).WithRandomGeneratorSeed(settings.Seed)
+            .WithDeadlockTimeout(settings.DeadlockTimeoutMs);
         config = settings.Strategy switch
         {
             ScheduleStrategy.Random => config.WithRandomStrategy(),
             _ => config.WithPrioritizationStrategy(false, settings.PriorityChanges),
         };
-        return Run(subject, program, config);
+        var result = Run(subject, program, config);
+        if (result.Failed && settings.TraceFile is { } file) File.WriteAllText(file, result.ReproducibleTrace);
+        return result;
     }
 
     /// <summary>Reruns the one schedule a <see cref="ExplorationResult{TOp, TResult}.ReproducibleTrace"/> recorded.</summary>
@@ -85,13 +100,10 @@ public static class ScheduleExploration
         => Run(subject, program, BaseConfiguration().WithReproducibleTrace(reproducibleTrace));
 
     // Telemetry off (no network from tests), Coyote's own console log off (the result says what failed).
-    // A thread blocked outside a schedule point is reported as a potential deadlock after the timeout:
-    // 10 s rather than Coyote's 1 s, so a thread start delayed on a loaded CI machine is not one.
     static Configuration BaseConfiguration() => Configuration.Create()
         .WithTelemetryEnabled(false)
         .WithConsoleLoggingEnabled(false)
-        .WithVerbosityEnabled(VerbosityLevel.None)
-        .WithDeadlockTimeout(10_000);
+        .WithVerbosityEnabled(VerbosityLevel.None);
 
     static ExplorationResult<TOp, TResult> Run<TObject, TState, TOp, TResult>(
         ConcurrentSubject<TObject, TState, TOp, TResult> subject, ConcurrentProgram<TOp> program, Configuration config)
@@ -118,6 +130,8 @@ public static class ScheduleExploration
                 Specification.Assert(false, failure);
             }
         });
+        // The engine writes its progress to the console whatever the verbosity: silence it.
+        engine.SetLogger(new TextWriterLogger(TextWriter.Null, VerbosityLevel.None));
         engine.Run();
         var report = engine.TestReport;
         if (report.NumOfFoundBugs == 0) return new(false, iterations, null, null, null);

@@ -73,12 +73,12 @@ public class ScheduleExplorationTests(ITestOutputHelper output)
     [Fact]
     public void A_saved_schedule_replays_to_the_same_failure()
     {
-        var found = ScheduleExploration.Explore(Racy<CoyoteSchedulePoint>(), RacyProgram, new ExplorationSettings(200, 20261204));
-        Assert.True(found.Failed);
         string file = Path.Combine(Path.GetTempPath(), $"mmuspec-schedule-{Guid.NewGuid():N}.json");
         try
         {
-            File.WriteAllText(file, found.ReproducibleTrace);
+            var found = ScheduleExploration.Explore(Racy<CoyoteSchedulePoint>(), RacyProgram, new ExplorationSettings(200, 20261204, TraceFile: file));
+            Assert.True(found.Failed);
+            Assert.Equal(found.ReproducibleTrace, File.ReadAllText(file));
             var replayed = ScheduleExploration.Replay(Racy<CoyoteSchedulePoint>(), RacyProgram, File.ReadAllText(file));
             Assert.True(replayed.Failed);
             Assert.Equal(1, replayed.Iterations);
@@ -99,6 +99,27 @@ public class ScheduleExplorationTests(ITestOutputHelper output)
         var result = ScheduleExploration.Explore(Racy<NoSchedulePoints>(), RacyProgram, new ExplorationSettings(100, 20261204));
         Assert.False(result.Failed, result.ToString());
         Assert.Equal(100, result.Iterations);
+    }
+
+    [Fact]
+    public void A_passing_exploration_writes_no_trace()
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"mmuspec-schedule-{Guid.NewGuid():N}.json");
+        var result = ScheduleExploration.Explore(Counter(), Program([ToyOp.Inc], [ToyOp.Inc]), new ExplorationSettings(20, 1, TraceFile: file));
+        Assert.False(result.Failed, result.ToString());
+        Assert.False(File.Exists(file));
+    }
+
+    [Fact]
+    public void A_thread_blocked_in_a_dotnet_lock_is_reported_as_a_potential_deadlock_not_hung()
+    {
+        // T0 yields while it holds the lock; when T1 is scheduled it blocks in Monitor.Enter, outside any
+        // schedule point, so no controlled thread can run: Coyote reports it after the deadlock timeout.
+        var subject = new ConcurrentSubject<MonitorCounter<CoyoteSchedulePoint>, ToyState, ToyOp, int>(() => new(), (c, _, op) => c.Apply(op), Toys.Spec);
+        var result = ScheduleExploration.Explore(subject, Program(Repeat(ToyOp.Inc, 2), Repeat(ToyOp.Inc, 2)),
+            new ExplorationSettings(50, 20261204, ScheduleStrategy.Random, DeadlockTimeoutMs: 500));
+        Assert.True(result.Failed);
+        Assert.Contains("deadlock", result.Failure, StringComparison.OrdinalIgnoreCase);
     }
 
     [Fact]

@@ -118,6 +118,22 @@ public sealed class RacyCounter<TSchedule> where TSchedule : ISchedulePoint
     public ToyState Observe() => new(Volatile.Read(ref value));
 }
 
+/// <summary>A counter behind a .NET lock: correct on real threads, but the lock is not a schedule point.</summary>
+public sealed class MonitorCounter<TSchedule> where TSchedule : ISchedulePoint
+{
+    readonly object gate = new();
+    int value;
+
+    public int Apply(ToyOp op)
+    {
+        lock (gate)
+        {
+            TSchedule.Yield(SchedulePointKind.SpteRead);
+            return op is ToyOp.Increment ? ++value : value;
+        }
+    }
+}
+
 public static class Toys
 {
     public static readonly ToySpec Spec = new();
