@@ -109,15 +109,16 @@ public static class ScheduleExploration
         ConcurrentSubject<TObject, TState, TOp, TResult> subject, ConcurrentProgram<TOp> program, Configuration config)
         where TState : notnull
     {
-        History<TOp, TResult>? lastHistory = null;
+        HistoryRecorder<TOp, TResult>? recorder = null;
         string? failure = null;
         int iterations = 0;
         using var engine = TestingEngine.Create(config, () =>
         {
             iterations++;
             failure = null;
-            var (history, error, final) = RunOnce(subject, program);
-            lastHistory = history;
+            recorder = new HistoryRecorder<TOp, TResult>();
+            var (error, final) = RunOnce(subject, program, recorder);
+            var history = recorder.ToHistory();
             if (error is not null)
             {
                 failure = $"thread {error.Value.Thread} threw {error.Value.Exception}\n{history.RenderTimeline()}";
@@ -135,9 +136,11 @@ public static class ScheduleExploration
         engine.Run();
         var report = engine.TestReport;
         if (report.NumOfFoundBugs == 0) return new(false, iterations, null, null, null);
-        // A bug Coyote found itself (a deadlock: a thread blocked outside a schedule point) has no failure of ours.
-        failure ??= string.Join("\n", report.BugReports);
-        return new(true, iterations, lastHistory, failure, engine.ReproducibleTrace);
+        // A bug Coyote found itself (a deadlock: a thread blocked outside a schedule point) has no failure of
+        // ours; its history is what the threads had done when Coyote stopped them (ops in flight pending).
+        var failing = recorder!.ToHistory();
+        failure ??= string.Join("\n", report.BugReports) + "\n" + failing.RenderTimeline();
+        return new(true, iterations, failing, failure, engine.ReproducibleTrace);
     }
 
     /// <summary>
@@ -145,14 +148,13 @@ public static class ScheduleExploration
     /// did not create: register, start, hand over at <see cref="Operation.OnStarted"/>), run to the end,
     /// and joined. A thread that throws stops there; its op stays pending and the exception is reported.
     /// </summary>
-    static (History<TOp, TResult> History, (int Thread, Exception Exception)? Error, TState? Final) RunOnce<TObject, TState, TOp, TResult>(
-        ConcurrentSubject<TObject, TState, TOp, TResult> subject, ConcurrentProgram<TOp> program)
+    static ((int Thread, Exception Exception)? Error, TState? Final) RunOnce<TObject, TState, TOp, TResult>(
+        ConcurrentSubject<TObject, TState, TOp, TResult> subject, ConcurrentProgram<TOp> program, HistoryRecorder<TOp, TResult> recorder)
         where TState : notnull
     {
         var target = subject.Create();
         try
         {
-            var recorder = new HistoryRecorder<TOp, TResult>();
             (int, Exception)? error = null;
             var ids = new List<ulong>();
             var threads = new List<Thread>();
@@ -191,7 +193,7 @@ public static class ScheduleExploration
             foreach (var id in ids) Operation.PauseUntilCompleted(id);
             foreach (var worker in threads) worker.Join();
             var final = subject.ObserveFinal is { } observe && error is null ? observe(target) : default;
-            return (recorder.ToHistory(), error, final);
+            return (error, final);
         }
         finally
         {

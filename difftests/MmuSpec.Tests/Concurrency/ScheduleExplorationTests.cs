@@ -120,6 +120,10 @@ public class ScheduleExplorationTests(ITestOutputHelper output)
             new ExplorationSettings(50, 20261204, ScheduleStrategy.Random, DeadlockTimeoutMs: 500));
         Assert.True(result.Failed);
         Assert.Contains("deadlock", result.Failure, StringComparison.OrdinalIgnoreCase);
+        // The history is that schedule's, as far as it got: both threads' first increments were invoked, one never responded.
+        var history = result.FailingHistory!;
+        Assert.Contains(history.Ops, o => o.IsPending);
+        Assert.Equal(2, history.Ops.Select(o => o.Thread).Distinct().Count());
     }
 
     [Fact]
