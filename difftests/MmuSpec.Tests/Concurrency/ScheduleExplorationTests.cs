@@ -13,7 +13,7 @@ public sealed class CoyoteCollection;
 /// <summary>
 /// The Coyote runner on the toys: correct objects are linearizable in every explored schedule, the racy
 /// counter is caught, explained, replayed from its saved trace and shrunk. Iteration counts are stated
-/// per test (about 1,000 schedules in all).
+/// per test: 10 to 200 schedules per exploration.
 /// </summary>
 [Collection(nameof(CoyoteCollection))]
 public class ScheduleExplorationTests(ITestOutputHelper output)
