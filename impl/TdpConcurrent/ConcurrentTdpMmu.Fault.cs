@@ -28,16 +28,18 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         TopUp(vcpu); // before mmu_lock: nothing is allocated under it
         int mark = vcpu.Mark;
         TdpVcpuOutcome outcome;
-        _lock.EnterRead();
+        // The epoch is published before the lock: the lock's compare-and-exchange is the fence that
+        // orders it before the walk's first read, so entering costs no atomic of its own.
         _epochs.Enter(vcpu.Id);
+        _lock.EnterRead();
         try
         {
             outcome = Fault(vcpu, gpa, type);
         }
         finally
         {
-            _epochs.Exit(vcpu.Id);
             _lock.ExitRead();
+            _epochs.Exit(vcpu.Id);
         }
         if (outcome.IsRetry)
             vcpu.Unwind(mark); // nothing it took was linked: a lost race publishes nothing

@@ -11,10 +11,10 @@ namespace MmuSpec.Impl.TdpConcurrent;
 /// every vCPU inside entered at or after that tag (<see cref="OldestActive"/> &gt;= tag): any of those read
 /// the epoch after the unlink, so their walk from the root can no longer reach it.
 /// <para>
-/// Why a vCPU that read an old epoch but published it late is safe: entering is an Interlocked exchange
-/// (a full fence) before the walk's first read, and unlinking is a compare-and-exchange (a full fence)
-/// before the reclaimer reads the slots; so either the reclaimer sees the vCPU inside, or the vCPU's walk
-/// sees the unlink.
+/// Why a vCPU that read an old epoch but published it late is safe: between publishing and the walk's
+/// first read the vCPU takes mmu_lock for read, a compare-and-exchange (a full fence), and unlinking is a
+/// compare-and-exchange before the reclaimer reads the slots; so either the reclaimer sees the vCPU
+/// inside, or the vCPU's walk sees the unlink.
 /// </para>
 /// </summary>
 internal sealed class Epochs<TSched> where TSched : struct, ISchedulePoint
@@ -27,11 +27,15 @@ internal sealed class Epochs<TSched> where TSched : struct, ISchedulePoint
     private readonly long[] _active = new long[MaxVcpus * Stride];
     private long _global = 1;
 
+    /// <summary>
+    /// Publishes the epoch. A plain store: the caller's next step must be a full fence (taking mmu_lock
+    /// for read is a compare-and-exchange) before the walk's first read.
+    /// </summary>
     public void Enter(int vcpu)
     {
         TSched.Yield(SchedulePointKind.EpochEnter);
         Debug.Assert(Volatile.Read(ref _active[vcpu * Stride]) == 0, "a vCPU entered its epoch twice");
-        Interlocked.Exchange(ref _active[vcpu * Stride], Volatile.Read(ref _global));
+        Volatile.Write(ref _active[vcpu * Stride], Volatile.Read(ref _global));
     }
 
     public void Exit(int vcpu)
