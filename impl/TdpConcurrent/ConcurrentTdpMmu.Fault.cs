@@ -26,7 +26,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             return RejectAccess(vcpu, gpa, type);
 
         TopUp(vcpu); // before mmu_lock: nothing is allocated under it
-        int mark = vcpu.Mark;
+        vcpu.BeginFault();
         TdpVcpuOutcome outcome;
         // The epoch is published before the lock: the lock's compare-and-exchange is the fence that
         // orders it before the walk's first read, so entering costs no atomic of its own.
@@ -42,7 +42,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             _epochs.Exit(vcpu.Id);
         }
         if (outcome.IsRetry)
-            vcpu.Unwind(mark); // nothing it took was linked: a lost race publishes nothing
+            vcpu.Unwind(); // what it took and did not link goes back: a lost race publishes nothing
         ReclaimDeferred();
         return outcome;
     }
@@ -72,6 +72,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             TSched.Yield(SchedulePointKind.SpteExchange);
             if (Interlocked.CompareExchange(ref rootField, fresh.Address, 0) != 0)
                 return TdpVcpuOutcome.Retry; // another vCPU installed it first
+            vcpu.CommitTaken(); // linked: a later loss in this fault must not take the root back
             root = fresh.Address;
         }
 

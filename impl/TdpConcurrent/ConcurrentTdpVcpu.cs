@@ -67,18 +67,28 @@ public sealed class ConcurrentTdpVcpu<TFormat, TSched> : IDisposable
         return page;
     }
 
-    /// <summary>Where the cache stood before a fault: <see cref="Unwind"/> goes back there.</summary>
-    internal int Mark => _cached;
+    // Where the cache stood when the fault in flight began, or when it last published pages: the pages
+    // above it were taken and not linked anywhere yet.
+    private int _unlinkedFrom;
 
-    /// <summary>A fault that lost its race takes back the pages it took (never linked): zeroed again, cached again.</summary>
-    internal void Unwind(int mark)
+    /// <summary>A fault begins: nothing taken yet.</summary>
+    internal void BeginFault() => _unlinkedFrom = _cached;
+
+    /// <summary>The pages taken so far are linked (a compare-and-exchange published them): they stay.</summary>
+    internal void CommitTaken() => _unlinkedFrom = _cached;
+
+    /// <summary>
+    /// A fault that lost its race takes back the pages it took and did not link (a root it installed
+    /// earlier in the same fault stays): zeroed again, cached again.
+    /// </summary>
+    internal void Unwind()
     {
-        for (int i = _cached; i < mark; i++)
+        for (int i = _cached; i < _unlinkedFrom; i++)
         {
             TableRef page = TableRef.At(_cache[i], TdpPageAllocator.HeaderOf(TableRef.At(_cache[i], 1)).Level);
             page.Clear();
         }
-        _cached = mark;
+        _cached = _unlinkedFrom;
     }
 
     /// <summary>Pops a page to free, with the level its header has.</summary>

@@ -100,6 +100,23 @@ public sealed class ConcurrentTdpRaceTests : IDisposable
     }
 
     [Fact]
+    public void A_fault_that_installed_the_root_then_lost_its_link_keeps_the_root()
+    {
+        TdpVcpuOutcome b = default;
+        // A's first exchange installs the root, its second would link the tables under it; B links first.
+        ScriptedSchedule.At(SchedulePointKind.SpteExchange, 2, () => b = Access(_b, 6, AccessType.Write));
+        var a = Access(_a, 5, AccessType.Write);
+        Assert.True(ScriptedSchedule.Fired);
+        Assert.True(a.IsRetry);
+        Assert.Equal(Mapped(6, 12, true), b.Access);
+        Assert.Equal(4 - 1, _a.CachedPages); // the root stays linked: only the tables come back
+        Assert.Equal(4, TreeTables());
+        Assert.Equal(Mapped(6, 12, false), Access(_b, 6, AccessType.Write).Access); // B's mapping survived A's retry
+        Assert.Equal(Mapped(5, 12, true), Access(_a, 5, AccessType.Write).Access);
+        Assert.Equal(4, TreeTables());
+    }
+
+    [Fact]
     public void Table_link_lost_retries_and_returns_the_new_tables()
     {
         Assert.Equal(Mapped(0, 12, true), Access(_a, 0, AccessType.Write).Access);

@@ -21,23 +21,41 @@ public sealed class ConcurrentTdpStressTests
     const int FaultThreads = 3, FaultsPerThread = 3000, WriterOps = 300, MaxRetries = 1_000_000;
 
     [Theory]
-    [InlineData(TdpFormatKind.Ept)]
-    [InlineData(TdpFormatKind.Stage2)]
-    public void Faults_race_zaps_and_policy_changes_and_the_end_state_is_exact(TdpFormatKind format)
+    [InlineData(TdpFormatKind.Ept, false)]
+    [InlineData(TdpFormatKind.Stage2, false)]
+    [InlineData(TdpFormatKind.Ept, true)]
+    public void Faults_race_zaps_and_policy_changes_and_the_end_state_is_exact(TdpFormatKind format, bool yielding)
     {
-        if (format == TdpFormatKind.Ept)
-            Run<EptFormat>();
+        if (format == TdpFormatKind.Ept && yielding)
+            Run<EptFormat, YieldingSchedule>();
+        else if (format == TdpFormatKind.Ept)
+            Run<EptFormat, NoSchedulePoints>();
         else
-            Run<Stage2Format>();
+            Run<Stage2Format, NoSchedulePoints>();
     }
 
-    static void Run<TFormat>() where TFormat : struct, IPteFormat
+    /// <summary>
+    /// Gives the core away at every 5th schedule point of a thread (a count, not a clock), so real threads
+    /// interleave between an entry's read and its exchange far more often than they would by preemption.
+    /// </summary>
+    readonly struct YieldingSchedule : ISchedulePoint
+    {
+        [ThreadStatic] static int s_points;
+
+        public static void Yield(SchedulePointKind what)
+        {
+            if (++s_points % 5 == 0)
+                Thread.Yield();
+        }
+    }
+
+    static void Run<TFormat, TSched>() where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
     {
         using var pool = new NativePagePool();
-        var mmu = new ConcurrentTdpMmu<TFormat, NoSchedulePoints>(sharedBit: null, pool);
+        var mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit: null, pool);
         Assert.Equal(SlotStatus.Ok, mmu.CreateSlot(0, 0, Pages, HostBase, 21, readOnly: false));
         Assert.Equal(TdpStatus.Ok, mmu.SetMaxPageSize(12)); // the first faults build level-1 tables
-        var vcpus = new ConcurrentTdpVcpu<TFormat, NoSchedulePoints>[FaultThreads];
+        var vcpus = new ConcurrentTdpVcpu<TFormat, TSched>[FaultThreads];
         for (int i = 0; i < FaultThreads; i++)
             vcpus[i] = mmu.CreateVcpu();
         long retries = 0, faults = 0, progress = 0;
@@ -142,7 +160,7 @@ public sealed class ConcurrentTdpStressTests
         Assert.Equal(0, mmu.DeferredTablesPending);
         Assert.Equal(mmu.DeferredTablesRetired, mmu.DeferredTablesFreed);
         Assert.True(faults > FaultThreads * FaultsPerThread / 8, $"only {faults} faults");
-        Console.WriteLine($"{typeof(TFormat).Name}: {faults} faults, {retries} retries, {mmu.DeferredTablesRetired} tables deferred and freed");
+        Console.WriteLine($"{typeof(TFormat).Name}, {typeof(TSched).Name}: {faults} faults, {retries} retries, {mmu.DeferredTablesRetired} tables deferred and freed");
 
         Assert.Equal(TdpStatus.Ok, mmu.ZapAll());
         Assert.Equal(0, mmu.TablePages);
@@ -193,9 +211,9 @@ public sealed class ConcurrentTdpStressTests
     }
 
     /// <summary>Faults until the answer is not Retry (bounded), and checks it: the right host frame, a 4 KiB or 2 MiB leaf.</summary>
-    static void Fault<TFormat>(ConcurrentTdpVcpu<TFormat, NoSchedulePoints> vcpu, ulong gfn, AccessType type, ref long retries,
+    static void Fault<TFormat, TSched>(ConcurrentTdpVcpu<TFormat, TSched> vcpu, ulong gfn, AccessType type, ref long retries,
         ref long faults, System.Collections.Concurrent.ConcurrentQueue<string> errors, bool allowHuge, bool mustBeHuge = false)
-        where TFormat : struct, IPteFormat
+        where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
     {
         ulong gpa = (gfn << 12) | 0x18;
         for (int attempt = 0; attempt < MaxRetries; attempt++)
