@@ -58,4 +58,7 @@ public readonly struct EptFormat : IPteFormat
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ulong WithWritable(ulong pte, bool writable) => writable ? pte | Write : pte & ~Write;
+
+    /// <summary>KVM's FROZEN_SPTE on x86 (0x5a0): R, W and X clear, so not present to the hardware or to a walk.</summary>
+    public static ulong FrozenEntry => 0x5A0;
 }

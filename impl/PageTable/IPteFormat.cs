@@ -39,4 +39,11 @@ public interface IPteFormat
 
     /// <summary>The leaf with its write permission set or cleared, every other bit unchanged.</summary>
     static abstract ulong WithWritable(ulong pte, bool writable);
+
+    /// <summary>
+    /// A non-present value no table or leaf ever holds, written while an entry is being replaced under a
+    /// shared lock (KVM's FROZEN_SPTE, formerly REMOVED_SPTE): a concurrent fault that reads it retries,
+    /// and a compare-and-exchange against any other value fails. Zero is "absent", so it is never zero.
+    /// </summary>
+    static abstract ulong FrozenEntry { get; }
 }

@@ -86,4 +86,52 @@ internal readonly unsafe struct PteRef
         Debug.Assert(_entry != null, "no entry");
         *_entry = 0;
     }
+
+    // ---- atomic access, for walkers under a shared lock (impl/TdpConcurrent) ----
+
+    /// <summary>The entry's value now, read with acquire semantics (a table it points at is seen initialised).</summary>
+    public ulong CurrentAcquire
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get
+        {
+            AssertAtomicEntry();
+            return Volatile.Read(ref *_entry);
+        }
+    }
+
+    /// <summary>
+    /// Writes <paramref name="value"/> if the entry still holds <paramref name="expected"/>; returns the value it
+    /// held (equal to <paramref name="expected"/> when the exchange happened). A full fence, as cmpxchg.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong CompareExchange(ulong value, ulong expected)
+    {
+        AssertAtomicEntry();
+        return Interlocked.CompareExchange(ref *_entry, value, expected);
+    }
+
+    /// <summary>Writes <paramref name="value"/> and returns the value the entry held (xchg).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong Exchange(ulong value)
+    {
+        AssertAtomicEntry();
+        return Interlocked.Exchange(ref *_entry, value);
+    }
+
+    /// <summary>Writes <paramref name="value"/> with release semantics (what was written before is seen first).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void WriteRelease(ulong value)
+    {
+        AssertAtomicEntry();
+        Volatile.Write(ref *_entry, value);
+    }
+
+    /// <summary>The same entry with <paramref name="value"/> as its value when reached.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public PteRef WithValue(ulong value) => new(_entry, Level, Frame, value);
+
+    [Conditional("DEBUG")]
+    private void AssertAtomicEntry() =>
+        Debug.Assert(_entry != null && ((nuint)_entry & (sizeof(ulong) - 1)) == 0, "an atomic access to no entry or a misaligned one");
 }

@@ -63,4 +63,8 @@ public readonly struct Stage2Format : IPteFormat
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ulong WithWritable(ulong pte, bool writable) => writable ? pte | S2apWrite : pte & ~S2apWrite;
+
+    /// <summary>KVM arm64's KVM_INVALID_PTE_LOCKED (bit 10, valid clear), which stage2_try_break_pte writes
+    /// while it owns an entry.</summary>
+    public static ulong FrozenEntry => 1UL << 10;
 }
