@@ -260,7 +260,7 @@ public sealed partial class TdpMmu<TFormat>
         _smallSlotFirstFrame = slot.BaseGfn + shared;
         _smallSlotFrames = slot.Pages;
         _smallSlotHostPfn = slot.HostPfnBase;
-        _gig = NoGig; // the next walk in the slot caches its level-2 table
+        _gig = NoGig; // the next walk in the slot caches its level-2 table (a GiB of the other root never matches: the shared bit)
         _gigTable = default;
     }
 
