@@ -14,8 +14,8 @@ public sealed partial class TdpMmu<TFormat>
 
     /// <summary>
     /// The fast path: an access in the cached small slot (<see cref="_smallSlotFrames"/>: a slot whose every
-    /// gfn maps at 4 KiB, writable, without logging) and in the GiB of the cached level-2 table
-    /// (<see cref="_gig"/>) is one level-2 entry and one leaf: a hit, or a 4 KiB miss decided right there,
+    /// gfn maps at 4 KiB, writable, without logging) and in a GiB whose level-2 table is cached
+    /// (<see cref="_gigTables"/>) is one level-2 entry and one leaf: a hit, or a 4 KiB miss decided right there,
     /// without the slot lookup, the walk from the root or the miss path's arguments; saves most of the
     /// per-access cost, and being short lets the CPU overlap the cache misses of consecutive shuffled
     /// accesses (docs/performance.md). Anything else goes to <see cref="AccessInSmallSlot"/>, then
@@ -29,10 +29,12 @@ public sealed partial class TdpMmu<TFormat>
         ulong frame = gpa >> PageShift;
         ulong offset = frame - _smallSlotFirstFrame; // the cached root's index space
         // A disposed MMU has no small slot, and a frame inside one is below 2^_gpaBits: neither needs a check.
-        if (offset < _smallSlotFrames && (frame >> GigShift) == _gig && (uint)type <= (uint)AccessType.Fetch)
+        ulong gig = (frame >> GigShift) - _smallSlotFirstGig;
+        if (offset < _smallSlotFrames && gig < GigTableCount && (uint)type <= (uint)AccessType.Fetch
+            && _gigTables[(int)gig] is { IsNull: false } level2)
         {
-            AssertTable(_gigTable, 2, _smallSlotMirror);
-            ulong entry = _gigTable[Index(frame, 2)];
+            AssertTable(level2, 2, _smallSlotMirror);
+            ulong entry = level2[Index(frame, 2)];
             if (TFormat.IsPresent(entry) && !TFormat.IsLeaf(entry, 2))
             {
                 TableRef table = TableRef.At(TFormat.TableAddress(entry), 1);
@@ -73,8 +75,9 @@ public sealed partial class TdpMmu<TFormat>
             {
                 if (level == 2)
                 {
-                    _gig = frame >> GigShift;
-                    _gigTable = table;
+                    ulong gig = (frame >> GigShift) - _smallSlotFirstGig;
+                    if (gig < GigTableCount)
+                        _gigTables[(int)gig] = table;
                 }
                 ulong entry = table[Index(frame, level)];
                 if (!TFormat.IsPresent(entry))
@@ -260,12 +263,12 @@ public sealed partial class TdpMmu<TFormat>
         _smallSlotFirstFrame = slot.BaseGfn + shared;
         _smallSlotFrames = slot.Pages;
         _smallSlotHostPfn = slot.HostPfnBase;
-        _gig = NoGig; // the next walk in the slot caches its level-2 table (a GiB of the other root never matches: the shared bit)
-        _gigTable = default;
+        _smallSlotFirstGig = _smallSlotFirstFrame >> GigShift;
+        _gigTables = default; // the next walks in the slot cache their level-2 tables
     }
 
     /// <summary>
-    /// Drops the small slot and the cached level-2 table. Called by everything that frees or unlinks a
+    /// Drops the small slot and the cached level-2 tables. Called by everything that frees or unlinks a
     /// table, changes a slot or the mapping policy (what <see cref="CacheSmallSlot"/> checked), and by
     /// Dispose; the fast paths would otherwise walk a freed table or act on a stale decision
     /// (TdpLeafTableCacheTests).
@@ -274,8 +277,7 @@ public sealed partial class TdpMmu<TFormat>
     {
         _smallSlotFrames = 0; // no frame is inside: neither fast path runs
         _smallSlotRoot = default;
-        _gig = NoGig;
-        _gigTable = default;
+        _gigTables = default;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

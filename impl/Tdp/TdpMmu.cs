@@ -77,17 +77,24 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     // The paging-structure cache of the fast paths (TdpMmu.Fault.cs). The small slot: frames
     // [first, first + frames) of the last slot the slow path saw whose every gfn maps at 4 KiB, writable,
     // without logging, in the index space of the root it used (direct or mirror), that root, and the host
-    // frame of its first gfn; no frame is inside while _smallSlotFrames is 0. The gig: the level-2 table
-    // last walked through in that root and the GiB it covers (frame >> 18), NoGig when there is none.
+    // frame of its first gfn; no frame is inside while _smallSlotFrames is 0. The gig tables: the level-2
+    // tables walked through in that root for the slot's first GigTableCount GiBs, by GiB from the one
+    // holding its first frame (frame >> 18 minus _smallSlotFirstGig); a null entry is not cached yet.
     private const int GigShift = 2 * IndexBits;
-    private const ulong NoGig = ulong.MaxValue;
+    private const int GigTableCount = 16;
     private ulong _smallSlotFirstFrame;
     private ulong _smallSlotFrames;
     private ulong _smallSlotHostPfn;
+    private ulong _smallSlotFirstGig;
     private TableRef _smallSlotRoot;
     private bool _smallSlotMirror;
-    private ulong _gig = NoGig;
-    private TableRef _gigTable;
+    private GigTables _gigTables;
+
+    [InlineArray(GigTableCount)]
+    private struct GigTables
+    {
+        private TableRef _table;
+    }
 
     /// <exception cref="ArgumentOutOfRangeException">The shared bit is not null, 47 or 51.</exception>
     /// <exception cref="ArgumentException">The format cannot build the root level the shared bit needs

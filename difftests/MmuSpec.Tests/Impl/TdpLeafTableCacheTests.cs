@@ -316,6 +316,73 @@ public sealed class TdpLeafTableCacheTests : IDisposable
         Assert.Equal(2 * 6, vm.TablePages); // each root: root, level 3, level 2 and three leaf tables
     }
 
+    // ---- level-2 tables of several GiBs ----
+
+    const ulong Gig = 0x40000; // frames per GiB
+
+    static ITdpVm FourKiBVm(NativePagePool pool)
+    {
+        var vm = TdpVm.Create(TdpFormatKind.Ept, sharedBit: null, pool);
+        Assert.Equal(TdpStatus.Ok, vm.SetMaxPageSize(12));
+        return vm;
+    }
+
+    static void Expect(ITdpVm vm, ulong gfn, ulong hostPfn, AccessType type, bool faulted) =>
+        Assert.Equal(TdpAccessOutcome.Mapped(hostPfn << 12 | 0x9A, 12, faulted), vm.Access(gfn << 12 | 0x9A, type));
+
+    /// <summary>
+    /// The cached level-2 tables are indexed by GiB from the small slot's first: a new small slot (another
+    /// slot faulted last) must not use the old one's tables for its own GiBs, which sit at the same indexes.
+    /// </summary>
+    [Fact]
+    public void A_new_small_slot_does_not_reuse_the_old_ones_level_2_tables()
+    {
+        using var pool = new NativePagePool();
+        using var vm = FourKiBVm(pool);
+        const ulong aBase = Gig, aHost = 0x1000000, bBase = 5 * Gig + 0x20000, bHost = 0x2000000;
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, aBase, 3 * Gig, aHost, 12, readOnly: false));
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(1, bBase, 3 * Gig, bHost, 12, readOnly: false));
+        for (ulong g = 0; g < 3; g++)
+        {
+            Expect(vm, aBase + g * Gig + 0x1000, aHost + g * Gig + 0x1000, AccessType.Write, faulted: true);
+            Expect(vm, aBase + g * Gig + 0x1000, aHost + g * Gig + 0x1000, AccessType.Read, faulted: false);
+        }
+        Assert.Equal(2 + 2 * 3, vm.TablePages); // root and level 3; per GiB a level-2 and a leaf table
+        Expect(vm, bBase, bHost, AccessType.Write, faulted: true);          // GiB 5: slot 1 is the small slot now
+        Expect(vm, bBase, bHost, AccessType.Read, faulted: false);
+        // GiB 6, slot 1's second: same level-2 and leaf indexes as slot 0's gfn in GiB 2.
+        ulong gfn = 6 * Gig + 0x1000 + 1;
+        Expect(vm, gfn, bHost + (gfn - bBase), AccessType.Write, faulted: true);
+        Assert.Equal(8 + 2 + 2, vm.TablePages); // GiB 5's level-2 and leaf table, GiB 6's: none written into slot 0's
+        Expect(vm, 2 * Gig + 0x1000 + 1, aHost + Gig + 0x1000 + 1, AccessType.Read, faulted: true);
+        Expect(vm, gfn, bHost + (gfn - bBase), AccessType.Read, faulted: false);
+    }
+
+    /// <summary>Only the first 16 GiBs of a slot get cached level-2 tables; beyond, every access walks, with the same results.</summary>
+    [Fact]
+    public void A_slot_beyond_16_GiB_maps_past_the_cached_level_2_tables()
+    {
+        using var pool = new NativePagePool();
+        using var vm = FourKiBVm(pool);
+        const ulong host = 0x1000000;
+        Assert.Equal(SlotStatus.Ok, vm.CreateSlot(0, Gig, 18 * Gig, host, 12, readOnly: false));
+        foreach (ulong g in new ulong[] { 0, 15, 16, 17, 16, 0 })
+        {
+            ulong gfn = Gig + g * Gig + 0x2345 + (ulong)vm.TablePages; // a new page each time
+            Expect(vm, gfn, host + (gfn - Gig), AccessType.Read, faulted: true);
+            Expect(vm, gfn, host + (gfn - Gig), AccessType.Write, faulted: false);
+            Expect(vm, gfn + 1, host + (gfn + 1 - Gig), AccessType.Fetch, faulted: true);
+        }
+        Assert.Equal(12, (int)Leaves(vm));
+    }
+
+    static int Leaves(ITdpVm vm)
+    {
+        int leaves = 0;
+        vm.VisitPages((_, entries) => leaves += entries.Count(e => e.IsLeaf));
+        return leaves;
+    }
+
     void AssertFault4K(ulong gfn, AccessType type) =>
         Assert.Equal(TdpAccessOutcome.Mapped((HostBase + gfn - Base) << 12 | 0x123, 12, faulted: true), _vm.Access(gfn << 12 | 0x123, type));
 
