@@ -13,34 +13,107 @@ public sealed partial class TdpMmu<TFormat>
     private const ulong PageOffsetMask = (1UL << PageShift) - 1;
 
     /// <summary>
-    /// The fast path: an access inside the cached leaf table's 2 MiB (<see cref="_leafGranule"/>) is a hit
-    /// or a 4 KiB miss decided right there, without the slot lookup, the walk from the root or the miss
-    /// path's arguments; saves most of the per-access cost (docs/performance.md). Everything else, and a
-    /// write to a write-protected leaf, takes <see cref="AccessSlow"/>, whose result it must equal: the
-    /// cache is filled only where the slow path would do just this (<see cref="CacheLeafTable"/>), and
-    /// forgotten by anything that could change that (<see cref="ForgetLeafTable"/>).
+    /// The fast path: an access in the cached small slot (<see cref="_smallSlotFrames"/>: a slot whose every
+    /// gfn maps at 4 KiB, writable, without logging) and in a GiB whose level-2 table is cached
+    /// (<see cref="_gigTables"/>) is one level-2 entry and one leaf: a hit, or a 4 KiB miss decided right there,
+    /// without the slot lookup, the walk from the root or the miss path's arguments; saves most of the
+    /// per-access cost, and being short lets the CPU overlap the cache misses of consecutive shuffled
+    /// accesses (docs/performance.md). Anything else goes to <see cref="AccessInSmallSlot"/>, then
+    /// <see cref="AccessSlow"/>, whose result both must equal: the cache is filled only where the slow path
+    /// would do just this (<see cref="CacheSmallSlot"/>), and forgotten by anything that could change that
+    /// (<see cref="ForgetCachedTables"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public TdpAccessOutcome Access(ulong gpa, AccessType type)
     {
         ulong frame = gpa >> PageShift;
-        // A disposed MMU has no cache, and a gpa in a cached granule is below 2^_gpaBits: neither needs a check.
-        if ((frame >> IndexBits) == _leafGranule && (uint)type <= (uint)AccessType.Fetch)
+        ulong offset = frame - _smallSlotFirstFrame; // the cached root's index space
+        // A disposed MMU has no small slot, and a frame inside one is below 2^_gpaBits: neither needs a check.
+        ulong gig = (frame >> GigShift) - _smallSlotFirstGig;
+        if (offset < _smallSlotFrames && gig < GigTableCount && (uint)type <= (uint)AccessType.Fetch
+            && _gigTables[(int)gig] is { IsNull: false } level2)
         {
+            AssertTable(level2, 2, _smallSlotMirror);
+            ulong entry = level2[Index(frame, 2)];
+            if (TFormat.IsPresent(entry) && !TFormat.IsLeaf(entry, 2))
+            {
+                TableRef table = TableRef.At(TFormat.TableAddress(entry), 1);
+                AssertTable(table, 1, _smallSlotMirror);
+                int index = (int)(frame & (EntriesPerTable - 1));
+                ulong leaf = table[index];
+                ulong hostPfn = _smallSlotHostPfn + offset;
+                if (!TFormat.IsPresent(leaf))
+                {
+                    // Step 6 as the slow path takes it in this slot: a writable 4 KiB leaf, no table to
+                    // allocate, nothing to flush or mark dirty.
+                    table[index] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
+                    return TdpAccessOutcome.Mapped((hostPfn << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: true);
+                }
+                if (type != AccessType.Write || TFormat.IsWritable(leaf))
+                    return TdpAccessOutcome.Mapped((TFormat.LeafPfn(leaf) << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: false);
+            }
+        }
+        return AccessInSmallSlot(gpa, type);
+    }
+
+    /// <summary>
+    /// The second fast path: an access in the small slot outside the cached GiB walks from the root with
+    /// plain loads, caches the level-2 table it passes, and fills a hole right where the walk stopped, as
+    /// <see cref="Miss"/> would there (target level 1). A huge leaf on the way, or a write to a
+    /// write-protected leaf, takes <see cref="AccessSlow"/>, which decides everything else.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private TdpAccessOutcome AccessInSmallSlot(ulong gpa, AccessType type)
+    {
+        ulong frame = gpa >> PageShift;
+        ulong offset = frame - _smallSlotFirstFrame;
+        if (offset < _smallSlotFrames && (uint)type <= (uint)AccessType.Fetch)
+        {
+            TableRef table = _smallSlotRoot;
+            AssertTable(table, _rootLevel, _smallSlotMirror);
+            for (int level = _rootLevel; level > 1; level--)
+            {
+                if (level == 2)
+                {
+                    ulong gig = (frame >> GigShift) - _smallSlotFirstGig;
+                    if (gig < GigTableCount)
+                        _gigTables[(int)gig] = table;
+                }
+                ulong entry = table[Index(frame, level)];
+                if (!TFormat.IsPresent(entry))
+                    return FillSmallSlotHole(table, level, frame, gpa, offset);
+                if (TFormat.IsLeaf(entry, level))
+                    return AccessSlow(gpa, type); // a huge leaf from an earlier policy
+                table = TableRef.At(TFormat.TableAddress(entry), level - 1);
+            }
+            AssertTable(table, 1, _smallSlotMirror);
             int index = (int)(frame & (EntriesPerTable - 1));
-            ulong leaf = _leafTable[index];
+            ulong leaf = table[index];
+            ulong hostPfn = _smallSlotHostPfn + offset;
             if (!TFormat.IsPresent(leaf))
             {
-                // Step 6 as the slow path would take it here: a writable 4 KiB leaf (the slot neither is
-                // read-only nor logs), no table to allocate, nothing to flush or mark dirty.
-                ulong hostPfn = _leafHostPfn + (ulong)index;
-                _leafTable[index] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
+                table[index] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
                 return TdpAccessOutcome.Mapped((hostPfn << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: true);
             }
             if (type != AccessType.Write || TFormat.IsWritable(leaf))
                 return TdpAccessOutcome.Mapped((TFormat.LeafPfn(leaf) << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: false);
         }
         return AccessSlow(gpa, type);
+    }
+
+    /// <summary>
+    /// The small slot's miss: the walk stopped at a hole at <paramref name="level"/> of <paramref name="table"/>.
+    /// Creates the tables below it and the 4 KiB leaf, as <see cref="Miss"/> does with target level 1 (new
+    /// tables only, so no flush; the slot does not log, so nothing is marked dirty).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private TdpAccessOutcome FillSmallSlotHole(TableRef table, int level, ulong frame, ulong gpa, ulong offset)
+    {
+        ulong hostPfn = _smallSlotHostPfn + offset;
+        var pages = new TdpTablePages(_pages, _sharedGfnMask, _smallSlotMirror);
+        var hole = new PteRef(table, Index(frame, level), level, AlignDown(frame, level), 0);
+        RadixTable<TFormat>.MapFrom(ref pages, hole, frame, 1, TFormat.MakeLeaf(hostPfn, 1, writable: true));
+        return TdpAccessOutcome.Mapped((hostPfn << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: true);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -85,7 +158,7 @@ public sealed partial class TdpMmu<TFormat>
         if (!write || TFormat.IsWritable(leaf))
         {
             if (level == 1)
-                CacheLeafTable(slot, pte.Table, frame);
+                CacheSmallSlot(slot, frame, mirror);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false);
         }
 
@@ -133,11 +206,11 @@ public sealed partial class TdpMmu<TFormat>
         {
             PteRef mapped = RadixTable<TFormat>.MapFrom(ref pages, stop, frame, level, leaf); // the walk stopped at or above the leaf's level: only new tables below
             if (level == 1)
-                CacheLeafTable(slot, mapped.Table, frame);
+                CacheSmallSlot(slot, frame, mirror);
         }
         else
         {
-            ForgetLeafTable(); // the tables under the new leaf are freed (the cached one cannot be among them, but be safe)
+            ForgetCachedTables(); // the tables under the new leaf are freed, a cached level-2 table among them when the leaf is 1 GiB
             // A table sits where the leaf goes: replace it and free its subtree. The hardware may hold the
             // link to that table for any gfn it covered, i.e. the new leaf's whole range: flush it all
             // (KVM's tdp_mmu_map_handle_target_level, kvm_flush_remote_tlbs_gfn(gfn, level)).
@@ -172,32 +245,39 @@ public sealed partial class TdpMmu<TFormat>
     }
 
     /// <summary>
-    /// Remembers <paramref name="table"/>, the level-1 table the slow path just used for
-    /// <paramref name="frame"/>, when every access to its 2 MiB would go as the fast path takes it: one
-    /// slot covers all 512 gfns, is writable and does not log, and maps them at 4 KiB (the target level
-    /// is the same for all of them: its larger ranges are the same).
+    /// Remembers <paramref name="slot"/>, where the slow path just mapped or hit a 4 KiB leaf for
+    /// <paramref name="frame"/>, for the fast paths when every gfn in it maps as a 4 KiB writable leaf with
+    /// nothing to log: neither read-only nor logging, and min(policy, its level cap) is 1, so
+    /// <see cref="TargetLevel"/> is 1 for each of its gfns. The range is in the index space of the root
+    /// the slow path used (<paramref name="mirror"/>), so a shared and a private gpa never share it. That
+    /// root exists (it was just used) and lives until ZapAll, which forgets the cache.
     /// </summary>
-    private void CacheLeafTable(HostMemslot slot, TableRef table, ulong frame)
+    private void CacheSmallSlot(HostMemslot slot, ulong frame, bool mirror)
     {
-        AssertTable(table, 1, mirror: _sharedGfnMask != 0 && (frame & _sharedGfnMask) == 0);
-        ulong firstGfn = AlignDown(frame & ~_sharedGfnMask, 2);
-        if (slot.ReadOnly || slot.DirtyLogging || !slot.Contains(firstGfn) || !slot.Contains(firstGfn + EntriesPerTable - 1)
-            || TargetLevel(slot, firstGfn) != 1)
+        if (slot.ReadOnly || slot.DirtyLogging || Math.Min(_policyLevel, slot.LevelCap) != 1)
             return;
-        _leafGranule = frame >> IndexBits;
-        _leafTable = table;
-        _leafHostPfn = slot.HostPfnBase + (firstGfn - slot.BaseGfn);
+        ulong shared = frame - (frame & ~_sharedGfnMask);
+        _smallSlotRoot = mirror ? _mirrorRoot : _directRoot;
+        AssertTable(_smallSlotRoot, _rootLevel, mirror);
+        _smallSlotMirror = mirror;
+        _smallSlotFirstFrame = slot.BaseGfn + shared;
+        _smallSlotFrames = slot.Pages;
+        _smallSlotHostPfn = slot.HostPfnBase;
+        _smallSlotFirstGig = _smallSlotFirstFrame >> GigShift;
+        _gigTables = default; // the next walks in the slot cache their level-2 tables
     }
 
     /// <summary>
-    /// Drops the cached leaf table. Called by everything that frees or unlinks a table, changes a slot
-    /// or the mapping policy (what <see cref="CacheLeafTable"/> checked), and by Dispose; the fast path
-    /// would otherwise serve a freed table or a stale decision (TdpLeafTableCacheTests).
+    /// Drops the small slot and the cached level-2 tables. Called by everything that frees or unlinks a
+    /// table, changes a slot or the mapping policy (what <see cref="CacheSmallSlot"/> checked), and by
+    /// Dispose; the fast paths would otherwise walk a freed table or act on a stale decision
+    /// (TdpLeafTableCacheTests).
     /// </summary>
-    private void ForgetLeafTable()
+    private void ForgetCachedTables()
     {
-        _leafGranule = NoGranule;
-        _leafTable = default;
+        _smallSlotFrames = 0; // no frame is inside: neither fast path runs
+        _smallSlotRoot = default;
+        _gigTables = default;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 using MmuSpec.Impl.PageTable;
@@ -53,7 +54,11 @@ public sealed partial class TdpMmu<TFormat>
     /// ends (<paramref name="endFrame"/>) or the next leaf would leave the slot. Returns the frame after
     /// the run, or 0 when the first entry is not for this path (a huge leaf on the way or a table where
     /// the leaf goes): then nothing has changed. Fills only holes, so it owes no TLB flush.
+    /// Optimized at once (here and in the fills): a VMM pre-faults a few times, each call runs this once per
+    /// leaf table, and tiered compilation left the first populates in unoptimized code (about 40 ns per
+    /// mapping on the second populate of 1 GiB, 8 ns on the 40th, 0.6-0.9 ns once optimized).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong FillRun(HostMemslot slot, ulong frame, ulong gfn, bool mirror, ulong endFrame)
     {
         int level = TargetLevel(slot, gfn);
@@ -64,6 +69,7 @@ public sealed partial class TdpMmu<TFormat>
 
         var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror);
         TableRef table = root;
+        bool fresh = false; // the leaf table was allocated by this descent: every entry is a hole
         for (int l = _rootLevel; l > level; l--)
         {
             ref ulong entry = ref table[Index(frame, l)];
@@ -74,6 +80,7 @@ public sealed partial class TdpMmu<TFormat>
                 TableRef child = pages.Allocate(l - 1, AlignDown(frame, l));
                 entry = TFormat.MakeTable(child.Address);
                 table = child;
+                fresh = true;
             }
             else if (TFormat.IsLeaf(value, l))
             {
@@ -102,6 +109,38 @@ public sealed partial class TdpMmu<TFormat>
         ulong hostPfn = slot.HostPfnBase + (first - shared - slot.BaseGfn);
         // A read fault's leaf: writable unless the slot is read-only or logs (docs/tdp-model.md, step 6).
         bool writable = !slot.ReadOnly && !slot.DirtyLogging;
+        int i = fresh && level == 1 && writable
+            ? FillFreshTable4K(table, start, last, hostPfn)
+            : FillHoles(table, start, last, hostPfn, level, writable);
+        return i == start ? 0 : first + ((ulong)(i - start) << FrameShift(level));
+    }
+
+    /// <summary>
+    /// The common populate: writable 4 KiB leaves into a leaf table this descent created, so every entry is
+    /// a hole and the fill is a loop of stores with the level and flags constant (no read of the entry,
+    /// no per-page decision); saves about two thirds of the per-mapping time of <see cref="FillHoles"/>
+    /// (docs/performance.md). Returns <paramref name="last"/>, as FillHoles would over holes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int FillFreshTable4K(TableRef table, int start, int last, ulong hostPfn)
+    {
+        for (int i = start; i < last; i++, hostPfn++)
+        {
+            Debug.Assert(table[i] == 0, "a fresh table has only holes");
+            table[i] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
+        }
+        return last;
+    }
+
+    /// <summary>
+    /// Fills the holes of entries [<paramref name="start"/>, <paramref name="last"/>) with leaves of
+    /// <paramref name="level"/>, stepping over leaves already there (read hits), and stops at a table
+    /// where a leaf goes (the fault rule replaces it and flushes). Returns the index it stopped at.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int FillHoles(TableRef table, int start, int last, ulong hostPfn, int level, bool writable)
+    {
+        ulong frames = FramesPerEntry(level);
         int i = start;
         for (; i < last; i++, hostPfn += frames)
         {
@@ -113,7 +152,7 @@ public sealed partial class TdpMmu<TFormat>
                 break; // a table where the leaf goes: the fault rule replaces it (and flushes)
             // else a leaf of this level: a read hit, nothing changes
         }
-        return i == start ? 0 : first + ((ulong)(i - start) << FrameShift(level));
+        return i;
     }
 
     private TdpPreFaultOutcome RejectPreFault(ulong gpa, ulong size)

@@ -74,13 +74,27 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
 
     private bool _disposed;
 
-    // The paging-structure cache of the fast path (TdpMmu.Fault.cs): the level-1 table last used for a
-    // 4 KiB access, the 2 MiB it covers (frame >> 9, in the root's index space, so the root is implied)
-    // and the host frame of its first entry. NoGranule, above every frame's, when there is none.
-    private const ulong NoGranule = ulong.MaxValue;
-    private ulong _leafGranule = NoGranule;
-    private TableRef _leafTable;
-    private ulong _leafHostPfn;
+    // The paging-structure cache of the fast paths (TdpMmu.Fault.cs). The small slot: frames
+    // [first, first + frames) of the last slot the slow path saw whose every gfn maps at 4 KiB, writable,
+    // without logging, in the index space of the root it used (direct or mirror), that root, and the host
+    // frame of its first gfn; no frame is inside while _smallSlotFrames is 0. The gig tables: the level-2
+    // tables walked through in that root for the slot's first GigTableCount GiBs, by GiB from the one
+    // holding its first frame (frame >> 18 minus _smallSlotFirstGig); a null entry is not cached yet.
+    private const int GigShift = 2 * IndexBits;
+    private const int GigTableCount = 16;
+    private ulong _smallSlotFirstFrame;
+    private ulong _smallSlotFrames;
+    private ulong _smallSlotHostPfn;
+    private ulong _smallSlotFirstGig;
+    private TableRef _smallSlotRoot;
+    private bool _smallSlotMirror;
+    private GigTables _gigTables;
+
+    [InlineArray(GigTableCount)]
+    private struct GigTables
+    {
+        private TableRef _table;
+    }
 
     /// <exception cref="ArgumentOutOfRangeException">The shared bit is not null, 47 or 51.</exception>
     /// <exception cref="ArgumentException">The format cannot build the root level the shared bit needs
@@ -139,7 +153,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, byte hostPageShift, bool readOnly)
     {
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         if (_slots.CreateProblem(id, pages) is string idProblem)
             return RejectSlot(idProblem);
         if (hostPageShift is not (12 or 21 or 30))
@@ -164,7 +178,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus DeleteSlot(int id)
     {
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
@@ -178,7 +192,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus MoveSlot(int id, ulong newBaseGfn)
     {
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
@@ -198,7 +212,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public SlotStatus SetDirtyLogging(int id, bool on)
     {
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
         if (slot.SetDirtyLogging(on) && on)
@@ -216,7 +230,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     {
         ArgumentNullException.ThrowIfNull(gfns);
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         int first = gfns.Count;
         if (_slots.TakeDirtyLog(id, gfns, out HostMemslot? slot) is string problem)
             return RejectSlot(problem);
@@ -239,7 +253,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public TdpStatus ZapRange(ulong startGfn, ulong endGfn)
     {
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         if (startGfn >= endGfn || endGfn > _gfnLimit)
             return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_gpaBits - PageShift} frames");
         ZapLeafs(startGfn, endGfn);
@@ -250,7 +264,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public TdpStatus ZapAll()
     {
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         // KVM's zap-all needs no flush because no vCPU runs again (the VM is going away); here the VM goes
         // on, so this is the fast zap's case: a new root is loaded with a full flush (kvm_mmu_load).
         if (!_directRoot.IsNull || !_mirrorRoot.IsNull)
@@ -263,7 +277,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     public TdpStatus SetMaxPageSize(byte pageShift)
     {
         ThrowIfDisposed();
-        ForgetLeafTable();
+        ForgetCachedTables();
         if (pageShift is not (12 or 21 or 30))
             return Reject($"page shift {pageShift} is not 12, 21 or 30");
         _policyLevel = (pageShift - PageShift) / IndexBits + 1;
@@ -277,7 +291,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
         if (_disposed)
             return;
         _disposed = true;
-        ForgetLeafTable(); // the fast path checks no flag: a disposed MMU serves nothing from the cache
+        ForgetCachedTables(); // the fast path checks no flag: a disposed MMU serves nothing from the cache
         _directRoot = default;
         _mirrorRoot = default;
         _pages.ReleaseAll();

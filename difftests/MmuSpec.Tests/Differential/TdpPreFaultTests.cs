@@ -60,6 +60,18 @@ public sealed class TdpPreFaultTests
             vm.Access(0x3FF8_0000, AccessType.Read);                  // one 4 KiB leaf among the holes
         }, 0x3FF0_0000, 0x200_0000),
         ["a logging slot"] = (null, vm => vm.SetDirtyLogging(0, true), 0x4010_0000, 0x40_0000),
+        ["4 KiB leaves left write-protected by dirty logging, among holes"] = (null, vm =>
+        {
+            vm.SetMaxPageSize(12);
+            for (ulong g = 0x4000_0000; g < 0x4060_0000; g += 0x1_1000) vm.Access(g, AccessType.Write);
+            vm.SetDirtyLogging(0, true);
+            vm.SetDirtyLogging(0, false);                             // the leaves stay read-only: a read hit keeps them so
+        }, 0x3FF0_0000, 0x80_0000),
+        ["a slot of 4 KiB host pages under a 1 GiB policy, past its end"] = (null, vm =>
+        {
+            vm.CreateSlot(2, 0xC0000, 0x1234, 0x3_0000_0000, 12, readOnly: false);
+            vm.Access(0xC040_0000, AccessType.Write);                 // one leaf table already there
+        }, 0xC000_0000, 0x200_0000),
         ["a read-only slot"] = (null, _ => { }, 0x8030_0000, 0x40_0000),
         ["into the gap between the slots"] = (null, _ => { }, 0x8010_0000, 0x40_0000),
         ["starting in the gap"] = (null, _ => { }, 0x8020_3000, 0x4000),
