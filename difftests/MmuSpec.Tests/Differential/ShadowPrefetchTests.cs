@@ -1,3 +1,4 @@
+using MmuSpec.Harness.Shadow;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Shadow;
 using Xunit;
@@ -74,6 +75,17 @@ public sealed class ShadowPrefetchTests
         Assert.Equal(new ShadowResult.Translated(0x40_6000, (DataHostPfn + 6) << 12, Faulted: true), results[^1]);
         // Guest memory is not written: a prefetch sets no A/D bit (page 2 stays clean).
         Assert.Equal(ptes[2], filled.ReadGuest(Pt + 16, 8));
+    }
+
+    [Fact]
+    public void The_generator_draws_prefetch_for_about_half_the_cases_and_the_shrinker_can_turn_it_off()
+    {
+        var cases = Enumerable.Range(0, 60).Select(seed => ShadowGen.Build(seed, 30, new ShadowGenOptions(null))).ToList();
+        int on = cases.Count(c => c.Config.Prefetch);
+        Assert.InRange(on, 15, 45);
+        var withPrefetch = cases.First(c => c.Config.Prefetch);
+        Assert.Contains(ShadowShrink.Candidates(withPrefetch), c => !c.Config.Prefetch && c.Ops.SequenceEqual(withPrefetch.Ops) && c.Setup.SequenceEqual(withPrefetch.Setup));
+        Assert.All(ShadowShrink.Candidates(cases.First(c => !c.Config.Prefetch)), c => Assert.False(c.Config.Prefetch));
     }
 
     [Fact]
