@@ -308,15 +308,19 @@ public class ShadowSpreadBenchmarks
                     Func<ulong> body = tables switch { 32 => b.Spread32, 128 => b.Spread128, _ => b.Spread512 };
                     b.Setup(tables, body);
                     var perRead = new List<double>();
+                    long allocated = 0;
                     for (int run = 0; run < 7; run++)
                     {
                         b.ZapLeaves();
                         var cpu = Process.GetCurrentProcess().TotalProcessorTime;
-                        GC.KeepAlive(body());
+                        long bytes = GC.GetAllocatedBytesForCurrentThread();
+                        ulong sum = body();
+                        allocated += GC.GetAllocatedBytesForCurrentThread() - bytes;
                         perRead.Add((Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalNanoseconds / b._gvas.Length);
+                        GC.KeepAlive(sum);
                     }
                     perRead.Sort();
-                    log.WriteLine($"{tables,6}  {order,-12}  {prefetch,-8}  {perRead[0],7:F1}  {perRead[3],9:F1}  {(prefetch ? 0.125 : 1.0),15:F3}");
+                    log.WriteLine($"{tables,6}  {order,-12}  {prefetch,-8}  {perRead[0],7:F1}  {perRead[3],9:F1}  {(prefetch ? 0.125 : 1.0),15:F3}  {allocated} B allocated in 7 runs");
                     b.Cleanup();
                 }
         log.WriteLine($"# load average at the end {File.ReadAllText("/proc/loadavg").Trim()}");
