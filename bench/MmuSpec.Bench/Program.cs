@@ -9,12 +9,15 @@ namespace MmuSpec.Bench;
 /// (e.g. <c>dotnet run -c Release --project bench/MmuSpec.Bench -- --filter '*'</c>).
 /// <c>--quick</c> adds a short job (1 launch, 3 warmup, 10 measured iterations) and, when no other
 /// argument is given, runs every benchmark. <c>--roots-workload</c> runs no benchmark: it prints the cached-root
-/// workload's rebuild counts per root policy (<see cref="CachedRootWorkload.RunReport"/>).
+/// workload's rebuild counts per root policy (<see cref="CachedRootWorkload.RunReport"/>). <c>--spread-workload</c>
+/// runs no benchmark: it prints the process CPU time per read of <see cref="ShadowSpreadBenchmarks"/>' scenarios
+/// (<see cref="ShadowSpreadBenchmarks.RunWorkloadReport"/>), a cross-check that does not need a quiet machine's wall clock.
 /// </summary>
 public static class Program
 {
     public const string QuickFlag = "--quick";
     public const string RootsWorkloadFlag = "--roots-workload";
+    public const string SpreadWorkloadFlag = "--spread-workload";
 
     /// <summary>The job <c>--quick</c> runs: enough for a ratio on a noisy machine, a few minutes in all.</summary>
     public static Job QuickJob { get; } = Job.Default
@@ -27,6 +30,8 @@ public static class Program
     {
         if (args.Contains(RootsWorkloadFlag))
             return CachedRootWorkload.RunReport(Console.Out);
+        if (args.Contains(SpreadWorkloadFlag))
+            return ShadowSpreadBenchmarks.RunWorkloadReport(Console.Out);
 
         bool quick = args.Contains(QuickFlag);
         string[] rest = args.Where(a => a != QuickFlag).ToArray();

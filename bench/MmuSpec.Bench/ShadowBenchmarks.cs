@@ -213,9 +213,20 @@ public class ShadowBenchmarks
 /// the leaves removed before each invocation by an [IterationSetup] <c>ZapRange</c> of the data gfns) with
 /// the guest's pages spread over 32, 128 or 512 page tables under one page directory, every entry of every
 /// table mapped, so the working set (guest tables, shadow level-1 pages and their translations, rmap heads)
-/// grows from 0.5 to 8 MiB and a fault's cost shows how many cache lines it touches. Faults go in gva order,
-/// a read of every page per invocation; times are per fault. The spec is not run (it would need minutes to
-/// store 262,144 guest entries); the fault path is the one the spec-checked Fault benchmark times.
+/// grows from 0.5 to 8 MiB and a fault's cost shows how many cache lines it touches. A read of every page per
+/// invocation; times are per read. The spec is not run (it would need minutes to store 262,144 guest
+/// entries); the fault path is the one the spec-checked Fault benchmark times.
+/// <list type="bullet">
+/// <item><see cref="Order"/>: <see cref="SpreadOrder.TableByTable"/> reads in gva order (a table's 512 pages,
+/// then the next table's: consecutive faults share the guest table's and the shadow page's lines);
+/// <see cref="SpreadOrder.AcrossTables"/> reads entry 0 of every table, then entry 1 of every table, and so
+/// on, so consecutive faults never share a table and each touches the cold lines (and host pages) of
+/// another guest table, shadow page, translations page and rmap: the spread-fault scenario of issue 19,
+/// whose cost grows with the number of tables.</item>
+/// <item><see cref="Prefetch"/>: the VM prefetches neighbours (KVM's pte_prefetch; docs/shadow-model.md,
+/// "Prefetch"): the first read of each aligned group of 8 entries faults and maps the other 7, which then
+/// hit, so 1 read in 8 faults in either order. Setup checks every translation and that count.</item>
+/// </list>
 /// </summary>
 [Config(typeof(RatioAsTrendConfig))]
 [MemoryDiagnoser]
@@ -223,6 +234,18 @@ public class ShadowBenchmarks
 public class ShadowSpreadBenchmarks
 {
     const int Pages32 = 32 * 512, Pages128 = 128 * 512, Pages512 = 512 * 512;
+
+    public enum SpreadOrder
+    {
+        TableByTable,
+        AcrossTables,
+    }
+
+    [Params(SpreadOrder.TableByTable, SpreadOrder.AcrossTables)]
+    public SpreadOrder Order { get; set; }
+
+    [Params(false, true)]
+    public bool Prefetch { get; set; }
 
     ShadowRig _rig = null!;
     IShadowVm _vm = null!;
@@ -267,26 +290,80 @@ public class ShadowSpreadBenchmarks
         return sum;
     }
 
-    /// <summary>Populates, then checks twice that a zap and a read of every page refault each with the expected translation and create no page.</summary>
+    /// <summary>
+    /// Every scenario in-process (setup and warm-up as the benchmark's), then 7 timed invocations each, each
+    /// after a zap: the process CPU time per read (best and median of 7) and the faults per read. CPU time
+    /// counts only this process's work, so it moves less with other load than BDN's wall clock, but shared
+    /// caches still make it noisy: the report prints the load average.
+    /// </summary>
+    public static int RunWorkloadReport(TextWriter log)
+    {
+        log.WriteLine($"# ShadowSpreadBenchmarks as CPU time per read; load average {File.ReadAllText("/proc/loadavg").Trim()}");
+        log.WriteLine("tables  order         prefetch  best ns  median ns  faults per read (checked by setup)");
+        foreach (int tables in new[] { 32, 128, 512 })
+            foreach (var order in new[] { SpreadOrder.TableByTable, SpreadOrder.AcrossTables })
+                foreach (bool prefetch in new[] { false, true })
+                {
+                    var b = new ShadowSpreadBenchmarks { Order = order, Prefetch = prefetch };
+                    Func<ulong> body = tables switch { 32 => b.Spread32, 128 => b.Spread128, _ => b.Spread512 };
+                    b.Setup(tables, body);
+                    var perRead = new List<double>();
+                    long allocated = 0;
+                    for (int run = 0; run < 7; run++)
+                    {
+                        b.ZapLeaves();
+                        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+                        long bytes = GC.GetAllocatedBytesForCurrentThread();
+                        ulong sum = body();
+                        allocated += GC.GetAllocatedBytesForCurrentThread() - bytes;
+                        perRead.Add((Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalNanoseconds / b._gvas.Length);
+                        GC.KeepAlive(sum);
+                    }
+                    perRead.Sort();
+                    log.WriteLine($"{tables,6}  {order,-12}  {prefetch,-8}  {perRead[0],7:F1}  {perRead[3],9:F1}  {(prefetch ? 0.125 : 1.0),15:F3}  {allocated} B allocated in 7 runs");
+                    b.Cleanup();
+                }
+        log.WriteLine($"# load average at the end {File.ReadAllText("/proc/loadavg").Trim()}");
+        return 0;
+    }
+
+    /// <summary>
+    /// The mappings in the order <see cref="Order"/> reads them: mapping t * 512 + e is entry e of table t.
+    /// </summary>
+    public static int[] ReadOrder(SpreadOrder order, int tables) => order == SpreadOrder.TableByTable
+        ? Enumerable.Range(0, tables * 512).ToArray()
+        : Enumerable.Range(0, tables * 512).Select(i => (i % tables) * 512 + i / tables).ToArray();
+
+    /// <summary>Populates, then checks twice that a zap and a read of every page give the expected translations, fault as expected and create no page.</summary>
     void Setup(int tables, Func<ulong> body)
     {
         _rig = new ShadowRig(new ShadowGuestLayout(Mode.Long4, Enumerable.Range(0, tables * 512)
-            .Select(i => new[] { 1, 2, i / 512, i % 512 }).ToList()), allowUnsync: true, withSpec: false);
+            .Select(i => new[] { 1, 2, i / 512, i % 512 }).ToList()), allowUnsync: true, withSpec: false, prefetch: Prefetch);
         _vm = _rig.Vm;
-        _gvas = _rig.Layout.Gvas;
-        for (int i = 0; i < _gvas.Length; i++)
-            _rig.ImplRead(i, faulted: true, "populate");
-        _pages = _vm.ShadowPages;
-        for (int cycle = 0; cycle < 2; cycle++)
+        int[] order = ReadOrder(Order, tables);
+        _gvas = order.Select(i => _rig.Layout.Gvas[i]).ToArray();
+        for (int cycle = 0; cycle < 3; cycle++)
         {
-            ZapLeaves();
-            for (int i = 0; i < _gvas.Length; i++)
-                _rig.ImplRead(i, faulted: true, $"fault (cycle {cycle})");
-            if (_vm.ShadowPages != _pages)
+            if (cycle > 0)
+                ZapLeaves();
+            int faults = 0;
+            foreach (int i in order)
+            {
+                // Without prefetch every read faults; with it, the first read of each group of 8 entries.
+                var outcome = _vm.GuestAccess(_rig.Layout.Gvas[i], I.AccessType.Read, I.Privilege.User);
+                _rig.CheckImplTranslated(outcome, i, outcome.Faulted, $"read (cycle {cycle})");
+                faults += outcome.Faulted ? 1 : 0;
+            }
+            int expected = Prefetch ? order.Length / 8 : order.Length;
+            if (faults != expected)
+                throw new InvalidOperationException($"cycle {cycle}: {faults} faults, expected {expected}");
+            if (cycle == 0)
+                _pages = _vm.ShadowPages;
+            else if (_vm.ShadowPages != _pages)
                 throw new InvalidOperationException("a refault created a shadow page");
         }
-        _rig.Print($"Long4 spread over {tables} page tables");
-        ShadowWarmUp.Run($"spread fault ({tables} tables)", ZapLeaves, () => body());
+        _rig.Print($"Long4 spread over {tables} page tables, {Order}{(Prefetch ? ", prefetch" : "")}");
+        ShadowWarmUp.Run($"spread fault ({tables} tables, {Order}{(Prefetch ? ", prefetch" : "")})", ZapLeaves, () => body());
     }
 }
 
@@ -864,12 +941,13 @@ internal sealed class ShadowRig : IDisposable
     public const int MaxPhyAddr = 46;
 
     /// <param name="withSpec">False: the impl only (<see cref="Spec"/> stays the empty initial state).</param>
-    public ShadowRig(ShadowGuestLayout layout, bool allowUnsync, bool withSpec = true)
+    /// <param name="prefetch">Both sides prefetch neighbours (docs/shadow-model.md, "Prefetch").</param>
+    public ShadowRig(ShadowGuestLayout layout, bool allowUnsync, bool withSpec = true, bool prefetch = false)
     {
         Layout = layout;
         Pool = new NativePagePool();
-        Vm = ShadowVm.Create(MaxPhyAddr, allowUnsync, Pool);
-        var spec = ShadowState.Create(new ShadowConfig(MaxPhyAddr, allowUnsync));
+        Vm = ShadowVm.Create(MaxPhyAddr, allowUnsync, Pool, prefetch: prefetch);
+        var spec = ShadowState.Create(new ShadowConfig(MaxPhyAddr, allowUnsync, prefetch: prefetch));
 
         const ulong slotBase = ShadowGuestLayout.SlotBaseGfn, hostBase = ShadowGuestLayout.HostPfnBase;
         if (withSpec)

@@ -19,6 +19,9 @@ public interface IShadowVm : IDisposable
     /// <summary>What a flush does to a previous root whose translations may be stale (docs/shadow-model.md, "the cached roots").</summary>
     ShadowRootPolicy RootPolicy { get; }
 
+    /// <summary>Whether a fill also maps its free neighbours (docs/shadow-model.md, "Prefetch").</summary>
+    bool Prefetch { get; }
+
     // ---- host-side operations ----
 
     SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase, bool readOnly);

@@ -376,6 +376,8 @@ internal sealed partial class ShadowMmu
         SetLeaf(page, IndexAt(gva, 1), gfn, hostPfn, finalRights, walk.ProtectionKey, writable, _rmapsById[slot.Id]!, offsetInSlot);
         if (write && logging)
             slot.Dirty!.Mark(gfn - slot.BaseGfn);
+        if (_prefetch)
+            PrefetchNeighbours(page, IndexAt(gva, 1), finalRights, walk.ProtectionKey);
         return ShadowOutcome.Translated(gpa, (hostPfn << PageShift) | (gpa & PageOffsetMask), faulted: true);
     }
 

@@ -48,7 +48,7 @@ internal sealed partial class ShadowMmu : IShadowVm
     private GuestVcpu? _guest;
     private bool _disposed;
 
-    public ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
+    public ShadowMmu(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync, bool prefetch = false)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (maxPhyAddr is < WalkContext.MinMaxPhyAddr or > WalkContext.MaxMaxPhyAddr)
@@ -59,6 +59,7 @@ internal sealed partial class ShadowMmu : IShadowVm
         _rootPolicy = rootPolicy;
         _maxPhyAddr = maxPhyAddr;
         _allowUnsync = allowUnsync;
+        _prefetch = prefetch;
         _gfnLimit = 1UL << (maxPhyAddr - PageShift);
         _pages = new ShadowPageAllocator(pool);
         _lists = new PteListPool(pool);

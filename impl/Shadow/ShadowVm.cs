@@ -7,8 +7,10 @@ namespace MmuSpec.Impl.Shadow;
 public static class ShadowVm
 {
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPhyAddr"/> is outside 36..52.</exception>
-    public static IShadowVm Create(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync) =>
-        new ShadowMmu(maxPhyAddr, allowUnsync, pool, rootPolicy);
+    /// <param name="prefetch">A fill also maps its free neighbours (KVM's pte_prefetch; docs/shadow-model.md, "Prefetch").</param>
+    public static IShadowVm Create(int maxPhyAddr, bool allowUnsync, NativePagePool pool, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync,
+        bool prefetch = false) =>
+        new ShadowMmu(maxPhyAddr, allowUnsync, pool, rootPolicy, prefetch);
 
     /// <summary>
     /// Bytes per cached root (the current one and three previous per vCPU): a pgd word whose bit 63 holds the

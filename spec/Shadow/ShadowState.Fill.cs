@@ -105,6 +105,9 @@ public sealed partial record ShadowState
         var leaf = new ShadowEntry.Leaf(gfn, slot.HostPfn(gfn), t.Rights, writable);
         state = state.SetEntry(page, ShadowIndex(1, gva), leaf);
         if (write) state = state.MarkDirty(slot, gfn);
+        // KVM's FNAME(fetch) prefetches unless mmu_set_spte found the entry already as wanted (RET_PF_SPURIOUS);
+        // the model fills only after a miss, where the entry changes or (a write whose unsync fails) KVM emulates.
+        if (Config.Prefetch) state = state.Prefetch(page, ShadowIndex(1, gva), t.Rights);
         return new ShadowStepped(state, new ShadowResult.Translated(t.Gpa, (leaf.HostPfn << 12) | (t.Gpa & 0xFFF), Faulted: true));
     }
 

@@ -6,24 +6,28 @@ namespace MmuSpec.Spec.Shadow;
 
 /// <summary>
 /// A shadow VM's fixed configuration (docs/shadow-model.md): the guest's MAXPHYADDR, which every
-/// guest paging state uses, and whether leaf shadow pages may go unsync (KVM always allows it; the
-/// switch lets the tests run the write-protect-only path too).
+/// guest paging state uses, whether leaf shadow pages may go unsync (KVM always allows it; the
+/// switch lets the tests run the write-protect-only path too), the cached-root policy, and whether
+/// a fill prefetches its neighbours (KVM always does; off by default so the model's plain fill stays
+/// the reference).
 /// </summary>
 public sealed record ShadowConfig
 {
-    public ShadowConfig(int maxPhyAddr, bool allowUnsync = true, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync)
+    public ShadowConfig(int maxPhyAddr, bool allowUnsync = true, ShadowRootPolicy rootPolicy = ShadowRootPolicy.KeepAndResync, bool prefetch = false)
     {
         if (maxPhyAddr is < PagingControls.MinMaxPhyAddr or > PagingControls.MaxMaxPhyAddr)
             throw new ArgumentOutOfRangeException(nameof(maxPhyAddr), maxPhyAddr, $"MAXPHYADDR must be between {PagingControls.MinMaxPhyAddr} and {PagingControls.MaxMaxPhyAddr}");
         if (!Enum.IsDefined(rootPolicy))
             throw new ArgumentOutOfRangeException(nameof(rootPolicy), rootPolicy, "unknown cached-root policy");
-        MaxPhyAddr = maxPhyAddr; AllowUnsync = allowUnsync; RootPolicy = rootPolicy;
+        MaxPhyAddr = maxPhyAddr; AllowUnsync = allowUnsync; RootPolicy = rootPolicy; Prefetch = prefetch;
     }
 
     public int MaxPhyAddr { get; }
     public bool AllowUnsync { get; }
     /// <summary>What a flush does to a previous root it may have made stale (docs/shadow-model.md, "Flush PCID p").</summary>
     public ShadowRootPolicy RootPolicy { get; }
+    /// <summary>A fill also maps the neighbours of its leaf (docs/shadow-model.md, "Prefetch"; KVM's pte_prefetch).</summary>
+    public bool Prefetch { get; }
 
     /// <summary>Frames of the guest-physical space: memslots lie below this gfn.</summary>
     public ulong GfnLimit => 1UL << (MaxPhyAddr - 12);
@@ -31,12 +35,14 @@ public sealed record ShadowConfig
     /// <summary>Host frames a shadow entry can hold (address bits 51:12).</summary>
     public static ulong HostPfnLimit => 1UL << 40;
 
-    public ShadowConfig WithMaxPhyAddr(int value) => new(value, AllowUnsync, RootPolicy);
-    public ShadowConfig WithAllowUnsync(bool value) => new(MaxPhyAddr, value, RootPolicy);
-    public ShadowConfig WithRootPolicy(ShadowRootPolicy value) => new(MaxPhyAddr, AllowUnsync, value);
+    public ShadowConfig WithMaxPhyAddr(int value) => new(value, AllowUnsync, RootPolicy, Prefetch);
+    public ShadowConfig WithAllowUnsync(bool value) => new(MaxPhyAddr, value, RootPolicy, Prefetch);
+    public ShadowConfig WithRootPolicy(ShadowRootPolicy value) => new(MaxPhyAddr, AllowUnsync, value, Prefetch);
+    public ShadowConfig WithPrefetch(bool value) => new(MaxPhyAddr, AllowUnsync, RootPolicy, value);
 
     public override string ToString() =>
-        $"MAXPHYADDR {MaxPhyAddr}{(AllowUnsync ? "" : ", no unsync")}{(RootPolicy == ShadowRootPolicy.Upstream ? ", upstream root policy" : "")}";
+        $"MAXPHYADDR {MaxPhyAddr}{(AllowUnsync ? "" : ", no unsync")}{(RootPolicy == ShadowRootPolicy.Upstream ? ", upstream root policy" : "")}"
+        + (Prefetch ? ", prefetch" : "");
 }
 
 /// <summary>KVM's ACC_* rights bits: what a guest path allows (execute, write, user).</summary>

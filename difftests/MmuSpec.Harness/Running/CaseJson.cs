@@ -97,6 +97,7 @@ public static class CaseJson
         w.WriteNumber("maxphyaddr", c.Config.MaxPhyAddr);
         w.WriteBoolean("allow_unsync", c.Config.AllowUnsync);
         w.WriteString("root_policy", PolicyNames.Single(p => p.Value == c.Config.RootPolicy).Key);
+        w.WriteBoolean("prefetch", c.Config.Prefetch);
         w.WriteEndObject();
         w.WriteStartArray("setup");
         foreach (var op in c.Setup) WriteOp(w, op);
@@ -299,12 +300,13 @@ public static class CaseJson
     public static ShadowCase ReadShadow(JsonElement e, string path)
     {
         var o = StrictObject.Open(e, path, "a shadow case", "kind", "config", "setup", "ops");
-        var c = o.Object("config", "a VM configuration like {\"maxphyaddr\": 46, \"allow_unsync\": true, \"root_policy\": \"keep-and-resync\"}",
-            "maxphyaddr", "allow_unsync", "root_policy");
+        var c = o.Object("config", "a VM configuration like {\"maxphyaddr\": 46, \"allow_unsync\": true, \"root_policy\": \"keep-and-resync\", \"prefetch\": false}",
+            "maxphyaddr", "allow_unsync", "root_policy", "prefetch");
         int maxPhyAddr = c.Int("maxphyaddr");
         bool allowUnsync = c.Bool("allow_unsync");
         var policy = c.Choice("root_policy", PolicyNames);
-        var config = Construct(c.At("maxphyaddr"), () => new ShadowConfig(maxPhyAddr, allowUnsync, policy));
+        bool prefetch = c.Has("prefetch") && c.Bool("prefetch"); // absent in files written before the switch existed
+        var config = Construct(c.At("maxphyaddr"), () => new ShadowConfig(maxPhyAddr, allowUnsync, policy, prefetch));
         var setup = o.Array("setup").Select(s => ReadShadowOp(s.Element, s.Path)).ToImmutableArray();
         var ops = o.Array("ops").Select(s => ReadShadowOp(s.Element, s.Path)).ToImmutableArray();
         var shadow = new ShadowCase(config, setup, ops);

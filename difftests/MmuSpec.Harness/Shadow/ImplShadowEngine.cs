@@ -29,7 +29,7 @@ public sealed class ImplShadowEngine : IDisposable
             ShadowRootPolicy.KeepAndResync => ImplShadow.ShadowRootPolicy.KeepAndResync,
             ShadowRootPolicy.Upstream => ImplShadow.ShadowRootPolicy.Upstream,
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.RootPolicy, "unknown root policy"),
-        });
+        }, config.Prefetch);
     }
 
     public ImplShadow.IShadowVm Vm => vm;

@@ -72,6 +72,32 @@ public static class ShadowCoverage
         "root dropped: by GuestStore", "root dropped: by DeleteSlot", "root dropped: by MoveSlot", "root dropped: by ZapAll",
     ];
 
+    /// <summary>KVM's pte_prefetch after a fill (docs/shadow-model.md, "Prefetch"): what it did to each neighbour.</summary>
+    static readonly string[] Prefetch =
+    [
+        "prefetch: neighbour mapped (indirect page)", "prefetch: neighbour mapped (direct page)", "prefetch: present neighbour left alone",
+        "prefetch: ended at a neighbour not present", "prefetch: ended at a neighbour not accessed", "prefetch: ended at a frame in no slot",
+    ];
+
+    /// <summary>Prefetch endings the generator reaches only now and then (reported, not required).</summary>
+    static readonly string[] PrefetchRare =
+    [
+        "prefetch: ended at a neighbour with a reserved bit", "prefetch: ended at a read-only slot",
+        "prefetch: ended at a writable entry into a logging slot", "prefetch: ended at a direct run leaving its slot",
+    ];
+
+    static string PrefetchEnding(PrefetchVerdict v) => "prefetch: ended at " + v switch
+    {
+        PrefetchVerdict.NotPresent => "a neighbour not present",
+        PrefetchVerdict.NotAccessed => "a neighbour not accessed",
+        PrefetchVerdict.ReservedBit => "a neighbour with a reserved bit",
+        PrefetchVerdict.NoSlot => "a frame in no slot",
+        PrefetchVerdict.ReadOnlySlot => "a read-only slot",
+        PrefetchVerdict.WritableIntoLoggingSlot => "a writable entry into a logging slot",
+        PrefetchVerdict.RunLeavesSlot => "a direct run leaving its slot",
+        _ => "a neighbour that qualifies (a prefetch bug)",
+    };
+
     static readonly string[] OpNames = typeof(ShadowOp).GetNestedTypes().Where(t => t.IsSubclassOf(typeof(ShadowOp))).Select(t => t.Name).Order(StringComparer.Ordinal).ToArray();
 
     /// <summary>
@@ -118,7 +144,7 @@ public static class ShadowCoverage
     [
         .. WalkCoverage.Modes, .. Roles32, .. RolesPae, .. RolesLong5.Where(r => !RolesPae.Contains(r)), .. RoleBits, .. Faults, .. Accesses,
         .. Unsync, .. Resync, .. ResyncRoots, .. Writes, Misaligned, .. Others,
-        .. Roots(Keep), .. Roots(Upstream), .. NoFlush, .. Invpcids,
+        .. Roots(Keep), .. Roots(Upstream), .. NoFlush, .. Invpcids, .. Prefetch, .. PrefetchRare,
         .. Extras,
     ]);
 
@@ -148,6 +174,7 @@ public static class ShadowCoverage
             e.AddRange(NoFlush.Where(n => options.RootPolicy == ShadowRootPolicy.KeepAndResync || !n.Contains("flagged", StringComparison.Ordinal)));
             e.AddRange(Invpcids);
         }
+        e.AddRange(Prefetch);
         return e.Distinct().ToList();
     }
 
@@ -221,6 +248,8 @@ public static class ShadowCoverage
             && after.Roots.Current is { } now && !before.Roots.All.Any(x => x.Pgd == now.Pgd && x.Role.Equals(now.Role)))
             hit("NOFLUSH: miss, root built");
         if (ReferenceEquals(before.Pages, after.Pages)) return;
+        if (op is ShadowOp.GuestAccess { Access.Gva: var gva } && r is ShadowResult.Translated { Faulted: true } && after.Config.Prefetch)
+            PrefetchSituations(gva, before, after, hit);
         // An invalidation syncs entries of unsync pages, which stay unsync (docs/shadow-model.md, "Invalidate gva in root R").
         if (op is ShadowOp.Invlpg or ShadowOp.Invpcid && r is VmResult.Ok
             && after.Pages.Any(p => p.Value.Unsync && before.Pages.TryGetValue(p.Key, out var old) && old.Unsync && !ReferenceEquals(old, p.Value) && !old.Entries.SequenceEqual(p.Value.Entries)))
@@ -235,6 +264,34 @@ public static class ShadowCoverage
             if (role.SmepAndNotWp) hit("role bits: smep_andnot_wp");
             if (role.SmapAndNotWp) hit("role bits: smap_andnot_wp");
             if (!role.Cr0Wp && !role.EferNx && !role.SmepAndNotWp && !role.SmapAndNotWp) hit("role bits: none of cr0_wp, efer_nx, smep/smap_andnot_wp");
+        }
+    }
+
+    /// <summary>
+    /// What the fill's prefetch did to each neighbour of the faulting entry: mapped it, left a present one
+    /// alone, or ended at the first free one it left unmapped (the spec's own verdict says why).
+    /// </summary>
+    static void PrefetchSituations(ulong gva, ShadowState before, ShadowState after, Action<string> hit)
+    {
+        if (after.LevelOnePageFor(gva) is not { } key) return;
+        var was = before.Pages.GetValueOrDefault(key)?.Entries;
+        var now = after.Pages[key].Entries;
+        int fault = (int)((gva >> 12) & 511), first = fault & ~(ShadowState.PrefetchGroup - 1), end = first + ShadowState.PrefetchGroup;
+        bool Free(int i) => i != fault && !now.ContainsKey(i);
+        for (int i = first; i < end; i++)
+        {
+            if (i == fault) continue;
+            if (now.TryGetValue(i, out var e))
+            {
+                hit(was is not null && was.TryGetValue(i, out var old) && old.Equals(e)
+                    ? "prefetch: present neighbour left alone"
+                    : $"prefetch: neighbour mapped ({(key.Role.Direct ? "direct" : "indirect")} page)");
+                continue;
+            }
+            int runEnd = i;
+            while (runEnd < end && Free(runEnd)) runEnd++;
+            hit(PrefetchEnding(key.Role.Direct ? after.PrefetchDirectRun(key, i, runEnd) : after.PrefetchGuestEntry(key, i).Verdict));
+            return;
         }
     }
 

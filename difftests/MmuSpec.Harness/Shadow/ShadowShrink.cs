@@ -8,7 +8,8 @@ namespace MmuSpec.Harness.Shadow;
 /// Shrinks a failing <see cref="ShadowCase"/>: drop operations (big chunks first), then setup
 /// pieces (page-table stores, the data slots; the candidates that stop failing are simply not
 /// taken), then make what is left plainer: cleared bits of stored values (table addresses kept),
-/// plain supervisor reads at page offset 0, smaller zap ranges, writable slots, calmer controls.
+/// plain supervisor reads at page offset 0, smaller zap ranges, writable slots, calmer controls, and
+/// prefetch off.
 /// </summary>
 public static class ShadowShrink
 {
@@ -25,6 +26,9 @@ public static class ShadowShrink
         for (int i = 0; i < c.Setup.Length; i++)
             foreach (var simpler in Simpler(c.Setup[i]))
                 yield return c.WithSetup(c.Setup.SetItem(i, simpler));
+
+        // A failure that does not need the neighbours' prefetch is shown without it.
+        if (c.Config.Prefetch) yield return c with { Config = c.Config.WithPrefetch(false) };
     }
 
     static IEnumerable<ShadowOp> Simpler(ShadowOp op)

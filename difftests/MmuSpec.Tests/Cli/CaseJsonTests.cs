@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Running;
+using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Shadow;
@@ -108,6 +109,20 @@ public sealed class CaseJsonTests
         Assert.Equal(8, (int)store["size"]!);
         Assert.Equal("0x8000000000001002", (string?)node["ops"]![1]!["cr3"]);
         Assert.Equal("upstream", (string?)node["config"]!["root_policy"]);
+    }
+
+    [Fact]
+    public void The_shadow_prefetch_switch_round_trips_and_a_file_without_it_reads_as_off()
+    {
+        var sample = CaseSamples.EveryShadowOp();
+        var on = sample with { Config = sample.Config.WithPrefetch(true) };
+        var node = JsonNode.Parse(CaseJson.ToJson(on))!;
+        Assert.True((bool)node["config"]!["prefetch"]!);
+        Assert.True(CaseJson.Parse(node.ToJsonString()).Equals(on));
+        node["config"]!.AsObject().Remove("prefetch");
+        var old = (ShadowCase)CaseJson.Parse(node.ToJsonString());
+        Assert.False(old.Config.Prefetch);
+        Assert.Equal(on.Config.WithPrefetch(false), old.Config);
     }
 
     public static TheoryData<string, string, string> Refusals() => new()
