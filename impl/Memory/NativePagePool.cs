@@ -200,19 +200,17 @@ public sealed unsafe class NativePagePool : IDisposable
 
     /// <summary>
     /// One thread's freed runs. Eager runs are kept up to 16 MiB in all, zeroed again when reused; lazily
-    /// zeroed runs (reservations, resident only where written, zeroed page by page when freed) up to 16
-    /// runs and 4 GiB reserved.
+    /// zeroed runs (reservations, resident only where written, zeroed page by page when freed) up to four of
+    /// each power-of-two size, so that the 1 GiB slots a TDP case draws do not crowd out the small ones.
     /// </summary>
     private sealed class RunCache
     {
         private const long EagerBytesLimit = 16L << 20;
-        private const int LazyRunsLimit = 16;
-        private const long LazyPagesLimit = 1L << 20;
+        private const int LazyRunsPerSize = 4;
 
         private readonly List<(nuint Base, int Count, int AlignmentPages)> _eager = new();
         private readonly List<(nuint Base, long Reserved)> _lazy = new();
         private long _eagerBytes;
-        private long _lazyPages;
 
         public bool KeepEager(byte* p, int count, int alignmentPages)
         {
@@ -238,13 +236,15 @@ public sealed unsafe class NativePagePool : IDisposable
             return null;
         }
 
-        public bool CanKeepLazy(long reserved) => _lazy.Count < LazyRunsLimit && _lazyPages + reserved <= LazyPagesLimit;
-
-        public void KeepLazy(byte* p, long reserved)
+        public bool CanKeepLazy(long reserved)
         {
-            _lazy.Add(((nuint)p, reserved));
-            _lazyPages += reserved;
+            int kept = 0;
+            foreach (var run in _lazy)
+                if (run.Reserved == reserved) kept++;
+            return kept < LazyRunsPerSize;
         }
+
+        public void KeepLazy(byte* p, long reserved) => _lazy.Add(((nuint)p, reserved));
 
         public byte* TakeLazy(long reserved)
         {
@@ -254,7 +254,6 @@ public sealed unsafe class NativePagePool : IDisposable
                     continue;
                 byte* p = (byte*)_lazy[i].Base;
                 _lazy.RemoveAt(i);
-                _lazyPages -= reserved;
                 return p;
             }
             return null;
