@@ -71,7 +71,8 @@ internal sealed unsafe class HostMemory
     {
         if (_base == null || _pool is null)
             return;
-        _pool.FreeLazilyZeroedPages(_base, (long)_pages);
+        // Every write went through Store, so the pool can zero just those pages and reuse the run.
+        _pool.FreeLazilyZeroedPages(_base, (long)_pages, _writtenPages);
         _base = null;
         _writtenPages.Clear();
     }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Numerics;
 using System.Runtime.InteropServices;
 
 namespace MmuSpec.Impl.Memory;
@@ -8,6 +9,9 @@ namespace MmuSpec.Impl.Memory;
 /// large guest memory, lazily zeroed runs: <see cref="AllocateLazilyZeroedPages"/>).
 /// Owners free their own runs; <see cref="Dispose"/> frees nothing (tests check
 /// <see cref="PagesInUse"/> == 0 to find leaks). Thread-safe.
+/// A freed run is kept for reuse by the thread that freed it, for the next owner on that thread asking for the
+/// same size (any pool: a campaign builds and destroys an MMU per case, and fresh native memory costs page
+/// faults, and for large runs an mmap/munmap or a memset, every time). The counters do not see the difference.
 /// One of the two owners of raw pointers (with <see cref="GuestPhysicalMemory"/>): runs are handed out
 /// and taken back only inside the impl (and to its own contract tests); the counters are public.
 /// </summary>
@@ -16,7 +20,11 @@ public sealed unsafe class NativePagePool : IDisposable
     /// <summary>Bytes in one page (x86 4 KiB page).</summary>
     public const int PageSize = 4096;
 
+    // Freed runs kept for reuse, per thread so that no lock is taken; bounded (see RunCache).
+    [ThreadStatic] private static RunCache? t_freedRuns;
+
     private long _pagesAllocated;
+    private long _runsReused;
     private long _pagesFreed;
     private long _lazilyZeroedPagesInUse;
     private volatile bool _disposed;
@@ -32,6 +40,9 @@ public sealed unsafe class NativePagePool : IDisposable
 
     /// <summary>Pages returned since creation.</summary>
     public long PagesFreed => Interlocked.Read(ref _pagesFreed);
+
+    /// <summary>Runs this pool handed out from memory an earlier owner on the same thread had freed.</summary>
+    public long RunsReused => Interlocked.Read(ref _runsReused);
 
     /// <summary>Pages currently handed out.</summary>
     public long PagesInUse => PagesAllocated - PagesFreed;
@@ -61,7 +72,11 @@ public sealed unsafe class NativePagePool : IDisposable
 
         nuint bytes = (nuint)count * PageSize;
         nuint alignment = (nuint)alignmentPages * PageSize;
-        byte* p = (byte*)NativeMemory.AlignedAlloc(bytes, alignment); // throws OutOfMemoryException on failure
+        byte* p = t_freedRuns is { } runs ? runs.TakeEager(count, alignmentPages) : null;
+        if (p != null)
+            Interlocked.Increment(ref _runsReused);
+        else
+            p = (byte*)NativeMemory.AlignedAlloc(bytes, alignment); // throws OutOfMemoryException on failure
         NativeMemory.Clear(p, bytes);
         Debug.Assert(p != null, "AlignedAlloc returned null");
         Debug.Assert(((nuint)p & (alignment - 1)) == 0, "run is not aligned as requested");
@@ -90,7 +105,13 @@ public sealed unsafe class NativePagePool : IDisposable
         if ((ulong)count > nuint.MaxValue / PageSize)
             throw new OutOfMemoryException($"{count} pages do not fit in the address space.");
 
-        byte* p = (byte*)NativeMemory.AllocZeroed((nuint)count, PageSize); // throws OutOfMemoryException on failure
+        // Reserved in power-of-two sizes, so that a freed run fits the next slot of about its size.
+        long reserved = (long)BitOperations.RoundUpToPowerOf2((ulong)count);
+        byte* p = t_freedRuns is { } runs ? runs.TakeLazy(reserved) : null;
+        if (p != null)
+            Interlocked.Increment(ref _runsReused);
+        else
+            p = (byte*)NativeMemory.AllocZeroed((nuint)reserved, PageSize); // throws OutOfMemoryException on failure
         Debug.Assert(((nuint)p & (sizeof(ulong) - 1)) == 0, "run is not 8-byte aligned");
 
 #if DEBUG
@@ -106,14 +127,32 @@ public sealed unsafe class NativePagePool : IDisposable
     /// Returns a run obtained from <see cref="AllocateLazilyZeroedPages"/> with the same
     /// <paramref name="count"/>. Allowed after <see cref="Dispose"/>.
     /// </summary>
-    internal void FreeLazilyZeroedPages(byte* p, long count)
+    internal void FreeLazilyZeroedPages(byte* p, long count) => FreeLazilyZeroedPages(p, count, writtenPages: null);
+
+    /// <summary>
+    /// Returns a run obtained from <see cref="AllocateLazilyZeroedPages"/> whose owner knows every page it
+    /// wrote (<paramref name="writtenPages"/>, page indexes in the run; null: unknown). With that list the run
+    /// is zeroed again page by page and kept for reuse; without it, it goes back to the OS.
+    /// </summary>
+    internal void FreeLazilyZeroedPages(byte* p, long count, IReadOnlyCollection<ulong>? writtenPages)
     {
         if (p == null)
             ThrowHelper.ArgumentNull(nameof(p));
         if (count <= 0)
             ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
         ForgetRun(p, count, lazy: true);
-        NativeMemory.Free(p);
+        long reserved = (long)BitOperations.RoundUpToPowerOf2((ulong)count);
+        if (writtenPages is null || !(t_freedRuns ??= new()).CanKeepLazy(reserved))
+            NativeMemory.Free(p);
+        else
+        {
+            foreach (ulong page in writtenPages)
+            {
+                Debug.Assert(page < (ulong)count, "a written page outside the run");
+                NativeMemory.Clear(p + (page << 12), PageSize);
+            }
+            t_freedRuns.KeepLazy(p, reserved);
+        }
         Interlocked.Add(ref _lazilyZeroedPagesInUse, -count);
         Interlocked.Add(ref _pagesFreed, count);
     }
@@ -130,7 +169,8 @@ public sealed unsafe class NativePagePool : IDisposable
             ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
         Debug.Assert(((nuint)p & (PageSize - 1)) == 0, "freeing a pointer that is not page aligned");
         ForgetRun(p, count, lazy: false);
-        NativeMemory.AlignedFree(p);
+        if (!(t_freedRuns ??= new()).KeepEager(p, count, AlignmentPagesOf(p)))
+            NativeMemory.AlignedFree(p);
         Interlocked.Add(ref _pagesFreed, count);
     }
 
@@ -151,6 +191,73 @@ public sealed unsafe class NativePagePool : IDisposable
             _liveRuns.Remove((nuint)p);
         }
 #endif
+    }
+
+    // The largest power-of-two page alignment of a run's base (at most 2^20 pages), so that a kept run serves
+    // a later request for the same size with the same or a smaller alignment.
+    private static int AlignmentPagesOf(byte* p) =>
+        1 << Math.Min(20, BitOperations.TrailingZeroCount((ulong)p) - 12);
+
+    /// <summary>
+    /// One thread's freed runs. Eager runs are kept up to 16 MiB in all, zeroed again when reused; lazily
+    /// zeroed runs (reservations, resident only where written, zeroed page by page when freed) up to four of
+    /// each power-of-two size, so that the 1 GiB slots a TDP case draws do not crowd out the small ones.
+    /// </summary>
+    private sealed class RunCache
+    {
+        private const long EagerBytesLimit = 16L << 20;
+        private const int LazyRunsPerSize = 4;
+
+        private readonly List<(nuint Base, int Count, int AlignmentPages)> _eager = new();
+        private readonly List<(nuint Base, long Reserved)> _lazy = new();
+        private long _eagerBytes;
+
+        public bool KeepEager(byte* p, int count, int alignmentPages)
+        {
+            long bytes = (long)count * PageSize;
+            if (_eagerBytes + bytes > EagerBytesLimit)
+                return false;
+            _eager.Add(((nuint)p, count, alignmentPages));
+            _eagerBytes += bytes;
+            return true;
+        }
+
+        public byte* TakeEager(int count, int alignmentPages)
+        {
+            for (int i = _eager.Count - 1; i >= 0; i--)
+            {
+                var run = _eager[i];
+                if (run.Count != count || run.AlignmentPages < alignmentPages)
+                    continue;
+                _eager.RemoveAt(i);
+                _eagerBytes -= (long)count * PageSize;
+                return (byte*)run.Base;
+            }
+            return null;
+        }
+
+        public bool CanKeepLazy(long reserved)
+        {
+            int kept = 0;
+            foreach (var run in _lazy)
+                if (run.Reserved == reserved) kept++;
+            return kept < LazyRunsPerSize;
+        }
+
+        public void KeepLazy(byte* p, long reserved) => _lazy.Add(((nuint)p, reserved));
+
+        public byte* TakeLazy(long reserved)
+        {
+            for (int i = _lazy.Count - 1; i >= 0; i--)
+            {
+                if (_lazy[i].Reserved != reserved)
+                    continue;
+                byte* p = (byte*)_lazy[i].Base;
+                _lazy.RemoveAt(i);
+                return p;
+            }
+            return null;
+        }
     }
 
     /// <summary>Marks the pool disposed (no further allocations). Frees nothing: owners free their runs.</summary>

@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using System.Runtime.CompilerServices;
 using MmuSpec.Spec.Memory;
 
 namespace MmuSpec.Spec.Paging;
@@ -58,101 +59,134 @@ public static class PageWalk
     /// <summary>The outcome and the memory afterwards (A/D bits set).</summary>
     public static Translation Translate(CpuState cpu, GuestMemory memory, Access access)
     {
-        var e = Explain(cpu, memory, access);
+        var e = Walk(cpu, memory, access);
         return new Translation(e.Result, e.MemoryAfter);
     }
 
-    /// <summary>The walk, step by step.</summary>
-    public static WalkExplanation Explain(CpuState cpu, GuestMemory memory, Access access)
+    /// <summary>The walk, step by step, with the words: each step's note and the rule that ended it.</summary>
+    public static WalkExplanation Explain(CpuState cpu, GuestMemory memory, Access access) =>
+        new Walker(cpu, memory, access, explains: true).Run();
+
+    /// <summary>
+    /// The walk as <see cref="Explain"/> gives it (the same steps, result, updates and memory) without the
+    /// words: every step's note and the rule are empty. For the MMU models, which read the entries used and
+    /// the A/D updates on every guest access and never print them.
+    /// </summary>
+    public static WalkExplanation Walk(CpuState cpu, GuestMemory memory, Access access) =>
+        new Walker(cpu, memory, access, explains: false).Run();
+
+    /// <summary>
+    /// One walk. Every rule is written once, below; whether its words are formatted is the only thing
+    /// <see cref="Explain"/> and <see cref="Walk"/> change (a note or rule is a <see cref="WalkText"/>,
+    /// which skips the formatting when nobody will read it).
+    /// </summary>
+    internal sealed class Walker(CpuState cpu, GuestMemory memory, Access access, bool explains)
     {
-        var c = cpu.Controls;
-        var mode = c.Mode;
-        var steps = ImmutableArray.CreateBuilder<WalkStep>();
+        readonly ImmutableArray<WalkStep>.Builder steps = ImmutableArray.CreateBuilder<WalkStep>();
+
+        internal bool Explains => explains;
+
+        void Step(int level, string name, ulong? entryGpa, PagingEntry entry, TranslationRights rights, string note) =>
+            steps.Add(new WalkStep(level, name, entryGpa, entry, rights, explains ? note : ""));
+        void Step(int level, string name, ulong? entryGpa, PagingEntry entry, TranslationRights rights,
+            [InterpolatedStringHandlerArgument("")] ref WalkText note) =>
+            steps.Add(new WalkStep(level, name, entryGpa, entry, rights, note.ToStringAndClear()));
 
         WalkExplanation End(WalkResult result, string rule) =>
-            new(access, cpu, steps.ToImmutable(), result, rule, ImmutableArray<EntryUpdate>.Empty, memory);
+            new(access, cpu, steps.ToImmutable(), result, explains ? rule : "", ImmutableArray<EntryUpdate>.Empty, memory);
+        WalkExplanation End(WalkResult result, [InterpolatedStringHandlerArgument("")] ref WalkText rule) =>
+            End(result, rule.ToStringAndClear());
         WalkExplanation Fault(bool present, bool reserved, bool pk, string rule) =>
-            End(new WalkResult.PageFault(AccessRights.ErrorCode(c, access, present, reserved, pk)), rule);
+            End(new WalkResult.PageFault(AccessRights.ErrorCode(cpu.Controls, access, present, reserved, pk)), rule);
+        WalkExplanation Fault(bool present, bool reserved, bool pk, [InterpolatedStringHandlerArgument("")] ref WalkText rule) =>
+            Fault(present, reserved, pk, rule.ToStringAndClear());
 
-        if (!mode.IsLongMode() && access.Gva > uint.MaxValue)
-            throw new ArgumentOutOfRangeException(nameof(access), access.Gva, $"linear addresses are 32 bits in {mode.Name()} paging");
-        if (mode.IsLongMode() && !IsCanonical(mode, access.Gva))
-            return End(new WalkResult.GeneralProtection(GpReason.NonCanonical),
-                $"bits 63:{mode.LinearAddressBits() - 1} are not all equal: a non-canonical address is #GP, never #PF (SDM §3.3.7.1)");
-
-        int entryBytes = mode.EntryBytes();
-        var rights = TranslationRights.All;
-        var used = new List<ulong>();     // gpas of the entries used, for the A bits
-        ulong table = cpu.RootTableAddress;
-        int level = mode.RootLevel();
-
-        if (mode == PagingMode.Pae)
+        public WalkExplanation Run()
         {
-            // §4.4.1: PAE's top level comes from the PDPTE registers, not from memory; reserved
-            // bits were checked at MOV CR3; a PDPTE has no rights bits and no A bit.
-            var pdpte = new PagingEntry(cpu.Pdptes[PagingLevels.Index(mode, 3, access.Gva)]);
-            if (!pdpte.Present)
-            {
-                steps.Add(new WalkStep(3, "PDPTE", null, pdpte, rights, "not present"));
-                return Fault(false, false, false, "the PDPTE register is not present (P=0)");
-            }
-            steps.Add(new WalkStep(3, "PDPTE", null, pdpte, rights, "page directory at " + Bits.Hex(pdpte.Raw & Bits.Range(c.MaxPhyAddr - 1, 12))));
-            table = pdpte.Raw & Bits.Range(c.MaxPhyAddr - 1, 12);
-            level = 2;
-        }
+            var c = cpu.Controls;
+            var mode = c.Mode;
 
-        for (; ; level--)
-        {
-            string name = PagingLevels.EntryName(mode, level);
-            ulong entryGpa = table + (ulong)(PagingLevels.Index(mode, level, access.Gva) * entryBytes);
-            if (memory.Read(entryGpa, entryBytes) is not { } raw)
-            {
-                // Not architectural: KVM treats a table outside every memslot as not present.
-                steps.Add(new WalkStep(level, name, entryGpa, new PagingEntry(0), rights, "outside guest memory"));
-                return Fault(false, false, false, $"the {name} at {Bits.Hex(entryGpa)} is outside guest memory (KVM: treated as not present)");
-            }
-            var entry = new PagingEntry(raw);
-            if (!entry.Present)
-            {
-                steps.Add(new WalkStep(level, name, entryGpa, entry, rights, "not present"));
-                return Fault(false, false, false, $"the {name} is not present (P=0)");
-            }
+            if (!mode.IsLongMode() && access.Gva > uint.MaxValue)
+                throw new ArgumentOutOfRangeException(nameof(access), access.Gva, $"linear addresses are 32 bits in {mode.Name()} paging");
+            if (mode.IsLongMode() && !IsCanonical(mode, access.Gva))
+                return End(new WalkResult.GeneralProtection(GpReason.NonCanonical),
+                    $"bits 63:{mode.LinearAddressBits() - 1} are not all equal: a non-canonical address is #GP, never #PF (SDM §3.3.7.1)");
 
-            bool mapsPage = PagingLevels.MapsPage(c, level, entry);
-            ulong reserved = raw & ReservedBits.Mask(c, level, mapsPage);
-            if (reserved != 0)
+            int entryBytes = mode.EntryBytes();
+            var rights = TranslationRights.All;
+            var used = new List<ulong>();     // gpas of the entries used, for the A bits
+            ulong table = cpu.RootTableAddress;
+            int level = mode.RootLevel();
+
+            if (mode == PagingMode.Pae)
             {
-                steps.Add(new WalkStep(level, name, entryGpa, entry, rights, $"reserved bits {Bits.Hex(reserved)} set"));
-                return Fault(true, true, false, $"the {name} sets reserved bits {Bits.Hex(reserved)}");
+                // §4.4.1: PAE's top level comes from the PDPTE registers, not from memory; reserved
+                // bits were checked at MOV CR3; a PDPTE has no rights bits and no A bit.
+                var pdpte = new PagingEntry(cpu.Pdptes[PagingLevels.Index(mode, 3, access.Gva)]);
+                if (!pdpte.Present)
+                {
+                    Step(3, "PDPTE", null, pdpte, rights, "not present");
+                    return Fault(false, false, false, "the PDPTE register is not present (P=0)");
+                }
+                Step(3, "PDPTE", null, pdpte, rights, $"page directory at {Bits.Hex(pdpte.Raw & Bits.Range(c.MaxPhyAddr - 1, 12))}");
+                table = pdpte.Raw & Bits.Range(c.MaxPhyAddr - 1, 12);
+                level = 2;
             }
 
-            rights = FoldRights(c, rights, entry);
-            used.Add(entryGpa);
-            ulong frame = PagingLevels.FrameAddress(c, level, entry, mapsPage);
-
-            if (!mapsPage)
+            for (; ; level--)
             {
-                steps.Add(new WalkStep(level, name, entryGpa, entry, rights, $"[{entry.Flags(entryBytes)}] table at {Bits.Hex(frame)}, rights so far {rights}"));
-                table = frame;
-                continue;
+                string name = PagingLevels.EntryName(mode, level);
+                ulong entryGpa = table + (ulong)(PagingLevels.Index(mode, level, access.Gva) * entryBytes);
+                if (memory.Read(entryGpa, entryBytes) is not { } raw)
+                {
+                    // Not architectural: KVM treats a table outside every memslot as not present.
+                    Step(level, name, entryGpa, new PagingEntry(0), rights, "outside guest memory");
+                    return Fault(false, false, false, $"the {name} at {Bits.Hex(entryGpa)} is outside guest memory (KVM: treated as not present)");
+                }
+                var entry = new PagingEntry(raw);
+                if (!entry.Present)
+                {
+                    Step(level, name, entryGpa, entry, rights, "not present");
+                    return Fault(false, false, false, $"the {name} is not present (P=0)");
+                }
+
+                bool mapsPage = PagingLevels.MapsPage(c, level, entry);
+                ulong reserved = raw & ReservedBits.Mask(c, level, mapsPage);
+                if (reserved != 0)
+                {
+                    Step(level, name, entryGpa, entry, rights, $"reserved bits {Bits.Hex(reserved)} set");
+                    return Fault(true, true, false, $"the {name} sets reserved bits {Bits.Hex(reserved)}");
+                }
+
+                rights = FoldRights(c, rights, entry);
+                used.Add(entryGpa);
+                ulong frame = PagingLevels.FrameAddress(c, level, entry, mapsPage);
+
+                if (!mapsPage)
+                {
+                    Step(level, name, entryGpa, entry, rights, $"[{entry.Flags(entryBytes)}] table at {Bits.Hex(frame)}, rights so far {rights}");
+                    table = frame;
+                    continue;
+                }
+
+                var size = PagingLevels.PageSizeAt(mode, level);
+                if (mode.IsLongMode() && c.Cr4Pke) rights = rights.WithProtectionKey(entry.ProtectionKey);
+                Step(level, name, entryGpa, entry, rights, $"[{entry.Flags(entryBytes)}] maps a {size.Name()} page at {Bits.Hex(frame)}, rights {rights}");
+
+                var verdict = AccessRights.Check(c, access, rights);
+                if (!verdict.Allowed)
+                {
+                    string rule = verdict.PageRightsAllow ? "protection key: PKRU denies this data access"
+                        : verdict.ProtectionKeyDenies ? verdict.Rule + "; PKRU also denies it"
+                        : verdict.Rule;
+                    return Fault(true, false, verdict.ProtectionKeyDenies, rule);
+                }
+
+                ulong gpa = frame | (access.Gva & (size.Bytes() - 1));
+                var (after, updates) = SetAccessedDirty(memory, used, entryGpa, entryBytes, access.Type == AccessType.Write);
+                return new WalkExplanation(access, cpu, steps.ToImmutable(), new WalkResult.Translated(gpa, size, rights),
+                    explains ? verdict.Rule : "", updates, after);
             }
-
-            var size = PagingLevels.PageSizeAt(mode, level);
-            if (mode.IsLongMode() && c.Cr4Pke) rights = rights.WithProtectionKey(entry.ProtectionKey);
-            steps.Add(new WalkStep(level, name, entryGpa, entry, rights, $"[{entry.Flags(entryBytes)}] maps a {size.Name()} page at {Bits.Hex(frame)}, rights {rights}"));
-
-            var verdict = AccessRights.Check(c, access, rights);
-            if (!verdict.Allowed)
-            {
-                string rule = verdict.PageRightsAllow ? "protection key: PKRU denies this data access"
-                    : verdict.ProtectionKeyDenies ? verdict.Rule + "; PKRU also denies it"
-                    : verdict.Rule;
-                return Fault(true, false, verdict.ProtectionKeyDenies, rule);
-            }
-
-            ulong gpa = frame | (access.Gva & (size.Bytes() - 1));
-            var (after, updates) = SetAccessedDirty(memory, used, entryGpa, entryBytes, access.Type == AccessType.Write);
-            return new WalkExplanation(access, cpu, steps.ToImmutable(), new WalkResult.Translated(gpa, size, rights), verdict.Rule, updates, after);
         }
     }
 
@@ -195,4 +229,26 @@ public static class PageWalk
         long signExtended = (long)(gva << (64 - width)) >> (64 - width);
         return (ulong)signExtended == gva;
     }
+}
+
+/// <summary>
+/// A walk's note or rule, formatted only when the walk explains itself (<see cref="PageWalk.Explain"/>):
+/// the rules keep their words in place, and <see cref="PageWalk.Walk"/> pays nothing for them.
+/// </summary>
+[InterpolatedStringHandler]
+internal ref struct WalkText
+{
+    DefaultInterpolatedStringHandler text;
+    readonly bool formats;
+
+    public WalkText(int literalLength, int formattedCount, PageWalk.Walker walker, out bool formats)
+    {
+        this.formats = formats = walker.Explains;
+        text = formats ? new DefaultInterpolatedStringHandler(literalLength, formattedCount) : default;
+    }
+
+    public void AppendLiteral(string s) => text.AppendLiteral(s);
+    public void AppendFormatted<T>(T value) => text.AppendFormatted(value);
+
+    public string ToStringAndClear() => formats ? text.ToStringAndClear() : "";
 }

@@ -18,7 +18,7 @@ public sealed partial record ShadowState
         if (state.Hit(access) is { } hit) return new ShadowStepped(state, hit);
 
         // 2. The guest's walk, with its A/D updates written back.
-        var walk = PageWalk.Explain(state.GuestCpu!, state.GuestMemoryView(), access);
+        var walk = PageWalk.Walk(state.GuestCpu!, state.GuestMemoryView(), access);
         state = state.WriteBackAccessedDirty(walk.Updates, mode.EntryBytes());
         if (walk.Result is not WalkResult.Translated t)
         {

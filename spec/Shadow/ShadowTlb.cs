@@ -73,7 +73,7 @@ public sealed record ShadowTlb(
         // they are now. Only a translation (or a rights fault from a cached one) may be stale.
         if (result is ShadowResult.GuestFault { Fault: var fault } && !IsRightsFault(fault))
         {
-            var now = PageWalk.Explain(cpu, Memories[^1].View, access).Result;
+            var now = PageWalk.Translate(cpu, Memories[^1].View, access).Result;
             return fault.Equals(now) ? null
                 : $"{result}: a fault other than a rights fault must come from the guest's tables as they are now, which give {now}";
         }
@@ -95,7 +95,7 @@ public sealed record ShadowTlb(
 
     /// <summary>The guest walk's outcome over every memory still allowed for the accessed page in <paramref name="pcid"/>, oldest first.</summary>
     public IEnumerable<WalkResult> AllowedResults(CpuState cpu, int pcid, Access access) =>
-        Memories.Skip(AllowedFrom(pcid, access.Gva >> 12)).Select(m => PageWalk.Explain(cpu, m.View, access).Result);
+        Memories.Skip(AllowedFrom(pcid, access.Gva >> 12)).Select(m => PageWalk.Translate(cpu, m.View, access).Result);
 
     static bool Matches(VmResult result, WalkResult walk) => result switch
     {

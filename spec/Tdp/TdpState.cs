@@ -282,7 +282,7 @@ public sealed record TdpState(
 
         var view = GuestMemoryView();
         WalkExplanation walk;
-        try { walk = PageWalk.Explain(GuestCpu, view, access); }
+        try { walk = PageWalk.Walk(GuestCpu, view, access); }
         catch (ArgumentException e) { return Reject(e.Message); }
 
         int entryBytes = GuestCpu.Controls.Mode.EntryBytes();

@@ -63,10 +63,15 @@ public static class TdpTlb
         if (ReferenceEquals(before.Pages, after.Pages)) return FlushObligation.None;
         var duties = ImmutableArray.CreateBuilder<FlushDuty>();
         bool named = before.Config.SharedBit is not null;   // with a shared bit, say which root
+        // Only the table pages the step changed (or added, or removed) matter: an unchanged page's leaves are
+        // in both states, so they lost nothing, and since leaves never overlap within a root, they overlap no
+        // leaf that was lost either. (The same duties, in the same order, as comparing every leaf.)
+        var changedBefore = ChangedPages(before, after);
+        var changedAfter = ChangedPages(after, before);
         foreach (bool mirror in new[] { false, true })
         {
-            var now = LeavesOf(after, mirror);
-            foreach (var old in LeavesOf(before, mirror))
+            var now = LeavesOf(changedAfter, mirror);
+            foreach (var old in LeavesOf(changedBefore, mirror))
                 LostTranslations(old, now, named ? (mirror ? " in the mirror root" : " in the direct root") : "", duties);
         }
         foreach (var page in before.Pages.Keys)
@@ -83,9 +88,13 @@ public static class TdpTlb
     /// <summary>Every gfn a table page covers: 2^(9 * level) frames from its gfn.</summary>
     public static GfnRange TableRange(PageKey page) => GfnRange.OfCount(page.Gfn, 1UL << (9 * page.Role.Level));
 
-    /// <summary>The leaves under one root, ascending by gfn (they never overlap).</summary>
-    static List<Spte.Leaf> LeavesOf(TdpState state, bool mirror) =>
-        state.Leaves().Where(l => l.Page.Role.Mirror == mirror).Select(l => l.Leaf).OrderBy(l => l.Gfn).ToList();
+    /// <summary>The leaves of <paramref name="pages"/> under one root, ascending by gfn (they never overlap).</summary>
+    static List<Spte.Leaf> LeavesOf(List<TablePage> pages, bool mirror) =>
+        pages.Where(p => p.Key.Role.Mirror == mirror).SelectMany(p => p.Entries.Values.OfType<Spte.Leaf>()).OrderBy(l => l.Gfn).ToList();
+
+    /// <summary>The table pages of <paramref name="state"/> that <paramref name="other"/> does not hold as they are (the very same page).</summary>
+    static List<TablePage> ChangedPages(TdpState state, TdpState other) =>
+        state.Pages.Where(p => !(other.Pages.TryGetValue(p.Key, out var same) && ReferenceEquals(same, p.Value))).Select(p => p.Value).ToList();
 
     /// <summary>
     /// The parts of <paramref name="old"/>'s range whose translation <paramref name="now"/> does not keep:

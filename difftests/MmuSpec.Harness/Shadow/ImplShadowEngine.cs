@@ -77,16 +77,10 @@ public sealed class ImplShadowEngine : IDisposable
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public ShadowState View()
     {
-        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new HostMemslot(
-            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSizes.FromShift(s.HostPageShift), s.ReadOnly, s.DirtyLogging));
-        var bitmaps = slots.Values.Where(s => s.DirtyLogging)
-            .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
+        var memslots = Memslots();
         var host = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();
         vm.VisitHostMemory((hpa, value) => { if (value != 0) host[hpa] = value; });
-        CpuState? guest = vm.GuestControls is { } gc
-            ? new CpuState(PagingVocabulary.FromImpl(gc), vm.GuestCr3,
-                gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
-            : null;
+        var guest = GuestCpu();
         var pages = ImmutableSortedDictionary.CreateBuilder<ShadowKey, ShadowPage>();
         vm.VisitPages((info, entries) =>
         {
@@ -94,9 +88,71 @@ public sealed class ImplShadowEngine : IDisposable
             var e = entries.ToImmutableSortedDictionary(x => x.Index, Entry);
             pages[key] = new ShadowPage(key, e, info.Unsync, info.WriteFlooding);
         });
-        var roots = new ShadowRoots(vm.CurrentRoot is { } current ? RootInfo(current) : null,
-            vm.PreviousRoots.Select(RootInfo).ToImmutableList());
-        return new ShadowState(config, new HostMemslots(slots, bitmaps), host.ToImmutable(), guest, vm.GuestPcide, pages.ToImmutable(), roots);
+        return new ShadowState(config, memslots, host.ToImmutable(), guest, vm.GuestPcide, pages.ToImmutable(), Roots());
+    }
+
+    HostMemslots Memslots()
+    {
+        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new HostMemslot(
+            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSizes.FromShift(s.HostPageShift), s.ReadOnly, s.DirtyLogging));
+        var bitmaps = slots.Values.Where(s => s.DirtyLogging)
+            .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
+        return new HostMemslots(slots, bitmaps);
+    }
+
+    CpuState? GuestCpu() => vm.GuestControls is { } gc
+        ? new CpuState(PagingVocabulary.FromImpl(gc), vm.GuestCr3,
+            gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
+        : null;
+
+    ShadowRoots Roots() => new(vm.CurrentRoot is { } current ? RootInfo(current) : null,
+        vm.PreviousRoots.Select(RootInfo).ToImmutableList());
+
+    readonly HashSet<ShadowKey> pagesSeen = new();
+    readonly HashSet<ulong> wordsSeen = new();
+
+    /// <summary>
+    /// Whether <see cref="View"/> would equal <paramref name="spec"/> as the state comparison compares them (the
+    /// configuration aside): its common case, read in one pass over the impl's pages and host memory and
+    /// compared in place, without building the view. False whenever anything differs or looks odd (a page or
+    /// word visited twice), so that the caller reads the full view and reports from it as before.
+    /// </summary>
+    public bool Matches(ShadowState spec)
+    {
+        if (spec.GuestPcide != vm.GuestPcide || !Equals(spec.GuestCpu, GuestCpu())
+            || !spec.Roots.Equals(Roots()) || !spec.Memslots.Equals(Memslots()))
+            return false;
+
+        bool same = true;
+        pagesSeen.Clear();
+        vm.VisitPages((info, entries) =>
+        {
+            if (!same) return;
+            var key = Key(info.Key);
+            if (!pagesSeen.Add(key) || !spec.Pages.TryGetValue(key, out var page) || !page.Key.Equals(key)
+                || page.Unsync != info.Unsync || page.WriteFlooding != info.WriteFlooding || page.Entries.Count != entries.Count)
+            {
+                same = false;
+                return;
+            }
+            foreach (var x in entries)
+            {
+                if (!page.Entries.TryGetValue(x.Index, out var entry) || !entry.Equals(Entry(x)))
+                {
+                    same = false;
+                    return;
+                }
+            }
+        });
+        if (!same || pagesSeen.Count != spec.Pages.Count) return false;
+
+        wordsSeen.Clear();
+        vm.VisitHostMemory((hpa, value) =>
+        {
+            if (same && value != 0 && (!wordsSeen.Add(hpa) || !spec.HostMemory.TryGetValue(hpa, out ulong expected) || expected != value))
+                same = false;
+        });
+        return same && wordsSeen.Count == spec.HostMemory.Count;
     }
 
     static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>

@@ -22,6 +22,12 @@ public static class ShadowDiff
         catch (Exception e) { return Threw(e); }
     }
 
+    /// <summary><see cref="ImplShadowEngine.Matches"/>, false when reading the impl throws (the view then says so).</summary>
+    public static bool SafeMatches(ImplShadowEngine impl, ShadowState spec)
+    {
+        try { return impl.Matches(spec); } catch { return false; }
+    }
+
     public static ShadowState? SafeView(ImplShadowEngine impl)
     {
         try { return impl.View(); } catch { return null; }

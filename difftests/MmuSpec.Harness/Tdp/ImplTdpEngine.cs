@@ -143,10 +143,7 @@ public sealed class ImplTdpEngine : IDisposable
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public TdpState View()
     {
-        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new HostMemslot(
-            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSizes.FromShift(s.HostPageShift), s.ReadOnly, s.DirtyLogging));
-        var bitmaps = slots.Values.Where(s => s.DirtyLogging)
-            .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
+        var (slots, bitmaps) = Memslots();
         var pages = ImmutableSortedDictionary.CreateBuilder<PageKey, TablePage>();
         viewProblems.Clear();
         vm.VisitPages((key, entries) =>
@@ -170,12 +167,78 @@ public sealed class ImplTdpEngine : IDisposable
             else
                 viewProblems.Add($"host memory word 0x{value:X} at hpa 0x{hpa:X}: {problem}");
         });
-        CpuState? guest = vm.GuestControls is { } gc
-            ? new CpuState(PagingVocabulary.FromImpl(gc), vm.GuestCr3,
-                gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
-            : null;
         return new TdpState(config, new HostMemslots(slots, bitmaps), PageSizes.FromShift(vm.MaxPageShift), pages.ToImmutable(),
-            vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null, host.ToImmutable(), guest);
+            vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null, host.ToImmutable(), GuestCpu());
+    }
+
+    (ImmutableSortedDictionary<int, HostMemslot>, ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>) Memslots()
+    {
+        var slots = vm.Slots.ToImmutableSortedDictionary(s => s.Id, s => new HostMemslot(
+            s.Id, s.BaseGfn, s.Pages, s.HostPfnBase, PageSizes.FromShift(s.HostPageShift), s.ReadOnly, s.DirtyLogging));
+        var bitmaps = slots.Values.Where(s => s.DirtyLogging)
+            .ToImmutableSortedDictionary(s => s.Id, s => vm.DirtyOffsets(s.Id).ToImmutableSortedSet());
+        return (slots, bitmaps);
+    }
+
+    CpuState? GuestCpu() => vm.GuestControls is { } gc
+        ? new CpuState(PagingVocabulary.FromImpl(gc), vm.GuestCr3,
+            gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
+        : null;
+
+    readonly HashSet<PageKey> pagesSeen = new();
+    readonly HashSet<ulong> wordsSeen = new();
+
+    /// <summary>
+    /// Whether <see cref="View"/> would equal <paramref name="spec"/> with no <see cref="ViewProblems"/>: the
+    /// per-step state comparison's common case, read in one pass over the impl's tables and host memory and
+    /// compared entry by entry, without building the view (most of a TDP step's cost). False whenever
+    /// anything differs or looks wrong, so that the caller reads the full view and reports from it as before.
+    /// </summary>
+    public bool Matches(TdpState spec)
+    {
+        viewProblems.Clear();
+        if (!config.Equals(spec.Config) || PageSizes.FromShift(vm.MaxPageShift) != spec.MaxPageSize
+            || !Equals(vm.DirectRoot is { } d ? Key(d) : null, spec.DirectRoot)
+            || !Equals(vm.MirrorRoot is { } m ? Key(m) : null, spec.MirrorRoot)
+            || !Equals(GuestCpu(), spec.GuestCpu))
+            return false;
+        var (slots, bitmaps) = Memslots();
+        if (!new HostMemslots(slots, bitmaps).Equals(spec.Memslots)) return false;
+
+        bool same = true;
+        pagesSeen.Clear();
+        vm.VisitPages((key, entries) =>
+        {
+            if (!same) return;
+            var k = Key(key);
+            if (!pagesSeen.Add(k) || !spec.Pages.TryGetValue(k, out var page) || !page.Key.Equals(k) || page.Entries.Count != entries.Count)
+            {
+                same = false;
+                return;
+            }
+            foreach (var x in entries)
+            {
+                if ((x.IsLeaf ? LeafEntryProblem(config.Format, x.Raw, x.LeafLevel) : TableEntryProblem(config.Format, x.Raw)) is not null
+                    || !page.Entries.TryGetValue(x.Index, out var entry)
+                    || !(x.IsLeaf
+                        ? entry is Spte.Leaf l && l.Gfn == x.LeafGfn && l.Level == x.LeafLevel && l.HostPfn == x.HostPfn && l.Writable == x.Writable
+                        : entry is Spte.Table t && t.Child.Equals(Key(x.Child))))
+                {
+                    same = false;
+                    return;
+                }
+            }
+        });
+        if (!same || pagesSeen.Count != spec.Pages.Count) return false;
+
+        wordsSeen.Clear();
+        vm.VisitHostMemory((hpa, value) =>
+        {
+            if (same && (value == 0 || (hpa & 7) != 0 || !wordsSeen.Add(hpa)
+                || !spec.HostMemory.TryGetValue(hpa, out ulong expected) || expected != value))
+                same = false;
+        });
+        return same && wordsSeen.Count == spec.HostMemory.Count;
     }
 
     static PageKey Key(ImplTdp.TdpPageKey k) => new(k.Gfn, new MmuRole(k.Level, k.Mirror));

@@ -40,6 +40,12 @@ public static class TdpDiff
         return lines.ToImmutable();
     }
 
+    /// <summary><see cref="ImplTdpEngine.Matches"/>, false when reading the impl throws (the view then says so).</summary>
+    public static bool SafeMatches(ImplTdpEngine impl, TdpState spec)
+    {
+        try { return impl.Matches(spec); } catch { return false; }
+    }
+
     public static TdpState? SafeView(ImplTdpEngine impl)
     {
         try { return impl.View(); } catch { return null; }

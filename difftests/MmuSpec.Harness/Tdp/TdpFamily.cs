@@ -60,7 +60,9 @@ public sealed class TdpFamily : DiffFamily<TdpCase, TdpOp, VmResult>
             }
         }
 
-        public override ImmutableArray<string> StateDifferences() => TdpDiff.Differences(spec, TdpDiff.SafeView(impl));
+        // Equal states need no view: the impl is read once and compared in place (ImplTdpEngine.Matches).
+        public override ImmutableArray<string> StateDifferences() =>
+            TdpDiff.SafeMatches(impl, spec) ? [] : TdpDiff.Differences(spec, TdpDiff.SafeView(impl));
 
         public override IEnumerable<ImmutableArray<string>> Checks(TdpOp op, VmResult result)
         {

@@ -1,10 +1,14 @@
 using System.Collections.Immutable;
 using MmuSpec.Harness.Diff;
+using MmuSpec.Harness.Shadow;
+using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Spec.GuestWalk;
 using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Shadow;
+using MmuSpec.Spec.Tdp;
 using Xunit;
 
 namespace MmuSpec.Tests.Differential;
@@ -100,4 +104,133 @@ public sealed class StateComparisonTests
     static ImmutableSortedDictionary<ulong, ulong> Map(Random random) =>
         Enumerable.Range(0, random.Next(0, 12)).Select(_ => (ulong)random.Next(0, 24) * 8).Distinct()
             .ToImmutableSortedDictionary(k => k, _ => (ulong)random.Next(0, 3));
+
+    // Issue 19: the TDP comparison built the impl's whole view (every table page and host word as immutable
+    // maps) after every step. Matches reads the impl once and compares in place; it must agree with the full
+    // view on every step, and say "no" to any single difference, so the report still comes from the view.
+    [Theory]
+    [InlineData(TdpFormat.Ept, null)]
+    [InlineData(TdpFormat.Ept, 47)]
+    [InlineData(TdpFormat.Stage2, null)]
+    public void The_TDP_in_place_comparison_agrees_with_the_full_view_and_refuses_every_difference(TdpFormat format, int? sharedBit)
+    {
+        var config = new VmConfig(format, sharedBit);
+        int steps = 0, refused = 0;
+        for (int seed = 0; seed < 30; seed++)
+        {
+            var c = TdpGen.Build(seed, size: 40, config);
+            var spec = TdpState.Create(config);
+            using var impl = new ImplTdpEngine(config, new NativePagePool());
+            foreach (var op in c.Ops)
+            {
+                spec = spec.Step(op).State;
+                impl.Step(op);
+                var view = impl.View();
+                bool equal = view.Equals(spec) && impl.ViewProblems.Count == 0;
+                Assert.Equal(equal, impl.Matches(spec));
+                Assert.Equal(equal, TdpDiff.Differences(spec, view).IsEmpty && impl.ViewProblems.Count == 0);
+                steps++;
+            }
+            Assert.True(impl.Matches(spec));
+            foreach (var (what, other) in Perturbed(spec))
+            {
+                if (impl.View().Equals(other)) continue;   // e.g. no roots to swap
+                Assert.False(impl.Matches(other), what);
+                Assert.NotEmpty(TdpDiff.Differences(other, impl.View()));
+                refused++;
+            }
+        }
+        Assert.True(steps > 500, $"{steps} steps");
+        Assert.True(refused > 100, $"{refused} perturbed states");
+    }
+
+    /// <summary>The state with one thing changed: a host word, an entry, a page, a root, the page-size cap, a slot.</summary>
+    static IEnumerable<(string, TdpState)> Perturbed(TdpState s)
+    {
+        if (!s.HostMemory.IsEmpty)
+        {
+            var (hpa, value) = s.HostMemory.First();
+            yield return ("host word changed", s with { HostMemory = s.HostMemory.SetItem(hpa, value ^ 1) });
+            yield return ("host word removed", s with { HostMemory = s.HostMemory.Remove(hpa) });
+        }
+        yield return ("host word added", s with { HostMemory = s.HostMemory.SetItem(0x7FFF_F000, 5) });
+        foreach (var page in s.Pages.Values.Take(3))
+        {
+            yield return ("page removed", s with { Pages = s.Pages.Remove(page.Key) });
+            if (page.Entries.IsEmpty) continue;
+            var (index, entry) = page.Entries.Last();
+            yield return ("entry removed", s with { Pages = s.Pages.SetItem(page.Key, page.Without(index)) });
+            if (entry is Spte.Leaf leaf)
+            {
+                yield return ("leaf rights", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, leaf.WithWritable(!leaf.Writable))) });
+                yield return ("leaf frame", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, leaf with { HostPfn = leaf.HostPfn + 1 })) });
+            }
+            if (index < 511) yield return ("entry added", s with { Pages = s.Pages.SetItem(page.Key, page.With(index + 1, entry)) });
+        }
+        yield return ("roots swapped", s with { DirectRoot = null, MirrorRoot = s.DirectRoot });
+        yield return ("max page size", s with { MaxPageSize = s.MaxPageSize == PageSize.Size4K ? PageSize.Size2M : PageSize.Size4K });
+        if (!s.Slots.IsEmpty)
+            yield return ("slot removed", s with { Memslots = new HostMemslots(s.Slots.Remove(s.Slots.Keys.First()), s.DirtyBitmaps) });
+    }
+
+    // The shadow family's comparison, the same way (ImplShadowEngine.Matches).
+    [Theory]
+    [InlineData(PagingMode.Bits32, false)]
+    [InlineData(PagingMode.Long4, false)]
+    [InlineData(null, true)]
+    public void The_shadow_in_place_comparison_agrees_with_the_full_view_and_refuses_every_difference(PagingMode? mode, bool roots)
+    {
+        var options = new ShadowGenOptions(mode, Roots: roots);
+        int steps = 0, refused = 0;
+        for (int seed = 0; seed < 25; seed++)
+        {
+            var c = ShadowGen.Build(seed, size: 40, options);
+            var spec = ShadowState.Create(c.Config);
+            using var impl = new ImplShadowEngine(c.Config, new NativePagePool());
+            foreach (var op in c.AllOps)
+            {
+                spec = spec.Step(op).State;
+                impl.Step(op);
+                bool equal = ShadowDiff.Differences(spec, impl.View()).IsEmpty;
+                Assert.Equal(equal, impl.Matches(spec));
+                steps++;
+            }
+            if (!impl.Matches(spec)) continue;
+            foreach (var (what, other) in ShadowPerturbed(spec))
+            {
+                if (ShadowDiff.Differences(other, impl.View()).IsEmpty) continue;   // e.g. nothing to change
+                Assert.False(impl.Matches(other), what);
+                refused++;
+            }
+        }
+        Assert.True(steps > 500, $"{steps} steps");
+        Assert.True(refused > 100, $"{refused} perturbed states");
+    }
+
+    static IEnumerable<(string, ShadowState)> ShadowPerturbed(ShadowState s)
+    {
+        if (!s.HostMemory.IsEmpty)
+        {
+            var (hpa, value) = s.HostMemory.First();
+            yield return ("host word changed", s with { HostMemory = s.HostMemory.SetItem(hpa, value ^ 1) });
+            yield return ("host word removed", s with { HostMemory = s.HostMemory.Remove(hpa) });
+        }
+        yield return ("host word added", s with { HostMemory = s.HostMemory.SetItem(0x7FFF_F000, 5) });
+        foreach (var page in s.Pages.Values.Take(3))
+        {
+            yield return ("page removed", s with { Pages = s.Pages.Remove(page.Key) });
+            yield return ("unsync flipped", s with { Pages = s.Pages.SetItem(page.Key, page.WithUnsync(!page.Unsync)) });
+            yield return ("write flooding", s with { Pages = s.Pages.SetItem(page.Key, page.WithWriteFlooding(page.WriteFlooding + 1)) });
+            if (page.Entries.IsEmpty) continue;
+            var (index, entry) = page.Entries.Last();
+            yield return ("entry removed", s with { Pages = s.Pages.SetItem(page.Key, page.Without(index)) });
+            if (entry is ShadowEntry.Leaf leaf)
+                yield return ("leaf writable", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, leaf with { Writable = !leaf.Writable })) });
+            if (index < 511) yield return ("entry added", s with { Pages = s.Pages.SetItem(page.Key, page.With(index + 1, entry)) });
+        }
+        yield return ("pcide flipped", s with { GuestPcide = !s.GuestPcide });
+        yield return ("roots dropped", s with { Roots = ShadowRoots.None });
+        if (!s.Slots.IsEmpty)
+            yield return ("slot removed", s with { Memslots = new HostMemslots(s.Slots.Remove(s.Slots.Keys.First()), s.DirtyBitmaps) });
+    }
 }
