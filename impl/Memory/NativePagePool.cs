@@ -89,6 +89,14 @@ public sealed unsafe class NativePagePool : IDisposable
         return p;
     }
 
+    // Runs up to 1 GiB are reserved in power-of-two sizes, so that a freed run fits the next slot of
+    // about its size; larger ones exactly: rounding 18 GiB up to 32 GiB would ask the OS for more than
+    // its overcommit heuristic grants on a 24 GiB machine (TdpLeafTableCacheTests' 18 GiB slot).
+    private const long RoundedReservationLimit = 1L << 18;
+
+    private static long ReservedPages(long count) =>
+        count <= RoundedReservationLimit ? (long)BitOperations.RoundUpToPowerOf2((ulong)count) : count;
+
     /// <summary>
     /// Allocates <paramref name="count"/> contiguous pages that read as zero without being touched:
     /// <c>calloc</c>, which takes large runs straight from fresh anonymous mappings, so the OS supplies
@@ -105,8 +113,7 @@ public sealed unsafe class NativePagePool : IDisposable
         if ((ulong)count > nuint.MaxValue / PageSize)
             throw new OutOfMemoryException($"{count} pages do not fit in the address space.");
 
-        // Reserved in power-of-two sizes, so that a freed run fits the next slot of about its size.
-        long reserved = (long)BitOperations.RoundUpToPowerOf2((ulong)count);
+        long reserved = ReservedPages(count);
         byte* p = t_freedRuns is { } runs ? runs.TakeLazy(reserved) : null;
         if (p != null)
             Interlocked.Increment(ref _runsReused);
@@ -141,7 +148,7 @@ public sealed unsafe class NativePagePool : IDisposable
         if (count <= 0)
             ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
         ForgetRun(p, count, lazy: true);
-        long reserved = (long)BitOperations.RoundUpToPowerOf2((ulong)count);
+        long reserved = ReservedPages(count);
         if (writtenPages is null || !(t_freedRuns ??= new()).CanKeepLazy(reserved))
             NativeMemory.Free(p);
         else
