@@ -59,6 +59,27 @@ internal sealed class HostMemslot
     /// </summary>
     public int LevelCap { get; private set; }
 
+    /// <summary>
+    /// The level a TDP fault at <paramref name="gfn"/> maps (docs/tdp-model.md, step 6): 1 while the
+    /// slot logs; otherwise the largest L &lt;= min(<paramref name="policyLevel"/>, <see cref="LevelCap"/>)
+    /// whose L-sized range around the gfn lies inside the slot. The single- and multi-vCPU TDP MMUs
+    /// both ask here.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int TargetLevel(ulong gfn, int policyLevel)
+    {
+        if (DirtyLogging)
+            return 1;
+        int level = Math.Min(policyLevel, LevelCap);
+        for (; level > 1; level--)
+        {
+            ulong first = gfn & ~(TableGeometry.FramesPerEntry(level) - 1);
+            if (first >= BaseGfn && first + TableGeometry.FramesPerEntry(level) <= EndGfn)
+                break;
+        }
+        return level;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool Contains(ulong gfn) => gfn - BaseGfn < Pages; // unsigned wrap: below base is huge
 

@@ -184,7 +184,7 @@ public sealed partial class TdpMmu<TFormat>
     /// </summary>
     private TdpAccessOutcome Miss(HostMemslot slot, ulong gpa, ulong gfn, bool write, bool mirror, PteRef stop)
     {
-        int level = TargetLevel(slot, gfn);
+        int level = slot.TargetLevel(gfn, _policyLevel);
         ulong leafGfn = AlignDown(gfn, level);
         ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
         bool logging = slot.DirtyLogging;
@@ -225,30 +225,10 @@ public sealed partial class TdpMmu<TFormat>
     }
 
     /// <summary>
-    /// The largest level L &lt;= min(policy, host page level, 3) (1 when the slot logs) such that the
-    /// L-sized range around the gfn lies inside the slot and gfn and host frame are equally aligned
-    /// (the alignment and host level are folded into <see cref="HostMemslot.LevelCap"/>).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private int TargetLevel(HostMemslot slot, ulong gfn)
-    {
-        if (slot.DirtyLogging)
-            return 1;
-        int level = Math.Min(_policyLevel, slot.LevelCap);
-        for (; level > 1; level--)
-        {
-            ulong first = AlignDown(gfn, level);
-            if (first >= slot.BaseGfn && first + FramesPerEntry(level) <= slot.EndGfn)
-                break;
-        }
-        return level;
-    }
-
-    /// <summary>
     /// Remembers <paramref name="slot"/>, where the slow path just mapped or hit a 4 KiB leaf for
     /// <paramref name="frame"/>, for the fast paths when every gfn in it maps as a 4 KiB writable leaf with
     /// nothing to log: neither read-only nor logging, and min(policy, its level cap) is 1, so
-    /// <see cref="TargetLevel"/> is 1 for each of its gfns. The range is in the index space of the root
+    /// <see cref="HostMemslot.TargetLevel"/> is 1 for each of its gfns. The range is in the index space of the root
     /// the slow path used (<paramref name="mirror"/>), so a shared and a private gpa never share it. That
     /// root exists (it was just used) and lives until ZapAll, which forgets the cache.
     /// </summary>

@@ -61,7 +61,7 @@ public sealed partial class TdpMmu<TFormat>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong FillRun(HostMemslot slot, ulong frame, ulong gfn, bool mirror, ulong endFrame)
     {
-        int level = TargetLevel(slot, gfn);
+        int level = slot.TargetLevel(gfn, _policyLevel);
         ref TableRef root = ref mirror ? ref _mirrorRoot : ref _directRoot;
         if (root.IsNull)
             root = _pages.Allocate(0, _rootLevel, mirror); // as a miss creates it; a new root is all holes

@@ -60,7 +60,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
-        int target = TargetLevel(slot, gfn); // slots and policy are stable under the read side
+        int target = slot.TargetLevel(gfn, _policyLevel); // slots and policy are stable under the read side
 
         // The root exists from the first fault that needs it (KVM allocates roots under the read side too).
         ref ulong rootField = ref mirror ? ref _mirrorRoot : ref _directRoot;
@@ -214,21 +214,6 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             }
         }
         return null;
-    }
-
-    /// <summary>As <see cref="TdpMmu{TFormat}"/>'s: the largest level that fits the slot, its backing and the policy.</summary>
-    private int TargetLevel(HostMemslot slot, ulong gfn)
-    {
-        if (slot.DirtyLogging)
-            return 1;
-        int level = Math.Min(_policyLevel, slot.LevelCap);
-        for (; level > 1; level--)
-        {
-            ulong first = AlignDown(gfn, level);
-            if (first >= slot.BaseGfn && first + FramesPerEntry(level) <= slot.EndGfn)
-                break;
-        }
-        return level;
     }
 
     /// <summary>Marks a written gfn in its slot's bitmap; bitmaps are shared by the vCPUs, so under the side lock.</summary>
