@@ -56,16 +56,19 @@ public sealed record ExplorationSettings(
 /// <summary>
 /// The outcome of exploring schedules: the iterations run and, on failure, the failing schedule's
 /// history, why it failed and Coyote's reproducible trace of that schedule (JSON), which
-/// <see cref="ScheduleExploration.Replay"/> reruns to the same failure.
+/// <see cref="ScheduleExploration.Replay"/> reruns to the same failure. <see cref="Checked"/>: the
+/// iterations whose history was judged; one Coyote ended at its step bound (a thread spinning on a
+/// schedule point while the strategy starved another) was not, and passes silently.
 /// </summary>
 public sealed record ExplorationResult<TOp, TResult>(
     bool Failed,
     int Iterations,
     History<TOp, TResult>? FailingHistory,
     string? Failure,
-    string? ReproducibleTrace)
+    string? ReproducibleTrace,
+    int Checked)
 {
-    public override string ToString() => Failed ? $"failed in iteration {Iterations}:\n{Failure}" : $"passed {Iterations} schedules";
+    public override string ToString() => Failed ? $"failed in iteration {Iterations}:\n{Failure}" : $"passed {Iterations} schedules ({Checked} checked)";
 }
 
 /// <summary>
@@ -111,7 +114,7 @@ public static class ScheduleExploration
     {
         HistoryRecorder<TOp, TResult>? recorder = null;
         string? failure = null;
-        int iterations = 0;
+        int iterations = 0, judged = 0;
         using var engine = TestingEngine.Create(config, () =>
         {
             iterations++;
@@ -125,6 +128,7 @@ public static class ScheduleExploration
                 Specification.Assert(false, failure);
             }
             var verdict = subject.ObserveFinal is null ? Linearizability.Check(history, subject.Spec) : Linearizability.Check(history, subject.Spec, final!);
+            judged++;
             if (!verdict.IsLinearizable)
             {
                 failure = verdict.Explanation;
@@ -135,12 +139,12 @@ public static class ScheduleExploration
         engine.SetLogger(new TextWriterLogger(TextWriter.Null, VerbosityLevel.None));
         engine.Run();
         var report = engine.TestReport;
-        if (report.NumOfFoundBugs == 0) return new(false, iterations, null, null, null);
+        if (report.NumOfFoundBugs == 0) return new(false, iterations, null, null, null, judged);
         // A bug Coyote found itself (a deadlock: a thread blocked outside a schedule point) has no failure of
         // ours; its history is what the threads had done when Coyote stopped them (ops in flight pending).
         var failing = recorder!.ToHistory();
         failure ??= string.Join("\n", report.BugReports) + "\n" + failing.RenderTimeline();
-        return new(true, iterations, failing, failure, engine.ReproducibleTrace);
+        return new(true, iterations, failing, failure, engine.ReproducibleTrace, judged);
     }
 
     /// <summary>

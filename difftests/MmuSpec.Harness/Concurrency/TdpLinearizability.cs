@@ -1,0 +1,186 @@
+using System.Text;
+using MmuSpec.Harness.Diff;
+using MmuSpec.Harness.Tdp;
+using MmuSpec.Impl.Concurrency;
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.PageTable;
+using MmuSpec.Impl.TdpConcurrent;
+using MmuSpec.Spec.Memory;
+using MmuSpec.Spec.Paging;
+using MmuSpec.Spec.Tdp;
+using ImplTdp = MmuSpec.Impl.Tdp;
+
+namespace MmuSpec.Harness.Concurrency;
+
+/// <summary>What a concurrent TDP op answered: the spec's vocabulary, or Retry (KVM's RET_PF_RETRY, a fault that lost a race).</summary>
+public sealed record TdpLinResult(VmResult? Result)
+{
+    public static readonly TdpLinResult Retry = new((VmResult?)null);
+
+    public bool IsRetry => Result is null;
+
+    public override string ToString() => Result is null ? "Retry" : TdpDiff.Describe(Result);
+}
+
+/// <summary>
+/// The spec's TDP state as the linearizability checker sees it: equal when the guest-visible mapping is
+/// equal (every leaf: root, gfn, size, host frame, writable), with the policy, the slots and their dirty
+/// bitmaps. Table pages are left out: an empty table a zap or a huge leaf left behind changes no answer,
+/// and the concurrent MMU's tables are read back only as far as their leaves. <see cref="Spec"/> is
+/// null for a state read back from the impl (it is only compared, never stepped).
+/// </summary>
+public sealed class TdpLinState : IEquatable<TdpLinState>
+{
+    public TdpLinState(TdpState spec) : this(spec, Describe(spec)) { }
+
+    TdpLinState(TdpState? spec, string mapping) { Spec = spec; Mapping = mapping; }
+
+    public TdpState? Spec { get; }
+
+    /// <summary>The abstract state, one canonical line per slot and per leaf.</summary>
+    public string Mapping { get; }
+
+    public bool Equals(TdpLinState? other) => other is not null && Mapping == other.Mapping;
+
+    public override bool Equals(object? obj) => Equals(obj as TdpLinState);
+
+    public override int GetHashCode() => Mapping.GetHashCode(StringComparison.Ordinal);
+
+    public override string ToString() => Mapping.Replace('\n', ';').TrimEnd(';');
+
+    static string Describe(TdpState s)
+    {
+        var leaves = from l in s.Leaves()
+                     select Leaf(l.Page.Role.Mirror, l.Leaf.Gfn, l.Leaf.Level, l.Leaf.HostPfn, l.Leaf.Writable);
+        var slots = s.Slots.Values.Select(x => Slot(x.Id, x.DirtyLogging, s.DirtyBitmaps.GetValueOrDefault(x.Id) ?? []));
+        return Render(s.MaxPageSize, slots, leaves);
+    }
+
+    /// <summary>The concurrent MMU's abstract state, read from its tables (call it with no vCPU running).</summary>
+    public static TdpLinState Observe<TFormat, TSched>(ConcurrentTdpMmu<TFormat, TSched> mmu)
+        where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
+    {
+        var leaves = new List<string>();
+        mmu.VisitPages((key, entries) =>
+        {
+            foreach (var e in entries)
+                if (e.IsLeaf) leaves.Add(Leaf(key.Mirror, e.LeafGfn, e.LeafLevel, e.HostPfn, e.Writable));
+        });
+        var slots = mmu.Slots.Select(x => Slot(x.Id, x.DirtyLogging, mmu.DirtyOffsets(x.Id)));
+        return new TdpLinState(null, Render(PageSizes.FromShift(mmu.MaxPageShift), slots, leaves));
+    }
+
+    static string Leaf(bool mirror, ulong gfn, int level, ulong pfn, bool writable) =>
+        $"{(mirror ? "mirror" : "direct")} gfn {Bits.Hex(gfn)} L{level} -> pfn {Bits.Hex(pfn)} {(writable ? "W" : "RO")}";
+
+    static string Slot(int id, bool logging, IEnumerable<ulong> dirty) =>
+        $"slot {id}{(logging ? $" dirty [{string.Join(",", dirty.Order().Select(Bits.Hex))}]" : "")}";
+
+    static string Render(PageSize max, IEnumerable<string> slots, IEnumerable<string> leaves)
+    {
+        var sb = new StringBuilder($"max {max.Name()}\n");
+        foreach (var line in slots.Order(StringComparer.Ordinal)) sb.Append(line).Append('\n');
+        foreach (var line in leaves.Order(StringComparer.Ordinal)) sb.Append(line).Append('\n');
+        return sb.ToString();
+    }
+}
+
+/// <summary>
+/// The sequential spec of the concurrent TDP MMU: <see cref="TdpState.Step"/>, and for an access also
+/// Retry with the state unchanged (a lost compare-and-exchange or a frozen entry leaves nothing of its
+/// own; docs/tdp-concurrency.md). Rejection reasons are not compared (each side words its own).
+/// </summary>
+public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
+{
+    public TdpLinState Initial { get; } = new(initial);
+
+    public (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op)
+    {
+        var stepped = (state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state))).Step(op);
+        return (new TdpLinResult(TdpDiff.Comparable(stepped.Result)), new TdpLinState(stepped.State));
+    }
+
+    public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>
+        op is TdpOp.AccessGpa ? [Step(state, op), (TdpLinResult.Retry, state)] : [Step(state, op)];
+}
+
+/// <summary>
+/// One VM of the concurrent TDP MMU for a linearizability run: a page pool, the MMU, the setup ops
+/// applied, and one vCPU per logical thread. Logical thread t's accesses fault on vCPU t; zaps and
+/// policy changes take the write side from whichever thread runs them.
+/// </summary>
+public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
+    where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
+{
+    readonly NativePagePool pool = new();
+    readonly List<ConcurrentTdpVcpu<TFormat, TSched>> vcpus = new();
+
+    public ConcurrentTdpVm(int? sharedBit, IEnumerable<TdpOp> setup, int vcpuCount)
+    {
+        Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool);
+        foreach (var op in setup)
+            if (Apply(-1, op) is { Result: not VmResult.Ok }) throw new ArgumentException($"setup op {op} was not accepted", nameof(setup));
+        for (int i = 0; i < vcpuCount; i++) vcpus.Add(Mmu.CreateVcpu());
+    }
+
+    public ConcurrentTdpMmu<TFormat, TSched> Mmu { get; }
+
+    /// <summary>Pages still held from the pool (table pages, vCPU caches, deferred frees, host memory).</summary>
+    public long PagesInUse => pool.PagesInUse;
+
+    public TdpLinResult Apply(int thread, TdpOp op) => op switch
+    {
+        TdpOp.AccessGpa a => Access(vcpus[thread].Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa),
+        TdpOp.ZapRange z => Status(Mmu.ZapRange(z.StartGfn, z.EndGfn)),
+        TdpOp.ZapAll => Status(Mmu.ZapAll()),
+        TdpOp.SetMaxPageSize p => Status(Mmu.SetMaxPageSize((byte)p.Size.Shift())),
+        TdpOp.SetDirtyLogging d => Status(Mmu.SetDirtyLogging(d.Id, d.On)),
+        TdpOp.CreateSlot c => Status(Mmu.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly)),
+        _ => throw new ArgumentException($"{op} is not run concurrently", nameof(op)),
+    };
+
+    static TdpLinResult Access(TdpVcpuOutcome o, ulong gpa) => o.IsRetry ? TdpLinResult.Retry : new(o.Access.Status switch
+    {
+        ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Access.Hpa, PageSizes.FromShift(o.Access.PageShift), o.Access.Faulted),
+        ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
+        _ => TdpDiff.Comparable(new VmResult.Rejected("")),
+    });
+
+    static TdpLinResult Status(ImplTdp.TdpStatus s) => new(s == ImplTdp.TdpStatus.Ok ? VmResult.Ok.Instance : TdpDiff.Comparable(new VmResult.Rejected("")));
+
+    static TdpLinResult Status(SlotStatus s) => new(s == SlotStatus.Ok ? VmResult.Ok.Instance : TdpDiff.Comparable(new VmResult.Rejected("")));
+
+    public void Dispose()
+    {
+        foreach (var v in vcpus) v.Dispose();
+        Mmu.Dispose();
+        pool.Dispose();
+    }
+}
+
+/// <summary>The concurrent TDP MMU as a <see cref="ConcurrentSubject{TObject, TState, TOp, TResult}"/> against <see cref="TdpLinSpec"/>.</summary>
+public static class ConcurrentTdpSubject
+{
+    /// <summary>
+    /// A fresh VM per run, with <paramref name="setup"/> applied to both sides first, <paramref name="vcpus"/>
+    /// vCPUs, and the final state read back from the tables. <paramref name="observed"/>, when given, sees each
+    /// VM after its run (before it is disposed), e.g. to count the paths a run took.
+    /// </summary>
+    public static ConcurrentSubject<ConcurrentTdpVm<TFormat, TSched>, TdpLinState, TdpOp, TdpLinResult> Create<TFormat, TSched>(
+        VmConfig config, IReadOnlyList<TdpOp> setup, int vcpus, Action<ConcurrentTdpVm<TFormat, TSched>>? observed = null)
+        where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
+    {
+        var initial = TdpState.Create(config);
+        foreach (var op in setup)
+        {
+            var stepped = initial.Step(op);
+            if (stepped.Result is not VmResult.Ok) throw new ArgumentException($"setup op {op}: the spec answers {stepped.Result}", nameof(setup));
+            initial = stepped.State;
+        }
+        return new(
+            () => new ConcurrentTdpVm<TFormat, TSched>(config.SharedBit, setup, vcpus),
+            (vm, thread, op) => vm.Apply(thread, op),
+            new TdpLinSpec(initial),
+            vm => { observed?.Invoke(vm); return TdpLinState.Observe(vm.Mmu); });
+    }
+}
