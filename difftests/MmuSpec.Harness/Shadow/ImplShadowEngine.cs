@@ -144,7 +144,7 @@ public sealed class ImplShadowEngine : IDisposable
             }
             foreach (var x in entries)
             {
-                if (!page.Entries.TryGetValue(x.Index, out var entry) || !entry.Equals(Entry(x)))
+                if (!page.Entries.TryGetValue(x.Index, out var entry) || !SameEntry(entry, x))
                 {
                     same = false;
                     return;
@@ -164,6 +164,15 @@ public sealed class ImplShadowEngine : IDisposable
 
     static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>
         new(r.Pgd, Role(r.Role), new ShadowRoot(r.Pages.Select(k => k is { } key ? Key(key) : null).ToImmutableArray()), r.Unsync);
+
+    /// <summary><c>entry.Equals(Entry(x))</c> field by field: the in-place comparison builds no record per entry.</summary>
+    static bool SameEntry(ShadowEntry entry, ImplShadow.ShadowEntryInfo x) => entry switch
+    {
+        ShadowEntry.Leaf l => x.IsLeaf && l.Gfn == x.Gfn && l.HostPfn == x.HostPfn && l.Writable == x.SpteWritable
+            && l.Rights is { } r && r.User == x.User && r.Writable == x.Writable && r.NoExecute == x.NoExecute && r.ProtectionKey == x.ProtectionKey,
+        ShadowEntry.Table t => !x.IsLeaf && t.Child.Gfn == x.Child.Gfn && t.Child.Role.Equals(Role(x.Child.Role)),
+        _ => false,
+    };
 
     static ShadowEntry Entry(ImplShadow.ShadowEntryInfo x) => x.IsLeaf
         ? new ShadowEntry.Leaf(x.Gfn, x.HostPfn, new TranslationRights(x.User, x.Writable, x.NoExecute, x.ProtectionKey), x.SpteWritable)

@@ -260,7 +260,26 @@ public sealed class StateComparisonTests
             var (index, entry) = page.Entries.Last();
             yield return ("entry removed", s with { Pages = s.Pages.SetItem(page.Key, page.Without(index)) });
             if (entry is ShadowEntry.Leaf leaf)
-                yield return ("leaf writable", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, leaf with { Writable = !leaf.Writable })) });
+            {
+                // Every field of a leaf, one at a time (the in-place comparison reads them one by one).
+                var r = leaf.Rights;
+                foreach (var (field, changed) in new (string, ShadowEntry)[]
+                {
+                    ("leaf writable", leaf with { Writable = !leaf.Writable }), ("leaf gfn", leaf with { Gfn = leaf.Gfn ^ 1 }),
+                    ("leaf pfn", leaf with { HostPfn = leaf.HostPfn ^ 1 }), ("leaf user", leaf with { Rights = r with { User = !r.User } }),
+                    ("leaf rights writable", leaf with { Rights = r with { Writable = !r.Writable } }),
+                    ("leaf no-execute", leaf with { Rights = r with { NoExecute = !r.NoExecute } }),
+                    ("leaf protection key", leaf with { Rights = r with { ProtectionKey = r.ProtectionKey ^ 1 } }),
+                    ("table for a leaf", new ShadowEntry.Table(page.Key)),
+                })
+                    yield return (field, s with { Pages = s.Pages.SetItem(page.Key, page.With(index, changed)) });
+            }
+            if (entry is ShadowEntry.Table table)
+            {
+                yield return ("table child gfn", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, new ShadowEntry.Table(table.Child with { Gfn = table.Child.Gfn ^ 1 }))) });
+                yield return ("table child role", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, new ShadowEntry.Table(table.Child with { Role = table.Child.Role with { Level = table.Child.Role.Level ^ 1 } }))) });
+                yield return ("leaf for a table", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, new ShadowEntry.Leaf(table.Child.Gfn, 0, new TranslationRights(false, false, false, 0), false))) });
+            }
             if (index < 511) yield return ("entry added", s with { Pages = s.Pages.SetItem(page.Key, page.With(index + 1, entry)) });
         }
         yield return ("pcide flipped", s with { GuestPcide = !s.GuestPcide });
