@@ -21,10 +21,17 @@ public sealed class ImplShadowEngine : IDisposable
     readonly ShadowConfig config;
     readonly List<ulong> dirty = new();
 
-    public ImplShadowEngine(ShadowConfig config, ImplMemory.NativePagePool pool)
+    /// <param name="observe">Wraps the impl's VM (tests: a view that misreports a structure); null in every campaign.</param>
+    public ImplShadowEngine(ShadowConfig config, ImplMemory.NativePagePool pool, Func<ImplShadow.IShadowVm, ImplShadow.IShadowVm>? observe = null)
     {
         this.config = config;
-        vm = ImplShadow.ShadowVm.Create(config.MaxPhyAddr, config.AllowUnsync, pool, config.RootPolicy switch
+        vm = Create(config, pool);
+        if (observe is not null) vm = observe(vm);
+    }
+
+    static ImplShadow.IShadowVm Create(ShadowConfig config, ImplMemory.NativePagePool pool)
+    {
+        return ImplShadow.ShadowVm.Create(config.MaxPhyAddr, config.AllowUnsync, pool, config.RootPolicy switch
         {
             ShadowRootPolicy.KeepAndResync => ImplShadow.ShadowRootPolicy.KeepAndResync,
             ShadowRootPolicy.Upstream => ImplShadow.ShadowRootPolicy.Upstream,
@@ -137,7 +144,7 @@ public sealed class ImplShadowEngine : IDisposable
             }
             foreach (var x in entries)
             {
-                if (!page.Entries.TryGetValue(x.Index, out var entry) || !entry.Equals(Entry(x)))
+                if (!page.Entries.TryGetValue(x.Index, out var entry) || !SameEntry(entry, x))
                 {
                     same = false;
                     return;
@@ -157,6 +164,15 @@ public sealed class ImplShadowEngine : IDisposable
 
     static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>
         new(r.Pgd, Role(r.Role), new ShadowRoot(r.Pages.Select(k => k is { } key ? Key(key) : null).ToImmutableArray()), r.Unsync);
+
+    /// <summary><c>entry.Equals(Entry(x))</c> field by field: the in-place comparison builds no record per entry.</summary>
+    static bool SameEntry(ShadowEntry entry, ImplShadow.ShadowEntryInfo x) => entry switch
+    {
+        ShadowEntry.Leaf l => x.IsLeaf && l.Gfn == x.Gfn && l.HostPfn == x.HostPfn && l.Writable == x.SpteWritable
+            && l.Rights is { } r && r.User == x.User && r.Writable == x.Writable && r.NoExecute == x.NoExecute && r.ProtectionKey == x.ProtectionKey,
+        ShadowEntry.Table t => !x.IsLeaf && t.Child.Gfn == x.Child.Gfn && t.Child.Role.Equals(Role(x.Child.Role)),
+        _ => false,
+    };
 
     static ShadowEntry Entry(ImplShadow.ShadowEntryInfo x) => x.IsLeaf
         ? new ShadowEntry.Leaf(x.Gfn, x.HostPfn, new TranslationRights(x.User, x.Writable, x.NoExecute, x.ProtectionKey), x.SpteWritable)
@@ -185,10 +201,10 @@ public sealed class ImplShadowEngine : IDisposable
         var problems = ImmutableArray.CreateBuilder<string>();
         void Problem(string p) { if (problems.Count < max) problems.Add(p); else if (problems.Count == max) problems.Add("..."); }
 
-        var pageInfo = new Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowPageInfo>();
-        var pageEntries = new Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowEntryInfo[]>();
-        var leavesByGfn = new Dictionary<ulong, HashSet<ImplShadow.ShadowEntryRef>>();
-        var linksByChild = new Dictionary<ImplShadow.ShadowPageKey, HashSet<ImplShadow.ShadowEntryRef>>();
+        // The maps live as long as the engine (this runs after every step): cleared here, not after, so a
+        // scan that threw leaves nothing behind. A cleared map or set enumerates in insertion order, as a new one.
+        var (pageInfo, pageEntries, leavesByGfn, linksByChild) = (scan.PageInfo, scan.PageEntries, scan.LeavesByGfn, scan.LinksByChild);
+        scan.Clear();
         vm.VisitPages((info, entries) =>
         {
             if (!pageInfo.TryAdd(info.Key, info)) Problem($"page {info.Key} visited twice");
@@ -199,9 +215,9 @@ public sealed class ImplShadowEngine : IDisposable
                 if (e.IsLeaf)
                 {
                     if (info.Key.Role.Level != 1) Problem($"page {info.Key} [{e.Index}]: a leaf above level 1");
-                    Set(leavesByGfn, e.Gfn).Add(at);
+                    scan.Set(leavesByGfn, e.Gfn).Add(at);
                 }
-                else Set(linksByChild, e.Child).Add(at);
+                else scan.Set(linksByChild, e.Child).Add(at);
             }
         });
 
@@ -213,13 +229,16 @@ public sealed class ImplShadowEngine : IDisposable
                 if (r is { } k && !pageInfo.ContainsKey(k)) Problem($"root page {k} (of the root for pgd 0x{root.Pgd:X}) does not exist");
 
         // (a) the reverse map.
-        var rmap = new Dictionary<ulong, HashSet<ImplShadow.ShadowEntryRef>>();
+        var rmap = scan.Rmap;
         vm.VisitReverseMap((gfn, refs) =>
         {
-            var set = Set(rmap, gfn);
+            var set = scan.Set(rmap, gfn);
             foreach (var r in refs) if (!set.Add(r)) Problem($"rmap of gfn 0x{gfn:X} lists {Ref(r)} twice");
         });
-        foreach (ulong gfn in leavesByGfn.Keys.Union(rmap.Keys).Order())
+        var gfns = scan.Gfns;
+        gfns.AddRange(leavesByGfn.Keys);
+        gfns.AddRange(rmap.Keys);
+        foreach (ulong gfn in SortedDistinct(gfns, Comparer<ulong>.Default))
         {
             var scanned = leavesByGfn.GetValueOrDefault(gfn) ?? [];
             var listed = rmap.GetValueOrDefault(gfn) ?? [];
@@ -228,13 +247,16 @@ public sealed class ImplShadowEngine : IDisposable
         }
 
         // (b) the parent lists.
-        var parents = new Dictionary<ImplShadow.ShadowPageKey, HashSet<ImplShadow.ShadowEntryRef>>();
+        var parents = scan.Parents;
         vm.VisitParents((child, refs) =>
         {
-            var set = Set(parents, child);
+            var set = scan.Set(parents, child);
             foreach (var r in refs) if (!set.Add(r)) Problem($"parent list of {child} lists {Ref(r)} twice");
         });
-        foreach (var child in linksByChild.Keys.Union(parents.Keys).OrderBy(k => k.Gfn).ThenBy(k => k.Role.Word))
+        var children = scan.Children;
+        children.AddRange(linksByChild.Keys);
+        children.AddRange(parents.Keys);
+        foreach (var child in SortedDistinct(children, ByGfnThenRole))
         {
             var scanned = linksByChild.GetValueOrDefault(child) ?? [];
             var listed = parents.GetValueOrDefault(child) ?? [];
@@ -243,7 +265,7 @@ public sealed class ImplShadowEngine : IDisposable
         }
 
         // (c) unsync children: an entry's bit is set iff its child's subtree holds an unsync page.
-        var holdsUnsync = new Dictionary<ImplShadow.ShadowPageKey, bool>();
+        var holdsUnsync = scan.HoldsUnsync;
         bool HoldsUnsync(ImplShadow.ShadowPageKey k, int depth)
         {
             if (holdsUnsync.TryGetValue(k, out bool known)) return known;
@@ -252,20 +274,72 @@ public sealed class ImplShadowEngine : IDisposable
             holdsUnsync[k] = result;
             return result;
         }
-        foreach (var (key, info) in pageInfo.OrderBy(p => p.Key.Gfn).ThenBy(p => p.Key.Role.Word))
+        var pages = scan.Pages;
+        pages.AddRange(pageInfo.Keys);
+        var (expected, actual) = (scan.Expected, scan.Actual);
+        foreach (var key in SortedDistinct(pages, ByGfnThenRole))
         {
-            var expected = pageEntries[key].Where(e => !e.IsLeaf && HoldsUnsync(e.Child, 1)).Select(e => e.Index).ToHashSet();
-            var actual = info.UnsyncChildren.ToHashSet();
-            if (expected.SetEquals(actual)) continue;
-            Problem($"unsync children of {key}: expected [{string.Join(", ", expected.Order())}], bitmap [{string.Join(", ", actual.Order())}]");
+            // Both as ascending distinct indexes: equal lists are equal sets, and the report prints them so.
+            expected.Clear();
+            foreach (var e in pageEntries[key]) if (!e.IsLeaf && HoldsUnsync(e.Child, 1)) expected.Add(e.Index);
+            actual.Clear();
+            actual.AddRange(pageInfo[key].UnsyncChildren);
+            SortedDistinct(expected, Comparer<int>.Default);
+            SortedDistinct(actual, Comparer<int>.Default);
+            if (expected.SequenceEqual(actual)) continue;
+            Problem($"unsync children of {key}: expected [{string.Join(", ", expected)}], bitmap [{string.Join(", ", actual)}]");
         }
         return problems.ToImmutable();
     }
 
-    static HashSet<TValue> Set<TKey, TValue>(Dictionary<TKey, HashSet<TValue>> d, TKey key) where TKey : notnull
+    // Page keys are distinct by (gfn, role word): this order is the one the reports have always used.
+    static readonly Comparer<ImplShadow.ShadowPageKey> ByGfnThenRole = Comparer<ImplShadow.ShadowPageKey>.Create((a, b) =>
+        a.Gfn != b.Gfn ? a.Gfn.CompareTo(b.Gfn) : a.Role.Word.CompareTo(b.Role.Word));
+
+    /// <summary>Sorts <paramref name="list"/> and drops repeats in place; returns it.</summary>
+    static List<T> SortedDistinct<T>(List<T> list, IComparer<T> order)
     {
-        if (!d.TryGetValue(key, out var s)) d[key] = s = new HashSet<TValue>();
-        return s;
+        list.Sort(order);
+        int kept = 0;
+        for (int i = 0; i < list.Count; i++)
+            if (kept == 0 || order.Compare(list[kept - 1], list[i]) != 0) list[kept++] = list[i];
+        list.RemoveRange(kept, list.Count - kept);
+        return list;
+    }
+
+    readonly InvariantScan scan = new();
+
+    /// <summary>The invariant check's maps and lists, kept between steps; sets come back to a free list.</summary>
+    sealed class InvariantScan
+    {
+        public readonly Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowPageInfo> PageInfo = new();
+        public readonly Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowEntryInfo[]> PageEntries = new();
+        public readonly Dictionary<ulong, HashSet<ImplShadow.ShadowEntryRef>> LeavesByGfn = new(), Rmap = new();
+        public readonly Dictionary<ImplShadow.ShadowPageKey, HashSet<ImplShadow.ShadowEntryRef>> LinksByChild = new(), Parents = new();
+        public readonly Dictionary<ImplShadow.ShadowPageKey, bool> HoldsUnsync = new();
+        public readonly List<ulong> Gfns = new();
+        public readonly List<ImplShadow.ShadowPageKey> Children = new(), Pages = new();
+        public readonly List<int> Expected = new(), Actual = new();
+        readonly Stack<HashSet<ImplShadow.ShadowEntryRef>> free = new();
+
+        public HashSet<ImplShadow.ShadowEntryRef> Set<TKey>(Dictionary<TKey, HashSet<ImplShadow.ShadowEntryRef>> d, TKey key) where TKey : notnull
+        {
+            if (!d.TryGetValue(key, out var s)) d[key] = s = free.TryPop(out var reused) ? reused : new HashSet<ImplShadow.ShadowEntryRef>();
+            return s;
+        }
+
+        public void Clear()
+        {
+            Release(LeavesByGfn); Release(Rmap); Release(LinksByChild); Release(Parents);
+            PageInfo.Clear(); PageEntries.Clear(); HoldsUnsync.Clear();
+            Gfns.Clear(); Children.Clear(); Pages.Clear();
+        }
+
+        void Release<TKey>(Dictionary<TKey, HashSet<ImplShadow.ShadowEntryRef>> d) where TKey : notnull
+        {
+            foreach (var s in d.Values) { s.Clear(); free.Push(s); }
+            d.Clear();
+        }
     }
 
     static string Ref(ImplShadow.ShadowEntryRef r) => $"{r.Page}[{r.Index}]";
