@@ -123,13 +123,6 @@ public sealed class ImplWalkEngine : IWalkEngine
         finally { expected.Dispose(); }
     }
 
-    /// <summary>The impl's memslots, in its own order: the index is <see cref="SlotWords"/>'s.</summary>
-    public IReadOnlyList<ImplMemory.MemslotInfo> Slots => memory.Slots;
-
-    /// <summary>Slot <paramref name="index"/>'s bytes as 8-byte words, read in place.</summary>
-    public ReadOnlySpan<ulong> SlotWords(int index) =>
-        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(memory.SlotBytes(index));
-
     IEnumerable<int> SlotsByGpa() => Enumerable.Range(0, memory.Slots.Count).OrderBy(i => memory.Slots[i].BaseGfn);
 
     public void Dispose() => memory.Dispose();

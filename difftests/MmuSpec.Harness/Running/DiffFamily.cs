@@ -95,9 +95,6 @@ public abstract class DiffFamily<TCase, TOp, TResult> : DiffFamily<TCase>
     /// <summary>Spec state and impl engine for <paramref name="c"/>, the impl's native pages from <paramref name="pool"/>.</summary>
     public abstract LockstepSession<TOp, TResult> Open(TCase c, NativePagePool pool);
 
-    /// <summary>Whether its sessions honour <see cref="LockstepSession{TOp, TResult}.Incremental"/> (then <see cref="Lockstep.Run"/> runs incrementally first).</summary>
-    public virtual bool ComparesIncrementally => false;
-
     /// <summary>A result with what the comparison ignores blanked out (a rejection's reason, a #GP's reason).</summary>
     public abstract TResult Comparable(TResult r);
 
@@ -127,13 +124,6 @@ public abstract class LockstepSession<TOp, TResult> : IDisposable where TResult 
 {
     /// <summary>Boot both sides; null for a family without a boot (the VM starts empty).</summary>
     public virtual BootOutcome? Boot() => null;
-
-    /// <summary>
-    /// Set before <see cref="Boot"/>: the state check may skip what the step left unchanged on the spec's
-    /// side, if the last step's check compares everything. An incremental run is trusted only when it agrees on
-    /// every step; a divergent one is run again in full, which names the step and the lines.
-    /// </summary>
-    public bool Incremental { get; set; }
     public abstract TResult SpecStep(TOp op);
     public abstract TResult ImplStep(TOp op);
 

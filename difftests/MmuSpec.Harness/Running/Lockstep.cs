@@ -34,14 +34,13 @@ public static class Lockstep
 {
     /// <summary>The records of <paramref name="c"/> one by one; <paramref name="atDivergence"/> sees the open session at the divergent record.</summary>
     public static IEnumerable<StepRecord> Records<TCase, TOp, TResult>(DiffFamily<TCase, TOp, TResult> family, TCase c,
-        Action<LockstepSession<TOp, TResult>, StepRecord>? atDivergence = null, bool incremental = false)
+        Action<LockstepSession<TOp, TResult>, StepRecord>? atDivergence = null)
         where TCase : notnull where TOp : notnull where TResult : class
     {
         var pool = new NativePagePool();
         var steps = family.Steps(c);
         using (var session = family.Open(c, pool))
         {
-            session.Incremental = incremental;
             bool run = true;
             if (session.Boot() is { } boot)
             {
@@ -110,13 +109,6 @@ public static class Lockstep
     public static LockstepReport Run<TCase, TOp, TResult>(DiffFamily<TCase, TOp, TResult> family, TCase c, int maxStateRows = 0)
         where TCase : notnull where TOp : notnull where TResult : class
     {
-        // An incremental run that agrees throughout is this run's result (its records are the full run's); any
-        // divergence may have begun unseen on an earlier step, so only the full run reports it.
-        if (family.ComparesIncrementally)
-        {
-            var incremental = Records(family, c, incremental: true).ToImmutableArray();
-            if (!incremental.Any(r => r.Diverges)) return new LockstepReport(family, c, incremental, null, [], 0, null);
-        }
         (ImmutableArray<StateRow> Rows, int Hidden, string? Note) state = ([], 0, null);
         var records = Records(family, c, maxStateRows <= 0 ? null : (session, record) =>
             state = session.NoState is { } none ? ([], 0, none) : CaseRuns.Limit(CaseRuns.Capture(session.StateRows), maxStateRows))

@@ -21,14 +21,7 @@ public sealed class WalkFamily : DiffFamily<WalkCase, Op, OpResult>
     public override IReadOnlyList<string> Situations => WalkCoverage.All;
 
     public override IReadOnlyList<Op> Steps(WalkCase c) => c.Ops;
-    public override LockstepSession<Op, OpResult> Open(WalkCase c, NativePagePool pool) => new Session(c, pool, ImplFault);
-    public override bool ComparesIncrementally => true;
-
-    /// <summary>
-    /// A stray write into the impl after its step (the engine and the step's index): for the tests that
-    /// prove an incremental run still catches a difference on a page the spec never wrote. Null in every campaign.
-    /// </summary>
-    public Action<ImplWalkEngine, int>? ImplFault { get; init; }
+    public override LockstepSession<Op, OpResult> Open(WalkCase c, NativePagePool pool) => new Session(c, pool);
 
     /// <summary>A #GP from MOV CR3 or a control change compares without its reason: the impl, like hardware, reports none.</summary>
     public override OpResult Comparable(OpResult r) => r is OpResult.GeneralProtection ? NoReason : r;
@@ -51,12 +44,10 @@ public sealed class WalkFamily : DiffFamily<WalkCase, Op, OpResult>
         new("setup", c => c.Setup.Length, (c, i) => c.WithSetup(c.Setup.RemoveAt(i))),
     ];
 
-    sealed class Session(WalkCase c, NativePagePool pool, Action<ImplWalkEngine, int>? fault) : LockstepSession<Op, OpResult>
+    sealed class Session(WalkCase c, NativePagePool pool) : LockstepSession<Op, OpResult>
     {
         SpecEngine? spec;
         ImplWalkEngine? impl;
-        WalkMemoryMirror? mirror;
-        int stepsRun;
 
         public override BootOutcome Boot()
         {
@@ -71,31 +62,17 @@ public sealed class WalkFamily : DiffFamily<WalkCase, Op, OpResult>
         SpecEngine Spec => spec ?? throw new InvalidOperationException("the spec did not boot");
         ImplWalkEngine Impl => impl ?? throw new InvalidOperationException("the impl did not boot");
 
-        public override OpResult SpecStep(Op op) { stepsRun++; return Spec.Step(op); }
-        public override OpResult ImplStep(Op op)
-        {
-            var result = Impl.Step(op);
-            fault?.Invoke(Impl, stepsRun - 1);
-            return result;
-        }
+        public override OpResult SpecStep(Op op) => Spec.Step(op);
+        public override OpResult ImplStep(Op op) => Impl.Step(op);
         public override ImmutableArray<string> StateDifferences()
         {
             var memory = Spec.Machine.Memory.Written;
-            // Incremental: before the last step only the pages the spec changed (the vCPU in full); the last step compares all.
-            if (Incremental && stepsRun < c.Ops.Length && mirror is not null && mirror.ChangedPagesEqual(memory))
-                return MachineView.Differences(Spec.Machine.Cpu, memory, Impl.Cpu(), memory);
             // Memory equal in one pass (the common case) leaves the vCPU to compare; else the merge names the words.
             IEnumerable<KeyValuePair<ulong, ulong>> implMemory = Impl.HoldsExactly(memory) ? memory : Impl.Words();
-            var lines = MachineView.Differences(Spec.Machine.Cpu, memory, Impl.Cpu(), implMemory);
-            if (Incremental && lines.IsEmpty && stepsRun < c.Ops.Length) (mirror ??= new WalkMemoryMirror(Impl)).Agree(memory);
-            return lines;
+            return MachineView.Differences(Spec.Machine.Cpu, memory, Impl.Cpu(), implMemory);
         }
         public override IEnumerable<StateRow> StateRows() => CaseRuns.WalkState(Spec.View(), Impl.View());
         public override string? NoState => spec is null || impl is null ? "one side did not boot: there is no state to show" : null;
-        public override void Dispose()
-        {
-            mirror?.Dispose();
-            impl?.Dispose();
-        }
+        public override void Dispose() => impl?.Dispose();
     }
 }
