@@ -18,6 +18,10 @@ internal sealed unsafe class HostMemory
     private readonly NativePagePool? _pool;
     private readonly ulong _pages;
     private readonly HashSet<ulong> _writtenPages = new();
+
+    // _writtenPages ascending, rebuilt by Visit only after a store wrote a page for the first time.
+    private ulong[] _sortedPages = [];
+    private bool _sortedStale;
     private byte* _base;
 
     private HostMemory() { }
@@ -41,7 +45,8 @@ internal sealed unsafe class HostMemory
     public void Store(ulong offset, ulong value, int size)
     {
         Debug.Assert(_base != null && offset < Bytes && (offset & (ulong)(size - 1)) == 0, "store outside the run or misaligned");
-        _writtenPages.Add(offset >> PageShift);
+        if (_writtenPages.Add(offset >> PageShift))
+            _sortedStale = true;
         if (size == sizeof(ulong))
             *(ulong*)(_base + offset) = value;
         else
@@ -51,17 +56,21 @@ internal sealed unsafe class HostMemory
     /// <summary>Every non-zero 8-byte word, ascending, as (host-physical address, value).</summary>
     public void Visit(ulong baseHpa, Action<ulong, ulong> visit)
     {
-        if (_writtenPages.Count == 0)
-            return;
-        ulong[] pages = [.. _writtenPages];
-        Array.Sort(pages);
-        foreach (ulong page in pages)
+        if (_sortedStale)
         {
-            ulong* words = (ulong*)(_base + (page << PageShift));
-            for (int i = 0; i < TableBytes / sizeof(ulong); i++)
+            _sortedPages = [.. _writtenPages];
+            Array.Sort(_sortedPages);
+            _sortedStale = false;
+        }
+        foreach (ulong page in _sortedPages)
+        {
+            var words = new ReadOnlySpan<ulong>(_base + (page << PageShift), TableBytes / sizeof(ulong));
+            // Written pages are mostly zero: skip runs of zero words 32 bytes at a time.
+            for (int i = words.IndexOfAnyExcept(0UL); i >= 0;)
             {
-                if (words[i] != 0)
-                    visit(baseHpa + (page << PageShift) + (ulong)(i * sizeof(ulong)), words[i]);
+                visit(baseHpa + (page << PageShift) + (ulong)(i * sizeof(ulong)), words[i]);
+                int next = words[(i + 1)..].IndexOfAnyExcept(0UL);
+                i = next < 0 ? -1 : i + 1 + next;
             }
         }
     }
@@ -75,5 +84,7 @@ internal sealed unsafe class HostMemory
         _pool.FreeLazilyZeroedPages(_base, (long)_pages, _writtenPages);
         _base = null;
         _writtenPages.Clear();
+        _sortedPages = [];
+        _sortedStale = false;
     }
 }

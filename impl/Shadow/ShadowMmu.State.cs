@@ -1,3 +1,5 @@
+using System.Numerics;
+using System.Runtime.InteropServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.Paging;
 
@@ -45,23 +47,27 @@ internal sealed partial class ShadowMmu
                 continue;
             if (_hash.Find(page.Gfn, page.Role) != page)
                 throw new InvalidOperationException($"live page {page.Key} is not found by its key in the page hash");
-            var unsyncChildren = new List<int>();
+            // Most pages have no unsync children: they share one empty list (the visitor may keep the info).
+            List<int>? unsyncChildren = null;
             int writeFlooding = 0;
             if (!page.Direct)
             {
-                for (int i = 0; i < ShadowPage.Entries; i++)
+                for (int w = 0; w < UnsyncChildBits.Words; w++)
                 {
-                    if ((page.Extra.UnsyncChildren[i >> 6] >> (i & 63) & 1) != 0)
-                        unsyncChildren.Add(i);
+                    for (ulong bits = page.Extra.UnsyncChildren[w]; bits != 0; bits &= bits - 1)
+                        (unsyncChildren ??= new List<int>()).Add(w * 64 + BitOperations.TrailingZeroCount(bits));
                 }
                 writeFlooding = page.Extra.WriteFlooding;
-                if (page.Extra.UnsyncChildCount != unsyncChildren.Count)
-                    throw new InvalidOperationException($"page {page.Key}: unsync-children count {page.Extra.UnsyncChildCount}, bitmap has {unsyncChildren.Count} bits");
+                int counted = unsyncChildren?.Count ?? 0;
+                if (page.Extra.UnsyncChildCount != counted)
+                    throw new InvalidOperationException($"page {page.Key}: unsync-children count {page.Extra.UnsyncChildCount}, bitmap has {counted} bits");
             }
             var entries = new List<ShadowEntryInfo>();
-            for (int i = 0; i < ShadowPage.Entries; i++)
+            // A zero spte is not present (neither a table nor a leaf): skip runs of them 32 bytes at a time.
+            ReadOnlySpan<ulong> sptes = MemoryMarshal.CreateReadOnlySpan(ref page.Spte(0), ShadowPage.Entries);
+            for (int i = sptes.IndexOfAnyExcept(0UL); i >= 0; i = NextNonZero(sptes, i))
             {
-                ulong spte = page.Spte(i);
+                ulong spte = sptes[i];
                 if (ShadowSpte.IsTable(spte))
                 {
                     entries.Add(new ShadowEntryInfo(i, IsLeaf: false, ShadowSpte.Child(spte).Key, 0, 0, false, false, false, 0, false));
@@ -75,7 +81,7 @@ internal sealed partial class ShadowMmu
                         SpteWritable: ShadowSpte.IsWritable(spte)));
                 }
             }
-            visit(new ShadowPageInfo(page.Key, page.Unsync, writeFlooding, unsyncChildren), entries);
+            visit(new ShadowPageInfo(page.Key, page.Unsync, writeFlooding, (IReadOnlyList<int>?)unsyncChildren ?? []), entries);
         }
     }
 
@@ -111,6 +117,13 @@ internal sealed partial class ShadowMmu
             if (page.Live && page.Header.Parents != 0)
                 visit(page.Key, Refs(page.Header.Parents));
         }
+    }
+
+    /// <summary>The index of the next non-zero spte after <paramref name="i"/>, or -1.</summary>
+    private static int NextNonZero(ReadOnlySpan<ulong> sptes, int i)
+    {
+        int next = sptes[(i + 1)..].IndexOfAnyExcept(0UL);
+        return next < 0 ? -1 : i + 1 + next;
     }
 
     private static List<ShadowEntryRef> Refs(ulong head)

@@ -43,6 +43,7 @@ public sealed class ImplShadowEngine : IDisposable
 
     public VmResult Step(ShadowOp op)
     {
+        pagesRead = false;
         switch (op)
         {
             case ShadowOp.CreateSlot c: return Slot(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, c.ReadOnly));
@@ -127,32 +128,23 @@ public sealed class ImplShadowEngine : IDisposable
     public bool Matches(ShadowState spec)
     {
         if (spec.GuestPcide != vm.GuestPcide || !Equals(spec.GuestCpu, GuestCpu())
-            || !spec.Roots.Equals(Roots()) || !spec.Memslots.Equals(Memslots()))
+            || !spec.Roots.Equals(Roots()) || !MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots))
             return false;
 
-        bool same = true;
         pagesSeen.Clear();
-        vm.VisitPages((info, entries) =>
+        foreach (var (info, entries) in Pages())
         {
-            if (!same) return;
             var key = Key(info.Key);
             if (!pagesSeen.Add(key) || !spec.Pages.TryGetValue(key, out var page) || !page.Key.Equals(key)
                 || page.Unsync != info.Unsync || page.WriteFlooding != info.WriteFlooding || page.Entries.Count != entries.Count)
-            {
-                same = false;
-                return;
-            }
+                return false;
             foreach (var x in entries)
-            {
                 if (!page.Entries.TryGetValue(x.Index, out var entry) || !SameEntry(entry, x))
-                {
-                    same = false;
-                    return;
-                }
-            }
-        });
-        if (!same || pagesSeen.Count != spec.Pages.Count) return false;
+                    return false;
+        }
+        if (pagesSeen.Count != spec.Pages.Count) return false;
 
+        bool same = true;
         wordsSeen.Clear();
         vm.VisitHostMemory((hpa, value) =>
         {
@@ -160,6 +152,21 @@ public sealed class ImplShadowEngine : IDisposable
                 same = false;
         });
         return same && wordsSeen.Count == spec.HostMemory.Count;
+    }
+
+    // The impl's pages as one visit read them, kept until the next step: the state comparison and the
+    // invariant scan read the same pages, so a step reads them once (VisitPages hands out fresh lists).
+    readonly List<(ImplShadow.ShadowPageInfo Info, IReadOnlyList<ImplShadow.ShadowEntryInfo> Entries)> pages = new();
+    bool pagesRead;
+
+    /// <summary>Every live page with its present entries, read at most once between two steps.</summary>
+    List<(ImplShadow.ShadowPageInfo Info, IReadOnlyList<ImplShadow.ShadowEntryInfo> Entries)> Pages()
+    {
+        if (pagesRead) return pages;
+        pages.Clear();
+        vm.VisitPages((info, entries) => pages.Add((info, entries)));
+        pagesRead = true;
+        return pages;
     }
 
     static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>
@@ -205,10 +212,10 @@ public sealed class ImplShadowEngine : IDisposable
         // scan that threw leaves nothing behind. A cleared map or set enumerates in insertion order, as a new one.
         var (pageInfo, pageEntries, leavesByGfn, linksByChild) = (scan.PageInfo, scan.PageEntries, scan.LeavesByGfn, scan.LinksByChild);
         scan.Clear();
-        vm.VisitPages((info, entries) =>
+        foreach (var (info, entries) in Pages())
         {
             if (!pageInfo.TryAdd(info.Key, info)) Problem($"page {info.Key} visited twice");
-            pageEntries[info.Key] = entries.ToArray();
+            pageEntries[info.Key] = entries;
             foreach (var e in entries)
             {
                 var at = new ImplShadow.ShadowEntryRef(info.Key, e.Index);
@@ -219,14 +226,19 @@ public sealed class ImplShadowEngine : IDisposable
                 }
                 else scan.Set(linksByChild, e.Child).Add(at);
             }
-        });
+        }
 
         if (vm.ShadowPages != pageInfo.Count) Problem($"ShadowPages says {vm.ShadowPages}, {pageInfo.Count} pages visited");
         foreach (var (child, links) in linksByChild)
             if (!pageInfo.ContainsKey(child)) Problem($"{Refs(links)} link page {child}, which does not exist");
-        foreach (var root in vm.PreviousRoots.Cast<ImplShadow.ShadowRootView?>().Prepend(vm.CurrentRoot).OfType<ImplShadow.ShadowRootView>())
+        // The current root, then the previous ones (a loop: boxing each root through LINQ cost a tenth of a shadow step).
+        if (vm.CurrentRoot is { } current) RootPagesExist(current);
+        foreach (var root in vm.PreviousRoots) RootPagesExist(root);
+        void RootPagesExist(ImplShadow.ShadowRootView root)
+        {
             foreach (var r in root.Pages)
                 if (r is { } k && !pageInfo.ContainsKey(k)) Problem($"root page {k} (of the root for pgd 0x{root.Pgd:X}) does not exist");
+        }
 
         // (a) the reverse map.
         var rmap = scan.Rmap;
@@ -313,7 +325,7 @@ public sealed class ImplShadowEngine : IDisposable
     sealed class InvariantScan
     {
         public readonly Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowPageInfo> PageInfo = new();
-        public readonly Dictionary<ImplShadow.ShadowPageKey, ImplShadow.ShadowEntryInfo[]> PageEntries = new();
+        public readonly Dictionary<ImplShadow.ShadowPageKey, IReadOnlyList<ImplShadow.ShadowEntryInfo>> PageEntries = new();
         public readonly Dictionary<ulong, HashSet<ImplShadow.ShadowEntryRef>> LeavesByGfn = new(), Rmap = new();
         public readonly Dictionary<ImplShadow.ShadowPageKey, HashSet<ImplShadow.ShadowEntryRef>> LinksByChild = new(), Parents = new();
         public readonly Dictionary<ImplShadow.ShadowPageKey, bool> HoldsUnsync = new();

@@ -202,8 +202,7 @@ public sealed class ImplTdpEngine : IDisposable
             || !Equals(vm.MirrorRoot is { } m ? Key(m) : null, spec.MirrorRoot)
             || !Equals(GuestCpu(), spec.GuestCpu))
             return false;
-        var (slots, bitmaps) = Memslots();
-        if (!new HostMemslots(slots, bitmaps).Equals(spec.Memslots)) return false;
+        if (!MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots)) return false;
 
         bool same = true;
         pagesSeen.Clear();
