@@ -166,10 +166,16 @@ public sealed partial class GuestVcpu
             if ((accessedAll & PagingEntryBits.Accessed) == 0)
             {
                 for (int i = 0; i < walked; i++)
+                {
+                    memory.NoteEntryWrite(entries[i]);
                     entries[i].SetBits(wide, PagingEntryBits.Accessed);
+                }
             }
             if (type == AccessType.Write && (pte & PagingEntryBits.Dirty) == 0)
+            {
+                memory.NoteEntryWrite(entry);
                 entry.SetBits(wide, PagingEntryBits.Dirty);
+            }
         }
 
         ref readonly LevelShape leaf = ref ctx.Levels[level];

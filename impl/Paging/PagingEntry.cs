@@ -23,6 +23,9 @@ internal readonly unsafe struct PagingEntry
         _host = host;
     }
 
+    /// <summary>For guest memory's write log: where the entry lives.</summary>
+    internal byte* Host => _host;
+
     /// <summary>No slot backs the entry's gpa.</summary>
     public bool IsUnbacked => _host == null;
 

@@ -123,6 +123,19 @@ public sealed class ImplWalkEngine : IWalkEngine
         finally { expected.Dispose(); }
     }
 
+    /// <summary>The impl's memslots, in its own order: the index is <see cref="SlotWords"/>'s.</summary>
+    public IReadOnlyList<ImplMemory.MemslotInfo> Slots => memory.Slots;
+
+    /// <summary>Slot <paramref name="index"/>'s bytes as 8-byte words, read in place.</summary>
+    public ReadOnlySpan<ulong> SlotWords(int index) =>
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(memory.SlotBytes(index));
+
+    /// <summary>From now on guest memory logs the frames written (<see cref="TakeWrittenFrames"/>).</summary>
+    public void TrackWrites() => memory.TrackWrites();
+
+    /// <summary>Moves the frames the impl wrote since the last call into <paramref name="gfns"/>.</summary>
+    public void TakeWrittenFrames(ICollection<ulong> gfns) => memory.TakeWrittenFrames(gfns);
+
     IEnumerable<int> SlotsByGpa() => Enumerable.Range(0, memory.Slots.Count).OrderBy(i => memory.Slots[i].BaseGfn);
 
     public void Dispose() => memory.Dispose();

@@ -48,6 +48,8 @@ public sealed class WalkFamily : DiffFamily<WalkCase, Op, OpResult>
     {
         SpecEngine? spec;
         ImplWalkEngine? impl;
+        WalkMemoryComparison? comparison;
+        int stepsRun;
 
         public override BootOutcome Boot()
         {
@@ -62,17 +64,17 @@ public sealed class WalkFamily : DiffFamily<WalkCase, Op, OpResult>
         SpecEngine Spec => spec ?? throw new InvalidOperationException("the spec did not boot");
         ImplWalkEngine Impl => impl ?? throw new InvalidOperationException("the impl did not boot");
 
-        public override OpResult SpecStep(Op op) => Spec.Step(op);
+        public override OpResult SpecStep(Op op) { stepsRun++; return Spec.Step(op); }
         public override OpResult ImplStep(Op op) => Impl.Step(op);
-        public override ImmutableArray<string> StateDifferences()
-        {
-            var memory = Spec.Machine.Memory.Written;
-            // Memory equal in one pass (the common case) leaves the vCPU to compare; else the merge names the words.
-            IEnumerable<KeyValuePair<ulong, ulong>> implMemory = Impl.HoldsExactly(memory) ? memory : Impl.Words();
-            return MachineView.Differences(Spec.Machine.Cpu, memory, Impl.Cpu(), implMemory);
-        }
+        // The pages either side changed since memory last agreed; all of memory at boot and after the last step.
+        public override ImmutableArray<string> StateDifferences() =>
+            (comparison ??= new WalkMemoryComparison(Impl)).Differences(Spec.Machine, full: stepsRun >= c.Ops.Length);
         public override IEnumerable<StateRow> StateRows() => CaseRuns.WalkState(Spec.View(), Impl.View());
         public override string? NoState => spec is null || impl is null ? "one side did not boot: there is no state to show" : null;
-        public override void Dispose() => impl?.Dispose();
+        public override void Dispose()
+        {
+            comparison?.Dispose();
+            impl?.Dispose();
+        }
     }
 }

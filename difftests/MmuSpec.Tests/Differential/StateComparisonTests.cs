@@ -116,6 +116,7 @@ public sealed class StateComparisonTests
     {
         var config = new VmConfig(format, sharedBit);
         int steps = 0, refused = 0;
+        var kinds = new HashSet<string>();
         for (int seed = 0; seed < 30; seed++)
         {
             var c = TdpGen.Build(seed, size: 40, config);
@@ -138,10 +139,13 @@ public sealed class StateComparisonTests
                 Assert.False(impl.Matches(other), what);
                 Assert.NotEmpty(TdpDiff.Differences(other, impl.View()));
                 refused++;
+                kinds.Add(what);
             }
         }
         Assert.True(steps > 500, $"{steps} steps");
         Assert.True(refused > 100, $"{refused} perturbed states");
+        // The memslots are compared in place (MemslotComparison): every field and the dirty logs were tried.
+        Assert.Subset(kinds, MemslotKinds.ToHashSet());
     }
 
     /// <summary>The state with one thing changed: a host word, an entry, a page, a root, the page-size cap, a slot.</summary>
@@ -171,6 +175,39 @@ public sealed class StateComparisonTests
         yield return ("max page size", s with { MaxPageSize = s.MaxPageSize == PageSize.Size4K ? PageSize.Size2M : PageSize.Size4K });
         if (!s.Slots.IsEmpty)
             yield return ("slot removed", s with { Memslots = new HostMemslots(s.Slots.Remove(s.Slots.Keys.First()), s.DirtyBitmaps) });
+        foreach (var (what, memslots) in MemslotsPerturbed(s.Memslots))
+            yield return (what, s with { Memslots = memslots });
+    }
+
+    static readonly string[] MemslotKinds =
+        ["slot base gfn", "slot pages", "slot host pfn", "slot host page size", "slot read-only", "dirty logging flipped", "dirty offset added", "dirty offset removed"];
+
+    /// <summary>The memslots with one thing changed: each field of a slot, dirty logging, an offset of a dirty log.</summary>
+    static IEnumerable<(string, HostMemslots)> MemslotsPerturbed(HostMemslots m)
+    {
+        foreach (var slot in m.Slots.Values.Take(2))
+        {
+            foreach (var (field, changed) in new (string, MmuSpec.Spec.Memory.HostMemslot)[]
+            {
+                ("slot base gfn", slot with { BaseGfn = slot.BaseGfn + 1 }), ("slot pages", slot with { Pages = slot.Pages + 1 }),
+                ("slot host pfn", slot with { HostPfnBase = slot.HostPfnBase + 1 }),
+                ("slot host page size", slot with { HostPageSize = slot.HostPageSize == PageSize.Size4K ? PageSize.Size2M : PageSize.Size4K }),
+                ("slot read-only", slot with { ReadOnly = !slot.ReadOnly }),
+            })
+                yield return (field, m with { Slots = m.Slots.SetItem(slot.Id, changed) });
+            // The flag with its bitmap, so that only logging itself differs.
+            var flipped = m with { Slots = m.Slots.SetItem(slot.Id, slot with { DirtyLogging = !slot.DirtyLogging }) };
+            yield return ("dirty logging flipped", slot.DirtyLogging
+                ? flipped with { DirtyBitmaps = m.DirtyBitmaps.Remove(slot.Id) }
+                : flipped with { DirtyBitmaps = m.DirtyBitmaps.SetItem(slot.Id, []) });
+        }
+        foreach (var (id, offsets) in m.DirtyBitmaps.Take(2))
+        {
+            ulong fresh = offsets.IsEmpty ? 0 : offsets.Max + 1;
+            yield return ("dirty offset added", m with { DirtyBitmaps = m.DirtyBitmaps.SetItem(id, offsets.Add(fresh)) });
+            if (!offsets.IsEmpty)
+                yield return ("dirty offset removed", m with { DirtyBitmaps = m.DirtyBitmaps.SetItem(id, offsets.Remove(offsets.Min)) });
+        }
     }
 
     // The shadow family's comparison, the same way (ImplShadowEngine.Matches).
@@ -182,6 +219,7 @@ public sealed class StateComparisonTests
     {
         var options = new ShadowGenOptions(mode, Roots: roots);
         int steps = 0, refused = 0;
+        var kinds = new HashSet<string>();
         for (int seed = 0; seed < 25; seed++)
         {
             var c = ShadowGen.Build(seed, size: 40, options);
@@ -201,10 +239,12 @@ public sealed class StateComparisonTests
                 if (ShadowDiff.Differences(other, impl.View()).IsEmpty) continue;   // e.g. nothing to change
                 Assert.False(impl.Matches(other), what);
                 refused++;
+                kinds.Add(what);
             }
         }
         Assert.True(steps > 500, $"{steps} steps");
         Assert.True(refused > 100, $"{refused} perturbed states");
+        Assert.Subset(kinds, MemslotKinds.ToHashSet());
     }
 
     static IEnumerable<(string, ShadowState)> ShadowPerturbed(ShadowState s)
@@ -251,5 +291,7 @@ public sealed class StateComparisonTests
         yield return ("roots dropped", s with { Roots = ShadowRoots.None });
         if (!s.Slots.IsEmpty)
             yield return ("slot removed", s with { Memslots = new HostMemslots(s.Slots.Remove(s.Slots.Keys.First()), s.DirtyBitmaps) });
+        foreach (var (what, memslots) in MemslotsPerturbed(s.Memslots))
+            yield return (what, s with { Memslots = memslots });
     }
 }
