@@ -8,51 +8,59 @@ namespace MmuSpec.Impl.Tdp;
 /// </summary>
 public readonly struct TdpAccessOutcome : IEquatable<TdpAccessOutcome>
 {
+    private const int PageShiftShift = 8;
+    private const ulong FaultedBit = 1UL << 16;
+
     private readonly ulong _hpa;
-    private readonly TdpAccessStatus _status;
-    private readonly byte _pageShift;
-    private readonly bool _faulted;
+
+    // Status (bits 7:0), page shift (15:8) and faulted (16) in one word: two 8-byte fields, each a whole
+    // return register, so the JIT keeps the outcome in registers where the old four fields (three of them
+    // bytes) were stored separately and re-read as one word (a store-forwarding stall on every non-inlined return).
+    private readonly ulong _bits;
 
     public TdpAccessOutcome(TdpAccessStatus status, ulong hpa, byte pageShift, bool faulted)
+        : this(hpa, (byte)status | ((ulong)pageShift << PageShiftShift) | (faulted ? FaultedBit : 0))
     {
-        _status = status;
-        _hpa = hpa;
-        _pageShift = pageShift;
-        _faulted = faulted;
     }
 
-    public TdpAccessStatus Status => _status;
+    private TdpAccessOutcome(ulong hpa, ulong bits)
+    {
+        _hpa = hpa;
+        _bits = bits;
+    }
+
+    public TdpAccessStatus Status => (TdpAccessStatus)(byte)_bits;
 
     /// <summary>Host physical address of the accessed byte (Mapped only).</summary>
     public ulong Hpa => _hpa;
 
     /// <summary>log2 of the size of the leaf that served the access: 12, 21 or 30 (Mapped only).</summary>
-    public byte PageShift => _pageShift;
+    public byte PageShift => (byte)(_bits >> PageShiftShift);
 
     /// <summary>The access faulted: a leaf was installed, made writable, or replaced (Mapped only).</summary>
-    public bool Faulted => _faulted;
+    public bool Faulted => (_bits & FaultedBit) != 0;
 
     public static TdpAccessOutcome MmioExit => new(TdpAccessStatus.MmioExit, 0, 0, false);
 
     public static TdpAccessOutcome Rejected => new(TdpAccessStatus.Rejected, 0, 0, false);
 
     public static TdpAccessOutcome Mapped(ulong hpa, int pageShift, bool faulted) =>
-        new(TdpAccessStatus.Mapped, hpa, (byte)pageShift, faulted);
+        new(hpa, (ulong)TdpAccessStatus.Mapped | ((ulong)(byte)pageShift << PageShiftShift) | (faulted ? FaultedBit : 0));
 
-    public bool Equals(TdpAccessOutcome other) =>
-        _hpa == other._hpa && _status == other._status && _pageShift == other._pageShift && _faulted == other._faulted;
+    // The packing is one-to-one: equal words are equal fields.
+    public bool Equals(TdpAccessOutcome other) => _hpa == other._hpa && _bits == other._bits;
 
     public override bool Equals(object? obj) => obj is TdpAccessOutcome other && Equals(other);
 
-    public override int GetHashCode() => HashCode.Combine(_hpa, _status, _pageShift, _faulted);
+    public override int GetHashCode() => HashCode.Combine(_hpa, Status, PageShift, Faulted);
 
     public static bool operator ==(TdpAccessOutcome left, TdpAccessOutcome right) => left.Equals(right);
 
     public static bool operator !=(TdpAccessOutcome left, TdpAccessOutcome right) => !left.Equals(right);
 
-    public override string ToString() => _status switch
+    public override string ToString() => Status switch
     {
-        TdpAccessStatus.Mapped => $"Mapped(hpa=0x{_hpa:X}, size=2^{_pageShift}, faulted={_faulted})",
-        _ => _status.ToString(),
+        TdpAccessStatus.Mapped => $"Mapped(hpa=0x{_hpa:X}, size=2^{PageShift}, faulted={Faulted})",
+        _ => Status.ToString(),
     };
 }

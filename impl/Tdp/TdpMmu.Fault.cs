@@ -31,7 +31,7 @@ public sealed partial class TdpMmu<TFormat>
         // A disposed MMU has no small slot, and a frame inside one is below 2^_gpaBits: neither needs a check.
         ulong gig = (frame >> GigShift) - _smallSlotFirstGig;
         if (offset < _smallSlotFrames && gig < GigTableCount && (uint)type <= (uint)AccessType.Fetch
-            && _gigTables[(int)gig] is { IsNull: false } level2)
+            && _gigTables[(int)(gig & (GigTableCount - 1))] is { IsNull: false } level2) // the mask (a no-op here) drops the bounds check
         {
             AssertTable(level2, 2, _smallSlotMirror);
             ulong entry = level2[Index(frame, 2)];
@@ -77,7 +77,7 @@ public sealed partial class TdpMmu<TFormat>
                 {
                     ulong gig = (frame >> GigShift) - _smallSlotFirstGig;
                     if (gig < GigTableCount)
-                        _gigTables[(int)gig] = table;
+                        _gigTables[(int)(gig & (GigTableCount - 1))] = table; // the mask drops the bounds check
                 }
                 ulong entry = table[Index(frame, level)];
                 if (!TFormat.IsPresent(entry))

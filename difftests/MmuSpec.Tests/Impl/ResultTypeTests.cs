@@ -106,6 +106,25 @@ public sealed class ResultTypeTests
     public void Tdp_access_outcomes_are_equal_exactly_when_every_field_is() =>
         AssertValueSemantics(AccessSamples(), AccessSamples(), SameFields, (a, b) => a == b, (a, b) => a != b);
 
+    // The status, page shift and faulted flag share one word (TdpAccessOutcome._bits): every value of each
+    // reads back as stored, beside every value of the others, from the constructor and from Mapped.
+    [Fact]
+    public void Tdp_access_outcome_fields_read_back_whatever_the_others_hold()
+    {
+        int checkedOutcomes = 0;
+        foreach (TdpAccessStatus status in Enum.GetValues<TdpAccessStatus>())
+            for (int shift = 0; shift < 256; shift++)
+                foreach (bool faulted in new[] { false, true })
+                foreach (ulong hpa in new[] { 0UL, 0x1234_5000UL, ulong.MaxValue })
+                {
+                    var o = new TdpAccessOutcome(status, hpa, (byte)shift, faulted);
+                    Assert.Equal((status, hpa, (byte)shift, faulted), (o.Status, o.Hpa, o.PageShift, o.Faulted));
+                    if (status == TdpAccessStatus.Mapped) Assert.Equal(o, TdpAccessOutcome.Mapped(hpa, shift, faulted));
+                    checkedOutcomes++;
+                }
+        Assert.Equal(Enum.GetValues<TdpAccessStatus>().Length * 256 * 2 * 3, checkedOutcomes);
+    }
+
     [Fact]
     public void MMIO_exits_and_rejections_carry_no_translation()
     {
