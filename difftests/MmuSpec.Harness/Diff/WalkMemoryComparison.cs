@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Collections.Immutable;
 using MmuSpec.Spec.GuestWalk;
 
@@ -21,6 +20,8 @@ public sealed class WalkMemoryComparison : IDisposable
 
     readonly ImplWalkEngine impl;
     readonly ulong[][] words;
+    // The mirror's pages that may hold a non-zero word (slot, page), zeroed again before the arrays go back to Zeroed.
+    readonly HashSet<(int Slot, int Page)> dirtyPages = [];
     readonly HashSet<ulong> frames = [];
     // The spec memory the mirror holds, equal to the impl's when it was set; null when it holds none.
     ImmutableSortedDictionary<ulong, ulong>? agreed;
@@ -29,9 +30,32 @@ public sealed class WalkMemoryComparison : IDisposable
     {
         this.impl = impl;
         impl.TrackWrites();
-        // Rented: a case's few hundred KiB would otherwise be a large-object allocation per case.
+        // Reused, and zero: a case's few hundred KiB would otherwise be allocated (or cleared) per case.
         words = new ulong[impl.Slots.Count][];
-        for (int i = 0; i < words.Length; i++) words[i] = ArrayPool<ulong>.Shared.Rent(impl.SlotWords(i).Length);
+        for (int i = 0; i < words.Length; i++) words[i] = TakeZeroed(impl.SlotWords(i).Length);
+    }
+
+    // Per thread (campaign jobs run on their own threads): arrays by length, all zero.
+    [ThreadStatic] static Dictionary<int, Stack<ulong[]>>? zeroed;
+
+    static ulong[] TakeZeroed(int length)
+    {
+        if (zeroed is null || !zeroed.TryGetValue(length, out var stack) || !stack.TryPop(out var array)) return new ulong[length];
+        // A stale word could match a stray impl write on a page both changed: the reuse must be all zero.
+        System.Diagnostics.Debug.Assert(array.AsSpan().IndexOfAnyExcept(0UL) < 0, "a reused mirror holds a stale word");
+        return array;
+    }
+
+    void ReturnZeroed()
+    {
+        foreach (var (slot, page) in dirtyPages) Array.Clear(words[slot], page * WordsPerPage, WordsPerPage);
+        dirtyPages.Clear();
+        zeroed ??= [];
+        foreach (var array in words)
+        {
+            if (!zeroed.TryGetValue(array.Length, out var stack)) zeroed[array.Length] = stack = new Stack<ulong[]>();
+            if (stack.Count < 4) stack.Push(array);
+        }
     }
 
     /// <summary>
@@ -57,10 +81,17 @@ public sealed class WalkMemoryComparison : IDisposable
         frames.Clear();
         impl.TakeWrittenFrames(frames);   // everything written so far was just compared
         if (ReferenceEquals(spec, agreed)) return;
+        // The mirror still holds the last agreed memory: apply the words that changed. Else start from zero.
+        var before = agreed;
         agreed = null;
-        for (int i = 0; i < words.Length; i++) Array.Clear(words[i], 0, impl.SlotWords(i).Length);
-        foreach (var (gpa, value) in spec)
-            if (!TrySet(gpa, value)) return;
+        if (before is null)
+        {
+            foreach (var (slot, page) in dirtyPages) Array.Clear(words[slot], page * WordsPerPage, WordsPerPage);
+            dirtyPages.Clear();
+            before = ImmutableSortedDictionary.Create<ulong, ulong>(spec.KeyComparer);
+        }
+        foreach (var (gpa, was, now) in SortedMerge.Outer(before, spec))
+            if (was != now && !TrySet(gpa, now)) return;
         agreed = spec;
     }
 
@@ -99,7 +130,9 @@ public sealed class WalkMemoryComparison : IDisposable
     {
         int slot = SlotOf(gpa >> PageShift);
         if (slot < 0 || (gpa & 7) != 0) return false;
-        words[slot][(gpa - (impl.Slots[slot].BaseGfn << PageShift)) / 8] = value;
+        ulong word = (gpa - (impl.Slots[slot].BaseGfn << PageShift)) / 8;
+        words[slot][word] = value;
+        dirtyPages.Add((slot, (int)(word / WordsPerPage)));
         return true;
     }
 
@@ -112,7 +145,8 @@ public sealed class WalkMemoryComparison : IDisposable
 
     public void Dispose()
     {
-        for (int i = 0; i < words.Length; i++)
-            if (words[i] is { } w) { ArrayPool<ulong>.Shared.Return(w); words[i] = null!; }
+        if (words.Length == 0 || words[0] is null) return;
+        ReturnZeroed();
+        Array.Fill(words, null!);
     }
 }
