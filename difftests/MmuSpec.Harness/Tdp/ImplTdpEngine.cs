@@ -221,7 +221,7 @@ public sealed class ImplTdpEngine : IDisposable
                     || !page.Entries.TryGetValue(x.Index, out var entry)
                     || !(x.IsLeaf
                         ? entry is Spte.Leaf l && l.Gfn == x.LeafGfn && l.Level == x.LeafLevel && l.HostPfn == x.HostPfn && l.Writable == x.Writable
-                        : entry is Spte.Table t && t.Child.Equals(Key(x.Child))))
+                        : entry is Spte.Table t && SameKey(t.Child, x.Child)))
                 {
                     same = false;
                     return;
@@ -239,6 +239,10 @@ public sealed class ImplTdpEngine : IDisposable
         });
         return same && wordsSeen.Count == spec.HostMemory.Count;
     }
+
+    /// <summary><c>spec.Equals(Key(impl))</c> field by field: the in-place comparison builds no key per table entry.</summary>
+    static bool SameKey(PageKey spec, ImplTdp.TdpPageKey impl) =>
+        spec.Gfn == impl.Gfn && spec.Role.Level == impl.Level && spec.Role.Mirror == impl.Mirror;
 
     static PageKey Key(ImplTdp.TdpPageKey k) => new(k.Gfn, new MmuRole(k.Level, k.Mirror));
 

@@ -146,6 +146,7 @@ public sealed class StateComparisonTests
         Assert.True(refused > 100, $"{refused} perturbed states");
         // The memslots are compared in place (MemslotComparison): every field and the dirty logs were tried.
         Assert.Subset(kinds, MemslotKinds.ToHashSet());
+        Assert.Subset(kinds, new HashSet<string> { "table child gfn", "table child level" });
     }
 
     /// <summary>The state with one thing changed: a host word, an entry, a page, a root, the page-size cap, a slot.</summary>
@@ -168,6 +169,14 @@ public sealed class StateComparisonTests
             {
                 yield return ("leaf rights", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, leaf.WithWritable(!leaf.Writable))) });
                 yield return ("leaf frame", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, leaf with { HostPfn = leaf.HostPfn + 1 })) });
+            }
+            if (entry is Spte.Table table)
+            {
+                // Each field of the child's key (the in-place comparison reads them one by one).
+                var child = table.Child;
+                yield return ("table child gfn", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, new Spte.Table(child with { Gfn = child.Gfn ^ 1 }))) });
+                yield return ("table child level", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, new Spte.Table(child with { Role = child.Role with { Level = child.Role.Level ^ 1 } }))) });
+                yield return ("table child mirror", s with { Pages = s.Pages.SetItem(page.Key, page.With(index, new Spte.Table(child with { Role = child.Role with { Mirror = !child.Role.Mirror } }))) });
             }
             if (index < 511) yield return ("entry added", s with { Pages = s.Pages.SetItem(page.Key, page.With(index + 1, entry)) });
         }
