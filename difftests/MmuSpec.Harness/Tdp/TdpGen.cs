@@ -336,6 +336,10 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
             ulong gfn = recentGfns.Count > 0 ? recentGfns[rng.Next(recentGfns.Count)] : (ulong)rng.NextInt64(0, 1L << 20);
             start = gfn >= 2 ? gfn - (ulong)rng.Next(0, 3) : gfn;
             end = start + rng.Next(4) switch { 0 => 1UL, 1 => (ulong)rng.Next(1, 16), 2 => 512, _ => (ulong)rng.Next(1, 1 << 19) };
+            // Often the guest touches the page again right after: a hit that sets A again, or without
+            // hardware A/D the fault that makes an old leaf young (or a new fault after a zap).
+            if (!test && rng.Next(2) == 0)
+                pending.Enqueue(AccessAt(gfn, rng.Next(3) == 0 ? AccessType.Write : AccessType.Read, rng.Next(2) == 0));
         }
         return test ? new TdpOp.TestAge(start, end) : new TdpOp.Age(start, end);
     }
