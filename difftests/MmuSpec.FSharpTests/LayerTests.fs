@@ -138,6 +138,7 @@ let private vmResultCase =
 
 let private tdpResultCase =
     function
+    | TdpYoung _ -> "Young"
     | TdpOk -> "Ok"
     | TdpRejected _ -> "Rejected"
     | TdpMapped _ -> "Mapped"
@@ -161,6 +162,8 @@ let private tdpOpCase =
     | TdpHostOp(TdpNotSlotOp(TdpZap None)) -> "ZapAll"
     | TdpHostOp(TdpNotSlotOp(TdpSetMaxPageSize _)) -> "SetMaxPageSize"
     | TdpHostOp(TdpNotSlotOp(TdpPreFault _)) -> "PreFault"
+    | TdpHostOp(TdpNotSlotOp(TdpAge _)) -> "Age"
+    | TdpHostOp(TdpNotSlotOp(TdpTestAge _)) -> "TestAge"
     | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp op)) -> $"no pattern for {op.GetType().Name}"
 
 let private spteCase =

@@ -61,4 +61,14 @@ public readonly struct EptFormat : IPteFormat
 
     /// <summary>KVM's FROZEN_SPTE on x86 (0x5a0): R, W and X clear, so not present to the hardware or to a walk.</summary>
     public static ulong FrozenEntry => 0x5A0;
+
+    /// <summary>SDM 29.3.5: with EPTP bit 6 set the CPU sets A (bit 8) of every entry it uses.</summary>
+    public const ulong Accessed = 1UL << 8;
+
+    /// <summary>SDM 29.3.5: ... and D (bit 9) of the leaf of a write.</summary>
+    public const ulong Dirty = 1UL << 9;
+
+    public static ulong AccessedBit => Accessed;
+
+    public static ulong DirtyBit => Dirty;
 }

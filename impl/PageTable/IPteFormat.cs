@@ -46,4 +46,13 @@ public interface IPteFormat
     /// and a compare-and-exchange against any other value fails. Zero is "absent", so it is never zero.
     /// </summary>
     static abstract ulong FrozenEntry { get; }
+
+    /// <summary>
+    /// A leaf's accessed flag (docs/tdp-model.md, "Aging"): EPT bit 8, stage-2 AF bit 10. It may share a bit
+    /// with <see cref="FrozenEntry"/>, which is never present: aging touches present leaves only.
+    /// </summary>
+    static abstract ulong AccessedBit { get; }
+
+    /// <summary>A leaf's dirty flag: EPT bit 9; 0 for a format whose MMU keeps none (stage-2: KVM does not use DBM).</summary>
+    static abstract ulong DirtyBit { get; }
 }

@@ -67,4 +67,11 @@ public readonly struct Stage2Format : IPteFormat
     /// <summary>KVM arm64's KVM_INVALID_PTE_LOCKED (bit 10, valid clear), which stage2_try_break_pte writes
     /// while it owns an entry.</summary>
     public static ulong FrozenEntry => 1UL << 10;
+
+    /// <summary>AF, bit 10: the same bit as <see cref="FrozenEntry"/>, which has Valid clear, so aging (valid
+    /// leaves only) never takes a frozen entry for a young leaf.</summary>
+    public static ulong AccessedBit => AccessFlag;
+
+    /// <summary>KVM arm64 tracks dirty pages by write-protection, not with DBM: no dirty bit.</summary>
+    public static ulong DirtyBit => 0;
 }

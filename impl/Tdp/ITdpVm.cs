@@ -47,6 +47,17 @@ public interface ITdpVm : IDisposable
     /// <summary>Zaps every leaf overlapping gfns [startGfn, endGfn) in both roots; tables stay.</summary>
     TdpStatus ZapRange(ulong startGfn, ulong endGfn);
 
+    /// <summary>
+    /// kvm_age_gfn over gfns [startGfn, endGfn), both roots (docs/tdp-model.md, "Aging"): <paramref name="young"/>
+    /// says whether a leaf there was accessed; each such leaf becomes old (without EPT A/D it is zapped and
+    /// flushed). Rejected, changing nothing, for an empty range, one beyond the space, or an MMU that does
+    /// not track accessed state.
+    /// </summary>
+    TdpStatus Age(ulong startGfn, ulong endGfn, out bool young);
+
+    /// <summary>kvm_test_age_gfn: as <see cref="Age"/>, but changes nothing.</summary>
+    TdpStatus TestAge(ulong startGfn, ulong endGfn, out bool young);
+
     /// <summary>Frees every table page and both roots.</summary>
     TdpStatus ZapAll();
 

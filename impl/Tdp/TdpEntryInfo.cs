@@ -9,6 +9,12 @@ namespace MmuSpec.Impl.Tdp;
 public readonly record struct TdpEntryInfo(
     int Index, bool IsLeaf, TdpPageKey Child, ulong LeafGfn, int LeafLevel, ulong HostPfn, bool Writable, ulong Raw)
 {
+    /// <summary>A leaf's accessed state, when the MMU tracks it (<see cref="TdpAccessedDirty"/>); else false.</summary>
+    public bool Accessed { get; init; }
+
+    /// <summary>A leaf's dirty state (EPT with A/D enabled); else false.</summary>
+    public bool Dirty { get; init; }
+
     public override string ToString() => IsLeaf
         ? $"[{Index}] Leaf(gfn=0x{LeafGfn:X}, L{LeafLevel}, pfn=0x{HostPfn:X}, {(Writable ? "rw" : "ro")})"
         : $"[{Index}] Table{Child}";

@@ -159,7 +159,7 @@ public sealed partial class TdpMmu<TFormat>
         {
             if (level == 1)
                 CacheSmallSlot(slot, frame, mirror);
-            return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false);
+            return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: _accessedMask != 0 && Touch(pte, write));
         }
 
         // Step 5: a write-protection fault. A 4 KiB leaf, or any leaf of a slot that does not log,
@@ -167,6 +167,8 @@ public sealed partial class TdpMmu<TFormat>
         if (level == 1 || !slot.DirtyLogging)
         {
             pte.Write(TFormat.WithWritable(leaf, true));
+            if (_accessedMask != 0)
+                Touch(pte, write);
             slot.MarkDirty(gfn);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
         }
@@ -188,7 +190,7 @@ public sealed partial class TdpMmu<TFormat>
         ulong leafGfn = AlignDown(gfn, level);
         ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
         bool logging = slot.DirtyLogging;
-        ulong leaf = TFormat.MakeLeaf(hostPfn, level, writable: !slot.ReadOnly && (!logging || write));
+        ulong leaf = TFormat.MakeLeaf(hostPfn, level, writable: !slot.ReadOnly && (!logging || write)) | InstallBits(write);
 
         ulong frame = gpa >> PageShift;
         var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror);
@@ -234,8 +236,8 @@ public sealed partial class TdpMmu<TFormat>
     /// </summary>
     private void CacheSmallSlot(HostMemslot slot, ulong frame, bool mirror)
     {
-        if (slot.ReadOnly || slot.DirtyLogging || Math.Min(_policyLevel, slot.LevelCap) != 1)
-            return;
+        if (slot.ReadOnly || slot.DirtyLogging || Math.Min(_policyLevel, slot.LevelCap) != 1 || _accessedMask != 0)
+            return; // with accessed state kept, every access sets it: the slow path does (TdpMmu.Aging.cs)
         ulong shared = frame - (frame & ~_sharedGfnMask);
         _smallSlotRoot = mirror ? _mirrorRoot : _directRoot;
         AssertTable(_smallSlotRoot, _rootLevel, mirror);

@@ -37,7 +37,7 @@ public sealed partial class TdpMmu<TFormat>
             }
             // Something other than a hole or a hit at the leaf's level (a huge leaf above it, a table where
             // it goes): the fault rule itself, which also issues the flushes a replacement owes.
-            TdpAccessOutcome fault = Access(at, AccessType.Read);
+            TdpAccessOutcome fault = PrefetchAccess(at);
             Debug.Assert(fault.Status == TdpAccessStatus.Mapped, "a read fault in a slot maps");
             ulong leafBytes = 1UL << fault.PageShift;
             at = (at & ~(leafBytes - 1)) + leafBytes;

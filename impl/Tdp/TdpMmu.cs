@@ -99,7 +99,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     /// <exception cref="ArgumentOutOfRangeException">The shared bit is not null, 47 or 51.</exception>
     /// <exception cref="ArgumentException">The format cannot build the root level the shared bit needs
     /// (stage-2 with a 4 KiB granule has at most 4 levels; shared bit 51 needs 5), or is not EPT or stage-2.</exception>
-    public TdpMmu(int? sharedBit, NativePagePool pool)
+    public TdpMmu(int? sharedBit, NativePagePool pool, TdpAccessedDirty accessedDirty = TdpAccessedDirty.Untracked)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (sharedBit is not (null or 47 or 51))
@@ -122,6 +122,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
         _pages = new TdpPageAllocator(pool, addressMask);
         _pool = pool;
         _guestMemory = new GuestPhysicalMemory(pool);
+        SetAccessedDirty(accessedDirty);
     }
 
     /// <summary>Bytes in one page header (the packed gfn and role).</summary>

@@ -107,12 +107,12 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             // Step 4: a hit.
             ulong hpa = ((TFormat.LeafPfn(leaf) + (frame & (FramesPerEntry(level) - 1))) << PageShift) | (gpa & PageOffsetMask);
             if (!write || TFormat.IsWritable(leaf))
-                return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false);
+                return _accessedMask == 0 ? TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false) : TouchHit(pte, hpa, level, write);
 
             // Step 5: a write-protection fault; the leaf becomes writable if no one changed it meanwhile.
             if (level == 1 || !slot.DirtyLogging)
             {
-                if (!TryExchange(pte, TFormat.WithWritable(leaf, true)))
+                if (!TryExchange(pte, TFormat.WithWritable(leaf, true) | TouchBits(write)))
                     return TdpVcpuOutcome.Retry;
                 MarkDirty(slot, gfn);
                 return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
@@ -142,7 +142,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         ulong leafGfn = AlignDown(gfn, target);
         ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
         bool logging = slot.DirtyLogging;
-        ulong leaf = TFormat.MakeLeaf(hostPfn, target, writable: !slot.ReadOnly && (!logging || write));
+        ulong leaf = TFormat.MakeLeaf(hostPfn, target, writable: !slot.ReadOnly && (!logging || write)) | TouchBits(write);
         ulong frame = gpa >> PageShift;
         Debug.Assert(stop.Value == 0, "a miss stops at a hole");
 

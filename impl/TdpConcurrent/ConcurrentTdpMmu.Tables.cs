@@ -205,7 +205,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             if (TFormat.IsLeaf(pte, level))
             {
                 entries.Add(new TdpEntryInfo(i, IsLeaf: true, Child: default, header.EntryGfn(i, _sharedGfnMask), level,
-                    TFormat.LeafPfn(pte), TFormat.IsWritable(pte), pte));
+                    TFormat.LeafPfn(pte), TFormat.IsWritable(pte), pte) { Accessed = LeafAccessed(pte), Dirty = LeafDirty(pte) });
                 continue;
             }
             var child = TableRef.At(TFormat.TableAddress(pte), level - 1);

@@ -85,7 +85,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
 
     /// <exception cref="ArgumentOutOfRangeException">The shared bit is not null, 47 or 51.</exception>
     /// <exception cref="ArgumentException">The format cannot build the root level the shared bit needs, or is not EPT or stage-2.</exception>
-    public ConcurrentTdpMmu(int? sharedBit, NativePagePool pool)
+    public ConcurrentTdpMmu(int? sharedBit, NativePagePool pool, TdpAccessedDirty accessedDirty = TdpAccessedDirty.Untracked)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (sharedBit is not (null or 47 or 51))
@@ -105,6 +105,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         ulong addressMask = ((1UL << TFormat.OutputAddressBits) - 1) & ~((1UL << PageShift) - 1);
         _pages = new TdpPageAllocator(pool, addressMask);
         _pool = pool;
+        SetAccessedDirty(accessedDirty);
     }
 
     public TdpFormatKind Format => typeof(TFormat) == typeof(EptFormat) ? TdpFormatKind.Ept : TdpFormatKind.Stage2;

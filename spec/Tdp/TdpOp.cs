@@ -56,6 +56,18 @@ public abstract record TdpOp
         public override string ToString() => $"pre-fault gpa [{Bits.Hex(Gpa)}, +{Bits.Hex(Size)})";
     }
 
+    /// <summary>The host ages guest memory (kvm_age_gfn): reports whether a leaf in range was young and makes them old.</summary>
+    public sealed record Age(ulong StartGfn, ulong EndGfn) : TdpOp
+    {
+        public override string ToString() => $"age gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
+    }
+
+    /// <summary>The host asks whether guest memory is young (kvm_test_age_gfn), changing nothing.</summary>
+    public sealed record TestAge(ulong StartGfn, ulong EndGfn) : TdpOp
+    {
+        public override string ToString() => $"test age gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
+    }
+
     public sealed record ZapAll : TdpOp
     {
         public override string ToString() => "zap all";
@@ -103,6 +115,12 @@ public abstract record TdpResult : VmResult
     public sealed record Populated(ulong Bytes) : TdpResult
     {
         public override string ToString() => $"populated {Bits.Hex(Bytes)} bytes";
+    }
+
+    /// <summary>What Age and TestAge report: whether any leaf in the range was accessed (young).</summary>
+    public sealed record Young(bool IsYoung) : TdpResult
+    {
+        public override string ToString() => IsYoung ? "young" : "old";
     }
 
     /// <summary>No memslot (or a write to a read-only one): the access exits to userspace for emulation.</summary>

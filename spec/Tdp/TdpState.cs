@@ -13,7 +13,7 @@ public sealed record TdpStepped(TdpState State, VmResult Result);
 /// question about the tables ("which leaves overlap this range?") answered by a plain scan.
 /// <see cref="Step"/> is a pure function; the rules are those of docs/tdp-model.md.
 /// </summary>
-public sealed record TdpState(
+public sealed partial record TdpState(
     VmConfig Config,
     HostMemslots Memslots,
     PageSize MaxPageSize,
@@ -44,6 +44,8 @@ public sealed record TdpState(
             ? Done(ZapLeaves(z.StartGfn, z.EndGfn))
             : Reject($"zap range [{Bits.Hex(z.StartGfn)}, {Bits.Hex(z.EndGfn)}) is empty or beyond the guest-physical space"),
         TdpOp.PreFault p => PreFault(p.Gpa, p.Size),
+        TdpOp.Age a => Age(a.StartGfn, a.EndGfn),
+        TdpOp.TestAge t => TestAge(t.StartGfn, t.EndGfn),
         TdpOp.ZapAll => Done(this with { Pages = Pages.Clear(), DirectRoot = null, MirrorRoot = null }),
         TdpOp.SetMaxPageSize p => p.Size is PageSize.Size4K or PageSize.Size2M or PageSize.Size1G
             ? Done(this with { MaxPageSize = p.Size })
@@ -101,7 +103,7 @@ public sealed record TdpState(
 
     // ---- the fault handler ----
 
-    TdpStepped Access(ulong gpa, AccessType type)
+    TdpStepped Translate(ulong gpa, AccessType type)
     {
         if (gpa >> Config.GpaBits != 0) return Reject($"gpa {Bits.Hex(gpa)} is beyond the {Config.GpaBits}-bit guest-physical space");
         bool write = type == AccessType.Write;
@@ -154,7 +156,7 @@ public sealed record TdpState(
         var state = this;
         while (at < end && at >> Config.GpaBits == 0)
         {
-            var fault = state.Access(at, AccessType.Read);
+            var fault = state.Prefetch(at);
             if (fault.Result is not TdpResult.Mapped m) break;
             state = fault.State;
             ulong leafBytes = 1UL << m.Size.Shift();

@@ -19,16 +19,20 @@ public enum TdpFormat
 /// </summary>
 public sealed record VmConfig
 {
-    public VmConfig(TdpFormat format, int? sharedBit = null)
+    public VmConfig(TdpFormat format, int? sharedBit = null, AccessedDirty accessedDirty = AccessedDirty.Untracked)
     {
         if (!Enum.IsDefined(format)) throw new ArgumentOutOfRangeException(nameof(format), format, "unknown TDP format");
         if (sharedBit is not (null or 47 or 51))
             throw new ArgumentOutOfRangeException(nameof(sharedBit), sharedBit, "the shared bit is 47 or 51 (or none)");
-        Format = format; SharedBit = sharedBit;
+        if (!Enum.IsDefined(accessedDirty)) throw new ArgumentOutOfRangeException(nameof(accessedDirty), accessedDirty, "unknown accessed/dirty mode");
+        Format = format; SharedBit = sharedBit; AccessedDirty = accessedDirty;
     }
 
     public TdpFormat Format { get; }
     public int? SharedBit { get; }
+
+    /// <summary>Whether leaves carry accessed/dirty state and aging runs (docs/tdp-model.md, "Aging"); untracked by default.</summary>
+    public AccessedDirty AccessedDirty { get; }
 
     public int RootLevel => SharedBit == 51 ? 5 : 4;
     public int GpaBits => RootLevel == 5 ? 52 : 48;
@@ -43,10 +47,12 @@ public sealed record VmConfig
     /// <summary>The shared bit as a gfn bit (0 without one): what a fault strips and the direct root adds back.</summary>
     public ulong DirectBits => SharedBit is { } s ? 1UL << (s - 12) : 0;
 
-    public VmConfig WithFormat(TdpFormat value) => new(value, SharedBit);
-    public VmConfig WithSharedBit(int? value) => new(Format, value);
+    public VmConfig WithFormat(TdpFormat value) => new(value, SharedBit, AccessedDirty);
+    public VmConfig WithSharedBit(int? value) => new(Format, value, AccessedDirty);
+    public VmConfig WithAccessedDirty(AccessedDirty value) => new(Format, SharedBit, value);
 
-    public override string ToString() => $"{Format}" + (SharedBit is { } s ? $" shared bit {s}" : "");
+    public override string ToString() => $"{Format}" + (SharedBit is { } s ? $" shared bit {s}" : "") 
+        + (AccessedDirty == AccessedDirty.Untracked ? "" : $", A/D {AccessedDirty.ToString().ToLowerInvariant()}");
 }
 
 /// <summary>
@@ -96,8 +102,15 @@ public abstract record Spte
         public bool Overlaps(ulong start, ulong end) => start < Gfn + Frames && Gfn < end;
         public PageSize Size => PagingLevels.PageSizeAt(PagingMode.Long4, Level);
         public Leaf WithWritable(bool value) => this with { Writable = value };
+
+        /// <summary>Accessed (young): EPT A, stage-2 AF; always false while the VM leaves A/D untracked (docs/tdp-model.md, "Aging").</summary>
+        public bool Accessed { get; init; }
+
+        /// <summary>Dirty: EPT D with A/D enabled; always false otherwise.</summary>
+        public bool Dirty { get; init; }
+
         public override string ToString() =>
-            $"leaf {Size.Name()} gfn {Bits.Hex(Gfn)} -> pfn {Bits.Hex(HostPfn)} {(Writable ? "RWX" : "R-X")}";
+            $"leaf {Size.Name()} gfn {Bits.Hex(Gfn)} -> pfn {Bits.Hex(HostPfn)} {(Writable ? "RWX" : "R-X")}{(Accessed ? " A" : "")}{(Dirty ? " D" : "")}";
     }
 }
 

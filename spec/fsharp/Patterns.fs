@@ -98,6 +98,13 @@ let (|VmOk|VmRejected|VmDirtyLog|MmuOutcome|) (result: VmResult) =
 
 open MmuSpec.Spec.Tdp
 
+/// Age and TestAge's answer (docs/tdp-model.md, "Aging"): whether a leaf in the range was young. A partial
+/// pattern, matched before the one below, which has F#'s limit of seven cases and raises for this answer.
+let (|TdpYoung|_|) (result: VmResult) =
+    match result with
+    | :? TdpResult.Young as y -> Some y.IsYoung
+    | _ -> None
+
 /// What a TDP MMU operation returned (docs/tdp-model.md); TdpPopulated: the bytes a pre-fault mapped from its gpa.
 let (|TdpOk|TdpRejected|TdpMapped|TdpPopulated|TdpMmioExit|TdpGuestFault|TdpDirtyLog|) (result: VmResult) =
     match result with
@@ -131,9 +138,11 @@ let (|TdpCreateSlot|TdpDeleteSlot|TdpMoveSlot|TdpSetDirtyLogging|TdpGetDirtyLog|
     | _ -> TdpNotSlotOp op
 
 /// The host's own MMU operations: a zap (TdpZap None is ZapAll), the largest page size it may map,
-/// and a range pre-faulted as KVM_PRE_FAULT_MEMORY does (gpa, size in bytes).
-let (|TdpZap|TdpSetMaxPageSize|TdpPreFault|TdpNotMmuOp|) (op: TdpOp) =
+/// a range pre-faulted as KVM_PRE_FAULT_MEMORY does (gpa, size in bytes), and aging over a gfn range.
+let (|TdpZap|TdpSetMaxPageSize|TdpPreFault|TdpAge|TdpTestAge|TdpNotMmuOp|) (op: TdpOp) =
     match op with
+    | :? TdpOp.Age as a -> TdpAge(a.StartGfn, a.EndGfn)
+    | :? TdpOp.TestAge as t -> TdpTestAge(t.StartGfn, t.EndGfn)
     | :? TdpOp.ZapRange as z -> TdpZap(Some(z.StartGfn, z.EndGfn))
     | :? TdpOp.ZapAll -> TdpZap None
     | :? TdpOp.SetMaxPageSize as s -> TdpSetMaxPageSize s.Size

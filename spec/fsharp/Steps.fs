@@ -112,6 +112,9 @@ module Tdp =
     let setMaxPageSize size : TdpOp = TdpOp.SetMaxPageSize size
     /// Map [gpa, gpa + size) as read faults would (KVM_PRE_FAULT_MEMORY).
     let preFault gpa size : TdpOp = TdpOp.PreFault(gpa, size)
+    /// kvm_age_gfn / kvm_test_age_gfn over gfns [startGfn, endGfn) (a VM whose config tracks A/D).
+    let age startGfn endGfn : TdpOp = TdpOp.Age(startGfn, endGfn)
+    let testAge startGfn endGfn : TdpOp = TdpOp.TestAge(startGfn, endGfn)
     let guestStore gpa value size : TdpOp = TdpOp.GuestStore(gpa, value, size)
     /// The guest loads controls and CR3 (Some), or turns paging off (None).
     let guestSetPaging (controls: PagingControls option) cr3 : TdpOp = TdpOp.GuestSetPaging(Option.toObj controls, cr3)

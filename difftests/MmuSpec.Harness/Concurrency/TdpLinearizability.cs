@@ -51,7 +51,7 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
     static string Describe(TdpState s)
     {
         var leaves = from l in s.Leaves()
-                     select Leaf(l.Page.Role.Mirror, l.Leaf.Gfn, l.Leaf.Level, l.Leaf.HostPfn, l.Leaf.Writable);
+                     select Leaf(l.Page.Role.Mirror, l.Leaf.Gfn, l.Leaf.Level, l.Leaf.HostPfn, l.Leaf.Writable, l.Leaf.Accessed, l.Leaf.Dirty);
         var slots = s.Slots.Values.Select(x => Slot(x.Id, x.DirtyLogging, s.DirtyBitmaps.GetValueOrDefault(x.Id) ?? []));
         return Render(s.MaxPageSize, slots, leaves);
     }
@@ -64,14 +64,15 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
         mmu.VisitPages((key, entries) =>
         {
             foreach (var e in entries)
-                if (e.IsLeaf) leaves.Add(Leaf(key.Mirror, e.LeafGfn, e.LeafLevel, e.HostPfn, e.Writable));
+                if (e.IsLeaf) leaves.Add(Leaf(key.Mirror, e.LeafGfn, e.LeafLevel, e.HostPfn, e.Writable, e.Accessed, e.Dirty));
         });
         var slots = mmu.Slots.Select(x => Slot(x.Id, x.DirtyLogging, mmu.DirtyOffsets(x.Id)));
         return new TdpLinState(null, Render(PageSizes.FromShift(mmu.MaxPageShift), slots, leaves));
     }
 
-    static string Leaf(bool mirror, ulong gfn, int level, ulong pfn, bool writable) =>
-        $"{(mirror ? "mirror" : "direct")} gfn {Bits.Hex(gfn)} L{level} -> pfn {Bits.Hex(pfn)} {(writable ? "W" : "RO")}";
+    // Accessed and dirty are false unless the VM tracks them (aging): other VMs' lines are as before.
+    static string Leaf(bool mirror, ulong gfn, int level, ulong pfn, bool writable, bool accessed, bool dirty) =>
+        $"{(mirror ? "mirror" : "direct")} gfn {Bits.Hex(gfn)} L{level} -> pfn {Bits.Hex(pfn)} {(writable ? "W" : "RO")}{(accessed ? " A" : "")}{(dirty ? " D" : "")}";
 
     static string Slot(int id, bool logging, IEnumerable<ulong> dirty) =>
         $"slot {id}{(logging ? $" dirty [{string.Join(",", dirty.Order().Select(Bits.Hex))}]" : "")}";
@@ -115,9 +116,10 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
     readonly NativePagePool pool = new();
     readonly List<ConcurrentTdpVcpu<TFormat, TSched>> vcpus = new();
 
-    public ConcurrentTdpVm(int? sharedBit, IEnumerable<TdpOp> setup, int vcpuCount)
+    public ConcurrentTdpVm(int? sharedBit, IEnumerable<TdpOp> setup, int vcpuCount,
+        ImplTdp.TdpAccessedDirty accessedDirty = ImplTdp.TdpAccessedDirty.Untracked)
     {
-        Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool);
+        Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool, accessedDirty);
         foreach (var op in setup)
             if (Apply(-1, op) is { Result: not VmResult.Ok }) throw new ArgumentException($"setup op {op} was not accepted", nameof(setup));
         for (int i = 0; i < vcpuCount; i++) vcpus.Add(Mmu.CreateVcpu());
@@ -133,6 +135,9 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         TdpOp.AccessGpa a => Access(vcpus[thread].Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa),
         TdpOp.ZapRange z => Status(Mmu.ZapRange(z.StartGfn, z.EndGfn)),
         TdpOp.ZapAll => Status(Mmu.ZapAll()),
+        // The host's aging runs on the thread's own vCPU for its epoch (ConcurrentTdpMmu.Aging.cs).
+        TdpOp.Age a => Young(Mmu.Age(vcpus[thread], a.StartGfn, a.EndGfn, out bool young), young),
+        TdpOp.TestAge t => Young(Mmu.TestAge(vcpus[thread], t.StartGfn, t.EndGfn, out bool young), young),
         TdpOp.SetMaxPageSize p => Status(Mmu.SetMaxPageSize((byte)p.Size.Shift())),
         TdpOp.SetDirtyLogging d => Status(Mmu.SetDirtyLogging(d.Id, d.On)),
         TdpOp.CreateSlot c => Status(Mmu.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly)),
@@ -145,6 +150,9 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
         _ => TdpDiff.Comparable(new VmResult.Rejected("")),
     });
+
+    static TdpLinResult Young(ImplTdp.TdpStatus s, bool young) =>
+        new(s == ImplTdp.TdpStatus.Ok ? new TdpResult.Young(young) : TdpDiff.Comparable(new VmResult.Rejected("")));
 
     static TdpLinResult Status(ImplTdp.TdpStatus s) => new(s == ImplTdp.TdpStatus.Ok ? VmResult.Ok.Instance : TdpDiff.Comparable(new VmResult.Rejected("")));
 
@@ -178,7 +186,7 @@ public static class ConcurrentTdpSubject
             initial = stepped.State;
         }
         return new(
-            () => new ConcurrentTdpVm<TFormat, TSched>(config.SharedBit, setup, vcpus),
+            () => new ConcurrentTdpVm<TFormat, TSched>(config.SharedBit, setup, vcpus, (ImplTdp.TdpAccessedDirty)config.AccessedDirty),
             (vm, thread, op) => vm.Apply(thread, op),
             new TdpLinSpec(initial),
             vm => { observed?.Invoke(vm); return TdpLinState.Observe(vm.Mmu); });

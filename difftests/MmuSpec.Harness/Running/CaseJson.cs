@@ -82,6 +82,8 @@ public static class CaseJson
         w.WriteStartObject("config");
         w.WriteString("format", FormatNames.Single(f => f.Value == c.Config.Format).Key);
         if (c.Config.SharedBit is { } bit) w.WriteNumber("shared_bit", bit); else w.WriteNull("shared_bit");
+        // Only with aging (docs/tdp-model.md, "Aging"): files of the other properties stay as they were.
+        if (c.Config.AccessedDirty != AccessedDirty.Untracked) w.WriteString("accessed_dirty", AccessedDirtyNames.Single(a => a.Value == c.Config.AccessedDirty).Key);
         w.WriteEndObject();
         w.WriteStartArray("ops");
         foreach (var op in c.Ops) WriteOp(w, op);
@@ -145,6 +147,8 @@ public static class CaseJson
             case TdpOp.ZapRange z: w.WriteString("op", "zap_range"); w.WriteString("start_gfn", Hex.Format(z.StartGfn)); w.WriteString("end_gfn", Hex.Format(z.EndGfn)); break;
             case TdpOp.PreFault f: w.WriteString("op", "pre_fault"); w.WriteString("gpa", Hex.Format(f.Gpa)); w.WriteString("size", Hex.Format(f.Size)); break;
             case TdpOp.ZapAll: w.WriteString("op", "zap_all"); break;
+            case TdpOp.Age a: w.WriteString("op", "age"); w.WriteString("start_gfn", Hex.Format(a.StartGfn)); w.WriteString("end_gfn", Hex.Format(a.EndGfn)); break;
+            case TdpOp.TestAge t: w.WriteString("op", "test_age"); w.WriteString("start_gfn", Hex.Format(t.StartGfn)); w.WriteString("end_gfn", Hex.Format(t.EndGfn)); break;
             case TdpOp.SetMaxPageSize m: w.WriteString("op", "set_max_page_size"); w.WriteString("size", PageSizeName(m.Size)); break;
             case TdpOp.GuestStore g: w.WriteString("op", "guest_store"); WriteStore(w, g.Gpa, g.Value, g.Size); break;
             case TdpOp.GuestSetPaging p:
@@ -246,6 +250,10 @@ public static class CaseJson
     };
     static readonly Dictionary<string, PageSize> PageSizeNames = Enum.GetValues<PageSize>().ToDictionary(s => s.Name());
     static readonly Dictionary<string, TdpFormat> FormatNames = new() { ["ept"] = TdpFormat.Ept, ["stage2"] = TdpFormat.Stage2 };
+    static readonly Dictionary<string, AccessedDirty> AccessedDirtyNames = new()
+    {
+        ["untracked"] = AccessedDirty.Untracked, ["enabled"] = AccessedDirty.Enabled, ["disabled"] = AccessedDirty.Disabled,
+    };
     static readonly Dictionary<string, ShadowRootPolicy> PolicyNames = new()
     {
         ["keep-and-resync"] = ShadowRootPolicy.KeepAndResync, ["upstream"] = ShadowRootPolicy.Upstream,
@@ -287,10 +295,11 @@ public static class CaseJson
     public static TdpCase ReadTdp(JsonElement e, string path)
     {
         var o = StrictObject.Open(e, path, "a TDP case", "kind", "config", "ops");
-        var c = o.Object("config", "a VM configuration like {\"format\": \"ept\", \"shared_bit\": null}", "format", "shared_bit");
+        var c = o.Object("config", "a VM configuration like {\"format\": \"ept\", \"shared_bit\": null}", "format", "shared_bit", "accessed_dirty");
         var format = c.Choice("format", FormatNames);
         int? bit = c.NullableInt("shared_bit");
-        var config = Construct(c.At("shared_bit"), () => new VmConfig(format, bit));
+        var ad = c.Has("accessed_dirty") ? c.Choice("accessed_dirty", AccessedDirtyNames) : AccessedDirty.Untracked; // absent: no aging
+        var config = Construct(c.At("shared_bit"), () => new VmConfig(format, bit, ad));
         var ops = o.Array("ops").Select(s => ReadTdpOp(s.Element, s.Path)).ToImmutableArray();
         var tdp = new TdpCase(config, ops);
         CaseRules.Check(tdp, path);
@@ -346,6 +355,8 @@ public static class CaseJson
         ["zap_range"] = ["start_gfn", "end_gfn"],
         ["pre_fault"] = ["gpa", "size"],
         ["zap_all"] = [],
+        ["age"] = ["start_gfn", "end_gfn"],
+        ["test_age"] = ["start_gfn", "end_gfn"],
         ["set_max_page_size"] = ["size"],
         ["guest_store"] = ["gpa", "value", "size"],
         ["guest_set_paging"] = ["controls", "cr3"],
@@ -367,6 +378,8 @@ public static class CaseJson
             "zap_range" => new TdpOp.ZapRange(o.Hex("start_gfn"), o.Hex("end_gfn")),
             "pre_fault" => new TdpOp.PreFault(o.Hex("gpa"), o.Hex("size")),
             "zap_all" => new TdpOp.ZapAll(),
+            "age" => new TdpOp.Age(o.Hex("start_gfn"), o.Hex("end_gfn")),
+            "test_age" => new TdpOp.TestAge(o.Hex("start_gfn"), o.Hex("end_gfn")),
             "set_max_page_size" => new TdpOp.SetMaxPageSize(o.Choice("size", PageSizeNames)),
             "guest_store" => new TdpOp.GuestStore(o.Hex("gpa"), o.Hex("value"), o.Int("size")),
             "guest_set_paging" => new TdpOp.GuestSetPaging(

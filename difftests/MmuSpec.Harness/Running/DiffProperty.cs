@@ -151,6 +151,8 @@ public static class DiffProperties
         Tdp("tdp-ept-shared51", new VmConfig(TdpFormat.Ept, 51)),
         Tdp("tdp-stage2", new VmConfig(TdpFormat.Stage2)),
         Tdp("tdp-stage2-shared47", new VmConfig(TdpFormat.Stage2, 47)),
+        // Aging: each case draws its VM (format, A/D on or off, a shared bit or not); see TdpGen.AgingConfig.
+        Tdp("tdp-aging", new VmConfig(TdpFormat.Ept, accessedDirty: AccessedDirty.Enabled)),
     ];
 
     /// <summary>The shadow MMU: per guest paging mode, mode switches, and the write-protect-only path (no unsync).</summary>

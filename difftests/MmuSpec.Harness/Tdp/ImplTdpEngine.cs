@@ -21,7 +21,8 @@ public sealed class ImplTdpEngine : IDisposable
     public ImplTdpEngine(VmConfig config, ImplMemory.NativePagePool pool)
     {
         this.config = config;
-        vm = ImplTdp.TdpVm.Create(config.Format == TdpFormat.Ept ? ImplTdp.TdpFormatKind.Ept : ImplTdp.TdpFormatKind.Stage2, config.SharedBit, pool);
+        vm = ImplTdp.TdpVm.Create(config.Format == TdpFormat.Ept ? ImplTdp.TdpFormatKind.Ept : ImplTdp.TdpFormatKind.Stage2, config.SharedBit, pool,
+            (ImplTdp.TdpAccessedDirty)config.AccessedDirty);
     }
 
     public ImplTdp.ITdpVm Vm => vm;
@@ -43,6 +44,8 @@ public sealed class ImplTdpEngine : IDisposable
                 return Access(vm.Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa);
             case TdpOp.ZapRange z: return Status(vm.ZapRange(z.StartGfn, z.EndGfn));
             case TdpOp.PreFault f: return PreFault(vm.PreFault(f.Gpa, f.Size), f.Gpa);
+            case TdpOp.Age a: return Young(vm.Age(a.StartGfn, a.EndGfn, out bool young), young);
+            case TdpOp.TestAge t: return Young(vm.TestAge(t.StartGfn, t.EndGfn, out bool testYoung), testYoung);
             case TdpOp.ZapAll: return Status(vm.ZapAll());
             case TdpOp.SetMaxPageSize p: return Status(vm.SetMaxPageSize((byte)p.Size.Shift()));
             case TdpOp.GuestStore g: return Access(vm.GuestStore(g.Gpa, g.Value, g.Size), g.Gpa);
@@ -89,6 +92,7 @@ public sealed class ImplTdpEngine : IDisposable
         _ => Rejected(),
     };
 
+    VmResult Young(ImplTdp.TdpStatus s, bool young) => s == ImplTdp.TdpStatus.Ok ? new TdpResult.Young(young) : Rejected();
     VmResult Status(ImplTdp.TdpStatus s) => s == ImplTdp.TdpStatus.Ok ? VmResult.Ok.Instance : Rejected();
     VmResult Slot(ImplMemory.SlotStatus s) => s == ImplMemory.SlotStatus.Ok ? VmResult.Ok.Instance : Rejected();
     VmResult Rejected() => new VmResult.Rejected(vm.LastRejection ?? "(no reason given)");
@@ -128,7 +132,7 @@ public sealed class ImplTdpEngine : IDisposable
     /// descriptor is 0b11 in bits 1:0, a block descriptor 0b01 (0b01 at level 3 is reserved: the access
     /// faults); S2AP read (bit 6) and the access flag (bit 10, else an access-flag fault) are set.
     /// </summary>
-    public static string? LeafEntryProblem(TdpFormat format, ulong raw, int level) => format switch
+    public static string? LeafEntryProblem(TdpFormat format, ulong raw, int level, AccessedDirty accessedDirty = AccessedDirty.Untracked) => format switch
     {
         TdpFormat.Ept when (raw & 0x5) != 0x5 => "EPT leaf does not grant read and execute",
         TdpFormat.Ept when level > 1 && (raw & 0x80) == 0 => "EPT leaf above 4 KiB lacks the page-size bit",
@@ -136,7 +140,10 @@ public sealed class ImplTdpEngine : IDisposable
         TdpFormat.Stage2 when level == 1 && (raw & 0x3) != 0x3 => "stage-2 level-3 page descriptor is not 0b11 in bits 1:0",
         TdpFormat.Stage2 when level > 1 && (raw & 0x3) != 0x1 => "stage-2 block descriptor is not 0b01 in bits 1:0",
         TdpFormat.Stage2 when (raw & (1UL << 6)) == 0 => "stage-2 leaf lacks S2AP read",
-        TdpFormat.Stage2 when (raw & (1UL << 10)) == 0 => "stage-2 leaf lacks the access flag",
+        // With aging, an old stage-2 leaf has AF clear (docs/tdp-model.md, "Aging").
+        TdpFormat.Stage2 when (raw & (1UL << 10)) == 0 && accessedDirty == AccessedDirty.Untracked => "stage-2 leaf lacks the access flag",
+        // Without EPT A/D the CPU ignores bits 8 and 9; KVM never sets them there (shadow_accessed_mask is 0).
+        TdpFormat.Ept when (raw & 0x300) != 0 && accessedDirty != AccessedDirty.Enabled => "EPT leaf has A or D set without EPT A/D enabled",
         _ => null,
     };
 
@@ -150,10 +157,10 @@ public sealed class ImplTdpEngine : IDisposable
         {
             var k = Key(key);
             foreach (var x in entries)
-                if ((x.IsLeaf ? LeafEntryProblem(config.Format, x.Raw, x.LeafLevel) : TableEntryProblem(config.Format, x.Raw)) is { } problem)
+                if ((x.IsLeaf ? LeafEntryProblem(config.Format, x.Raw, x.LeafLevel, config.AccessedDirty) : TableEntryProblem(config.Format, x.Raw)) is { } problem)
                     viewProblems.Add($"{(x.IsLeaf ? "leaf" : "table entry")} [{x.Index}] of {k}: 0x{x.Raw:X}: {problem}");
             var e = entries.ToImmutableSortedDictionary(x => x.Index, x => x.IsLeaf
-                ? (Spte)new Spte.Leaf(x.LeafGfn, x.LeafLevel, x.HostPfn, x.Writable)
+                ? (Spte)new Spte.Leaf(x.LeafGfn, x.LeafLevel, x.HostPfn, x.Writable) { Accessed = Aged(x.Accessed), Dirty = Aged(x.Dirty) }
                 : new Spte.Table(Key(x.Child)));
             pages[k] = new TablePage(k, e);
         });
@@ -217,10 +224,11 @@ public sealed class ImplTdpEngine : IDisposable
             }
             foreach (var x in entries)
             {
-                if ((x.IsLeaf ? LeafEntryProblem(config.Format, x.Raw, x.LeafLevel) : TableEntryProblem(config.Format, x.Raw)) is not null
+                if ((x.IsLeaf ? LeafEntryProblem(config.Format, x.Raw, x.LeafLevel, config.AccessedDirty) : TableEntryProblem(config.Format, x.Raw)) is not null
                     || !page.Entries.TryGetValue(x.Index, out var entry)
                     || !(x.IsLeaf
                         ? entry is Spte.Leaf l && l.Gfn == x.LeafGfn && l.Level == x.LeafLevel && l.HostPfn == x.HostPfn && l.Writable == x.Writable
+                            && l.Accessed == Aged(x.Accessed) && l.Dirty == Aged(x.Dirty)
                         : entry is Spte.Table t && SameKey(t.Child, x.Child)))
                 {
                     same = false;
@@ -243,6 +251,9 @@ public sealed class ImplTdpEngine : IDisposable
     /// <summary><c>spec.Equals(Key(impl))</c> field by field: the in-place comparison builds no key per table entry.</summary>
     static bool SameKey(PageKey spec, ImplTdp.TdpPageKey impl) =>
         spec.Gfn == impl.Gfn && spec.Role.Level == impl.Level && spec.Role.Mirror == impl.Mirror;
+
+    /// <summary>A leaf's accessed or dirty state as compared: only in a VM that tracks it (the aging property).</summary>
+    bool Aged(bool bit) => config.AccessedDirty != AccessedDirty.Untracked && bit;
 
     static PageKey Key(ImplTdp.TdpPageKey k) => new(k.Gfn, new MmuRole(k.Level, k.Mirror));
 

@@ -39,7 +39,11 @@ public static class TdpCoverage
         GuestPf = "guest: walk #PF", GuestGp = "guest: walk #GP", GuestTableRead = "guest: a table read faulted in a mapping",
         GuestPagingOn = "guest: paging turned on", GuestPagingOff = "guest: paging turned off", GuestCr3Gp = "guest: CR3 load #GP";
 
+    const string AgeYoung = "aging: age found young", AgeOld = "aging: age found old", AgeZapped = "aging: age with A/D off zapped",
+        TestAgeOp = "aging: test_age", OldLeafFault = "aging: access to an old leaf faulted (no hardware A/D)";
+
     static readonly string[] SharedBitSituations = [Shared, Private, DirectRoot, MirrorRoot];
+    static readonly string[] AgingSituations = [AgeYoung, AgeOld, AgeZapped, TestAgeOp, OldLeafFault];
 
     /// <summary>Every situation of the TDP family, in report order.</summary>
     public static readonly IReadOnlyList<string> All =
@@ -51,12 +55,14 @@ public static class TdpCoverage
         ZapInsideHuge, ZapLeaves, ZapNothing, ZapAllMapped, ZapRejected,
         PreFaultWhole, PreFaultPartial, PreFaultNothing, PreFaultRejected,
         Create, CreateRejected, MoveMapped, MoveEmpty, DeleteMapped, DeleteEmpty, NoSuchSlot,
+        .. AgingSituations,
         .. WalkCoverage.Modes, GuestOff, GuestMapped, GuestPf, GuestGp, GuestTableRead, GuestPagingOn, GuestPagingOff, GuestCr3Gp,
     ];
 
     /// <summary>What a TDP property on a VM of <paramref name="config"/> should reach: the shared-bit situations only with a shared bit.</summary>
     public static IReadOnlyList<string> Expected(VmConfig config) =>
-        config.SharedBit is null ? All.Where(s => !SharedBitSituations.Contains(s)).ToList() : All;
+        All.Where(s => (config.SharedBit is not null || !SharedBitSituations.Contains(s))
+            && (config.AccessedDirty != AccessedDirty.Untracked || !AgingSituations.Contains(s))).ToList();
 
     /// <summary>Runs the case on the spec and names the situations of each step.</summary>
     public static void Classify(TdpCase c, Action<string> hit)
@@ -141,6 +147,13 @@ public static class TdpCoverage
             case TdpOp.ZapAll:
                 if (before.Leaves().Any()) hit(ZapAllMapped);
                 break;
+            case TdpOp.Age when r is TdpResult.Young y:
+                hit(y.IsYoung ? AgeYoung : AgeOld);
+                if (removed.Count > 0) hit(AgeZapped);
+                break;
+            case TdpOp.TestAge when r is TdpResult.Young:
+                hit(TestAgeOp);
+                break;
             case TdpOp.CreateSlot:
                 hit(r is VmResult.Ok ? Create : CreateRejected);
                 break;
@@ -175,7 +188,9 @@ public static class TdpCoverage
                 if (config.SharedBit is not null) hit(mirror ? Private : Shared);
                 if (!m.Faulted) { hit(Hit); return; }
                 var old = before.Leaves().FirstOrDefault(l => l.Page.Role.Mirror == mirror && l.Leaf.Covers(gfn));
-                if (old.Leaf is null) hit(Miss);
+                if (old.Leaf is { Accessed: false } && config.AccessedDirty == AccessedDirty.Disabled && (type != AccessType.Write || old.Leaf.Writable))
+                    hit(OldLeafFault);
+                else if (old.Leaf is null) hit(Miss);
                 else if (old.Leaf.Level == 1) hit(Wp4K);
                 else if (removed.Any(l => l.Leaf.Equals(old.Leaf)) && added.Any(l => l.Leaf.Level == 1 && l.Leaf.Covers(gfn))) hit(Split);
                 else hit(WpHuge);

@@ -28,7 +28,10 @@ public static class TdpGen
 
     public static TdpCase Build(int seed, int size, VmConfig config)
     {
-        var b = new TdpCaseBuilder(new Random(seed), config);
+        var rng = new Random(seed);
+        // The aging property (a config that tracks A/D) draws each case's VM first; the others draw as before.
+        if (config.AccessedDirty != AccessedDirty.Untracked) config = AgingConfig(rng);
+        var b = new TdpCaseBuilder(rng, config);
         int slots = 1 + b.Rng.Next(3);
         for (int i = 0; i < slots; i++) b.Add(b.NewSlot(i));
         // Most cases also run a guest with its own page tables in its own memory.
@@ -39,6 +42,10 @@ public static class TdpGen
         while (b.HasPending) b.Add(b.NextOp());       // the rest of a scenario that was under way
         return new TdpCase(config, b.Ops.ToImmutable());
     }
+
+    /// <summary>An aging case's VM: either format, hardware A/D mostly on, sometimes a shared bit.</summary>
+    static VmConfig AgingConfig(Random rng) => new(rng.Next(2) == 0 ? TdpFormat.Ept : TdpFormat.Stage2,
+        rng.Next(4) == 0 ? 47 : null, rng.Next(3) == 0 ? AccessedDirty.Disabled : AccessedDirty.Enabled);
 }
 
 internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
@@ -176,6 +183,7 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     public TdpOp NextOp()
     {
         if (pending.Count > 0) return pending.Dequeue();
+        if (config.AccessedDirty != AccessedDirty.Untracked && rng.Next(100) < 14) return Aging();
         if (slots.Count > 0 && rng.Next(100) < 6) return HugePageScenario();
         if (slots.Count > 0 && rng.Next(100) < 5) return PreFault();
         int roll = rng.Next(100);
@@ -306,6 +314,34 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
         if (config.SharedBit is { } bit && rng.Next(2) == 0) gpa |= 1UL << bit;
         if (rng.Next(100) == 0) gpa |= 1UL << 55;          // beyond the gpa width: nothing mapped
         return new TdpOp.PreFault(gpa, pages << 12);
+    }
+
+    /// <summary>
+    /// genAge (the aging property only): Age or TestAge over a range around a gfn touched before, one page
+    /// to a few huge pages long, sometimes a whole slot; rarely empty or beyond the space (rejected).
+    /// </summary>
+    TdpOp Aging()
+    {
+        bool test = rng.Next(5) < 2;
+        ulong start, end;
+        if (rng.Next(40) == 0)
+            (start, end) = rng.Next(2) == 0 ? (5UL, 5UL) : (0UL, config.GfnLimit + 1);
+        else if (slots.Count > 0 && (recentGfns.Count == 0 || rng.Next(5) == 0))
+        {
+            var s = slots.Values.ElementAt(rng.Next(slots.Count));
+            (start, end) = (s.Base, s.Base + s.Pages);
+        }
+        else
+        {
+            ulong gfn = recentGfns.Count > 0 ? recentGfns[rng.Next(recentGfns.Count)] : (ulong)rng.NextInt64(0, 1L << 20);
+            start = gfn >= 2 ? gfn - (ulong)rng.Next(0, 3) : gfn;
+            end = start + rng.Next(4) switch { 0 => 1UL, 1 => (ulong)rng.Next(1, 16), 2 => 512, _ => (ulong)rng.Next(1, 1 << 19) };
+            // Often the guest touches the page again right after: a hit that sets A again, or without
+            // hardware A/D the fault that makes an old leaf young (or a new fault after a zap).
+            if (!test && rng.Next(2) == 0)
+                pending.Enqueue(AccessAt(gfn, rng.Next(3) == 0 ? AccessType.Write : AccessType.Read, rng.Next(2) == 0));
+        }
+        return test ? new TdpOp.TestAge(start, end) : new TdpOp.Age(start, end);
     }
 
     /// <summary>A zap range that starts or ends (or both) inside the <paramref name="huge"/>-frame page holding <paramref name="gfn"/>.</summary>

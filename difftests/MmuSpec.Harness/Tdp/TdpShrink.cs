@@ -30,6 +30,12 @@ public static class TdpShrink
             case TdpOp.ZapRange z when z.EndGfn - z.StartGfn > 1:
                 yield return z with { EndGfn = z.StartGfn + (z.EndGfn - z.StartGfn) / 2 };
                 break;
+            case TdpOp.Age a when a.EndGfn - a.StartGfn > 1:
+                yield return a with { EndGfn = a.StartGfn + (a.EndGfn - a.StartGfn) / 2 };
+                break;
+            case TdpOp.TestAge t when t.EndGfn - t.StartGfn > 1:
+                yield return t with { EndGfn = t.StartGfn + (t.EndGfn - t.StartGfn) / 2 };
+                break;
             case TdpOp.PreFault f when f.Size > 0x1000 && (f.Size & 0xFFF) == 0:
                 yield return f with { Size = (f.Size >> 13) << 12 };   // half, in whole pages
                 break;

@@ -61,6 +61,8 @@ internal static class CaseSamples
         new TdpOp.GuestAccess(Access.Read(0x40_0000, Privilege.User)),
         new TdpOp.GuestSetPaging(null, 0),
         new TdpOp.PreFault(0x40_0000, 0x20_1000),
+        new TdpOp.Age(0x100, 0x300),
+        new TdpOp.TestAge(0x40000, 0x80000),
     ]);
 
     /// <summary>A shadow case with every shadow op kind, on a 40-bit VM without unsync pages and with KVM's root policy.</summary>

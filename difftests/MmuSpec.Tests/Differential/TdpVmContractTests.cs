@@ -36,6 +36,8 @@ public sealed class TdpVmContractTests
         ["ZapRange"] = vm => vm.ZapRange(0x200, 0x201),
         ["PreFault"] = vm => vm.PreFault(0x20_0000, 0x2000),
         ["ZapAll"] = vm => vm.ZapAll(),
+        ["Age"] = vm => vm.Age(0x200, 0x201, out _),
+        ["TestAge"] = vm => vm.TestAge(0x200, 0x201, out _),
         ["SetMaxPageSize"] = vm => vm.SetMaxPageSize(12),
         ["TakeFlushes"] = vm => vm.TakeFlushes(),
         ["VisitPages"] = vm => vm.VisitPages((_, _) => { }),
