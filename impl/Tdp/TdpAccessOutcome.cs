@@ -36,6 +36,8 @@ public readonly struct TdpAccessOutcome : IEquatable<TdpAccessOutcome>
 
     public static TdpAccessOutcome Rejected => new(TdpAccessStatus.Rejected, 0, 0, false);
 
+    public static TdpAccessOutcome Retry => new(TdpAccessStatus.Retry, 0, 0, false);
+
     public static TdpAccessOutcome Mapped(ulong hpa, int pageShift, bool faulted) =>
         new(TdpAccessStatus.Mapped, hpa, (byte)pageShift, faulted);
 

@@ -140,6 +140,9 @@ public sealed partial class TdpMmu<TFormat>
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
+        // The host is changing the page behind the gfn (mmu_invalidate_retry_gfn): fault again later.
+        if (_notifier.MustRetry(gfn))
+            return TdpAccessOutcome.Retry;
 
         TableRef root = mirror ? _mirrorRoot : _directRoot;
         if (root.IsNull)
@@ -185,8 +188,10 @@ public sealed partial class TdpMmu<TFormat>
     private TdpAccessOutcome Miss(HostMemslot slot, ulong gpa, ulong gfn, bool write, bool mirror, PteRef stop)
     {
         int level = slot.TargetLevel(gfn, _policyLevel);
+        ulong hostPfn = _notifier.Quiet
+            ? slot.HostPfnBase + (AlignDown(gfn, level) - slot.BaseGfn)
+            : SettledLeaf(slot, gfn, ref level); // host pages under change or moved (TdpMmu.Notifier.cs)
         ulong leafGfn = AlignDown(gfn, level);
-        ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
         bool logging = slot.DirtyLogging;
         ulong leaf = TFormat.MakeLeaf(hostPfn, level, writable: !slot.ReadOnly && (!logging || write));
 
@@ -235,6 +240,9 @@ public sealed partial class TdpMmu<TFormat>
     private void CacheSmallSlot(HostMemslot slot, ulong frame, bool mirror)
     {
         if (slot.ReadOnly || slot.DirtyLogging || Math.Min(_policyLevel, slot.LevelCap) != 1)
+            return;
+        // Its frame arithmetic assumes home frames, and its faults skip the retry check.
+        if (!_notifier.Quiet && (_notifier.InProgress != 0 || _notifier.Migrated.CountIn(slot.HostPfnBase, slot.HostPfnBase + slot.Pages) != 0))
             return;
         ulong shared = frame - (frame & ~_sharedGfnMask);
         _smallSlotRoot = mirror ? _mirrorRoot : _directRoot;

@@ -13,7 +13,7 @@ public sealed record TdpStepped(TdpState State, VmResult Result);
 /// question about the tables ("which leaves overlap this range?") answered by a plain scan.
 /// <see cref="Step"/> is a pure function; the rules are those of docs/tdp-model.md.
 /// </summary>
-public sealed record TdpState(
+public sealed partial record TdpState(
     VmConfig Config,
     HostMemslots Memslots,
     PageSize MaxPageSize,
@@ -28,7 +28,7 @@ public sealed record TdpState(
         ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null);
 
-    public TdpStepped Step(TdpOp op) => op switch
+    public TdpStepped Step(TdpOp op) => SlotUpdateWaits(op) is { } waits ? Reject(waits) : op switch
     {
         TdpOp.CreateSlot c => CreateSlot(c),
         TdpOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapLeaves(s.BaseGfn, s.EndGfn).With(Memslots.Delete(s)) with
@@ -51,6 +51,8 @@ public sealed record TdpState(
         TdpOp.GuestStore g => GuestStore(g),
         TdpOp.GuestSetPaging p => GuestSetPaging(p),
         TdpOp.GuestAccess a => GuestAccess(a.Access),
+        TdpOp.HostInvalidateStart i => InvalidateStart(i.StartGfn, i.EndGfn),
+        TdpOp.HostInvalidateEnd i => InvalidateEnd(i.StartGfn, i.EndGfn),
         _ => throw new ArgumentException($"unknown operation {op}", nameof(op)),
     };
 
@@ -111,6 +113,8 @@ public sealed record TdpState(
         // 2, 3. No memslot, or a write to a read-only one: userspace emulates it.
         var slot = Slots.Values.FirstOrDefault(s => s.Contains(gfn));
         if (slot is null || (write && slot.ReadOnly)) return new TdpStepped(this, new TdpResult.MmioExit(gpa));
+        // The host is changing the page behind the gfn: retry once it is done (TdpState.Notifier.cs).
+        if (MustRetry(gfn)) return new TdpStepped(this, new TdpResult.Retry());
 
         var found = FindLeaf(mirror, gfn);
         if (found is { } hit)
@@ -155,6 +159,7 @@ public sealed record TdpState(
         while (at < end && at >> Config.GpaBits == 0)
         {
             var fault = state.Access(at, AccessType.Read);
+            if (fault.Result is TdpResult.Retry && at == gpa) return fault;   // KVM's loop waits out the invalidation
             if (fault.Result is not TdpResult.Mapped m) break;
             state = fault.State;
             ulong leafBytes = 1UL << m.Size.Shift();
@@ -200,7 +205,7 @@ public sealed record TdpState(
             state = state.FreeSubtree(old.Child);     // a huge leaf replaces a whole subtree
         ulong leafGfn = gfn & ~((1UL << (9 * (target - 1))) - 1);
         bool writable = !slot.ReadOnly && (!slot.DirtyLogging || write);
-        var leaf = new Spte.Leaf(leafGfn, target, slot.HostPfn(leafGfn), writable);
+        var leaf = new Spte.Leaf(leafGfn, target, HostFrame(slot, leafGfn), writable);
         state = state.SetEntry(page, leafIndex, leaf);
         if (write) state = state.MarkDirty(slot, gfn);
         return new TdpStepped(state, Mapped(gpa, gfn, leaf, faulted: true));
@@ -221,7 +226,7 @@ public sealed record TdpState(
             ulong start = gfn & ~(frames - 1);
             bool inside = start >= slot.BaseGfn && start + frames <= slot.EndGfn;
             bool aligned = (slot.HostPfnBase - slot.BaseGfn) % frames == 0;
-            if (inside && aligned) break;
+            if (inside && aligned && HostPagesSettled(slot, start, frames)) break;
         }
         return level;
     }
@@ -255,7 +260,7 @@ public sealed record TdpState(
         if (g.Size is not (4 or 8) || g.Gpa % (ulong)g.Size != 0) return Reject($"a guest store is 4 or 8 bytes, aligned ({g.Size} at {Bits.Hex(g.Gpa)})");
         var access = Access(g.Gpa, AccessType.Write);
         return access.Result is TdpResult.Mapped m
-            ? new TdpStepped(access.State.StoreHost(m.Hpa, g.Value, g.Size), m)
+            ? new TdpStepped(access.State.StoreHost(HomeHpa(g.Gpa), g.Value, g.Size), m)
             : access;
     }
 
@@ -298,7 +303,7 @@ public sealed record TdpState(
             var write = state.Access(update.Gpa, AccessType.Write);
             state = write.State;
             // A read-only slot cannot take the update: KVM drops A/D updates there.
-            if (write.Result is TdpResult.Mapped m) state = state.StoreHost(m.Hpa, update.After, entryBytes);
+            if (write.Result is TdpResult.Mapped m) state = state.StoreHost(HomeHpa(update.Gpa), update.After, entryBytes);
         }
         return state.Access(t.Gpa, access.Type);
     }
@@ -386,7 +391,8 @@ public sealed record TdpState(
         && Memslots.Equals(other.Memslots)
         && Pages.SameEntries(other.Pages)
         && HostMemory.SameEntries(other.HostMemory)
-        && Equals(GuestCpu, other.GuestCpu);
+        && Equals(GuestCpu, other.GuestCpu)
+        && Notifier.Equals(other.Notifier);
 
     public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);
 
