@@ -146,6 +146,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         EnterWrite();
         try
         {
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             if (_slots.CreateProblem(id, pages) is string idProblem)
                 return RejectSlot(idProblem);
             if (hostPageShift is not (12 or 21 or 30))
@@ -177,6 +179,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         {
             if (_slots[id] is not HostMemslot slot)
                 return RejectSlot($"no slot {id}");
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             ZapLeafs(slot.BaseGfn, slot.EndGfn);
             _slots.Remove(slot);
             _slotGeneration++;
@@ -197,6 +201,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         {
             if (_slots[id] is not HostMemslot slot)
                 return RejectSlot($"no slot {id}");
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
                 return RejectSlot(problem);
             ZapLeafs(slot.BaseGfn, slot.EndGfn);
@@ -218,6 +224,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         {
             if (_slots[id] is not HostMemslot slot)
                 return RejectSlot($"no slot {id}");
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             if (SetDirtyLoggingFlag(slot, on) && on)
             {
                 WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
