@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 
 namespace MmuSpec.Impl.Tdp;
 
@@ -16,22 +17,39 @@ internal sealed class HostInvalidations
     public const ulong MigratedFrameBit = 1UL << 35;
 
     private readonly List<(ulong Start, ulong End)> _open = new();
+    private int _inProgress; // _open.Count, in a field of its own: the fault paths read it first
     private ulong _sequence;
     private HostFrameRanges _migrated = HostFrameRanges.Empty;
 
     /// <summary>Invalidations in progress (KVM's mmu_invalidate_in_progress).</summary>
-    public int InProgress => _open.Count;
+    public int InProgress
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _inProgress;
+    }
 
     public ulong RetryStart { get; private set; }
 
     public ulong RetryEnd { get; private set; }
 
-    public ulong Sequence => Volatile.Read(ref _sequence);
+    public ulong Sequence
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Volatile.Read(ref _sequence);
+    }
 
-    public HostFrameRanges Migrated => Volatile.Read(ref _migrated);
+    public HostFrameRanges Migrated
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => Volatile.Read(ref _migrated);
+    }
 
     /// <summary>Nothing in progress and no page moved: the fault paths need not look here at all.</summary>
-    public bool Quiet => _open.Count == 0 && _migrated.IsEmpty;
+    public bool Quiet
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _inProgress == 0 && _migrated.IsEmpty;
+    }
 
     public IReadOnlyList<(ulong Start, ulong End)> Open => _open;
 
@@ -40,6 +58,7 @@ internal sealed class HostInvalidations
     {
         (RetryStart, RetryEnd) = _open.Count == 0 ? (start, end) : (Math.Min(RetryStart, start), Math.Max(RetryEnd, end));
         _open.Add((start, end));
+        _inProgress = _open.Count;
     }
 
     /// <summary>
@@ -55,13 +74,15 @@ internal sealed class HostInvalidations
         Volatile.Write(ref _migrated, _migrated.SymmetricDifference(moved));
         Volatile.Write(ref _sequence, _sequence + 1);
         _open.RemoveAt(open);
-        if (_open.Count == 0)
+        _inProgress = _open.Count;
+        if (_inProgress == 0)
             (RetryStart, RetryEnd) = (0, 0);
         return true;
     }
 
     /// <summary>mmu_invalidate_retry_gfn's in-progress half: an invalidation is open and its retry range holds <paramref name="gfn"/>.</summary>
-    public bool MustRetry(ulong gfn) => _open.Count != 0 && gfn - RetryStart < RetryEnd - RetryStart;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool MustRetry(ulong gfn) => _inProgress != 0 && gfn - RetryStart < RetryEnd - RetryStart;
 
     /// <summary>
     /// The spec's HostPagesSettled: a leaf over gfns [gfn, +frames) with home frames from <paramref name="homePfn"/>
@@ -88,7 +109,11 @@ internal sealed class HostFrameRanges
 
     public static readonly HostFrameRanges Empty = new([]);
 
-    public bool IsEmpty => _bounds.Length == 0;
+    public bool IsEmpty
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        get => _bounds.Length == 0;
+    }
 
     public int Count => _bounds.Length / 2;
 
