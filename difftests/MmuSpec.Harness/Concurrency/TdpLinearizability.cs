@@ -90,8 +90,10 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
 
 /// <summary>
 /// The sequential spec of the concurrent TDP MMU: <see cref="TdpState.Step"/>, and for an access also
-/// Retry with the state unchanged (a lost compare-and-exchange or a frozen entry leaves nothing of its
-/// own; docs/tdp-concurrency.md). Rejection reasons are not compared (each side words its own).
+/// Retry with the state unchanged (a lost compare-and-exchange, a frozen entry, or a host invalidation
+/// that started or ended since the fault looked its page up leaves nothing of its own; docs/tdp-concurrency.md).
+/// The spec's own Retry (an invalidation of the gfn in progress) is the same answer. Rejection reasons are
+/// not compared (each side words its own).
 /// </summary>
 public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
 {
