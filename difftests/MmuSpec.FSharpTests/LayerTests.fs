@@ -138,6 +138,7 @@ let private vmResultCase =
 
 let private tdpResultCase =
     function
+    | TdpRetry -> "Retry"
     | TdpOk -> "Ok"
     | TdpRejected _ -> "Rejected"
     | TdpMapped _ -> "Mapped"
@@ -161,7 +162,9 @@ let private tdpOpCase =
     | TdpHostOp(TdpNotSlotOp(TdpZap None)) -> "ZapAll"
     | TdpHostOp(TdpNotSlotOp(TdpSetMaxPageSize _)) -> "SetMaxPageSize"
     | TdpHostOp(TdpNotSlotOp(TdpPreFault _)) -> "PreFault"
-    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp op)) -> $"no pattern for {op.GetType().Name}"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpInvalidateStart _))) -> "HostInvalidateStart"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpInvalidateEnd _))) -> "HostInvalidateEnd"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpNotNotifierOp op))) -> $"no pattern for {op.GetType().Name}"
 
 let private spteCase =
     function
