@@ -140,9 +140,6 @@ public sealed partial class TdpMmu<TFormat>
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
-        // The host is changing the page behind the gfn (mmu_invalidate_retry_gfn): fault again later.
-        if (_notifier.MustRetry(gfn))
-            return TdpAccessOutcome.Retry;
 
         TableRef root = mirror ? _mirrorRoot : _directRoot;
         if (root.IsNull)
@@ -164,6 +161,9 @@ public sealed partial class TdpMmu<TFormat>
                 CacheSmallSlot(slot, frame, mirror);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false);
         }
+        // A fault while the host changes the page behind the gfn (mmu_invalidate_retry_gfn): fault again later.
+        if (_notifier.MustRetry(gfn))
+            return TdpAccessOutcome.Retry;
 
         // Step 5: a write-protection fault. A 4 KiB leaf, or any leaf of a slot that does not log,
         // becomes writable (KVM's fast page fault); a logged write is marked dirty.
@@ -187,6 +187,8 @@ public sealed partial class TdpMmu<TFormat>
     /// </summary>
     private TdpAccessOutcome Miss(HostMemslot slot, ulong gpa, ulong gfn, bool write, bool mirror, PteRef stop)
     {
+        if (_notifier.MustRetry(gfn))
+            return TdpAccessOutcome.Retry; // as before step 5: nothing is mapped while the host changes the page
         int level = slot.TargetLevel(gfn, _policyLevel);
         ulong hostPfn = _notifier.Quiet
             ? slot.HostPfnBase + (AlignDown(gfn, level) - slot.BaseGfn)

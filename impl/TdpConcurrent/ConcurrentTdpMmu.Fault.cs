@@ -61,9 +61,6 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
-        // The host changed or is changing the page since the fault looked it up: retry (KVM's is_page_fault_stale).
-        if (FaultIsStale(gfn, sequence))
-            return TdpVcpuOutcome.Retry;
         int target = slot.TargetLevel(gfn, _policyLevel); // slots and policy are stable under the read side
         if (!migrated.IsEmpty || _notifier.InProgress != 0)
             target = SettledLevel(slot, gfn, target, migrated);
@@ -74,6 +71,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         ulong root = Volatile.Read(ref rootField);
         if (root == 0)
         {
+            if (FaultIsStale(gfn, sequence))
+                return TdpVcpuOutcome.Retry; // a miss (below), checked before the root goes in
             TableRef fresh = vcpu.TakePage(0, _rootLevel, mirror);
             TSched.Yield(SchedulePointKind.SpteExchange);
             if (Interlocked.CompareExchange(ref rootField, fresh.Address, 0) != 0)
@@ -114,6 +113,9 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             ulong hpa = ((TFormat.LeafPfn(leaf) + (frame & (FramesPerEntry(level) - 1))) << PageShift) | (gpa & PageOffsetMask);
             if (!write || TFormat.IsWritable(leaf))
                 return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false);
+            // A fault: retry if the host changed or is changing the page since it looked it up (is_page_fault_stale).
+            if (FaultIsStale(gfn, sequence))
+                return TdpVcpuOutcome.Retry;
 
             // Step 5: a write-protection fault; the leaf becomes writable if no one changed it meanwhile.
             if (level == 1 || !slot.DirtyLogging)
@@ -133,6 +135,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             pte.WriteRelease(0);
             pte = pte.WithValue(0);
         }
+        else if (FaultIsStale(gfn, sequence))
+            return TdpVcpuOutcome.Retry; // the same check for a miss, before anything is linked
         return Miss(vcpu, slot, gpa, gfn, write, mirror, target, pte, atTarget, migrated);
     }
 

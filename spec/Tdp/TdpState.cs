@@ -113,8 +113,6 @@ public sealed partial record TdpState(
         // 2, 3. No memslot, or a write to a read-only one: userspace emulates it.
         var slot = Slots.Values.FirstOrDefault(s => s.Contains(gfn));
         if (slot is null || (write && slot.ReadOnly)) return new TdpStepped(this, new TdpResult.MmioExit(gpa));
-        // The host is changing the page behind the gfn: retry once it is done (TdpState.Notifier.cs).
-        if (MustRetry(gfn)) return new TdpStepped(this, new TdpResult.Retry());
 
         var found = FindLeaf(mirror, gfn);
         if (found is { } hit)
@@ -122,6 +120,8 @@ public sealed partial record TdpState(
             var leaf = hit.Leaf;
             // 4. A hit.
             if (!write || leaf.Writable) return new TdpStepped(this, Mapped(gpa, gfn, leaf, faulted: false));
+            // A fault while the host changes the page behind the gfn: retry once it is done (TdpState.Notifier.cs).
+            if (MustRetry(gfn)) return new TdpStepped(this, new TdpResult.Retry());
             // 5. A write-protection fault.
             if (leaf.Level == 1 || !slot.DirtyLogging)
             {
@@ -133,7 +133,7 @@ public sealed partial record TdpState(
             return RemoveEntry(hit.Page, hit.Index).Fault(gpa, gfn, mirror, slot, write);
         }
         // 6. A miss.
-        return Fault(gpa, gfn, mirror, slot, write);
+        return MustRetry(gfn) ? new TdpStepped(this, new TdpResult.Retry()) : Fault(gpa, gfn, mirror, slot, write);
     }
 
     /// <summary>

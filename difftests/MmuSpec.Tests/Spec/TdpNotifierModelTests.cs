@@ -93,6 +93,24 @@ public sealed class TdpNotifierModelTests
     }
 
     [Fact]
+    public void A_leaf_the_retry_range_grew_over_still_hits_but_a_write_protection_fault_on_it_retries()
+    {
+        // Logging, so the read maps a read-only 4 KiB leaf; it is mapped beside the first range, then the
+        // second Start widens the retry range over it without zapping it.
+        var s = Run(TdpState.Create(Ept), Slot, new TdpOp.SetDirtyLogging(0, true), new TdpOp.HostInvalidateStart(0x200, 0x201),
+            Read(0x250), new TdpOp.HostInvalidateStart(0x300, 0x301));
+        Assert.Equal(new GfnRange(0x200, 0x301), s.Notifier.RetryRange);
+        Assert.Equal([new Spte.Leaf(0x250, 1, 0x1250, false)], Leaves(s));
+        // A hit never reaches KVM's fault handler.
+        Assert.Equal(new TdpResult.Mapped(0x1250000, PageSize.Size4K, Faulted: false), s.Step(Read(0x250)).Result);
+        var write = s.Step(new TdpOp.AccessGpa(0x250_000, AccessType.Write));
+        Assert.Equal(new TdpResult.Retry(), write.Result);
+        Assert.Same(s, write.State);
+        s = Run(s, new TdpOp.HostInvalidateEnd(0x200, 0x201), new TdpOp.HostInvalidateEnd(0x300, 0x301));
+        Assert.Equal(new TdpResult.Mapped(0x1250000, PageSize.Size4K, Faulted: true), s.Step(new TdpOp.AccessGpa(0x250_000, AccessType.Write)).Result);
+    }
+
+    [Fact]
     public void An_end_without_its_start_and_a_memslot_update_during_an_invalidation_are_refused_changing_nothing()
     {
         var s = Run(TdpState.Create(Ept), Slot, new TdpOp.HostInvalidateStart(0x210, 0x220));
