@@ -139,6 +139,7 @@ let private vmResultCase =
 let private tdpResultCase =
     function
     | TdpYoung _ -> "Young"
+    | TdpRetry -> "Retry"
     | TdpOk -> "Ok"
     | TdpRejected _ -> "Rejected"
     | TdpMapped _ -> "Mapped"
@@ -164,7 +165,9 @@ let private tdpOpCase =
     | TdpHostOp(TdpNotSlotOp(TdpPreFault _)) -> "PreFault"
     | TdpHostOp(TdpNotSlotOp(TdpAge _)) -> "Age"
     | TdpHostOp(TdpNotSlotOp(TdpTestAge _)) -> "TestAge"
-    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp op)) -> $"no pattern for {op.GetType().Name}"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpInvalidateStart _))) -> "HostInvalidateStart"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpInvalidateEnd _))) -> "HostInvalidateEnd"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpNotNotifierOp op))) -> $"no pattern for {op.GetType().Name}"
 
 let private spteCase =
     function

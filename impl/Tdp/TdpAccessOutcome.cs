@@ -44,6 +44,8 @@ public readonly struct TdpAccessOutcome : IEquatable<TdpAccessOutcome>
 
     public static TdpAccessOutcome Rejected => new(TdpAccessStatus.Rejected, 0, 0, false);
 
+    public static TdpAccessOutcome Retry => new(TdpAccessStatus.Retry, 0, 0, false);
+
     public static TdpAccessOutcome Mapped(ulong hpa, int pageShift, bool faulted) =>
         new(hpa, (ulong)TdpAccessStatus.Mapped | ((ulong)(byte)pageShift << PageShiftShift) | (faulted ? FaultedBit : 0));
 

@@ -11,4 +11,7 @@ public enum TdpAccessStatus : byte
 
     /// <summary>The gpa is outside the VM's guest-physical space (or the access type is unknown).</summary>
     Rejected,
+
+    /// <summary>A host invalidation of the gfn is in progress (or raced the fault): nothing mapped, fault again (RET_PF_RETRY).</summary>
+    Retry,
 }

@@ -41,6 +41,7 @@ public readonly struct TdpGuestOutcome : IEquatable<TdpGuestOutcome>
     {
         TdpAccessStatus.Mapped => new(TdpGuestStatus.Mapped, access, default, gpa),
         TdpAccessStatus.MmioExit => new(TdpGuestStatus.MmioExit, new TdpAccessOutcome(TdpAccessStatus.MmioExit, gpa, 0, false), default, gpa),
+        TdpAccessStatus.Retry => new(TdpGuestStatus.Retry, access, default, gpa),
         _ => Rejected,
     };
 

@@ -17,4 +17,7 @@ public enum TdpGuestStatus : byte
 
     /// <summary>The guest's own paging raised #PF or #GP (<see cref="TdpGuestOutcome.Fault"/>).</summary>
     GuestFault,
+
+    /// <summary>The final access met a host invalidation of its gfn (<see cref="TdpAccessStatus.Retry"/>): nothing mapped, fault again.</summary>
+    Retry,
 }

@@ -161,6 +161,9 @@ public sealed partial class TdpMmu<TFormat>
                 CacheSmallSlot(slot, frame, mirror);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: _accessedMask != 0 && Touch(pte, write));
         }
+        // A fault while the host changes the page behind the gfn (mmu_invalidate_retry_gfn): fault again later.
+        if (_notifier.MustRetry(gfn))
+            return TdpAccessOutcome.Retry;
 
         // Step 5: a write-protection fault. A 4 KiB leaf, or any leaf of a slot that does not log,
         // becomes writable (KVM's fast page fault); a logged write is marked dirty.
@@ -186,9 +189,13 @@ public sealed partial class TdpMmu<TFormat>
     /// </summary>
     private TdpAccessOutcome Miss(HostMemslot slot, ulong gpa, ulong gfn, bool write, bool mirror, PteRef stop)
     {
+        if (_notifier.MustRetry(gfn))
+            return TdpAccessOutcome.Retry; // as before step 5: nothing is mapped while the host changes the page
         int level = slot.TargetLevel(gfn, _policyLevel);
+        ulong hostPfn = _notifier.Quiet
+            ? slot.HostPfnBase + (AlignDown(gfn, level) - slot.BaseGfn)
+            : SettledLeaf(slot, gfn, ref level); // host pages under change or moved (TdpMmu.Notifier.cs)
         ulong leafGfn = AlignDown(gfn, level);
-        ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
         bool logging = slot.DirtyLogging;
         ulong leaf = TFormat.MakeLeaf(hostPfn, level, writable: !slot.ReadOnly && (!logging || write)) | InstallBits(write);
 
@@ -238,6 +245,9 @@ public sealed partial class TdpMmu<TFormat>
     {
         if (slot.ReadOnly || slot.DirtyLogging || Math.Min(_policyLevel, slot.LevelCap) != 1 || _accessedMask != 0)
             return; // with accessed state kept, every access sets it: the slow path does (TdpMmu.Aging.cs)
+        // Its frame arithmetic assumes home frames, and its faults skip the retry check.
+        if (!_notifier.Quiet && (_notifier.InProgress != 0 || _notifier.Migrated.CountIn(slot.HostPfnBase, slot.HostPfnBase + slot.Pages) != 0))
+            return;
         ulong shared = frame - (frame & ~_sharedGfnMask);
         _smallSlotRoot = mirror ? _mirrorRoot : _directRoot;
         AssertTable(_smallSlotRoot, _rootLevel, mirror);

@@ -37,7 +37,7 @@ public sealed partial class TdpMmu<TFormat>
             return RejectGuestAccess($"gpa 0x{gpa:X} is not aligned to the {size}-byte store");
         TdpAccessOutcome outcome = Access(gpa, AccessType.Write); // rejects a gpa beyond the width
         if (outcome.Status == TdpAccessStatus.Mapped)
-            StoreHost(outcome.Hpa, value, size);
+            StoreGuest(gpa, value, size);
         return outcome;
     }
 
@@ -138,15 +138,20 @@ public sealed partial class TdpMmu<TFormat>
             return;
         TdpAccessOutcome write = Access(entryGpa, AccessType.Write);
         if (write.Status == TdpAccessStatus.Mapped)
-            StoreHost(write.Hpa, current | bit, bytes);
+            StoreGuest(entryGpa, current | bit, bytes);
     }
 
-    /// <summary>Stores <paramref name="size"/> bytes at <paramref name="hpa"/>, in the slot whose host frames hold it.</summary>
-    private void StoreHost(ulong hpa, ulong value, int size)
+    /// <summary>
+    /// Stores <paramref name="size"/> bytes at <paramref name="gpa"/>, which an access just mapped, in its slot's
+    /// host memory. By the gpa, not the hpa: a page the host moved (TdpMmu.Notifier.cs) keeps its contents
+    /// at its home frame, where host memory is kept, while the leaf names the frame it moved to.
+    /// </summary>
+    private void StoreGuest(ulong gpa, ulong value, int size)
     {
-        HostMemslot? slot = _slots.HoldingHostFrame(hpa >> PageShift);
-        Debug.Assert(slot is not null, $"hpa 0x{hpa:X} is in no slot's host frames, yet an access mapped it");
-        slot.Host.Store(hpa - (slot.HostPfnBase << PageShift), value, size);
+        ulong gfn = (gpa >> PageShift) & ~_sharedGfnMask;
+        HostMemslot? slot = _slots.Find(gfn);
+        Debug.Assert(slot is not null, $"gpa 0x{gpa:X} is in no slot, yet an access mapped it");
+        slot.Host.Store(((gfn - slot.BaseGfn) << PageShift) | (gpa & PageOffsetMask), value, size);
     }
 
     private TdpAccessOutcome RejectGuestAccess(string reason)

@@ -22,8 +22,22 @@ public sealed partial class TdpMmu<TFormat>
             return RejectPreFault(gpa, size);
 
         ulong end = gpa + size, at = gpa;
+        bool retried = false;
         while (at < end && (at >> _gpaBits) == 0)
         {
+            if (!_notifier.Quiet)
+            {
+                // Host pages under change or moved: read faults one leaf at a time, stopping at a Retry.
+                TdpAccessOutcome read = Access(at, AccessType.Read);
+                if (read.Status != TdpAccessStatus.Mapped)
+                {
+                    retried = read.Status == TdpAccessStatus.Retry;
+                    break;
+                }
+                ulong bytes = 1UL << read.PageShift;
+                at = (at & ~(bytes - 1)) + bytes;
+                continue;
+            }
             ulong frame = at >> PageShift;
             ulong gfn = frame & ~_sharedGfnMask;
             bool mirror = _sharedGfnMask != 0 && frame == gfn;
@@ -43,7 +57,7 @@ public sealed partial class TdpMmu<TFormat>
             at = (at & ~(leafBytes - 1)) + leafBytes;
         }
         return at == gpa
-            ? new TdpPreFaultOutcome(TdpAccessStatus.MmioExit, 0)
+            ? new TdpPreFaultOutcome(retried ? TdpAccessStatus.Retry : TdpAccessStatus.MmioExit, 0)
             : new TdpPreFaultOutcome(TdpAccessStatus.Mapped, Math.Min(at, end) - gpa);
     }
 

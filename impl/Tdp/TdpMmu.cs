@@ -155,6 +155,8 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
     {
         ThrowIfDisposed();
         ForgetCachedTables();
+        if (SlotUpdateWaits() is string waits)
+            return RejectSlot(waits);
         if (_slots.CreateProblem(id, pages) is string idProblem)
             return RejectSlot(idProblem);
         if (hostPageShift is not (12 or 21 or 30))
@@ -182,6 +184,8 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
         ForgetCachedTables();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
+        if (SlotUpdateWaits() is string waits)
+            return RejectSlot(waits);
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
         _slots.Remove(slot);
         _guestMemory.RemoveSlot(slot.BaseGfn);
@@ -196,6 +200,8 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
         ForgetCachedTables();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
+        if (SlotUpdateWaits() is string waits)
+            return RejectSlot(waits);
         if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
             return RejectSlot(problem);
         ZapLeafs(slot.BaseGfn, slot.EndGfn);
@@ -216,6 +222,8 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
         ForgetCachedTables();
         if (_slots[id] is not HostMemslot slot)
             return RejectSlot($"no slot {id}");
+        if (SlotUpdateWaits() is string waits)
+            return RejectSlot(waits);
         if (slot.SetDirtyLogging(on) && on)
         {
             WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);

@@ -26,6 +26,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             return RejectAccess(vcpu, gpa, type);
 
         TopUp(vcpu); // before mmu_lock: nothing is allocated under it
+        var (sequence, migrated) = ReadHostPages(); // before mmu_lock too (ConcurrentTdpMmu.Notifier.cs)
         vcpu.BeginFault();
         TdpVcpuOutcome outcome;
         // The epoch is published before the lock: the lock's compare-and-exchange is the fence that
@@ -34,7 +35,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         _lock.EnterRead();
         try
         {
-            outcome = Fault(vcpu, gpa, type);
+            outcome = Fault(vcpu, gpa, type, sequence, migrated);
         }
         finally
         {
@@ -47,7 +48,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         return outcome;
     }
 
-    private TdpVcpuOutcome Fault(ConcurrentTdpVcpu<TFormat, TSched> vcpu, ulong gpa, AccessType type)
+    private TdpVcpuOutcome Fault(ConcurrentTdpVcpu<TFormat, TSched> vcpu, ulong gpa, AccessType type, ulong sequence, HostFrameRanges migrated)
     {
         // Step 1: the frame indexes the root; the gfn (shared bit stripped) names slots and bitmaps.
         ulong frame = gpa >> PageShift;
@@ -61,6 +62,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
         int target = slot.TargetLevel(gfn, _policyLevel); // slots and policy are stable under the read side
+        if (!migrated.IsEmpty || _notifier.InProgress != 0)
+            target = SettledLevel(slot, gfn, target, migrated);
 
         // The root exists from the first fault that needs it (KVM allocates roots under the read side too).
         ref ulong rootField = ref mirror ? ref _mirrorRoot : ref _directRoot;
@@ -68,6 +71,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         ulong root = Volatile.Read(ref rootField);
         if (root == 0)
         {
+            if (FaultIsStale(gfn, sequence))
+                return TdpVcpuOutcome.Retry; // a miss (below), checked before the root goes in
             TableRef fresh = vcpu.TakePage(0, _rootLevel, mirror);
             TSched.Yield(SchedulePointKind.SpteExchange);
             if (Interlocked.CompareExchange(ref rootField, fresh.Address, 0) != 0)
@@ -108,6 +113,9 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             ulong hpa = ((TFormat.LeafPfn(leaf) + (frame & (FramesPerEntry(level) - 1))) << PageShift) | (gpa & PageOffsetMask);
             if (!write || TFormat.IsWritable(leaf))
                 return _accessedMask == 0 ? TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false) : TouchHit(pte, hpa, level, write);
+            // A fault: retry if the host changed or is changing the page since it looked it up (is_page_fault_stale).
+            if (FaultIsStale(gfn, sequence))
+                return TdpVcpuOutcome.Retry;
 
             // Step 5: a write-protection fault; the leaf becomes writable if no one changed it meanwhile.
             if (level == 1 || !slot.DirtyLogging)
@@ -127,7 +135,9 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             pte.WriteRelease(0);
             pte = pte.WithValue(0);
         }
-        return Miss(vcpu, slot, gpa, gfn, write, mirror, target, pte, atTarget);
+        else if (FaultIsStale(gfn, sequence))
+            return TdpVcpuOutcome.Retry; // the same check for a miss, before anything is linked
+        return Miss(vcpu, slot, gpa, gfn, write, mirror, target, pte, atTarget, migrated);
     }
 
     /// <summary>
@@ -137,10 +147,12 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     /// the subtree under it handled, everything it covered flushed, and only then the leaf written.
     /// </summary>
     private TdpVcpuOutcome Miss(ConcurrentTdpVcpu<TFormat, TSched> vcpu, HostMemslot slot, ulong gpa, ulong gfn, bool write,
-        bool mirror, int target, PteRef stop, PteRef atTarget)
+        bool mirror, int target, PteRef stop, PteRef atTarget, HostFrameRanges migrated)
     {
         ulong leafGfn = AlignDown(gfn, target);
         ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
+        if (!migrated.IsEmpty)
+            hostPfn = migrated.Current(hostPfn); // where the fault found the page before taking the lock
         bool logging = slot.DirtyLogging;
         ulong leaf = TFormat.MakeLeaf(hostPfn, target, writable: !slot.ReadOnly && (!logging || write)) | TouchBits(write);
         ulong frame = gpa >> PageShift;

@@ -147,6 +147,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         EnterWrite();
         try
         {
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             if (_slots.CreateProblem(id, pages) is string idProblem)
                 return RejectSlot(idProblem);
             if (hostPageShift is not (12 or 21 or 30))
@@ -178,6 +180,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         {
             if (_slots[id] is not HostMemslot slot)
                 return RejectSlot($"no slot {id}");
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             ZapLeafs(slot.BaseGfn, slot.EndGfn);
             _slots.Remove(slot);
             _slotGeneration++;
@@ -198,6 +202,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         {
             if (_slots[id] is not HostMemslot slot)
                 return RejectSlot($"no slot {id}");
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             if (RangeProblem(newBaseGfn, slot.Pages, self: slot) is string problem)
                 return RejectSlot(problem);
             ZapLeafs(slot.BaseGfn, slot.EndGfn);
@@ -219,6 +225,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         {
             if (_slots[id] is not HostMemslot slot)
                 return RejectSlot($"no slot {id}");
+            if (SlotUpdateWaits() is string waits)
+                return RejectSlot(waits);
             if (SetDirtyLoggingFlag(slot, on) && on)
             {
                 WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);

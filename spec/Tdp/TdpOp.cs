@@ -95,6 +95,21 @@ public abstract record TdpOp
     {
         public override string ToString() => $"guest {Access}";
     }
+
+    /// <summary>
+    /// An MMU notifier's invalidate_range_start over the gfns the host range backs: the host is about to
+    /// change the pages behind [<paramref name="StartGfn"/>, <paramref name="EndGfn"/>) (TdpState.Notifier.cs).
+    /// </summary>
+    public sealed record HostInvalidateStart(ulong StartGfn, ulong EndGfn) : TdpOp
+    {
+        public override string ToString() => $"host invalidate start gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
+    }
+
+    /// <summary>invalidate_range_end of an open <see cref="HostInvalidateStart"/> over the same range: the host pages have moved.</summary>
+    public sealed record HostInvalidateEnd(ulong StartGfn, ulong EndGfn) : TdpOp
+    {
+        public override string ToString() => $"host invalidate end gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
+    }
 }
 
 /// <summary>What a TDP operation returned: a <see cref="VmResult"/> case (ok, rejected, a dirty log) or one of these.</summary>
@@ -127,6 +142,15 @@ public abstract record TdpResult : VmResult
     public sealed record MmioExit(ulong Gpa) : TdpResult
     {
         public override string ToString() => $"MMIO exit at gpa {Bits.Hex(Gpa)}";
+    }
+
+    /// <summary>
+    /// The fault raced a host invalidation of its gfn and maps nothing (KVM's RET_PF_RETRY after
+    /// mmu_invalidate_retry_gfn): the vCPU re-enters the guest and faults again.
+    /// </summary>
+    public sealed record Retry : TdpResult
+    {
+        public override string ToString() => "retry (host invalidation in progress)";
     }
 
     /// <summary>The guest's own paging raised an exception (#PF or #GP): the MMU was not asked for the final access.</summary>

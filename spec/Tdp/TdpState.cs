@@ -28,7 +28,7 @@ public sealed partial record TdpState(
         ImmutableSortedDictionary<PageKey, TablePage>.Empty, null, null,
         ImmutableSortedDictionary<ulong, ulong>.Empty, GuestCpu: null);
 
-    public TdpStepped Step(TdpOp op) => op switch
+    public TdpStepped Step(TdpOp op) => SlotUpdateWaits(op) is { } waits ? Reject(waits) : op switch
     {
         TdpOp.CreateSlot c => CreateSlot(c),
         TdpOp.DeleteSlot d => WithSlot(d.Id, s => Done(ZapLeaves(s.BaseGfn, s.EndGfn).With(Memslots.Delete(s)) with
@@ -53,6 +53,8 @@ public sealed partial record TdpState(
         TdpOp.GuestStore g => GuestStore(g),
         TdpOp.GuestSetPaging p => GuestSetPaging(p),
         TdpOp.GuestAccess a => GuestAccess(a.Access),
+        TdpOp.HostInvalidateStart i => InvalidateStart(i.StartGfn, i.EndGfn),
+        TdpOp.HostInvalidateEnd i => InvalidateEnd(i.StartGfn, i.EndGfn),
         _ => throw new ArgumentException($"unknown operation {op}", nameof(op)),
     };
 
@@ -120,6 +122,8 @@ public sealed partial record TdpState(
             var leaf = hit.Leaf;
             // 4. A hit.
             if (!write || leaf.Writable) return new TdpStepped(this, Mapped(gpa, gfn, leaf, faulted: false));
+            // A fault while the host changes the page behind the gfn: retry once it is done (TdpState.Notifier.cs).
+            if (MustRetry(gfn)) return new TdpStepped(this, new TdpResult.Retry());
             // 5. A write-protection fault.
             if (leaf.Level == 1 || !slot.DirtyLogging)
             {
@@ -131,7 +135,7 @@ public sealed partial record TdpState(
             return RemoveEntry(hit.Page, hit.Index).Fault(gpa, gfn, mirror, slot, write);
         }
         // 6. A miss.
-        return Fault(gpa, gfn, mirror, slot, write);
+        return MustRetry(gfn) ? new TdpStepped(this, new TdpResult.Retry()) : Fault(gpa, gfn, mirror, slot, write);
     }
 
     /// <summary>
@@ -157,6 +161,7 @@ public sealed partial record TdpState(
         while (at < end && at >> Config.GpaBits == 0)
         {
             var fault = state.Prefetch(at);
+            if (fault.Result is TdpResult.Retry && at == gpa) return fault;   // KVM's loop waits out the invalidation
             if (fault.Result is not TdpResult.Mapped m) break;
             state = fault.State;
             ulong leafBytes = 1UL << m.Size.Shift();
@@ -202,7 +207,7 @@ public sealed partial record TdpState(
             state = state.FreeSubtree(old.Child);     // a huge leaf replaces a whole subtree
         ulong leafGfn = gfn & ~((1UL << (9 * (target - 1))) - 1);
         bool writable = !slot.ReadOnly && (!slot.DirtyLogging || write);
-        var leaf = new Spte.Leaf(leafGfn, target, slot.HostPfn(leafGfn), writable);
+        var leaf = new Spte.Leaf(leafGfn, target, HostFrame(slot, leafGfn), writable);
         state = state.SetEntry(page, leafIndex, leaf);
         if (write) state = state.MarkDirty(slot, gfn);
         return new TdpStepped(state, Mapped(gpa, gfn, leaf, faulted: true));
@@ -223,7 +228,7 @@ public sealed partial record TdpState(
             ulong start = gfn & ~(frames - 1);
             bool inside = start >= slot.BaseGfn && start + frames <= slot.EndGfn;
             bool aligned = (slot.HostPfnBase - slot.BaseGfn) % frames == 0;
-            if (inside && aligned) break;
+            if (inside && aligned && HostPagesSettled(slot, start, frames)) break;
         }
         return level;
     }
@@ -257,7 +262,7 @@ public sealed partial record TdpState(
         if (g.Size is not (4 or 8) || g.Gpa % (ulong)g.Size != 0) return Reject($"a guest store is 4 or 8 bytes, aligned ({g.Size} at {Bits.Hex(g.Gpa)})");
         var access = Access(g.Gpa, AccessType.Write);
         return access.Result is TdpResult.Mapped m
-            ? new TdpStepped(access.State.StoreHost(m.Hpa, g.Value, g.Size), m)
+            ? new TdpStepped(access.State.StoreHost(HomeHpa(g.Gpa), g.Value, g.Size), m)
             : access;
     }
 
@@ -300,7 +305,7 @@ public sealed partial record TdpState(
             var write = state.Access(update.Gpa, AccessType.Write);
             state = write.State;
             // A read-only slot cannot take the update: KVM drops A/D updates there.
-            if (write.Result is TdpResult.Mapped m) state = state.StoreHost(m.Hpa, update.After, entryBytes);
+            if (write.Result is TdpResult.Mapped m) state = state.StoreHost(HomeHpa(update.Gpa), update.After, entryBytes);
         }
         return state.Access(t.Gpa, access.Type);
     }
@@ -388,7 +393,8 @@ public sealed partial record TdpState(
         && Memslots.Equals(other.Memslots)
         && Pages.SameEntries(other.Pages)
         && HostMemory.SameEntries(other.HostMemory)
-        && Equals(GuestCpu, other.GuestCpu);
+        && Equals(GuestCpu, other.GuestCpu)
+        && Notifier.Equals(other.Notifier);
 
     public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);
 

@@ -117,6 +117,13 @@ let (|TdpOk|TdpRejected|TdpMapped|TdpPopulated|TdpMmioExit|TdpGuestFault|TdpDirt
     | MmuOutcome(:? TdpResult.GuestFault as f) -> TdpGuestFault f.Fault
     | MmuOutcome other -> unknown (nameof result) other
 
+/// A fault that met a host invalidation of its gfn and maps nothing (MMU notifiers, docs/tdp-model.md).
+/// Match it before the pattern above, which has F#'s limit of seven cases and calls a Retry unknown.
+let (|TdpRetry|_|) (result: VmResult) =
+    match result with
+    | :? TdpResult.Retry -> Some()
+    | _ -> None
+
 /// A TDP guest operation: an access to a gpa, a store, paging off (None) or controls and CR3, an
 /// access to a linear address; the host's operations match TdpHostOp.
 let (|TdpAccessGpa|TdpGuestStore|TdpGuestSetPaging|TdpGuestAccess|TdpHostOp|) (op: TdpOp) =
@@ -148,6 +155,13 @@ let (|TdpZap|TdpSetMaxPageSize|TdpPreFault|TdpAge|TdpTestAge|TdpNotMmuOp|) (op: 
     | :? TdpOp.SetMaxPageSize as s -> TdpSetMaxPageSize s.Size
     | :? TdpOp.PreFault as p -> TdpPreFault(p.Gpa, p.Size)
     | _ -> TdpNotMmuOp op
+
+/// The host's MMU-notifier invalidations (docs/tdp-model.md, "MMU notifiers"): Start and End of a gfn range.
+let (|TdpInvalidateStart|TdpInvalidateEnd|TdpNotNotifierOp|) (op: TdpOp) =
+    match op with
+    | :? TdpOp.HostInvalidateStart as s -> TdpInvalidateStart(s.StartGfn, s.EndGfn)
+    | :? TdpOp.HostInvalidateEnd as e -> TdpInvalidateEnd(e.StartGfn, e.EndGfn)
+    | _ -> TdpNotNotifierOp op
 
 /// A present entry of a TDP table page: a link to a child table or a leaf mapping.
 let (|TableLink|LeafMapping|) (entry: Spte) =

@@ -119,6 +119,10 @@ module Tdp =
     /// The guest loads controls and CR3 (Some), or turns paging off (None).
     let guestSetPaging (controls: PagingControls option) cr3 : TdpOp = TdpOp.GuestSetPaging(Option.toObj controls, cr3)
     let guestAccess access : TdpOp = TdpOp.GuestAccess access
+    /// The host starts changing the pages behind [startGfn, endGfn) (an MMU notifier's invalidate_range_start).
+    let hostInvalidateStart startGfn endGfn : TdpOp = TdpOp.HostInvalidateStart(startGfn, endGfn)
+    /// ... and is done: the pages moved (invalidate_range_end of an open Start of that range).
+    let hostInvalidateEnd startGfn endGfn : TdpOp = TdpOp.HostInvalidateEnd(startGfn, endGfn)
 
 /// The shadow MMU model (spec/Shadow, docs/shadow-model.md) and its TLB layer as curried functions,
 /// and its operations as values of the base type.

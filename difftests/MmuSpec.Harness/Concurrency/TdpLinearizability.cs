@@ -53,7 +53,7 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
         var leaves = from l in s.Leaves()
                      select Leaf(l.Page.Role.Mirror, l.Leaf.Gfn, l.Leaf.Level, l.Leaf.HostPfn, l.Leaf.Writable, l.Leaf.Accessed, l.Leaf.Dirty);
         var slots = s.Slots.Values.Select(x => Slot(x.Id, x.DirtyLogging, s.DirtyBitmaps.GetValueOrDefault(x.Id) ?? []));
-        return Render(s.MaxPageSize, slots, leaves);
+        return Render(s.MaxPageSize, slots, leaves) + Notifier(s.Notifier);
     }
 
     /// <summary>The concurrent MMU's abstract state, read from its tables (call it with no vCPU running).</summary>
@@ -67,8 +67,11 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
                 if (e.IsLeaf) leaves.Add(Leaf(key.Mirror, e.LeafGfn, e.LeafLevel, e.HostPfn, e.Writable, e.Accessed, e.Dirty));
         });
         var slots = mmu.Slots.Select(x => Slot(x.Id, x.DirtyLogging, mmu.DirtyOffsets(x.Id)));
-        return new TdpLinState(null, Render(PageSizes.FromShift(mmu.MaxPageShift), slots, leaves));
+        return new TdpLinState(null, Render(PageSizes.FromShift(mmu.MaxPageShift), slots, leaves) + Notifier(ImplTdpEngine.NotifierState(mmu)));
     }
+
+    /// <summary>The MMU-notifier side (open invalidations, retry range, sequence, moved pages), when there is any.</summary>
+    static string Notifier(HostNotifierState n) => n.Equals(HostNotifierState.Initial) ? "" : $"notifier {n}\n";
 
     // Accessed and dirty are false unless the VM tracks them (aging): other VMs' lines are as before.
     static string Leaf(bool mirror, ulong gfn, int level, ulong pfn, bool writable, bool accessed, bool dirty) =>
@@ -88,8 +91,10 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
 
 /// <summary>
 /// The sequential spec of the concurrent TDP MMU: <see cref="TdpState.Step"/>, and for an access also
-/// Retry with the state unchanged (a lost compare-and-exchange or a frozen entry leaves nothing of its
-/// own; docs/tdp-concurrency.md). Rejection reasons are not compared (each side words its own).
+/// Retry with the state unchanged (a lost compare-and-exchange, a frozen entry, or a host invalidation
+/// that started or ended since the fault looked its page up leaves nothing of its own; docs/tdp-concurrency.md).
+/// The spec's own Retry (an invalidation of the gfn in progress) is the same answer. Rejection reasons are
+/// not compared (each side words its own).
 /// </summary>
 public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
 {
@@ -98,7 +103,9 @@ public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, 
     public (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op)
     {
         var stepped = (state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state))).Step(op);
-        return (new TdpLinResult(TdpDiff.Comparable(stepped.Result)), new TdpLinState(stepped.State));
+        // The spec's own Retry (an invalidation of the gfn in progress) is the concurrent Retry.
+        var result = stepped.Result is TdpResult.Retry ? TdpLinResult.Retry : new TdpLinResult(TdpDiff.Comparable(stepped.Result));
+        return (result, new TdpLinState(stepped.State));
     }
 
     public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>
@@ -141,6 +148,8 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         TdpOp.SetMaxPageSize p => Status(Mmu.SetMaxPageSize((byte)p.Size.Shift())),
         TdpOp.SetDirtyLogging d => Status(Mmu.SetDirtyLogging(d.Id, d.On)),
         TdpOp.CreateSlot c => Status(Mmu.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly)),
+        TdpOp.HostInvalidateStart i => Status(Mmu.HostInvalidateStart(i.StartGfn, i.EndGfn)),
+        TdpOp.HostInvalidateEnd i => Status(Mmu.HostInvalidateEnd(i.StartGfn, i.EndGfn)),
         _ => throw new ArgumentException($"{op} is not run concurrently", nameof(op)),
     };
 

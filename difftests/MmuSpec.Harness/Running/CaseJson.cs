@@ -157,6 +157,8 @@ public static class CaseJson
                 w.WriteString("cr3", Hex.Format(p.Cr3));
                 break;
             case TdpOp.GuestAccess a: w.WriteString("op", "guest_access"); WriteAccess(w, a.Access); break;
+            case TdpOp.HostInvalidateStart i: w.WriteString("op", "host_invalidate_start"); w.WriteString("start_gfn", Hex.Format(i.StartGfn)); w.WriteString("end_gfn", Hex.Format(i.EndGfn)); break;
+            case TdpOp.HostInvalidateEnd i: w.WriteString("op", "host_invalidate_end"); w.WriteString("start_gfn", Hex.Format(i.StartGfn)); w.WriteString("end_gfn", Hex.Format(i.EndGfn)); break;
             default: throw new ArgumentException($"no JSON form for the TDP op {op.GetType().Name}", nameof(op));
         }
         w.WriteString("text", op.ToString());
@@ -361,6 +363,8 @@ public static class CaseJson
         ["guest_store"] = ["gpa", "value", "size"],
         ["guest_set_paging"] = ["controls", "cr3"],
         ["guest_access"] = ["access"],
+        ["host_invalidate_start"] = ["start_gfn", "end_gfn"],
+        ["host_invalidate_end"] = ["start_gfn", "end_gfn"],
     };
 
     static TdpOp ReadTdpOp(JsonElement e, string path)
@@ -385,6 +389,8 @@ public static class CaseJson
             "guest_set_paging" => new TdpOp.GuestSetPaging(
                 o.IsNull("controls") ? null : ReadControls(o.Field("controls"), o.At("controls")), o.Hex("cr3")),
             "guest_access" => new TdpOp.GuestAccess(ReadAccess(o.Field("access"), o.At("access"))),
+            "host_invalidate_start" => new TdpOp.HostInvalidateStart(o.Hex("start_gfn"), o.Hex("end_gfn")),
+            "host_invalidate_end" => new TdpOp.HostInvalidateEnd(o.Hex("start_gfn"), o.Hex("end_gfn")),
             _ => throw new InvalidOperationException(kind),
         };
     }

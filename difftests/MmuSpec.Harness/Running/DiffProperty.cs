@@ -121,9 +121,9 @@ public static class DiffProperties
         new(name, law, CaseRules.Shrinking(mode is { } m ? WalkGen.Arbitrary(m) : WalkGen.Arbitrary()), Families.Walk,
             WalkCoverage.Expected(mode), WalkTestCases);
 
-    static DiffProperty<TdpCase> Tdp(string name, VmConfig config) =>
-        new(name, $"Spec_and_impl_TDP_MMUs_agree_after_every_operation ({config})", CaseRules.Shrinking(TdpGen.Arbitrary(config)), Families.Tdp,
-            TdpCoverage.Expected(config), TdpTestCases);
+    static DiffProperty<TdpCase> Tdp(string name, VmConfig config, bool notifiers = false) =>
+        new(name, $"Spec_and_impl_TDP_MMUs_agree_after_every_operation ({config}{(notifiers ? ", MMU notifiers" : "")})",
+            CaseRules.Shrinking(TdpGen.Arbitrary(config, notifiers)), Families.Tdp, TdpCoverage.Expected(config, notifiers), TdpTestCases);
 
     static DiffProperty<ShadowCase> Shadow(string name, ShadowGenOptions options) =>
         new(name, $"Spec_and_impl_shadow_MMUs_agree_after_every_operation ({options})", CaseRules.Shrinking(ShadowGen.Arbitrary(options)), Families.Shadow,
@@ -153,6 +153,7 @@ public static class DiffProperties
         Tdp("tdp-stage2-shared47", new VmConfig(TdpFormat.Stage2, 47)),
         // Aging: each case draws its VM (format, A/D on or off, a shared bit or not); see TdpGen.AgingConfig.
         Tdp("tdp-aging", new VmConfig(TdpFormat.Ept, accessedDirty: AccessedDirty.Enabled)),
+        Tdp("tdp-ept-notifier", new VmConfig(TdpFormat.Ept, 47), notifiers: true),
     ];
 
     /// <summary>The shadow MMU: per guest paging mode, mode switches, and the write-protect-only path (no unsync).</summary>

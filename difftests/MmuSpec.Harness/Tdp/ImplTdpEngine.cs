@@ -52,6 +52,8 @@ public sealed class ImplTdpEngine : IDisposable
             case TdpOp.GuestSetPaging p: return Guest(vm.GuestSetPaging(p.Controls is { } pc ? PagingVocabulary.ToImpl(pc) : null, p.Cr3), gpa: 0);
             case TdpOp.GuestAccess a:
                 return Guest(vm.GuestAccess(a.Access.Gva, PagingVocabulary.ToImpl(a.Access.Type), PagingVocabulary.ToImpl(a.Access.Privilege)), gpa: null);
+            case TdpOp.HostInvalidateStart i: return Status(Notifier.HostInvalidateStart(i.StartGfn, i.EndGfn));
+            case TdpOp.HostInvalidateEnd i: return Status(Notifier.HostInvalidateEnd(i.StartGfn, i.EndGfn));
             default: throw new ArgumentException($"unknown operation {op}", nameof(op));
         }
     }
@@ -72,6 +74,7 @@ public sealed class ImplTdpEngine : IDisposable
     {
         ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Mapped(o.Hpa, PageSizes.FromShift(o.PageShift), o.Faulted),
         ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
+        ImplTdp.TdpAccessStatus.Retry => new TdpResult.Retry(),
         _ => Rejected(),
     };
 
@@ -79,6 +82,7 @@ public sealed class ImplTdpEngine : IDisposable
     {
         ImplTdp.TdpAccessStatus.Mapped => new TdpResult.Populated(o.Bytes),
         ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
+        ImplTdp.TdpAccessStatus.Retry => new TdpResult.Retry(),
         _ => Rejected(),
     };
 
@@ -89,6 +93,7 @@ public sealed class ImplTdpEngine : IDisposable
         ImplTdp.TdpGuestStatus.Mapped => Access(o.Access, 0),
         ImplTdp.TdpGuestStatus.MmioExit => new TdpResult.MmioExit(o.Gpa),
         ImplTdp.TdpGuestStatus.GuestFault => new TdpResult.GuestFault(PagingVocabulary.FromImpl(o.Fault)),
+        ImplTdp.TdpGuestStatus.Retry => new TdpResult.Retry(),
         _ => Rejected(),
     };
 
@@ -175,7 +180,10 @@ public sealed class ImplTdpEngine : IDisposable
                 viewProblems.Add($"host memory word 0x{value:X} at hpa 0x{hpa:X}: {problem}");
         });
         return new TdpState(config, new HostMemslots(slots, bitmaps), PageSizes.FromShift(vm.MaxPageShift), pages.ToImmutable(),
-            vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null, host.ToImmutable(), GuestCpu());
+            vm.DirectRoot is { } d ? Key(d) : null, vm.MirrorRoot is { } m ? Key(m) : null, host.ToImmutable(), GuestCpu())
+        {
+            Notifier = NotifierState(Notifier),
+        };
     }
 
     (ImmutableSortedDictionary<int, HostMemslot>, ImmutableSortedDictionary<int, ImmutableSortedSet<ulong>>) Memslots()
@@ -207,7 +215,8 @@ public sealed class ImplTdpEngine : IDisposable
         if (!config.Equals(spec.Config) || PageSizes.FromShift(vm.MaxPageShift) != spec.MaxPageSize
             || !Equals(vm.DirectRoot is { } d ? Key(d) : null, spec.DirectRoot)
             || !Equals(vm.MirrorRoot is { } m ? Key(m) : null, spec.MirrorRoot)
-            || !Equals(GuestCpu(), spec.GuestCpu))
+            || !Equals(GuestCpu(), spec.GuestCpu)
+            || !NotifierState(Notifier).Equals(spec.Notifier))
             return false;
         if (!MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots)) return false;
 
@@ -254,6 +263,18 @@ public sealed class ImplTdpEngine : IDisposable
 
     /// <summary>A leaf's accessed or dirty state as compared: only in a VM that tracks it (the aging property).</summary>
     bool Aged(bool bit) => config.AccessedDirty != AccessedDirty.Untracked && bit;
+
+    /// <summary>The impl's MMU-notifier side (TdpMmu.Notifier.cs).</summary>
+    ImplTdp.ITdpHostNotifier Notifier => (ImplTdp.ITdpHostNotifier)vm;
+
+    /// <summary>An MMU-notifier side read into the spec's vocabulary (both TDP MMUs report it the same way).</summary>
+    public static HostNotifierState NotifierState(ImplTdp.ITdpHostNotifier n)
+    {
+        var (retryStart, retryEnd) = n.InvalidateRetryRange;
+        return new HostNotifierState([.. n.InvalidationsInProgress.Select(r => new GfnRange(r.StartGfn, r.EndGfn))],
+            new GfnRange(retryStart, retryEnd), n.InvalidateSequence,
+            GfnRanges.Of(n.MigratedHostFrames.Select(r => new GfnRange(r.Start, r.End))));
+    }
 
     static PageKey Key(ImplTdp.TdpPageKey k) => new(k.Gfn, new MmuRole(k.Level, k.Mirror));
 

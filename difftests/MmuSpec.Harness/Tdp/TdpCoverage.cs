@@ -10,7 +10,7 @@ namespace MmuSpec.Harness.Tdp;
 /// operation, the spec's result and the spec's states before and after it (which leaves appeared,
 /// went or lost W, which roots and dirty bitmaps changed). The rules are docs/tdp-model.md's.
 /// </summary>
-public static class TdpCoverage
+public static partial class TdpCoverage
 {
     const string Hit = "access: hit", Miss = "access: miss, mapped", Wp4K = "access: write-protection fault, 4K leaf made writable",
         WpHuge = "access: write-protection fault, huge leaf made writable (slot not logging)",
@@ -57,12 +57,14 @@ public static class TdpCoverage
         Create, CreateRejected, MoveMapped, MoveEmpty, DeleteMapped, DeleteEmpty, NoSuchSlot,
         .. AgingSituations,
         .. WalkCoverage.Modes, GuestOff, GuestMapped, GuestPf, GuestGp, GuestTableRead, GuestPagingOn, GuestPagingOff, GuestCr3Gp,
+        .. NotifierSituations,
     ];
 
     /// <summary>What a TDP property on a VM of <paramref name="config"/> should reach: the shared-bit situations only with a shared bit.</summary>
-    public static IReadOnlyList<string> Expected(VmConfig config) =>
+    public static IReadOnlyList<string> Expected(VmConfig config, bool notifiers = false) =>
         All.Where(s => (config.SharedBit is not null || !SharedBitSituations.Contains(s))
-            && (config.AccessedDirty != AccessedDirty.Untracked || !AgingSituations.Contains(s))).ToList();
+            && (config.AccessedDirty != AccessedDirty.Untracked || !AgingSituations.Contains(s))
+            && (notifiers || !NotifierSituations.Contains(s))).ToList();
 
     /// <summary>Runs the case on the spec and names the situations of each step.</summary>
     public static void Classify(TdpCase c, Action<string> hit)
@@ -98,6 +100,7 @@ public static class TdpCoverage
             && before.Pages.Keys.Any(k => !after.Pages.ContainsKey(k)))
             hit(SubtreeReplaced);
 
+        SlotUpdate(op, r, before, hit);
         switch (op)
         {
             case TdpOp.AccessGpa a:
@@ -135,12 +138,16 @@ public static class TdpCoverage
                 hit(removed.Count > 0 ? ZapLeaves : ZapNothing);
                 if (removed.Any(l => l.Leaf.Level > 1 && (z.StartGfn > l.Leaf.Gfn || z.EndGfn < l.Leaf.Gfn + l.Leaf.Frames))) hit(ZapInsideHuge);
                 break;
+            case TdpOp.HostInvalidateStart or TdpOp.HostInvalidateEnd:
+                Notifier(op, r, before, removed.Count, hit);
+                break;
             case TdpOp.PreFault f:
                 hit(r switch
                 {
                     TdpResult.Populated p when p.Bytes >= f.Size => PreFaultWhole,
                     TdpResult.Populated => PreFaultPartial,
                     TdpResult.MmioExit => PreFaultNothing,
+                    TdpResult.Retry => PreFaultRetried,
                     _ => PreFaultRejected,
                 });
                 break;
@@ -178,6 +185,7 @@ public static class TdpCoverage
         switch (r)
         {
             case VmResult.Rejected: hit(TooWide); return;
+            case TdpResult.Retry: hit(Retried); return;
             case TdpResult.MmioExit:
                 ulong g = (gpa >> 12) & ~config.DirectBits;
                 hit(before.Slots.Values.Any(s => s.Contains(g)) ? ReadOnlyWrite : NoSlot);
@@ -187,6 +195,7 @@ public static class TdpCoverage
                 bool mirror = config.SharedBit is not null && ((gpa >> 12) & config.DirectBits) == 0;
                 if (config.SharedBit is not null) hit(mirror ? Private : Shared);
                 if (!m.Faulted) { hit(Hit); return; }
+                if (MapsMovedFrame(before, gfn)) hit(MovedFrameMapped);
                 var old = before.Leaves().FirstOrDefault(l => l.Page.Role.Mirror == mirror && l.Leaf.Covers(gfn));
                 if (old.Leaf is { Accessed: false } && config.AccessedDirty == AccessedDirty.Disabled && (type != AccessType.Write || old.Leaf.Writable))
                     hit(OldLeafFault);
@@ -219,6 +228,7 @@ public static class TdpCoverage
     /// <summary>Why a new leaf is no bigger than it is: dirty logging, the policy, the host pages, or the slot's edges and alignment.</summary>
     static void LimitedBy(TdpState after, HostMemslot slot, Spte.Leaf leaf, Action<string> hit)
     {
+        if (LoweredByNotifier(after, slot, leaf)) { hit(NotifierLowered); return; }
         if (slot.DirtyLogging)
         {
             if (after.MappingLevel(slot.WithDirtyLogging(false), leaf.Gfn) > 1) hit(HugeNotUsed);

@@ -98,7 +98,7 @@ public static class TdpDiff
         var slot = before.Slots.Values.FirstOrDefault(s => s.Contains(gfn));
         if (slot is null) return $"gfn {Bits.Hex(gfn)} is in no memslot, yet the access was mapped";
         if (type == AccessType.Write && slot.ReadOnly) return $"a write to read-only {slot} was mapped";
-        ulong expected = (slot.HostPfn(gfn) << 12) | (gpa & 0xFFF);
+        ulong expected = (before.HostFrame(slot, gfn) << 12) | (gpa & 0xFFF);   // the frame backing it now (MMU notifiers)
         return m.Hpa == expected ? null : $"gfn {Bits.Hex(gfn)} should reach hpa {Bits.Hex(expected)} through {slot}, got {Bits.Hex(m.Hpa)}";
     }
 
@@ -109,6 +109,7 @@ public static class TdpDiff
         // The common case in one linear compare: equal states (Equals is stricter than every line below) differ nowhere.
         if (spec.Equals(impl)) return [];
         var d = ImmutableArray.CreateBuilder<string>();
+        if (!spec.Notifier.Equals(impl.Notifier)) d.Add($"host notifier: spec {spec.Notifier} / impl {impl.Notifier}");
         if (spec.MaxPageSize != impl.MaxPageSize) d.Add($"max page size: spec {spec.MaxPageSize.Name()} / impl {impl.MaxPageSize.Name()}");
         if (!Equals(spec.DirectRoot, impl.DirectRoot)) d.Add($"direct root: spec {spec.DirectRoot?.ToString() ?? "-"} / impl {impl.DirectRoot?.ToString() ?? "-"}");
         if (!Equals(spec.MirrorRoot, impl.MirrorRoot)) d.Add($"mirror root: spec {spec.MirrorRoot?.ToString() ?? "-"} / impl {impl.MirrorRoot?.ToString() ?? "-"}");

@@ -21,17 +21,18 @@ namespace MmuSpec.Harness.Tdp;
 /// </summary>
 public static class TdpGen
 {
-    public static Gen<TdpCase> Case(VmConfig config) =>
-        Gen.Sized(size => Gen.Choose(0, int.MaxValue).Select(seed => Build(seed, size, config)));
+    /// <param name="notifiers">Also MMU-notifier invalidations (TdpGen.Notifier.cs); off, the draws are exactly those without the option.</param>
+    public static Gen<TdpCase> Case(VmConfig config, bool notifiers = false) =>
+        Gen.Sized(size => Gen.Choose(0, int.MaxValue).Select(seed => Build(seed, size, config, notifiers)));
 
-    public static Arbitrary<TdpCase> Arbitrary(VmConfig config) => Arb.From(Case(config), TdpShrink.Candidates);
+    public static Arbitrary<TdpCase> Arbitrary(VmConfig config, bool notifiers = false) => Arb.From(Case(config, notifiers), TdpShrink.Candidates);
 
-    public static TdpCase Build(int seed, int size, VmConfig config)
+    public static TdpCase Build(int seed, int size, VmConfig config, bool notifiers = false)
     {
         var rng = new Random(seed);
         // The aging property (a config that tracks A/D) draws each case's VM first; the others draw as before.
         if (config.AccessedDirty != AccessedDirty.Untracked) config = AgingConfig(rng);
-        var b = new TdpCaseBuilder(rng, config);
+        var b = new TdpCaseBuilder(rng, config, notifiers);
         int slots = 1 + b.Rng.Next(3);
         for (int i = 0; i < slots; i++) b.Add(b.NewSlot(i));
         // Most cases also run a guest with its own page tables in its own memory.
@@ -48,7 +49,7 @@ public static class TdpGen
         rng.Next(4) == 0 ? 47 : null, rng.Next(3) == 0 ? AccessedDirty.Disabled : AccessedDirty.Enabled);
 }
 
-internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
+internal sealed partial class TdpCaseBuilder(Random rng, VmConfig config, bool notifiers = false)
 {
     public Random Rng => rng;
     public ImmutableArray<TdpOp>.Builder Ops { get; } = ImmutableArray.CreateBuilder<TdpOp>();
@@ -184,6 +185,7 @@ internal sealed class TdpCaseBuilder(Random rng, VmConfig config)
     {
         if (pending.Count > 0) return pending.Dequeue();
         if (config.AccessedDirty != AccessedDirty.Untracked && rng.Next(100) < 14) return Aging();
+        if (notifiers && slots.Count > 0 && rng.Next(100) < 15) return NotifierScenario();
         if (slots.Count > 0 && rng.Next(100) < 6) return HugePageScenario();
         if (slots.Count > 0 && rng.Next(100) < 5) return PreFault();
         int roll = rng.Next(100);

@@ -16,7 +16,25 @@ public static class TdpShrink
         foreach (var ops in WalkShrink.DropChunks(c.Ops)) yield return c.WithOps(ops);
         for (int i = 0; i < c.Ops.Length; i++)
             foreach (var simpler in Simpler(c.Ops[i]))
-                yield return c.WithOps(c.Ops.SetItem(i, simpler));
+                yield return c.WithOps(c.Ops.SetItem(i, simpler));        foreach (var narrower in NarrowerInvalidations(c)) yield return narrower;
+    }
+
+    /// <summary>An invalidation and its End narrowed together (half the range), so the End still matches.</summary>
+    static IEnumerable<TdpCase> NarrowerInvalidations(TdpCase c)
+    {
+        for (int i = 0; i < c.Ops.Length; i++)
+        {
+            if (c.Ops[i] is not TdpOp.HostInvalidateStart { } start || start.EndGfn - start.StartGfn <= 1) continue;
+            var half = start with { EndGfn = start.StartGfn + (start.EndGfn - start.StartGfn) / 2 };
+            var ops = c.Ops.SetItem(i, half);
+            for (int j = i + 1; j < c.Ops.Length; j++)
+                if (c.Ops[j] is TdpOp.HostInvalidateEnd e && e.StartGfn == start.StartGfn && e.EndGfn == start.EndGfn)
+                {
+                    ops = ops.SetItem(j, new TdpOp.HostInvalidateEnd(half.StartGfn, half.EndGfn));
+                    break;
+                }
+            yield return c.WithOps(ops);
+        }
     }
 
     static IEnumerable<TdpOp> Simpler(TdpOp op)

@@ -1,0 +1,96 @@
+using MmuSpec.Impl.Concurrency;
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.PageTable;
+using MmuSpec.Impl.Paging;
+using MmuSpec.Impl.Tdp;
+using MmuSpec.Impl.TdpConcurrent;
+using Xunit;
+
+namespace MmuSpec.Tests.Impl;
+
+/// <summary>
+/// The concurrent fault against a host invalidation, forced with <see cref="ScriptedSchedule"/>: the
+/// invalidation runs while the fault sits at its host-page lookup, after it read the sequence and before it
+/// took mmu_lock (KVM's window between mmu_invalidate_seq and is_page_fault_stale).
+/// </summary>
+public sealed class ConcurrentTdpNotifierRaceTests : IDisposable
+{
+    const ulong HostBase = 0x100000, Moved = HostInvalidations.MigratedFrameBit;
+    readonly NativePagePool _pool = new();
+    readonly ConcurrentTdpMmu<EptFormat, ScriptedSchedule> _mmu;
+    readonly ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> _a;
+
+    public ConcurrentTdpNotifierRaceTests()
+    {
+        _mmu = new ConcurrentTdpMmu<EptFormat, ScriptedSchedule>(sharedBit: null, _pool);
+        _a = _mmu.CreateVcpu();
+        Assert.Equal(SlotStatus.Ok, _mmu.CreateSlot(0, 0, 0x1000, HostBase, 21, readOnly: false));
+        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(12));
+    }
+
+    public void Dispose()
+    {
+        ScriptedSchedule.Disarm();
+        _mmu.Dispose();
+        Assert.Equal(0, _pool.PagesInUse);
+        _pool.Dispose();
+    }
+
+    TdpVcpuOutcome Read(ulong gfn) => _a.Access(gfn << 12, AccessType.Read);
+
+    void InvalidateAtLookup(bool end)
+    {
+        ScriptedSchedule.At(SchedulePointKind.Other, 1, () =>
+        {
+            Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateStart(5, 6));
+            if (end) Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateEnd(5, 6));
+        });
+    }
+
+    [Fact]
+    public void A_fault_that_looked_up_the_page_before_a_whole_invalidation_retries_then_maps_the_moved_frame()
+    {
+        InvalidateAtLookup(end: true);
+        Assert.True(Read(5).IsRetry); // the sequence moved
+        Assert.True(ScriptedSchedule.Fired);
+        Assert.Equal(TdpAccessOutcome.Mapped(((HostBase + 5) ^ Moved) << 12, 12, faulted: true), Read(5).Access);
+        Assert.Equal(1UL, _mmu.InvalidateSequence);
+    }
+
+    [Fact]
+    public void A_fault_that_meets_an_invalidation_in_progress_retries_until_it_ends()
+    {
+        InvalidateAtLookup(end: false);
+        Assert.True(Read(5).IsRetry);
+        Assert.True(Read(5).IsRetry); // still in progress: the same sequence, but the gfn is in the retry range
+        Assert.Equal(TdpAccessOutcome.Mapped((HostBase + 6) << 12, 12, faulted: true), Read(6).Access);
+        Assert.Equal(SlotStatus.Rejected, _mmu.DeleteSlot(0)); // a memslot update waits for it
+        Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateEnd(5, 6));
+        Assert.Equal(TdpStatus.Rejected, _mmu.HostInvalidateEnd(5, 6));
+        Assert.Equal(TdpAccessOutcome.Mapped(((HostBase + 5) ^ Moved) << 12, 12, faulted: true), Read(5).Access);
+    }
+
+    [Fact]
+    public void Without_the_sequence_check_the_fault_installs_the_frame_the_host_moved_away_from()
+    {
+        _mmu.SkipSequenceCheckForTests = true; // the broken variant
+        InvalidateAtLookup(end: true);
+        Assert.Equal(TdpAccessOutcome.Mapped((HostBase + 5) << 12, 12, faulted: true), Read(5).Access); // stale
+    }
+
+    [Fact]
+    public void Faults_after_pages_moved_allocate_nothing()
+    {
+        Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateStart(0, 0x200));
+        Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateEnd(0, 0x200));
+        for (int round = 0; round < 2; round++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (ulong gfn = 0; gfn < 0x400; gfn++)
+                Assert.False(Read(gfn).IsRetry);
+            long bytes = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.Equal(TdpStatus.Ok, _mmu.ZapRange(0, 0x400));
+            if (round == 1) Assert.Equal(0, bytes);
+        }
+    }
+}
