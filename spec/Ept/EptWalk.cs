@@ -38,7 +38,7 @@ public sealed record EptExplanation(
 }
 
 /// <summary>
-/// The EPT walk of L1's tables (SDM Vol. 3C §29.3.2 to §29.3.4), written to be read. From the EPTP's root,
+/// The EPT walk of L1's tables (SDM Vol. 3C §29.3.2 to §29.3.4; the order is §29.3.3.3's), written to be read. From the EPTP's root,
 /// at each level the walk (1) reads the 8-byte entry indexed by the guest-physical address, (2) stops with an
 /// EPT violation if it is not present, (3) stops with an EPT misconfiguration if it is misconfigured, (4) ANDs
 /// its R, W, X (and XU) into the translation's, and (5) either maps the page or descends. Only a complete

@@ -93,7 +93,7 @@ public sealed record NestedExplanation(
 public sealed record NestedTranslation(NestedResult Result, GuestMemory L1Memory);
 
 /// <summary>
-/// Two-dimensional translation for L2 (SDM Vol. 3C §29.3.3, "guest-physical address translation" with EPT): L2's gva
+/// Two-dimensional translation for L2 (SDM Vol. 3C §29.3.3.3, prioritization of EPT misconfigurations and violations): L2's gva
 /// goes through L2's page tables (<see cref="PageWalk"/>, unchanged) and every entry read is itself a
 /// guest-physical access, translated through L1's EPT; then the final gpa is translated through the EPT with the
 /// access's own kind. In order:
@@ -130,7 +130,7 @@ public static class NestedWalk
 
         if (l2Cpu is null)
         {
-            // Paging off: the linear address is the gpa (SDM §29.3.3). Model: it counts as a supervisor-mode address for mode-based execute control.
+            // Paging off: the linear address is the gpa (SDM §29.3.3.3). Model: it counts as a supervisor-mode address for mode-based execute control.
             if (access.Gva >> gpaBits != 0)
                 throw new ArgumentOutOfRangeException(nameof(access), access.Gva, $"a {eptp.WalkLength}-level EPT translates {gpaBits}-bit guest-physical addresses");
             var direct = EptWalk.Explain(caps, eptp, memory, new EptAccess(access.Gva, access.Type, false, false, access.Gva));

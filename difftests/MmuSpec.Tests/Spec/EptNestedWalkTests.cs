@@ -8,7 +8,7 @@ using PT = MmuSpec.Tests.Spec.PageTableBuilder;
 namespace MmuSpec.Tests.Spec;
 
 /// <summary>
-/// Known answers for two-dimensional translation (SDM Vol. 3C §29.3.3 with Vol. 3A ch. 4): L2's gva through L2's
+/// Known answers for two-dimensional translation (SDM Vol. 3C §29.3.3.3 with Vol. 3A ch. 4): L2's gva through L2's
 /// tables, each of their entries and the final gpa through L1's EPT. Every address and value is a literal.
 ///
 /// L1 has 128 KiB of RAM. L1's EPT (EPTP 0x101e, 4-level, WB) maps L2's first 2 MiB with 4 KiB pages:
@@ -105,6 +105,19 @@ public sealed class EptNestedWalkTests
             new[] { Q(after, 0x11008), Q(after, 0x12010), Q(after, 0x13018), Q(after, 0x14020) });
     }
 
+    // §29.3.4: the D bits on the EPT PTEs mapping L2's tables come from the reads themselves: with L2's A bits
+    // already set the walk writes nothing into L2's tables, and those EPT PTEs still get D.
+    [Fact]
+    public void With_EPT_AD_reading_L2s_tables_sets_D_even_with_no_L2_AD_update()
+    {
+        var memory = Nested(l2Pte: PT.PWU | PT.A).Write64(0x11008, 0x2027).Write64(0x12010, 0x3027).Write64(0x13018, 0x4027);
+        var e = Walk(memory, Access.Read(Gva), eptp: Eptp4AD);
+        Assert.Empty(e.GuestUpdates);
+        Assert.DoesNotContain(e.EptWalks, w => w.Purpose == NestedEptPurpose.GuestAccessedDirtyUpdate);
+        Assert.Equal(["0x11337", "0x12337", "0x13337", "0x14337", "0x1f137"],
+            new[] { Q(e.L1MemoryAfter, 0x4008), Q(e.L1MemoryAfter, 0x4010), Q(e.L1MemoryAfter, 0x4018), Q(e.L1MemoryAfter, 0x4020), Q(e.L1MemoryAfter, 0x4918) });
+    }
+
     [Fact]
     public void Without_EPT_AD_only_L2s_entries_change()
     {
@@ -184,7 +197,7 @@ public sealed class EptNestedWalkTests
         Assert.Contains("outside L1 memory", e.Rule);
     }
 
-    // §29.3.3: with L2's paging off the gva is the gpa, translated through the EPT as the final access.
+    // §29.3.3.3: with L2's paging off the gva is the gpa, translated through the EPT as the final access.
     [Fact]
     public void With_L2_paging_off_the_gva_is_the_gpa()
     {

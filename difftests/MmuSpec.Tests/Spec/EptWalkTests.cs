@@ -335,7 +335,7 @@ public sealed class EptWalkTests
         if (misconfigured) AssertMisconfiguration(Walk(big, EptAccess.Read(Gpa4)).Result, EptMisconfigurationKind.MemoryType, 2);
     }
 
-    // §29.3.3: a violation happens only when there is no misconfiguration: a write to a read-only page whose
+    // §29.3.3, §29.3.3.3: a violation happens only when there is no misconfiguration: a write to a read-only page whose
     // leaf is misconfigured is a misconfiguration. But the walk stops at a not-present entry above it.
     [Fact]
     public void A_misconfiguration_wins_over_a_permission_violation_but_not_over_a_not_present_entry_above()
