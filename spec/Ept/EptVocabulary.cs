@@ -16,6 +16,12 @@ public sealed record EptCapabilities(
     bool Pages1G = true,
     int MaxPhyAddr = 46)
 {
+    /// <summary>N, between 36 and 52 as for the guest's MAXPHYADDR (<see cref="PagingControls.MinMaxPhyAddr"/>).</summary>
+    public int MaxPhyAddr { get; init => field = CheckWidth(value); } = CheckWidth(MaxPhyAddr);
+
+    static int CheckWidth(int width) => width is >= PagingControls.MinMaxPhyAddr and <= PagingControls.MaxMaxPhyAddr ? width
+        : throw new ArgumentOutOfRangeException(nameof(MaxPhyAddr), width, $"MAXPHYADDR is {PagingControls.MinMaxPhyAddr} to {PagingControls.MaxMaxPhyAddr}");
+
     public static EptCapabilities Default { get; } = new();
 
     public EptCapabilities WithExecuteOnly(bool value) => this with { ExecuteOnly = value };

@@ -52,6 +52,14 @@ public sealed class EptWalkTests
     }
 
     [Fact]
+    public void The_physical_address_width_is_36_to_52_bits()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => new EptCapabilities(MaxPhyAddr: 35));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Caps.WithMaxPhyAddr(53));
+        Assert.Equal(52, Caps.WithMaxPhyAddr(52).MaxPhyAddr);
+    }
+
+    [Fact]
     public void The_walk_refuses_an_invalid_EPTP_as_VM_entry_would()
     {
         var e = Assert.Throws<ArgumentException>(() => Walk(Ept4(), EptAccess.Read(Gpa4), eptp: new EptPointer(0x1019)));
