@@ -56,11 +56,13 @@ public static class EptWalk
     }
 
     /// <summary>The walk, step by step, with each step's note and the rule that ended it.</summary>
-    /// <exception cref="ArgumentException">The EPTP is invalid (VM entry would have failed), or the gpa is wider than the walk.</exception>
+    /// <exception cref="ArgumentException">The EPTP is invalid (VM entry would have failed), the gpa is wider than the walk, or a fetch is marked as a paging-structure access.</exception>
     public static EptExplanation Explain(EptCapabilities caps, EptPointer eptp, GuestMemory l1Memory, EptAccess access)
     {
         if (eptp.Problem(caps) is { } problem)
             throw new ArgumentException($"invalid {eptp}: {problem.Describe()}", nameof(eptp));
+        if (access.PagingStructure && access.Type == AccessType.Fetch)
+            throw new ArgumentException("the processor reads and updates guest paging-structure entries; it never fetches from them", nameof(access));
         int levels = eptp.WalkLength;
         if (access.Gpa >> AddressBits(levels) != 0)
             throw new ArgumentOutOfRangeException(nameof(access), access.Gpa, $"a {levels}-level EPT translates {AddressBits(levels)}-bit guest-physical addresses");

@@ -92,6 +92,11 @@ public sealed class EptWalkTests
         Assert.Equal(new[] { 5, 4, 3, 2, 1 }, e.Steps.Select(s => s.Level));
     }
 
+    // A caller error: guest paging-structure entries are read or updated, never fetched.
+    [Fact]
+    public void A_fetch_cannot_be_a_paging_structure_access() =>
+        Assert.Throws<ArgumentException>(() => Walk(Ept4(), new EptAccess(Gpa4, AccessType.Fetch, PagingStructure: true)));
+
     // §29.3.2: a 4-level EPT translates 48-bit gpas; a wider one is a caller error.
     [Fact]
     public void A_4_level_EPT_does_not_take_a_gpa_wider_than_48_bits() =>
