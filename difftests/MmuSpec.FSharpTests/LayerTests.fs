@@ -215,6 +215,15 @@ let private nestedResultCase =
     | NestedGuestFault _ -> "GuestFault"
     | NestedEptExit _ -> "EptExit"
 
+let private eptTlbOpCase =
+    function
+    | TlbInvept _ -> "Invept"
+    | TlbInvvpid _ -> "Invvpid"
+    | TlbVmEntry _ -> "VmEntry"
+    | TlbVmExit -> "VmExit"
+    | TlbEptpSwitch _ -> "EptpSwitch"
+    | TlbEptViolation _ -> "EptViolation"
+
 /// Each hierarchy's base type and how the patterns name one of its values.
 let private classifiers: (Type * (obj -> string)) list =
     let by (f: 'T -> string) = typeof<'T>, (fun (o: obj) -> f (o :?> 'T))
@@ -222,7 +231,7 @@ let private classifiers: (Type * (obj -> string)) list =
     let byVm (mmu: Type) (f: VmResult -> string) = mmu, (fun (o: obj) -> f (o :?> VmResult))
     [ by walkResultCase; by opResultCase; by opCase; by vmResultCase; byVm typeof<TdpResult> tdpResultCase; by tdpOpCase
       by spteCase; by shadowOpCase; byVm typeof<ShadowResult> shadowResultCase; by shadowEntryCase
-      by eptResultCase; by nestedResultCase ]
+      by eptResultCase; by nestedResultCase; by eptTlbOpCase ]
 
 /// A hierarchy's cases: the sealed types nested in an abstract base that derive from it.
 let private casesOf (baseType: Type) =

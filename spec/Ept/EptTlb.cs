@@ -12,18 +12,10 @@ public abstract record EptTlbOp
 {
     private EptTlbOp() { }
 
-    /// <summary>INVEPT type 1 with <paramref name="Eptp"/> in the descriptor.</summary>
-    public sealed record InveptSingleContext(EptPointer Eptp) : EptTlbOp;
-    /// <summary>INVEPT type 2.</summary>
-    public sealed record InveptAllContext : EptTlbOp;
-    /// <summary>INVVPID type 0: <paramref name="Gva"/> in <paramref name="Vpid"/>.</summary>
-    public sealed record InvvpidIndividualAddress(ushort Vpid, ulong Gva) : EptTlbOp;
-    /// <summary>INVVPID type 1.</summary>
-    public sealed record InvvpidSingleContext(ushort Vpid) : EptTlbOp;
-    /// <summary>INVVPID type 2.</summary>
-    public sealed record InvvpidAllContexts : EptTlbOp;
-    /// <summary>INVVPID type 3.</summary>
-    public sealed record InvvpidSingleContextRetainingGlobals(ushort Vpid) : EptTlbOp;
+    /// <summary>INVEPT of <paramref name="Type"/>; <paramref name="Eptp"/> is the descriptor's (single-context only).</summary>
+    public sealed record Invept(InveptType Type, EptPointer Eptp = default) : EptTlbOp;
+    /// <summary>INVVPID of <paramref name="Type"/>; the descriptor's <paramref name="Vpid"/> (not for all-contexts) and <paramref name="Gva"/> (individual-address only).</summary>
+    public sealed record Invvpid(InvvpidType Type, ushort Vpid = 0, ulong Gva = 0) : EptTlbOp;
     /// <summary>VM entry to L2 with this VMCS's "enable VPID", VPID and EPTP: they become the current context.</summary>
     public sealed record VmEntry(bool VpidEnabled, ushort Vpid, EptPointer Eptp) : EptTlbOp;
     /// <summary>VM exit from L2 to L1 (the context stays the VMCS's for the next entry).</summary>
@@ -32,6 +24,22 @@ public abstract record EptTlbOp
     public sealed record EptpSwitch(EptPointer Eptp, bool ByVmfunc) : EptTlbOp;
     /// <summary>An EPT violation at <paramref name="Gpa"/>, for linear address <paramref name="Gla"/> when exit-qualification bit 7 is set.</summary>
     public sealed record EptViolation(ulong Gpa, ulong? Gla) : EptTlbOp;
+}
+
+/// <summary>The INVEPT types (the instruction's register operand).</summary>
+public enum InveptType
+{
+    SingleContext = 1,
+    AllContext = 2,
+}
+
+/// <summary>The INVVPID types (the instruction's register operand).</summary>
+public enum InvvpidType
+{
+    IndividualAddress = 0,
+    SingleContext = 1,
+    AllContexts = 2,
+    SingleContextRetainingGlobals = 3,
 }
 
 /// <summary>Which cached mappings an invalidation removes (SDM Vol. 3C §29.4.1): guest-physical (EPT only) and combined (L2's tables and EPT).</summary>
@@ -116,21 +124,20 @@ public sealed record EptTlb(
         switch (op)
         {
             // INVEPT: guest-physical and combined mappings of the EP4TA (all VPIDs and PCIDs), or of every EP4TA.
-            case EptTlbOp.InveptSingleContext s:
+            case EptTlbOp.Invept { Type: InveptType.SingleContext } s:
                 return With(Both, $"INVEPT single-context {s.Eptp}", ep4ta: Ep4ta(s.Eptp));
-            case EptTlbOp.InveptAllContext:
+            case EptTlbOp.Invept { Type: InveptType.AllContext }:
                 return With(Both, "INVEPT all-context");
             // INVVPID: linear and combined mappings (combined for every EP4TA); guest-physical mappings stay.
-            case EptTlbOp.InvvpidIndividualAddress { Vpid: 0 } or EptTlbOp.InvvpidSingleContext { Vpid: 0 }
-                or EptTlbOp.InvvpidSingleContextRetainingGlobals { Vpid: 0 }:
+            case EptTlbOp.Invvpid { Vpid: 0, Type: not InvvpidType.AllContexts }:
                 return this;
-            case EptTlbOp.InvvpidIndividualAddress i:
+            case EptTlbOp.Invvpid { Type: InvvpidType.IndividualAddress } i:
                 return With(EptMappingKinds.Combined, $"INVVPID individual-address {Bits.Hex(i.Gva)} in VPID {i.Vpid}", vpid: i.Vpid, gvaPage: i.Gva >> 12);
-            case EptTlbOp.InvvpidSingleContext s:
+            case EptTlbOp.Invvpid { Type: InvvpidType.SingleContext } s:
                 return With(EptMappingKinds.Combined, $"INVVPID single-context VPID {s.Vpid}", vpid: s.Vpid);
-            case EptTlbOp.InvvpidAllContexts:
+            case EptTlbOp.Invvpid { Type: InvvpidType.AllContexts }:
                 return With(EptMappingKinds.Combined, "INVVPID all-contexts");
-            case EptTlbOp.InvvpidSingleContextRetainingGlobals g:
+            case EptTlbOp.Invvpid { Type: InvvpidType.SingleContextRetainingGlobals } g:
                 return With(EptMappingKinds.Combined, $"INVVPID single-context retaining globals VPID {g.Vpid}", vpid: g.Vpid, keepsGlobals: true);
             // VM entries and exits invalidate only without VPID: then the mappings of VPID 0000H (combined ones for every EP4TA).
             // With VPID they need not invalidate anything (§29.4.3.2), which is what VPIDs are for.
@@ -158,7 +165,7 @@ public sealed record EptTlb(
                 return this with { Invalidations = added };
             }
             default:
-                throw new ArgumentOutOfRangeException(nameof(op), op, "unknown operation");
+                throw new ArgumentOutOfRangeException(nameof(op), op, "an INVEPT or INVVPID type the processor does not define");
         }
     }
 

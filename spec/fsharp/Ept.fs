@@ -24,6 +24,18 @@ let (|NestedTranslated|NestedGuestFault|NestedEptExit|) (result: NestedResult) =
     | :? NestedResult.EptExit as e -> NestedEptExit e.Exit
     | other -> unknown (nameof result) other
 
+/// An operation the nested TLB layer (EptTlb, SDM Vol. 3C §29.4.3) applies: INVEPT, INVVPID (with their types),
+/// VM entry and exit, an EPTP switch, an EPT violation.
+let (|TlbInvept|TlbInvvpid|TlbVmEntry|TlbVmExit|TlbEptpSwitch|TlbEptViolation|) (op: EptTlbOp) =
+    match op with
+    | :? EptTlbOp.Invept as i -> TlbInvept(i.Type, i.Eptp)
+    | :? EptTlbOp.Invvpid as i -> TlbInvvpid(i.Type, i.Vpid, i.Gva)
+    | :? EptTlbOp.VmEntry as e -> TlbVmEntry(e.VpidEnabled, e.Vpid, e.Eptp)
+    | :? EptTlbOp.VmExit -> TlbVmExit
+    | :? EptTlbOp.EptpSwitch as s -> TlbEptpSwitch(s.Eptp, s.ByVmfunc)
+    | :? EptTlbOp.EptViolation as v -> TlbEptViolation(v.Gpa, Option.ofNullable v.Gla)
+    | other -> unknown (nameof op) other
+
 /// Why an EPTP is invalid on these capabilities (SDM Vol. 3C §25.6.11), or None.
 let pointerProblem caps (eptp: EptPointer) = eptp.Problem caps |> Option.ofNullable
 

@@ -70,17 +70,17 @@ public sealed class EptTlbTests
     public void INVEPT_single_context_of_the_current_EPTP_removes_the_old_EPT_translation_and_of_another_EPTP_does_not()
     {
         var (tlb, stale, now) = EptRemapped();
-        var mine = tlb.Apply(new EptTlbOp.InveptSingleContext(A));
+        var mine = tlb.Apply(new EptTlbOp.Invept(InveptType.SingleContext, A));
         Stale(mine, stale);
         Allowed(mine, now);
-        Allowed(tlb.Apply(new EptTlbOp.InveptSingleContext(B)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invept(InveptType.SingleContext, B)), stale);
     }
 
     [Fact]
     public void INVEPT_all_context_removes_the_old_EPT_translation()
     {
         var (tlb, stale, now) = EptRemapped();
-        var after = tlb.Apply(new EptTlbOp.InveptAllContext());
+        var after = tlb.Apply(new EptTlbOp.Invept(InveptType.AllContext));
         Stale(after, stale);
         Allowed(after, now);
     }
@@ -91,8 +91,8 @@ public sealed class EptTlbTests
         var (tlb, stale, _) = EptRemapped();
         foreach (EptTlbOp op in new EptTlbOp[]
                  {
-                     new EptTlbOp.InvvpidIndividualAddress(1, 0x401234), new EptTlbOp.InvvpidSingleContext(1),
-                     new EptTlbOp.InvvpidAllContexts(), new EptTlbOp.InvvpidSingleContextRetainingGlobals(1),
+                     new EptTlbOp.Invvpid(InvvpidType.IndividualAddress, 1, 0x401234), new EptTlbOp.Invvpid(InvvpidType.SingleContext, 1),
+                     new EptTlbOp.Invvpid(InvvpidType.AllContexts), new EptTlbOp.Invvpid(InvvpidType.SingleContextRetainingGlobals, 1),
                  })
             Allowed(tlb.Apply(op), stale);
     }
@@ -109,53 +109,53 @@ public sealed class EptTlbTests
     {
         var (tlb, stale, now) = L2Remapped();
         Allowed(tlb, stale);
-        var mine = tlb.Apply(new EptTlbOp.InvvpidSingleContext(1));
+        var mine = tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 1));
         Stale(mine, stale);
         Allowed(mine, now);
-        Allowed(tlb.Apply(new EptTlbOp.InvvpidSingleContext(2)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 2)), stale);
     }
 
     [Fact]
     public void INVVPID_individual_address_removes_the_old_L2_translation_of_its_page_only()
     {
         var (tlb, stale, _) = L2Remapped();
-        Stale(tlb.Apply(new EptTlbOp.InvvpidIndividualAddress(1, 0x401fff)), stale);
-        Allowed(tlb.Apply(new EptTlbOp.InvvpidIndividualAddress(1, 0x402000)), stale);
-        Allowed(tlb.Apply(new EptTlbOp.InvvpidIndividualAddress(2, 0x401234)), stale);
+        Stale(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.IndividualAddress, 1, 0x401fff)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.IndividualAddress, 1, 0x402000)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.IndividualAddress, 2, 0x401234)), stale);
     }
 
     [Fact]
     public void INVVPID_all_contexts_removes_the_old_L2_translation()
     {
         var (tlb, stale, _) = L2Remapped();
-        Stale(tlb.Apply(new EptTlbOp.InvvpidAllContexts()), stale);
+        Stale(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.AllContexts)), stale);
     }
 
     [Fact]
     public void INVVPID_single_context_retaining_globals_keeps_a_global_old_L2_translation_only()
     {
         var (plain, stale, _) = L2Remapped(global: false);
-        Stale(plain.Apply(new EptTlbOp.InvvpidSingleContextRetainingGlobals(1)), stale);
+        Stale(plain.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContextRetainingGlobals, 1)), stale);
         var (global, staleGlobal, _) = L2Remapped(global: true);
-        Allowed(global.Apply(new EptTlbOp.InvvpidSingleContextRetainingGlobals(1)), staleGlobal);
-        Stale(global.Apply(new EptTlbOp.InvvpidSingleContext(1)), staleGlobal);
+        Allowed(global.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContextRetainingGlobals, 1)), staleGlobal);
+        Stale(global.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 1)), staleGlobal);
     }
 
     [Fact]
     public void INVVPID_naming_VPID_0_fails_and_invalidates_nothing()
     {
         var (tlb, stale, _) = L2Remapped();
-        Allowed(tlb.Apply(new EptTlbOp.InvvpidSingleContext(0)), stale);
-        Allowed(tlb.Apply(new EptTlbOp.InvvpidIndividualAddress(0, 0x401234)), stale);
-        Allowed(tlb.Apply(new EptTlbOp.InvvpidSingleContextRetainingGlobals(0)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 0)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.IndividualAddress, 0, 0x401234)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContextRetainingGlobals, 0)), stale);
     }
 
     [Fact]
     public void INVEPT_single_context_also_removes_the_combined_mappings_of_L2s_tables()
     {
         var (tlb, stale, _) = L2Remapped();
-        Stale(tlb.Apply(new EptTlbOp.InveptSingleContext(A)), stale);
-        Allowed(tlb.Apply(new EptTlbOp.InveptSingleContext(B)), stale);
+        Stale(tlb.Apply(new EptTlbOp.Invept(InveptType.SingleContext, A)), stale);
+        Allowed(tlb.Apply(new EptTlbOp.Invept(InveptType.SingleContext, B)), stale);
     }
 
     [Fact]
@@ -170,8 +170,8 @@ public sealed class EptTlbTests
         Allowed(withVpid.Apply(new EptTlbOp.VmExit()).Apply(new EptTlbOp.VmEntry(true, 1, A)), stale1);
         // An entry with another VPID does not see VPID 1's mappings, but a later entry with VPID 1 may.
         var other = withVpid.Apply(new EptTlbOp.VmExit()).Apply(new EptTlbOp.VmEntry(true, 2, A));
-        Allowed(other.Apply(new EptTlbOp.InvvpidSingleContext(2)).Apply(new EptTlbOp.VmEntry(true, 1, A)), stale1);
-        Stale(other.Apply(new EptTlbOp.InvvpidSingleContext(1)).Apply(new EptTlbOp.VmEntry(true, 1, A)), stale1);
+        Allowed(other.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 2)).Apply(new EptTlbOp.VmEntry(true, 1, A)), stale1);
+        Stale(other.Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 1)).Apply(new EptTlbOp.VmEntry(true, 1, A)), stale1);
     }
 
     [Fact]
@@ -186,7 +186,7 @@ public sealed class EptTlbTests
             Allowed(onB, viaB);
             Stale(onB, stale);   // EPT A's translation is not EPT B's
             Allowed(onB.Apply(new EptTlbOp.EptpSwitch(A, vmfunc)), stale);
-            Stale(onB.Apply(new EptTlbOp.InveptSingleContext(A)).Apply(new EptTlbOp.EptpSwitch(A, vmfunc)), stale);
+            Stale(onB.Apply(new EptTlbOp.Invept(InveptType.SingleContext, A)).Apply(new EptTlbOp.EptpSwitch(A, vmfunc)), stale);
         }
     }
 
@@ -206,8 +206,8 @@ public sealed class EptTlbTests
         L1s(tlb, byGpa, 0x40234, 0x50234);
         L1s(tlb.Apply(new EptTlbOp.EptViolation(0x200fff, null)), byGpa, 0x50234);
         L1s(tlb.Apply(new EptTlbOp.EptViolation(0x201000, null)), byGpa, 0x40234, 0x50234);
-        L1s(tlb.Apply(new EptTlbOp.InvvpidAllContexts()), byGpa, 0x40234, 0x50234);
-        L1s(tlb.Apply(new EptTlbOp.InveptSingleContext(A)), byGpa, 0x50234);
+        L1s(tlb.Apply(new EptTlbOp.Invvpid(InvvpidType.AllContexts)), byGpa, 0x40234, 0x50234);
+        L1s(tlb.Apply(new EptTlbOp.Invept(InveptType.SingleContext, A)), byGpa, 0x50234);
 
         static void L1s(EptTlb t, EptAccess access, params ulong[] expected) =>
             Assert.Equal(expected, t.AllowedGuestPhysical(access).Select(r => Assert.IsType<EptResult.Translated>(r).L1Gpa).Distinct().Order());
@@ -239,12 +239,20 @@ public sealed class EptTlbTests
         var m0 = Memory();
         var m1 = m0.Write64(0x13000, 0x50000 | Leaf);
         var m2 = m1.Write64(0x4008, 0x201007);
-        var tlb = EptTlb.Start(Caps, m0, A).Write(m1).Write(m2).Apply(new EptTlbOp.InvvpidSingleContext(1));
+        var tlb = EptTlb.Start(Caps, m0, A).Write(m1).Write(m2).Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 1));
         Assert.Equal([0x41234UL], tlb.AllowedLinear(L2, Read).Select(L1Gpa).Distinct());
         var m3 = m2.Write64(0x4008, 0x200007);   // L2 points back at L2 gpa 0x200000, EPT A's remapped page
-        var back = tlb.Write(m3).Apply(new EptTlbOp.InvvpidSingleContext(1));
+        var back = tlb.Write(m3).Apply(new EptTlbOp.Invvpid(InvvpidType.SingleContext, 1));
         Assert.Equal([0x40234UL, 0x50234UL], back.AllowedLinear(L2, Read).Select(L1Gpa).Distinct().Order());
-        Assert.Equal([0x50234UL], back.Apply(new EptTlbOp.InveptSingleContext(A)).AllowedLinear(L2, Read).Select(L1Gpa).Distinct());
+        Assert.Equal([0x50234UL], back.Apply(new EptTlbOp.Invept(InveptType.SingleContext, A)).AllowedLinear(L2, Read).Select(L1Gpa).Distinct());
+    }
+
+    [Fact]
+    public void An_undefined_INVEPT_or_INVVPID_type_is_a_caller_error()
+    {
+        var tlb = EptTlb.Start(Caps, Memory(), A);
+        Assert.Throws<ArgumentOutOfRangeException>(() => tlb.Apply(new EptTlbOp.Invept((InveptType)3, A)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => tlb.Apply(new EptTlbOp.Invvpid((InvvpidType)4, 1)));
     }
 
     [Fact]
