@@ -11,7 +11,9 @@ open MmuSpec.Spec.Paging
 open MmuSpec.Spec.GuestWalk
 open MmuSpec.Spec.Tdp
 open MmuSpec.Spec.Shadow
+open MmuSpec.Spec.Ept
 open MmuSpec.FSharp.Patterns
+open MmuSpec.FSharp.Ept
 
 let private P, W, U = 0x1UL, 0x2UL, 0x4UL
 let private ram = Memory.ofSlots [ Memslot(0UL, 16UL) ]
@@ -207,13 +209,35 @@ let private shadowEntryCase =
     | ShadowTableLink _ -> "Table"
     | ShadowLeaf _ -> "Leaf"
 
+let private eptResultCase =
+    function
+    | EptTranslated _ -> "Translated"
+    | EptViolation _ -> "Violation"
+    | EptMisconfiguration _ -> "Misconfiguration"
+
+let private nestedResultCase =
+    function
+    | NestedTranslated _ -> "Translated"
+    | NestedGuestFault _ -> "GuestFault"
+    | NestedEptExit _ -> "EptExit"
+
+let private eptTlbOpCase =
+    function
+    | TlbInvept _ -> "Invept"
+    | TlbInvvpid _ -> "Invvpid"
+    | TlbVmEntry _ -> "VmEntry"
+    | TlbVmExit -> "VmExit"
+    | TlbEptpSwitch _ -> "EptpSwitch"
+    | TlbEptViolation _ -> "EptViolation"
+
 /// Each hierarchy's base type and how the patterns name one of its values.
 let private classifiers: (Type * (obj -> string)) list =
     let by (f: 'T -> string) = typeof<'T>, (fun (o: obj) -> f (o :?> 'T))
     // TDP and shadow steps return a VmResult: its own cases, or one of the MMU's.
     let byVm (mmu: Type) (f: VmResult -> string) = mmu, (fun (o: obj) -> f (o :?> VmResult))
     [ by walkResultCase; by opResultCase; by opCase; by vmResultCase; byVm typeof<TdpResult> tdpResultCase; by tdpOpCase
-      by spteCase; by shadowOpCase; byVm typeof<ShadowResult> shadowResultCase; by shadowEntryCase ]
+      by spteCase; by shadowOpCase; byVm typeof<ShadowResult> shadowResultCase; by shadowEntryCase
+      by eptResultCase; by nestedResultCase; by eptTlbOpCase ]
 
 /// A hierarchy's cases: the sealed types nested in an abstract base that derive from it.
 let private casesOf (baseType: Type) =

@@ -48,6 +48,7 @@ public static class ImplWalk
     /// </summary>
     static GuestVcpu Boot(Scenario s, GuestPhysicalMemory memory)
     {
+        L1Ept.RefuseL1Walk(s);
         var vcpu = GuestVcpu.TryBoot(memory, PagingVocabulary.ToImpl(s.Controls), s.Cr3, out var error);
         if (vcpu is not null) return vcpu;
         ulong pdpt = s.Cr3 & Bits.Range(31, 5);

@@ -13,14 +13,14 @@ public sealed record MemoryWord(ulong Gpa, ulong Value);
 /// is created, so what reaches the spec is a valid machine: a bad scenario is an
 /// <see cref="InputException"/> with a one-line message, never an exception from deep inside.
 /// </summary>
-public sealed class Scenario
+public sealed partial class Scenario
 {
     /// <summary>Default memory when a scenario names no memslots: gpa 0 up to at least this, in 2 MiB steps.</summary>
     public const ulong DefaultMemoryBytes = 1UL << 20;
 
-    Scenario(PagingControls controls, ulong cr3, ImmutableArray<Memslot> slots, ImmutableArray<MemoryWord> memory, Access? access, IPhysicalMemoryImage? image, bool qemuPdptes = false)
+    Scenario(PagingControls controls, ulong cr3, ImmutableArray<Memslot> slots, ImmutableArray<MemoryWord> memory, Access? access, IPhysicalMemoryImage? image, bool qemuPdptes = false, L1Ept? ept = null)
     {
-        Controls = controls; Cr3 = cr3; Slots = slots; Memory = memory; Access = access; Image = image; QemuPdptes = qemuPdptes;
+        Controls = controls; Cr3 = cr3; Slots = slots; Memory = memory; Access = access; Image = image; QemuPdptes = qemuPdptes; Ept = ept;
     }
 
     /// <summary>The PDPTE bits QEMU's TCG walker ignores, and sets bit 5 (A) of: reserved by SDM Table 4-8.</summary>
@@ -81,11 +81,11 @@ public sealed class Scenario
     public Scenario WithAccess(Access access)
     {
         CheckAccess(Controls, access);
-        return new Scenario(Controls, Cr3, Slots, Memory, access, Image, QemuPdptes);
+        return new Scenario(Controls, Cr3, Slots, Memory, access, Image, QemuPdptes, Ept);
     }
 
     /// <summary>The same scenario with its PDPTEs read as QEMU reads them (<see cref="QemuPdptes"/>).</summary>
-    public Scenario WithQemuPdptes() => new(Controls, Cr3, Slots, Memory, Access, Image, qemuPdptes: true);
+    public Scenario WithQemuPdptes() => new(Controls, Cr3, Slots, Memory, Access, Image, qemuPdptes: true, Ept);
 
     /// <summary>Guest memory as the spec sees it.</summary>
     public GuestMemory BuildMemory()
@@ -102,6 +102,7 @@ public sealed class Scenario
     /// </summary>
     public CpuState Boot(GuestMemory memory)
     {
+        L1Ept.RefuseL1Walk(this);
         var loaded = CpuState.LoadCr3(Controls, Cr3, QemuPdptes ? WithoutQemuPdpteBits(memory) : memory);
         if (loaded.State is { } state) return state;
         ulong pdpt = Cr3 & Bits.Range(31, 5);

@@ -11,11 +11,11 @@ namespace MmuSpec.Harness.Images;
 /// addresses are hex strings, 0x optional ("0x1000", "80050033": a debugger's output pasted as it
 /// is) or JSON integers; maxphyaddr is decimal. Comments and trailing commas are allowed.
 /// </summary>
-public static class ScenarioJson
+public static partial class ScenarioJson
 {
     static readonly string[] TopFields =
         ["comment", "mode", "wp", "pse", "smep", "smap", "pke", "nxe", "ac", "pkru", "maxphyaddr",
-         "cr0", "cr4", "efer", "rflags", "cr3", "memory", "memslots", "access"];
+         "cr0", "cr4", "efer", "rflags", "cr3", "memory", "memslots", "access", "ept"];
     static readonly string[] AccessFields = ["gva", "type", "privilege"];
     static readonly string[] SlotFields = ["gpa", "size"];
 
@@ -48,11 +48,11 @@ public static class ScenarioJson
             foreach (var f in new[] { "memory", "memslots" })
                 if (root.TryGetProperty(f, out _))
                     throw new InputException($"{f}: a scenario walked over an image takes its memory from the image; remove '{f}'");
-            return Scenario.FromImage(controls, cr3, image, access);
+            return WithEpt(root, controls, Scenario.FromImage(controls, cr3, image, access));
         }
         var slots = root.TryGetProperty("memslots", out var s) ? ParseSlots(s) : null;
         var memory = root.TryGetProperty("memory", out var m) ? ParseMemory(m) : [];
-        return Scenario.Create(controls, cr3, slots, memory, access);
+        return WithEpt(root, controls, Scenario.Create(controls, cr3, slots, memory, access));
     }
 
     /// <summary>Parses an access object: {"gva": "0x...", "type": "read", "privilege": "supervisor"}.</summary>

@@ -59,7 +59,7 @@ public sealed class ScenarioJsonTests
     [InlineData("""{"mode":"long7","cr3":"0x1000"}""", "mode: unknown paging mode 'long7' (expected bits32, pae, long4 or long5)")]
     [InlineData("""{"cr3":"0x1000"}""", "no paging mode: give mode (bits32, pae, long4 or long5) or raw registers cr0/cr4/efer")]
     [InlineData("""{"mode":"long4"}""", "cr3 is missing")]
-    [InlineData("""{"mode":"long4","cr3":"0x1000","acess":{}}""", "unknown field 'acess' (known: comment, mode, wp, pse, smep, smap, pke, nxe, ac, pkru, maxphyaddr, cr0, cr4, efer, rflags, cr3, memory, memslots, access)")]
+    [InlineData("""{"mode":"long4","cr3":"0x1000","acess":{}}""", "unknown field 'acess' (known: comment, mode, wp, pse, smep, smap, pke, nxe, ac, pkru, maxphyaddr, cr0, cr4, efer, rflags, cr3, memory, memslots, access, ept)")]
     [InlineData("""{"mode":"long4","cr3":"0x1000","wp":"yes"}""", "wp: expected true or false, got the string \"yes\"")]
     [InlineData("""{"mode":"long4","cr3":"0x10zz"}""", "cr3: '0x10zz' is not a hex number (registers and addresses are hex, 0x optional: 80050033, 0x1000)")]
     [InlineData("""{"mode":"long4","cr3":-1}""", "cr3: expected a hex string like \"0x1000\" or a non-negative integer, got the number -1")]

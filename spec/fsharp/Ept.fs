@@ -1,0 +1,50 @@
+/// The EPT walk and the 2D walk from F# (spec/Ept, docs/nested-ept.md): total patterns over their
+/// results, options where the C# API returns null, curried steps with the memory last.
+module MmuSpec.FSharp.Ept
+
+open MmuSpec.Spec.Memory
+open MmuSpec.Spec.Paging
+open MmuSpec.Spec.Ept
+
+let private unknown name (value: obj) = invalidArg name $"no pattern for {value.GetType().FullName}: add it to MmuSpec.FSharp.Ept"
+
+/// An EPT walk's outcome (SDM Vol. 3C §29.3.3): the L1 gpa, a violation with its exit qualification, or a misconfiguration.
+let (|EptTranslated|EptViolation|EptMisconfiguration|) (result: EptResult) =
+    match result with
+    | :? EptResult.Translated as t -> EptTranslated(t.L1Gpa, t.Size, t.Rights)
+    | :? EptResult.Violation as v -> EptViolation(v.Qualification, v.Gpa)
+    | :? EptResult.Misconfiguration as m -> EptMisconfiguration(m.Kind, m.Level)
+    | other -> unknown (nameof result) other
+
+/// A 2D walk's outcome: both dimensions translated (L2 gpa, then the EPT's translation), a fault for L2, or a VM exit to L1.
+let (|NestedTranslated|NestedGuestFault|NestedEptExit|) (result: NestedResult) =
+    match result with
+    | :? NestedResult.Translated as t -> NestedTranslated(t.L2Gpa, t.Ept)
+    | :? NestedResult.GuestFault as f -> NestedGuestFault f.Result
+    | :? NestedResult.EptExit as e -> NestedEptExit e.Exit
+    | other -> unknown (nameof result) other
+
+/// An operation the nested TLB layer (EptTlb, SDM Vol. 3C §29.4.3) applies: INVEPT, INVVPID (with their types),
+/// VM entry and exit, an EPTP switch, an EPT violation.
+let (|TlbInvept|TlbInvvpid|TlbVmEntry|TlbVmExit|TlbEptpSwitch|TlbEptViolation|) (op: EptTlbOp) =
+    match op with
+    | :? EptTlbOp.Invept as i -> TlbInvept(i.Type, i.Eptp)
+    | :? EptTlbOp.Invvpid as i -> TlbInvvpid(i.Type, i.Vpid, i.Gva)
+    | :? EptTlbOp.VmEntry as e -> TlbVmEntry(e.VpidEnabled, e.Vpid, e.Eptp)
+    | :? EptTlbOp.VmExit -> TlbVmExit
+    | :? EptTlbOp.EptpSwitch as s -> TlbEptpSwitch(s.Eptp, s.ByVmfunc)
+    | :? EptTlbOp.EptViolation as v -> TlbEptViolation(v.Gpa, Option.ofNullable v.Gla)
+    | other -> unknown (nameof op) other
+
+/// Why an EPTP is invalid on these capabilities (SDM Vol. 3C §25.6.11), or None.
+let pointerProblem caps (eptp: EptPointer) = eptp.Problem caps |> Option.ofNullable
+
+/// One EPT walk: its outcome and L1's memory after the EPT A/D updates.
+let translate caps eptp (access: EptAccess) (l1Memory: GuestMemory) =
+    let t = EptWalk.Translate(caps, eptp, l1Memory, access)
+    t.Result, t.Memory
+
+/// One L2 access through L2's tables (None: paging off) and L1's EPT: its outcome and L1's memory afterwards.
+let nested caps eptp (l2Cpu: CpuState option) (access: Access) (l1Memory: GuestMemory) =
+    let t = NestedWalk.Translate(caps, eptp, Option.toObj l2Cpu, l1Memory, access)
+    t.Result, t.L1Memory
