@@ -61,4 +61,10 @@ public readonly struct EptFormat : IPteFormat
 
     /// <summary>KVM's FROZEN_SPTE on x86 (0x5a0): R, W and X clear, so not present to the hardware or to a walk.</summary>
     public static ulong FrozenEntry => 0x5A0;
+
+    /// <summary>KVM's EPT_SPTE_HOST_WRITABLE: bit 57, one of the high bits EPT ignores (SDM Vol. 3C 29.3.2).</summary>
+    public static ulong HostWritable => 1UL << 57;
+
+    /// <summary>KVM's EPT_SPTE_MMU_WRITABLE: bit 58.</summary>
+    public static ulong MmuWritable => 1UL << 58;
 }

@@ -46,4 +46,17 @@ public interface IPteFormat
     /// and a compare-and-exchange against any other value fails. Zero is "absent", so it is never zero.
     /// </summary>
     static abstract ulong FrozenEntry { get; }
+
+    /// <summary>
+    /// Software bit of a leaf, ignored by the hardware: the host maps the frame writable (the slot is not
+    /// read-only). KVM's shadow_host_writable_mask (spte.h).
+    /// </summary>
+    static abstract ulong HostWritable { get; }
+
+    /// <summary>
+    /// Software bit of a leaf, ignored by the hardware: the MMU may make the leaf writable without mmu_lock
+    /// (nothing write-protects it for write tracking). KVM's shadow_mmu_writable_mask (spte.h); the fast page
+    /// fault sets W only where this is set.
+    /// </summary>
+    static abstract ulong MmuWritable { get; }
 }

@@ -142,7 +142,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         ulong leafGfn = AlignDown(gfn, target);
         ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
         bool logging = slot.DirtyLogging;
-        ulong leaf = TFormat.MakeLeaf(hostPfn, target, writable: !slot.ReadOnly && (!logging || write));
+        ulong leaf = TdpLeaf<TFormat>.Make(hostPfn, target, hostWritable: !slot.ReadOnly, writeTracked: false,
+            writable: !slot.ReadOnly && (!logging || write));
         ulong frame = gpa >> PageShift;
         Debug.Assert(stop.Value == 0, "a miss stops at a hole");
 

@@ -422,7 +422,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         foreach (PteRef pte in new PteIterator<TFormat>(RootRef(root), _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
-                pte.Write(TFormat.WithWritable(pte.Value, false));
+                pte.Write(TdpLeaf<TFormat>.ProtectedForLog(pte.Value));
         }
     }
 
