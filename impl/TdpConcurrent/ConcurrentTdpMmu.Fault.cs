@@ -25,6 +25,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         if ((gpa >> _gpaBits) != 0 || (uint)type > (uint)AccessType.Fetch)
             return RejectAccess(vcpu, gpa, type);
 
+        if (type == AccessType.Write && TryFastFault(vcpu, gpa, out TdpVcpuOutcome fast))
+            return fast;
         TopUp(vcpu); // before mmu_lock: nothing is allocated under it
         vcpu.BeginFault();
         TdpVcpuOutcome outcome;

@@ -165,7 +165,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -185,7 +185,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -206,7 +206,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -227,7 +227,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -266,7 +266,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -283,7 +283,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -302,7 +302,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -318,7 +318,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -353,12 +353,22 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
 
     // ---- shared helpers ----
 
-    /// <summary>Takes the write side. Tables deferred by faults are freed first: no reader runs, so every epoch has drained.</summary>
+    /// <summary>
+    /// Takes the write side and waits for the fast faults in flight (none starts until <see cref="ExitWrite"/>).
+    /// Tables deferred by faults are freed first: no walker runs, so every epoch has drained.
+    /// </summary>
     private void EnterWrite()
     {
         ThrowIfDisposed();
         _lock.EnterWrite();
+        _lockless.BlockAndDrain(Volatile.Read(ref _vcpuCount));
         ReclaimDeferred();
+    }
+
+    private void ExitWrite()
+    {
+        _lockless.Unblock();
+        _lock.ExitWrite();
     }
 
     private bool SetDirtyLoggingFlag(HostMemslot slot, bool on)

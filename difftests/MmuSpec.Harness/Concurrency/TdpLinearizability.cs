@@ -135,6 +135,7 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         TdpOp.ZapAll => Status(Mmu.ZapAll()),
         TdpOp.SetMaxPageSize p => Status(Mmu.SetMaxPageSize((byte)p.Size.Shift())),
         TdpOp.SetDirtyLogging d => Status(Mmu.SetDirtyLogging(d.Id, d.On)),
+        TdpOp.GetDirtyLog g => DirtyLog(g.Id),
         TdpOp.CreateSlot c => Status(Mmu.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly)),
         _ => throw new ArgumentException($"{op} is not run concurrently", nameof(op)),
     };
@@ -145,6 +146,14 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         ImplTdp.TdpAccessStatus.MmioExit => new TdpResult.MmioExit(gpa),
         _ => TdpDiff.Comparable(new VmResult.Rejected("")),
     });
+
+    TdpLinResult DirtyLog(int id)
+    {
+        var gfns = new List<ulong>();
+        return Mmu.GetDirtyLog(id, gfns) == SlotStatus.Ok
+            ? new(new VmResult.DirtyLog([.. gfns]))
+            : new(TdpDiff.Comparable(new VmResult.Rejected("")));
+    }
 
     static TdpLinResult Status(ImplTdp.TdpStatus s) => new(s == ImplTdp.TdpStatus.Ok ? VmResult.Ok.Instance : TdpDiff.Comparable(new VmResult.Rejected("")));
 
