@@ -44,6 +44,15 @@ public static class TdpLeaf<TFormat> where TFormat : struct, IPteFormat
     public static ulong FastFixed(ulong leaf) =>
         (leaf & TFormat.MmuWritable) != 0 && !TFormat.IsWritable(leaf) ? TFormat.WithWritable(leaf, true) : 0;
 
+    /// <summary>A write-protection fault's fix under mmu_lock: W, and MMU-writable back when no tracking forbids it
+    /// any more (the caller checked); needs host-writable.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ulong MadeWritable(ulong leaf)
+    {
+        Debug.Assert(IsHostWritable(leaf), "a leaf of a read-only slot made writable");
+        return TFormat.WithWritable(leaf, true) | TFormat.MmuWritable;
+    }
+
     /// <summary>Dirty logging's write-protection (KVM's wrprot_gfn_range): W goes, MMU-writable stays.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ulong ProtectedForLog(ulong leaf) => TFormat.WithWritable(leaf, false);

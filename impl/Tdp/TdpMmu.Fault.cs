@@ -166,7 +166,7 @@ public sealed partial class TdpMmu<TFormat>
         // becomes writable (KVM's fast page fault); a logged write is marked dirty.
         if (level == 1 || !slot.DirtyLogging)
         {
-            pte.Write(TFormat.WithWritable(leaf, true));
+            pte.Write(TdpLeaf<TFormat>.MadeWritable(leaf));
             slot.MarkDirty(gfn);
             return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
         }

@@ -62,7 +62,11 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
-        int target = slot.TargetLevel(gfn, _policyLevel); // slots and policy are stable under the read side
+        // A write to a write-tracked gfn exits for emulation (KVM's page_fault_handle_page_track).
+        if (write && IsWriteTracked(gfn))
+            return TdpAccessOutcome.MmioExit;
+        // Slots, policy and tracking are stable under the read side.
+        int target = LowerForTracking(gfn, slot.TargetLevel(gfn, _policyLevel));
 
         // The root exists from the first fault that needs it (KVM allocates roots under the read side too).
         ref ulong rootField = ref mirror ? ref _mirrorRoot : ref _directRoot;
@@ -112,16 +116,16 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
                 return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: false);
 
             // Step 5: a write-protection fault; the leaf becomes writable if no one changed it meanwhile.
-            if (level == 1 || !slot.DirtyLogging)
+            if ((level == 1 || !slot.DirtyLogging) && !TracksWithin(pte.Frame & ~_sharedGfnMask, level))
             {
-                if (!TryExchange(pte, TFormat.WithWritable(leaf, true)))
+                if (!TryExchange(pte, TdpLeaf<TFormat>.MadeWritable(leaf)))
                     return TdpVcpuOutcome.Retry;
                 MarkDirty(slot, gfn);
                 return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
             }
 
-            // A huge leaf of a logging slot goes (KVM's tdp_mmu_zap_spte_atomic: frozen, flushed over all
-            // it mapped, then cleared), and the access continues as a miss.
+            // A huge leaf of a logging slot, or over a write-tracked gfn, goes (KVM's tdp_mmu_zap_spte_atomic:
+            // frozen, flushed over all it mapped, then cleared), and the access continues as a miss.
             if (!TryExchange(pte, TFormat.FrozenEntry))
                 return TdpVcpuOutcome.Retry;
             AddFlush(pte.Frame & ~_sharedGfnMask, FramesPerEntry(level));
@@ -144,8 +148,9 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         ulong leafGfn = AlignDown(gfn, target);
         ulong hostPfn = slot.HostPfnBase + (leafGfn - slot.BaseGfn);
         bool logging = slot.DirtyLogging;
-        ulong leaf = TdpLeaf<TFormat>.Make(hostPfn, target, hostWritable: !slot.ReadOnly, writeTracked: false,
-            writable: !slot.ReadOnly && (!logging || write));
+        bool tracked = IsWriteTracked(gfn); // a write to it exited; a huge target covers none (LowerForTracking)
+        ulong leaf = TdpLeaf<TFormat>.Make(hostPfn, target, hostWritable: !slot.ReadOnly, writeTracked: tracked,
+            writable: !slot.ReadOnly && !tracked && (!logging || write));
         ulong frame = gpa >> PageShift;
         Debug.Assert(stop.Value == 0, "a miss stops at a hole");
 
