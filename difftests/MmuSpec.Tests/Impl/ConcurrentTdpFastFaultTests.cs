@@ -142,4 +142,87 @@ public sealed class ConcurrentTdpFastFaultTests : IDisposable
         Assert.Equal(TdpAccessStatus.MmioExit, Access(0x2000, AccessType.Write).Status); // no slot
         Assert.Equal((0L, 0L), (_mmu.FastFaultsTaken, _mmu.FastFaultsRefused));
     }
+
+    [Fact]
+    public void Fast_faults_allocate_nothing()
+    {
+        using var pool = new NativePagePool();
+        var mmu = new ConcurrentTdpMmu<EptFormat, NoSchedulePoints>(sharedBit: null, pool);
+        var vcpu = mmu.CreateVcpu();
+        const ulong Pages = 0x400;
+        Assert.Equal(SlotStatus.Ok, mmu.CreateSlot(0, 0, Pages, HostBase, 21, readOnly: false));
+        Assert.Equal(TdpStatus.Ok, mmu.SetMaxPageSize(12));
+        var gfns = new List<ulong>((int)Pages);
+        Assert.Equal(SlotStatus.Ok, mmu.SetDirtyLogging(0, true));
+        long bytes = 0;
+        for (int round = 0; round < 3; round++) // the first warms up (JIT, tables, the bitmap) and maps by slow faults
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (ulong gfn = 0; gfn < Pages; gfn++)
+            {
+                if (vcpu.Access(gfn << 12, AccessType.Write).Access.Status != TdpAccessStatus.Mapped)
+                    bytes = -1;
+            }
+            bytes = bytes < 0 ? bytes : GC.GetAllocatedBytesForCurrentThread() - before;
+            gfns.Clear();
+            Assert.Equal(SlotStatus.Ok, mmu.GetDirtyLog(0, gfns)); // write-protects every gfn again
+            Assert.Equal((int)Pages, gfns.Count);
+        }
+        Assert.Equal(0, bytes);
+        Assert.Equal(2 * (long)Pages, mmu.FastFaultsTaken); // rounds 2 and 3: every write fixed a logged read-only leaf
+        vcpu.Dispose();
+        mmu.Dispose();
+        Assert.Equal(0, pool.PagesInUse);
+    }
+
+    /// <summary>
+    /// Real threads: two vCPUs write every gfn of a logging slot, round after round, while this thread fetches
+    /// the dirty log. Every gfn written must turn up in some fetched log, no leaf breaks the writability
+    /// invariants, and nothing leaks.
+    /// </summary>
+    [Fact]
+    public void Threads_writing_while_the_log_is_fetched_lose_no_dirty_gfn()
+    {
+        using var pool = new NativePagePool();
+        var mmu = new ConcurrentTdpMmu<EptFormat, NoSchedulePoints>(sharedBit: null, pool);
+        const ulong Pages = 0x200;
+        Assert.Equal(SlotStatus.Ok, mmu.CreateSlot(0, 0, Pages, HostBase, 21, readOnly: false));
+        Assert.Equal(TdpStatus.Ok, mmu.SetMaxPageSize(12));
+        Assert.Equal(SlotStatus.Ok, mmu.SetDirtyLogging(0, true));
+        var vcpus = new[] { mmu.CreateVcpu(), mmu.CreateVcpu() };
+        var logged = new HashSet<ulong>();
+        var gfns = new List<ulong>();
+        var threads = vcpus.Select((v, t) => new Thread(() =>
+        {
+            for (int round = 0; round < 40; round++)
+                for (ulong i = 0; i < Pages; i++)
+                {
+                    ulong gfn = t == 0 ? i : Pages - 1 - i;
+                    TdpVcpuOutcome o;
+                    while ((o = v.Access(gfn << 12, AccessType.Write)).IsRetry) { }
+                    Assert.Equal(TdpAccessStatus.Mapped, o.Access.Status);
+                }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        while (threads.Any(t => t.IsAlive))
+        {
+            gfns.Clear();
+            Assert.Equal(SlotStatus.Ok, mmu.GetDirtyLog(0, gfns));
+            logged.UnionWith(gfns);
+        }
+        threads.ForEach(t => t.Join());
+        gfns.Clear();
+        Assert.Equal(SlotStatus.Ok, mmu.GetDirtyLog(0, gfns));
+        logged.UnionWith(gfns);
+        Assert.Equal((int)Pages, logged.Count);
+        mmu.VisitPages((_, entries) =>
+        {
+            foreach (var e in entries)
+                if (e.IsLeaf) Assert.True(TdpLeaf<EptFormat>.KeepsInvariants(e.Raw) && TdpLeaf<EptFormat>.IsMmuWritable(e.Raw));
+        });
+        Assert.True(mmu.FastFaultsTaken > 0);
+        foreach (var v in vcpus) v.Dispose();
+        mmu.Dispose();
+        Assert.Equal(0, pool.PagesInUse);
+    }
 }
