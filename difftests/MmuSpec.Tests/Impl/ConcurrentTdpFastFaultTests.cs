@@ -144,6 +144,45 @@ public sealed class ConcurrentTdpFastFaultTests : IDisposable
     }
 
     [Fact]
+    public void Write_tracking_protects_w_and_mmu_writable_exits_writes_and_untracking_lets_the_slow_path_restore_both()
+    {
+        Assert.Equal(Mapped(5, 12, true), Access(5, AccessType.Write));
+        _mmu.TakeFlushes();
+        Assert.Equal(TdpStatus.Ok, _mmu.TrackWrites(5));
+        Assert.Equal("[0x5, 0x6)", _mmu.TakeFlushes().ToString());
+        Assert.False(EptFormat.IsWritable(Leaf(5)) || TdpLeaf<EptFormat>.IsMmuWritable(Leaf(5)));
+        Assert.True(TdpLeaf<EptFormat>.IsHostWritable(Leaf(5)));
+        Assert.Equal(TdpAccessStatus.MmioExit, Access(5, AccessType.Write).Status); // emulated
+        Assert.Equal(Mapped(5, 12, false), Access(5, AccessType.Read));
+        Assert.Equal((0L, 1L), (_mmu.FastFaultsTaken, _mmu.FastFaultsRefused));
+        Assert.Equal(TdpStatus.Ok, _mmu.TrackWrites(5)); // already tracked and protected: no flush
+        Assert.Equal("no flush", _mmu.TakeFlushes().ToString());
+        Assert.Equal(TdpStatus.Rejected, _mmu.TrackWrites(0x2000)); // in no slot
+
+        Assert.Equal(TdpStatus.Ok, _mmu.UntrackWrites(5));
+        Assert.Equal(TdpStatus.Rejected, _mmu.UntrackWrites(5));
+        Assert.Equal(Mapped(5, 12, true), Access(5, AccessType.Write)); // refused fast, fixed under mmu_lock
+        Assert.Equal((0L, 2L), (_mmu.FastFaultsTaken, _mmu.FastFaultsRefused));
+        Assert.True(EptFormat.IsWritable(Leaf(5)) && TdpLeaf<EptFormat>.IsMmuWritable(Leaf(5)));
+    }
+
+    [Fact]
+    public void No_huge_leaf_covers_a_tracked_gfn()
+    {
+        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(21));
+        Assert.Equal(Mapped(0x200, 21, true), Access(0x200, AccessType.Read));
+        Assert.Equal(TdpStatus.Ok, _mmu.TrackWrites(0x201));
+        Assert.False(TdpLeaf<EptFormat>.IsMmuWritable(Leaf(0x205))); // the 2 MiB leaf is protected whole
+        _mmu.TakeFlushes();
+        // A write elsewhere in it goes to the slow path, which zaps the huge leaf and maps 4 KiB.
+        Assert.Equal(Mapped(0x205, 12, true), Access(0x205, AccessType.Write));
+        Assert.Equal("[0x200, 0x400)", _mmu.TakeFlushes().ToString());
+        Assert.Equal(Mapped(0x201, 12, true), Access(0x201, AccessType.Read));
+        Assert.False(EptFormat.IsWritable(Leaf(0x201)) || TdpLeaf<EptFormat>.IsMmuWritable(Leaf(0x201)));
+        Assert.Equal(Mapped(0x400, 21, true), Access(0x400, AccessType.Read)); // the next 2 MiB has no tracked gfn
+    }
+
+    [Fact]
     public void Fast_faults_allocate_nothing()
     {
         using var pool = new NativePagePool();
