@@ -71,4 +71,10 @@ public readonly struct EptFormat : IPteFormat
     public static ulong AccessedBit => Accessed;
 
     public static ulong DirtyBit => Dirty;
+
+    /// <summary>KVM's EPT_SPTE_HOST_WRITABLE: bit 57, one of the high bits EPT ignores (SDM Vol. 3C 29.3.2).</summary>
+    public static ulong HostWritable => 1UL << 57;
+
+    /// <summary>KVM's EPT_SPTE_MMU_WRITABLE: bit 58.</summary>
+    public static ulong MmuWritable => 1UL << 58;
 }

@@ -55,4 +55,17 @@ public interface IPteFormat
 
     /// <summary>A leaf's dirty flag: EPT bit 9; 0 for a format whose MMU keeps none (stage-2: KVM does not use DBM).</summary>
     static abstract ulong DirtyBit { get; }
+
+    /// <summary>
+    /// Software bit of a leaf, ignored by the hardware: the host maps the frame writable (the slot is not
+    /// read-only). KVM's shadow_host_writable_mask (spte.h).
+    /// </summary>
+    static abstract ulong HostWritable { get; }
+
+    /// <summary>
+    /// Software bit of a leaf, ignored by the hardware: the MMU may make the leaf writable without mmu_lock
+    /// (nothing write-protects it for write tracking). KVM's shadow_mmu_writable_mask (spte.h); the fast page
+    /// fault sets W only where this is set.
+    /// </summary>
+    static abstract ulong MmuWritable { get; }
 }

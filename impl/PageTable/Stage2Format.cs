@@ -74,4 +74,11 @@ public readonly struct Stage2Format : IPteFormat
 
     /// <summary>KVM arm64 tracks dirty pages by write-protection, not with DBM: no dirty bit.</summary>
     public static ulong DirtyBit => 0;
+
+    /// <summary>Bit 55, the first of the descriptor bits 58:55 Arm reserves for software (Arm ARM D8.3;
+    /// KVM arm64's KVM_PTE_LEAF_ATTR_HI_SW). KVM arm64 keeps no such bit; the x86 rule is used here.</summary>
+    public static ulong HostWritable => 1UL << 55;
+
+    /// <summary>Bit 56, the second software bit.</summary>
+    public static ulong MmuWritable => 1UL << 56;
 }

@@ -46,7 +46,7 @@ public sealed partial class TdpMmu<TFormat>
                 {
                     // Step 6 as the slow path takes it in this slot: a writable 4 KiB leaf, no table to
                     // allocate, nothing to flush or mark dirty.
-                    table[index] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
+                    table[index] = TdpLeaf<TFormat>.MakeWritable(hostPfn, 1);
                     return TdpAccessOutcome.Mapped((hostPfn << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: true);
                 }
                 if (type != AccessType.Write || TFormat.IsWritable(leaf))
@@ -92,7 +92,7 @@ public sealed partial class TdpMmu<TFormat>
             ulong hostPfn = _smallSlotHostPfn + offset;
             if (!TFormat.IsPresent(leaf))
             {
-                table[index] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
+                table[index] = TdpLeaf<TFormat>.MakeWritable(hostPfn, 1);
                 return TdpAccessOutcome.Mapped((hostPfn << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: true);
             }
             if (type != AccessType.Write || TFormat.IsWritable(leaf))
@@ -112,7 +112,7 @@ public sealed partial class TdpMmu<TFormat>
         ulong hostPfn = _smallSlotHostPfn + offset;
         var pages = new TdpTablePages(_pages, _sharedGfnMask, _smallSlotMirror);
         var hole = new PteRef(table, Index(frame, level), level, AlignDown(frame, level), 0);
-        RadixTable<TFormat>.MapFrom(ref pages, hole, frame, 1, TFormat.MakeLeaf(hostPfn, 1, writable: true));
+        RadixTable<TFormat>.MapFrom(ref pages, hole, frame, 1, TdpLeaf<TFormat>.MakeWritable(hostPfn, 1));
         return TdpAccessOutcome.Mapped((hostPfn << PageShift) | (gpa & PageOffsetMask), PageShift, faulted: true);
     }
 
@@ -169,7 +169,7 @@ public sealed partial class TdpMmu<TFormat>
         // becomes writable (KVM's fast page fault); a logged write is marked dirty.
         if (level == 1 || !slot.DirtyLogging)
         {
-            pte.Write(TFormat.WithWritable(leaf, true));
+            pte.Write(TdpLeaf<TFormat>.MadeWritable(leaf));
             if (_accessedMask != 0)
                 Touch(pte, write);
             slot.MarkDirty(gfn);
@@ -197,7 +197,8 @@ public sealed partial class TdpMmu<TFormat>
             : SettledLeaf(slot, gfn, ref level); // host pages under change or moved (TdpMmu.Notifier.cs)
         ulong leafGfn = AlignDown(gfn, level);
         bool logging = slot.DirtyLogging;
-        ulong leaf = TFormat.MakeLeaf(hostPfn, level, writable: !slot.ReadOnly && (!logging || write)) | InstallBits(write);
+        ulong leaf = TdpLeaf<TFormat>.Make(hostPfn, level, hostWritable: !slot.ReadOnly, writeTracked: false,
+            writable: !slot.ReadOnly && (!logging || write)) | InstallBits(write);
 
         ulong frame = gpa >> PageShift;
         var pages = new TdpTablePages(_pages, _sharedGfnMask, mirror);

@@ -125,7 +125,7 @@ public sealed partial class TdpMmu<TFormat>
         bool writable = !slot.ReadOnly && !slot.DirtyLogging;
         int i = fresh && level == 1 && writable
             ? FillFreshTable4K(table, start, last, hostPfn)
-            : FillHoles(table, start, last, hostPfn, level, writable);
+            : FillHoles(table, start, last, hostPfn, level, !slot.ReadOnly, writable);
         return i == start ? 0 : first + ((ulong)(i - start) << FrameShift(level));
     }
 
@@ -141,7 +141,7 @@ public sealed partial class TdpMmu<TFormat>
         for (int i = start; i < last; i++, hostPfn++)
         {
             Debug.Assert(table[i] == 0, "a fresh table has only holes");
-            table[i] = TFormat.MakeLeaf(hostPfn, 1, writable: true);
+            table[i] = TdpLeaf<TFormat>.MakeWritable(hostPfn, 1);
         }
         return last;
     }
@@ -152,7 +152,7 @@ public sealed partial class TdpMmu<TFormat>
     /// where a leaf goes (the fault rule replaces it and flushes). Returns the index it stopped at.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static int FillHoles(TableRef table, int start, int last, ulong hostPfn, int level, bool writable)
+    private static int FillHoles(TableRef table, int start, int last, ulong hostPfn, int level, bool hostWritable, bool writable)
     {
         ulong frames = FramesPerEntry(level);
         int i = start;
@@ -161,7 +161,7 @@ public sealed partial class TdpMmu<TFormat>
             ref ulong entry = ref table[i];
             ulong value = entry;
             if (!TFormat.IsPresent(value))
-                entry = TFormat.MakeLeaf(hostPfn, level, writable);
+                entry = TdpLeaf<TFormat>.Make(hostPfn, level, hostWritable, writeTracked: false, writable);
             else if (!TFormat.IsLeaf(value, level))
                 break; // a table where the leaf goes: the fault rule replaces it (and flushes)
             // else a leaf of this level: a read hit, nothing changes

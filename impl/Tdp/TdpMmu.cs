@@ -362,7 +362,7 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
         foreach (PteRef pte in new PteIterator<TFormat>(root, _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
-                pte.Write(TFormat.WithWritable(pte.Value, false));
+                pte.Write(TdpLeaf<TFormat>.ProtectedForLog(pte.Value));
         }
     }
 

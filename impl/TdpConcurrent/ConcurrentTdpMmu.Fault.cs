@@ -25,6 +25,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         if ((gpa >> _gpaBits) != 0 || (uint)type > (uint)AccessType.Fetch)
             return RejectAccess(vcpu, gpa, type);
 
+        if (type == AccessType.Write && TryFastFault(vcpu, gpa, out TdpVcpuOutcome fast))
+            return fast;
         TopUp(vcpu); // before mmu_lock: nothing is allocated under it
         var (sequence, migrated) = ReadHostPages(); // before mmu_lock too (ConcurrentTdpMmu.Notifier.cs)
         vcpu.BeginFault();
@@ -61,7 +63,11 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         bool write = type == AccessType.Write;
         if (write && slot.ReadOnly)
             return TdpAccessOutcome.MmioExit;
-        int target = slot.TargetLevel(gfn, _policyLevel); // slots and policy are stable under the read side
+        // A write to a write-tracked gfn exits for emulation (KVM's page_fault_handle_page_track).
+        if (write && IsWriteTracked(gfn))
+            return TdpAccessOutcome.MmioExit;
+        // Slots, policy and tracking are stable under the read side.
+        int target = LowerForTracking(gfn, slot.TargetLevel(gfn, _policyLevel));
         if (!migrated.IsEmpty || _notifier.InProgress != 0)
             target = SettledLevel(slot, gfn, target, migrated);
 
@@ -118,16 +124,16 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
                 return TdpVcpuOutcome.Retry;
 
             // Step 5: a write-protection fault; the leaf becomes writable if no one changed it meanwhile.
-            if (level == 1 || !slot.DirtyLogging)
+            if ((level == 1 || !slot.DirtyLogging) && !TracksWithin(pte.Frame & ~_sharedGfnMask, level))
             {
-                if (!TryExchange(pte, TFormat.WithWritable(leaf, true) | TouchBits(write)))
+                if (!TryExchange(pte, TdpLeaf<TFormat>.MadeWritable(leaf) | TouchBits(write)))
                     return TdpVcpuOutcome.Retry;
                 MarkDirty(slot, gfn);
                 return TdpAccessOutcome.Mapped(hpa, PageShiftOf(level), faulted: true);
             }
 
-            // A huge leaf of a logging slot goes (KVM's tdp_mmu_zap_spte_atomic: frozen, flushed over all
-            // it mapped, then cleared), and the access continues as a miss.
+            // A huge leaf of a logging slot, or over a write-tracked gfn, goes (KVM's tdp_mmu_zap_spte_atomic:
+            // frozen, flushed over all it mapped, then cleared), and the access continues as a miss.
             if (!TryExchange(pte, TFormat.FrozenEntry))
                 return TdpVcpuOutcome.Retry;
             AddFlush(pte.Frame & ~_sharedGfnMask, FramesPerEntry(level));
@@ -154,7 +160,9 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         if (!migrated.IsEmpty)
             hostPfn = migrated.Current(hostPfn); // where the fault found the page before taking the lock
         bool logging = slot.DirtyLogging;
-        ulong leaf = TFormat.MakeLeaf(hostPfn, target, writable: !slot.ReadOnly && (!logging || write)) | TouchBits(write);
+        bool tracked = IsWriteTracked(gfn); // a write to it exited; a huge target covers none (LowerForTracking)
+        ulong leaf = TdpLeaf<TFormat>.Make(hostPfn, target, hostWritable: !slot.ReadOnly, writeTracked: tracked,
+            writable: !slot.ReadOnly && !tracked && (!logging || write)) | TouchBits(write);
         ulong frame = gpa >> PageShift;
         Debug.Assert(stop.Value == 0, "a miss stops at a hole");
 

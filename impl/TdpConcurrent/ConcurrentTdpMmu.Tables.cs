@@ -185,7 +185,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 

@@ -168,7 +168,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -190,7 +190,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -213,7 +213,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -236,7 +236,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -275,7 +275,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -292,7 +292,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -311,7 +311,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -327,7 +327,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -362,12 +362,22 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
 
     // ---- shared helpers ----
 
-    /// <summary>Takes the write side. Tables deferred by faults are freed first: no reader runs, so every epoch has drained.</summary>
+    /// <summary>
+    /// Takes the write side and waits for the fast faults in flight (none starts until <see cref="ExitWrite"/>).
+    /// Tables deferred by faults are freed first: no walker runs, so every epoch has drained.
+    /// </summary>
     private void EnterWrite()
     {
         ThrowIfDisposed();
         _lock.EnterWrite();
+        _lockless.BlockAndDrain(Volatile.Read(ref _vcpuCount));
         ReclaimDeferred();
+    }
+
+    private void ExitWrite()
+    {
+        _lockless.Unblock();
+        _lock.ExitWrite();
     }
 
     private bool SetDirtyLoggingFlag(HostMemslot slot, bool on)
@@ -431,7 +441,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         foreach (PteRef pte in new PteIterator<TFormat>(RootRef(root), _rootLevel, startFrame, endFrame))
         {
             if (RadixTable<TFormat>.IsLeafEntry(pte.Value, pte.Level) && TFormat.IsWritable(pte.Value))
-                pte.Write(TFormat.WithWritable(pte.Value, false));
+                pte.Write(TdpLeaf<TFormat>.ProtectedForLog(pte.Value));
         }
     }
 

@@ -35,6 +35,10 @@ public sealed class ConcurrentTdpVcpu<TFormat, TSched> : IDisposable
     /// <summary>Why this vCPU's most recent rejected access was rejected.</summary>
     public string? LastRejection { get; internal set; }
 
+    // Fast-fault counters (ConcurrentTdpMmu.FastFault.cs), each written by its own vCPU only.
+    internal long FastFaultsTaken;
+    internal long FastFaultsRefused;
+
     // KVM's per-vCPU last_used_slot, valid for the slot generation it was found in.
     internal HostMemslot? LastSlot;
     internal int LastSlotGeneration;

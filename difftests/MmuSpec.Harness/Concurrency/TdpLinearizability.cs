@@ -147,6 +147,7 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         TdpOp.TestAge t => Young(Mmu.TestAge(vcpus[thread], t.StartGfn, t.EndGfn, out bool young), young),
         TdpOp.SetMaxPageSize p => Status(Mmu.SetMaxPageSize((byte)p.Size.Shift())),
         TdpOp.SetDirtyLogging d => Status(Mmu.SetDirtyLogging(d.Id, d.On)),
+        TdpOp.GetDirtyLog g => DirtyLog(g.Id),
         TdpOp.CreateSlot c => Status(Mmu.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly)),
         TdpOp.HostInvalidateStart i => Status(Mmu.HostInvalidateStart(i.StartGfn, i.EndGfn)),
         TdpOp.HostInvalidateEnd i => Status(Mmu.HostInvalidateEnd(i.StartGfn, i.EndGfn)),
@@ -162,6 +163,14 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
 
     static TdpLinResult Young(ImplTdp.TdpStatus s, bool young) =>
         new(s == ImplTdp.TdpStatus.Ok ? new TdpResult.Young(young) : TdpDiff.Comparable(new VmResult.Rejected("")));
+
+    TdpLinResult DirtyLog(int id)
+    {
+        var gfns = new List<ulong>();
+        return Mmu.GetDirtyLog(id, gfns) == SlotStatus.Ok
+            ? new(new VmResult.DirtyLog([.. gfns]))
+            : new(TdpDiff.Comparable(new VmResult.Rejected("")));
+    }
 
     static TdpLinResult Status(ImplTdp.TdpStatus s) => new(s == ImplTdp.TdpStatus.Ok ? VmResult.Ok.Instance : TdpDiff.Comparable(new VmResult.Rejected("")));
 

@@ -137,7 +137,23 @@ public sealed class ImplTdpEngine : IDisposable
     /// descriptor is 0b11 in bits 1:0, a block descriptor 0b01 (0b01 at level 3 is reserved: the access
     /// faults); S2AP read (bit 6) and the access flag (bit 10, else an access-flag fault) are set.
     /// </summary>
-    public static string? LeafEntryProblem(TdpFormat format, ulong raw, int level, AccessedDirty accessedDirty = AccessedDirty.Untracked) => format switch
+    public static string? LeafEntryProblem(TdpFormat format, ulong raw, int level, AccessedDirty accessedDirty = AccessedDirty.Untracked) =>
+        HardwareLeafProblem(format, raw, level, accessedDirty) ?? WritabilityBitsProblem(format, raw);
+
+    /// <summary>
+    /// What is wrong with a leaf's software writability bits (EPT bits 57/58, stage-2 bits 55/56; docs/tdp-concurrency.md),
+    /// or null. KVM's check_spte_writable_invariants (spte.h): W needs MMU-writable, MMU-writable needs
+    /// host-writable. And the single-threaded model tracks no writes, so a host-writable leaf is MMU-writable.
+    /// </summary>
+    public static string? WritabilityBitsProblem(TdpFormat format, ulong raw)
+    {
+        var (write, host, mmu) = format == TdpFormat.Ept ? (1UL << 1, 1UL << 57, 1UL << 58) : (1UL << 7, 1UL << 55, 1UL << 56);
+        if ((raw & write) != 0 && (raw & mmu) == 0) return "writable leaf without the MMU-writable bit";
+        if (((raw & host) != 0) != ((raw & mmu) != 0)) return "host-writable and MMU-writable bits differ (nothing tracks writes)";
+        return null;
+    }
+
+    static string? HardwareLeafProblem(TdpFormat format, ulong raw, int level, AccessedDirty accessedDirty) => format switch
     {
         TdpFormat.Ept when (raw & 0x5) != 0x5 => "EPT leaf does not grant read and execute",
         TdpFormat.Ept when level > 1 && (raw & 0x80) == 0 => "EPT leaf above 4 KiB lacks the page-size bit",
@@ -152,6 +168,8 @@ public sealed class ImplTdpEngine : IDisposable
         _ => null,
     };
 
+    static ulong HostWritableBit(TdpFormat format) => format == TdpFormat.Ept ? 1UL << 57 : 1UL << 55;
+
     /// <summary>The impl's state read into the spec's vocabulary.</summary>
     public TdpState View()
     {
@@ -162,8 +180,14 @@ public sealed class ImplTdpEngine : IDisposable
         {
             var k = Key(key);
             foreach (var x in entries)
+            {
                 if ((x.IsLeaf ? LeafEntryProblem(config.Format, x.Raw, x.LeafLevel, config.AccessedDirty) : TableEntryProblem(config.Format, x.Raw)) is { } problem)
                     viewProblems.Add($"{(x.IsLeaf ? "leaf" : "table entry")} [{x.Index}] of {k}: 0x{x.Raw:X}: {problem}");
+                // Host-writable is the leaf's slot not being read-only (KVM's make_spte: host_writable).
+                if (x.IsLeaf && slots.Values.FirstOrDefault(s => x.LeafGfn - s.BaseGfn < s.Pages) is { } slot
+                    && ((x.Raw & HostWritableBit(config.Format)) != 0) == slot.ReadOnly)
+                    viewProblems.Add($"leaf [{x.Index}] of {k}: 0x{x.Raw:X}: host-writable bit {(slot.ReadOnly ? "set in a read-only" : "clear in a writable")} slot {slot.Id}");
+            }
             var e = entries.ToImmutableSortedDictionary(x => x.Index, x => x.IsLeaf
                 ? (Spte)new Spte.Leaf(x.LeafGfn, x.LeafLevel, x.HostPfn, x.Writable) { Accessed = Aged(x.Accessed), Dirty = Aged(x.Dirty) }
                 : new Spte.Table(Key(x.Child)));

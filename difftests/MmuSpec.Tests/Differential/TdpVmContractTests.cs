@@ -243,14 +243,15 @@ public sealed class TdpVmContractTests
 
         ulong frame = 0x1234_5000;
         const ulong Wb = 6 << 3;
-        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x7 | Wb, 1));
+        const ulong EptSw = 3UL << 57, S2Sw = 3UL << 55; // host- and MMU-writable, which a writable leaf needs
+        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x7 | Wb | EptSw, 1));
         Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x5 | Wb | 0x80, 2));
         Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x7 | Wb | 0x80, 1));  // bit 7 in a 4 KiB leaf
         Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x7 | Wb, 3));         // a 1 GiB leaf without it
         Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Ept, frame | 0x3 | Wb, 1));         // no execute
         const ulong S2Leaf = 0x40 | 0x400 | (0xF << 2);
         Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x3 | S2Leaf, 1));
-        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x1 | S2Leaf | 0x80, 2));
+        Assert.Null(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x1 | S2Leaf | 0x80 | S2Sw, 2));
         Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x1 | S2Leaf, 1));  // 0b01 at level 3: reserved
         Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x3 | S2Leaf, 2));  // a table descriptor, not a block
         Assert.NotNull(ImplTdpEngine.LeafEntryProblem(TdpFormat.Stage2, frame | 0x3 | 0x400, 1));   // no S2AP read

@@ -135,16 +135,19 @@ public sealed class ConcurrentTdpRaceTests : IDisposable
     }
 
     [Fact]
-    public void Write_protection_fix_lost_retries_and_the_page_is_logged_once()
+    public void Write_protection_fix_lost_falls_back_to_the_slow_path_and_the_page_is_logged_once()
     {
         Assert.Equal(SlotStatus.Ok, _mmu.SetDirtyLogging(0, true));
         Assert.Equal(Mapped(7, 12, true), Access(_a, 7, AccessType.Read).Access); // read-only while logging
         TdpVcpuOutcome b = default;
+        // A's fast fault read the read-only leaf; B's fast fault fixes it first. A's exchange fails, the
+        // fast path gives up, and the slow path finds B's writable leaf: a hit.
         ScriptedSchedule.At(SchedulePointKind.SpteExchange, 1, () => b = Access(_b, 7, AccessType.Write));
         var a = Access(_a, 7, AccessType.Write);
         Assert.True(ScriptedSchedule.Fired);
-        Assert.True(a.IsRetry);
+        Assert.Equal(Mapped(7, 12, false), a.Access);
         Assert.Equal(Mapped(7, 12, true), b.Access);
+        Assert.Equal((1, 1), (_mmu.FastFaultsTaken, _mmu.FastFaultsRefused));
         Assert.Equal(Mapped(7, 12, false), Access(_a, 7, AccessType.Write).Access);
         var gfns = new List<ulong>();
         Assert.Equal(SlotStatus.Ok, _mmu.GetDirtyLog(0, gfns));
@@ -223,5 +226,50 @@ public sealed class ConcurrentTdpRaceTests : IDisposable
         Assert.Equal(1, _mmu.DeferredTablesFreed);
         Assert.Equal(3, TreeTables());
         Assert.Equal(Mapped(0x200, 21, false), Access(_a, 0x200, AccessType.Read).Access);
+    }
+
+    /// <summary>gfn 0x200 mapped at 4 KiB read-only but MMU-writable (dirty logging on, then off), policy 2 MiB.</summary>
+    void ReadOnlyLeafUnderHugePolicy()
+    {
+        Assert.Equal(Mapped(0x200, 12, true), Access(_a, 0x200, AccessType.Write).Access);
+        Assert.Equal(SlotStatus.Ok, _mmu.SetDirtyLogging(0, true));
+        Assert.Equal(SlotStatus.Ok, _mmu.SetDirtyLogging(0, false));
+        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(21));
+        _mmu.TakeFlushes();
+    }
+
+    [Fact]
+    public void A_fast_fault_that_reads_a_frozen_entry_leaves_it_to_the_slow_path_which_retries()
+    {
+        ReadOnlyLeafUnderHugePolicy();
+        TdpVcpuOutcome a = default;
+        // B's fault (its fast path gave up at the hole) freezes the level-2 entry, then the removed table's
+        // first entry; A's fast fault runs there and reads the frozen level-2 entry: not present.
+        ScriptedSchedule.At(SchedulePointKind.SpteExchange, 2, () => a = Access(_a, 0x200, AccessType.Write));
+        var b = Access(_b, 0x201, AccessType.Write);
+        Assert.True(ScriptedSchedule.Fired);
+        Assert.True(a.IsRetry);
+        Assert.Equal(Mapped(0x201, 21, true), b.Access);
+        Assert.Equal((0L, 0L), (_mmu.FastFaultsTaken, _mmu.FastFaultsRefused));
+        Assert.Equal(Mapped(0x200, 21, false), Access(_a, 0x200, AccessType.Write).Access);
+    }
+
+    [Fact]
+    public void A_fast_fault_whose_table_is_removed_before_its_exchange_changes_nothing()
+    {
+        ReadOnlyLeafUnderHugePolicy();
+        TdpVcpuOutcome b = default;
+        // A's fast fault read the read-only leaf in the level-1 table; before its exchange B replaces that
+        // table by a 2 MiB leaf, freezing every entry of it. A's exchange fails (refused), the table waits
+        // for A's epoch, and A's slow path hits B's leaf.
+        ScriptedSchedule.At(SchedulePointKind.SpteExchange, 1, () => b = Access(_b, 0x201, AccessType.Write));
+        var a = Access(_a, 0x200, AccessType.Write);
+        Assert.True(ScriptedSchedule.Fired);
+        Assert.Equal(Mapped(0x201, 21, true), b.Access);
+        Assert.Equal(Mapped(0x200, 21, false), a.Access);
+        Assert.Equal((0L, 1L), (_mmu.FastFaultsTaken, _mmu.FastFaultsRefused));
+        Assert.Equal(1, _mmu.DeferredTablesRetired);
+        Assert.Equal(1, _mmu.DeferredTablesFreed);
+        Assert.Equal(3, TreeTables());
     }
 }
