@@ -72,6 +72,12 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     private bool FastFault(ConcurrentTdpVcpu<TFormat, TSched> vcpu, ulong gpa, out TdpVcpuOutcome outcome)
     {
         outcome = default;
+        // Two states the fast path leaves to the slow path (both change only under the write side, which no
+        // fast fault overlaps): accessed/dirty kept, where an access also sets A/D or is an access-flag fault
+        // (TouchHit); and a host invalidation in progress, where the spec retries every fault in the retry
+        // range, the hull of the open ranges, which may hold present leaves between them (mmu_invalidate_retry_gfn).
+        if (_accessedDirty != TdpAccessedDirty.Untracked || _notifier.InProgress != 0)
+            return false;
         ulong frame = gpa >> PageShift;
         ulong gfn = frame & ~_sharedGfnMask;
         bool mirror = _sharedGfnMask != 0 && frame == gfn;

@@ -31,7 +31,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : ITdpHostNotifier
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 
@@ -51,7 +51,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : ITdpHostNotifier
         }
         finally
         {
-            _lock.ExitWrite();
+            ExitWrite();
         }
     }
 

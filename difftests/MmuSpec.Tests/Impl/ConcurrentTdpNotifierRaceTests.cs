@@ -71,6 +71,25 @@ public sealed class ConcurrentTdpNotifierRaceTests : IDisposable
     }
 
     [Fact]
+    public void A_write_protection_fault_inside_the_retry_range_retries_though_the_fast_path_could_fix_it()
+    {
+        // A leaf between two open invalidations stays present, but the retry range is their hull: the spec
+        // answers Retry for a write-protection fault there, so the lockless fast fault must not answer first.
+        Assert.Equal(SlotStatus.Ok, _mmu.SetDirtyLogging(0, true));
+        Assert.Equal(TdpAccessOutcome.Mapped((HostBase + 3) << 12, 12, faulted: true), _a.Access(3 << 12, AccessType.Write).Access);
+        var dirty = new List<ulong>();
+        Assert.Equal(SlotStatus.Ok, _mmu.GetDirtyLog(0, dirty)); // write-protects gfn 3 (W clear, MMU-writable kept)
+        Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateStart(0, 2));
+        Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateStart(5, 7));
+        Assert.True(_a.Access(3 << 12, AccessType.Write).IsRetry);
+        Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateEnd(0, 2));
+        Assert.Equal(TdpStatus.Ok, _mmu.HostInvalidateEnd(5, 7));
+        long taken = _mmu.FastFaultsTaken;
+        Assert.Equal(TdpAccessOutcome.Mapped((HostBase + 3) << 12, 12, faulted: true), _a.Access(3 << 12, AccessType.Write).Access);
+        Assert.Equal(taken + 1, _mmu.FastFaultsTaken); // and once the invalidations end, the fast path fixes it
+    }
+
+    [Fact]
     public void Without_the_sequence_check_the_fault_installs_the_frame_the_host_moved_away_from()
     {
         _mmu.SkipSequenceCheckForTests = true; // the broken variant
