@@ -182,7 +182,7 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     {
         if (properties.Count == 0) throw new ArgumentException("a campaign needs at least one property", nameof(properties));
         if (batchSize <= 0) throw new ArgumentOutOfRangeException(nameof(batchSize), batchSize, "a batch has at least one case");
-        var needs = properties.Select(p => (p.TestCases + batchSize - 1) / batchSize).ToArray();
+        var needs = properties.Select(p => (p.TestCases + Math.Min(batchSize, p.MaxBatchCases) - 1) / Math.Min(batchSize, p.MaxBatchCases)).ToArray();
         var plan = new List<int>();
         for (int round = 0; round < needs.Max(); round++)
             for (int i = 0; i < needs.Length; i++)
@@ -301,6 +301,7 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     {
         var run = new BatchRun(batch, PropertyOf(batch)) { CaseList = onCase is null ? null : new(size) };
         var p = tallies[run.Property].Property;
+        size = Math.Min(size, p.MaxBatchCases);
         long started = Stopwatch.GetTimestamp();
         bool failing = false, overtaken = false;
         bool Holds(object c)
