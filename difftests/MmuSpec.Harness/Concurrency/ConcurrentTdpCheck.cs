@@ -76,7 +76,7 @@ public static class ConcurrentTdpCheck
     static ConcurrentTdpVerdict Run<TFormat>(ConcurrentTdpCase c, Action<string>? hit) where TFormat : struct, IPteFormat
     {
         var events = new ConcurrentRunEvents();
-        var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSchedulePoint>(c.Config, c.Setup, c.Program.Threads.Count, vm =>
+        var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSparseSchedulePoint>(c.Config, c.Setup, c.Program.Threads.Count, vm =>
         {
             events.TablesRetired = vm.Mmu.DeferredTablesRetired;
             events.TablesFreed = vm.Mmu.DeferredTablesFreed;
@@ -97,8 +97,8 @@ public static class ConcurrentTdpCheck
                 {
                     events.Retries++;
                     // Which shared access the op last gave way at: an exchange it then lost, or a read of a frozen entry.
-                    if (CoyoteSchedulePoint.LastEntryAccess == SchedulePointKind.SpteExchange) events.RetriesAfterExchange++;
-                    if (CoyoteSchedulePoint.LastEntryAccess == SchedulePointKind.SpteRead) events.RetriesAfterRead++;
+                    if (CoyoteSparseSchedulePoint.LastEntryAccess == SchedulePointKind.SpteExchange) events.RetriesAfterExchange++;
+                    if (CoyoteSparseSchedulePoint.LastEntryAccess == SchedulePointKind.SpteRead) events.RetriesAfterRead++;
                 }
                 if (vm.Mmu.DeferredTablesPending > 0) events.FreeDeferred = true;
                 return result;
@@ -117,7 +117,7 @@ public static class ConcurrentTdpCheck
         new(r.Failed, before + r.Iterations, judgedBefore + r.Checked, strategy, r.FailingHistory, r.Failure, r.ReproducibleTrace);
 
     /// <summary>Table pages the MMU holds but no tree links (a table a race left behind), or null when there are none.</summary>
-    static string? Leaked<TFormat, TSched>(ConcurrentTdpVm<TFormat, TSched> vm) where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
+    internal static string? Leaked<TFormat, TSched>(ConcurrentTdpVm<TFormat, TSched> vm) where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
     {
         long linked = 0;
         vm.Mmu.VisitPages((_, _) => linked++);
