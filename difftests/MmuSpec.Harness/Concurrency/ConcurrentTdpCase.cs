@@ -58,6 +58,14 @@ public sealed record ConcurrentTdpCase(
 
     public override string ToString() => Render();
 
+    /// <summary>Value equality, the program's threads and ops included (a case read back from JSON equals the one written).</summary>
+    public bool Equals(ConcurrentTdpCase? other) =>
+        other is not null && Config.Equals(other.Config) && Setup.SequenceEqual(other.Setup) && ScheduleSeed == other.ScheduleSeed
+        && Iterations == other.Iterations && Schedule == other.Schedule && Program.Threads.Count == other.Program.Threads.Count
+        && Program.Threads.Zip(other.Program.Threads).All(p => p.First.SequenceEqual(p.Second));
+
+    public override int GetHashCode() => HashCode.Combine(Config, Setup.Length, Program.OpCount, ScheduleSeed, Iterations);
+
     // ---- JSON (docs/counterexample-format.md) ----
 
     public const string Kind = "tdp-concurrent";
