@@ -106,7 +106,8 @@ public sealed record Shard(int Index, int Count)
 /// batches run). The schedule first gives every property the cases `dotnet test` gives it (its
 /// <see cref="DiffProperty.TestCases"/>, in rounds: each round one batch of every property still short
 /// of it), then goes round-robin; every property runs in the first round. With a case limit, batch b
-/// runs min(batchSize, maxCases - b·batchSize) cases and the campaign ends at the batch that reaches the
+/// runs min(batchSize, maxCases - the cases of the batches before) cases (a property's batches hold at most its
+/// <see cref="DiffProperty.MaxBatchCases"/>) and the campaign ends at the batch that reaches the
 /// limit, whatever the shard: a shard runs only its own batches of that plan. A failure shrinks and stops
 /// the campaign; its report ends with the one-case replay token. <paramref name="endSize"/> is FsCheck's
 /// EndSize: sizes ramp from 1 to it within each batch (the deep tier raises it). With
@@ -214,6 +215,22 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     public static int BatchCases(long batch, int batchSize, long? maxCases) =>
         maxCases is { } max ? (int)Math.Clamp(max - batch * batchSize, 0, batchSize) : batchSize;
 
+    // Cases the batches before batch i hold (i = index), each batch min(batchSize, its property's MaxBatchCases); extended under `gate`.
+    readonly List<long> casesBefore = [0];
+
+    /// <summary>
+    /// Cases of batch <paramref name="batch"/>: <see cref="BatchCases"/> when every batch holds <c>batchSize</c>; with a
+    /// property whose batches hold fewer (<see cref="DiffProperty.MaxBatchCases"/>), the limit counts the cases the
+    /// batches before really hold, so `--count N` still runs N cases. Call under <c>gate</c>.
+    /// </summary>
+    int CasesOf(long batch)
+    {
+        int Size(long b) => Math.Min(batchSize, tallies[PropertyOf(b)].Property.MaxBatchCases);
+        if (maxCases is not { } max) return Size(batch);
+        while (casesBefore.Count <= batch) casesBefore.Add(casesBefore[^1] + Size(casesBefore.Count - 1));
+        return (int)Math.Clamp(max - casesBefore[(int)batch], 0, Size(batch));
+    }
+
     /// <summary>One batch as a job ran it: its counts, its cases (for onCase) and its failure, if any.</summary>
     sealed class BatchRun(long batch, int property)
     {
@@ -284,7 +301,7 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
         lock (gate)
         {
             long batch = next;
-            int size = BatchCases(batch, batchSize, maxCases);
+            int size = CasesOf(batch);
             // Under the lock, so the batches started are a prefix of the schedule whatever the order jobs come in.
             if (closed || stop || batch > failFloor || size == 0
                 || budget is { } b && clock.Elapsed >= b && !(minimumFirst && batch < plan.Length))
@@ -301,7 +318,6 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     {
         var run = new BatchRun(batch, PropertyOf(batch)) { CaseList = onCase is null ? null : new(size) };
         var p = tallies[run.Property].Property;
-        size = Math.Min(size, p.MaxBatchCases);
         long started = Stopwatch.GetTimestamp();
         bool failing = false, overtaken = false;
         bool Holds(object c)
