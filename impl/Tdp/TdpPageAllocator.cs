@@ -38,7 +38,7 @@ internal sealed unsafe class TdpPageAllocator
     // Every slab base, for ReleaseAll. Grows only when a slab is added (not on the fault path).
     private readonly List<nint> _slabs = new();
 
-    // Free tables, linked through entry 0 (null-terminated); every other entry is zero.
+    // Free tables, linked through entry 0 (null-terminated); every other entry is zero (in DEBUG, FreedEntryPoison).
     private ulong* _freeHead;
 
     private long _tablesInUse;
@@ -62,6 +62,7 @@ internal sealed unsafe class TdpPageAllocator
             table = AddSlab();
         _freeHead = (ulong*)table[0];
         table[0] = 0;
+        Unpoison(table);
         HeaderOf(table) = new TdpPageHeader(gfn, level, mirror);
         _tablesInUse++;
         return TableRef.FromPage(table, level);
@@ -75,10 +76,34 @@ internal sealed unsafe class TdpPageAllocator
         Debug.Assert(HeaderOf(page).InUse, "double free of a table page");
         Debug.Assert(HeaderOf(page).Level == level, "freeing a table as another level than its header's");
         table.Clear();
+        Poison(page);
         HeaderOf(page) = default;
         page[0] = (ulong)_freeHead;
         _freeHead = page;
         _tablesInUse--;
+    }
+
+    /// <summary>
+    /// DEBUG: what a freed table's entries 1..511 hold until it is allocated again (entry 0 is the free-list
+    /// link). A present leaf at every level in both formats (bit 0: EPT read, stage-2 valid; bit 7: EPT
+    /// huge page; bit 1 clear: stage-2 block), of a 1 GiB-aligned frame no memslot backs: a walk that reads
+    /// a table after it was freed (a concurrent walker the epochs should have waited for) answers a mapping
+    /// of 0xbadc0000000, which no spec state explains, instead of reading a hole that hides the use after free.
+    /// </summary>
+    public const ulong FreedEntryPoison = 0xBAD_C000_0000UL | 0x81;
+
+    [Conditional("DEBUG")]
+    private static void Poison(ulong* page)
+    {
+        for (int i = 1; i < TableGeometry.EntriesPerTable; i++)
+            page[i] = FreedEntryPoison;
+    }
+
+    [Conditional("DEBUG")]
+    private static void Unpoison(ulong* page)
+    {
+        for (int i = 1; i < TableGeometry.EntriesPerTable; i++)
+            page[i] = 0;
     }
 
     /// <summary>DEBUG: <paramref name="table"/> lies in one of this allocator's slabs (a search: cold paths only).</summary>

@@ -308,6 +308,8 @@ public static class CheckCommand
             w.WriteNumber("jobs", r.Jobs);
             w.WriteNumber("cpu_seconds", Math.Round(r.CpuTime.TotalSeconds, 3));
             w.WriteNumber("ops_per_cpu_second", Math.Round(r.OpsPerCpuSecond, 1));
+            // Coyote schedules the concurrent property explored (shrinking included): 0 when it did not run.
+            w.WriteNumber("schedules", Harness.Concurrency.ScheduleExploration.SchedulesExplored);
             w.WriteNumber("failures", r.Failed ? 1 : 0);
             w.WriteBoolean("interrupted", r.Interrupted);
             w.WriteStartArray("not_run");

@@ -94,12 +94,13 @@ public static class MutantsCommand
 
     static string Seconds(double? s) => s is { } v ? v.ToString("0.0", CultureInfo.InvariantCulture) : "-";
     static string Count(int? n) => n?.ToString(CultureInfo.InvariantCulture) ?? "-";
+    static string Schedules(long? n) => n?.ToString(CultureInfo.InvariantCulture) ?? "-";
 
     static string Text(List<(MutantOutcome Outcome, string? Verdict)> rows)
     {
-        var table = new TextTable("bug", "caught", "seconds", "ops", "property", "upstream fix").AlignRight(2, 3);
+        var table = new TextTable("bug", "caught", "seconds", "ops", "schedules", "property", "upstream fix").AlignRight(2, 3, 4);
         foreach (var (o, v) in rows)
-            table.Add(o.Entry.Name, v is null ? "yes" : o.Caught ? $"yes, {v}" : $"NO: {v}", Seconds(o.SecondsToCatch), Count(o.ShrunkOps), o.Property ?? "-", o.Entry.Upstream);
+            table.Add(o.Entry.Name, v is null ? "yes" : o.Caught ? $"yes, {v}" : $"NO: {v}", Seconds(o.SecondsToCatch), Count(o.ShrunkOps), Schedules(o.Schedules), o.Property ?? "-", o.Entry.Upstream);
         var sb = new StringBuilder(table.Render());
         foreach (var (o, v) in rows.Where(r => r.Verdict is not null))
             sb.AppendLine().AppendLine($"{o.Entry.Name}: {v}").AppendLine(Indent(o.Detail));
@@ -111,11 +112,11 @@ public static class MutantsCommand
     static string Markdown(List<(MutantOutcome Outcome, string? Verdict)> rows)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| bug | caught | seconds to catch | shrunk ops | property | cases run |");
-        sb.AppendLine("|---|---|---:|---:|---|---:|");
+        sb.AppendLine("| bug | caught | seconds to catch | shrunk ops | property | cases run | schedules explored |");
+        sb.AppendLine("|---|---|---:|---:|---|---:|---:|");
         foreach (var (o, v) in rows)
             sb.AppendLine(FormattableString.Invariant(
-                $"| `{o.Entry.Name}` | {(v is null ? "yes" : o.Caught ? $"yes ({v})" : $"**no: {v}**")} | {Seconds(o.SecondsToCatch)} | {Count(o.ShrunkOps)} | {o.Property ?? "-"} | {o.Cases} |"));
+                $"| `{o.Entry.Name}` | {(v is null ? "yes" : o.Caught ? $"yes ({v})" : $"**no: {v}**")} | {Seconds(o.SecondsToCatch)} | {Count(o.ShrunkOps)} | {o.Property ?? "-"} | {o.Cases} | {Schedules(o.Schedules)} |"));
         return sb.ToString().TrimEnd();
     }
 
@@ -141,6 +142,7 @@ public static class MutantsCommand
                 if (o.ShrunkOps is { } n) w.WriteNumber("shrunk_ops", n); else w.WriteNull("shrunk_ops");
                 w.WriteString("property", o.Property);
                 w.WriteNumber("cases", o.Cases);
+                if (o.Schedules is { } sched) w.WriteNumber("schedules", sched); else w.WriteNull("schedules");
                 w.WriteNumber("build_seconds", Math.Round(o.BuildSeconds, 1));
                 w.WriteString("detail", o.Detail);
                 w.WriteEndObject();

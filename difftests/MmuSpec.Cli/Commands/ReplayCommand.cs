@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using MmuSpec.Harness.Concurrency;
 using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Running;
 
@@ -79,7 +80,7 @@ public static class ReplayCommand
         PropertyCheck.Check(p.Name, p, _ => { }, 1, replay, throwOnFailure: false, holds: c => { generated ??= c; return true; });
         if (generated is null) throw new InvalidOperationException("FsCheck generated no case for the token");
         Console.WriteLine($"replay {token} --property {p.Name}: {CaseRuns.Summary(generated)}");
-        return Print(CaseRuns.Trace(generated));
+        return generated is ConcurrentTdpCase concurrent ? PrintConcurrent(concurrent) : Print(CaseRuns.Trace(generated));
     }
 
     static int RunFile(Counterexample x, string path)
@@ -88,7 +89,24 @@ public static class ReplayCommand
         Console.WriteLine($"  {Origin(x)}");
         if (x.Divergence is { } d) Console.WriteLine($"  recorded: {d.Message} (spec: {d.Spec} | impl: {d.Impl})");
         else if (x.Exception is { } e) Console.WriteLine($"  recorded: the property threw {e}");
-        return Print(CaseRuns.Trace(x.Case));
+        return x.Case is ConcurrentTdpCase concurrent ? PrintConcurrent(concurrent) : Print(CaseRuns.Trace(x.Case));
+    }
+
+    /// <summary>
+    /// A concurrent case has no steps to trace: its program, then its one recorded schedule rerun (or, without
+    /// one, its schedules explored again from the case's seed) and the checker's verdict, the history explained
+    /// when no order explains it.
+    /// </summary>
+    static int PrintConcurrent(ConcurrentTdpCase c)
+    {
+        Console.WriteLine();
+        Console.WriteLine(c.Render());
+        var v = ConcurrentTdpCheck.Run(c);
+        Console.WriteLine();
+        Console.WriteLine(v.Failed ? $"{v}:\n{v.Failure}" : $"every history linearizable, the final state that order's ({v})");
+        Console.WriteLine();
+        Console.WriteLine(v.Failed ? "result: spec and impl DIVERGE" : "result: spec and impl agree");
+        return v.Failed ? Cli.Diverged : Cli.Ok;
     }
 
     /// <summary>Where the case came from, in one line.</summary>

@@ -15,6 +15,9 @@ public sealed record MutantOutcome(
     MutantEntry Entry, string Status, double? SecondsToCatch, int? ShrunkOps, string? Property, long Cases,
     string? Counterexample, double BuildSeconds, string Detail)
 {
+    /// <summary>Coyote schedules the campaign explored (concurrency mutants; shrinking included), when it reported them.</summary>
+    public long? Schedules { get; init; }
+
     public bool Caught => Status == "caught";
 }
 
@@ -32,8 +35,11 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
 {
     const string CliProject = "difftests/MmuSpec.Cli/MmuSpec.Cli.csproj";
     const string CliOutput = "difftests/MmuSpec.Cli/bin/Release/net10.0";
+    // Concurrency mutants: Debug (optimized too), where freed table pages are poisoned.
+    const string DebugCliOutput = "difftests/MmuSpec.Cli/bin/Debug/net10.0";
     // A patch may leave an unused local or an unreachable branch; a mutant is still a mutant.
     static readonly string[] BuildArgs = ["build", CliProject, "-c", "Release", "-nologo", "-v", "q", "-p:TreatWarningsAsErrors=false", "-clp:ErrorsOnly"];
+    static readonly string[] DebugBuildArgs = ["build", CliProject, "-c", "Debug", "-nologo", "-v", "q", "-p:TreatWarningsAsErrors=false", "-clp:ErrorsOnly"];
     static readonly TimeSpan BuildDeadline = TimeSpan.FromMinutes(10);
 
     public string WorkDirectory { get; } = Path.Combine(Path.GetTempPath(), $"mmuspec-mutants-{Environment.ProcessId}-{DateTime.UtcNow:HHmmss}");
@@ -85,7 +91,7 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
         try
         {
             progress($"{label}: applied; building");
-            var build = Dotnet(BuildArgs, BuildDeadline);
+            var build = Dotnet(entry.Debug ? DebugBuildArgs : BuildArgs, BuildDeadline);
             double buildSeconds = build.Elapsed.TotalSeconds;
             if (build.ExitCode != 0)
             {
@@ -103,11 +109,11 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
 
     MutantOutcome Campaign(MutantEntry entry, string baselineBin, string label)
     {
-        string cexDir = Path.Combine(WorkDirectory, "counterexamples", entry.Name);
+        string cexDir = Path.Combine(WorkDirectory, "counterexamples", entry.Name.Replace('/', '-'));
         Directory.CreateDirectory(cexDir);
         string[] args =
         [
-            Path.Combine(WorkDirectory, CliOutput, "mmuspec.dll"), "check",
+            Path.Combine(WorkDirectory, entry.Debug ? DebugCliOutput : CliOutput, "mmuspec.dll"), "check",
             "--seed", options.Seed.ToString(CultureInfo.InvariantCulture),
             "--time", options.Budget.TotalSeconds.ToString(CultureInfo.InvariantCulture),
             "--property", string.Join(',', entry.Properties),
@@ -124,10 +130,11 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
         using var doc = JsonDocument.Parse(run.Stdout);
         var root = doc.RootElement;
         long cases = root.GetProperty("cases").GetInt64();
+        long? schedules = root.TryGetProperty("schedules", out var sc) && sc.GetInt64() > 0 ? sc.GetInt64() : null;
         if (root.GetProperty("failure").ValueKind == JsonValueKind.Null)
         {
             progress($"{label}: NOT caught in {CaseRuns.Count(cases, "case")}");
-            return Outcome(entry, "not caught", $"{CaseRuns.Count(cases, "case")} in {root.GetProperty("seconds").GetDouble():0.0} s, no divergence") with { Cases = cases };
+            return Outcome(entry, "not caught", $"{CaseRuns.Count(cases, "case")} in {root.GetProperty("seconds").GetDouble():0.0} s, no divergence") with { Cases = cases, Schedules = schedules };
         }
 
         var failure = root.GetProperty("failure");
@@ -136,7 +143,7 @@ public sealed class MutantRun(string repositoryRoot, MutantRunOptions options, A
         int? ops = failure.GetProperty("shrunk_ops").ValueKind == JsonValueKind.Number ? failure.GetProperty("shrunk_ops").GetInt32() : null;
         string? file = failure.GetProperty("counterexample").GetString();
         string firstLine = failure.GetProperty("report").GetString()!.Split('\n')[0];
-        var outcome = new MutantOutcome(entry, "caught", found, ops, property, cases, file, 0, firstLine);
+        var outcome = new MutantOutcome(entry, "caught", found, ops, property, cases, file, 0, firstLine) { Schedules = schedules };
         progress($"{label}: caught by {property} after {found:0.0} s, shrunk to {(ops is { } n ? CaseRuns.Count(n, "op") : "? ops")}");
 
         // The shrunk case must agree on the unmutated build: otherwise the campaign found something

@@ -10,5 +10,18 @@ namespace MmuSpec.Harness.Concurrency;
 /// </summary>
 public readonly struct CoyoteSchedulePoint : ISchedulePoint
 {
-    public static void Yield(SchedulePointKind what) => SchedulingPoint.Interleave();
+    [ThreadStatic] static SchedulePointKind last;
+
+    /// <summary>
+    /// The last entry access (an SPTE read or exchange) this thread gave way before. An access that answers
+    /// Retry after an exchange lost its compare-and-exchange; after a read, it read a frozen entry (the lock
+    /// and epoch points on the way out are not entry accesses; coverage tells the two apart this way, docs/coverage.md).
+    /// </summary>
+    public static SchedulePointKind LastEntryAccess => last;
+
+    public static void Yield(SchedulePointKind what)
+    {
+        if (what is SchedulePointKind.SpteRead or SchedulePointKind.SpteExchange) last = what;
+        SchedulingPoint.Interleave();
+    }
 }

@@ -30,5 +30,26 @@ public static class ProgramShrinker
         return Wrap(current);
     }
 
+    /// <summary>
+    /// The programs one step smaller than <paramref name="program"/>, in the order <see cref="Shrink"/> tries
+    /// them: each thread left out (last first), then each single op (last thread, last op first).
+    /// FsCheck's shrinking takes the first that still fails and starts again, as <see cref="Shrink"/> does.
+    /// </summary>
+    public static IEnumerable<ConcurrentProgram<TOp>> Candidates<TOp>(ConcurrentProgram<TOp> program)
+    {
+        var current = program.Threads.Select(t => t.ToList()).ToList();
+        for (int t = current.Count - 1; t >= 0; t--)
+        {
+            var candidate = current.Where((_, i) => i != t).ToList();
+            if (candidate.Count > 0) yield return Wrap(candidate);
+        }
+        for (int t = current.Count - 1; t >= 0; t--)
+            for (int k = current[t].Count - 1; k >= 0; k--)
+            {
+                var candidate = current.Select((ops, i) => i == t ? ops.Where((_, j) => j != k).ToList() : ops).Where(ops => ops.Count > 0).ToList();
+                if (candidate.Count > 0) yield return Wrap(candidate);
+            }
+    }
+
     static ConcurrentProgram<TOp> Wrap<TOp>(List<List<TOp>> threads) => new(threads.Select(t => (IReadOnlyList<TOp>)t.ToList()).ToList());
 }

@@ -80,6 +80,11 @@ public sealed record ExplorationResult<TOp, TResult>(
 /// </summary>
 public static class ScheduleExploration
 {
+    static long explored;
+
+    /// <summary>Schedules this process has run (every exploration and replay, on any thread): `check` reports it for the concurrent property.</summary>
+    public static long SchedulesExplored => Interlocked.Read(ref explored);
+
     public static ExplorationResult<TOp, TResult> Explore<TObject, TState, TOp, TResult>(
         ConcurrentSubject<TObject, TState, TOp, TResult> subject, ConcurrentProgram<TOp> program, ExplorationSettings settings)
         where TState : notnull
@@ -118,6 +123,7 @@ public static class ScheduleExploration
         using var engine = TestingEngine.Create(config, () =>
         {
             iterations++;
+            Interlocked.Increment(ref explored);
             failure = null;
             recorder = new HistoryRecorder<TOp, TResult>();
             var (error, final) = RunOnce(subject, program, recorder);

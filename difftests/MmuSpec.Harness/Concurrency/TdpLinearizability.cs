@@ -56,6 +56,9 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
         return Render(s.MaxPageSize, slots, leaves) + Notifier(s.Notifier);
     }
 
+    /// <summary>A final state no order ends in: the MMU holds table pages its trees do not link (<paramref name="why"/>).</summary>
+    public static TdpLinState Leaked(string why) => new(null, $"table pages leaked: {why}\n");
+
     /// <summary>The concurrent MMU's abstract state, read from its tables (call it with no vCPU running).</summary>
     public static TdpLinState Observe<TFormat, TSched>(ConcurrentTdpMmu<TFormat, TSched> mmu)
         where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
@@ -127,9 +130,10 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         ImplTdp.TdpAccessedDirty accessedDirty = ImplTdp.TdpAccessedDirty.Untracked)
     {
         Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool, accessedDirty);
-        foreach (var op in setup)
-            if (Apply(-1, op) is { Result: not VmResult.Ok }) throw new ArgumentException($"setup op {op} was not accepted", nameof(setup));
         for (int i = 0; i < vcpuCount; i++) vcpus.Add(Mmu.CreateVcpu());
+        // Setup accesses (tables faulted in before the threads start) run on vCPU 0.
+        foreach (var op in setup)
+            if (Apply(-1, op) is not { Result: VmResult.Ok or TdpResult.Mapped }) throw new ArgumentException($"setup op {op} was not accepted", nameof(setup));
     }
 
     public ConcurrentTdpMmu<TFormat, TSched> Mmu { get; }
@@ -139,7 +143,7 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
 
     public TdpLinResult Apply(int thread, TdpOp op) => op switch
     {
-        TdpOp.AccessGpa a => Access(vcpus[thread].Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa),
+        TdpOp.AccessGpa a => Access(vcpus[Math.Max(thread, 0)].Access(a.Gpa, PagingVocabulary.ToImpl(a.Type)), a.Gpa),
         TdpOp.ZapRange z => Status(Mmu.ZapRange(z.StartGfn, z.EndGfn)),
         TdpOp.ZapAll => Status(Mmu.ZapAll()),
         // The host's aging runs on the thread's own vCPU for its epoch (ConcurrentTdpMmu.Aging.cs).
@@ -200,7 +204,7 @@ public static class ConcurrentTdpSubject
         foreach (var op in setup)
         {
             var stepped = initial.Step(op);
-            if (stepped.Result is not VmResult.Ok) throw new ArgumentException($"setup op {op}: the spec answers {stepped.Result}", nameof(setup));
+            if (stepped.Result is not (VmResult.Ok or TdpResult.Mapped)) throw new ArgumentException($"setup op {op}: the spec answers {stepped.Result}", nameof(setup));
             initial = stepped.State;
         }
         return new(

@@ -23,6 +23,12 @@ public sealed record MutantEntry(
     /// <summary>The files the patch changes (from its "+++ b/..." lines).</summary>
     public IEnumerable<string> Files =>
         Patch.Split('\n').Where(l => l.StartsWith("+++ b/", StringComparison.Ordinal)).Select(l => l[6..].TrimEnd('\r'));
+
+    /// <summary>
+    /// A concurrency mutant: the campaign runs it on a Debug build, where freed table pages are poisoned
+    /// (impl/Tdp/TdpPageAllocator.cs), so a walk that reads one answers wrongly instead of reading a hole.
+    /// </summary>
+    public bool Debug => Name.StartsWith(MutantCatalog.ConcurrencyDirectory + "/", StringComparison.Ordinal);
 }
 
 public static class MutantCatalog
@@ -32,15 +38,24 @@ public static class MutantCatalog
 
     static readonly string[] Required = ["Title", "Upstream", "Commit", "Cause", "Properties"];
 
-    /// <summary>Every entry of the catalog under <paramref name="repositoryRoot"/>, in file-name order.</summary>
+    /// <summary>
+    /// The concurrency mutants' subdirectory: bugs of the concurrent TDP MMU, caught by the `tdp-concurrent`
+    /// property; their names start with "concurrency/". The campaign runs them on a Debug build (<see cref="MutantEntry.Debug"/>).
+    /// </summary>
+    public const string ConcurrencyDirectory = "concurrency";
+
+    /// <summary>Every entry of the catalog under <paramref name="repositoryRoot"/>: the sequential ones in file-name order, then the concurrency ones.</summary>
     public static IReadOnlyList<MutantEntry> Load(string repositoryRoot)
     {
         string dir = System.IO.Path.Combine(repositoryRoot, Directory);
         if (!System.IO.Directory.Exists(dir))
             throw new InputException($"no bug catalog at {dir}");
-        return System.IO.Directory.GetFiles(dir, "*.patch")
-            .Order(StringComparer.Ordinal)
+        string concurrency = System.IO.Path.Combine(dir, ConcurrencyDirectory);
+        var nested = System.IO.Directory.Exists(concurrency) ? System.IO.Directory.GetFiles(concurrency, "*.patch") : [];
+        return System.IO.Directory.GetFiles(dir, "*.patch").Order(StringComparer.Ordinal)
             .Select(f => Parse(System.IO.Path.GetFileNameWithoutExtension(f), File.ReadAllText(f), f))
+            .Concat(nested.Order(StringComparer.Ordinal)
+                .Select(f => Parse($"{ConcurrencyDirectory}/{System.IO.Path.GetFileNameWithoutExtension(f)}", File.ReadAllText(f), f)))
             .ToList();
     }
 

@@ -106,7 +106,8 @@ public sealed record Shard(int Index, int Count)
 /// batches run). The schedule first gives every property the cases `dotnet test` gives it (its
 /// <see cref="DiffProperty.TestCases"/>, in rounds: each round one batch of every property still short
 /// of it), then goes round-robin; every property runs in the first round. With a case limit, batch b
-/// runs min(batchSize, maxCases - b·batchSize) cases and the campaign ends at the batch that reaches the
+/// runs min(batchSize, maxCases - the cases of the batches before) cases (a property's batches hold at most its
+/// <see cref="DiffProperty.MaxBatchCases"/>) and the campaign ends at the batch that reaches the
 /// limit, whatever the shard: a shard runs only its own batches of that plan. A failure shrinks and stops
 /// the campaign; its report ends with the one-case replay token. <paramref name="endSize"/> is FsCheck's
 /// EndSize: sizes ramp from 1 to it within each batch (the deep tier raises it). With
@@ -182,7 +183,7 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     {
         if (properties.Count == 0) throw new ArgumentException("a campaign needs at least one property", nameof(properties));
         if (batchSize <= 0) throw new ArgumentOutOfRangeException(nameof(batchSize), batchSize, "a batch has at least one case");
-        var needs = properties.Select(p => (p.TestCases + batchSize - 1) / batchSize).ToArray();
+        var needs = properties.Select(p => (p.TestCases + Math.Min(batchSize, p.MaxBatchCases) - 1) / Math.Min(batchSize, p.MaxBatchCases)).ToArray();
         var plan = new List<int>();
         for (int round = 0; round < needs.Max(); round++)
             for (int i = 0; i < needs.Length; i++)
@@ -213,6 +214,22 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
     /// <summary>Cases of batch <paramref name="batch"/> under a case limit (0: past the limit, the campaign is over); <c>batchSize</c> without one.</summary>
     public static int BatchCases(long batch, int batchSize, long? maxCases) =>
         maxCases is { } max ? (int)Math.Clamp(max - batch * batchSize, 0, batchSize) : batchSize;
+
+    // Cases the batches before batch i hold (i = index), each batch min(batchSize, its property's MaxBatchCases); extended under `gate`.
+    readonly List<long> casesBefore = [0];
+
+    /// <summary>
+    /// Cases of batch <paramref name="batch"/>: <see cref="BatchCases"/> when every batch holds <c>batchSize</c>; with a
+    /// property whose batches hold fewer (<see cref="DiffProperty.MaxBatchCases"/>), the limit counts the cases the
+    /// batches before really hold, so `--count N` still runs N cases. Call under <c>gate</c>.
+    /// </summary>
+    int CasesOf(long batch)
+    {
+        int Size(long b) => Math.Min(batchSize, tallies[PropertyOf(b)].Property.MaxBatchCases);
+        if (maxCases is not { } max) return Size(batch);
+        while (casesBefore.Count <= batch) casesBefore.Add(casesBefore[^1] + Size(casesBefore.Count - 1));
+        return (int)Math.Clamp(max - casesBefore[(int)batch], 0, Size(batch));
+    }
 
     /// <summary>One batch as a job ran it: its counts, its cases (for onCase) and its failure, if any.</summary>
     sealed class BatchRun(long batch, int property)
@@ -284,7 +301,7 @@ public sealed class Campaign(IReadOnlyList<DiffProperty> properties, ulong seed,
         lock (gate)
         {
             long batch = next;
-            int size = BatchCases(batch, batchSize, maxCases);
+            int size = CasesOf(batch);
             // Under the lock, so the batches started are a prefix of the schedule whatever the order jobs come in.
             if (closed || stop || batch > failFloor || size == 0
                 || budget is { } b && clock.Elapsed >= b && !(minimumFirst && batch < plan.Length))

@@ -125,7 +125,7 @@ public static class CaseJson
         w.WriteEndObject();
     }
 
-    static void WriteOp(Utf8JsonWriter w, TdpOp op)
+    internal static void WriteOp(Utf8JsonWriter w, TdpOp op)
     {
         w.WriteStartObject();
         switch (op)
@@ -251,7 +251,7 @@ public static class CaseJson
         ["supervisor"] = Privilege.Supervisor, ["user"] = Privilege.User, ["implicit-supervisor"] = Privilege.ImplicitSupervisor,
     };
     static readonly Dictionary<string, PageSize> PageSizeNames = Enum.GetValues<PageSize>().ToDictionary(s => s.Name());
-    static readonly Dictionary<string, TdpFormat> FormatNames = new() { ["ept"] = TdpFormat.Ept, ["stage2"] = TdpFormat.Stage2 };
+    internal static readonly Dictionary<string, TdpFormat> FormatNames = new() { ["ept"] = TdpFormat.Ept, ["stage2"] = TdpFormat.Stage2 };
     static readonly Dictionary<string, AccessedDirty> AccessedDirtyNames = new()
     {
         ["untracked"] = AccessedDirty.Untracked, ["enabled"] = AccessedDirty.Enabled, ["disabled"] = AccessedDirty.Disabled,
@@ -367,7 +367,7 @@ public static class CaseJson
         ["host_invalidate_end"] = ["start_gfn", "end_gfn"],
     };
 
-    static TdpOp ReadTdpOp(JsonElement e, string path)
+    internal static TdpOp ReadTdpOp(JsonElement e, string path)
     {
         var (kind, o) = OpenOp(e, path, TdpOps, "TDP");
         return kind switch

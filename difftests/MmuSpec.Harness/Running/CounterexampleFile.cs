@@ -70,6 +70,9 @@ public static class CounterexampleFile
     public static Counterexample Create(DiffProperty property, object c, string? replayToken = null, ulong? seed = null, long? batch = null,
         string? exception = null)
     {
+        // A concurrent case keeps the schedule that failed, so its rerun is that schedule (a rerun that throws keeps the case as it is).
+        try { c = Families.For(c).Recorded(c); }
+        catch (Exception e) { exception ??= $"{e.GetType().Name}: {e.Message}"; }
         Divergence? divergence = null;
         string whenNoStep = "";
         try { (divergence, _, whenNoStep) = CaseRuns.Run(c); }

@@ -35,6 +35,8 @@ public interface IDiffFamily
     void CheckRules(object c, string path);
     /// <summary>Greedy shrinking with <paramref name="shrinker"/>, then single deletions from the family's op lists (<see cref="CaseShrinker"/>).</summary>
     ShrinkResult Shrink(object c, Func<object, bool> fails, Func<object, IEnumerable<object>> shrinker, int maxRuns, Action<int>? progress);
+    /// <summary>The case as a counterexample file keeps it: itself, or with what makes its rerun exact (a concurrent case's failing schedule).</summary>
+    object Recorded(object c) => c;
 }
 
 /// <summary>
@@ -58,6 +60,8 @@ public abstract class DiffFamily<TCase> : IDiffFamily where TCase : notnull
     public abstract void CheckRules(TCase c, string path);
     /// <summary>The operation lists that the shrinker's deletion pass shortens, in the order it tries them.</summary>
     public abstract IReadOnlyList<OpList<TCase>> OpLists { get; }
+    /// <summary>The case as a counterexample file keeps it (<see cref="IDiffFamily.Recorded"/>).</summary>
+    public virtual object Recorded(TCase c) => c;
 
     // ---- the untyped view ----
 
@@ -72,6 +76,7 @@ public abstract class DiffFamily<TCase> : IDiffFamily where TCase : notnull
     public void WriteJson(Utf8JsonWriter w, object c) => WriteJson(w, Cast(c));
     object IDiffFamily.ReadJson(JsonElement e, string path) => ReadJson(e, path);
     public void CheckRules(object c, string path) => CheckRules(Cast(c), path);
+    object IDiffFamily.Recorded(object c) => Recorded(Cast(c));
     public ShrinkResult Shrink(object c, Func<object, bool> fails, Func<object, IEnumerable<object>> shrinker, int maxRuns, Action<int>? progress) =>
         CaseShrinker.Shrink(Cast(c), x => fails(x), x => shrinker(x).Select(Cast), OpLists, maxRuns, progress);
 

@@ -1,5 +1,6 @@
 using FsCheck;
 using FsCheck.Fluent;
+using MmuSpec.Harness.Concurrency;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Harness.Tdp;
@@ -27,6 +28,13 @@ public abstract class DiffProperty(string name, string law, string family, int t
     /// `mmuspec check` gives the property: the quick tier is never deeper than the campaign CI trusts.
     /// </summary>
     public int TestCases { get; } = testCases > 0 ? testCases : throw new ArgumentOutOfRangeException(nameof(testCases), testCases, "a property runs at least one case");
+
+    /// <summary>
+    /// The most cases one campaign batch of this property runs (the campaign's batch size when smaller): a
+    /// property whose case costs as much as a batch of others' (a concurrent case explores many schedules)
+    /// keeps its batches about as long as theirs, so the round-robin schedule stays balanced in time.
+    /// </summary>
+    public int MaxBatchCases { get; init; } = int.MaxValue;
 
     /// <summary>The situations ("group: name") this property's generator is expected to reach; a campaign reports those it never reached.</summary>
     public abstract IReadOnlyList<string> Situations { get; }
@@ -108,7 +116,7 @@ public sealed class DiffProperty<T>(string name, string law, Arbitrary<T> arbitr
 public static class DiffProperties
 {
     /// <summary>The property families, each with its classifier's full situation list.</summary>
-    public const string WalkFamily = "walk", TdpFamily = "tdp", ShadowFamily = "shadow";
+    public const string WalkFamily = "walk", TdpFamily = "tdp", ShadowFamily = "shadow", ConcurrentTdpFamily = "tdp-concurrent";
 
     /// <summary>
     /// Cases per property in `dotnet test` and the least a default `mmuspec check` runs: walks are
@@ -169,7 +177,25 @@ public static class DiffProperties
         Shadow("shadow-roots-upstream", new ShadowGenOptions(null, Roots: true, RootPolicy: ShadowRootPolicy.Upstream)),
     ];
 
-    public static readonly IReadOnlyList<DiffProperty> All = [.. Walks, .. TdpMmus, .. ShadowMmus];
+    /// <summary>
+    /// Cases of the concurrent TDP property in `dotnet test` and the least a default `check` runs, and its
+    /// cases per campaign batch: each case explores up to 2 x <see cref="ConcurrentTdpGen.IterationsPerStrategy"/>
+    /// schedules (docs/concurrency-testing.md).
+    /// </summary>
+    public const int ConcurrentTestCases = 12, ConcurrentBatchCases = 1;
+
+    /// <summary>The concurrent TDP MMU (impl/TdpConcurrent) against the sequential spec: linearizability under Coyote's scheduler.</summary>
+    public static readonly IReadOnlyList<DiffProperty> ConcurrentMmus =
+    [
+        new DiffProperty<ConcurrentTdpCase>("tdp-concurrent", "Every_explored_schedule_of_the_concurrent_TDP_MMU_is_linearizable_to_the_spec (EPT)",
+            CaseRules.Shrinking(ConcurrentTdpGen.Arbitrary(new VmConfig(TdpFormat.Ept))), Families.ConcurrentTdp, ConcurrentCoverage.Names, ConcurrentTestCases)
+        {
+            MaxBatchCases = ConcurrentBatchCases,
+        },
+    ];
+
+    // The concurrent property comes last: the sequential properties keep their places in a campaign's first round.
+    public static readonly IReadOnlyList<DiffProperty> All = [.. Walks, .. TdpMmus, .. ShadowMmus, .. ConcurrentMmus];
 
     public static DiffProperty Find(string name) =>
         All.FirstOrDefault(p => p.Name.Equals(name, StringComparison.OrdinalIgnoreCase))

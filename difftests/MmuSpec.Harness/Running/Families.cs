@@ -1,3 +1,4 @@
+using MmuSpec.Harness.Concurrency;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
@@ -14,9 +15,10 @@ public static class Families
     public static readonly WalkFamily Walk = new();
     public static readonly TdpFamily Tdp = new();
     public static readonly ShadowFamily Shadow = new();
+    public static readonly ConcurrentTdpFamily ConcurrentTdp = new();
 
     /// <summary>The registry, in report order.</summary>
-    public static readonly IReadOnlyList<IDiffFamily> All = Checked([Walk, Tdp, Shadow]);
+    public static readonly IReadOnlyList<IDiffFamily> All = Checked([Walk, Tdp, Shadow, ConcurrentTdp]);
 
     /// <summary>The registry refuses two families of one name or one case type: a lookup must find exactly one.</summary>
     public static IReadOnlyList<IDiffFamily> Checked(IReadOnlyList<IDiffFamily> families)

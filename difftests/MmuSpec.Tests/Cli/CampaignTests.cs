@@ -141,6 +141,10 @@ public sealed class CampaignScheduleTests
         new(name, "holds_" + name, Arb.From(Gen.Sized(s => Gen.Constant(s))), holds ?? (_ => true), s => $"size {s}", _ => 1,
             DiffProperties.WalkFamily, [], (_, _) => { }, testCases);
 
+    static DiffProperty<int> Slow(string name, int testCases) =>
+        new(name, "holds_" + name, Arb.From(Gen.Sized(s => Gen.Constant(s))), _ => true, s => $"size {s}", _ => 1,
+            DiffProperties.WalkFamily, [], (_, _) => { }, testCases) { MaxBatchCases = 1 };
+
     [Fact]
     public void The_schedule_gives_every_property_its_test_cases_first_then_goes_round_robin()
     {
@@ -149,6 +153,25 @@ public sealed class CampaignScheduleTests
         // Needs: a 3 batches, b 1, c 3. Round 0 holds every property; then only those still short.
         Assert.Equal(7, campaign.MinimumBatches);
         Assert.Equal([0, 1, 2, 0, 2, 0, 2, /* round-robin */ 0, 1, 2, 0], Enumerable.Range(0, 11).Select(b => campaign.PropertyOf(b)));
+    }
+
+    /// <summary>
+    /// A property whose batches hold fewer cases (the concurrent one, <see cref="DiffProperty.MaxBatchCases"/>) gets
+    /// more batches to reach its `dotnet test` cases, and a case limit still runs exactly that many cases: the
+    /// limit counts what the batches before really held, not batch x batch size.
+    /// </summary>
+    [Fact]
+    public void A_property_with_small_batches_gets_more_of_them_and_a_case_limit_still_runs_every_case()
+    {
+        DiffProperty[] ps = [Trivial("a", 20), Slow("slow", 4)];
+        var plan = new Campaign(ps, seed: 1, batchSize: 10, maxCases: null, budget: null);
+        // a needs 2 batches of 10, slow 4 batches of 1: rounds [a, slow], [a, slow], [slow], [slow].
+        Assert.Equal(6, plan.MinimumBatches);
+        Assert.Equal([0, 1, 0, 1, 1, 1], Enumerable.Range(0, 6).Select(b => plan.PropertyOf(b)));
+        var r = new Campaign(ps, seed: 1, batchSize: 10, maxCases: 25, budget: null).Run();
+        // Batches: a 10, slow 1, a 10, slow 1, slow 1, slow 1 (24), then a: the last 1 of 25.
+        Assert.Equal(25, r.Cases);
+        Assert.Equal([21L, 4L], r.Tallies.Select(t => t.Cases));
     }
 
     [Fact]

@@ -142,7 +142,7 @@ public sealed class CaseJsonTests
         { "tdp", "config.format=\"npt\"", "config.format: unknown value 'npt' (expected ept, stage2)" },
         { "tdp", "ops=null", "ops: expected an array, got null" },
         { "tdp", "kind=\"walk\"", "unknown field 'config'" },
-        { "tdp", "kind=\"mmu\"", "kind: unknown case kind 'mmu' (expected walk, tdp, shadow)" },
+        { "tdp", "kind=\"mmu\"", "kind: unknown case kind 'mmu' (expected walk, tdp, shadow, tdp-concurrent)" },
         { "tdp", "kind-", "kind is missing" },
         { "tdp", "ops[12].access.privilege=\"kernel\"", "ops[12].access.privilege: unknown value 'kernel' (expected supervisor, user, implicit-supervisor)" },
         { "tdp", "ops[11].controls.mode=\"long9\"", "ops[11].controls.mode: unknown value 'long9'" },

@@ -1,0 +1,130 @@
+using System.Collections.Immutable;
+using MmuSpec.Impl.Concurrency;
+using MmuSpec.Impl.PageTable;
+using MmuSpec.Spec.Tdp;
+
+namespace MmuSpec.Harness.Concurrency;
+
+/// <summary>
+/// How a <see cref="ConcurrentTdpCase"/> went: the schedules explored (and how many ran to the end and were
+/// judged), and on failure the strategy that found it, the failing history, the explanation and the Coyote
+/// trace of that schedule (which a case's <see cref="ConcurrentTdpCase.Schedule"/> replays).
+/// </summary>
+public sealed record ConcurrentTdpVerdict(
+    bool Failed, int Schedules, int Checked, string Strategy, History<TdpOp, TdpLinResult>? History, string? Failure, string? Trace)
+{
+    public override string ToString() => Failed
+        ? $"not linearizable in schedule {Schedules} ({Strategy})"
+        : $"linearizable in {Schedules} schedules ({Checked} judged)";
+}
+
+/// <summary>What one explored schedule did, as the harness saw it from outside the MMU (for coverage).</summary>
+public sealed class ConcurrentRunEvents
+{
+    /// <summary>Accesses that answered Retry; of those, right after a compare-and-exchange, and right after a read (a frozen entry).</summary>
+    public int Retries, RetriesAfterExchange, RetriesAfterRead;
+    /// <summary>An op ended while a table it or another unlinked still waited for a walker to leave.</summary>
+    public bool FreeDeferred;
+    /// <summary>Tables unlinked under the read side, and of those freed, by the end of the schedule.</summary>
+    public long TablesRetired, TablesFreed;
+}
+
+/// <summary>
+/// A situation of the concurrent paths (docs/coverage.md) and when a schedule reached it. Adding one is a
+/// line in <see cref="ConcurrentCoverage.All"/>.
+/// </summary>
+public sealed record ConcurrentSituation(string Name, Func<ConcurrentRunEvents, bool> Reached);
+
+/// <summary>
+/// The concurrent family's situations. Unlike the sequential families' (judged on the spec alone), these are
+/// judged from what each explored schedule did: the answers, the last schedule point before a Retry, the
+/// MMU's table-retirement counters. Each is counted once per schedule that reached it.
+/// </summary>
+public static class ConcurrentCoverage
+{
+    public static readonly IReadOnlyList<ConcurrentSituation> All =
+    [
+        new("concurrent path: fault retried", e => e.Retries > 0),
+        new("concurrent path: cmpxchg lost and retried", e => e.RetriesAfterExchange > 0),
+        new("concurrent path: frozen entry seen", e => e.RetriesAfterRead > 0),
+        new("concurrent path: table unlinked under the read lock", e => e.TablesRetired > 0),
+        new("concurrent path: deferred free (a table freed after a walker left)", e => e.FreeDeferred && e.TablesFreed > 0),
+    ];
+
+    public static IReadOnlyList<string> Names { get; } = [.. All.Select(s => s.Name)];
+}
+
+/// <summary>
+/// Runs a <see cref="ConcurrentTdpCase"/>: its program on the concurrent TDP MMU under Coyote's scheduler, each
+/// history judged against the spec (<see cref="TdpLinSpec"/>) with the final state, and every table page the
+/// MMU holds linked in a tree once the threads are done (no table leaked by a race). The same case explores
+/// the same schedules in the same order.
+/// </summary>
+public static class ConcurrentTdpCheck
+{
+    /// <summary>Whether the concurrent MMU runs <paramref name="op"/> from a thread (<see cref="ConcurrentTdpVm{TFormat, TSched}.Apply"/>).</summary>
+    public static bool RunsConcurrently(TdpOp op) =>
+        op is TdpOp.AccessGpa or TdpOp.ZapRange or TdpOp.ZapAll or TdpOp.SetMaxPageSize or TdpOp.SetDirtyLogging or TdpOp.CreateSlot;
+
+    /// <summary>Explores (or, with a recorded schedule, replays) the case; <paramref name="hit"/> hears each situation a judged schedule reached.</summary>
+    public static ConcurrentTdpVerdict Run(ConcurrentTdpCase c, Action<string>? hit = null) => c.Config.Format switch
+    {
+        TdpFormat.Ept => Run<EptFormat>(c, hit),
+        _ => Run<Stage2Format>(c, hit),
+    };
+
+    static ConcurrentTdpVerdict Run<TFormat>(ConcurrentTdpCase c, Action<string>? hit) where TFormat : struct, IPteFormat
+    {
+        var events = new ConcurrentRunEvents();
+        var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSparseSchedulePoint>(c.Config, c.Setup, c.Program.Threads.Count, vm =>
+        {
+            events.TablesRetired = vm.Mmu.DeferredTablesRetired;
+            events.TablesFreed = vm.Mmu.DeferredTablesFreed;
+            if (hit is not null)
+                foreach (var s in ConcurrentCoverage.All)
+                    if (s.Reached(events)) hit(s.Name);
+        });
+        var create = subject.Create;
+        var apply = subject.Apply;
+        var observe = subject.ObserveFinal!;
+        subject = subject with
+        {
+            Create = () => { events = new ConcurrentRunEvents(); return create(); },
+            Apply = (vm, thread, op) =>
+            {
+                var result = apply(vm, thread, op);
+                if (result.IsRetry)
+                {
+                    events.Retries++;
+                    // Which shared access the op last gave way at: an exchange it then lost, or a read of a frozen entry.
+                    if (CoyoteSparseSchedulePoint.LastEntryAccess == SchedulePointKind.SpteExchange) events.RetriesAfterExchange++;
+                    if (CoyoteSparseSchedulePoint.LastEntryAccess == SchedulePointKind.SpteRead) events.RetriesAfterRead++;
+                }
+                if (vm.Mmu.DeferredTablesPending > 0) events.FreeDeferred = true;
+                return result;
+            },
+            ObserveFinal = vm => Leaked(vm) is { } leak ? TdpLinState.Leaked(leak) : observe(vm),
+        };
+        if (c.Schedule is { } schedule)
+            return Verdict(ScheduleExploration.Replay(subject, c.Program, schedule), 0, 0, "recorded schedule");
+        var pct = ScheduleExploration.Explore(subject, c.Program, new ExplorationSettings(c.Iterations, c.ScheduleSeed, ScheduleStrategy.Prioritization));
+        if (pct.Failed) return Verdict(pct, 0, 0, "PCT");
+        var random = ScheduleExploration.Explore(subject, c.Program, new ExplorationSettings(c.Iterations, c.ScheduleSeed, ScheduleStrategy.Random));
+        return Verdict(random, pct.Iterations, pct.Checked, "random");
+    }
+
+    static ConcurrentTdpVerdict Verdict(ExplorationResult<TdpOp, TdpLinResult> r, int before, int judgedBefore, string strategy) =>
+        new(r.Failed, before + r.Iterations, judgedBefore + r.Checked, strategy, r.FailingHistory, r.Failure, r.ReproducibleTrace);
+
+    /// <summary>Table pages the MMU holds but no tree links (a table a race left behind), or null when there are none.</summary>
+    internal static string? Leaked<TFormat, TSched>(ConcurrentTdpVm<TFormat, TSched> vm) where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
+    {
+        long linked = 0;
+        vm.Mmu.VisitPages((_, _) => linked++);
+        long held = vm.Mmu.TablePages;
+        return held == linked ? null : $"{held} table pages held, {linked} linked in the trees";
+    }
+
+    /// <summary>The case's program as the checker's op list (thread by thread), for reports.</summary>
+    public static ImmutableArray<TdpOp> Flatten(ConcurrentTdpCase c) => [.. c.Program.Threads.SelectMany(t => t)];
+}
