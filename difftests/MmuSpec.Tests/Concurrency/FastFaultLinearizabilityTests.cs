@@ -18,7 +18,7 @@ namespace MmuSpec.Tests.Concurrency;
 /// SetDirtyLogging on the same gfns. Then write tracking (ConcurrentTdpMmu.WriteProtect.cs), which the
 /// spec does not model, against a small spec of its own: a tracked gfn is never writable, so once
 /// TrackWrites returned a write to it exits and no leaf for it stays writable. That exploration catches
-/// difftests/mutants/concurrency/wrprot-skips-read-only-leaves.patch (upstream 7c8a4742c4ab). 150 schedules
+/// difftests/mutants/concurrency/by-test/wrprot-skips-read-only-leaves.patch (upstream 7c8a4742c4ab). 150 schedules
 /// per program and strategy, seed 20261204, as ConcurrentTdpLinearizabilityTests.
 /// </summary>
 [Collection(nameof(CoyoteCollection))]
