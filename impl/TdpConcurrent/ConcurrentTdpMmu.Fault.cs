@@ -25,7 +25,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         if ((gpa >> _gpaBits) != 0 || (uint)type > (uint)AccessType.Fetch)
             return RejectAccess(vcpu, gpa, type);
 
-        if (type == AccessType.Write && TryFastFault(vcpu, gpa, out TdpVcpuOutcome fast))
+        if (type == AccessType.Write && _fastFaultsUseful && TryFastFault(vcpu, gpa, out TdpVcpuOutcome fast))
             return fast;
         TopUp(vcpu); // before mmu_lock: nothing is allocated under it
         var (sequence, migrated) = ReadHostPages(); // before mmu_lock too (ConcurrentTdpMmu.Notifier.cs)

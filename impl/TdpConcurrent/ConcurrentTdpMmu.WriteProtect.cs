@@ -28,7 +28,10 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             if (!InSlot(gfn))
                 return Reject($"gfn 0x{gfn:X} is in no slot");
             if (_tracked.Add(gfn))
+            {
+                _fastFaultsUseful = true; // a read-only leaf may appear: writes try the fast path (which must refuse it)
                 WriteProtectGfn(gfn);
+            }
             return TdpStatus.Ok;
         }
         finally

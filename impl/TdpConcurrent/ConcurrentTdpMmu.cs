@@ -229,6 +229,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
                 return RejectSlot(waits);
             if (SetDirtyLoggingFlag(slot, on) && on)
             {
+                _fastFaultsUseful = true; // before the write-protection: released by ExitWrite
                 WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
                 AddFlush(slot.BaseGfn, slot.Pages); // kvm_mmu_slot_apply_flags: the memslot, unconditionally
             }
