@@ -29,13 +29,9 @@ public sealed partial class TdpMmu<TFormat>
 
     private void SetAccessedDirty(TdpAccessedDirty mode)
     {
-        if (mode is not (TdpAccessedDirty.Untracked or TdpAccessedDirty.Enabled or TdpAccessedDirty.Disabled))
-            ThrowHelper.ArgumentOutOfRange(nameof(mode), "Unknown accessed/dirty mode.");
-        bool ept = typeof(TFormat) == typeof(EptFormat);
+        var bits = TdpAccessedDirtyBits.Of<TFormat>(mode);
         _accessedDirty = mode;
-        _accessedMask = mode == TdpAccessedDirty.Untracked || (ept && mode == TdpAccessedDirty.Disabled) ? 0 : TFormat.AccessedBit;
-        _dirtyMask = mode == TdpAccessedDirty.Enabled ? TFormat.DirtyBit : 0;
-        _softwareAccessed = mode == TdpAccessedDirty.Disabled && !ept;
+        (_accessedMask, _dirtyMask, _softwareAccessed) = (bits.Accessed, bits.Dirty, bits.SoftwareAccessed);
     }
 
     /// <summary>Whether leaves carry accessed/dirty state, and how.</summary>
