@@ -143,7 +143,7 @@ public sealed record ConcurrentTdpCase(
                 throw new InputException($"{At($"threads[{t}]")}: {ops.Count} ops; a thread has 1 to {MaxOpsPerThread}");
             for (int j = 0; j < ops.Count; j++)
                 if (!ConcurrentTdpCheck.RunsConcurrently(ops[j]))
-                    throw new InputException($"{At($"threads[{t}][{j}]")}: {ops[j]} is not an op the concurrent MMU runs (access_gpa, zap_range, zap_all, set_max_page_size, set_dirty_logging, create_slot)");
+                    throw new InputException($"{At($"threads[{t}][{j}]")}: {ops[j]} is not an op the concurrent MMU runs (access_gpa, zap_range, zap_all, set_max_page_size, set_dirty_logging, create_slot, host_invalidate_start, host_invalidate_end, get_dirty_log)");
         }
         for (int j = 0; j < c.Setup.Length; j++)
             if (c.Setup[j] is not (TdpOp.CreateSlot or TdpOp.SetMaxPageSize or TdpOp.SetDirtyLogging or TdpOp.AccessGpa))

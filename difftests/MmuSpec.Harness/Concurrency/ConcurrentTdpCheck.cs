@@ -27,6 +27,10 @@ public sealed class ConcurrentRunEvents
     public bool FreeDeferred;
     /// <summary>Tables unlinked under the read side, and of those freed, by the end of the schedule.</summary>
     public long TablesRetired, TablesFreed;
+    /// <summary>Accesses that answered Retry while an invalidation covering their gfn was open, or after the invalidation sequence moved during them.</summary>
+    public int RetriesAfterInvalidation;
+    /// <summary>Write faults the lockless fast path answered, and those it left to the slow path, by the end of the schedule.</summary>
+    public long FastFaultsTaken, FastFaultsRefused;
 }
 
 /// <summary>
@@ -49,6 +53,9 @@ public static class ConcurrentCoverage
         new("concurrent path: frozen entry seen", e => e.RetriesAfterRead > 0),
         new("concurrent path: table unlinked under the read lock", e => e.TablesRetired > 0),
         new("concurrent path: deferred free (a table freed after a walker left)", e => e.FreeDeferred && e.TablesFreed > 0),
+        new("concurrent path: fault retried after an invalidation", e => e.RetriesAfterInvalidation > 0),
+        new("concurrent path: fast fault taken", e => e.FastFaultsTaken > 0),
+        new("concurrent path: fast fault refused", e => e.FastFaultsRefused > 0),
     ];
 
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(s => s.Name)];
@@ -64,7 +71,8 @@ public static class ConcurrentTdpCheck
 {
     /// <summary>Whether the concurrent MMU runs <paramref name="op"/> from a thread (<see cref="ConcurrentTdpVm{TFormat, TSched}.Apply"/>).</summary>
     public static bool RunsConcurrently(TdpOp op) =>
-        op is TdpOp.AccessGpa or TdpOp.ZapRange or TdpOp.ZapAll or TdpOp.SetMaxPageSize or TdpOp.SetDirtyLogging or TdpOp.CreateSlot;
+        op is TdpOp.AccessGpa or TdpOp.ZapRange or TdpOp.ZapAll or TdpOp.SetMaxPageSize or TdpOp.SetDirtyLogging or TdpOp.CreateSlot
+            or TdpOp.HostInvalidateStart or TdpOp.HostInvalidateEnd or TdpOp.GetDirtyLog;
 
     /// <summary>Explores (or, with a recorded schedule, replays) the case; <paramref name="hit"/> hears each situation a judged schedule reached.</summary>
     public static ConcurrentTdpVerdict Run(ConcurrentTdpCase c, Action<string>? hit = null) => c.Config.Format switch
@@ -80,6 +88,8 @@ public static class ConcurrentTdpCheck
         {
             events.TablesRetired = vm.Mmu.DeferredTablesRetired;
             events.TablesFreed = vm.Mmu.DeferredTablesFreed;
+            events.FastFaultsTaken = vm.Mmu.FastFaultsTaken;
+            events.FastFaultsRefused = vm.Mmu.FastFaultsRefused;
             if (hit is not null)
                 foreach (var s in ConcurrentCoverage.All)
                     if (s.Reached(events)) hit(s.Name);
@@ -92,10 +102,14 @@ public static class ConcurrentTdpCheck
             Create = () => { events = new ConcurrentRunEvents(); return create(); },
             Apply = (vm, thread, op) =>
             {
+                ulong sequence = vm.Mmu.InvalidateSequence;
                 var result = apply(vm, thread, op);
                 if (result.IsRetry)
                 {
                     events.Retries++;
+                    // Coyote runs one thread at a time: the notifier is read here as a quiescent MMU's.
+                    if (op is TdpOp.AccessGpa a && (vm.Mmu.InvalidateSequence != sequence || InvalidationCovers(vm.Mmu.InvalidationsInProgress, a.Gpa >> 12)))
+                        events.RetriesAfterInvalidation++;
                     // Which shared access the op last gave way at: an exchange it then lost, or a read of a frozen entry.
                     if (CoyoteSparseSchedulePoint.LastEntryAccess == SchedulePointKind.SpteExchange) events.RetriesAfterExchange++;
                     if (CoyoteSparseSchedulePoint.LastEntryAccess == SchedulePointKind.SpteRead) events.RetriesAfterRead++;
@@ -115,6 +129,13 @@ public static class ConcurrentTdpCheck
 
     static ConcurrentTdpVerdict Verdict(ExplorationResult<TdpOp, TdpLinResult> r, int before, int judgedBefore, string strategy) =>
         new(r.Failed, before + r.Iterations, judgedBefore + r.Checked, strategy, r.FailingHistory, r.Failure, r.ReproducibleTrace);
+
+    static bool InvalidationCovers(IReadOnlyList<(ulong StartGfn, ulong EndGfn)> open, ulong gfn)
+    {
+        foreach (var (start, end) in open)
+            if (start <= gfn && gfn < end) return true;
+        return false;
+    }
 
     /// <summary>Table pages the MMU holds but no tree links (a table a race left behind), or null when there are none.</summary>
     internal static string? Leaked<TFormat, TSched>(ConcurrentTdpVm<TFormat, TSched> vm) where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint

@@ -16,6 +16,10 @@ namespace MmuSpec.Harness.Concurrency;
 /// (a policy change, a zap, dirty logging switched) between them. Gfns at index 0 of a leaf table are left
 /// out: there a freed table keeps its free-list link, and a mutant that walks freed memory would corrupt the
 /// allocator instead of answering wrongly.
+/// <para>
+/// Host invalidations, the dirty log and the lockless fast fault come from a second stream of the same seed
+/// (<see cref="AddNotifierAndFastFaults"/>), drawn after the ops above, so those ops stay what the seed drew before.
+/// </para>
 /// </summary>
 public static class ConcurrentTdpGen
 {
@@ -64,7 +68,50 @@ public static class ConcurrentTdpGen
             int count = 1 + rng.Next(most);
             program.Add([.. Enumerable.Range(0, count).Select(_ => NextOp(rng, second))]);
         }
+        AddNotifierAndFastFaults(new Random(seed ^ SecondStream), setup, program, second);
         return new ConcurrentTdpCase(config, setup.ToImmutable(), new(program), (uint)rng.Next(), IterationsPerStrategy);
+    }
+
+    const int SecondStream = 0x4E07;
+
+    /// <summary>Gfn 0x9: a leaf faulted in by the setup before dirty logging turns on, which logging makes read-only.</summary>
+    const ulong LoggedGfn = 0x9;
+
+    static readonly (ulong Start, ulong End)[] Invalidations = [(0, 0x200), (0x1, 0x8), (0x200, 0x400), (0x400, 0x600)];
+
+    /// <summary>
+    /// In about a third of the cases one thread runs a host invalidation (Start, then End of the same range) around
+    /// or after its ops, so the others' faults in the range retry while it is open or once the sequence moved. In
+    /// about a third, the setup faults gfn 0x9 in (4 KiB, or 2 MiB when the policy allows it) and turns dirty
+    /// logging on, and one or two threads write it: the fast fault makes a 4 KiB leaf writable without mmu_lock,
+    /// and leaves a huge leaf (or an exchange it lost to the other writer) to the slow path; now and then a thread
+    /// reads the dirty log.
+    /// </summary>
+    static void AddNotifierAndFastFaults(Random rng, ImmutableArray<TdpOp>.Builder setup, List<IReadOnlyList<TdpOp>> program, bool second)
+    {
+        if (rng.Next(3) == 0)
+        {
+            var (start, end) = Invalidations[rng.Next(second ? 4 : 3)];
+            int t = rng.Next(program.Count);
+            var ops = program[t].ToList();
+            ops.Insert(rng.Next(ops.Count + 1), new TdpOp.HostInvalidateStart(start, end));
+            ops.Add(new TdpOp.HostInvalidateEnd(start, end));
+            program[t] = ops;
+        }
+        if (rng.Next(3) == 0)
+        {
+            setup.Add(new TdpOp.AccessGpa(LoggedGfn << 12, AccessType.Read));
+            if (!setup.Any(op => op is TdpOp.SetDirtyLogging)) setup.Add(new TdpOp.SetDirtyLogging(0, true));
+            int writers = 1 + rng.Next(2);
+            for (int w = 0; w < writers; w++)
+            {
+                int t = (w + rng.Next(program.Count)) % program.Count;
+                var ops = program[t].ToList();
+                ops.Insert(rng.Next(ops.Count + 1), new TdpOp.AccessGpa(LoggedGfn << 12, AccessType.Write));
+                if (rng.Next(4) == 0 && ops.Count < ConcurrentTdpCase.MaxOpsPerThread) ops.Add(new TdpOp.GetDirtyLog(0));
+                program[t] = ops;
+            }
+        }
     }
 
     static TdpOp.CreateSlot SecondSlot() => new(1, BaseGfn: 0x400, Pages: 0x200, HostPfnBase: 0x200000, PageSize.Size4K, ReadOnly: false);
