@@ -54,7 +54,7 @@ public sealed class ConcurrentCounterexampleTests : IDisposable
     [Fact]
     public void An_op_the_concurrent_mmu_does_not_run_is_refused_in_a_thread()
     {
-        var c = Sample() with { Program = new ConcurrentProgram<MmuSpec.Spec.Tdp.TdpOp>([[new MmuSpec.Spec.Tdp.TdpOp.GetDirtyLog(0)]]) };
+        var c = Sample() with { Program = new ConcurrentProgram<MmuSpec.Spec.Tdp.TdpOp>([[new MmuSpec.Spec.Tdp.TdpOp.DeleteSlot(0)]]) };
         var e = Assert.ThrowsAny<InputException>(() => CaseJson.Parse(CaseJson.ToJson(c)));
         Assert.Contains("threads[0][0]", e.Message, StringComparison.Ordinal);
         Assert.Contains("is not an op the concurrent MMU runs", e.Message, StringComparison.Ordinal);
