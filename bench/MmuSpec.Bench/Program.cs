@@ -12,12 +12,14 @@ namespace MmuSpec.Bench;
 /// workload's rebuild counts per root policy (<see cref="CachedRootWorkload.RunReport"/>). <c>--spread-workload</c>
 /// runs no benchmark: it prints the process CPU time per read of <see cref="ShadowSpreadBenchmarks"/>' scenarios
 /// (<see cref="ShadowSpreadBenchmarks.RunWorkloadReport"/>), a cross-check that does not need a quiet machine's wall clock.
+/// <c>--fault-workload [GiB...]</c> does the same for <see cref="TdpFaultBenchmarks"/> (sizes 1, 4, 16; all by default).
 /// </summary>
 public static class Program
 {
     public const string QuickFlag = "--quick";
     public const string RootsWorkloadFlag = "--roots-workload";
     public const string SpreadWorkloadFlag = "--spread-workload";
+    public const string FaultWorkloadFlag = "--fault-workload";
 
     /// <summary>The job <c>--quick</c> runs: enough for a ratio on a noisy machine, a few minutes in all.</summary>
     public static Job QuickJob { get; } = Job.Default
@@ -32,6 +34,8 @@ public static class Program
             return CachedRootWorkload.RunReport(Console.Out);
         if (args.Contains(SpreadWorkloadFlag))
             return ShadowSpreadBenchmarks.RunWorkloadReport(Console.Out);
+        if (args.Contains(FaultWorkloadFlag))
+            return FaultWorkload(args.Where(a => a != FaultWorkloadFlag).ToArray());
 
         bool quick = args.Contains(QuickFlag);
         string[] rest = args.Where(a => a != QuickFlag).ToArray();
@@ -46,5 +50,20 @@ public static class Program
 
         var summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(rest, config);
         return summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success)) ? 1 : 0;
+    }
+
+    static int FaultWorkload(string[] sizes)
+    {
+        var gib = new List<int>();
+        foreach (string size in sizes)
+        {
+            if (!int.TryParse(size, out int g) || g is not (1 or 4 or 16))
+            {
+                Console.Error.WriteLine($"mmuspec-bench: error: {FaultWorkloadFlag} takes sizes 1, 4 or 16 (GiB), not '{size}'");
+                return 2;
+            }
+            gib.Add(g);
+        }
+        return TdpFaultBenchmarks.RunWorkloadReport(Console.Out, gib);
     }
 }

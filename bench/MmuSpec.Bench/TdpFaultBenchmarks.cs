@@ -2,6 +2,7 @@ using System.Diagnostics;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
 using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.PageTable;
 using MmuSpec.Impl.Tdp;
 using I = MmuSpec.Impl.Paging;
 
@@ -87,7 +88,66 @@ public class TdpFaultBenchmarks
         return sum;
     }
 
+    /// <summary>
+    /// The suite as process CPU time per access, without BenchmarkDotNet (<c>--fault-workload</c>): each size and
+    /// order set up and checked as for the benchmarks, then 7 timed runs (faults after a zap, or hits), best and
+    /// median. CPU time counts only this process, so it is steadier than a wall clock on a shared machine; it is
+    /// the A/B figure for layout changes, not a replacement for a quiet BenchmarkDotNet run.
+    /// <paramref name="sizes"/> restricts the sizes (GiB: 1, 4, 16), all when empty.
+    /// </summary>
+    public static int RunWorkloadReport(TextWriter log, IReadOnlyCollection<int> sizes)
+    {
+        log.WriteLine($"# TdpFaultBenchmarks as CPU time per access; load average {File.ReadAllText("/proc/loadavg").Trim()}");
+        log.WriteLine("GiB  order       kind   best ns  median ns  slabs  huge kB  bytes allocated in 7 runs");
+        foreach (int gib in new[] { 1, 4, 16 })
+        {
+            if (sizes.Count != 0 && !sizes.Contains(gib))
+                continue;
+            int pages = gib switch { 1 => Pages1G, 4 => Pages4G, _ => Pages16G };
+            foreach (var order in new[] { PageOrder.Sequential, PageOrder.Shuffled })
+                foreach (bool fault in new[] { true, false })
+                {
+                    var b = new TdpFaultBenchmarks { Order = order };
+                    if (fault)
+                        b.SetupFault(pages, () => b.Run(I.AccessType.Write));
+                    else
+                        b.SetupHit(pages);
+                    var perAccess = new List<double>();
+                    long allocated = 0;
+                    for (int run = 0; run < 7; run++)
+                    {
+                        if (fault)
+                            b.Empty();
+                        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+                        long bytes = GC.GetAllocatedBytesForCurrentThread();
+                        ulong sum = b.Run(fault ? I.AccessType.Write : I.AccessType.Read);
+                        allocated += GC.GetAllocatedBytesForCurrentThread() - bytes;
+                        perAccess.Add((Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalNanoseconds / pages);
+                        GC.KeepAlive(sum);
+                    }
+                    perAccess.Sort();
+                    int slabs = ((TdpMmu<EptFormat>)b._vm).Slabs;
+                    log.WriteLine($"{gib,3}  {order,-10}  {(fault ? "fault" : "hit"),-5}  {perAccess[0],7:F2}  {perAccess[3],9:F2}  {slabs,5}  {AnonHugePagesKiB(),7}  {allocated}");
+                    b.Cleanup();
+                }
+        }
+        log.WriteLine($"# load average at the end {File.ReadAllText("/proc/loadavg").Trim()}");
+        return 0;
+    }
+
     // ---- helpers ----
+
+    /// <summary>The process's anonymous memory in transparent huge pages (kB; -1 where the kernel does not say).</summary>
+    public static long AnonHugePagesKiB()
+    {
+        const string Path = "/proc/self/smaps_rollup", Key = "AnonHugePages:";
+        if (!File.Exists(Path))
+            return -1;
+        foreach (string line in File.ReadLines(Path))
+            if (line.StartsWith(Key, StringComparison.Ordinal))
+                return long.Parse(line[Key.Length..].Trim().Split(' ')[0]);
+        return -1;
+    }
 
     void Create(int pages)
     {

@@ -6,7 +6,8 @@ namespace MmuSpec.Impl.Memory;
 
 /// <summary>
 /// Hands out zeroed, page-aligned runs of 4 KiB pages from native memory and counts them (and, for
-/// large guest memory, lazily zeroed runs: <see cref="AllocateLazilyZeroedPages"/>).
+/// large guest memory, lazily zeroed runs: <see cref="AllocateLazilyZeroedPages"/>; for large sets of
+/// table pages, 2 MiB chunks advised for huge pages: <see cref="AllocateHugePageChunk"/>).
 /// Owners free their own runs; <see cref="Dispose"/> frees nothing (tests check
 /// <see cref="PagesInUse"/> == 0 to find leaks). Thread-safe.
 /// A freed run is kept for reuse by the thread that freed it, for the next owner on that thread asking for the
@@ -27,13 +28,18 @@ public sealed unsafe class NativePagePool : IDisposable
     private long _runsReused;
     private long _pagesFreed;
     private long _lazilyZeroedPagesInUse;
+    private long _hugePageChunksInUse;
+    private long _hugePageChunksAdvised;
     private volatile bool _disposed;
 
 #if DEBUG
-    // Live runs (base -> page count, lazily zeroed or not): catches double frees, size mismatches
+    // Live runs (base -> page count, kind): catches double frees, size mismatches
     // and frees through the wrong method in DEBUG builds.
-    private readonly Dictionary<nuint, (long Count, bool Lazy)> _liveRuns = new();
+    private readonly Dictionary<nuint, (long Count, RunKind Kind)> _liveRuns = new();
 #endif
+
+    // Which allocation method handed a run out, so that DEBUG builds catch a free through another.
+    private enum RunKind { Eager, Lazy, HugePageChunk }
 
     /// <summary>Pages handed out since creation.</summary>
     public long PagesAllocated => Interlocked.Read(ref _pagesAllocated);
@@ -52,6 +58,15 @@ public sealed unsafe class NativePagePool : IDisposable
     /// but resident only once written (e.g. guest memory), unlike the eagerly zeroed runs (e.g. table pages).
     /// </summary>
     public long LazilyZeroedPagesInUse => Interlocked.Read(ref _lazilyZeroedPagesInUse);
+
+    /// <summary>Chunks from <see cref="AllocateHugePageChunk"/> currently handed out (each <see cref="HugePageChunkPages"/> pages of <see cref="PagesInUse"/>).</summary>
+    public long HugePageChunksInUse => Interlocked.Read(ref _hugePageChunksInUse);
+
+    /// <summary>Chunks handed out since creation whose huge-page advice the kernel accepted.</summary>
+    public long HugePageChunksAdvised => Interlocked.Read(ref _hugePageChunksAdvised);
+
+    /// <summary>Pages in one chunk of <see cref="AllocateHugePageChunk"/> (2 MiB).</summary>
+    public const int HugePageChunkPages = HugePageChunks.ChunkPages;
 
     /// <summary>Allocates <paramref name="count"/> contiguous zeroed pages aligned to <see cref="PageSize"/>.</summary>
     internal byte* AllocatePages(int count) => AllocatePages(count, alignmentPages: 1);
@@ -83,7 +98,7 @@ public sealed unsafe class NativePagePool : IDisposable
 
 #if DEBUG
         lock (_liveRuns)
-            _liveRuns.Add((nuint)p, (count, false));
+            _liveRuns.Add((nuint)p, (count, RunKind.Eager));
 #endif
         Interlocked.Add(ref _pagesAllocated, count);
         return p;
@@ -123,7 +138,7 @@ public sealed unsafe class NativePagePool : IDisposable
 
 #if DEBUG
         lock (_liveRuns)
-            _liveRuns.Add((nuint)p, (count, true));
+            _liveRuns.Add((nuint)p, (count, RunKind.Lazy));
 #endif
         Interlocked.Add(ref _lazilyZeroedPagesInUse, count);
         Interlocked.Add(ref _pagesAllocated, count);
@@ -147,7 +162,7 @@ public sealed unsafe class NativePagePool : IDisposable
             ThrowHelper.ArgumentNull(nameof(p));
         if (count <= 0)
             ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
-        ForgetRun(p, count, lazy: true);
+        ForgetRun(p, count, RunKind.Lazy);
         long reserved = ReservedPages(count);
         if (writtenPages is null || !(t_freedRuns ??= new()).CanKeepLazy(reserved))
             NativeMemory.Free(p);
@@ -175,30 +190,79 @@ public sealed unsafe class NativePagePool : IDisposable
         if (count <= 0)
             ThrowHelper.ArgumentOutOfRange(nameof(count), "Page count must be positive.");
         Debug.Assert(((nuint)p & (PageSize - 1)) == 0, "freeing a pointer that is not page aligned");
-        ForgetRun(p, count, lazy: false);
+        ForgetRun(p, count, RunKind.Eager);
         if (!(t_freedRuns ??= new()).KeepEager(p, count, AlignmentPagesOf(p)))
             NativeMemory.AlignedFree(p);
         Interlocked.Add(ref _pagesFreed, count);
     }
 
+    /// <summary>
+    /// Allocates <see cref="HugePageChunkPages"/> zeroed pages (2 MiB) aligned to 2 MiB, advised for transparent
+    /// huge pages where the kernel has them (<see cref="HugePageChunks"/>): for owners of many pages read in
+    /// random order (a large VM's TDP tables), whose 4 KiB pages would each take a TLB entry. Counted in
+    /// <see cref="PagesAllocated"/>; free it with <see cref="FreeHugePageChunk"/>. Not kept for reuse when
+    /// freed (a campaign's small MMUs never ask for one), so it goes back to the OS.
+    /// </summary>
+    /// <exception cref="OutOfMemoryException">The OS refused the mapping.</exception>
+    internal byte* AllocateHugePageChunk()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        byte* p = HugePageChunks.Allocate(out bool advised);
+        Debug.Assert(((nuint)p & (HugePageChunks.ChunkBytes - 1)) == 0, "chunk is not aligned to 2 MiB");
+#if DEBUG
+        lock (_liveRuns)
+            _liveRuns.Add((nuint)p, (HugePageChunkPages, RunKind.HugePageChunk));
+#endif
+        if (advised)
+            Interlocked.Increment(ref _hugePageChunksAdvised);
+        Interlocked.Increment(ref _hugePageChunksInUse);
+        Interlocked.Add(ref _pagesAllocated, HugePageChunkPages);
+        return p;
+    }
+
+    /// <summary>Returns a chunk from <see cref="AllocateHugePageChunk"/>. Allowed after <see cref="Dispose"/>.</summary>
+    internal void FreeHugePageChunk(byte* p)
+    {
+        if (p == null)
+            ThrowHelper.ArgumentNull(nameof(p));
+        ForgetRun(p, HugePageChunkPages, RunKind.HugePageChunk);
+        HugePageChunks.Free(p);
+        Interlocked.Decrement(ref _hugePageChunksInUse);
+        Interlocked.Add(ref _pagesFreed, HugePageChunkPages);
+    }
+
     [Conditional("DEBUG")]
-    private void ForgetRun(byte* p, long count, bool lazy)
+    private void ForgetRun(byte* p, long count, RunKind kind)
     {
 #if DEBUG
         lock (_liveRuns)
         {
             if (!_liveRuns.TryGetValue((nuint)p, out var live))
                 ThrowHelper.InvalidOperation("Double free, or a run this pool did not allocate.");
+            if (live.Kind != kind)
+                ThrowHelper.InvalidOperation($"Run was allocated as {Allocator(live.Kind)} but freed with {Freer(kind)}.");
             if (live.Count != count)
                 ThrowHelper.InvalidOperation($"Run was allocated with {live.Count} pages but freed with {count}.");
-            if (live.Lazy != lazy)
-                ThrowHelper.InvalidOperation(lazy
-                    ? "Run was allocated with AllocatePages but freed with FreeLazilyZeroedPages."
-                    : "Run was allocated with AllocateLazilyZeroedPages but freed with FreePages.");
             _liveRuns.Remove((nuint)p);
         }
 #endif
     }
+
+#if DEBUG
+    private static string Allocator(RunKind kind) => kind switch
+    {
+        RunKind.Eager => "AllocatePages",
+        RunKind.Lazy => "AllocateLazilyZeroedPages",
+        _ => "AllocateHugePageChunk",
+    };
+
+    private static string Freer(RunKind kind) => kind switch
+    {
+        RunKind.Eager => "FreePages",
+        RunKind.Lazy => "FreeLazilyZeroedPages",
+        _ => "FreeHugePageChunk",
+    };
+#endif
 
     // The largest power-of-two page alignment of a run's base (at most 2^20 pages), so that a kept run serves
     // a later request for the same size with the same or a smaller alignment.

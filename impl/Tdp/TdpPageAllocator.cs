@@ -22,6 +22,14 @@ namespace MmuSpec.Impl.Tdp;
 /// <see cref="TablesPerSlab"/> tables. Slabs stay with the MMU until <see cref="ReleaseAll"/> (the VM's
 /// Dispose) returns them all, so a VM that zaps and refaults never goes back to NativeMemory.
 /// </para>
+/// <para>
+/// Large VMs: past <see cref="SlabsBeforeHugePageChunks"/> slabs, slabs are carved in address order from 2 MiB
+/// chunks advised for transparent huge pages (<see cref="NativePagePool.AllocateHugePageChunk"/>), 8 slabs a
+/// chunk, so a chunk's 504 tables share one TLB entry where THP is on (a 16 GiB VM's 32 MiB of tables: 8,210
+/// 4 KiB TLB entries, or 17 huge ones). A carved slab is aligned to its size like any other, so headers
+/// are found the same way. The first slabs stay ordinary pool runs: a campaign's small MMUs never map a
+/// 2 MiB chunk, and the pool reuses their runs case after case.
+/// </para>
 /// </summary>
 internal sealed unsafe class TdpPageAllocator
 {
@@ -30,6 +38,11 @@ internal sealed unsafe class TdpPageAllocator
     private const nuint SlabBytes = (nuint)SlabPages * TableGeometry.TableBytes;
     private const nuint SlabOffsetMask = SlabBytes - 1;
 
+    /// <summary>Slabs taken as ordinary pool runs before the rest come from 2 MiB chunks (504 tables: 1 GiB of 4 KiB mappings).</summary>
+    public const int SlabsBeforeHugePageChunks = 8;
+
+    private const int SlabsPerChunk = NativePagePool.HugePageChunkPages / SlabPages;
+
     private readonly NativePagePool _pool;
 
     // Entry bits that can hold a table address in this VM's format: every table must fit.
@@ -37,6 +50,11 @@ internal sealed unsafe class TdpPageAllocator
 
     // Every slab base, for ReleaseAll. Grows only when a slab is added (not on the fault path).
     private readonly List<nint> _slabs = new();
+
+    // Every chunk base, for ReleaseAll, and the part of the newest chunk not yet carved into slabs.
+    private readonly List<nint> _chunks = new();
+    private byte* _chunkRest;
+    private int _chunkSlabsLeft;
 
     // Free tables, linked through entry 0 (null-terminated); every other entry is zero (in DEBUG, FreedEntryPoison).
     private ulong* _freeHead;
@@ -52,6 +70,9 @@ internal sealed unsafe class TdpPageAllocator
     public long TablesInUse => _tablesInUse;
 
     public int Slabs => _slabs.Count;
+
+    /// <summary>2 MiB chunks the slabs past <see cref="SlabsBeforeHugePageChunks"/> were carved from.</summary>
+    public int HugePageChunks => _chunks.Count;
 
     /// <summary>A zeroed table, its header set to (gfn, level, mirror).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -131,9 +152,14 @@ internal sealed unsafe class TdpPageAllocator
     /// <summary>Returns every slab to the pool. Tables and headers become invalid.</summary>
     public void ReleaseAll()
     {
-        foreach (nint slab in _slabs)
-            _pool.FreePages((byte*)slab, SlabPages);
+        for (int i = 0; i < Math.Min(_slabs.Count, SlabsBeforeHugePageChunks); i++)
+            _pool.FreePages((byte*)_slabs[i], SlabPages);
+        foreach (nint chunk in _chunks)
+            _pool.FreeHugePageChunk((byte*)chunk);
         _slabs.Clear();
+        _chunks.Clear();
+        _chunkRest = null;
+        _chunkSlabsLeft = 0;
         _freeHead = null;
         _tablesInUse = 0;
     }
@@ -141,14 +167,37 @@ internal sealed unsafe class TdpPageAllocator
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong* AddSlab()
     {
-        byte* slab = _pool.AllocatePages(SlabPages, alignmentPages: SlabPages);
-        if (((ulong)slab & ~_addressMask) != 0 || (((ulong)slab + SlabBytes - 1) & ~(_addressMask | 0xFFF)) != 0)
+        byte* slab;
+        if (_slabs.Count < SlabsBeforeHugePageChunks)
         {
-            _pool.FreePages(slab, SlabPages);
-            ThrowHelper.InvalidOperation("Host memory for table pages lies above what this entry format can address.");
+            slab = _pool.AllocatePages(SlabPages, alignmentPages: SlabPages);
+            if (!Addressable(slab, SlabBytes))
+            {
+                _pool.FreePages(slab, SlabPages);
+                ThrowUnaddressable();
+            }
         }
+        else
+        {
+            if (_chunkSlabsLeft == 0)
+            {
+                byte* chunk = _pool.AllocateHugePageChunk();
+                if (!Addressable(chunk, (nuint)SlabsPerChunk * SlabBytes))
+                {
+                    _pool.FreeHugePageChunk(chunk);
+                    ThrowUnaddressable();
+                }
+                _chunks.Add((nint)chunk);
+                _chunkRest = chunk;
+                _chunkSlabsLeft = SlabsPerChunk;
+            }
+            slab = _chunkRest; // a chunk is aligned to 2 MiB, so each of its slabs to 256 KiB
+            _chunkRest += SlabBytes;
+            _chunkSlabsLeft--;
+        }
+        Debug.Assert(((nuint)slab & SlabOffsetMask) == 0, "a slab not aligned to its size: headers would be found in the wrong page");
         _slabs.Add((nint)slab);
-        // Thread pages 1..63 on the free list, lowest first (the pool returned them zeroed).
+        // Thread pages 1..63 on the free list, lowest first (the pool returned them zeroed; fresh chunks read as zero).
         for (int page = SlabPages - 1; page >= 1; page--)
         {
             ulong* table = (ulong*)(slab + (nuint)page * TableGeometry.TableBytes);
@@ -157,4 +206,12 @@ internal sealed unsafe class TdpPageAllocator
         }
         return _freeHead;
     }
+
+    // Every table address must fit the entry format's address bits (the run's first and last byte).
+    private bool Addressable(byte* run, nuint bytes) =>
+        ((ulong)run & ~_addressMask) == 0 && (((ulong)run + bytes - 1) & ~(_addressMask | 0xFFF)) == 0;
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private static void ThrowUnaddressable() =>
+        ThrowHelper.InvalidOperation("Host memory for table pages lies above what this entry format can address.");
 }
