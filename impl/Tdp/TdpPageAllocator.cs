@@ -26,7 +26,7 @@ namespace MmuSpec.Impl.Tdp;
 /// Large VMs: past <see cref="SlabsBeforeHugePageChunks"/> slabs, slabs are carved in address order from 2 MiB
 /// chunks advised for transparent huge pages (<see cref="NativePagePool.AllocateHugePageChunk"/>), 8 slabs a
 /// chunk, so a chunk's 504 tables share one TLB entry where THP is on (a 16 GiB VM's 32 MiB of tables: 8,210
-/// 4 KiB TLB entries, or 17 huge ones). A carved slab is aligned to its size like any other, so headers
+/// 4 KiB TLB entries, or 16 ordinary slabs' 1,024 and 15 huge ones). A carved slab is aligned to its size like any other, so headers
 /// are found the same way. The first slabs stay ordinary pool runs: a campaign's small MMUs never map a
 /// 2 MiB chunk, and the pool reuses their runs case after case.
 /// </para>
@@ -38,8 +38,12 @@ internal sealed unsafe class TdpPageAllocator
     private const nuint SlabBytes = (nuint)SlabPages * TableGeometry.TableBytes;
     private const nuint SlabOffsetMask = SlabBytes - 1;
 
-    /// <summary>Slabs taken as ordinary pool runs before the rest come from 2 MiB chunks (504 tables: 1 GiB of 4 KiB mappings).</summary>
-    public const int SlabsBeforeHugePageChunks = 8;
+    /// <summary>
+    /// Slabs taken as ordinary pool runs before the rest come from 2 MiB chunks: 1,008 tables, about 2 GiB of
+    /// 4 KiB mappings, whose 4 MiB of tables the TLB still reaches. Smaller VMs keep their footprint (a 1 GiB
+    /// populate's 9 slabs would otherwise take a whole chunk for its last 11 tables).
+    /// </summary>
+    public const int SlabsBeforeHugePageChunks = 16;
 
     private const int SlabsPerChunk = NativePagePool.HugePageChunkPages / SlabPages;
 

@@ -14,7 +14,7 @@ namespace MmuSpec.Tests.Impl;
 public sealed unsafe class HugePageChunkTests
 {
     const int ChunkPages = NativePagePool.HugePageChunkPages;
-    const int SlabPages = 64, TablesPerSlab = 63, SlabsBeforeChunks = 8;
+    const int SlabPages = 64, TablesPerSlab = 63, SlabsBeforeChunks = 16, SlabsPerChunk = 8;
 
     [Fact]
     public void A_chunk_is_2_MiB_aligned_zeroed_advised_where_the_kernel_has_huge_pages_and_counted_until_freed()
@@ -53,7 +53,7 @@ public sealed unsafe class HugePageChunkTests
 #endif
 
     /// <summary>
-    /// Faults one page per 2 MiB region of a 2 GiB slot until the VM holds 8 ordinary slabs, then a chunk's
+    /// Faults one page per 2 MiB region of a 3 GiB slot until the VM holds 16 ordinary slabs, then a chunk's
     /// 8 slabs, then one more: the pool sees 64 pages per ordinary slab and 512 per chunk, exactly when the
     /// next slab is needed (a chunk carved into more or fewer slabs, or slabs from a chunk taken too early,
     /// changes the counts). Every table keeps its own header (a slab carved off its alignment would find
@@ -62,9 +62,9 @@ public sealed unsafe class HugePageChunkTests
     [Theory]
     [InlineData(TdpFormatKind.Ept)]
     [InlineData(TdpFormatKind.Stage2)]
-    public void Past_eight_slabs_a_vm_carves_its_slabs_from_2_MiB_chunks_and_returns_them_all(TdpFormatKind format)
+    public void Past_sixteen_slabs_a_vm_carves_its_slabs_from_2_MiB_chunks_and_returns_them_all(TdpFormatKind format)
     {
-        const ulong HostPfn = 0x10_0000, Regions = 1024;                     // 2 GiB of 2 MiB regions
+        const ulong HostPfn = 0x10_0000, Regions = 1536;                     // 3 GiB of 2 MiB regions
         var pool = new NativePagePool();
         using (var vm = TdpVm.Create(format, sharedBit: null, pool))
         {
@@ -87,17 +87,19 @@ public sealed unsafe class HugePageChunkTests
             FaultUntil(SlabsBeforeChunks * TablesPerSlab);
             Assert.Equal(SlabsBeforeChunks * SlabPages, TablePoolPages());
             Assert.Equal(0, pool.HugePageChunksInUse);
-            FaultUntil(SlabsBeforeChunks * TablesPerSlab + 1);                // the 9th slab: the first chunk
+            FaultUntil(SlabsBeforeChunks * TablesPerSlab + 1);                // the 17th slab: the first chunk
             Assert.Equal(SlabsBeforeChunks * SlabPages + ChunkPages, TablePoolPages());
             Assert.Equal(1, pool.HugePageChunksInUse);
-            FaultUntil(2 * SlabsBeforeChunks * TablesPerSlab);                // the chunk's 8 slabs full
+            FaultUntil((SlabsBeforeChunks + SlabsPerChunk) * TablesPerSlab);  // the chunk's 8 slabs full
             Assert.Equal(SlabsBeforeChunks * SlabPages + ChunkPages, TablePoolPages());
-            FaultUntil(2 * SlabsBeforeChunks * TablesPerSlab + 1);            // the 17th slab: a second chunk
+            FaultUntil((SlabsBeforeChunks + SlabsPerChunk) * TablesPerSlab + 1); // the 25th slab: a second chunk
             Assert.Equal(SlabsBeforeChunks * SlabPages + 2 * ChunkPages, TablePoolPages());
             Assert.Equal(2, pool.HugePageChunksInUse);
 
             // Every page's header names the range its place in the tree says it covers.
-            var expected = new HashSet<TdpPageKey> { new(0, 4, false), new(0, 3, false), new(0, 2, false), new(1UL << 18, 2, false) };
+            var expected = new HashSet<TdpPageKey> { new(0, 4, false), new(0, 3, false) };
+            for (ulong gig = 0; gig <= (region - 1) >> 9; gig++)
+                expected.Add(new TdpPageKey(gig << 18, 2, false));
             for (ulong r = 0; r < region; r++)
                 expected.Add(new TdpPageKey(r << 9, 1, false));
             var seen = new HashSet<TdpPageKey>();
@@ -115,7 +117,7 @@ public sealed unsafe class HugePageChunkTests
             Assert.Equal(TdpStatus.Ok, vm.ZapAll());
             Assert.Equal(0, vm.TablePages);
             region = 0;
-            FaultUntil(2 * SlabsBeforeChunks * TablesPerSlab + 1);
+            FaultUntil((SlabsBeforeChunks + SlabsPerChunk) * TablesPerSlab + 1);
             Assert.Equal(SlabsBeforeChunks * SlabPages + 2 * ChunkPages, TablePoolPages());
         }
         Assert.Equal((0L, 0L), (pool.PagesInUse, pool.HugePageChunksInUse));
