@@ -92,13 +92,15 @@ public class TdpFaultBenchmarks
     /// The suite as process CPU time per access, without BenchmarkDotNet (<c>--fault-workload</c>): each size and
     /// order set up and checked as for the benchmarks, then 7 timed runs (faults after a zap, or hits), best and
     /// median. CPU time counts only this process, so it is steadier than a wall clock on a shared machine; it is
-    /// the A/B figure for layout changes, not a replacement for a quiet BenchmarkDotNet run.
+    /// the A/B figure for layout changes, not a replacement for a quiet BenchmarkDotNet run. A fault row also
+    /// gives the cold populate: the same faults on a new VM and pool on a new thread (whose freed-run cache is
+    /// empty), so every slab is fresh memory and its first touch a kernel page fault, as at a VM's boot.
     /// <paramref name="sizes"/> restricts the sizes (GiB: 1, 4, 16), all when empty.
     /// </summary>
     public static int RunWorkloadReport(TextWriter log, IReadOnlyCollection<int> sizes)
     {
         log.WriteLine($"# TdpFaultBenchmarks as CPU time per access; load average {File.ReadAllText("/proc/loadavg").Trim()}");
-        log.WriteLine("GiB  order       kind   best ns  median ns  slabs  huge kB  bytes allocated in 7 runs");
+        log.WriteLine("GiB  order       kind   best ns  median ns  cold ns  slabs  huge kB  bytes allocated in 7 runs");
         foreach (int gib in new[] { 1, 4, 16 })
         {
             if (sizes.Count != 0 && !sizes.Contains(gib))
@@ -127,8 +129,10 @@ public class TdpFaultBenchmarks
                     }
                     perAccess.Sort();
                     int slabs = ((TdpMmu<EptFormat>)b._vm).Slabs;
-                    log.WriteLine($"{gib,3}  {order,-10}  {(fault ? "fault" : "hit"),-5}  {perAccess[0],7:F2}  {perAccess[3],9:F2}  {slabs,5}  {AnonHugePagesKiB(),7}  {allocated}");
+                    long hugeKiB = AnonHugePagesKiB();
                     b.Cleanup();
+                    string cold = fault ? $"{ColdPopulate(pages, order),7:F2}" : "      -";
+                    log.WriteLine($"{gib,3}  {order,-10}  {(fault ? "fault" : "hit"),-5}  {perAccess[0],7:F2}  {perAccess[3],9:F2}  {cold}  {slabs,5}  {hugeKiB,7}  {allocated}");
                 }
         }
         log.WriteLine($"# load average at the end {File.ReadAllText("/proc/loadavg").Trim()}");
@@ -136,6 +140,37 @@ public class TdpFaultBenchmarks
     }
 
     // ---- helpers ----
+
+    /// <summary>CPU ns per fault of one populate of a new VM from fresh memory (see <see cref="RunWorkloadReport"/>); checked by the hpa sum and the table count.</summary>
+    static double ColdPopulate(int pages, PageOrder order)
+    {
+        double perFault = 0;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                var b = new TdpFaultBenchmarks { Order = order };
+                b.Create(pages);
+                var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+                ulong sum = b.Run(I.AccessType.Write);
+                perFault = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalNanoseconds / pages;
+                ulong expected = 0;
+                for (ulong page = 0; page < (ulong)pages; page++)
+                    expected += (HostPfnBase + page) << 12;
+                long tables = 2 + (pages >> 18) + (pages >> 9); // root, level 3, a level 2 per GiB, a level 1 per 2 MiB
+                if (sum != expected || b._vm.TablePages != tables)
+                    throw new InvalidOperationException($"cold populate: hpa sum {sum:X} (expected {expected:X}), {b._vm.TablePages} tables (expected {tables})");
+                b.Cleanup();
+            }
+            catch (Exception e) { failure = e; }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure is not null)
+            throw new InvalidOperationException("cold populate failed", failure);
+        return perFault;
+    }
 
     /// <summary>The process's anonymous memory in transparent huge pages (kB; -1 where the kernel does not say).</summary>
     public static long AnonHugePagesKiB()
