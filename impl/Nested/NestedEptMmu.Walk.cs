@@ -26,8 +26,8 @@ internal sealed unsafe partial class NestedEptMmu
         ThrowIfDisposed();
         if (_eptp == 0)
             return Reject("no EPTP: L1 has not entered L2");
-        if (gpa >> _maxPhyAddr != 0)
-            return Reject($"gpa 0x{gpa:X} is beyond MAXPHYADDR {_maxPhyAddr}");
+        if (gpa >> Math.Min(_maxPhyAddr, PageShift + 9 * EptpLevels(_eptp)) != 0)
+            return Reject($"gpa 0x{gpa:X} is wider than MAXPHYADDR {_maxPhyAddr} or the EPT walk");
         uint need = type switch { AccessType.Read => 1u, AccessType.Write => 2u, _ => 4u };
         if (TryHit(gpa, need, out ulong hpa))
             return Translated(gpa, hpa, faulted: false);

@@ -1,0 +1,41 @@
+using MmuSpec.Harness.Walk;
+using MmuSpec.Spec.Ept;
+using MmuSpec.Spec.Paging;
+
+namespace MmuSpec.Harness.Nested;
+
+/// <summary>
+/// Shrinks a failing <see cref="NestedEptCase"/>: drop operations (big chunks first), then setup pieces, then make
+/// what is left plainer: reads at page offset 0, cleared bits of stored values, INVEPT all-context for single-context.
+/// </summary>
+public static class NestedEptShrink
+{
+    public static IEnumerable<NestedEptCase> Candidates(NestedEptCase c)
+    {
+        foreach (var ops in WalkShrink.DropChunks(c.Ops)) yield return c.WithOps(ops);
+        foreach (var setup in WalkShrink.DropChunks(c.Setup)) yield return c.WithSetup(setup);
+        for (int i = 0; i < c.Ops.Length; i++)
+            foreach (var simpler in Simpler(c.Ops[i]))
+                yield return c.WithOps(c.Ops.SetItem(i, simpler));
+        for (int i = 0; i < c.Setup.Length; i++)
+            foreach (var simpler in Simpler(c.Setup[i]))
+                yield return c.WithSetup(c.Setup.SetItem(i, simpler));
+    }
+
+    static IEnumerable<NestedEptOp> Simpler(NestedEptOp op)
+    {
+        switch (op)
+        {
+            case NestedEptOp.L2Access a:
+                if ((a.Gpa & 0xFFF) != 0) yield return a with { Gpa = a.Gpa & ~0xFFFUL };
+                if (a.Type != AccessType.Read) yield return a with { Type = AccessType.Read };
+                break;
+            case NestedEptOp.L1Store s:
+                foreach (ulong value in WalkShrink.ClearedBits(s.Value)) yield return s with { Value = value };
+                break;
+            case NestedEptOp.Invept { Type: InveptType.SingleContext }:
+                yield return new NestedEptOp.Invept(InveptType.AllContext, default);
+                break;
+        }
+    }
+}
