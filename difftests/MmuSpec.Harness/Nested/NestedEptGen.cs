@@ -58,8 +58,9 @@ internal sealed class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
 {
     // ---- L1's physical layout ----
     public const int RamSlot = 0, DataSlot = 1, HoleSlot = 2;
-    /// <summary>L1's RAM: EPT tables from its first gfn up, data pages in its upper half.</summary>
-    public const ulong RamBase = 0x100, RamPages = 0x100, RamHostPfn = 0x1000, DataPagesBase = 0x180;
+    /// <summary>L1's RAM from gfn 0: EPT tables from its first gfn up, data pages in its upper half (a leaf with its high
+    /// target bits cleared by the shrinker still lands in RAM, so the data slot can go).</summary>
+    public const ulong RamBase = 0, RamPages = 0x100, RamHostPfn = 0x1000, DataPagesBase = 0x80;
     /// <summary>1 GiB aligned, so 2 MiB and 1 GiB EPT pages map into it from their start.</summary>
     public const ulong DataBase = 0x4_0000, DataPages = 0x400, DataHostPfn = 0x10_0000;
     /// <summary>No slot at first: leaves there give MMIO exits until the slot is created.</summary>
@@ -200,7 +201,7 @@ internal sealed class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
     {
         if (recent.Count > 0 && rng.Next(3) == 0) return recent[rng.Next(Math.Min(4, recent.Count))];
         if (rng.Next(12) == 0) return (ulong)rng.Next(0x400) << 12;
-        var mine = paths.Where(p => p.Owner == current).ToList();
+        var mine = paths.Where(p => p.Owner.Root == current.Root).ToList();
         var (gpa, leafLevel, _) = mine.Count > 0 && rng.Next(4) != 0 ? mine[rng.Next(mine.Count)] : paths[rng.Next(paths.Count)];
         // Inside a large page, another 4 KiB piece now and then.
         ulong piece = leafLevel > 1 && rng.Next(2) == 0 ? (ulong)rng.Next(4) << 12 : 0;
@@ -251,7 +252,7 @@ internal sealed class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
     /// <summary>Access, change an entry on that path, access again: write tracking must drop what was built from it.</summary>
     void BurstOnPath()
     {
-        var mine = paths.Where(p => p.Owner == current).ToList();
+        var mine = paths.Where(p => p.Owner.Root == current.Root).ToList();
         var (gpa, _, _) = mine.Count > 0 ? mine[rng.Next(mine.Count)] : paths[rng.Next(paths.Count)];
         Access(gpa);
         var onPath = entryList.Where(e => PathEntries(current, gpa).Contains(e)).ToList();
@@ -282,7 +283,14 @@ internal sealed class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
             Emit(new NestedEptOp.LoadEptp(new EptPointer(raw)));
             return;
         }
-        current = hierarchies[rng.Next(hierarchies.Count)];
+        if (rng.Next(6) == 0)
+        {
+            // L1 turns EPT A/D on or off for the same tables: another root role over the same EPT.
+            var flipped = current with { AccessedDirty = !current.AccessedDirty };
+            if (!hierarchies.Contains(flipped)) hierarchies.Add(flipped);
+            current = flipped;
+        }
+        else current = hierarchies[rng.Next(hierarchies.Count)];
         Emit(new NestedEptOp.LoadEptp(current.Eptp));
     }
 

@@ -6,7 +6,8 @@ namespace MmuSpec.Harness.Nested;
 
 /// <summary>
 /// Shrinks a failing <see cref="NestedEptCase"/>: drop operations (big chunks first), then setup pieces, then make
-/// what is left plainer: reads at page offset 0, cleared bits of stored values, INVEPT all-context for single-context.
+/// what is left plainer: reads at page offset 0, any bit of a stored value cleared, EPTPs without EPT A/D, INVEPT
+/// all-context for single-context.
 /// </summary>
 public static class NestedEptShrink
 {
@@ -31,7 +32,12 @@ public static class NestedEptShrink
                 if (a.Type != AccessType.Read) yield return a with { Type = AccessType.Read };
                 break;
             case NestedEptOp.L1Store s:
-                foreach (ulong value in WalkShrink.ClearedBits(s.Value)) yield return s with { Value = value };
+                // Any set bit, address bits too: a leaf into the data slot may become one into RAM, and the slot go.
+                for (int bit = 63; bit >= 0; bit--)
+                    if ((s.Value >> bit & 1) != 0) yield return s with { Value = s.Value & ~(1UL << bit) };
+                break;
+            case NestedEptOp.LoadEptp { Eptp.AccessedDirtyEnabled: true } l:
+                yield return new NestedEptOp.LoadEptp(new EptPointer(l.Eptp.Raw & ~(1UL << EptPointer.AccessedDirtyBit)));
                 break;
             case NestedEptOp.Invept { Type: InveptType.SingleContext }:
                 yield return new NestedEptOp.Invept(InveptType.AllContext, default);
