@@ -230,6 +230,23 @@ let private eptTlbOpCase =
     | TlbEptpSwitch _ -> "EptpSwitch"
     | TlbEptViolation _ -> "EptViolation"
 
+let private nestedEptOpCase =
+    function
+    | NestedCreateSlot _ -> "CreateSlot"
+    | NestedDeleteSlot _ -> "DeleteSlot"
+    | NestedL1Store _ -> "L1Store"
+    | NestedLoadEptp _ -> "LoadEptp"
+    | NestedInvept _ -> "Invept"
+    | NestedL2Access _ -> "L2Access"
+
+let private nestedEptResultCase =
+    function
+    | NestedOk -> "Ok"
+    | NestedRejected _ -> "Rejected"
+    | NestedL2Translated _ -> "Translated"
+    | NestedExitToL1 _ -> "EptExit"
+    | NestedMmioExit _ -> "MmioExit"
+
 /// Each hierarchy's base type and how the patterns name one of its values.
 let private classifiers: (Type * (obj -> string)) list =
     let by (f: 'T -> string) = typeof<'T>, (fun (o: obj) -> f (o :?> 'T))
@@ -237,7 +254,7 @@ let private classifiers: (Type * (obj -> string)) list =
     let byVm (mmu: Type) (f: VmResult -> string) = mmu, (fun (o: obj) -> f (o :?> VmResult))
     [ by walkResultCase; by opResultCase; by opCase; by vmResultCase; byVm typeof<TdpResult> tdpResultCase; by tdpOpCase
       by spteCase; by shadowOpCase; byVm typeof<ShadowResult> shadowResultCase; by shadowEntryCase
-      by eptResultCase; by nestedResultCase; by eptTlbOpCase ]
+      by eptResultCase; by nestedResultCase; by eptTlbOpCase; by nestedEptOpCase; byVm typeof<NestedEptResult> nestedEptResultCase ]
 
 /// A hierarchy's cases: the sealed types nested in an abstract base that derive from it.
 let private casesOf (baseType: Type) =

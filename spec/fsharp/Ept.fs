@@ -36,6 +36,32 @@ let (|TlbInvept|TlbInvvpid|TlbVmEntry|TlbVmExit|TlbEptpSwitch|TlbEptViolation|) 
     | :? EptTlbOp.EptViolation as v -> TlbEptViolation(v.Gpa, Option.ofNullable v.Gla)
     | other -> unknown (nameof op) other
 
+/// An operation on the nested VM (NestedEptState): a memslot change, an L1 store, a VM entry with an EPTP, INVEPT, an L2 access by gpa.
+let (|NestedCreateSlot|NestedDeleteSlot|NestedL1Store|NestedLoadEptp|NestedInvept|NestedL2Access|) (op: NestedEptOp) =
+    match op with
+    | :? NestedEptOp.CreateSlot as c -> NestedCreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase)
+    | :? NestedEptOp.DeleteSlot as d -> NestedDeleteSlot d.Id
+    | :? NestedEptOp.L1Store as s -> NestedL1Store(s.Gpa, s.Value, s.Size)
+    | :? NestedEptOp.LoadEptp as l -> NestedLoadEptp l.Eptp
+    | :? NestedEptOp.Invept as i -> NestedInvept(i.Type, i.Eptp)
+    | :? NestedEptOp.L2Access as a -> NestedL2Access(a.Gpa, a.Type)
+    | other -> unknown (nameof op) other
+
+/// What a nested VM step returned: ok, rejected (why), L2's gpa translated (L1 gpa, hpa), an EPT exit to L1, an MMIO exit at L1's gpa.
+let (|NestedOk|NestedRejected|NestedL2Translated|NestedExitToL1|NestedMmioExit|) (result: VmResult) =
+    match result with
+    | :? VmResult.Ok -> NestedOk
+    | :? VmResult.Rejected as r -> NestedRejected r.Reason
+    | :? NestedEptResult.Translated as t -> NestedL2Translated(t.L2Gpa, t.L1Gpa, t.Hpa)
+    | :? NestedEptResult.EptExit as e -> NestedExitToL1 e.Exit
+    | :? NestedEptResult.MmioExit as m -> NestedMmioExit m.L1Gpa
+    | other -> unknown (nameof result) other
+
+/// One step of the nested VM: its state afterwards and the result.
+let nestedStep op (state: NestedEptState) =
+    let struct (after, result) = state.Step op
+    after, result
+
 /// Why an EPTP is invalid on these capabilities (SDM Vol. 3C §25.6.11), or None.
 let pointerProblem caps (eptp: EptPointer) = eptp.Problem caps |> Option.ofNullable
 

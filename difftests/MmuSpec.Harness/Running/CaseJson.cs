@@ -23,7 +23,7 @@ namespace MmuSpec.Harness.Running;
 /// value the spec's constructors refuse is an <see cref="InputException"/> naming the JSON path, and so is
 /// a case outside what the generators draw (<see cref="CaseRules"/>).
 /// </summary>
-public static class CaseJson
+public static partial class CaseJson
 {
     public const string WalkKind = "walk", TdpKind = "tdp", ShadowKind = "shadow";
 

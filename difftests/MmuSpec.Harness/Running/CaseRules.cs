@@ -22,7 +22,7 @@ namespace MmuSpec.Harness.Running;
 /// are not here: the generators produce them on purpose and both sides must reject them alike.
 /// Each refusal is an <see cref="InputException"/> naming the JSON path (docs/counterexample-format.md).
 /// </summary>
-public static class CaseRules
+public static partial class CaseRules
 {
     /// <summary>
     /// Pages of all of a walk case's memslots together: the impl backs each page with native memory

@@ -1,6 +1,7 @@
 using FsCheck;
 using FsCheck.Fluent;
 using MmuSpec.Harness.Concurrency;
+using MmuSpec.Harness.Nested;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Spec.Shadow;
 using MmuSpec.Harness.Tdp;
@@ -116,7 +117,7 @@ public sealed class DiffProperty<T>(string name, string law, Arbitrary<T> arbitr
 public static class DiffProperties
 {
     /// <summary>The property families, each with its classifier's full situation list.</summary>
-    public const string WalkFamily = "walk", TdpFamily = "tdp", ShadowFamily = "shadow", ConcurrentTdpFamily = "tdp-concurrent";
+    public const string WalkFamily = "walk", TdpFamily = "tdp", ShadowFamily = "shadow", ConcurrentTdpFamily = "tdp-concurrent", NestedEptFamily = "nested-ept";
 
     /// <summary>
     /// Cases per property in `dotnet test` and the least a default `mmuspec check` runs: walks are
@@ -194,8 +195,19 @@ public static class DiffProperties
         },
     ];
 
-    // The concurrent property comes last: the sequential properties keep their places in a campaign's first round.
-    public static readonly IReadOnlyList<DiffProperty> All = [.. Walks, .. TdpMmus, .. ShadowMmus, .. ConcurrentMmus];
+    /// <summary>Cases of the nested EPT property in `dotnet test` and the least a default `check` runs, as for the shadow MMU.</summary>
+    public const int NestedTestCases = 300;
+
+    /// <summary>The nested EPT MMU (impl/Nested, docs/nested-ept.md): L1's EPT shadowed for L2; each case draws the impl's root policy.</summary>
+    public static readonly IReadOnlyList<DiffProperty> NestedMmus =
+    [
+        new DiffProperty<NestedEptCase>("nested-ept", "Spec_and_impl_nested_EPT_MMUs_agree_after_every_operation (either root policy)",
+            CaseRules.Shrinking(NestedEptGen.Arbitrary(new NestedEptGenOptions())), Families.NestedEpt, NestedEptCoverage.Expected, NestedTestCases),
+    ];
+
+    // The concurrent property comes after the sequential ones it had beside it: they keep their places in a campaign's first round.
+    // The nested property, added later, comes last for the same reason.
+    public static readonly IReadOnlyList<DiffProperty> All = [.. Walks, .. TdpMmus, .. ShadowMmus, .. ConcurrentMmus, .. NestedMmus];
 
     public static DiffProperty Find(string name) =>
         All.FirstOrDefault(p => p.Name.Equals(name, StringComparison.OrdinalIgnoreCase))

@@ -1,4 +1,5 @@
 using MmuSpec.Harness.Concurrency;
+using MmuSpec.Harness.Nested;
 using MmuSpec.Harness.Shadow;
 using MmuSpec.Harness.Tdp;
 using MmuSpec.Harness.Walk;
@@ -16,9 +17,10 @@ public static class Families
     public static readonly TdpFamily Tdp = new();
     public static readonly ShadowFamily Shadow = new();
     public static readonly ConcurrentTdpFamily ConcurrentTdp = new();
+    public static readonly NestedEptFamily NestedEpt = new();
 
     /// <summary>The registry, in report order.</summary>
-    public static readonly IReadOnlyList<IDiffFamily> All = Checked([Walk, Tdp, Shadow, ConcurrentTdp]);
+    public static readonly IReadOnlyList<IDiffFamily> All = Checked([Walk, Tdp, Shadow, ConcurrentTdp, NestedEpt]);
 
     /// <summary>The registry refuses two families of one name or one case type: a lookup must find exactly one.</summary>
     public static IReadOnlyList<IDiffFamily> Checked(IReadOnlyList<IDiffFamily> families)

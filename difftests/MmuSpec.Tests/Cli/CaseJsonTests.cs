@@ -74,7 +74,7 @@ public sealed class CaseJsonTests
             foreach (var c in CaseSamples.Draw(p, CasesPerProperty)) seen.UnionWith(CaseSamples.OpTypes(c));
         foreach (object c in new object[] { CaseSamples.EveryWalkOp(), CaseSamples.EveryTdpOp(), CaseSamples.EveryShadowOp() })
             seen.UnionWith(CaseSamples.OpTypes(c));
-        foreach (var kinds in new[] { CaseSamples.OpKinds<Op>(), CaseSamples.OpKinds<TdpOp>(), CaseSamples.OpKinds<ShadowOp>() })
+        foreach (var kinds in new[] { CaseSamples.OpKinds<Op>(), CaseSamples.OpKinds<TdpOp>(), CaseSamples.OpKinds<ShadowOp>(), CaseSamples.OpKinds<MmuSpec.Spec.Ept.NestedEptOp>() })
         {
             Assert.NotEmpty(kinds);
             var missing = kinds.Except(seen).Select(t => t.FullName).ToList();
@@ -142,7 +142,7 @@ public sealed class CaseJsonTests
         { "tdp", "config.format=\"npt\"", "config.format: unknown value 'npt' (expected ept, stage2)" },
         { "tdp", "ops=null", "ops: expected an array, got null" },
         { "tdp", "kind=\"walk\"", "unknown field 'config'" },
-        { "tdp", "kind=\"mmu\"", "kind: unknown case kind 'mmu' (expected walk, tdp, shadow, tdp-concurrent)" },
+        { "tdp", "kind=\"mmu\"", "kind: unknown case kind 'mmu' (expected walk, tdp, shadow, tdp-concurrent, nested-ept)" },
         { "tdp", "kind-", "kind is missing" },
         { "tdp", "ops[12].access.privilege=\"kernel\"", "ops[12].access.privilege: unknown value 'kernel' (expected supervisor, user, implicit-supervisor)" },
         { "tdp", "ops[11].controls.mode=\"long9\"", "ops[11].controls.mode: unknown value 'long9'" },

@@ -104,6 +104,7 @@ internal static class CaseSamples
         TdpCase t => t.Ops.Select(o => o.GetType()),
         ShadowCase s => s.AllOps.Select(o => o.GetType()),
         Harness.Concurrency.ConcurrentTdpCase k => k.Setup.Concat(k.Program.Threads.SelectMany(t => t)).Select(o => o.GetType()),
+        Harness.Nested.NestedEptCase n => n.AllOps.Select(o => o.GetType()),
         _ => throw new ArgumentException(c.GetType().Name),
     };
 }

@@ -225,11 +225,11 @@ public sealed partial class DocsConsistencyTests
     static readonly Dictionary<string, string> FamilyWord = new(StringComparer.OrdinalIgnoreCase)
     {
         ["walk"] = DiffProperties.WalkFamily, ["TDP"] = DiffProperties.TdpFamily, ["shadow"] = DiffProperties.ShadowFamily,
-        ["concurrent"] = DiffProperties.ConcurrentTdpFamily,
+        ["concurrent"] = DiffProperties.ConcurrentTdpFamily, ["nested"] = DiffProperties.NestedEptFamily,
     };
 
     /// <summary>"1000 per walk property", "300 cases for TDP or shadow properties", "300 for TDP and shadow properties".</summary>
-    [GeneratedRegex(@"(?<n>\d[\d,]*)\s+(?:cases\s+)?(?:per|for)\s+(?:each\s+)?(?<fam>walk|TDP|shadow|concurrent)(?:(?:,|\s+or|\s+and)\s+(?<fam>walk|TDP|shadow|concurrent))*\s+propert(?:y|ies)", RegexOptions.IgnoreCase)]
+    [GeneratedRegex(@"(?<n>\d[\d,]*)\s+(?:cases\s+)?(?:per|for)\s+(?:each\s+)?(?<fam>walk|TDP|shadow|concurrent|nested)(?:(?:,|\s+or|\s+and)\s+(?<fam>walk|TDP|shadow|concurrent|nested))*\s+propert(?:y|ies)", RegexOptions.IgnoreCase)]
     private static partial Regex FamilyCases();
 
     /// <summary>"300 cases per property": one number for every property.</summary>

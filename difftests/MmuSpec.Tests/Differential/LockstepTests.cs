@@ -225,7 +225,7 @@ public sealed class LockstepTests
     [Fact]
     public void Each_family_is_registered_once_and_found_by_case_type_and_by_JSON_kind()
     {
-        Assert.Equal(new[] { "walk", "tdp", "shadow", "tdp-concurrent" }, Families.All.Select(f => f.Name));
+        Assert.Equal(new[] { "walk", "tdp", "shadow", "tdp-concurrent", "nested-ept" }, Families.All.Select(f => f.Name));
         Assert.Same(Families.Walk, Families.ForCaseType(typeof(WalkCase)));
         Assert.Same(Families.Tdp, Families.For(CaseSamples.EveryTdpOp()));
         Assert.Same(Families.Shadow, Families.Of<ShadowCase>());
@@ -243,10 +243,10 @@ public sealed class LockstepTests
             Assert.Same(Families.Named(doc.RootElement.GetProperty("kind").GetString()!), Families.For(c));
             Assert.Equal(c, CaseJson.Parse(CaseJson.ToJson(c)));
         }
-        Assert.Null(Families.Named("nested-ept"));
+        Assert.Null(Families.Named("nested-npt"));
         Assert.Throws<ArgumentException>(() => Families.For("not a case"));
-        var e = Assert.Throws<InputException>(() => CaseJson.Parse("{\"kind\": \"nested-ept\"}"));
-        Assert.Equal("kind: unknown case kind 'nested-ept' (expected walk, tdp, shadow, tdp-concurrent)", e.Message);
+        var e = Assert.Throws<InputException>(() => CaseJson.Parse("{\"kind\": \"nested-npt\"}"));
+        Assert.Equal("kind: unknown case kind 'nested-npt' (expected walk, tdp, shadow, tdp-concurrent, nested-ept)", e.Message);
 
         // Registering a family twice, under its name or its case type, is refused.
         Assert.Throws<InvalidOperationException>(() => Families.Checked([Families.Walk, Families.Tdp, Families.Walk]));

@@ -19,6 +19,7 @@ public static class RegisteredProperties
     public static TheoryData<string> ShadowMmus => Names(p => p.Family == DiffProperties.ShadowFamily && !IsCachedRoots(p));
     public static TheoryData<string> CachedRoots => Names(IsCachedRoots);
     public static TheoryData<string> ConcurrentMmus => Names(p => p.Family == DiffProperties.ConcurrentTdpFamily);
+    public static TheoryData<string> NestedMmus => Names(p => p.Family == DiffProperties.NestedEptFamily);
 
     static TheoryData<string> Names(Func<DiffProperty, bool> where)
     {
@@ -33,7 +34,7 @@ public sealed class RegisteredPropertiesTests
     [Fact]
     public void Every_registered_property_runs_in_exactly_one_differential_test()
     {
-        var run = new[] { RegisteredProperties.Walks, RegisteredProperties.TdpMmus, RegisteredProperties.ShadowMmus, RegisteredProperties.CachedRoots, RegisteredProperties.ConcurrentMmus }
+        var run = new[] { RegisteredProperties.Walks, RegisteredProperties.TdpMmus, RegisteredProperties.ShadowMmus, RegisteredProperties.CachedRoots, RegisteredProperties.ConcurrentMmus, RegisteredProperties.NestedMmus }
             .SelectMany(d => d.Cast<object[]>().Select(row => (string)row[0])).ToList();
         Assert.Equal(DiffProperties.All.Select(p => p.Name).Order(StringComparer.Ordinal), run.Order(StringComparer.Ordinal));
         Assert.Equal(2, RegisteredProperties.CachedRoots.Cast<object[]>().Count());

@@ -1,0 +1,59 @@
+using System.Collections.Immutable;
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.Nested;
+using MmuSpec.Spec.Ept;
+using MmuSpec.Spec.Memory;
+using ImplAccess = MmuSpec.Impl.Paging.AccessType;
+
+namespace MmuSpec.Harness.Nested;
+
+/// <summary>The impl's nested EPT MMU behind the spec's operations and results: each step translated in, each outcome out.</summary>
+public sealed class ImplNestedEngine : IDisposable
+{
+    readonly INestedEptVm vm;
+
+    public ImplNestedEngine(NestedEptConfig config, NativePagePool pool) =>
+        vm = NestedEptVm.Create(config.MaxPhyAddr, config.ExecuteOnly, pool, config.RootPolicy);
+
+    public INestedEptVm Vm => vm;
+
+    public VmResult Step(NestedEptOp op) => op switch
+    {
+        NestedEptOp.CreateSlot c => Slot(vm.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase)),
+        NestedEptOp.DeleteSlot d => Slot(vm.DeleteSlot(d.Id)),
+        NestedEptOp.L1Store s => Result(vm.L1Store(s.Gpa, s.Value, s.Size)),
+        NestedEptOp.LoadEptp l => Result(vm.LoadEptp(l.Eptp.Raw)),
+        NestedEptOp.Invept i => Result(vm.Invept((InveptKind)(int)i.Type, i.Eptp.Raw)),
+        NestedEptOp.L2Access a => Result(vm.L2Access(a.Gpa, (ImplAccess)(int)a.Type)),
+        _ => throw new ArgumentOutOfRangeException(nameof(op), op, "not a nested EPT operation"),
+    };
+
+    VmResult Slot(SlotStatus status) => status == SlotStatus.Ok ? VmResult.Ok.Instance : new VmResult.Rejected(vm.LastRejection ?? "");
+
+    VmResult Result(NestedOutcome o) => o.Kind switch
+    {
+        NestedOutcomeKind.Ok => VmResult.Ok.Instance,
+        NestedOutcomeKind.Rejected => new VmResult.Rejected(vm.LastRejection ?? ""),
+        NestedOutcomeKind.Translated => new NestedEptResult.Translated(o.Gpa, o.L1Gpa, o.Hpa),
+        NestedOutcomeKind.EptViolation => new NestedEptResult.EptExit(new EptResult.Violation(new EptViolationQualification(o.Qualification), o.Gpa, null)),
+        NestedOutcomeKind.EptMisconfiguration => new NestedEptResult.EptExit(new EptResult.Misconfiguration((EptMisconfigurationKind)(int)o.Misconfig, o.Level, o.Gpa)),
+        NestedOutcomeKind.MmioExit => new NestedEptResult.MmioExit(o.L1Gpa),
+        _ => throw new InvalidOperationException($"unknown outcome {o.Kind}"),
+    };
+
+    /// <summary>The impl's slots in the spec's vocabulary.</summary>
+    public HostMemslots Slots() => vm.Slots().Aggregate(HostMemslots.Empty, (s, i) =>
+        s.Create(new HostMemslot(i.Id, i.BaseGfn, i.Pages, i.HostPfnBase, Spec.Paging.PageSize.Size4K, i.ReadOnly, i.DirtyLogging)));
+
+    /// <summary>Every non-zero word of L1's memory by host-physical address.</summary>
+    public ImmutableSortedDictionary<ulong, ulong> Host()
+    {
+        var words = ImmutableSortedDictionary.CreateBuilder<ulong, ulong>();
+        vm.VisitHostMemory((hpa, value) => words[hpa] = value);
+        return words.ToImmutable();
+    }
+
+    public ImmutableArray<string> InvariantProblems() => [.. vm.InvariantProblems()];
+
+    public void Dispose() => vm.Dispose();
+}

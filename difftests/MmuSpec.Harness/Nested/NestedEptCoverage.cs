@@ -1,0 +1,127 @@
+using MmuSpec.Spec.Ept;
+using MmuSpec.Spec.Memory;
+using MmuSpec.Spec.Paging;
+
+namespace MmuSpec.Harness.Nested;
+
+/// <summary>
+/// The situations of nested-EPT cases (docs/coverage.md), judged from outside both sides: each operation, the spec's
+/// result, and the spec's L1 memory before and after it (the EPT walk's explanation says which entry ended it).
+/// </summary>
+public static class NestedEptCoverage
+{
+    public static readonly IReadOnlyList<string> All =
+    [
+        "EPTP: 4-level", "EPTP: 5-level", "EPTP: A/D on", "EPTP: A/D off", "EPTP: rejected (VM entry fails)",
+        "access: translated (4K page)", "access: translated (2M page)", "access: translated (1G page)", "access: MMIO exit",
+        "violation: not present", "violation: read denied", "violation: write denied", "violation: fetch denied",
+        "violation: EPT table outside L1 memory",
+        "misconfiguration: write without read", "misconfiguration: execute-only unsupported", "misconfiguration: reserved bits",
+        "misconfiguration: memory type",
+        "EPT A/D: accessed set", "EPT A/D: dirty set",
+        "write tracking: store into a walked EPT table", "write tracking: changed entry walked again",
+        "roots: switch back to a recent EPTP", "roots: switch to an EPTP not among the last four",
+        "roots: access after INVEPT covering the current EPTP",
+        "INVEPT: single-context", "INVEPT: all-context", "INVEPT: rejected",
+        "slots: created", "slots: deleted", "slots: rejected",
+    ];
+
+    /// <summary>What the generator is expected to reach in a default campaign (every situation it names).</summary>
+    public static IReadOnlyList<string> Expected => All;
+
+    public static void Classify(NestedEptCase c, Action<string> hit)
+    {
+        var state = NestedEptState.Create(c.Config.Caps);
+        var walkedTables = new HashSet<ulong>();
+        var changedEntries = new HashSet<ulong>();
+        var recentEptps = new List<ulong>();
+        bool invalidatedCurrent = false;
+        foreach (var op in c.AllOps)
+        {
+            var before = state;
+            VmResult result;
+            try { (state, result) = state.Step(op); }
+            catch (ArgumentException) { return; } // the differential run reports what the spec refused
+            bool ok = result is not VmResult.Rejected;
+            switch (op)
+            {
+                case NestedEptOp.LoadEptp l when ok:
+                    hit(l.Eptp.WalkLength == 5 ? "EPTP: 5-level" : "EPTP: 4-level");
+                    hit(l.Eptp.AccessedDirtyEnabled ? "EPTP: A/D on" : "EPTP: A/D off");
+                    if (before.Eptp is { } old && old != l.Eptp)
+                    {
+                        int at = recentEptps.IndexOf(l.Eptp.Raw);
+                        hit(at is >= 0 and < 4 ? "roots: switch back to a recent EPTP" : "roots: switch to an EPTP not among the last four");
+                        invalidatedCurrent = false;
+                    }
+                    recentEptps.Remove(l.Eptp.Raw);
+                    recentEptps.Insert(0, l.Eptp.Raw);
+                    break;
+                case NestedEptOp.LoadEptp:
+                    hit("EPTP: rejected (VM entry fails)");
+                    break;
+                case NestedEptOp.Invept i:
+                    hit(!ok ? "INVEPT: rejected" : i.Type == InveptType.AllContext ? "INVEPT: all-context" : "INVEPT: single-context");
+                    if (ok && state.Eptp is { } cur && (i.Type == InveptType.AllContext || i.Eptp.RootAddress == cur.RootAddress))
+                        invalidatedCurrent = true;
+                    break;
+                case NestedEptOp.CreateSlot:
+                    hit(ok ? "slots: created" : "slots: rejected");
+                    break;
+                case NestedEptOp.DeleteSlot:
+                    hit(ok ? "slots: deleted" : "slots: rejected");
+                    if (ok) walkedTables.Clear();
+                    break;
+                case NestedEptOp.L1Store s when ok:
+                    if (walkedTables.Contains(s.Gpa >> 12))
+                    {
+                        hit("write tracking: store into a walked EPT table");
+                        changedEntries.Add(s.Gpa & ~7UL);
+                    }
+                    break;
+                case NestedEptOp.L2Access a when ok && before.Eptp is { } eptp:
+                    if (invalidatedCurrent) hit("roots: access after INVEPT covering the current EPTP");
+                    invalidatedCurrent = false;
+                    var walk = EptWalk.Explain(before.Caps, eptp, before.L1Memory, new EptAccess(a.Gpa, a.Type));
+                    foreach (var step in walk.Steps)
+                    {
+                        walkedTables.Add(step.EntryAddress >> 12);
+                        if (changedEntries.Remove(step.EntryAddress)) hit("write tracking: changed entry walked again");
+                    }
+                    Access(walk, result, hit);
+                    break;
+            }
+        }
+    }
+
+    static void Access(EptExplanation walk, VmResult result, Action<string> hit)
+    {
+        switch (walk.Result)
+        {
+            case EptResult.Translated t:
+                hit(result is NestedEptResult.MmioExit ? "access: MMIO exit" : $"access: translated ({t.Size.Name()} page)");
+                foreach (var u in walk.Updates)
+                {
+                    if (((u.Before ^ u.After) & EptEntry.Accessed) != 0) hit("EPT A/D: accessed set");
+                    if (((u.Before ^ u.After) & EptEntry.Dirty) != 0) hit("EPT A/D: dirty set");
+                }
+                break;
+            case EptResult.Violation v:
+                var last = walk.Steps[^1];
+                hit(last.Note == "outside L1 memory" ? "violation: EPT table outside L1 memory"
+                    : last.Note == "not present" ? "violation: not present"
+                    : v.Qualification.DataWrite ? "violation: write denied"
+                    : v.Qualification.InstructionFetch ? "violation: fetch denied" : "violation: read denied");
+                break;
+            case EptResult.Misconfiguration m:
+                hit(m.Kind switch
+                {
+                    EptMisconfigurationKind.WriteWithoutRead => "misconfiguration: write without read",
+                    EptMisconfigurationKind.ExecuteOnlyUnsupported => "misconfiguration: execute-only unsupported",
+                    EptMisconfigurationKind.ReservedBits => "misconfiguration: reserved bits",
+                    _ => "misconfiguration: memory type",
+                });
+                break;
+        }
+    }
+}

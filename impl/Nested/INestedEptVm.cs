@@ -1,0 +1,123 @@
+using MmuSpec.Impl.Memory;
+using MmuSpec.Impl.Paging;
+
+namespace MmuSpec.Impl.Nested;
+
+/// <summary>What INVEPT does to a cached root whose EPTP it names (docs/nested-ept.md, "The impl").</summary>
+public enum NestedRootPolicy : byte
+{
+    /// <summary>Keep the root and resync it: its pages follow L1's EPT already (write tracking), so nothing is rebuilt.</summary>
+    KeepAndResync,
+
+    /// <summary>KVM's handle_invept: free every cached root whose EP4TA matches (all of them for all-context); the next L2 access rebuilds.</summary>
+    Upstream,
+}
+
+/// <summary>The INVEPT types (the instruction's register operand).</summary>
+public enum InveptKind : byte
+{
+    SingleContext = 1,
+    AllContext = 2,
+}
+
+/// <summary>Why an L1 EPT entry is misconfigured (SDM Vol. 3C §29.3.3.1), in the SDM's order.</summary>
+public enum EptMisconfigKind : byte
+{
+    WriteWithoutRead,
+    ExecuteOnlyUnsupported,
+    ReservedBits,
+    MemoryType,
+}
+
+public enum NestedOutcomeKind : byte
+{
+    Ok,
+    Rejected,
+    /// <summary>L2's gpa reached <see cref="NestedOutcome.L1Gpa"/>, backed at <see cref="NestedOutcome.Hpa"/>.</summary>
+    Translated,
+    /// <summary>An EPT violation reflected to L1 with <see cref="NestedOutcome.Qualification"/>.</summary>
+    EptViolation,
+    /// <summary>An EPT misconfiguration reported to L1 (<see cref="NestedOutcome.Misconfig"/> at <see cref="NestedOutcome.Level"/>).</summary>
+    EptMisconfiguration,
+    /// <summary>No memslot holds the L1 gpa (<see cref="NestedOutcome.L1Gpa"/>): the access exits to userspace.</summary>
+    MmioExit,
+}
+
+/// <summary>
+/// What a nested operation returned. <see cref="Gpa"/> is L2's gpa (accesses) or L1's (stores);
+/// <see cref="Faulted"/>: the MMU walked L1's EPT (false: a shadow hit).
+/// </summary>
+public readonly record struct NestedOutcome(
+    NestedOutcomeKind Kind, ulong Gpa = 0, ulong L1Gpa = 0, ulong Hpa = 0, ulong Qualification = 0,
+    EptMisconfigKind Misconfig = default, int Level = 0, bool Faulted = false)
+{
+    public static NestedOutcome Ok => new(NestedOutcomeKind.Ok);
+    public static NestedOutcome Rejected => new(NestedOutcomeKind.Rejected);
+}
+
+/// <summary>Root bookkeeping, for the policy comparison (docs/nested-ept.md, "Nested cached roots").</summary>
+public readonly record struct NestedRootCounters(
+    long RootsBuilt, long CachedRootHits, long RootsFreedByInvept, long RootsKeptAtInvept, long ShadowPagesCreated);
+
+/// <summary>One shadow EPT page as tests and the harness read it back (allocates).</summary>
+public readonly record struct NestedShadowPageInfo(ulong Gfn, int Level, bool Direct, bool AccessedDirty, byte Access, int RootCount, int PresentEntries);
+
+/// <summary>
+/// KVM's MMU for an L2 whose L1 uses EPT (paging_tmpl.h as PTTYPE_EPT, vmx/nested.c): shadow EPT pages that map
+/// L2 gpas to host frames, built from L1's EPT tables in L1's memory (the host memslots' memory). A memslot operation
+/// returns a <see cref="SlotStatus"/>, every other one a <see cref="NestedOutcome"/>; a rejected one changed nothing
+/// (<see cref="LastRejection"/> says why). Not thread-safe.
+/// </summary>
+public interface INestedEptVm : IDisposable
+{
+    int MaxPhyAddr { get; }
+
+    /// <summary>Whether L0 offers L1 execute-only EPT entries (else bits 2:0 = 100b are a misconfiguration).</summary>
+    bool ExecuteOnly { get; }
+
+    NestedRootPolicy RootPolicy { get; }
+
+    SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase);
+
+    /// <summary>Zaps every shadow page and frees every root (KVM's memslot quirk); the slot's memory is gone.</summary>
+    SlotStatus DeleteSlot(int id);
+
+    /// <summary>L1 stores 4 or 8 aligned bytes: Ok, MmioExit or Rejected. A store into a shadowed EPT table zaps what was built from the entry.</summary>
+    NestedOutcome L1Store(ulong gpa, ulong value, int size);
+
+    /// <summary>L1 writes the EPTP field and enters L2 (nested_ept_new_eptp): Ok, or Rejected for an EPTP VM entry refuses.</summary>
+    NestedOutcome LoadEptp(ulong eptp);
+
+    /// <summary>INVEPT: Ok, or Rejected (an invalid descriptor EPTP for single-context: VMfailValid).</summary>
+    NestedOutcome Invept(InveptKind type, ulong eptp);
+
+    /// <summary>L2 touches guest-physical <paramref name="gpa"/>: Translated, EptViolation, EptMisconfiguration, MmioExit or Rejected (no EPTP yet, or beyond MAXPHYADDR).</summary>
+    NestedOutcome L2Access(ulong gpa, AccessType type);
+
+    string? LastRejection { get; }
+
+    NestedRootCounters Counters { get; }
+
+    /// <summary>The EPTPs of the cached roots, current first (0 when there is none), then the previous ones, most recent first.</summary>
+    IReadOnlyList<ulong> CachedRootEptps();
+
+    // ---- the abstract state, for the harness and tests (allocates) ----
+
+    IReadOnlyList<HostMemslotInfo> Slots();
+
+    /// <summary>Every non-zero 8-byte word of L1's memory as (host-physical address, value): slots by id, words ascending.</summary>
+    void VisitHostMemory(Action<ulong, ulong> visit);
+
+    IReadOnlyList<NestedShadowPageInfo> ShadowPages();
+
+    /// <summary>Disagreements between the MMU's derived structures (hash, parent links, write tracking, root counts) and its pages.</summary>
+    IReadOnlyList<string> InvariantProblems();
+}
+
+/// <summary>Creates a nested EPT MMU.</summary>
+public static class NestedEptVm
+{
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPhyAddr"/> is outside 36..52.</exception>
+    public static INestedEptVm Create(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy = NestedRootPolicy.KeepAndResync) =>
+        new NestedEptMmu(maxPhyAddr, executeOnly, pool, policy);
+}
