@@ -84,6 +84,7 @@ public static class ConcurrentTdpCheck
 
     static ConcurrentTdpVerdict Run<TFormat>(ConcurrentTdpCase c, Action<string>? hit) where TFormat : struct, IPteFormat
     {
+        DebugAssertions.ThrowOnFailure(); // a DEBUG check in impl/ fails the schedule, not the process
         var events = new ConcurrentRunEvents();
         var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSparseSchedulePoint>(c.Config, c.Setup, c.Program.Threads.Count, vm =>
         {
