@@ -8,22 +8,26 @@ public static partial class ConcurrentTdpGen
 {
     const int ThirdStream = 0x3A6E;
 
+    /// <summary>Gfn 0x409, in slot 1 (4 KiB host pages): its leaf is always 4 KiB, so logging leaves it read-only and MMU-writable.</summary>
+    const ulong LoggedSmallGfn = 0x409;
+
     static readonly (ulong Start, ulong End)[] AgeRanges = [(0, 0x200), (0x1, 0x8), (0x200, 0x400), (0, 0x400)];
 
     /// <summary>
     /// A third stream of the case seed, drawn after everything else (the schedule seed included), so the ops and
-    /// schedules the first two streams drew stay as they were. In about a fifth of the cases the VM keeps
+    /// schedules the first two streams drew stay as they were. In a quarter of the cases the VM keeps
     /// accessed state (EPT A/D on, or off, where aging zaps) and one or two threads age or test-age a region; in
-    /// about a fifth (of the others) one thread starts tracking writes to a gfn and later writes it, and another
-    /// thread writes it too, now and then with the tracking dropped again. The tracked gfn is mostly 0x9, which
-    /// the setup faults in before dirty logging turns on (a read-only leaf that is still MMU-writable: the one the
-    /// fast fault could make writable again, upstream 7c8a4742c4ab), else a hole the threads fault.
+    /// another quarter one thread starts tracking writes to a gfn and later writes it, and another thread writes it
+    /// too, now and then with the tracking dropped again. The tracked gfn is mostly one the setup faults in before
+    /// dirty logging turns on (a read-only leaf that is still MMU-writable: the one the fast fault could make
+    /// writable again, upstream 7c8a4742c4ab): 0x409 in slot 1 (always a 4 KiB leaf) when there is one, or 0x9
+    /// (a 2 MiB leaf when the policy allows it, which the fast fault leaves alone); else a hole the threads fault.
     /// Aging and tracking are not drawn together: with accessed state kept writes never take the fast path.
     /// </summary>
     static VmConfig AddAgingAndWriteTracking(Random rng, VmConfig config, ImmutableArray<TdpOp>.Builder setup, List<IReadOnlyList<TdpOp>> program)
     {
-        int kind = rng.Next(5);
-        if (kind == 0)
+        int kind = rng.Next(8);
+        if (kind < 2)
         {
             var mode = rng.Next(3) == 0 ? AccessedDirty.Disabled : AccessedDirty.Enabled;
             int agers = 1 + rng.Next(2);
@@ -35,10 +39,16 @@ public static partial class ConcurrentTdpGen
             }
             return new VmConfig(config.Format, config.SharedBit, mode);
         }
-        if (kind == 1)
+        if (kind < 4)
         {
-            ulong gfn = rng.Next(4) != 0 ? LoggedGfn : Holes[rng.Next(Holes.Length)];
-            if (gfn == LoggedGfn && !setup.Contains(new TdpOp.AccessGpa(LoggedGfn << 12, AccessType.Read)))
+            bool slot1 = setup.Any(op => op is TdpOp.CreateSlot { Id: 1 });
+            ulong gfn = slot1 && rng.Next(2) == 0 ? LoggedSmallGfn : rng.Next(4) != 0 ? LoggedGfn : Holes[rng.Next(Holes.Length)];
+            if (gfn == LoggedSmallGfn)
+            {
+                setup.Add(new TdpOp.AccessGpa(LoggedSmallGfn << 12, AccessType.Read));
+                setup.Add(new TdpOp.SetDirtyLogging(1, true));
+            }
+            else if (gfn == LoggedGfn && !setup.Contains(new TdpOp.AccessGpa(LoggedGfn << 12, AccessType.Read)))
             {
                 setup.Add(new TdpOp.AccessGpa(LoggedGfn << 12, AccessType.Read));
                 if (!setup.Any(op => op is TdpOp.SetDirtyLogging)) setup.Add(new TdpOp.SetDirtyLogging(0, true));
