@@ -14,5 +14,6 @@ public static class MmuSpecCommand
         MappingsCommand.Create(),
         SynthImageCommand.Create(),
         MutantsCommand.Create(),
+        StressCommand.Create(),
     };
 }

@@ -169,7 +169,9 @@ let private tdpOpCase =
     | TdpHostOp(TdpNotSlotOp(TdpTestAge _)) -> "TestAge"
     | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpInvalidateStart _))) -> "HostInvalidateStart"
     | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpInvalidateEnd _))) -> "HostInvalidateEnd"
-    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpNotNotifierOp op))) -> $"no pattern for {op.GetType().Name}"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpNotNotifierOp(TdpTrackWrites _)))) -> "TrackWrites"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpNotNotifierOp(TdpUntrackWrites _)))) -> "UntrackWrites"
+    | TdpHostOp(TdpNotSlotOp(TdpNotMmuOp(TdpNotNotifierOp(TdpNotTrackingOp op)))) -> $"no pattern for {op.GetType().Name}"
 
 let private spteCase =
     function

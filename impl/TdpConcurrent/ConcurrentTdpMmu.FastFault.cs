@@ -74,6 +74,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         finally
         {
             _lockless.Exit(vcpu.Id);
+            DebugWalkDone(vcpu.Id);
             _epochs.Exit(vcpu.Id);
         }
     }
@@ -115,6 +116,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             level--;
             table = TableRef.At(TFormat.TableAddress(value), level);
             AssertTable(table, level, mirror);
+            DebugWalking(vcpu.Id, table, level);
         }
 
         ulong hpa = ((TFormat.LeafPfn(value) + (frame & (FramesPerEntry(level) - 1))) << PageShift) | (gpa & PageOffsetMask);

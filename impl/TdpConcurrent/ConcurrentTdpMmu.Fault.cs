@@ -42,6 +42,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         finally
         {
             _lock.ExitRead();
+            DebugWalkDone(vcpu.Id);
             _epochs.Exit(vcpu.Id);
         }
         if (outcome.IsRetry)
@@ -91,6 +92,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         // atTarget: the entry at the target level when it holds a table (a huge leaf may replace it).
         TableRef table = TableRef.At(root, _rootLevel);
         AssertTable(table, _rootLevel, mirror);
+        DebugWalking(vcpu.Id, table, _rootLevel);
         int level = _rootLevel;
         PteRef atTarget = default;
         PteRef pte;
@@ -110,6 +112,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             level--;
             table = TableRef.At(TFormat.TableAddress(value), level);
             AssertTable(table, level, mirror);
+            DebugWalking(vcpu.Id, table, level);
         }
 
         ulong leaf = pte.Value;

@@ -94,14 +94,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : ITdpHostNotifier
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool FaultIsStale(ulong gfn, ulong sequence) =>
-        _notifier.MustRetry(gfn) || (_notifier.Sequence != sequence && !SkipSequenceCheckForTests);
-
-    /// <summary>
-    /// Tests only: a deliberately broken variant that ignores a moved sequence (only the in-progress half of
-    /// the check stays), so a fault preempted across a whole Start/End installs the frame it looked up before;
-    /// ConcurrentTdpNotifierTests shows the linearizability check catches it. Read only once the sequence moved.
-    /// </summary>
-    internal bool SkipSequenceCheckForTests { get; set; }
+        _notifier.MustRetry(gfn) || _notifier.Sequence != sequence;
 
     /// <summary>The target level lowered until its host pages are settled (the spec's HostPagesSettled), when the notifier is not quiet.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -143,6 +143,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
                 if (d.Tag <= oldest)
                 {
                     TSched.Yield(SchedulePointKind.PageFree);
+                    DebugAssertNoWalkerHolds(d.Address);
                     _pages.Free(TableRef.At(d.Address, d.Level), d.Level);
                     _deferredFreed++;
                 }

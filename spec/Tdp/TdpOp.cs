@@ -68,6 +68,21 @@ public abstract record TdpOp
         public override string ToString() => $"test age gfn [{Bits.Hex(StartGfn)}, {Bits.Hex(EndGfn)})";
     }
 
+    /// <summary>
+    /// The host starts tracking writes to <paramref name="Gfn"/> (kvm_write_track_add_gfn, page_track.c: a guest page
+    /// table KVM shadows for a nested guest): from now on no leaf maps it writable (TdpState.WriteTracking.cs).
+    /// </summary>
+    public sealed record TrackWrites(ulong Gfn) : TdpOp
+    {
+        public override string ToString() => $"track writes gfn {Bits.Hex(Gfn)}";
+    }
+
+    /// <summary>The host stops tracking writes to <paramref name="Gfn"/> (kvm_write_track_remove_gfn).</summary>
+    public sealed record UntrackWrites(ulong Gfn) : TdpOp
+    {
+        public override string ToString() => $"untrack writes gfn {Bits.Hex(Gfn)}";
+    }
+
     public sealed record ZapAll : TdpOp
     {
         public override string ToString() => "zap all";

@@ -55,6 +55,8 @@ public sealed partial record TdpState(
         TdpOp.GuestAccess a => GuestAccess(a.Access),
         TdpOp.HostInvalidateStart i => InvalidateStart(i.StartGfn, i.EndGfn),
         TdpOp.HostInvalidateEnd i => InvalidateEnd(i.StartGfn, i.EndGfn),
+        TdpOp.TrackWrites t => TrackWrites(t.Gfn),
+        TdpOp.UntrackWrites u => UntrackWrites(u.Gfn),
         _ => throw new ArgumentException($"unknown operation {op}", nameof(op)),
     };
 
@@ -115,6 +117,8 @@ public sealed partial record TdpState(
         // 2, 3. No memslot, or a write to a read-only one: userspace emulates it.
         var slot = Slots.Values.FirstOrDefault(s => s.Contains(gfn));
         if (slot is null || (write && slot.ReadOnly)) return new TdpStepped(this, new TdpResult.MmioExit(gpa));
+        // A write to a write-tracked gfn is emulated (TdpState.WriteTracking.cs).
+        if (write && WriteTracked.Contains(gfn)) return new TdpStepped(this, new TdpResult.MmioExit(gpa));
 
         var found = FindLeaf(mirror, gfn);
         if (found is { } hit)
@@ -125,13 +129,13 @@ public sealed partial record TdpState(
             // A fault while the host changes the page behind the gfn: retry once it is done (TdpState.Notifier.cs).
             if (MustRetry(gfn)) return new TdpStepped(this, new TdpResult.Retry());
             // 5. A write-protection fault.
-            if (leaf.Level == 1 || !slot.DirtyLogging)
+            if ((leaf.Level == 1 || !slot.DirtyLogging) && !TracksWithin(leaf.Gfn, leaf.Level))
             {
                 var unprotected = leaf.WithWritable(true);
                 var state = SetEntry(hit.Page, hit.Index, unprotected).MarkDirty(slot, gfn);
                 return new TdpStepped(state, Mapped(gpa, gfn, unprotected, faulted: true));
             }
-            // A huge page in a logged slot: drop it and map 4 KiB below.
+            // A huge page in a logged slot, or over a write-tracked gfn: drop it and map smaller below.
             return RemoveEntry(hit.Page, hit.Index).Fault(gpa, gfn, mirror, slot, write);
         }
         // 6. A miss.
@@ -206,7 +210,7 @@ public sealed partial record TdpState(
         if (state.Pages[page].Entries.GetValueOrDefault(leafIndex) is Spte.Table old)
             state = state.FreeSubtree(old.Child);     // a huge leaf replaces a whole subtree
         ulong leafGfn = gfn & ~((1UL << (9 * (target - 1))) - 1);
-        bool writable = !slot.ReadOnly && (!slot.DirtyLogging || write);
+        bool writable = !slot.ReadOnly && !WriteTracked.Contains(gfn) && (!slot.DirtyLogging || write);
         var leaf = new Spte.Leaf(leafGfn, target, HostFrame(slot, leafGfn), writable);
         state = state.SetEntry(page, leafIndex, leaf);
         if (write) state = state.MarkDirty(slot, gfn);
@@ -216,7 +220,8 @@ public sealed partial record TdpState(
     /// <summary>
     /// The largest level a fault at <paramref name="gfn"/> may map (KVM kvm_mmu_max_mapping_level):
     /// limited by the policy, the host page size and dirty logging, then lowered until the aligned
-    /// range lies inside the slot and gfn and host frame are equally aligned.
+    /// range lies inside the slot, gfn and host frame are equally aligned, its host pages are settled
+    /// and it holds no write-tracked gfn.
     /// </summary>
     public int MappingLevel(HostMemslot slot, ulong gfn)
     {
@@ -228,7 +233,7 @@ public sealed partial record TdpState(
             ulong start = gfn & ~(frames - 1);
             bool inside = start >= slot.BaseGfn && start + frames <= slot.EndGfn;
             bool aligned = (slot.HostPfnBase - slot.BaseGfn) % frames == 0;
-            if (inside && aligned && HostPagesSettled(slot, start, frames)) break;
+            if (inside && aligned && HostPagesSettled(slot, start, frames) && !TracksWithin(start, level)) break;
         }
         return level;
     }
@@ -394,7 +399,8 @@ public sealed partial record TdpState(
         && Pages.SameEntries(other.Pages)
         && HostMemory.SameEntries(other.HostMemory)
         && Equals(GuestCpu, other.GuestCpu)
-        && Notifier.Equals(other.Notifier);
+        && Notifier.Equals(other.Notifier)
+        && WriteTracked.SetEquals(other.WriteTracked);
 
     public override int GetHashCode() => HashCode.Combine(Config, Slots.Count, Pages.Count);
 

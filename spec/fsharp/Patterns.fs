@@ -163,6 +163,13 @@ let (|TdpInvalidateStart|TdpInvalidateEnd|TdpNotNotifierOp|) (op: TdpOp) =
     | :? TdpOp.HostInvalidateEnd as e -> TdpInvalidateEnd(e.StartGfn, e.EndGfn)
     | _ -> TdpNotNotifierOp op
 
+/// The host's write tracking of a gfn (TdpState.WriteTracking.cs; the concurrent MMU's `tdp-concurrent` draws it).
+let (|TdpTrackWrites|TdpUntrackWrites|TdpNotTrackingOp|) (op: TdpOp) =
+    match op with
+    | :? TdpOp.TrackWrites as t -> TdpTrackWrites t.Gfn
+    | :? TdpOp.UntrackWrites as u -> TdpUntrackWrites u.Gfn
+    | _ -> TdpNotTrackingOp op
+
 /// A present entry of a TDP table page: a link to a child table or a leaf mapping.
 let (|TableLink|LeafMapping|) (entry: Spte) =
     match entry with

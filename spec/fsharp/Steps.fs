@@ -123,6 +123,9 @@ module Tdp =
     let hostInvalidateStart startGfn endGfn : TdpOp = TdpOp.HostInvalidateStart(startGfn, endGfn)
     /// ... and is done: the pages moved (invalidate_range_end of an open Start of that range).
     let hostInvalidateEnd startGfn endGfn : TdpOp = TdpOp.HostInvalidateEnd(startGfn, endGfn)
+    /// The host starts (stops) tracking writes to a gfn: no leaf maps it writable meanwhile.
+    let trackWrites gfn : TdpOp = TdpOp.TrackWrites gfn
+    let untrackWrites gfn : TdpOp = TdpOp.UntrackWrites gfn
 
 /// The shadow MMU model (spec/Shadow, docs/shadow-model.md) and its TLB layer as curried functions,
 /// and its operations as values of the base type.

@@ -72,7 +72,8 @@ public static class ConcurrentTdpCheck
     /// <summary>Whether the concurrent MMU runs <paramref name="op"/> from a thread (<see cref="ConcurrentTdpVm{TFormat, TSched}.Apply"/>).</summary>
     public static bool RunsConcurrently(TdpOp op) =>
         op is TdpOp.AccessGpa or TdpOp.ZapRange or TdpOp.ZapAll or TdpOp.SetMaxPageSize or TdpOp.SetDirtyLogging or TdpOp.CreateSlot
-            or TdpOp.HostInvalidateStart or TdpOp.HostInvalidateEnd or TdpOp.GetDirtyLog;
+            or TdpOp.HostInvalidateStart or TdpOp.HostInvalidateEnd or TdpOp.GetDirtyLog
+            or TdpOp.Age or TdpOp.TestAge or TdpOp.TrackWrites or TdpOp.UntrackWrites;
 
     /// <summary>Explores (or, with a recorded schedule, replays) the case; <paramref name="hit"/> hears each situation a judged schedule reached.</summary>
     public static ConcurrentTdpVerdict Run(ConcurrentTdpCase c, Action<string>? hit = null) => c.Config.Format switch
@@ -83,6 +84,7 @@ public static class ConcurrentTdpCheck
 
     static ConcurrentTdpVerdict Run<TFormat>(ConcurrentTdpCase c, Action<string>? hit) where TFormat : struct, IPteFormat
     {
+        DebugAssertions.ThrowOnFailure(); // a DEBUG check in impl/ fails the schedule, not the process
         var events = new ConcurrentRunEvents();
         var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSparseSchedulePoint>(c.Config, c.Setup, c.Program.Threads.Count, vm =>
         {

@@ -18,10 +18,11 @@ namespace MmuSpec.Harness.Concurrency;
 /// allocator instead of answering wrongly.
 /// <para>
 /// Host invalidations, the dirty log and the lockless fast fault come from a second stream of the same seed
-/// (<see cref="AddNotifierAndFastFaults"/>), drawn after the ops above, so those ops stay what the seed drew before.
+/// (<see cref="AddNotifierAndFastFaults"/>), drawn after the ops above, so those ops stay what the seed drew before;
+/// aging and write tracking from a third (<see cref="AddAgingAndWriteTracking"/>), which leaves the first two as they were.
 /// </para>
 /// </summary>
-public static class ConcurrentTdpGen
+public static partial class ConcurrentTdpGen
 {
     /// <summary>Schedules per strategy per case: bounded so a case costs about as much as a batch of sequential cases.</summary>
     public const uint IterationsPerStrategy = 10;
@@ -69,7 +70,9 @@ public static class ConcurrentTdpGen
             program.Add([.. Enumerable.Range(0, count).Select(_ => NextOp(rng, second))]);
         }
         AddNotifierAndFastFaults(new Random(seed ^ SecondStream), setup, program, second);
-        return new ConcurrentTdpCase(config, setup.ToImmutable(), new(program), (uint)rng.Next(), IterationsPerStrategy);
+        uint scheduleSeed = (uint)rng.Next();
+        config = AddAgingAndWriteTracking(new Random(seed ^ ThirdStream), config, setup, program);
+        return new ConcurrentTdpCase(config, setup.ToImmutable(), new(program), scheduleSeed, IterationsPerStrategy);
     }
 
     const int SecondStream = 0x4E07;

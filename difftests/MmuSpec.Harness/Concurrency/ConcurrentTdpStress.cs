@@ -31,6 +31,7 @@ public static class ConcurrentTdpStress
 
     static ConcurrentTdpStressResult Run<TFormat>(ConcurrentTdpCase c, int rounds, TimeSpan? budget) where TFormat : struct, IPteFormat
     {
+        DebugAssertions.ThrowOnFailure();
         var subject = ConcurrentTdpSubject.Create<TFormat, NoSchedulePoints>(c.Config, c.Setup, c.Program.Threads.Count);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         int retries = 0, round = 0;
@@ -67,5 +68,74 @@ public static class ConcurrentTdpStress
             if (!verdict.IsLinearizable) return new(round, retries, history, verdict.Explanation);
         }
         return new(round, retries, null, null);
+    }
+}
+
+/// <summary>
+/// The stress campaign behind `mmuspec stress` (docs/cli.md): programs drawn from one seed as the `tdp-concurrent`
+/// property draws them (<see cref="ConcurrentTdpGen.Build"/>), each reshaped to a number of threads and run
+/// <see cref="ConcurrentTdpStress.Run"/> for some rounds, until a history is not linearizable, the budget or the
+/// case count ends, or <see cref="Stop"/>. The programs are the seed's; which interleavings the machine runs is not.
+/// </summary>
+public sealed class ConcurrentTdpStressCampaign(ulong seed, int threads, int roundsPerCase, TimeSpan budget, long? maxCases)
+{
+    long cases, rounds, ops, retries;
+    volatile bool stopped;
+    readonly System.Diagnostics.Stopwatch clock = new();
+
+    public const int MinThreads = 2, MaxThreads = ConcurrentTdpCase.MaxThreads;
+
+    public long Cases => Interlocked.Read(ref cases);
+    public long Rounds => Interlocked.Read(ref rounds);
+    public long Ops => Interlocked.Read(ref ops);
+    public long Retries => Interlocked.Read(ref retries);
+    public TimeSpan Elapsed => clock.Elapsed;
+
+    /// <summary>Ends the campaign after the program running now.</summary>
+    public void Stop() => stopped = true;
+
+    /// <summary>Program <paramref name="index"/> of the seed, with <paramref name="threads"/> threads (VM: EPT, as `tdp-concurrent`).</summary>
+    public static ConcurrentTdpCase CaseAt(ulong seed, long index, int threads)
+    {
+        // A fixed mix (HashCode is seeded per process): the same seed draws the same programs everywhere.
+        ulong mixed = (seed + 0x9E3779B97F4A7C15UL * (ulong)(index + 1)) * 0xBF58476D1CE4E5B9UL;
+        int caseSeed = (int)((mixed ^ (mixed >> 31)) & int.MaxValue);
+        var c = ConcurrentTdpGen.Build(caseSeed, (int)(index % 100), new VmConfig(TdpFormat.Ept));
+        return WithThreads(c, threads);
+    }
+
+    /// <summary>
+    /// The program with exactly <paramref name="threads"/> threads: a thread beyond the drawn ones repeats one of them
+    /// on its own vCPU (more faults on the same gfns at once), and the ops of threads beyond the count join the
+    /// remaining ones (up to <see cref="ConcurrentTdpCase.MaxOpsPerThread"/>).
+    /// </summary>
+    public static ConcurrentTdpCase WithThreads(ConcurrentTdpCase c, int threads)
+    {
+        var drawn = c.Program.Threads;
+        var result = Enumerable.Range(0, threads).Select(t => drawn[t % drawn.Count].ToList()).ToList();
+        for (int t = threads; t < drawn.Count; t++)
+        {
+            var into = result[t % threads];
+            into.AddRange(drawn[t].Take(ConcurrentTdpCase.MaxOpsPerThread - into.Count));
+        }
+        return c.WithProgram(new ConcurrentProgram<TdpOp>([.. result.Select(ops => (IReadOnlyList<TdpOp>)ops)]));
+    }
+
+    /// <summary>Runs until a failure (returned with its case and index), the budget, the case count or <see cref="Stop"/> (null).</summary>
+    public (ConcurrentTdpCase Case, long Index, ConcurrentTdpStressResult Result)? Run()
+    {
+        clock.Start();
+        for (long i = 0; !stopped && (maxCases is not { } max || i < max) && clock.Elapsed < budget; i++)
+        {
+            var c = CaseAt(seed, i, threads);
+            var r = ConcurrentTdpStress.Run(c, roundsPerCase, budget - clock.Elapsed);
+            Interlocked.Increment(ref cases);
+            Interlocked.Add(ref rounds, r.Rounds);
+            Interlocked.Add(ref ops, (long)r.Rounds * c.OpCount);
+            Interlocked.Add(ref retries, r.Retries);
+            if (r.Failed) { clock.Stop(); return (c, i, r); }
+        }
+        clock.Stop();
+        return null;
     }
 }

@@ -53,7 +53,7 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
         var leaves = from l in s.Leaves()
                      select Leaf(l.Page.Role.Mirror, l.Leaf.Gfn, l.Leaf.Level, l.Leaf.HostPfn, l.Leaf.Writable, l.Leaf.Accessed, l.Leaf.Dirty);
         var slots = s.Slots.Values.Select(x => Slot(x.Id, x.DirtyLogging, s.DirtyBitmaps.GetValueOrDefault(x.Id) ?? []));
-        return Render(s.MaxPageSize, slots, leaves) + Notifier(s.Notifier);
+        return Render(s.MaxPageSize, slots, leaves) + Notifier(s.Notifier) + Tracked(s.WriteTracked);
     }
 
     /// <summary>A final state no order ends in: the MMU holds table pages its trees do not link (<paramref name="why"/>).</summary>
@@ -70,8 +70,13 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
                 if (e.IsLeaf) leaves.Add(Leaf(key.Mirror, e.LeafGfn, e.LeafLevel, e.HostPfn, e.Writable, e.Accessed, e.Dirty));
         });
         var slots = mmu.Slots.Select(x => Slot(x.Id, x.DirtyLogging, mmu.DirtyOffsets(x.Id)));
-        return new TdpLinState(null, Render(PageSizes.FromShift(mmu.MaxPageShift), slots, leaves) + Notifier(ImplTdpEngine.NotifierState(mmu)));
+        return new TdpLinState(null, Render(PageSizes.FromShift(mmu.MaxPageShift), slots, leaves) + Notifier(ImplTdpEngine.NotifierState(mmu))
+            + Tracked(mmu.TrackedGfns));
     }
+
+    /// <summary>The write-tracked gfns, when there are any (other states' lines are as before).</summary>
+    static string Tracked(IEnumerable<ulong> gfns) =>
+        gfns.Any() ? $"write-tracked [{string.Join(",", gfns.Order().Select(Bits.Hex))}]\n" : "";
 
     /// <summary>The MMU-notifier side (open invalidations, retry range, sequence, moved pages), when there is any.</summary>
     static string Notifier(HostNotifierState n) => n.Equals(HostNotifierState.Initial) ? "" : $"notifier {n}\n";
@@ -95,7 +100,8 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
 /// <summary>
 /// The sequential spec of the concurrent TDP MMU: <see cref="TdpState.Step"/>, and for an access also
 /// Retry with the state unchanged (a lost compare-and-exchange, a frozen entry, or a host invalidation
-/// that started or ended since the fault looked its page up leaves nothing of its own; docs/tdp-concurrency.md).
+/// that started or ended since the fault looked its page up leaves nothing of its own; docs/tdp-concurrency.md),
+/// or with the read-only huge leaf it zapped before it lost (<see cref="TdpLinRetries"/>).
 /// The spec's own Retry (an invalidation of the gfn in progress) is the same answer. Rejection reasons are
 /// not compared (each side words its own).
 /// </summary>
@@ -112,7 +118,7 @@ public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, 
     }
 
     public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>
-        op is TdpOp.AccessGpa ? [Step(state, op), (TdpLinResult.Retry, state)] : [Step(state, op)];
+        op is TdpOp.AccessGpa a ? [Step(state, op), (TdpLinResult.Retry, state), .. TdpLinRetries.AfterHugeLeafZap(state, a)] : [Step(state, op)];
 }
 
 /// <summary>
@@ -155,6 +161,8 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
         TdpOp.CreateSlot c => Status(Mmu.CreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase, (byte)c.HostPageSize.Shift(), c.ReadOnly)),
         TdpOp.HostInvalidateStart i => Status(Mmu.HostInvalidateStart(i.StartGfn, i.EndGfn)),
         TdpOp.HostInvalidateEnd i => Status(Mmu.HostInvalidateEnd(i.StartGfn, i.EndGfn)),
+        TdpOp.TrackWrites t => Status(Mmu.TrackWrites(t.Gfn)),
+        TdpOp.UntrackWrites u => Status(Mmu.UntrackWrites(u.Gfn)),
         _ => throw new ArgumentException($"{op} is not run concurrently", nameof(op)),
     };
 

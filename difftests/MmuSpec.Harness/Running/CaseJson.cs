@@ -158,6 +158,8 @@ public static partial class CaseJson
                 break;
             case TdpOp.GuestAccess a: w.WriteString("op", "guest_access"); WriteAccess(w, a.Access); break;
             case TdpOp.HostInvalidateStart i: w.WriteString("op", "host_invalidate_start"); w.WriteString("start_gfn", Hex.Format(i.StartGfn)); w.WriteString("end_gfn", Hex.Format(i.EndGfn)); break;
+            case TdpOp.TrackWrites t: w.WriteString("op", "track_writes"); w.WriteString("gfn", Hex.Format(t.Gfn)); break;
+            case TdpOp.UntrackWrites u: w.WriteString("op", "untrack_writes"); w.WriteString("gfn", Hex.Format(u.Gfn)); break;
             case TdpOp.HostInvalidateEnd i: w.WriteString("op", "host_invalidate_end"); w.WriteString("start_gfn", Hex.Format(i.StartGfn)); w.WriteString("end_gfn", Hex.Format(i.EndGfn)); break;
             default: throw new ArgumentException($"no JSON form for the TDP op {op.GetType().Name}", nameof(op));
         }
@@ -252,7 +254,7 @@ public static partial class CaseJson
     };
     static readonly Dictionary<string, PageSize> PageSizeNames = Enum.GetValues<PageSize>().ToDictionary(s => s.Name());
     internal static readonly Dictionary<string, TdpFormat> FormatNames = new() { ["ept"] = TdpFormat.Ept, ["stage2"] = TdpFormat.Stage2 };
-    static readonly Dictionary<string, AccessedDirty> AccessedDirtyNames = new()
+    internal static readonly Dictionary<string, AccessedDirty> AccessedDirtyNames = new()
     {
         ["untracked"] = AccessedDirty.Untracked, ["enabled"] = AccessedDirty.Enabled, ["disabled"] = AccessedDirty.Disabled,
     };
@@ -365,6 +367,8 @@ public static partial class CaseJson
         ["guest_access"] = ["access"],
         ["host_invalidate_start"] = ["start_gfn", "end_gfn"],
         ["host_invalidate_end"] = ["start_gfn", "end_gfn"],
+        ["track_writes"] = ["gfn"],
+        ["untrack_writes"] = ["gfn"],
     };
 
     internal static TdpOp ReadTdpOp(JsonElement e, string path)
@@ -391,6 +395,8 @@ public static partial class CaseJson
             "guest_access" => new TdpOp.GuestAccess(ReadAccess(o.Field("access"), o.At("access"))),
             "host_invalidate_start" => new TdpOp.HostInvalidateStart(o.Hex("start_gfn"), o.Hex("end_gfn")),
             "host_invalidate_end" => new TdpOp.HostInvalidateEnd(o.Hex("start_gfn"), o.Hex("end_gfn")),
+            "track_writes" => new TdpOp.TrackWrites(o.Hex("gfn")),
+            "untrack_writes" => new TdpOp.UntrackWrites(o.Hex("gfn")),
             _ => throw new InvalidOperationException(kind),
         };
     }

@@ -109,6 +109,9 @@ public static partial class CaseRules
         for (int i = 0; i < c.Ops.Length; i++)
         {
             if (c.Ops[i] is TdpOp.CreateSlot s) SlotSize(At(path, $"ops[{I(i)}]"), s.Pages);
+            // Write tracking is the concurrent MMU's (tdp-concurrent); the sequential one has none.
+            if (c.Ops[i] is TdpOp.TrackWrites or TdpOp.UntrackWrites)
+                throw new InputException($"{At(path, $"ops[{I(i)}]")}: {c.Ops[i]} is an op of the concurrent MMU only (a tdp-concurrent case)");
             if (c.Ops[i] is TdpOp.PreFault f && f.Size >> 12 > MaxSlotPages && f.Gpa + f.Size >= f.Gpa)
                 throw new InputException($"{At(path, $"ops[{I(i)}]")}.size: {Hex.Format(f.Size)} bytes is more than a pre-fault may cover here ({Hex.Size(MaxSlotPages << 12)})");
         }

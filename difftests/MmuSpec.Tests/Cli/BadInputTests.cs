@@ -62,6 +62,12 @@ public sealed class BadInputTests : IDisposable
         { "check|--count|1|--jobs|two", "", "--jobs: 'two' is not a number of jobs from 1 to 256" },
         { "check|--count|1|--jobs|2.5", "", "--jobs: '2.5' is not a number of jobs from 1 to 256" },
         { "check|--count|1|--jobs|257", "", "--jobs: '257' is not a number of jobs from 1 to 256" },
+        { "stress|--threads|5", "", "--threads: '5' is not from 2 to 4" },
+        { "stress|--threads|1", "", "--threads: '1' is not from 2 to 4" },
+        { "stress|--rounds|0", "", "--rounds: '0' is not a positive number" },
+        { "stress|--count|-1", "", "--count: '-1' is not a positive number" },
+        { "stress|--time|soon", "", "--time: 'soon' is not a duration" },
+        { "stress|--seed|0x1_0000_0000_0000_0000", "", "--seed: '0x1_0000_0000_0000_0000' is larger than 64 bits" },
     };
 
     [Theory]

@@ -12,7 +12,7 @@ namespace MmuSpec.Tests.Impl;
 /// Real threads, bounded by counts: vCPUs fault over a small range while the host invalidates pieces of it
 /// (Start, End: the pages move) under the write side. After the last End every leaf must map the frame its
 /// page has now: a fault that installed a frame it looked up before an End would stay behind as a stale leaf
-/// (the broken variant without the sequence check failed this in 3 of 3 runs). Every page goes back to the pool.
+/// (the variant without the sequence check, catalog entry concurrency/04, failed this in 3 of 3 runs). Every page goes back to the pool.
 /// </summary>
 public sealed class ConcurrentTdpNotifierStressTests
 {
