@@ -27,7 +27,11 @@ public sealed class ImplShadowEngine : IDisposable
         this.config = config;
         vm = Create(config, pool);
         if (observe is not null) vm = observe(vm);
+        vm.TrackHostWrites();
+        hostMemory = new HostMemoryComparison(vm.TakeWrittenHostFrames, vm.ReadHostFrame);
     }
+
+    readonly HostMemoryComparison hostMemory;
 
     static ImplShadow.IShadowVm Create(ShadowConfig config, ImplMemory.NativePagePool pool)
     {
@@ -123,10 +127,14 @@ public sealed class ImplShadowEngine : IDisposable
     /// Whether <see cref="View"/> would equal <paramref name="spec"/> as the state comparison compares them (the
     /// configuration aside): its common case, read in one pass over the impl's pages and host memory and
     /// compared in place, without building the view. False whenever anything differs or looks odd (a page or
-    /// word visited twice), so that the caller reads the full view and reports from it as before.
+    /// word visited twice), so that the caller reads the full view and reports from it as before. Host memory
+    /// is read only where either side changed it since the last agreement (<see cref="HostMemoryComparison"/>),
+    /// all of it with <paramref name="fullMemory"/>.
     /// </summary>
-    public bool Matches(ShadowState spec)
+    public bool Matches(ShadowState spec, bool fullMemory = false)
     {
+        bool? memory = hostMemory.ChangedFramesEqual(spec.HostMemory, fullMemory);
+        if (memory == false) return false;
         if (spec.GuestPcide != vm.GuestPcide || !Equals(spec.GuestCpu, GuestCpu())
             || !spec.Roots.Equals(Roots()) || !MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots))
             return false;
@@ -143,6 +151,7 @@ public sealed class ImplShadowEngine : IDisposable
                     return false;
         }
         if (pagesSeen.Count != spec.Pages.Count) return false;
+        if (memory == true) return true;
 
         bool same = true;
         wordsSeen.Clear();
@@ -151,7 +160,9 @@ public sealed class ImplShadowEngine : IDisposable
             if (same && value != 0 && (!wordsSeen.Add(hpa) || !spec.HostMemory.TryGetValue(hpa, out ulong expected) || expected != value))
                 same = false;
         });
-        return same && wordsSeen.Count == spec.HostMemory.Count;
+        if (!same || wordsSeen.Count != spec.HostMemory.Count) return false;
+        hostMemory.Agree(spec.HostMemory);
+        return true;
     }
 
     // The impl's pages as one visit read them, kept until the next step: the state comparison and the

@@ -23,7 +23,11 @@ public sealed class ImplTdpEngine : IDisposable
         this.config = config;
         vm = ImplTdp.TdpVm.Create(config.Format == TdpFormat.Ept ? ImplTdp.TdpFormatKind.Ept : ImplTdp.TdpFormatKind.Stage2, config.SharedBit, pool,
             (ImplTdp.TdpAccessedDirty)config.AccessedDirty);
+        vm.TrackHostWrites();
+        hostMemory = new HostMemoryComparison(vm.TakeWrittenHostFrames, vm.ReadHostFrame);
     }
+
+    readonly HostMemoryComparison hostMemory;
 
     public ImplTdp.ITdpVm Vm => vm;
 
@@ -232,10 +236,14 @@ public sealed class ImplTdpEngine : IDisposable
     /// per-step state comparison's common case, read in one pass over the impl's tables and host memory and
     /// compared entry by entry, without building the view (most of a TDP step's cost). False whenever
     /// anything differs or looks wrong, so that the caller reads the full view and reports from it as before.
+    /// Host memory is read only where either side changed it since the last agreement
+    /// (<see cref="HostMemoryComparison"/>), all of it, with the visit's contract checked, with <paramref name="fullMemory"/>.
     /// </summary>
-    public bool Matches(TdpState spec)
+    public bool Matches(TdpState spec, bool fullMemory = false)
     {
         viewProblems.Clear();
+        bool? memory = hostMemory.ChangedFramesEqual(spec.HostMemory, fullMemory);
+        if (memory == false) return false;
         if (!config.Equals(spec.Config) || PageSizes.FromShift(vm.MaxPageShift) != spec.MaxPageSize
             || !Equals(vm.DirectRoot is { } d ? Key(d) : null, spec.DirectRoot)
             || !Equals(vm.MirrorRoot is { } m ? Key(m) : null, spec.MirrorRoot)
@@ -270,6 +278,7 @@ public sealed class ImplTdpEngine : IDisposable
             }
         });
         if (!same || pagesSeen.Count != spec.Pages.Count) return false;
+        if (memory == true) return true;
 
         wordsSeen.Clear();
         vm.VisitHostMemory((hpa, value) =>
@@ -278,7 +287,9 @@ public sealed class ImplTdpEngine : IDisposable
                 || !spec.HostMemory.TryGetValue(hpa, out ulong expected) || expected != value))
                 same = false;
         });
-        return same && wordsSeen.Count == spec.HostMemory.Count;
+        if (!same || wordsSeen.Count != spec.HostMemory.Count) return false;
+        hostMemory.Agree(spec.HostMemory);
+        return true;
     }
 
     /// <summary><c>spec.Equals(Key(impl))</c> field by field: the in-place comparison builds no key per table entry.</summary>
