@@ -47,41 +47,24 @@ public sealed class HostMemoryComparison
         bool logged = takeWritten(frames);
         var before = agreed;
         agreed = null;   // until the frames are found equal
-        if (full || !logged || before is null || !Equals(before.KeyComparer, spec.KeyComparer)) return null;
-        if (!ReferenceEquals(before, spec))
-            foreach (var (hpa, was, now) in SortedMerge.Outer(before, spec))
-                if (was != now) frames.Add(hpa >> PageShift);
-        if (frames.Count > 0)
+        if (full || !logged || before is null) return null;
+        if (ReferenceEquals(before, spec) && frames.Count == 0)
         {
-            bool? same = FramesEqual(spec);
-            if (same != true) return same;
+            agreed = spec;
+            return true;
         }
-        agreed = spec;
-        return true;
-    }
-
-    /// <summary>The caller found the impl's host memory equal to <paramref name="spec"/> in full.</summary>
-    public void Agree(ImmutableSortedDictionary<ulong, ulong> spec) => agreed = spec;
-
-    /// <summary>Whether every frame in <see cref="frames"/> holds the same words on both sides; null when the spec's map has a word the full comparison would question.</summary>
-    bool? FramesEqual(ImmutableSortedDictionary<ulong, ulong> spec)
-    {
+        // The pass below reads words in ascending hpa order, so a frame's words come together.
+        if (!ReferenceEquals(spec.KeyComparer, Comparer<ulong>.Default) || !ReferenceEquals(before.KeyComparer, Comparer<ulong>.Default)) return null;
         try
         {
-            foreach (ulong pfn in frames) expected[pfn] = spare.TryPop(out var page) ? page : new ulong[WordsPerPage];
-            foreach (var (hpa, value) in spec)
-            {
-                if (!expected.TryGetValue(hpa >> PageShift, out var page)) continue;
-                // The spec keeps only non-zero, aligned words: anything else is the full comparison's to report.
-                if (value == 0 || (hpa & 7) != 0) return null;
-                page[(hpa & 0xFFF) / 8] = value;
-            }
+            if (!CollectChangedFrames(before, spec)) return null;
+            foreach (ulong pfn in frames)
+                if (!expected.ContainsKey(pfn)) expected[pfn] = Zeroed();   // no spec word on it
             foreach (var (pfn, page) in expected)
             {
                 readFrame(pfn, actual);
                 if (!actual.AsSpan().SequenceEqual(page)) return false;
             }
-            return true;
         }
         finally
         {
@@ -92,5 +75,75 @@ public sealed class HostMemoryComparison
             }
             expected.Clear();
         }
+        agreed = spec;
+        return true;
+    }
+
+    /// <summary>The caller found the impl's host memory equal to <paramref name="spec"/> in full.</summary>
+    public void Agree(ImmutableSortedDictionary<ulong, ulong> spec) => agreed = spec;
+
+    ulong[] Zeroed() => spare.TryPop(out var page) ? page : new ulong[WordsPerPage];
+
+    // The current frame's spec words in the pass below (word index, value).
+    readonly int[] frameIndex = new int[WordsPerPage];
+    readonly ulong[] frameValue = new ulong[WordsPerPage];
+
+    /// <summary>
+    /// One pass over <paramref name="before"/> and <paramref name="spec"/> side by side: every frame on which a
+    /// word differs joins <see cref="frames"/>, and <see cref="expected"/> gets the spec's words of every frame in
+    /// it. False when the spec holds a word the full comparison would question (zero, or unaligned).
+    /// </summary>
+    bool CollectChangedFrames(ImmutableSortedDictionary<ulong, ulong> before, ImmutableSortedDictionary<ulong, ulong> spec)
+    {
+        bool same = ReferenceEquals(before, spec);
+        // Mutable struct enumerators, advanced in place (not through IEnumerable, which boxes them).
+        var was = before.GetEnumerator();
+        var now = spec.GetEnumerator();
+        try
+        {
+            bool hasWas = !same && was.MoveNext(), hasNow = now.MoveNext();
+            ulong frame = ulong.MaxValue;
+            bool changed = false;
+            int count = 0;
+            while (hasWas || hasNow)
+            {
+                int order = !hasNow ? -1 : !hasWas ? 1 : was.Current.Key.CompareTo(now.Current.Key);
+                ulong hpa = order < 0 ? was.Current.Key : now.Current.Key;
+                if (hpa >> PageShift != frame)
+                {
+                    Keep(frame, changed, count);
+                    (frame, changed, count) = (hpa >> PageShift, false, 0);
+                }
+                if (order <= 0)
+                {
+                    // A word the spec dropped, or holds with another value.
+                    if (order < 0 || was.Current.Value != now.Current.Value) changed = true;
+                    hasWas = was.MoveNext();
+                }
+                else if (!same) changed = true;   // a word only the spec holds now
+                if (order >= 0)
+                {
+                    ulong value = now.Current.Value;
+                    if (value == 0 || (hpa & 7) != 0) return false;
+                    (frameIndex[count], frameValue[count]) = ((int)((hpa & 0xFFF) / 8), value);
+                    count++;
+                    hasNow = now.MoveNext();
+                }
+            }
+            Keep(frame, changed, count);
+            return true;
+        }
+        finally { was.Dispose(); now.Dispose(); }
+    }
+
+    /// <summary>The spec's words of <paramref name="frame"/> into <see cref="expected"/> when either side changed it.</summary>
+    void Keep(ulong frame, bool changed, int count)
+    {
+        if (frame == ulong.MaxValue) return;   // before the first word
+        if (changed) frames.Add(frame);
+        else if (!frames.Contains(frame)) return;
+        var page = Zeroed();
+        for (int i = 0; i < count; i++) page[frameIndex[i]] = frameValue[i];
+        expected[frame] = page;
     }
 }

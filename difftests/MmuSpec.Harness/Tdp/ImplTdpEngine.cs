@@ -228,6 +228,17 @@ public sealed class ImplTdpEngine : IDisposable
             gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
         : null;
 
+    /// <summary><c>Equals(spec, GuestCpu())</c> with no CPU state built: the controls, CR3 and each PDPTE register.</summary>
+    bool SameGuestCpu(CpuState? spec)
+    {
+        if (vm.GuestControls is not { } gc) return spec is null;
+        if (spec is null || spec.Cr3 != vm.GuestCr3 || !spec.Controls.Equals(PagingVocabulary.FromImpl(gc))) return false;
+        bool pae = gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae;
+        for (int i = 0; i < spec.Pdptes.Length; i++)
+            if (spec.Pdptes[i] != (pae ? vm.GuestPdpte(i) : 0)) return false;
+        return true;
+    }
+
     readonly HashSet<PageKey> pagesSeen = new();
     readonly HashSet<ulong> wordsSeen = new();
 
@@ -247,7 +258,7 @@ public sealed class ImplTdpEngine : IDisposable
         if (!config.Equals(spec.Config) || PageSizes.FromShift(vm.MaxPageShift) != spec.MaxPageSize
             || !Equals(vm.DirectRoot is { } d ? Key(d) : null, spec.DirectRoot)
             || !Equals(vm.MirrorRoot is { } m ? Key(m) : null, spec.MirrorRoot)
-            || !Equals(GuestCpu(), spec.GuestCpu)
+            || !SameGuestCpu(spec.GuestCpu)
             || !NotifierState(Notifier).Equals(spec.Notifier))
             return false;
         if (!MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots)) return false;
