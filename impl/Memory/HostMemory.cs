@@ -24,6 +24,11 @@ internal sealed unsafe class HostMemory
     private bool _sortedStale;
     private byte* _base;
 
+    // The VM's log of host frames written since the harness last took it (HostMemslotTable.TrackHostWrites),
+    // and this run's first host frame; null while nobody asked.
+    private HashSet<ulong>? _writeLog;
+    private ulong _logPfnBase;
+
     private HostMemory() { }
 
     /// <exception cref="OutOfMemoryException">The OS refused the reservation.</exception>
@@ -47,6 +52,7 @@ internal sealed unsafe class HostMemory
         Debug.Assert(_base != null && offset < Bytes && (offset & (ulong)(size - 1)) == 0, "store outside the run or misaligned");
         if (_writtenPages.Add(offset >> PageShift))
             _sortedStale = true;
+        _writeLog?.Add(_logPfnBase + (offset >> PageShift));
         if (size == sizeof(ulong))
             *(ulong*)(_base + offset) = value;
         else
@@ -75,11 +81,37 @@ internal sealed unsafe class HostMemory
         }
     }
 
+    /// <summary>
+    /// From now on, adds to <paramref name="log"/> the host frame (<paramref name="hostPfnBase"/> + page) of
+    /// every store, and when the run is freed, of every page written (they read zero afterwards).
+    /// </summary>
+    public void LogWritesTo(HashSet<ulong> log, ulong hostPfnBase)
+    {
+        _writeLog = log;
+        _logPfnBase = hostPfnBase;
+    }
+
+    /// <summary>Page <paramref name="page"/>'s words as <see cref="Visit"/> reports them: zero unless a store wrote the page.</summary>
+    public void CopyPage(ulong page, ulong[] words)
+    {
+        Debug.Assert(words.Length == TableBytes / sizeof(ulong) && page < _pages, "a page of the run, into a page of words");
+        if (_base == null || !_writtenPages.Contains(page))
+            Array.Clear(words);
+        else
+            new ReadOnlySpan<ulong>(_base + (page << PageShift), words.Length).CopyTo(words);
+    }
+
     /// <summary>Returns the run to the pool: the contents are gone (a later slot on these frames reads zero).</summary>
     public void Free()
     {
         if (_base == null || _pool is null)
             return;
+        if (_writeLog is not null)
+        {
+            foreach (ulong page in _writtenPages)
+                _writeLog.Add(_logPfnBase + page);
+            _writeLog = null;
+        }
         // Every write went through Store, so the pool can zero just those pages and reuse the run.
         _pool.FreeLazilyZeroedPages(_base, (long)_pages, _writtenPages);
         _base = null;

@@ -24,6 +24,9 @@ internal struct HostMemslotTable
     // Starts at (and returns to) a slot that contains no gfn, so the cache needs no null check.
     private HostMemslot _last;
 
+    // Host frames written since the last TakeWrittenHostFrames, shared by every slot's host memory; null until TrackHostWrites.
+    private HashSet<ulong>? _hostWrites;
+
     public HostMemslotTable()
     {
         _byId = new HostMemslot?[MaxSlots];
@@ -110,6 +113,8 @@ internal struct HostMemslotTable
 
     public void Add(HostMemslot slot)
     {
+        if (_hostWrites is not null)
+            slot.Host.LogWritesTo(_hostWrites, slot.HostPfnBase);
         _byId[slot.Id] = slot;
         _all = [.. _all, slot];
     }
@@ -170,6 +175,39 @@ internal struct HostMemslotTable
         var offsets = new List<ulong>();
         this[id]?.Dirty?.CopySorted(offsets, bias: 0);
         return offsets;
+    }
+
+    /// <summary>From now on, log the host frame of every store to a slot's host memory, and of every written page of a slot freed.</summary>
+    public void TrackHostWrites()
+    {
+        if (_hostWrites is not null)
+            return;
+        _hostWrites = new HashSet<ulong>();
+        foreach (HostMemslot slot in _all)
+            slot.Host.LogWritesTo(_hostWrites, slot.HostPfnBase);
+    }
+
+    /// <summary>Moves the logged host frames into <paramref name="hostPfns"/>; false (nothing moved) when writes are not tracked.</summary>
+    public readonly bool TakeWrittenHostFrames(ICollection<ulong> hostPfns)
+    {
+        if (_hostWrites is null)
+            return false;
+        foreach (ulong pfn in _hostWrites)
+            hostPfns.Add(pfn);
+        _hostWrites.Clear();
+        return true;
+    }
+
+    /// <summary>Host frame <paramref name="hostPfn"/>'s words as <see cref="VisitHostMemory"/> reports them; all zero (and false) when no slot holds it.</summary>
+    public readonly bool ReadHostFrame(ulong hostPfn, ulong[] words)
+    {
+        if (HoldingHostFrame(hostPfn) is not HostMemslot slot)
+        {
+            Array.Clear(words);
+            return false;
+        }
+        slot.Host.CopyPage(hostPfn - slot.HostPfnBase, words);
+        return true;
     }
 
     /// <summary>Every non-zero 8-byte word of every slot's host memory: slots by id, words ascending.</summary>

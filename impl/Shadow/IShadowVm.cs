@@ -76,6 +76,18 @@ public interface IShadowVm : IDisposable
     /// <summary>Every non-zero 8-byte word of host memory: (hpa, value), hpa 8-aligned.</summary>
     void VisitHostMemory(Action<ulong, ulong> visit);
 
+    /// <summary>From now on, log the host frame (hpa &gt;&gt; 12) of every write to host memory, and of every written page
+    /// of a slot deleted (it reads zero after): the differential harness then reads only those frames after a step.</summary>
+    void TrackHostWrites();
+
+    /// <summary>Moves the host frames logged since the last call (or <see cref="TrackHostWrites"/>) into
+    /// <paramref name="hostPfns"/>; false, moving nothing, when writes are not tracked.</summary>
+    bool TakeWrittenHostFrames(ICollection<ulong> hostPfns);
+
+    /// <summary>Host frame <paramref name="hostPfn"/>'s 512 words into <paramref name="words"/>, as <see cref="VisitHostMemory"/>
+    /// reports them (zero where it reports none); all zero, and false, when no slot's host memory holds the frame.</summary>
+    bool ReadHostFrame(ulong hostPfn, ulong[] words);
+
     /// <summary>The current root's pages: null while there is no current root; else one key (4/5-level) or four (PAE, 32-bit; null = none).</summary>
     IReadOnlyList<ShadowPageKey?>? RootKeys { get; }
 

@@ -91,7 +91,8 @@ public interface ITdpVm : IDisposable
     TdpPageKey? MirrorRoot { get; }
 
     /// <summary>Calls <paramref name="visit"/> for every table page (direct root's tree first, each in
-    /// pre-order) with its present entries in index order. May allocate.</summary>
+    /// pre-order) with its present entries in index order. The list is the visitor's only during the call
+    /// (the MMU may reuse it for the next page). May allocate.</summary>
     void VisitPages(Action<TdpPageKey, IReadOnlyList<TdpEntryInfo>> visit);
 
     /// <summary>Table pages currently in use (both roots included).</summary>
@@ -134,4 +135,16 @@ public interface ITdpVm : IDisposable
     /// <summary>Calls <paramref name="visit"/>(hpa, value) for every non-zero 8-byte word (hpa 8-aligned)
     /// of every slot's host memory.</summary>
     void VisitHostMemory(Action<ulong, ulong> visit);
+
+    /// <summary>From now on, log the host frame (hpa &gt;&gt; 12) of every write to host memory, and of every written page
+    /// of a slot deleted (it reads zero after): the differential harness then reads only those frames after a step.</summary>
+    void TrackHostWrites();
+
+    /// <summary>Moves the host frames logged since the last call (or <see cref="TrackHostWrites"/>) into
+    /// <paramref name="hostPfns"/>; false, moving nothing, when writes are not tracked.</summary>
+    bool TakeWrittenHostFrames(ICollection<ulong> hostPfns);
+
+    /// <summary>Host frame <paramref name="hostPfn"/>'s 512 words into <paramref name="words"/>, as <see cref="VisitHostMemory"/>
+    /// reports them (zero where it reports none); all zero, and false, when no slot's host memory holds the frame.</summary>
+    bool ReadHostFrame(ulong hostPfn, ulong[] words);
 }

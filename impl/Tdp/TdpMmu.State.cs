@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using MmuSpec.Impl.Memory;
 using MmuSpec.Impl.PageTable;
 using static MmuSpec.Impl.PageTable.TableGeometry;
@@ -35,17 +36,34 @@ public sealed partial class TdpMmu<TFormat>
             VisitTree(_mirrorRoot, visit);
     }
 
+    // One entry list and one child list per level, reused by every visit: a visitor owns the list only
+    // during its call (ITdpVm.VisitPages), and a level's lists are done with before a sibling reuses them.
+    private readonly List<TdpEntryInfo>[] _visitEntries = NewLists<TdpEntryInfo>();
+    private readonly List<TableRef>[] _visitChildren = NewLists<TableRef>();
+
+    private static List<T>[] NewLists<T>()
+    {
+        var lists = new List<T>[MaxLevel + 1];
+        for (int i = 0; i < lists.Length; i++)
+            lists[i] = new List<T>();
+        return lists;
+    }
+
     private void VisitTree(TableRef table, Action<TdpPageKey, IReadOnlyList<TdpEntryInfo>> visit)
     {
         TdpPageHeader header = TdpPageAllocator.HeaderOf(table);
         Debug.Assert(header.InUse, "a linked table page that is free");
         _pages.AssertOwned(table);
         int level = header.Level;
-        var entries = new List<TdpEntryInfo>();
-        var children = new List<TableRef>();
-        for (int i = 0; i < EntriesPerTable; i++)
+        List<TdpEntryInfo> entries = _visitEntries[level];
+        List<TableRef> children = _visitChildren[level];
+        entries.Clear();
+        children.Clear();
+        ReadOnlySpan<ulong> ptes = MemoryMarshal.CreateReadOnlySpan(ref table[0], EntriesPerTable);
+        // A zero entry is not present in either format: skip runs of them vectorized.
+        for (int i = ptes.IndexOfAnyExcept(0UL); i >= 0; i = NextNonZero(ptes, i))
         {
-            ulong pte = table[i];
+            ulong pte = ptes[i];
             if (!TFormat.IsPresent(pte))
                 continue;
             if (TFormat.IsLeaf(pte, level))
@@ -65,7 +83,15 @@ public sealed partial class TdpMmu<TFormat>
             children.Add(child);
         }
         visit(header.Key, entries);
-        foreach (TableRef child in children)
-            VisitTree(child, visit);
+        // By index: a child's visit reuses the lists of lower levels only.
+        for (int c = 0; c < children.Count; c++)
+            VisitTree(children[c], visit);
+    }
+
+    /// <summary>The index of the next non-zero entry after <paramref name="i"/>, or -1.</summary>
+    private static int NextNonZero(ReadOnlySpan<ulong> ptes, int i)
+    {
+        int next = ptes[(i + 1)..].IndexOfAnyExcept(0UL);
+        return next < 0 ? -1 : i + 1 + next;
     }
 }

@@ -16,8 +16,13 @@ public static class SlotMemory
         (hpa >> 12) >= slot.HostPfnBase && (hpa >> 12) - slot.HostPfnBase < slot.Pages;
 
     /// <summary>The slot holding <paramref name="gfn"/>, or null.</summary>
-    public static HostMemslot? SlotOf(ImmutableSortedDictionary<int, HostMemslot> slots, ulong gfn) =>
-        slots.Values.FirstOrDefault(s => s.Contains(gfn));
+    public static HostMemslot? SlotOf(ImmutableSortedDictionary<int, HostMemslot> slots, ulong gfn)
+    {
+        // A loop, not Values.FirstOrDefault: every guest read of the TDP and shadow models comes here.
+        foreach (var (_, slot) in slots)
+            if (slot.Contains(gfn)) return slot;
+        return null;
+    }
 
     /// <summary>
     /// Guest-physical memory as the guest sees it now: the memslots, and in them the host memory
@@ -29,10 +34,19 @@ public static class SlotMemory
     /// <summary>Guest-physical reads resolved at the moment of reading: slot, then host frame, then host word.</summary>
     sealed class ThroughSlots(ImmutableSortedDictionary<int, HostMemslot> slots, ImmutableSortedDictionary<ulong, ulong> host) : IPhysicalMemoryImage
     {
-        public ulong Length => slots.Values.Select(s => s.EndGfn << 12).DefaultIfEmpty(0UL).Max();
+        // Both maps are immutable, so the slots (in id order, as SlotOf finds them) and the length are
+        // taken once: a walk reads several entries, and a shadow TLB check walks several memories.
+        readonly HostMemslot[] _slots = [.. slots.Values];
 
-        public ulong ReadQword(ulong gpa) =>
-            SlotOf(slots, gpa >> 12) is { } slot ? host.GetValueOrDefault((slot.HostPfn(gpa >> 12) << 12) | (gpa & 0xFFF)) : 0;
+        public ulong Length { get; } = slots.Values.Select(s => s.EndGfn << 12).DefaultIfEmpty(0UL).Max();
+
+        public ulong ReadQword(ulong gpa)
+        {
+            ulong gfn = gpa >> 12;
+            foreach (var slot in _slots)
+                if (slot.Contains(gfn)) return host.GetValueOrDefault((slot.HostPfn(gfn) << 12) | (gpa & 0xFFF));
+            return 0;
+        }
     }
 
     /// <summary>Host memory with <paramref name="size"/> (4 or 8) bytes of <paramref name="value"/> stored at <paramref name="hpa"/>.</summary>

@@ -78,8 +78,11 @@ public sealed record ShadowTlb(
                 : $"{result}: a fault other than a rights fault must come from the guest's tables as they are now, which give {now}";
         }
         int pcid = after.CurrentPcid;
-        // The walks are lazy: the first memory that gives this result ends the search.
-        if (AllowedResults(cpu, pcid, access).Any(r => Matches(result, r))) return null;
+        // Any allowed memory that gives this result will do, so the search starts from the newest (a result is
+        // most often what the tables say now) and the first memory that gives it ends the search.
+        int from = AllowedFrom(pcid, access.Gva >> 12);
+        for (int i = Memories.Count - 1; i >= from; i--)
+            if (Matches(result, PageWalk.Translate(cpu, Memories[i].View, access).Result)) return null;
         var allowed = AllowedResults(cpu, pcid, access).ToList();
         return $"{result} is not what the guest's tables gave for gva {Bits.Hex(access.Gva)} at any moment since its last flush in pcid {pcid}: "
             + string.Join("; ", allowed.Distinct());

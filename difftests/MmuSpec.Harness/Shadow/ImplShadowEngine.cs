@@ -27,7 +27,11 @@ public sealed class ImplShadowEngine : IDisposable
         this.config = config;
         vm = Create(config, pool);
         if (observe is not null) vm = observe(vm);
+        vm.TrackHostWrites();
+        hostMemory = new HostMemoryComparison(vm.TakeWrittenHostFrames, vm.ReadHostFrame);
     }
+
+    readonly HostMemoryComparison hostMemory;
 
     static ImplShadow.IShadowVm Create(ShadowConfig config, ImplMemory.NativePagePool pool)
     {
@@ -113,6 +117,17 @@ public sealed class ImplShadowEngine : IDisposable
             gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
         : null;
 
+    /// <summary><c>Equals(spec, GuestCpu())</c> with no CPU state built: the controls, CR3 and each PDPTE register.</summary>
+    bool SameGuestCpu(CpuState? spec)
+    {
+        if (vm.GuestControls is not { } gc) return spec is null;
+        if (spec is null || spec.Cr3 != vm.GuestCr3 || !spec.Controls.Equals(PagingVocabulary.FromImpl(gc))) return false;
+        bool pae = gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae;
+        for (int i = 0; i < spec.Pdptes.Length; i++)
+            if (spec.Pdptes[i] != (pae ? vm.GuestPdpte(i) : 0)) return false;
+        return true;
+    }
+
     ShadowRoots Roots() => new(vm.CurrentRoot is { } current ? RootInfo(current) : null,
         vm.PreviousRoots.Select(RootInfo).ToImmutableList());
 
@@ -123,12 +138,16 @@ public sealed class ImplShadowEngine : IDisposable
     /// Whether <see cref="View"/> would equal <paramref name="spec"/> as the state comparison compares them (the
     /// configuration aside): its common case, read in one pass over the impl's pages and host memory and
     /// compared in place, without building the view. False whenever anything differs or looks odd (a page or
-    /// word visited twice), so that the caller reads the full view and reports from it as before.
+    /// word visited twice), so that the caller reads the full view and reports from it as before. Host memory
+    /// is read only where either side changed it since the last agreement (<see cref="HostMemoryComparison"/>),
+    /// all of it with <paramref name="fullMemory"/>.
     /// </summary>
-    public bool Matches(ShadowState spec)
+    public bool Matches(ShadowState spec, bool fullMemory = false)
     {
-        if (spec.GuestPcide != vm.GuestPcide || !Equals(spec.GuestCpu, GuestCpu())
-            || !spec.Roots.Equals(Roots()) || !MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots))
+        bool? memory = hostMemory.ChangedFramesEqual(spec.HostMemory, fullMemory);
+        if (memory == false) return false;
+        if (spec.GuestPcide != vm.GuestPcide || !SameGuestCpu(spec.GuestCpu)
+            || !SameRoots(spec.Roots) || !MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots))
             return false;
 
         pagesSeen.Clear();
@@ -143,6 +162,7 @@ public sealed class ImplShadowEngine : IDisposable
                     return false;
         }
         if (pagesSeen.Count != spec.Pages.Count) return false;
+        if (memory == true) return true;
 
         bool same = true;
         wordsSeen.Clear();
@@ -151,7 +171,9 @@ public sealed class ImplShadowEngine : IDisposable
             if (same && value != 0 && (!wordsSeen.Add(hpa) || !spec.HostMemory.TryGetValue(hpa, out ulong expected) || expected != value))
                 same = false;
         });
-        return same && wordsSeen.Count == spec.HostMemory.Count;
+        if (!same || wordsSeen.Count != spec.HostMemory.Count) return false;
+        hostMemory.Agree(spec.HostMemory);
+        return true;
     }
 
     // The impl's pages as one visit read them, kept until the next step: the state comparison and the
@@ -167,6 +189,26 @@ public sealed class ImplShadowEngine : IDisposable
         vm.VisitPages((info, entries) => pages.Add((info, entries)));
         pagesRead = true;
         return pages;
+    }
+
+    /// <summary><c>spec.Equals(Roots())</c> field by field: the in-place comparison builds no root record.</summary>
+    bool SameRoots(ShadowRoots spec)
+    {
+        if (vm.CurrentRoot is { } current ? spec.Current is null || !SameRoot(spec.Current, current) : spec.Current is not null) return false;
+        var previous = vm.PreviousRoots;
+        if (previous.Count != spec.Previous.Count) return false;
+        for (int i = 0; i < previous.Count; i++)
+            if (!SameRoot(spec.Previous[i], previous[i])) return false;
+        return true;
+    }
+
+    static bool SameRoot(ShadowRootInfo spec, ImplShadow.ShadowRootView r)
+    {
+        if (spec.Pgd != r.Pgd || spec.Unsync != r.Unsync || !spec.Role.Equals(Role(r.Role)) || spec.Root.Pages.Length != r.Pages.Count) return false;
+        for (int i = 0; i < r.Pages.Count; i++)
+            if (r.Pages[i] is { } key ? spec.Root.Pages[i] is not { } page || page.Gfn != key.Gfn || !page.Role.Equals(Role(key.Role)) : spec.Root.Pages[i] is not null)
+                return false;
+        return true;
     }
 
     static ShadowRootInfo RootInfo(ImplShadow.ShadowRootView r) =>

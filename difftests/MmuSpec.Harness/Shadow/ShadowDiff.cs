@@ -23,9 +23,9 @@ public static class ShadowDiff
     }
 
     /// <summary><see cref="ImplShadowEngine.Matches"/>, false when reading the impl throws (the view then says so).</summary>
-    public static bool SafeMatches(ImplShadowEngine impl, ShadowState spec)
+    public static bool SafeMatches(ImplShadowEngine impl, ShadowState spec, bool fullMemory = false)
     {
-        try { return impl.Matches(spec); } catch { return false; }
+        try { return impl.Matches(spec, fullMemory); } catch { return false; }
     }
 
     public static ShadowState? SafeView(ImplShadowEngine impl)

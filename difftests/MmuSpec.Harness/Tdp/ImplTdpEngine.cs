@@ -23,7 +23,11 @@ public sealed class ImplTdpEngine : IDisposable
         this.config = config;
         vm = ImplTdp.TdpVm.Create(config.Format == TdpFormat.Ept ? ImplTdp.TdpFormatKind.Ept : ImplTdp.TdpFormatKind.Stage2, config.SharedBit, pool,
             (ImplTdp.TdpAccessedDirty)config.AccessedDirty);
+        vm.TrackHostWrites();
+        hostMemory = new HostMemoryComparison(vm.TakeWrittenHostFrames, vm.ReadHostFrame);
     }
+
+    readonly HostMemoryComparison hostMemory;
 
     public ImplTdp.ITdpVm Vm => vm;
 
@@ -224,6 +228,17 @@ public sealed class ImplTdpEngine : IDisposable
             gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae ? Enumerable.Range(0, 4).Select(vm.GuestPdpte).ToArray() : new ulong[4])
         : null;
 
+    /// <summary><c>Equals(spec, GuestCpu())</c> with no CPU state built: the controls, CR3 and each PDPTE register.</summary>
+    bool SameGuestCpu(CpuState? spec)
+    {
+        if (vm.GuestControls is not { } gc) return spec is null;
+        if (spec is null || spec.Cr3 != vm.GuestCr3 || !spec.Controls.Equals(PagingVocabulary.FromImpl(gc))) return false;
+        bool pae = gc.Mode == MmuSpec.Impl.Paging.PagingMode.Pae;
+        for (int i = 0; i < spec.Pdptes.Length; i++)
+            if (spec.Pdptes[i] != (pae ? vm.GuestPdpte(i) : 0)) return false;
+        return true;
+    }
+
     readonly HashSet<PageKey> pagesSeen = new();
     readonly HashSet<ulong> wordsSeen = new();
 
@@ -232,14 +247,18 @@ public sealed class ImplTdpEngine : IDisposable
     /// per-step state comparison's common case, read in one pass over the impl's tables and host memory and
     /// compared entry by entry, without building the view (most of a TDP step's cost). False whenever
     /// anything differs or looks wrong, so that the caller reads the full view and reports from it as before.
+    /// Host memory is read only where either side changed it since the last agreement
+    /// (<see cref="HostMemoryComparison"/>), all of it, with the visit's contract checked, with <paramref name="fullMemory"/>.
     /// </summary>
-    public bool Matches(TdpState spec)
+    public bool Matches(TdpState spec, bool fullMemory = false)
     {
         viewProblems.Clear();
+        bool? memory = hostMemory.ChangedFramesEqual(spec.HostMemory, fullMemory);
+        if (memory == false) return false;
         if (!config.Equals(spec.Config) || PageSizes.FromShift(vm.MaxPageShift) != spec.MaxPageSize
             || !Equals(vm.DirectRoot is { } d ? Key(d) : null, spec.DirectRoot)
             || !Equals(vm.MirrorRoot is { } m ? Key(m) : null, spec.MirrorRoot)
-            || !Equals(GuestCpu(), spec.GuestCpu)
+            || !SameGuestCpu(spec.GuestCpu)
             || !NotifierState(Notifier).Equals(spec.Notifier))
             return false;
         if (!MemslotComparison.Same(vm.Slots, vm.DirtyOffsets, spec.Memslots)) return false;
@@ -270,6 +289,7 @@ public sealed class ImplTdpEngine : IDisposable
             }
         });
         if (!same || pagesSeen.Count != spec.Pages.Count) return false;
+        if (memory == true) return true;
 
         wordsSeen.Clear();
         vm.VisitHostMemory((hpa, value) =>
@@ -278,7 +298,9 @@ public sealed class ImplTdpEngine : IDisposable
                 || !spec.HostMemory.TryGetValue(hpa, out ulong expected) || expected != value))
                 same = false;
         });
-        return same && wordsSeen.Count == spec.HostMemory.Count;
+        if (!same || wordsSeen.Count != spec.HostMemory.Count) return false;
+        hostMemory.Agree(spec.HostMemory);
+        return true;
     }
 
     /// <summary><c>spec.Equals(Key(impl))</c> field by field: the in-place comparison builds no key per table entry.</summary>

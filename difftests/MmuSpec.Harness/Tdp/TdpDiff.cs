@@ -41,9 +41,9 @@ public static class TdpDiff
     }
 
     /// <summary><see cref="ImplTdpEngine.Matches"/>, false when reading the impl throws (the view then says so).</summary>
-    public static bool SafeMatches(ImplTdpEngine impl, TdpState spec)
+    public static bool SafeMatches(ImplTdpEngine impl, TdpState spec, bool fullMemory = false)
     {
-        try { return impl.Matches(spec); } catch { return false; }
+        try { return impl.Matches(spec, fullMemory); } catch { return false; }
     }
 
     public static TdpState? SafeView(ImplTdpEngine impl)

@@ -1,0 +1,30 @@
+using MmuSpec.Impl.Memory;
+using static MmuSpec.Impl.PageTable.TableGeometry;
+
+namespace MmuSpec.Impl.Shadow;
+
+/// <summary>Host frames written since the harness last looked (IShadowVm.TrackHostWrites): host memory's stores are its only writes.</summary>
+internal sealed partial class ShadowMmu
+{
+    public void TrackHostWrites()
+    {
+        ThrowIfDisposed();
+        _slots.TrackHostWrites();
+    }
+
+    public bool TakeWrittenHostFrames(ICollection<ulong> hostPfns)
+    {
+        ArgumentNullException.ThrowIfNull(hostPfns);
+        ThrowIfDisposed();
+        return _slots.TakeWrittenHostFrames(hostPfns);
+    }
+
+    public bool ReadHostFrame(ulong hostPfn, ulong[] words)
+    {
+        ArgumentNullException.ThrowIfNull(words);
+        if (words.Length != TableBytes / sizeof(ulong))
+            ThrowHelper.Argument(nameof(words), "A host frame is 512 words.");
+        ThrowIfDisposed();
+        return _slots.ReadHostFrame(hostPfn, words);
+    }
+}
