@@ -348,8 +348,8 @@ public sealed partial record TdpState(
     public TdpState ZapLeaves(ulong start, ulong end)
     {
         var state = this;
-        foreach (var (page, index, _) in Leaves().Where(l => l.Leaf.Overlaps(start, end)).ToList())
-            state = state.RemoveEntry(page, index);
+        foreach (var (page, index, leaf) in Leaves().Where(l => l.Leaf.Overlaps(start, end)).ToList())
+            state = state.ApplyWalkRule(RangeWalkKind.Zap, page, index, leaf, out _);
         return state;
     }
 
@@ -358,7 +358,7 @@ public sealed partial record TdpState(
     {
         var state = this;
         foreach (var (page, index, leaf) in Leaves().Where(l => l.Leaf.Writable && l.Leaf.Overlaps(start, end)).ToList())
-            state = state.SetEntry(page, index, leaf.WithWritable(false));
+            state = state.ApplyWalkRule(RangeWalkKind.WriteProtect, page, index, leaf, out _);
         return state;
     }
 
