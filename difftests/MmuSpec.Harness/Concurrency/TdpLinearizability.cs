@@ -99,7 +99,7 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
 /// The spec's own Retry (an invalidation of the gfn in progress) is the same answer. Rejection reasons are
 /// not compared (each side words its own).
 /// </summary>
-public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
+public sealed partial class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
 {
     public TdpLinState Initial { get; } = new(initial);
 
