@@ -113,6 +113,39 @@ public sealed partial record TdpState
             yield return (this, Moved(walk with { Cursor = end }));
     }
 
+    /// <summary>
+    /// <see cref="StepWalk"/> with a run of hole steps taken as one, stopping only at <paramref name="stops"/> (gfns
+    /// where another operation may put a leaf's start or end) and at the hole's end. Where the cursor lies between
+    /// two stops changes nothing any later step does (a leaf put there either covers the cursor or lies wholly on
+    /// one side of it), so a checker that knows every gfn the other operations touch loses no history this way,
+    /// and sees a few cursor positions instead of one per gfn.
+    /// </summary>
+    public IEnumerable<(TdpState State, RangeWalk Walk)> StepWalk(RangeWalk walk, IReadOnlySet<ulong> stops)
+    {
+        ulong at = walk.Cursor;
+        var ahead = Leaves().Where(l => l.Page.Role.Mirror == walk.Mirror && l.Leaf.Overlaps(at, walk.End)).ToList();
+        if (ahead.Any(l => l.Leaf.Covers(at)))
+        {
+            foreach (var step in StepWalk(walk)) yield return step;
+            yield break;
+        }
+        ulong holeEnd = ahead.Count == 0 ? walk.End : ahead.Min(l => l.Leaf.Gfn);
+        yield return (this, Moved(walk with { Cursor = holeEnd }));
+        foreach (ulong stop in stops.Where(g => g > at && g < holeEnd).OrderDescending())
+            yield return (this, walk with { Cursor = stop });
+    }
+
+    /// <summary>The gfns where a leaf a fault at <paramref name="gfn"/> installs may begin or end (4 KiB to 1 GiB).</summary>
+    public static IEnumerable<ulong> LeafBoundaries(ulong gfn)
+    {
+        for (int level = 1; level <= 3; level++)
+        {
+            ulong frames = 1UL << (9 * (level - 1));
+            yield return gfn & ~(frames - 1);
+            yield return (gfn & ~(frames - 1)) + frames;
+        }
+    }
+
     /// <summary>Past the range's end: the next root from the start, or done.</summary>
     RangeWalk Moved(RangeWalk walk) =>
         walk.Cursor < walk.End ? walk

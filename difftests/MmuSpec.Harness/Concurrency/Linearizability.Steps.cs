@@ -20,6 +20,9 @@ public interface ISteppedSpec<TState, TOp, TResult> : ISequentialSpec<TState, TO
     /// on) or, with progress null, the op's result (it is done).
     /// </summary>
     IEnumerable<OpStep<TState, TResult>> NextStep(TState state, TOp op, object? progress);
+
+    /// <summary>The spec for one history: it may use what the history's ops touch to take fewer, larger steps.</summary>
+    ISteppedSpec<TState, TOp, TResult> For(History<TOp, TResult> history) => this;
 }
 
 /// <summary>One step of an op: the state after it and the progress made, or (progress null) the op's result.</summary>
@@ -41,6 +44,7 @@ public static partial class Linearizability
     {
         var ops = history.Ops;
         if (ops.Count > 64) throw new ArgumentException($"a history of {ops.Count} ops: the checker takes at most 64 (shrink it first)");
+        spec = spec.For(history);
         int n = ops.Count;
         ulong mustPlace = 0;
         for (int i = 0; i < n; i++) if (!ops[i].IsPending) mustPlace |= 1UL << i;

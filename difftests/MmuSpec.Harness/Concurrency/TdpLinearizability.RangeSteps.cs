@@ -14,6 +14,20 @@ public sealed partial class TdpLinSpec : ISteppedSpec<TdpLinState, TdpOp, TdpLin
     /// <summary>Off: every op is one atomic step (what the checker knew before the impl walked ranges in steps).</summary>
     public bool RangeOpsInSteps { get; init; } = true;
 
+    /// <summary>
+    /// Where a walk's hole steps stop (<see cref="TdpState.StepWalk(RangeWalk, IReadOnlySet{ulong})"/>): the leaf
+    /// boundaries around every gfn the history's accesses touch; null, one entry at a time.
+    /// </summary>
+    public IReadOnlySet<ulong>? HoleStops { get; init; }
+
+    public ISteppedSpec<TdpLinState, TdpOp, TdpLinResult> For(History<TdpOp, TdpLinResult> history)
+    {
+        var config = Initial.Spec!.Config;
+        var stops = history.Ops.Select(o => o.Op).OfType<TdpOp.AccessGpa>()
+            .SelectMany(a => TdpState.LeafBoundaries((a.Gpa >> 12) & ~config.DirectBits)).ToHashSet();
+        return new TdpLinSpec(Initial.Spec) { RangeOpsInSteps = RangeOpsInSteps, HoleStops = stops };
+    }
+
     public bool MayRunInSteps(TdpOp op) =>
         RangeOpsInSteps && op is TdpOp.ZapRange or TdpOp.Age or TdpOp.TestAge or TdpOp.SetDirtyLogging { On: true };
 
@@ -23,11 +37,12 @@ public sealed partial class TdpLinSpec : ISteppedSpec<TdpLinState, TdpOp, TdpLin
         if (progress is null)
         {
             // Rejected, or a range that changes nothing by rule: one atomic step, as before.
-            if (spec.BeginWalk(op) is not var (begun, walk))
+            if (spec.BeginWalk(op) is not var (begun, first))
                 return Outcomes(state, op).Select(o => new OpStep<TdpLinState, TdpLinResult>(o.Next, null, o.Result));
-            return [new(Same(state, begun), walk, null)];
+            return [new(Same(state, begun), first, null)];
         }
-        return spec.StepWalk((RangeWalk)progress).Select(s => s.Walk.IsDone
+        var walk = (RangeWalk)progress;
+        return (HoleStops is null ? spec.StepWalk(walk) : spec.StepWalk(walk, HoleStops)).Select(s => s.Walk.IsDone
             ? new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State), null, new TdpLinResult(TdpDiff.Comparable(TdpState.WalkResult(s.Walk))))
             : new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State), s.Walk, null));
     }

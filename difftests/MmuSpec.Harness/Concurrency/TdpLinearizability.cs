@@ -129,7 +129,8 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
     public ConcurrentTdpVm(int? sharedBit, IEnumerable<TdpOp> setup, int vcpuCount,
         ImplTdp.TdpAccessedDirty accessedDirty = ImplTdp.TdpAccessedDirty.Untracked)
     {
-        Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool, accessedDirty);
+        // Range walks offer to yield every other entry, so an exploration sees them drop the lock (ConcurrentTdpMmu.Yield.cs).
+        Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool, accessedDirty) { RangeWalkYieldEvery = 2 };
         for (int i = 0; i < vcpuCount; i++) vcpus.Add(Mmu.CreateVcpu());
         // Setup accesses (tables faulted in before the threads start) run on vCPU 0.
         foreach (var op in setup)

@@ -39,14 +39,14 @@ public sealed class TdpRangeStepTests
     }
 
     /// <summary>The walk run to its end, each hole step chosen by <paramref name="rng"/>, with each step's flush obligation.</summary>
-    static (TdpStepped Stepped, GfnRanges Flushed, int Steps) RunWalk(TdpState s, TdpOp op, Random rng)
+    static (TdpStepped Stepped, GfnRanges Flushed, int Steps) RunWalk(TdpState s, TdpOp op, Random rng, IReadOnlySet<ulong>? stops = null)
     {
         var (state, walk) = s.BeginWalk(op)!.Value;
         var flushed = TdpTlb.MustFlush(s, state).Gfns;
         int steps = 0;
         while (!walk.IsDone)
         {
-            var ways = state.StepWalk(walk).ToList();
+            var ways = (stops is null ? state.StepWalk(walk) : state.StepWalk(walk, stops)).ToList();
             Assert.NotEmpty(ways);
             var (next, nextWalk) = ways[rng.Next(ways.Count)];
             Assert.True(nextWalk.IsDone || nextWalk.Mirror != walk.Mirror || nextWalk.Cursor > walk.Cursor, $"{walk} made no progress");
@@ -78,6 +78,10 @@ public sealed class TdpRangeStepTests
                         Assert.Equal(atomic.Result, stepped.Result);
                         Assert.Equal(atomic.State, stepped.State);
                         Assert.Equal(TdpTlb.MustFlush(s, atomic.State).Gfns, flushed);
+                        // Hole steps taken together up to the case's access boundaries: the same again.
+                        var stops = c.Ops.OfType<TdpOp.AccessGpa>().SelectMany(a => TdpState.LeafBoundaries(a.Gpa >> 12)).ToHashSet();
+                        var (coalesced, _, _) = RunWalk(s, range, rng, stops);
+                        Assert.Equal(atomic, coalesced);
                         compared++;
                         walked += steps;
                     }
