@@ -81,14 +81,18 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         var rule = new AgeRule(clear);
         _epochs.Enter(reader.Id);
         _lock.EnterRead();
+        bool held = true;
         try
         {
-            WalkBothRoots(ref rule, start, end, WalkSide.ReadLocked(reader.Id));
+            WalkBothRoots(ref rule, start, end, WalkSide.ReadLocked(reader.Id), ref held);
         }
         finally
         {
-            _lock.ExitRead();
-            _epochs.Exit(reader.Id);
+            if (held)
+            {
+                _lock.ExitRead();
+                _epochs.Exit(reader.Id);
+            }
         }
         ReclaimDeferred();
         young = rule.Young;

@@ -120,15 +120,19 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         _hostWalk.Enter();
         _epochs.Enter(Epochs<TSched>.HostSlot);
         _lock.EnterRead();
+        bool held = true;
         try
         {
             var rule = new WriteProtectForLogRule();
-            WalkBothRoots(ref rule, start, end, WalkSide.ReadLocked(Epochs<TSched>.HostSlot));
+            WalkBothRoots(ref rule, start, end, WalkSide.ReadLocked(Epochs<TSched>.HostSlot), ref held);
         }
         finally
         {
-            _lock.ExitRead();
-            _epochs.Exit(Epochs<TSched>.HostSlot);
+            if (held)
+            {
+                _lock.ExitRead();
+                _epochs.Exit(Epochs<TSched>.HostSlot);
+            }
             _hostWalk.Exit();
         }
         ReclaimDeferred();

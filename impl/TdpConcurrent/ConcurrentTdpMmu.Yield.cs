@@ -73,7 +73,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     /// (KVM 3a0f64de479c: the entry at the restart position is the next one visited).</item>
     /// </list>
     /// </summary>
-    private bool WalkRange<TRule>(ref TRule rule, ref ulong rootField, ulong start, ulong end, WalkSide side)
+    private bool WalkRange<TRule>(ref TRule rule, ref ulong rootField, ulong start, ulong end, WalkSide side, ref bool held)
         where TRule : struct, ILeafRule
     {
         ulong cursor = start;          // every frame below it is done
@@ -83,7 +83,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         {
             if (side.CanYield && cursor != yieldedAt && YieldDue(sinceYield))
             {
-                YieldLock(side);
+                YieldLock(side, ref held);
                 yieldedAt = cursor;
                 sinceYield = 0;
                 Interlocked.Increment(ref _rangeWalkRestarts);
@@ -162,14 +162,20 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     private bool YieldDue(int sinceYield) =>
         (RangeWalkYieldEvery > 0 && sinceYield >= RangeWalkYieldEvery) || _lock.IsWriterWaiting;
 
-    /// <summary>Drops mmu_lock (and the epoch, for the read side) and takes it again: others run meanwhile.</summary>
-    private void YieldLock(WalkSide side)
+    /// <summary>
+    /// Drops mmu_lock (and the epoch, for the read side) and takes it again: others run meanwhile.
+    /// <paramref name="held"/> says whether the walk holds it, for the caller's cleanup if a tester stops the
+    /// thread while it does not.
+    /// </summary>
+    private void YieldLock(WalkSide side, ref bool held)
     {
+        held = false;
         if (side.Write)
         {
             ExitWrite();
             TSched.Yield(SchedulePointKind.Other);
             EnterWrite();
+            held = true;
             return;
         }
         _lock.ExitRead();
@@ -178,17 +184,18 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         TSched.Yield(SchedulePointKind.Other);
         _epochs.Enter(side.EpochSlot);
         _lock.EnterRead();
+        held = true;
     }
 
     /// <summary>Runs <paramref name="rule"/> over gfns [start, end) in both roots (the shared bit added for the direct root); false when it stopped.</summary>
-    private bool WalkBothRoots<TRule>(ref TRule rule, ulong start, ulong end, WalkSide side)
+    private bool WalkBothRoots<TRule>(ref TRule rule, ulong start, ulong end, WalkSide side, ref bool held)
         where TRule : struct, ILeafRule
     {
         end = Math.Min(end, _slotGfnLimit); // leaves only map gfns inside slots
         if (start >= end)
             return true;
-        return WalkRange(ref rule, ref _directRoot, start + _sharedGfnMask, end + _sharedGfnMask, side)
-            && WalkRange(ref rule, ref _mirrorRoot, start, end, side);
+        return WalkRange(ref rule, ref _directRoot, start + _sharedGfnMask, end + _sharedGfnMask, side, ref held)
+            && WalkRange(ref rule, ref _mirrorRoot, start, end, side, ref held);
     }
 
     /// <summary>tdp_mmu_zap_leafs under the write side: a plain store, the leaf flushed at once.</summary>

@@ -291,17 +291,19 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
     public TdpStatus ZapRange(ulong startGfn, ulong endGfn)
     {
         EnterWrite();
+        bool held = true;
         try
         {
             if (startGfn >= endGfn || endGfn > _gfnLimit)
                 return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_gpaBits - PageShift} frames");
             var zap = new ZapRule();
-            WalkBothRoots(ref zap, startGfn, endGfn, WalkSide.WriteLocked(canYield: true)); // may yield (ConcurrentTdpMmu.Yield.cs)
+            WalkBothRoots(ref zap, startGfn, endGfn, WalkSide.WriteLocked(canYield: true), ref held); // may yield (ConcurrentTdpMmu.Yield.cs)
             return TdpStatus.Ok;
         }
         finally
         {
-            ExitWrite();
+            if (held)
+                ExitWrite();
         }
     }
 

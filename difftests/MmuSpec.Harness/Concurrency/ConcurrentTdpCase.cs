@@ -77,6 +77,7 @@ public sealed record ConcurrentTdpCase(
         w.WriteStartObject("config");
         w.WriteString("format", CaseJson.FormatNames.Single(f => f.Value == c.Config.Format).Key);
         if (c.Config.SharedBit is { } bit) w.WriteNumber("shared_bit", bit); else w.WriteNull("shared_bit");
+        if (c.Config.AccessedDirty != AccessedDirty.Untracked) w.WriteString("accessed_dirty", CaseJson.AccessedDirtyName(c.Config.AccessedDirty));
         w.WriteEndObject();
         w.WriteStartArray("setup");
         foreach (var op in c.Setup) CaseJson.WriteOp(w, op);
@@ -104,11 +105,12 @@ public sealed record ConcurrentTdpCase(
     public static ConcurrentTdpCase ReadJson(JsonElement e, string path)
     {
         var o = StrictObject.Open(e, path, "a concurrent TDP case", "kind", "config", "setup", "threads", "schedule_seed", "iterations", "schedule");
-        var cfg = o.Object("config", "a VM configuration like {\"format\": \"ept\", \"shared_bit\": null}", "format", "shared_bit");
+        var cfg = o.Object("config", "a VM configuration like {\"format\": \"ept\", \"shared_bit\": null}", "format", "shared_bit", "accessed_dirty");
         var format = cfg.Choice("format", CaseJson.FormatNames);
         int? bit = cfg.NullableInt("shared_bit");
+        var ad = cfg.Has("accessed_dirty") ? cfg.Choice("accessed_dirty", CaseJson.AccessedDirtyChoices) : AccessedDirty.Untracked; // absent: no aging
         VmConfig config;
-        try { config = new VmConfig(format, bit); }
+        try { config = new VmConfig(format, bit, ad); }
         catch (ArgumentException x) { throw new InputException($"{cfg.At("shared_bit")}: {x.Message}"); }
         var setup = o.Array("setup").Select(s => CaseJson.ReadTdpOp(s.Element, s.Path)).ToImmutableArray();
         var threads = o.Array("threads").Select(t => t.Element.ValueKind == JsonValueKind.Array
@@ -143,7 +145,7 @@ public sealed record ConcurrentTdpCase(
                 throw new InputException($"{At($"threads[{t}]")}: {ops.Count} ops; a thread has 1 to {MaxOpsPerThread}");
             for (int j = 0; j < ops.Count; j++)
                 if (!ConcurrentTdpCheck.RunsConcurrently(ops[j]))
-                    throw new InputException($"{At($"threads[{t}][{j}]")}: {ops[j]} is not an op the concurrent MMU runs (access_gpa, zap_range, zap_all, set_max_page_size, set_dirty_logging, create_slot, host_invalidate_start, host_invalidate_end, get_dirty_log)");
+                    throw new InputException($"{At($"threads[{t}][{j}]")}: {ops[j]} is not an op the concurrent MMU runs (access_gpa, zap_range, zap_all, set_max_page_size, set_dirty_logging, create_slot, host_invalidate_start, host_invalidate_end, get_dirty_log, age, test_age)");
         }
         for (int j = 0; j < c.Setup.Length; j++)
             if (c.Setup[j] is not (TdpOp.CreateSlot or TdpOp.SetMaxPageSize or TdpOp.SetDirtyLogging or TdpOp.AccessGpa))

@@ -21,7 +21,7 @@ namespace MmuSpec.Harness.Concurrency;
 /// (<see cref="AddNotifierAndFastFaults"/>), drawn after the ops above, so those ops stay what the seed drew before.
 /// </para>
 /// </summary>
-public static class ConcurrentTdpGen
+public static partial class ConcurrentTdpGen
 {
     /// <summary>Schedules per strategy per case: bounded so a case costs about as much as a batch of sequential cases.</summary>
     public const uint IterationsPerStrategy = 10;
@@ -69,10 +69,14 @@ public static class ConcurrentTdpGen
             program.Add([.. Enumerable.Range(0, count).Select(_ => NextOp(rng, second))]);
         }
         AddNotifierAndFastFaults(new Random(seed ^ SecondStream), setup, program, second);
+        config = AddAging(new Random(seed ^ ThirdStream), config, setup, program);
         return new ConcurrentTdpCase(config, setup.ToImmutable(), new(program), (uint)rng.Next(), IterationsPerStrategy);
     }
 
     const int SecondStream = 0x4E07;
+
+    /// <summary>The aging draws' stream (ConcurrentTdpGen.Aging.cs), after both others.</summary>
+    const int ThirdStream = 0x5A6E;
 
     /// <summary>Gfn 0x9: a leaf faulted in by the setup before dirty logging turns on, which logging makes read-only.</summary>
     const ulong LoggedGfn = 0x9;

@@ -112,7 +112,11 @@ public sealed partial class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLi
     }
 
     public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>
-        op is TdpOp.AccessGpa ? [Step(state, op), (TdpLinResult.Retry, state)] : [Step(state, op)];
+        op is not TdpOp.AccessGpa a ? [Step(state, op)]
+        // A write that removed a huge leaf of a logging slot and then lost its race retries with the leaf gone.
+        : a.Type == AccessType.Write && state.Spec?.WriteFaultZapsHugeLeaf(a.Gpa) is { } zapped
+            ? [Step(state, op), (TdpLinResult.Retry, state), (TdpLinResult.Retry, new TdpLinState(zapped))]
+        : [Step(state, op), (TdpLinResult.Retry, state)];
 }
 
 /// <summary>

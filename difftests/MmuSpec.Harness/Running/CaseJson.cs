@@ -252,6 +252,11 @@ public static class CaseJson
     };
     static readonly Dictionary<string, PageSize> PageSizeNames = Enum.GetValues<PageSize>().ToDictionary(s => s.Name());
     internal static readonly Dictionary<string, TdpFormat> FormatNames = new() { ["ept"] = TdpFormat.Ept, ["stage2"] = TdpFormat.Stage2 };
+    /// <summary>The JSON names of <see cref="AccessedDirty"/> (for the concurrent case's config too).</summary>
+    internal static IReadOnlyDictionary<string, AccessedDirty> AccessedDirtyChoices => AccessedDirtyNames;
+
+    internal static string AccessedDirtyName(AccessedDirty ad) => AccessedDirtyNames.Single(a => a.Value == ad).Key;
+
     static readonly Dictionary<string, AccessedDirty> AccessedDirtyNames = new()
     {
         ["untracked"] = AccessedDirty.Untracked, ["enabled"] = AccessedDirty.Enabled, ["disabled"] = AccessedDirty.Disabled,
