@@ -12,8 +12,8 @@ namespace MmuSpec.Impl.TdpConcurrent;
 /// under mmu_lock held for read, as KVM's TDP MMU runs them (kvm_tdp_mmu_age_gfn_range; since 2025 under RCU
 /// alone): each young leaf is made old by a compare-and-exchange against the value read, and a lost
 /// exchange re-reads that entry and decides again, so aging races faults, write-protection faults and
-/// zaps of huge leaves without losing an update. A frozen entry is never present, so aging leaves it to
-/// its owner (EPT's frozen value holds bit 8, stage-2's bit 10: the accessed bits).
+/// zaps of huge leaves without losing an update. A frozen entry is never present, so aging never changes
+/// it (EPT's frozen value holds bit 8, stage-2's bit 10: the accessed bits); the walk waits it out.
 /// </summary>
 public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
 {
@@ -57,17 +57,15 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     private bool LeafDirty(ulong leaf) => (leaf & _dirtyMask) != 0;
 
     /// <summary>
-    /// kvm_age_gfn over gfns [startGfn, endGfn), both roots, under the write side. KVM ages under mmu_lock
-    /// held for read (or only RCU), entry by entry, so a fault can run between two entries of one age; the
-    /// spec's Age is one atomic step, which cannot explain that (a vCPU sees an early leaf aged and a later one
-    /// not yet: ConcurrentTdpAgingTests found it). Until the spec states range operations as runs of per-entry
-    /// steps (docs/tdp-concurrency.md, "Not built yet"), aging excludes faults. <paramref name="reader"/> is the
-    /// vCPU on whose behalf the host ages (kept for that read-side version).
+    /// kvm_age_gfn over gfns [startGfn, endGfn), both roots, under the read side, entry by entry (KVM's
+    /// kvm_tdp_mmu_age_gfn_range; since 2025 under RCU alone): faults run between two leaves of one age, which
+    /// the spec's walk of per-entry steps explains (TdpState.RangeSteps.cs). <paramref name="reader"/>'s epoch keeps
+    /// the tables it walks from being freed (KVM: rcu_read_lock), so a host thread that ages uses a vCPU of its own.
     /// </summary>
     public TdpStatus Age(ConcurrentTdpVcpu<TFormat, TSched> reader, ulong startGfn, ulong endGfn, out bool young) =>
         Aging(reader, startGfn, endGfn, clear: true, out young);
 
-    /// <summary>kvm_test_age_gfn: as <see cref="Age"/>, changing nothing.</summary>
+    /// <summary>kvm_test_age_gfn: as <see cref="Age"/>, changing nothing; the first young leaf answers.</summary>
     public TdpStatus TestAge(ConcurrentTdpVcpu<TFormat, TSched> reader, ulong startGfn, ulong endGfn, out bool young) =>
         Aging(reader, startGfn, endGfn, clear: false, out young);
 
@@ -80,80 +78,61 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             return Reject("this MMU does not track accessed state");
         if (start >= end || end > _gfnLimit)
             return Reject($"age range [0x{start:X}, 0x{end:X}) is empty or beyond 2^{_gpaBits - PageShift} frames");
-        end = Math.Min(end, _slotGfnLimit); // leaves only map gfns inside slots
-        if (start >= end)
-            return TdpStatus.Ok;
-        EnterWrite();
+        var rule = new AgeRule(clear);
+        _epochs.Enter(reader.Id);
+        _lock.EnterRead();
+        bool held = true;
         try
         {
-            TSched.Yield(SchedulePointKind.SpteRead);
-            ulong direct = Volatile.Read(ref _directRoot);
-            young = AgeTable(direct, _rootLevel, 0, start + _sharedGfnMask, end + _sharedGfnMask, clear);
-            if (!young || clear)
-            {
-                TSched.Yield(SchedulePointKind.SpteRead);
-                young |= AgeTable(Volatile.Read(ref _mirrorRoot), _rootLevel, 0, start, end, clear);
-            }
+            WalkBothRoots(ref rule, start, end, WalkSide.ReadLocked(reader.Id), ref held);
         }
         finally
         {
-            ExitWrite();
+            if (held)
+            {
+                _lock.ExitRead();
+                _epochs.Exit(reader.Id);
+            }
         }
+        ReclaimDeferred();
+        young = rule.Young;
         return TdpStatus.Ok;
     }
 
     /// <summary>
-    /// The entries of the table at <paramref name="address"/> (level <paramref name="level"/>, first frame
-    /// <paramref name="tableFrame"/>) that overlap [start, end): whether a leaf there was young, and with
-    /// <paramref name="clear"/> each made old. Every entry is read once with acquire (a table another vCPU
-    /// just linked is seen initialised) and changed only by compare-and-exchange.
+    /// One leaf of an age: a young one is made old by a compare-and-exchange against the value read (KVM clears
+    /// only A, tdp_mmu_clear_spte_bits_atomic, and owes no flush), or without EPT A/D zapped as
+    /// tdp_mmu_zap_spte_atomic does it: frozen until its flush is issued. A lost exchange reads the entry again;
+    /// the leaf counts as young only once its exchange won. For test_age the first young leaf ends the walk.
     /// </summary>
-    private bool AgeTable(ulong address, int level, ulong tableFrame, ulong start, ulong end, bool clear)
+    private struct AgeRule(bool clear) : ILeafRule
     {
-        if (address == 0)
-            return false;
-        TableRef table = TableRef.At(address, level);
-        ulong frames = FramesPerEntry(level);
-        int first = start <= tableFrame ? 0 : (int)Math.Min(EntriesPerTable, (start - tableFrame) / frames);
-        int last = (int)Math.Min(EntriesPerTable - 1, (end - 1 - tableFrame) / frames);
-        bool young = false;
-        for (int i = first; i <= last; i++)
+        public bool Young;
+
+        public LeafStep Visit(ConcurrentTdpMmu<TFormat, TSched> mmu, PteRef leaf)
         {
-            ulong frame = tableFrame + (ulong)i * frames;
-            var pte = new PteRef(table, i, level, frame, 0);
-            while (true)
+            ulong value = leaf.Value;
+            if (!mmu.LeafAccessed(value))
+                return LeafStep.Next;
+            if (!clear)
             {
-                TSched.Yield(SchedulePointKind.SpteRead);
-                ulong value = pte.CurrentAcquire;
-                if (!TFormat.IsPresent(value))
-                    break; // a hole, or frozen by a fault or zap that owns it now
-                if (!TFormat.IsLeaf(value, level))
-                {
-                    young |= AgeTable(TFormat.TableAddress(value), level - 1, frame, start, end, clear);
-                    break;
-                }
-                if (!LeafAccessed(value))
-                    break;
-                young = true;
-                if (!clear)
-                    return true;
-                pte = pte.WithValue(value);
-                if (_accessedMask != 0)
-                {
-                    // KVM clears only A (tdp_mmu_clear_spte_bits_atomic); no flush is owed.
-                    if (TryExchange(pte, value & ~_accessedMask))
-                        break;
-                    continue; // lost to a fault or zap: read again and decide again
-                }
-                // No EPT A/D: zapped as tdp_mmu_zap_spte_atomic does it, frozen until its flush is issued.
-                if (!TryExchange(pte, TFormat.FrozenEntry))
-                    continue;
-                AddFlush(frame & ~_sharedGfnMask, frames);
-                TSched.Yield(SchedulePointKind.SpteExchange);
-                pte.WriteRelease(0);
-                break;
+                Young = true;
+                return LeafStep.Stop;
             }
+            if (mmu._accessedMask != 0)
+            {
+                if (!TryExchange(leaf, value & ~mmu._accessedMask))
+                    return LeafStep.Again;
+                Young = true;
+                return LeafStep.Next;
+            }
+            if (!TryExchange(leaf, TFormat.FrozenEntry))
+                return LeafStep.Again;
+            Young = true;
+            mmu.AddFlush(leaf.Frame & ~mmu._sharedGfnMask, FramesPerEntry(leaf.Level));
+            TSched.Yield(SchedulePointKind.SpteExchange);
+            leaf.WriteRelease(0);
+            return LeafStep.Next;
         }
-        return young;
     }
 }

@@ -104,6 +104,41 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         WriteProtectGfn(_mirrorRoot, gfn);
     }
 
+    // One host walk under the read side at a time: it has one epoch slot (KVM serializes memslot updates with slots_lock).
+    private SideLock<TSched> _hostWalk;
+
+    /// <summary>
+    /// Dirty logging's write-protection of gfns [start, end) under the read side (kvm_tdp_mmu_wrprot_slot with
+    /// mmu_lock held for read): each writable leaf loses W by its own compare-and-exchange (a lost one re-reads
+    /// the entry and decides again), faults and fast faults run between two leaves, and a frozen entry is waited
+    /// out. Then the range is flushed (kvm_mmu_slot_apply_flags). A fault that fixes a leaf after the slot began
+    /// to log but before the walk reaches it ends read-only and dirty: the spec's walk explains it.
+    /// </summary>
+    private void WriteProtectForLog(ulong start, ulong end)
+    {
+        ThrowIfDisposed();
+        _hostWalk.Enter();
+        _epochs.Enter(Epochs<TSched>.HostSlot);
+        _lock.EnterRead();
+        bool held = true;
+        try
+        {
+            var rule = new WriteProtectForLogRule();
+            WalkBothRoots(ref rule, start, end, WalkSide.ReadLocked(Epochs<TSched>.HostSlot), ref held);
+        }
+        finally
+        {
+            if (held)
+            {
+                _lock.ExitRead();
+                _epochs.Exit(Epochs<TSched>.HostSlot);
+            }
+            _hostWalk.Exit();
+        }
+        ReclaimDeferred();
+        AddFlush(start, end - start); // the memslot, unconditionally
+    }
+
     private void WriteProtectGfn(ulong root, ulong frame)
     {
         foreach (PteRef pte in new PteIterator<TFormat>(RootRef(root), _rootLevel, frame, frame + 1))

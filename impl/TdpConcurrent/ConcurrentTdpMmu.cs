@@ -217,9 +217,14 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
     }
 
-    /// <summary>As <see cref="TdpMmu{TFormat}.SetDirtyLogging"/>: on write-protects the slot's leaves and flushes it.</summary>
+    /// <summary>
+    /// As <see cref="TdpMmu{TFormat}.SetDirtyLogging"/>: on write-protects the slot's leaves and flushes it. The
+    /// flag changes under the write side; the write-protection then runs under the read side beside faults
+    /// (ConcurrentTdpMmu.WriteProtect.cs).
+    /// </summary>
     public SlotStatus SetDirtyLogging(int id, bool on)
     {
+        ulong start, end;
         EnterWrite();
         try
         {
@@ -227,18 +232,17 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
                 return RejectSlot($"no slot {id}");
             if (SlotUpdateWaits() is string waits)
                 return RejectSlot(waits);
-            if (SetDirtyLoggingFlag(slot, on) && on)
-            {
-                _fastFaultsUseful = true; // before the write-protection: released by ExitWrite
-                WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
-                AddFlush(slot.BaseGfn, slot.Pages); // kvm_mmu_slot_apply_flags: the memslot, unconditionally
-            }
-            return SlotStatus.Ok;
+            if (!(SetDirtyLoggingFlag(slot, on) && on))
+                return SlotStatus.Ok;
+            _fastFaultsUseful = true; // before the write-protection: released by ExitWrite
+            (start, end) = (slot.BaseGfn, slot.EndGfn);
         }
         finally
         {
             ExitWrite();
         }
+        WriteProtectForLog(start, end);
+        return SlotStatus.Ok;
     }
 
     /// <summary>KVM_GET_DIRTY_LOG without manual protect: fetch, clear, write-protect what was fetched.</summary>
@@ -280,20 +284,26 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
         }
     }
 
-    /// <summary>KVM's kvm_tdp_mmu_zap_leafs under the write side: every leaf overlapping [start, end) goes; tables stay.</summary>
+    /// <summary>
+    /// KVM's kvm_tdp_mmu_zap_leafs under the write side: every leaf overlapping [start, end) goes; tables stay.
+    /// A long zap drops and retakes the write side on the way (<see cref="RangeWalkYieldEvery"/>).
+    /// </summary>
     public TdpStatus ZapRange(ulong startGfn, ulong endGfn)
     {
         EnterWrite();
+        bool held = true;
         try
         {
             if (startGfn >= endGfn || endGfn > _gfnLimit)
                 return Reject($"zap range [0x{startGfn:X}, 0x{endGfn:X}) is empty or beyond 2^{_gpaBits - PageShift} frames");
-            ZapLeafs(startGfn, endGfn);
+            var zap = new ZapRule();
+            WalkBothRoots(ref zap, startGfn, endGfn, WalkSide.WriteLocked(canYield: true), ref held); // may yield (ConcurrentTdpMmu.Yield.cs)
             return TdpStatus.Ok;
         }
         finally
         {
-            ExitWrite();
+            if (held)
+                ExitWrite();
         }
     }
 

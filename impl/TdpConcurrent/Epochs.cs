@@ -21,10 +21,13 @@ internal sealed class Epochs<TSched> where TSched : struct, ISchedulePoint
 {
     public const int MaxVcpus = 64;
 
+    /// <summary>The slot of the host's read-side walks (dirty logging's write-protection), one at a time.</summary>
+    public const int HostSlot = MaxVcpus;
+
     // Slots 128 bytes apart: each vCPU writes only its own, and neighbours do not share a line.
     private const int Stride = 16;
 
-    private readonly long[] _active = new long[MaxVcpus * Stride];
+    private readonly long[] _active = new long[(MaxVcpus + 1) * Stride];
     private long _global = 1;
 
     /// <summary>
@@ -60,6 +63,7 @@ internal sealed class Epochs<TSched> where TSched : struct, ISchedulePoint
             if (e != 0 && e < oldest)
                 oldest = e;
         }
-        return oldest;
+        long host = Volatile.Read(ref _active[HostSlot * Stride]);
+        return host != 0 && host < oldest ? host : oldest;
     }
 }

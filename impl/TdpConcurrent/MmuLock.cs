@@ -24,6 +24,9 @@ internal struct MmuLock<TSched> where TSched : struct, ISchedulePoint
 
     public readonly bool IsReadHeld => (Volatile.Read(in _state) & ReaderMask) != 0;
 
+    /// <summary>A writer waits for the lock (what a long walk yields to: KVM's rwlock_needbreak).</summary>
+    public readonly bool IsWriterWaiting => (Volatile.Read(in _state) & WriterWaiting) != 0;
+
     public void EnterRead()
     {
         SpinWait spin = default;

@@ -93,7 +93,7 @@ public sealed partial record TdpState
         var young = Leaves().Where(l => l.Leaf.Accessed && l.Leaf.Overlaps(start, end)).ToList();
         var state = this;
         foreach (var (page, index, leaf) in young)
-            state = AgingZaps ? state.RemoveEntry(page, index) : state.SetEntry(page, index, leaf with { Accessed = false });
+            state = state.ApplyWalkRule(RangeWalkKind.Age, page, index, leaf, out _);
         return new TdpStepped(state, new TdpResult.Young(young.Count > 0));
     }
 

@@ -129,7 +129,7 @@ public sealed partial record TdpState(
             // A fault while the host changes the page behind the gfn: retry once it is done (TdpState.Notifier.cs).
             if (MustRetry(gfn)) return new TdpStepped(this, new TdpResult.Retry());
             // 5. A write-protection fault.
-            if ((leaf.Level == 1 || !slot.DirtyLogging) && !TracksWithin(leaf.Gfn, leaf.Level))
+            if (!WriteFaultDropsLeaf(slot, leaf))
             {
                 var unprotected = leaf.WithWritable(true);
                 var state = SetEntry(hit.Page, hit.Index, unprotected).MarkDirty(slot, gfn);
@@ -353,8 +353,8 @@ public sealed partial record TdpState(
     public TdpState ZapLeaves(ulong start, ulong end)
     {
         var state = this;
-        foreach (var (page, index, _) in Leaves().Where(l => l.Leaf.Overlaps(start, end)).ToList())
-            state = state.RemoveEntry(page, index);
+        foreach (var (page, index, leaf) in Leaves().Where(l => l.Leaf.Overlaps(start, end)).ToList())
+            state = state.ApplyWalkRule(RangeWalkKind.Zap, page, index, leaf, out _);
         return state;
     }
 
@@ -363,7 +363,7 @@ public sealed partial record TdpState(
     {
         var state = this;
         foreach (var (page, index, leaf) in Leaves().Where(l => l.Leaf.Writable && l.Leaf.Overlaps(start, end)).ToList())
-            state = state.SetEntry(page, index, leaf.WithWritable(false));
+            state = state.ApplyWalkRule(RangeWalkKind.WriteProtect, page, index, leaf, out _);
         return state;
     }
 

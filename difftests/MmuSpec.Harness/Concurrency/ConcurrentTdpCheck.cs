@@ -31,6 +31,8 @@ public sealed class ConcurrentRunEvents
     public int RetriesAfterInvalidation;
     /// <summary>Write faults the lockless fast path answered, and those it left to the slow path, by the end of the schedule.</summary>
     public long FastFaultsTaken, FastFaultsRefused;
+    /// <summary>Range walks' restarts after dropping mmu_lock (ConcurrentTdpMmu.Yield.cs).</summary>
+    public long RangeWalkRestarts;
 }
 
 /// <summary>
@@ -56,6 +58,7 @@ public static class ConcurrentCoverage
         new("concurrent path: fault retried after an invalidation", e => e.RetriesAfterInvalidation > 0),
         new("concurrent path: fast fault taken", e => e.FastFaultsTaken > 0),
         new("concurrent path: fast fault refused", e => e.FastFaultsRefused > 0),
+        new("concurrent path: range walk yielded and restarted", e => e.RangeWalkRestarts > 0),
     ];
 
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(s => s.Name)];
@@ -92,6 +95,7 @@ public static class ConcurrentTdpCheck
             events.TablesFreed = vm.Mmu.DeferredTablesFreed;
             events.FastFaultsTaken = vm.Mmu.FastFaultsTaken;
             events.FastFaultsRefused = vm.Mmu.FastFaultsRefused;
+            events.RangeWalkRestarts = vm.Mmu.RangeWalkRestarts;
             if (hit is not null)
                 foreach (var s in ConcurrentCoverage.All)
                     if (s.Reached(events)) hit(s.Name);

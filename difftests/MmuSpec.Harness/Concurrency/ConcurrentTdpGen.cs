@@ -72,10 +72,16 @@ public static partial class ConcurrentTdpGen
         AddNotifierAndFastFaults(new Random(seed ^ SecondStream), setup, program, second);
         uint scheduleSeed = (uint)rng.Next();
         config = AddAgingAndWriteTracking(new Random(seed ^ ThirdStream), config, setup, program);
+        // Read-side aging racing write hits (ConcurrentTdpGen.Aging.cs), where the third stream drew neither aging nor tracking.
+        if (config.AccessedDirty == AccessedDirty.Untracked && !program.Any(ops => ops.Any(op => op is TdpOp.TrackWrites)))
+            config = AddAging(new Random(seed ^ FourthStream), config, setup, program);
         return new ConcurrentTdpCase(config, setup.ToImmutable(), new(program), scheduleSeed, IterationsPerStrategy);
     }
 
     const int SecondStream = 0x4E07;
+
+    /// <summary>The aging draws' stream (ConcurrentTdpGen.Aging.cs), after both others.</summary>
+    const int FourthStream = 0x5A6E;
 
     /// <summary>Gfn 0x9: a leaf faulted in by the setup before dirty logging turns on, which logging makes read-only.</summary>
     const ulong LoggedGfn = 0x9;

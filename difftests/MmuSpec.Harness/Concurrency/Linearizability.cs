@@ -31,7 +31,8 @@ public interface ISequentialSpec<TState, TOp, TResult> where TState : notnull
 }
 
 /// <summary>One op placed in the sequential order that explains a history, with the spec's answer.</summary>
-public sealed record LinearizedOp<TOp, TResult>(HistoryOp<TOp, TResult> Op, TResult SpecResult, bool Dropped = false);
+/// <remarks><paramref name="Step"/>: an intermediate step of an op that runs in steps (Linearizability.Steps.cs), where it has got to.</remarks>
+public sealed record LinearizedOp<TOp, TResult>(HistoryOp<TOp, TResult> Op, TResult SpecResult, bool Dropped = false, string? Step = null);
 
 /// <summary>The verdict on one history.</summary>
 public sealed record LinearizabilityResult<TOp, TResult>(
@@ -53,7 +54,7 @@ public sealed record LinearizabilityResult<TOp, TResult>(
 /// At most 64 ops per history (the linearized set is one machine word); histories are small
 /// (a few threads of a few ops) and shrunk before they are read.
 /// </summary>
-public static class Linearizability
+public static partial class Linearizability
 {
     public static LinearizabilityResult<TOp, TResult> Check<TState, TOp, TResult>(History<TOp, TResult> history, ISequentialSpec<TState, TOp, TResult> spec)
         where TState : notnull
@@ -68,6 +69,8 @@ public static class Linearizability
         History<TOp, TResult> history, ISequentialSpec<TState, TOp, TResult> spec, bool hasFinal, TState? observedFinal)
         where TState : notnull
     {
+        if (spec is ISteppedSpec<TState, TOp, TResult> stepped && history.Ops.Any(o => stepped.MayRunInSteps(o.Op)))
+            return CheckSteps(history, stepped, hasFinal, observedFinal);
         var ops = history.Ops;
         if (ops.Count > 64) throw new ArgumentException($"a history of {ops.Count} ops: the checker takes at most 64 (shrink it first)");
         int n = ops.Count;
@@ -124,7 +127,7 @@ public static class Linearizability
         var sb = new StringBuilder("linearizable, in this order:\n");
         int k = 1;
         foreach (var l in order)
-            sb.AppendLine(l.Dropped ? $"  -  {l.Op} left out (pending, no effect)" : $"  {k++,2}. {l.Op} (spec: {l.SpecResult})");
+            sb.AppendLine(l.Dropped ? $"  -  {l.Op} left out (pending, no effect)" : l.Step is { } step ? $"  {k++,2}. #{l.Op.Id} step: {step}" : $"  {k++,2}. {l.Op} (spec: {l.SpecResult})");
         return sb.ToString();
     }
 
@@ -144,7 +147,7 @@ public static class Linearizability
         sb.Append(history.RenderTimeline(blocked, "<< cannot come next"));
         sb.AppendLine($"longest explained prefix ({prefix.Count} of {history.Ops.Count(o => !o.IsPending)} responded ops):");
         int k = 1;
-        foreach (var p in prefix) sb.AppendLine($"  {k++,2}. {p.Op} (spec: {p.SpecResult})");
+        foreach (var p in prefix) sb.AppendLine(p.Step is { } step ? $"  {k++,2}. #{p.Op.Id} step: {step}" : $"  {k++,2}. {p.Op} (spec: {p.SpecResult})");
         sb.AppendLine($"  spec state then: {state}");
         if (finalMismatch)
             sb.AppendLine($"every result is explained, but no order ends in the observed final state {observedFinal} (one ends in {mismatchState})");

@@ -101,11 +101,11 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
 /// The sequential spec of the concurrent TDP MMU: <see cref="TdpState.Step"/>, and for an access also
 /// Retry with the state unchanged (a lost compare-and-exchange, a frozen entry, or a host invalidation
 /// that started or ended since the fault looked its page up leaves nothing of its own; docs/tdp-concurrency.md),
-/// or with the read-only huge leaf it zapped before it lost (<see cref="TdpLinRetries"/>).
+/// or with the read-only huge leaf it zapped before it lost (<see cref="TdpState.WriteFaultZapsHugeLeaf"/>).
 /// The spec's own Retry (an invalidation of the gfn in progress) is the same answer. Rejection reasons are
 /// not compared (each side words its own).
 /// </summary>
-public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
+public sealed partial class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
 {
     public TdpLinState Initial { get; } = new(initial);
 
@@ -118,7 +118,11 @@ public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, 
     }
 
     public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>
-        op is TdpOp.AccessGpa a ? [Step(state, op), (TdpLinResult.Retry, state), .. TdpLinRetries.AfterHugeLeafZap(state, a)] : [Step(state, op)];
+        op is not TdpOp.AccessGpa a ? [Step(state, op)]
+        // A write that removed a huge leaf (logging slot, or over a tracked gfn) and then lost its race retries with the leaf gone.
+        : a.Type == AccessType.Write && state.Spec?.WriteFaultZapsHugeLeaf(a.Gpa) is { } zapped
+            ? [Step(state, op), (TdpLinResult.Retry, state), (TdpLinResult.Retry, new TdpLinState(zapped))]
+        : [Step(state, op), (TdpLinResult.Retry, state)];
 }
 
 /// <summary>
@@ -135,7 +139,8 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
     public ConcurrentTdpVm(int? sharedBit, IEnumerable<TdpOp> setup, int vcpuCount,
         ImplTdp.TdpAccessedDirty accessedDirty = ImplTdp.TdpAccessedDirty.Untracked)
     {
-        Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool, accessedDirty);
+        // Range walks offer to yield every other entry, so an exploration sees them drop the lock (ConcurrentTdpMmu.Yield.cs).
+        Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool, accessedDirty) { RangeWalkYieldEvery = 2 };
         for (int i = 0; i < vcpuCount; i++) vcpus.Add(Mmu.CreateVcpu());
         // Setup accesses (tables faulted in before the threads start) run on vCPU 0.
         foreach (var op in setup)

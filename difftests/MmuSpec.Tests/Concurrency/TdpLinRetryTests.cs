@@ -6,7 +6,7 @@ using Xunit;
 namespace MmuSpec.Tests.Concurrency;
 
 /// <summary>
-/// What a Retry may leave behind (<see cref="TdpLinRetries"/>). The history is the one the campaign found
+/// What a Retry may leave behind (<see cref="TdpState.WriteFaultZapsHugeLeaf"/>). The history is the one the campaign found
 /// (`check --property tdp-concurrent --seed 7`, shrunk to two ops): a 2 MiB read-only leaf in a logging slot; T0's
 /// write zaps it to map 4 KiB below, T1's read meanwhile faults a 4 KiB leaf into the hole, T0's link loses and
 /// answers Retry. Before the spec allowed that Retry its zap, no order explained T1's "faulted in".
@@ -69,7 +69,7 @@ public sealed class TdpLinRetryTests
         Assert.False(Linearizability.Check(r.ToHistory(), spec, new TdpLinState(afterRead.State)).IsLinearizable);
         // Nor may a write's Retry drop a huge leaf its own step keeps: logging off, the read-only 2 MiB leaf is made writable.
         var notLogging = setup.Step(new TdpOp.SetDirtyLogging(0, false)).State;
-        Assert.Empty(TdpLinRetries.AfterHugeLeafZap(new TdpLinState(notLogging), (TdpOp.AccessGpa)Write2));
-        Assert.Single(TdpLinRetries.AfterHugeLeafZap(new TdpLinState(setup), (TdpOp.AccessGpa)Write2));
+        Assert.Null(notLogging.WriteFaultZapsHugeLeaf(0x2000));
+        Assert.NotNull(setup.WriteFaultZapsHugeLeaf(0x2000));
     }
 }

@@ -1,0 +1,52 @@
+using MmuSpec.Harness.Tdp;
+using MmuSpec.Spec.Tdp;
+
+namespace MmuSpec.Harness.Concurrency;
+
+/// <summary>
+/// Range operations in steps (docs/tdp-concurrency.md, "Range operations"): a zap, dirty logging's
+/// write-protection and aging walk their range entry by entry, under the read side or dropping the write side
+/// to yield, so other ops run between their entries. Each is checked as the spec's run of per-entry steps
+/// (<see cref="TdpState.BeginWalk"/>, <see cref="TdpState.StepWalk"/>), each step linearized at its own point.
+/// </summary>
+public sealed partial class TdpLinSpec : ISteppedSpec<TdpLinState, TdpOp, TdpLinResult>
+{
+    /// <summary>Off: every op is one atomic step (what the checker knew before the impl walked ranges in steps).</summary>
+    public bool RangeOpsInSteps { get; init; } = true;
+
+    /// <summary>
+    /// Where a walk's hole steps stop (<see cref="TdpState.StepWalk(RangeWalk, IReadOnlySet{ulong})"/>): the leaf
+    /// boundaries around every gfn the history's accesses touch; null, one entry at a time.
+    /// </summary>
+    public IReadOnlySet<ulong>? HoleStops { get; init; }
+
+    public ISteppedSpec<TdpLinState, TdpOp, TdpLinResult> For(History<TdpOp, TdpLinResult> history)
+    {
+        var config = Initial.Spec!.Config;
+        var stops = history.Ops.Select(o => o.Op).OfType<TdpOp.AccessGpa>()
+            .SelectMany(a => TdpState.LeafBoundaries((a.Gpa >> 12) & ~config.DirectBits)).ToHashSet();
+        return new TdpLinSpec(Initial.Spec) { RangeOpsInSteps = RangeOpsInSteps, HoleStops = stops };
+    }
+
+    public bool MayRunInSteps(TdpOp op) =>
+        RangeOpsInSteps && op is TdpOp.ZapRange or TdpOp.Age or TdpOp.TestAge or TdpOp.SetDirtyLogging { On: true };
+
+    public IEnumerable<OpStep<TdpLinState, TdpLinResult>> NextStep(TdpLinState state, TdpOp op, object? progress)
+    {
+        var spec = state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state));
+        if (progress is null)
+        {
+            // Rejected, or a range that changes nothing by rule: one atomic step, as before.
+            if (spec.BeginWalk(op) is not var (begun, first))
+                return Outcomes(state, op).Select(o => new OpStep<TdpLinState, TdpLinResult>(o.Next, null, o.Result));
+            return [new(Same(state, begun), first, null)];
+        }
+        var walk = (RangeWalk)progress;
+        return (HoleStops is null ? spec.StepWalk(walk) : spec.StepWalk(walk, HoleStops)).Select(s => s.Walk.IsDone
+            ? new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State), null, new TdpLinResult(TdpDiff.Comparable(TdpState.WalkResult(s.Walk))))
+            : new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State), s.Walk, null));
+    }
+
+    /// <summary>A step that changed nothing keeps the state object (no second rendering of the mapping).</summary>
+    static TdpLinState Same(TdpLinState state, TdpState next) => ReferenceEquals(state.Spec, next) ? state : new TdpLinState(next);
+}
