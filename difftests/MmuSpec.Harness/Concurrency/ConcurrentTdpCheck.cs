@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using MmuSpec.Impl.Concurrency;
 using MmuSpec.Impl.PageTable;
+using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 
 namespace MmuSpec.Harness.Concurrency;
@@ -31,6 +32,10 @@ public sealed class ConcurrentRunEvents
     public int RetriesAfterInvalidation;
     /// <summary>Write faults the lockless fast path answered, and those it left to the slow path, by the end of the schedule.</summary>
     public long FastFaultsTaken, FastFaultsRefused;
+    /// <summary>Accesses a vCPU's TLB answered with a translation the tables no longer held (its flush not yet served).</summary>
+    public int StaleTlbHits;
+    /// <summary>Translations the vCPUs' TLBs dropped serving remote flush requests, since the setup.</summary>
+    public long TlbEntriesFlushed;
 }
 
 /// <summary>
@@ -56,6 +61,8 @@ public static class ConcurrentCoverage
         new("concurrent path: fault retried after an invalidation", e => e.RetriesAfterInvalidation > 0),
         new("concurrent path: fast fault taken", e => e.FastFaultsTaken > 0),
         new("concurrent path: fast fault refused", e => e.FastFaultsRefused > 0),
+        new("concurrent path: stale TLB entry used", e => e.StaleTlbHits > 0),
+        new("concurrent path: remote flush served", e => e.TlbEntriesFlushed > 0),
     ];
 
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(s => s.Name)];
@@ -84,12 +91,14 @@ public static class ConcurrentTdpCheck
     static ConcurrentTdpVerdict Run<TFormat>(ConcurrentTdpCase c, Action<string>? hit) where TFormat : struct, IPteFormat
     {
         var events = new ConcurrentRunEvents();
+        long flushedInSetup = 0;
         var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSparseSchedulePoint>(c.Config, c.Setup, c.Program.Threads.Count, vm =>
         {
             events.TablesRetired = vm.Mmu.DeferredTablesRetired;
             events.TablesFreed = vm.Mmu.DeferredTablesFreed;
             events.FastFaultsTaken = vm.Mmu.FastFaultsTaken;
             events.FastFaultsRefused = vm.Mmu.FastFaultsRefused;
+            events.TlbEntriesFlushed = vm.Mmu.TlbEntriesFlushed - flushedInSetup;
             if (hit is not null)
                 foreach (var s in ConcurrentCoverage.All)
                     if (s.Reached(events)) hit(s.Name);
@@ -99,11 +108,21 @@ public static class ConcurrentTdpCheck
         var observe = subject.ObserveFinal!;
         subject = subject with
         {
-            Create = () => { events = new ConcurrentRunEvents(); return create(); },
+            Create = () =>
+            {
+                events = new ConcurrentRunEvents();
+                var vm = create();
+                flushedInSetup = vm.Mmu.TlbEntriesFlushed;
+                return vm;
+            },
             Apply = (vm, thread, op) =>
             {
                 ulong sequence = vm.Mmu.InvalidateSequence;
+                long hits = vm.Vcpu(thread).TlbHitCount;
                 var result = apply(vm, thread, op);
+                // A TLB hit is answered with no schedule point after it: the tables read now are the ones it did not walk.
+                if (op is TdpOp.AccessGpa access && vm.Vcpu(thread).TlbHitCount != hits && IsStale(vm, access, result))
+                    events.StaleTlbHits++;
                 if (result.IsRetry)
                 {
                     events.Retries++;
@@ -129,6 +148,13 @@ public static class ConcurrentTdpCheck
 
     static ConcurrentTdpVerdict Verdict(ExplorationResult<TdpOp, TdpLinResult> r, int before, int judgedBefore, string strategy) =>
         new(r.Failed, before + r.Iterations, judgedBefore + r.Checked, strategy, r.FailingHistory, r.Failure, r.ReproducibleTrace);
+
+    /// <summary>Whether <paramref name="result"/>, a TLB hit, is not what the tables grant the access now.</summary>
+    static bool IsStale<TFormat, TSched>(ConcurrentTdpVm<TFormat, TSched> vm, TdpOp.AccessGpa access, TdpLinResult result)
+        where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint =>
+        result.Result is not TdpResult.Mapped m
+        || !vm.Mmu.TryTranslate(access.Gpa, out ulong hpa, out int shift, out bool writable)
+        || hpa != m.Hpa || shift != m.Size.Shift() || (access.Type == AccessType.Write && !writable);
 
     static bool InvalidationCovers(IReadOnlyList<(ulong StartGfn, ulong EndGfn)> open, ulong gfn)
     {

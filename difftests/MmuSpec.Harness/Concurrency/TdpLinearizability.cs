@@ -31,22 +31,32 @@ public sealed record TdpLinResult(VmResult? Result)
 /// </summary>
 public sealed class TdpLinState : IEquatable<TdpLinState>
 {
-    public TdpLinState(TdpState spec) : this(spec, Describe(spec)) { }
+    public TdpLinState(TdpState spec) : this(spec, VcpuTlbs.Empty) { }
 
-    TdpLinState(TdpState? spec, string mapping) { Spec = spec; Mapping = mapping; }
+    public TdpLinState(TdpState spec, VcpuTlbs tlbs) : this(spec, Describe(spec)) => Tlbs = tlbs;
+
+    TdpLinState(TdpState? spec, string mapping) { Spec = spec; Mapping = mapping; Tlbs = VcpuTlbs.Empty; }
 
     public TdpState? Spec { get; }
+
+    /// <summary>
+    /// The translations the tables lost that a vCPU's TLB may still use (spec/Tdp/VcpuTlbs.cs). Part of the state the
+    /// checker memoises, but not of the final state compared with the impl's (whose TLBs are not read back).
+    /// </summary>
+    public VcpuTlbs Tlbs { get; }
 
     /// <summary>The abstract state, one canonical line per slot and per leaf.</summary>
     public string Mapping { get; }
 
-    public bool Equals(TdpLinState? other) => other is not null && Mapping == other.Mapping;
+    public bool Equals(TdpLinState? other) =>
+        other is not null && Mapping == other.Mapping && (Spec is null || other.Spec is null || Tlbs.Equals(other.Tlbs));
 
     public override bool Equals(object? obj) => Equals(obj as TdpLinState);
 
     public override int GetHashCode() => Mapping.GetHashCode(StringComparison.Ordinal);
 
-    public override string ToString() => Mapping.Replace('\n', ';').TrimEnd(';');
+    public override string ToString() =>
+        Mapping.Replace('\n', ';').TrimEnd(';') + (Tlbs.Stale.IsEmpty ? "" : $"; the TLBs may still hold: {Tlbs}");
 
     static string Describe(TdpState s)
     {
@@ -103,16 +113,52 @@ public sealed class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, 
 {
     public TdpLinState Initial { get; } = new(initial);
 
-    public (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op)
+    public (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op) => Step(state, op, VcpuTlbs.Pending);
+
+    (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op, long returnedAt)
     {
-        var stepped = (state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state))).Step(op);
+        var before = state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state));
+        var stepped = before.Step(op);
         // The spec's own Retry (an invalidation of the gfn in progress) is the concurrent Retry.
         var result = stepped.Result is TdpResult.Retry ? TdpLinResult.Retry : new TdpLinResult(TdpDiff.Comparable(stepped.Result));
-        return (result, new TdpLinState(stepped.State));
+        return (result, new TdpLinState(stepped.State, state.Tlbs.Step(before, stepped.State, returnedAt)));
     }
 
     public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>
         op is TdpOp.AccessGpa ? [Step(state, op), (TdpLinResult.Retry, state)] : [Step(state, op)];
+
+    /// <summary>
+    /// A write to a huge read-only leaf of a logging slot drops the leaf (frozen, flushed, cleared) before it maps
+    /// 4 KiB below, and that fault may then lose its race and answer Retry with the leaf gone, as KVM's
+    /// kvm_tdp_mmu_map does (tdp_mmu_zap_spte_atomic, then a lost tdp_mmu_link_sp): the state after the drop, or null.
+    /// </summary>
+    static TdpState? HugeLeafDropped(TdpState s, TdpOp.AccessGpa a)
+    {
+        if (a.Type != AccessType.Write || a.Gpa >> s.Config.GpaBits != 0) return null;
+        ulong gfn = (a.Gpa >> 12) & ~s.Config.DirectBits;
+        bool mirror = s.Config.SharedBit is not null && ((a.Gpa >> 12) & s.Config.DirectBits) == 0;
+        if (s.Slots.Values.FirstOrDefault(x => x.Contains(gfn)) is not { DirtyLogging: true, ReadOnly: false }) return null;
+        foreach (var (page, index, leaf) in s.Leaves())
+            if (page.Role.Mirror == mirror && leaf.Covers(gfn) && leaf.Level > 1 && !leaf.Writable)
+                return s with { Pages = s.Pages.SetItem(page, s.Pages[page].Without(index)) };
+        return null;
+    }
+
+    /// <summary>
+    /// As above, with the op's flushes stamped with its return, and for an access also a hit on every stale
+    /// translation its vCPU's TLB may still hold when it began (<see cref="VcpuTlbs.MayUse"/>), the state unchanged.
+    /// </summary>
+    public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, HistoryOp<TdpOp, TdpLinResult> op)
+    {
+        var stepped = Step(state, op.Op, op.RespondedAt ?? VcpuTlbs.Pending);
+        yield return stepped;
+        if (op.Op is not TdpOp.AccessGpa a) yield break;
+        yield return (TdpLinResult.Retry, state);
+        if (HugeLeafDropped(state.Spec!, a) is { } dropped)
+            yield return (TdpLinResult.Retry, new TdpLinState(dropped, state.Tlbs.Step(state.Spec!, dropped, op.RespondedAt ?? VcpuTlbs.Pending)));
+        foreach (var hit in state.Tlbs.MayUse(state.Spec!.Config, a.Gpa, a.Type, op.InvokedAt))
+            if (!Equals(stepped.Result.Result, hit)) yield return (new TdpLinResult(hit), state);
+    }
 }
 
 /// <summary>
@@ -137,6 +183,9 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
     }
 
     public ConcurrentTdpMmu<TFormat, TSched> Mmu { get; }
+
+    /// <summary>Logical thread <paramref name="thread"/>'s vCPU (setup ops use vCPU 0).</summary>
+    public ConcurrentTdpVcpu<TFormat, TSched> Vcpu(int thread) => vcpus[Math.Max(thread, 0)];
 
     /// <summary>Pages still held from the pool (table pages, vCPU caches, deferred frees, host memory).</summary>
     public long PagesInUse => pool.PagesInUse;
