@@ -95,6 +95,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool TryTlb(ConcurrentTdpVcpu<TFormat, TSched> vcpu, ulong gpa, AccessType type, out TdpVcpuOutcome hit)
     {
+        // Entering the guest is a schedule point: a systematic test can run the vCPU between a change and its request.
+        TSched.Yield(SchedulePointKind.Other);
         if (Volatile.Read(ref vcpu.TlbRequested) != 0)
             ServeFlushRequests(vcpu);
         ulong frame = gpa >> PageShift;
@@ -148,6 +150,8 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         for (int i = 0; i < vcpus; i++)
         {
             ConcurrentTdpVcpu<TFormat, TSched> vcpu = _vcpus[i]!;
+            // One vCPU at a time, as kvm_make_all_cpus_request: a vCPU may enter before its own request is up.
+            TSched.Yield(SchedulePointKind.Other);
             LockPending(vcpu);
             if (all)
                 vcpu.PendingFlushes.AddAll();
