@@ -96,7 +96,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     private bool TryTlb(ConcurrentTdpVcpu<TFormat, TSched> vcpu, ulong gpa, AccessType type, out TdpVcpuOutcome hit)
     {
         // Entering the guest is a schedule point: a systematic test can run the vCPU between a change and its request.
-        TSched.Yield(SchedulePointKind.Other);
+        TSched.Yield(SchedulePointKind.TlbRequest);
         if (Volatile.Read(ref vcpu.TlbRequested) != 0)
             ServeFlushRequests(vcpu);
         ulong frame = gpa >> PageShift;
@@ -151,7 +151,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         {
             ConcurrentTdpVcpu<TFormat, TSched> vcpu = _vcpus[i]!;
             // One vCPU at a time, as kvm_make_all_cpus_request: a vCPU may enter before its own request is up.
-            TSched.Yield(SchedulePointKind.Other);
+            TSched.Yield(SchedulePointKind.TlbRequest);
             LockPending(vcpu);
             if (all)
                 vcpu.PendingFlushes.AddAll();
