@@ -27,6 +27,8 @@ public enum SchedulePointKind
     EpochExit,
     PageFree,
     Other,
+    /// <summary>A remote TLB flush request set, or a vCPU entering that serves its requests (ConcurrentTdpMmu.Tlb.cs).</summary>
+    TlbRequest,
 }
 
 /// <summary>Production: no schedule points; every call inlines to nothing.</summary>

@@ -24,9 +24,11 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         ThrowIfDisposed();
         if ((gpa >> _gpaBits) != 0 || (uint)type > (uint)AccessType.Fetch)
             return RejectAccess(vcpu, gpa, type);
+        if (TryTlb(vcpu, gpa, type, out TdpVcpuOutcome hit)) // the vCPU's flush requests, then its TLB (ConcurrentTdpMmu.Tlb.cs)
+            return hit;
 
         if (type == AccessType.Write && _fastFaultsUseful && TryFastFault(vcpu, gpa, out TdpVcpuOutcome fast))
-            return fast;
+            return Cache(vcpu, gpa, type, fast);
         TopUp(vcpu); // before mmu_lock: nothing is allocated under it
         var (sequence, migrated) = ReadHostPages(); // before mmu_lock too (ConcurrentTdpMmu.Notifier.cs)
         vcpu.BeginFault();
@@ -48,7 +50,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         if (outcome.IsRetry)
             vcpu.Unwind(); // what it took and did not link goes back: a lost race publishes nothing
         ReclaimDeferred();
-        return outcome;
+        return Cache(vcpu, gpa, type, outcome);
     }
 
     private TdpVcpuOutcome Fault(ConcurrentTdpVcpu<TFormat, TSched> vcpu, ulong gpa, AccessType type, ulong sequence, HostFrameRanges migrated)

@@ -21,7 +21,7 @@ namespace MmuSpec.Impl.TdpConcurrent;
 /// Thread-safety: a vCPU (<see cref="CreateVcpu"/>) is used by one thread at a time; different vCPUs and
 /// the operations here may run on any threads at once. The state queries (<see cref="VisitPages"/>,
 /// <see cref="TablePages"/>, ...) are for a quiescent MMU, as in tests. Not built yet: guest memory and the
-/// guest's own paging, PreFault, zaps under the read side, per-vCPU TLBs (see the doc).
+/// guest's own paging, PreFault, zaps under the read side (see the doc).
 /// </para>
 /// </summary>
 public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
@@ -480,6 +480,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
     {
         _side.Enter();
         _flushes.Add(startGfn, count);
+        RequestFlush(startGfn, count, all: false); // every vCPU's TLB (ConcurrentTdpMmu.Tlb.cs)
         _side.Exit();
     }
 
@@ -487,6 +488,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
     {
         _side.Enter();
         _flushes.AddAll();
+        RequestFlush(0, 0, all: true);
         _side.Exit();
     }
 

@@ -39,6 +39,27 @@ public sealed class ConcurrentTdpVcpu<TFormat, TSched> : IDisposable
     internal long FastFaultsTaken;
     internal long FastFaultsRefused;
 
+    // Its simulated TLB and its remote flush requests (ConcurrentTdpMmu.Tlb.cs). TlbRequested is KVM's
+    // KVM_REQ_TLB_FLUSH bit: set by any thread with an atomic once PendingFlushes holds the ranges; taken by
+    // the vCPU at the start of its next access, as vcpu_enter_guest does. PendingFlushes is guarded by
+    // PendingLock, a spin word held for a few stores and never across a schedule point.
+    internal VcpuTlb Tlb;
+    internal int TlbRequested;
+    internal int PendingLock;
+    internal TdpFlushLog PendingFlushes;
+    internal long TlbHits;
+    internal long FlushRequestsServed;
+    internal long TlbEntriesFlushed;
+
+    /// <summary>Accesses its TLB answered without a walk.</summary>
+    public long TlbHitCount => Volatile.Read(ref TlbHits);
+
+    /// <summary>Remote flush requests it served (entering with one pending).</summary>
+    public long FlushRequestsServedCount => Volatile.Read(ref FlushRequestsServed);
+
+    /// <summary>Translations its TLB holds now (for tests; read it while the vCPU does not run).</summary>
+    public int TlbEntries => Tlb.Count;
+
     // KVM's per-vCPU last_used_slot, valid for the slot generation it was found in.
     internal HostMemslot? LastSlot;
     internal int LastSlotGeneration;
@@ -49,6 +70,9 @@ public sealed class ConcurrentTdpVcpu<TFormat, TSched> : IDisposable
     /// nothing on the managed heap.
     /// </summary>
     public TdpVcpuOutcome Access(ulong gpa, AccessType type) => _mmu.Access(this, gpa, type);
+
+    /// <summary>Empties its TLB (for tests: the next access walks). Call it from the vCPU's own thread.</summary>
+    internal void ForgetTlb() => Tlb.FlushAll();
 
     /// <summary>Returns the cached pages to the MMU's allocator.</summary>
     public void Dispose() => _mmu.ReturnCache(this);

@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using MmuSpec.Impl.Concurrency;
 using MmuSpec.Impl.PageTable;
+using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 
 namespace MmuSpec.Harness.Concurrency;
@@ -33,6 +34,10 @@ public sealed class ConcurrentRunEvents
     public long FastFaultsTaken, FastFaultsRefused;
     /// <summary>Range walks' restarts after dropping mmu_lock (ConcurrentTdpMmu.Yield.cs).</summary>
     public long RangeWalkRestarts;
+    /// <summary>Accesses a vCPU's TLB answered with a translation the tables no longer held (its flush not yet served).</summary>
+    public int StaleTlbHits;
+    /// <summary>Translations the vCPUs' TLBs dropped serving remote flush requests, since the setup.</summary>
+    public long TlbEntriesFlushed;
 }
 
 /// <summary>
@@ -59,7 +64,15 @@ public static class ConcurrentCoverage
         new("concurrent path: fast fault taken", e => e.FastFaultsTaken > 0),
         new("concurrent path: fast fault refused", e => e.FastFaultsRefused > 0),
         new("concurrent path: range walk yielded and restarted", e => e.RangeWalkRestarts > 0),
+        new("concurrent path: remote flush served", e => e.TlbEntriesFlushed > 0),
     ];
+
+    /// <summary>
+    /// Reported to a run's listener when reached, not part of <see cref="All"/>: the default programs rarely put a
+    /// vCPU's access between a change and its flush request (a vCPU must have cached the translation another thread
+    /// then takes away), so the campaign does not reach it yet (docs/tdp-concurrency.md, "Per-vCPU TLBs").
+    /// </summary>
+    public static readonly ConcurrentSituation StaleTlbEntryUsed = new("concurrent path: stale TLB entry used", e => e.StaleTlbHits > 0);
 
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(s => s.Name)];
 }
@@ -79,16 +92,20 @@ public static class ConcurrentTdpCheck
             or TdpOp.Age or TdpOp.TestAge or TdpOp.TrackWrites or TdpOp.UntrackWrites;
 
     /// <summary>Explores (or, with a recorded schedule, replays) the case; <paramref name="hit"/> hears each situation a judged schedule reached.</summary>
-    public static ConcurrentTdpVerdict Run(ConcurrentTdpCase c, Action<string>? hit = null) => c.Config.Format switch
+    public static ConcurrentTdpVerdict Run(ConcurrentTdpCase c, Action<string>? hit = null) => Run(c, hit, null);
+
+    /// <summary>As <see cref="Run(ConcurrentTdpCase, Action{string})"/>; <paramref name="events"/> also hears each judged schedule's events.</summary>
+    public static ConcurrentTdpVerdict Run(ConcurrentTdpCase c, Action<string>? hit, Action<ConcurrentRunEvents>? events) => c.Config.Format switch
     {
-        TdpFormat.Ept => Run<EptFormat>(c, hit),
-        _ => Run<Stage2Format>(c, hit),
+        TdpFormat.Ept => Run<EptFormat>(c, hit, events),
+        _ => Run<Stage2Format>(c, hit, events),
     };
 
-    static ConcurrentTdpVerdict Run<TFormat>(ConcurrentTdpCase c, Action<string>? hit) where TFormat : struct, IPteFormat
+    static ConcurrentTdpVerdict Run<TFormat>(ConcurrentTdpCase c, Action<string>? hit, Action<ConcurrentRunEvents>? heard) where TFormat : struct, IPteFormat
     {
         DebugAssertions.ThrowOnFailure(); // a DEBUG check in impl/ fails the schedule, not the process
         var events = new ConcurrentRunEvents();
+        long flushedInSetup = 0;
         var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSparseSchedulePoint>(c.Config, c.Setup, c.Program.Threads.Count, vm =>
         {
             events.TablesRetired = vm.Mmu.DeferredTablesRetired;
@@ -96,6 +113,8 @@ public static class ConcurrentTdpCheck
             events.FastFaultsTaken = vm.Mmu.FastFaultsTaken;
             events.FastFaultsRefused = vm.Mmu.FastFaultsRefused;
             events.RangeWalkRestarts = vm.Mmu.RangeWalkRestarts;
+            events.TlbEntriesFlushed = vm.Mmu.TlbEntriesFlushed - flushedInSetup;
+            heard?.Invoke(events);
             if (hit is not null)
                 foreach (var s in ConcurrentCoverage.All)
                     if (s.Reached(events)) hit(s.Name);
@@ -105,11 +124,21 @@ public static class ConcurrentTdpCheck
         var observe = subject.ObserveFinal!;
         subject = subject with
         {
-            Create = () => { events = new ConcurrentRunEvents(); return create(); },
+            Create = () =>
+            {
+                events = new ConcurrentRunEvents();
+                var vm = create();
+                flushedInSetup = vm.Mmu.TlbEntriesFlushed;
+                return vm;
+            },
             Apply = (vm, thread, op) =>
             {
                 ulong sequence = vm.Mmu.InvalidateSequence;
+                long hits = vm.Vcpu(thread).TlbHitCount;
                 var result = apply(vm, thread, op);
+                // A TLB hit is answered with no schedule point after it: the tables read now are the ones it did not walk.
+                if (op is TdpOp.AccessGpa access && vm.Vcpu(thread).TlbHitCount != hits && IsStale(vm, access, result))
+                    events.StaleTlbHits++;
                 if (result.IsRetry)
                 {
                     events.Retries++;
@@ -135,6 +164,13 @@ public static class ConcurrentTdpCheck
 
     static ConcurrentTdpVerdict Verdict(ExplorationResult<TdpOp, TdpLinResult> r, int before, int judgedBefore, string strategy) =>
         new(r.Failed, before + r.Iterations, judgedBefore + r.Checked, strategy, r.FailingHistory, r.Failure, r.ReproducibleTrace);
+
+    /// <summary>Whether <paramref name="result"/>, a TLB hit, is not what the tables grant the access now.</summary>
+    static bool IsStale<TFormat, TSched>(ConcurrentTdpVm<TFormat, TSched> vm, TdpOp.AccessGpa access, TdpLinResult result)
+        where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint =>
+        result.Result is not TdpResult.Mapped m
+        || !vm.Mmu.TryTranslate(access.Gpa, out ulong hpa, out int shift, out bool writable)
+        || hpa != m.Hpa || shift != m.Size.Shift() || (access.Type == AccessType.Write && !writable);
 
     static bool InvalidationCovers(IReadOnlyList<(ulong StartGfn, ulong EndGfn)> open, ulong gfn)
     {

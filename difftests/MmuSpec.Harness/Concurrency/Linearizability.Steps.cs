@@ -19,7 +19,7 @@ public interface ISteppedSpec<TState, TOp, TResult> : ISequentialSpec<TState, TO
     /// (null: not started), every way it may go: the state after it, and either the progress made (the op goes
     /// on) or, with progress null, the op's result (it is done).
     /// </summary>
-    IEnumerable<OpStep<TState, TResult>> NextStep(TState state, TOp op, object? progress);
+    IEnumerable<OpStep<TState, TResult>> NextStep(TState state, HistoryOp<TOp, TResult> op, object? progress);
 
     /// <summary>The spec for one history: it may use what the history's ops touch to take fewer, larger steps.</summary>
     ISteppedSpec<TState, TOp, TResult> For(History<TOp, TResult> history) => this;
@@ -74,8 +74,8 @@ public static partial class Linearizability
                 if ((done & (1UL << i)) != 0 || (before[i] & ~done) != 0) continue;
                 var op = ops[i];
                 var steps = spec.MayRunInSteps(op.Op)
-                    ? spec.NextStep(state, op.Op, progress[i])
-                    : spec.Outcomes(state, op.Op).Select(o => new OpStep<TState, TResult>(o.Next, null, o.Result));
+                    ? spec.NextStep(state, op, progress[i])
+                    : spec.Outcomes(state, op).Select(o => new OpStep<TState, TResult>(o.Next, null, o.Result));
                 foreach (var step in steps)
                 {
                     if (step.Progress is null)

@@ -23,6 +23,13 @@ public interface ISequentialSpec<TState, TOp, TResult> where TState : notnull
     IEnumerable<(TResult Result, TState Next)> Outcomes(TState state, TOp op) => [Step(state, op)];
 
     /// <summary>
+    /// <see cref="Outcomes(TState, TOp)"/> for one op of the history being judged: a spec whose answers depend on
+    /// when ops ran (an op whose effect reaches other threads only by its return) reads the op's invocation and
+    /// response positions here.
+    /// </summary>
+    IEnumerable<(TResult Result, TState Next)> Outcomes(TState state, HistoryOp<TOp, TResult> op) => Outcomes(state, op.Op);
+
+    /// <summary>
     /// Whether the observed result is what the spec answered: equality by default; a spec whose
     /// results carry detail the impl may word differently, or that accepts more than one answer
     /// for the same effect, says so here.
@@ -102,7 +109,7 @@ public static partial class Linearizability
             {
                 if ((done & (1UL << i)) != 0 || (before[i] & ~done) != 0) continue;
                 var op = ops[i];
-                foreach (var (result, next) in spec.Outcomes(state, op.Op))
+                foreach (var (result, next) in spec.Outcomes(state, op))
                 {
                     if (!op.IsPending && !spec.Agrees(op.Op, op.Result!, result)) continue;
                     path.Add(new LinearizedOp<TOp, TResult>(op, result));
@@ -153,7 +160,7 @@ public static partial class Linearizability
             sb.AppendLine($"every result is explained, but no order ends in the observed final state {observedFinal} (one ends in {mismatchState})");
         foreach (var op in candidates.Where(o => !o.IsPending))
         {
-            var answers = string.Join(" or ", spec.Outcomes(state, op.Op).Select(o => $"{o.Result}"));
+            var answers = string.Join(" or ", spec.Outcomes(state, op).Select(o => $"{o.Result}"));
             sb.AppendLine($"  next could be {op}, but the spec answers {answers}");
         }
         return sb.ToString();

@@ -31,22 +31,25 @@ public sealed partial class TdpLinSpec : ISteppedSpec<TdpLinState, TdpOp, TdpLin
     public bool MayRunInSteps(TdpOp op) =>
         RangeOpsInSteps && op is TdpOp.ZapRange or TdpOp.Age or TdpOp.TestAge or TdpOp.SetDirtyLogging { On: true };
 
-    public IEnumerable<OpStep<TdpLinState, TdpLinResult>> NextStep(TdpLinState state, TdpOp op, object? progress)
+    public IEnumerable<OpStep<TdpLinState, TdpLinResult>> NextStep(TdpLinState state, HistoryOp<TdpOp, TdpLinResult> op, object? progress)
     {
         var spec = state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state));
+        // What a step takes away stays usable by other vCPUs' TLBs until the whole op returns (VcpuTlbs).
+        long returnedAt = op.RespondedAt ?? VcpuTlbs.Pending;
         if (progress is null)
         {
             // Rejected, or a range that changes nothing by rule: one atomic step, as before.
-            if (spec.BeginWalk(op) is not var (begun, first))
+            if (spec.BeginWalk(op.Op) is not var (begun, first))
                 return Outcomes(state, op).Select(o => new OpStep<TdpLinState, TdpLinResult>(o.Next, null, o.Result));
-            return [new(Same(state, begun), first, null)];
+            return [new(Same(state, begun, returnedAt), first, null)];
         }
         var walk = (RangeWalk)progress;
         return (HoleStops is null ? spec.StepWalk(walk) : spec.StepWalk(walk, HoleStops)).Select(s => s.Walk.IsDone
-            ? new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State), null, new TdpLinResult(TdpDiff.Comparable(TdpState.WalkResult(s.Walk))))
-            : new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State), s.Walk, null));
+            ? new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State, returnedAt), null, new TdpLinResult(TdpDiff.Comparable(TdpState.WalkResult(s.Walk))))
+            : new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State, returnedAt), s.Walk, null));
     }
 
     /// <summary>A step that changed nothing keeps the state object (no second rendering of the mapping).</summary>
-    static TdpLinState Same(TdpLinState state, TdpState next) => ReferenceEquals(state.Spec, next) ? state : new TdpLinState(next);
+    static TdpLinState Same(TdpLinState state, TdpState next, long returnedAt) =>
+        ReferenceEquals(state.Spec, next) ? state : new TdpLinState(next, state.Tlbs.Step(state.Spec!, next, returnedAt));
 }

@@ -31,22 +31,32 @@ public sealed record TdpLinResult(VmResult? Result)
 /// </summary>
 public sealed class TdpLinState : IEquatable<TdpLinState>
 {
-    public TdpLinState(TdpState spec) : this(spec, Describe(spec)) { }
+    public TdpLinState(TdpState spec) : this(spec, VcpuTlbs.Empty) { }
 
-    TdpLinState(TdpState? spec, string mapping) { Spec = spec; Mapping = mapping; }
+    public TdpLinState(TdpState spec, VcpuTlbs tlbs) : this(spec, Describe(spec)) => Tlbs = tlbs;
+
+    TdpLinState(TdpState? spec, string mapping) { Spec = spec; Mapping = mapping; Tlbs = VcpuTlbs.Empty; }
 
     public TdpState? Spec { get; }
+
+    /// <summary>
+    /// The translations the tables lost that a vCPU's TLB may still use (spec/Tdp/VcpuTlbs.cs). Part of the state the
+    /// checker memoises, but not of the final state compared with the impl's (whose TLBs are not read back).
+    /// </summary>
+    public VcpuTlbs Tlbs { get; }
 
     /// <summary>The abstract state, one canonical line per slot and per leaf.</summary>
     public string Mapping { get; }
 
-    public bool Equals(TdpLinState? other) => other is not null && Mapping == other.Mapping;
+    public bool Equals(TdpLinState? other) =>
+        other is not null && Mapping == other.Mapping && (Spec is null || other.Spec is null || Tlbs.Equals(other.Tlbs));
 
     public override bool Equals(object? obj) => Equals(obj as TdpLinState);
 
     public override int GetHashCode() => Mapping.GetHashCode(StringComparison.Ordinal);
 
-    public override string ToString() => Mapping.Replace('\n', ';').TrimEnd(';');
+    public override string ToString() =>
+        Mapping.Replace('\n', ';').TrimEnd(';') + (Tlbs.Stale.IsEmpty ? "" : $"; the TLBs may still hold: {Tlbs}");
 
     static string Describe(TdpState s)
     {
@@ -109,12 +119,15 @@ public sealed partial class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLi
 {
     public TdpLinState Initial { get; } = new(initial);
 
-    public (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op)
+    public (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op) => Step(state, op, VcpuTlbs.Pending);
+
+    (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op, long returnedAt)
     {
-        var stepped = (state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state))).Step(op);
+        var before = state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state));
+        var stepped = before.Step(op);
         // The spec's own Retry (an invalidation of the gfn in progress) is the concurrent Retry.
         var result = stepped.Result is TdpResult.Retry ? TdpLinResult.Retry : new TdpLinResult(TdpDiff.Comparable(stepped.Result));
-        return (result, new TdpLinState(stepped.State));
+        return (result, new TdpLinState(stepped.State, state.Tlbs.Step(before, stepped.State, returnedAt)));
     }
 
     public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>
@@ -123,6 +136,22 @@ public sealed partial class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLi
         : a.Type == AccessType.Write && state.Spec?.WriteFaultZapsHugeLeaf(a.Gpa) is { } zapped
             ? [Step(state, op), (TdpLinResult.Retry, state), (TdpLinResult.Retry, new TdpLinState(zapped))]
         : [Step(state, op), (TdpLinResult.Retry, state)];
+
+    /// <summary>
+    /// As above, with the op's flushes stamped with its return, and for an access also a hit on every stale
+    /// translation its vCPU's TLB may still hold when it began (<see cref="VcpuTlbs.MayUse"/>), the state unchanged.
+    /// </summary>
+    public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, HistoryOp<TdpOp, TdpLinResult> op)
+    {
+        var stepped = Step(state, op.Op, op.RespondedAt ?? VcpuTlbs.Pending);
+        yield return stepped;
+        if (op.Op is not TdpOp.AccessGpa a) yield break;
+        yield return (TdpLinResult.Retry, state);
+        if (a.Type == AccessType.Write && state.Spec!.WriteFaultZapsHugeLeaf(a.Gpa) is { } dropped)
+            yield return (TdpLinResult.Retry, new TdpLinState(dropped, state.Tlbs.Step(state.Spec!, dropped, op.RespondedAt ?? VcpuTlbs.Pending)));
+        foreach (var hit in state.Tlbs.MayUse(state.Spec!.Config, a.Gpa, a.Type, op.InvokedAt))
+            if (!Equals(stepped.Result.Result, hit)) yield return (new TdpLinResult(hit), state);
+    }
 }
 
 /// <summary>
@@ -148,6 +177,9 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
     }
 
     public ConcurrentTdpMmu<TFormat, TSched> Mmu { get; }
+
+    /// <summary>Logical thread <paramref name="thread"/>'s vCPU (setup ops use vCPU 0).</summary>
+    public ConcurrentTdpVcpu<TFormat, TSched> Vcpu(int thread) => vcpus[Math.Max(thread, 0)];
 
     /// <summary>Pages still held from the pool (table pages, vCPU caches, deferred frees, host memory).</summary>
     public long PagesInUse => pool.PagesInUse;

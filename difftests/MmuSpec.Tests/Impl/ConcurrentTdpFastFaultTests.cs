@@ -12,12 +12,13 @@ namespace MmuSpec.Tests.Impl;
 public readonly struct CountingSchedule : ISchedulePoint
 {
     [ThreadStatic] static int[]? s_counts;
+    static readonly int Kinds = Enum.GetValues<SchedulePointKind>().Length;
 
-    public static void Yield(SchedulePointKind what) => (s_counts ??= new int[8])[(int)what]++;
+    public static void Yield(SchedulePointKind what) => (s_counts ??= new int[Kinds])[(int)what]++;
 
     public static int Count(SchedulePointKind kind) => s_counts?[(int)kind] ?? 0;
 
-    public static void Reset() => Array.Clear(s_counts ??= new int[8]);
+    public static void Reset() => Array.Clear(s_counts ??= new int[Kinds]);
 }
 
 /// <summary>

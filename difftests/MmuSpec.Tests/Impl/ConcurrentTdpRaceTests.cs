@@ -206,6 +206,7 @@ public sealed class ConcurrentTdpRaceTests : IDisposable
         int pendingDuring = -1;
         long freedDuring = -1, tablesDuring = -1;
         TdpVcpuOutcome b = default;
+        _a.ForgetTlb(); // A's read walks rather than hit its own TLB entry for 0x200
         // A's fifth read is the level-1 entry (root field, levels 4, 3, 2, then 1): A already holds the
         // level-1 table's address when B unlinks it.
         ScriptedSchedule.At(SchedulePointKind.SpteRead, 5, () =>
