@@ -64,7 +64,7 @@ public static partial class Linearizability
         {
             if ((done & mustPlace) == mustPlace)
             {
-                if (!hasFinal || EqualityComparer<TState>.Default.Equals(state, observedFinal)) return true;
+                if (!hasFinal || spec.EndsIn(state, observedFinal!)) return true;
                 if (!finalMismatch) { finalMismatch = true; mismatchState = state; }
             }
             if (!seen.Add((done, progress, state))) return false;

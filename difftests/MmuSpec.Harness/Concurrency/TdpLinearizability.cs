@@ -51,6 +51,9 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
     public bool Equals(TdpLinState? other) =>
         other is not null && Mapping == other.Mapping && (Spec is null || other.Spec is null || Tlbs.Equals(other.Tlbs));
 
+    /// <summary>The guest-visible state alone, what a final state read back (or written by a test) is compared on.</summary>
+    public bool SameMapping(TdpLinState other) => Mapping == other.Mapping;
+
     public override bool Equals(object? obj) => Equals(obj as TdpLinState);
 
     public override int GetHashCode() => Mapping.GetHashCode(StringComparison.Ordinal);
@@ -118,6 +121,9 @@ public sealed class TdpLinState : IEquatable<TdpLinState>
 public sealed partial class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLinState, TdpOp, TdpLinResult>
 {
     public TdpLinState Initial { get; } = new(initial);
+
+    /// <summary>An order ends in the observed state when the mappings agree: what the TLBs may still hold is not observed.</summary>
+    public bool EndsIn(TdpLinState state, TdpLinState observedFinal) => state.SameMapping(observedFinal);
 
     public (TdpLinResult Result, TdpLinState Next) Step(TdpLinState state, TdpOp op) => Step(state, op, VcpuTlbs.Pending);
 
