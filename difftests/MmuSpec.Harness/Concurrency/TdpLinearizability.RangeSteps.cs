@@ -1,4 +1,5 @@
 using MmuSpec.Harness.Tdp;
+using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 
 namespace MmuSpec.Harness.Concurrency;
@@ -29,13 +30,37 @@ public sealed partial class TdpLinSpec : ISteppedSpec<TdpLinState, TdpOp, TdpLin
     }
 
     public bool MayRunInSteps(TdpOp op) =>
-        RangeOpsInSteps && op is TdpOp.ZapRange or TdpOp.Age or TdpOp.TestAge or TdpOp.SetDirtyLogging { On: true };
+        RangeOpsInSteps && op is TdpOp.ZapRange or TdpOp.Age or TdpOp.TestAge or TdpOp.SetDirtyLogging { On: true }
+            or TdpOp.AccessGpa { Type: AccessType.Write };
+
+    /// <summary>
+    /// The progress of a write fault between its two changes (<see cref="TdpState.WriteFaultZapsHugeLeaf"/>): the
+    /// read-only huge leaf is gone and nothing is mapped below it yet. Other vCPUs' ops see that hole (a test_age
+    /// finds no young leaf there; a read faults a small leaf into it); the fault then maps below, or answers Retry.
+    /// </summary>
+    sealed record HugeLeafDropped(ulong Gpa)
+    {
+        public override string ToString() => $"write fault at gpa {Bits.Hex(Gpa)} dropped the huge leaf, maps below next";
+    }
 
     public IEnumerable<OpStep<TdpLinState, TdpLinResult>> NextStep(TdpLinState state, HistoryOp<TdpOp, TdpLinResult> op, object? progress)
     {
         var spec = state.Spec ?? throw new ArgumentException("a state read back from the impl cannot be stepped", nameof(state));
         // What a step takes away stays usable by other vCPUs' TLBs until the whole op returns (VcpuTlbs).
         long returnedAt = op.RespondedAt ?? VcpuTlbs.Pending;
+        if (op.Op is TdpOp.AccessGpa access)
+        {
+            // A write fault: one atomic step (every outcome an access may have), or the drop of the huge leaf first.
+            if (progress is HugeLeafDropped)
+            {
+                var (result, next) = Step(state, access, returnedAt);
+                return [new(next, null, result), new(state, null, TdpLinResult.Retry)];
+            }
+            var whole = Outcomes(state, op).Select(o => new OpStep<TdpLinState, TdpLinResult>(o.Next, null, o.Result));
+            return spec.WriteFaultZapsHugeLeaf(access.Gpa) is { } dropped
+                ? whole.Append(new(Same(state, dropped, returnedAt), new HugeLeafDropped(access.Gpa), null))
+                : whole;
+        }
         if (progress is null)
         {
             // Rejected, or a range that changes nothing by rule: one atomic step, as before.

@@ -72,4 +72,40 @@ public sealed class TdpLinRetryTests
         Assert.Null(notLogging.WriteFaultZapsHugeLeaf(0x2000));
         Assert.NotNull(setup.WriteFaultZapsHugeLeaf(0x2000));
     }
+
+    /// <summary>
+    /// The campaign's history (catalog run of session 13, baseline replay): T1's test_age ran while T0's write fault
+    /// had dropped the young 2 MiB leaf and not yet mapped 4 KiB below it, and answered "old". Only the fault's drop
+    /// as a step of its own explains it; with no write in flight nothing does.
+    /// </summary>
+    [Fact]
+    public void A_test_age_inside_a_write_faults_drop_and_map_may_find_no_young_leaf()
+    {
+        var s = TdpState.Create(new VmConfig(TdpFormat.Ept, null, AccessedDirty.Enabled));
+        foreach (var op in new TdpOp[]
+        {
+            new TdpOp.CreateSlot(0, BaseGfn: 0, Pages: 0x400, HostPfnBase: 0x100000, PageSize.Size2M, ReadOnly: false),
+            new TdpOp.SetMaxPageSize(PageSize.Size2M),
+            new TdpOp.AccessGpa(0x9000, AccessType.Read),
+            new TdpOp.SetDirtyLogging(0, On: true),
+        })
+            s = s.Step(op).State;
+        var write = new TdpOp.AccessGpa(0x9000, AccessType.Write);
+        var testAge = new TdpOp.TestAge(0, 0x200);
+        var old = new TdpLinResult(new TdpResult.Young(false));
+        Assert.Equal(new TdpResult.Young(true), s.Step(testAge).Result);
+        var afterWrite = s.Step(write);
+
+        var r = new HistoryRecorder<TdpOp, TdpLinResult>();
+        int w = r.Invoke(0, write);
+        int t = r.Invoke(1, testAge);
+        r.Respond(t, old);
+        r.Respond(w, new TdpLinResult(afterWrite.Result));
+        var verdict = Linearizability.Check(r.ToHistory(), new TdpLinSpec(s), new TdpLinState(afterWrite.State));
+        Assert.True(verdict.IsLinearizable, verdict.Explanation);
+
+        var alone = new HistoryRecorder<TdpOp, TdpLinResult>();
+        alone.Respond(alone.Invoke(1, testAge), old);
+        Assert.False(Linearizability.Check(alone.ToHistory(), new TdpLinSpec(s), new TdpLinState(s)).IsLinearizable);
+    }
 }
