@@ -72,8 +72,9 @@ public static partial class ConcurrentTdpGen
         AddNotifierAndFastFaults(new Random(seed ^ SecondStream), setup, program, second);
         uint scheduleSeed = (uint)rng.Next();
         config = AddAgingAndWriteTracking(new Random(seed ^ ThirdStream), config, setup, program);
-        // Read-side aging racing write hits (ConcurrentTdpGen.Aging.cs), where the third stream drew neither aging nor tracking.
-        if (config.AccessedDirty == AccessedDirty.Untracked && !program.Any(ops => ops.Any(op => op is TdpOp.TrackWrites)))
+        // Read-side aging racing write hits that set D (ConcurrentTdpGen.Aging.cs), wherever the third stream drew no
+        // write tracking (whose writes must reach the fast path, which A/D tracking closes) and kept D.
+        if (config.AccessedDirty != AccessedDirty.Disabled && !program.Any(ops => ops.Any(op => op is TdpOp.TrackWrites)))
             config = AddAging(new Random(seed ^ FourthStream), config, setup, program);
         return new ConcurrentTdpCase(config, setup.ToImmutable(), new(program), scheduleSeed, IterationsPerStrategy);
     }
