@@ -198,9 +198,15 @@ internal struct HostMemslotTable
         return true;
     }
 
-    /// <summary>Host frame <paramref name="hostPfn"/>'s words as <see cref="VisitHostMemory"/> reports them; all zero (and false) when no slot holds it.</summary>
+    /// <summary>
+    /// Host frame <paramref name="hostPfn"/>'s words as <see cref="VisitHostMemory"/> reports them; all zero (and false)
+    /// when no slot holds it. The argument checks of every MMU's <c>ReadHostFrame</c> live here.
+    /// </summary>
     public readonly bool ReadHostFrame(ulong hostPfn, ulong[] words)
     {
+        ArgumentNullException.ThrowIfNull(words);
+        if (words.Length != TableBytes / sizeof(ulong))
+            ThrowHelper.Argument(nameof(words), "A host frame is 512 words.");
         if (HoldingHostFrame(hostPfn) is not HostMemslot slot)
         {
             Array.Clear(words);

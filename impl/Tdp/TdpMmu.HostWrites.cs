@@ -1,5 +1,4 @@
 using MmuSpec.Impl.Memory;
-using static MmuSpec.Impl.PageTable.TableGeometry;
 
 namespace MmuSpec.Impl.Tdp;
 
@@ -21,10 +20,7 @@ public sealed partial class TdpMmu<TFormat>
 
     public bool ReadHostFrame(ulong hostPfn, ulong[] words)
     {
-        ArgumentNullException.ThrowIfNull(words);
-        if (words.Length != TableBytes / sizeof(ulong))
-            ThrowHelper.Argument(nameof(words), "A host frame is 512 words.");
         ThrowIfDisposed();
-        return _slots.ReadHostFrame(hostPfn, words);
+        return _slots.ReadHostFrame(hostPfn, words); // checks the words
     }
 }

@@ -227,4 +227,20 @@ public sealed class HostMemoryComparisonTests
         Assert.False(impl.Vm.ReadHostFrame(1UL << 39, page));
         Assert.All(page, w => Assert.Equal(0UL, w));
     }
+
+    [Fact]
+    public void A_frame_read_into_anything_but_512_words_is_refused_by_both_mmus()
+    {
+        using var pool = new NativePagePool();
+        using var shadow = new ImplShadowEngine(ShadowGen.Build(3, 10, new ShadowGenOptions(PagingMode.Long4)).Config, pool);
+        var config = new VmConfig(TdpFormat.Ept, null);
+        using var tdp = new ImplTdpEngine(config, pool);
+        foreach (int length in new[] { 0, 511, 513 })
+        {
+            Assert.Throws<ArgumentException>(() => shadow.Vm.ReadHostFrame(0, new ulong[length]));
+            Assert.Throws<ArgumentException>(() => tdp.Vm.ReadHostFrame(0, new ulong[length]));
+        }
+        Assert.Throws<ArgumentNullException>(() => shadow.Vm.ReadHostFrame(0, null!));
+        Assert.Throws<ArgumentNullException>(() => tdp.Vm.ReadHostFrame(0, null!));
+    }
 }
