@@ -50,7 +50,7 @@ internal sealed unsafe partial class NestedEptMmu
             return Reject(problem);
         if (eptp == _eptp)
             return NestedOutcome.Ok;
-        int found = _previous.FindIndex(r => r.Eptp == eptp);
+        int found = PreviousRootOf(eptp);
         NestedShadowPage? next = null;
         if (found >= 0)
         {
@@ -72,6 +72,17 @@ internal sealed unsafe partial class NestedEptMmu
         return NestedOutcome.Ok;
     }
 
+    /// <summary>The index of the previous root cached for <paramref name="eptp"/>, or -1 (a loop: a capturing lambda would allocate on every switch).</summary>
+    private int PreviousRootOf(ulong eptp)
+    {
+        for (int i = 0; i < _previous.Count; i++)
+        {
+            if (_previous[i].Eptp == eptp)
+                return i;
+        }
+        return -1;
+    }
+
     /// <summary>
     /// INVEPT (SDM Vol. 3C §29.4.3.1). Under KVM's policy (handle_invept) the cached roots whose EP4TA matches a
     /// single-context descriptor, or every root for all-context, are freed and rebuilt on the next L2 access. Under
@@ -86,7 +97,12 @@ internal sealed unsafe partial class NestedEptMmu
         if (type == InveptKind.SingleContext && EptpProblem(eptp) is string problem)
             return Reject(problem);
         bool Matches(ulong rootEptp) => type == InveptKind.AllContext || (rootEptp & _addressMask) == (eptp & _addressMask);
-        int matching = (_root is not null && Matches(_eptp) ? 1 : 0) + _previous.Count(r => Matches(r.Eptp));
+        int matching = _root is not null && Matches(_eptp) ? 1 : 0;
+        foreach (var (rootEptp, _) in _previous) // no lambda: Matches stays a struct closure, so INVEPT allocates nothing
+        {
+            if (Matches(rootEptp))
+                matching++;
+        }
         if (_policy == NestedRootPolicy.KeepAndResync)
         {
             _rootsKeptAtInvept += matching;

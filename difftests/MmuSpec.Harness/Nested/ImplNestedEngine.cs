@@ -36,6 +36,10 @@ public sealed class ImplNestedEngine : IDisposable
         NestedOutcomeKind.Rejected => new VmResult.Rejected(vm.LastRejection ?? ""),
         NestedOutcomeKind.Translated => new NestedEptResult.Translated(o.Gpa, o.L1Gpa, o.Hpa),
         NestedOutcomeKind.EptViolation => new NestedEptResult.EptExit(new EptResult.Violation(new EptViolationQualification(o.Qualification), o.Gpa, null)),
+        // The spec's misconfiguration has no qualification: the field is cleared for every exit but those SDM Vol. 3C
+        // §28.2.1 lists (EPT violations among them, misconfigurations not), so a non-zero one agrees with nothing.
+        NestedOutcomeKind.EptMisconfiguration when o.Qualification != 0 => throw new InvalidOperationException(
+            $"an EPT misconfiguration at gpa 0x{o.Gpa:X} carries exit qualification 0x{o.Qualification:X}: the field is cleared for a misconfiguration (SDM Vol. 3C §28.2.1)"),
         NestedOutcomeKind.EptMisconfiguration => new NestedEptResult.EptExit(new EptResult.Misconfiguration((EptMisconfigurationKind)(int)o.Misconfig, o.Level, o.Gpa)),
         NestedOutcomeKind.MmioExit => new NestedEptResult.MmioExit(o.L1Gpa),
         _ => throw new InvalidOperationException($"unknown outcome {o.Kind}"),

@@ -18,6 +18,7 @@ public static class NestedEptCoverage
         "violation: EPT table outside L1 memory",
         "misconfiguration: write without read", "misconfiguration: execute-only unsupported", "misconfiguration: reserved bits",
         "misconfiguration: memory type",
+        "5-level EPT: translated", "5-level EPT: violation", "5-level EPT: misconfiguration",
         "EPT A/D: accessed set", "EPT A/D: dirty set",
         "write tracking: store into a walked EPT table", "write tracking: changed entry walked again",
         "roots: switch back to a recent EPTP", "roots: switch to an EPTP not among the last four",
@@ -89,6 +90,13 @@ public static class NestedEptCoverage
                         if (changedEntries.Remove(step.EntryAddress)) hit("write tracking: changed entry walked again");
                     }
                     Access(walk, result, hit);
+                    if (eptp.WalkLength == 5)
+                        hit(walk.Result switch
+                        {
+                            EptResult.Translated => "5-level EPT: translated",
+                            EptResult.Violation => "5-level EPT: violation",
+                            _ => "5-level EPT: misconfiguration",
+                        });
                     break;
             }
         }
