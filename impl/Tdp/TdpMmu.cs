@@ -213,8 +213,8 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
 
     /// <summary>
     /// No change when the flag already has that value. On: starts an empty bitmap and write-protects
-    /// every leaf overlapping the slot, huge ones included. Off: drops the bitmap; mappings stay (KVM would also zap collapsible
-    /// 4K leaves; the model does not).
+    /// every leaf overlapping the slot, huge ones included. Off: drops the bitmap and zaps the links a huge leaf
+    /// could now replace (KVM's kvm_mmu_zap_collapsible_sptes; TdpMmu.Collapsible.cs).
     /// </summary>
     public SlotStatus SetDirtyLogging(int id, bool on)
     {
@@ -224,13 +224,17 @@ public sealed partial class TdpMmu<TFormat> : ITdpVm where TFormat : struct, IPt
             return RejectSlot($"no slot {id}");
         if (SlotUpdateWaits() is string waits)
             return RejectSlot(waits);
-        if (slot.SetDirtyLogging(on) && on)
+        if (!slot.SetDirtyLogging(on))
+            return SlotStatus.Ok;
+        if (on)
         {
             WriteProtectLeafs(slot.BaseGfn, slot.EndGfn);
             // KVM flushes the memslot unconditionally after enabling dirty logging
             // (kvm_mmu_slot_apply_flags, kvm_flush_remote_tlbs_memslot); no leaf extends past its slot.
             _flushes.Add(slot.BaseGfn, slot.Pages);
         }
+        else
+            ZapCollapsible(slot); // huge pages come back (TdpMmu.Collapsible.cs)
         return SlotStatus.Ok;
     }
 

@@ -70,9 +70,7 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
         if (write && IsWriteTracked(gfn))
             return TdpAccessOutcome.MmioExit;
         // Slots, policy and tracking are stable under the read side.
-        int target = LowerForTracking(gfn, slot.TargetLevel(gfn, _policyLevel));
-        if (!migrated.IsEmpty || _notifier.InProgress != 0)
-            target = SettledLevel(slot, gfn, target, migrated);
+        int target = FaultLevel(slot, gfn, migrated);
 
         // The root exists from the first fault that needs it (KVM allocates roots under the read side too).
         ref ulong rootField = ref mirror ? ref _mirrorRoot : ref _directRoot;
@@ -212,6 +210,16 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             MarkDirty(slot, gfn);
         ulong hpa = ((hostPfn + (gfn - leafGfn)) << PageShift) | (gpa & PageOffsetMask);
         return TdpAccessOutcome.Mapped(hpa, PageShiftOf(target), faulted: true);
+    }
+
+    /// <summary>The level a fault at <paramref name="gfn"/> maps: the slot's and the policy's, lowered for write tracking and for host pages not settled.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int FaultLevel(HostMemslot slot, ulong gfn, HostFrameRanges migrated)
+    {
+        int target = LowerForTracking(gfn, slot.TargetLevel(gfn, _policyLevel));
+        if (!migrated.IsEmpty || _notifier.InProgress != 0)
+            target = SettledLevel(slot, gfn, target, migrated);
+        return target;
     }
 
     /// <summary>tdp_mmu_set_spte_atomic: the entry goes from the value the walk read to <paramref name="value"/>, or nothing happens.</summary>

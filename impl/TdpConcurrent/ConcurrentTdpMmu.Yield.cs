@@ -41,6 +41,9 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
 
         /// <summary>The walk is over (kvm_tdp_mmu_test_age_gfn found a young leaf).</summary>
         Stop,
+
+        /// <summary>A table link to walk into (<see cref="ILeafRule.VisitTable"/>).</summary>
+        Down,
     }
 
     /// <summary>The per-leaf rule of a walk; a struct, so the call is direct and nothing is allocated.</summary>
@@ -48,6 +51,12 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
     {
         /// <param name="leaf">The leaf, its <see cref="PteRef.Value"/> the value just read.</param>
         LeafStep Visit(ConcurrentTdpMmu<TFormat, TSched> mmu, PteRef leaf);
+
+        /// <summary>Whether the walk shows the rule each table link on its way down (a constant: the JIT drops the call for the others).</summary>
+        static virtual bool VisitsTables => false;
+
+        /// <summary>A table link on the way down: <see cref="LeafStep.Down"/> into it, Next past it, Again to walk again from the root.</summary>
+        LeafStep VisitTable(ConcurrentTdpMmu<TFormat, TSched> mmu, PteRef link) => LeafStep.Down;
     }
 
     /// <summary>Which side of mmu_lock a walk holds, and for the read side the epoch slot it walks in.</summary>
@@ -100,15 +109,20 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
             int level = _rootLevel;
             PteRef pte;
             ulong value;
+            bool passed = false;
             while (true)
             {
                 pte = new PteRef(table, Index(cursor, level), level, AlignDown(cursor, level), 0);
                 value = ReadEntry(pte, side);
                 if (level == 1 || !TFormat.IsPresent(value) || TFormat.IsLeaf(value, level))
                     break;
+                if (TRule.VisitsTables && (passed = PassTable(ref rule, pte.WithValue(value), ref cursor, ref sinceYield)))
+                    break;
                 level--;
                 table = TableRef.At(TFormat.TableAddress(value), level);
             }
+            if (passed)
+                continue; // from the root, at the cursor
 
             // Along this table from the cursor's entry.
             while (true)
@@ -146,6 +160,26 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched>
                 value = ReadEntry(pte, side, givesWay: !hole);
             }
         }
+        return true;
+    }
+
+    /// <summary>
+    /// Shows <paramref name="rule"/> a table link; true when the walk does not go down it: the rule was done with
+    /// it (the cursor moves past its range) or lost an exchange on it (the walk reads it again from the root).
+    /// </summary>
+    private bool PassTable<TRule>(ref TRule rule, PteRef link, ref ulong cursor, ref int sinceYield)
+        where TRule : struct, ILeafRule
+    {
+        LeafStep step = rule.VisitTable(this, link);
+        if (step == LeafStep.Down)
+            return false;
+        if (step == LeafStep.Again)
+        {
+            Interlocked.Increment(ref _rangeWalkExchangesLost);
+            return true;
+        }
+        cursor = AlignDown(cursor, link.Level) + FramesPerEntry(link.Level);
+        sinceYield++;
         return true;
     }
 

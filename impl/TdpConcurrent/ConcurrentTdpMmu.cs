@@ -232,16 +232,20 @@ public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
                 return RejectSlot($"no slot {id}");
             if (SlotUpdateWaits() is string waits)
                 return RejectSlot(waits);
-            if (!(SetDirtyLoggingFlag(slot, on) && on))
+            if (!SetDirtyLoggingFlag(slot, on))
                 return SlotStatus.Ok;
-            _fastFaultsUseful = true; // before the write-protection: released by ExitWrite
+            if (on)
+                _fastFaultsUseful = true; // before the write-protection: released by ExitWrite
             (start, end) = (slot.BaseGfn, slot.EndGfn);
         }
         finally
         {
             ExitWrite();
         }
-        WriteProtectForLog(start, end);
+        if (on)
+            WriteProtectForLog(start, end);
+        else
+            ZapCollapsible(start, end); // huge pages come back (ConcurrentTdpMmu.Collapsible.cs)
         return SlotStatus.Ok;
     }
 

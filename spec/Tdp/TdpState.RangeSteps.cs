@@ -17,6 +17,9 @@ public enum RangeWalkKind
 
     /// <summary>kvm_tdp_mmu_test_age_gfn: reports whether a leaf is young; the first young leaf ends the walk.</summary>
     TestAge,
+
+    /// <summary>kvm_tdp_mmu_zap_collapsible_sptes (dirty logging turned off): links a huge leaf could replace go (TdpState.Collapsible.cs).</summary>
+    Collapse,
 }
 
 /// <summary>
@@ -49,7 +52,7 @@ public sealed partial record TdpState
     /// <summary>
     /// The walk that runs <paramref name="op"/>, and the state after its first, non-walk part (dirty logging's
     /// flag); null when the op is not a range walk here (it is one atomic <see cref="Step"/>), including when
-    /// <see cref="Step"/> rejects it or it changes no leaf by rule (logging already on, or turned off).
+    /// <see cref="Step"/> rejects it or it changes no leaf by rule (logging already as asked).
     /// </summary>
     public (TdpState State, RangeWalk Walk)? BeginWalk(TdpOp op)
     {
@@ -66,6 +69,9 @@ public sealed partial record TdpState
             // mmu_lock held for read: kvm_tdp_mmu_wrprot_slot). A fault between the two sees a logging slot.
             case TdpOp.SetDirtyLogging { On: true } d when Slots.TryGetValue(d.Id, out var s) && !s.DirtyLogging:
                 return (With(Memslots.SetDirtyLogging(s, true)), NewWalk(RangeWalkKind.WriteProtect, s.BaseGfn, s.EndGfn));
+            // Turned off: the slot stops logging, then the collapsible zap walks it under the read side.
+            case TdpOp.SetDirtyLogging { On: false } d when Slots.TryGetValue(d.Id, out var s) && s.DirtyLogging:
+                return (With(Memslots.SetDirtyLogging(s, false)), NewWalk(RangeWalkKind.Collapse, s.BaseGfn, s.EndGfn));
             default:
                 return null;
         }
@@ -91,6 +97,11 @@ public sealed partial record TdpState
     public IEnumerable<(TdpState State, RangeWalk Walk)> StepWalk(RangeWalk walk)
     {
         if (walk.IsDone) throw new ArgumentException("the walk is done", nameof(walk));
+        if (walk.Kind == RangeWalkKind.Collapse)
+        {
+            foreach (var step in StepCollapsible(walk, stops: null)) yield return step;
+            yield break;
+        }
         ulong at = walk.Cursor;
         var ahead = Leaves().Where(l => l.Page.Role.Mirror == walk.Mirror && l.Leaf.Overlaps(at, walk.End)).ToList();
         if (ahead.FirstOrDefault(l => l.Leaf.Covers(at)) is { Leaf: not null } hit)
@@ -122,6 +133,11 @@ public sealed partial record TdpState
     /// </summary>
     public IEnumerable<(TdpState State, RangeWalk Walk)> StepWalk(RangeWalk walk, IReadOnlySet<ulong> stops)
     {
+        if (walk.Kind == RangeWalkKind.Collapse)
+        {
+            foreach (var step in StepCollapsible(walk, stops)) yield return step;
+            yield break;
+        }
         ulong at = walk.Cursor;
         var ahead = Leaves().Where(l => l.Page.Role.Mirror == walk.Mirror && l.Leaf.Overlaps(at, walk.End)).ToList();
         if (ahead.Any(l => l.Leaf.Covers(at)))

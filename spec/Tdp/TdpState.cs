@@ -91,6 +91,8 @@ public sealed partial record TdpState(
 
     TdpState SetDirtyLogging(HostMemslot s, bool on)
     {
+        // Disabling: the collapsible links go, so huge pages come back (TdpState.Collapsible.cs).
+        if (!on && s.DirtyLogging) return StopLogging(s);
         // Enabling: every mapping of the slot loses W, so the next write to each page faults and is logged.
         var state = on && !s.DirtyLogging ? WriteProtect(s.BaseGfn, s.EndGfn) : this;
         return state.With(Memslots.SetDirtyLogging(s, on));

@@ -38,6 +38,8 @@ public sealed class ConcurrentRunEvents
     public int StaleTlbHits;
     /// <summary>Translations the vCPUs' TLBs dropped serving remote flush requests, since the setup.</summary>
     public long TlbEntriesFlushed;
+    /// <summary>Table links the collapsible zap dropped under the read side (dirty logging turned off; ConcurrentTdpMmu.Collapsible.cs).</summary>
+    public long CollapsibleLinksZapped;
 }
 
 /// <summary>
@@ -65,6 +67,7 @@ public static class ConcurrentCoverage
         new("concurrent path: fast fault refused", e => e.FastFaultsRefused > 0),
         new("concurrent path: range walk yielded and restarted", e => e.RangeWalkRestarts > 0),
         new("concurrent path: remote flush served", e => e.TlbEntriesFlushed > 0),
+        new("concurrent path: collapsible zap under the read lock", e => e.CollapsibleLinksZapped > 0),
     ];
 
     /// <summary>
@@ -114,6 +117,7 @@ public static class ConcurrentTdpCheck
             events.FastFaultsRefused = vm.Mmu.FastFaultsRefused;
             events.RangeWalkRestarts = vm.Mmu.RangeWalkRestarts;
             events.TlbEntriesFlushed = vm.Mmu.TlbEntriesFlushed - flushedInSetup;
+            events.CollapsibleLinksZapped = vm.Mmu.CollapsibleLinksZapped;
             heard?.Invoke(events);
             if (hit is not null)
                 foreach (var s in ConcurrentCoverage.All)

@@ -30,7 +30,7 @@ public sealed partial class TdpLinSpec : ISteppedSpec<TdpLinState, TdpOp, TdpLin
     }
 
     public bool MayRunInSteps(TdpOp op) =>
-        RangeOpsInSteps && op is TdpOp.ZapRange or TdpOp.Age or TdpOp.TestAge or TdpOp.SetDirtyLogging { On: true }
+        RangeOpsInSteps && op is TdpOp.ZapRange or TdpOp.Age or TdpOp.TestAge or TdpOp.SetDirtyLogging
             or TdpOp.AccessGpa { Type: AccessType.Write };
 
     /// <summary>
