@@ -59,6 +59,12 @@ public readonly record struct NestedOutcome(
 public readonly record struct NestedRootCounters(
     long RootsBuilt, long CachedRootHits, long RootsFreedByInvept, long RootsKeptAtInvept, long ShadowPagesCreated);
 
+/// <summary>Unsync bookkeeping (docs/nested-ept.md, "Unsync shadow EPT pages"): pages unsynced by L1 stores, pages synced at
+/// INVEPT (keep-and-resync), at a root load and when linked again, gpas synced when a violation was reflected, and entries
+/// a sync dropped because their rights ANDed to none.</summary>
+public readonly record struct NestedUnsyncCounters(
+    long PagesUnsynced, long PagesSyncedAtInvept, long PagesSyncedAtRootLoad, long PagesSyncedAtLink, long GpasSyncedAtViolation, long NoAccessEntriesDropped);
+
 /// <summary>One shadow EPT page as tests and the harness read it back (allocates).</summary>
 public readonly record struct NestedShadowPageInfo(ulong Gfn, int Level, bool Direct, bool AccessedDirty, byte Access, int RootCount, int PresentEntries);
 
@@ -76,6 +82,9 @@ public interface INestedEptVm : IDisposable
     bool ExecuteOnly { get; }
 
     NestedRootPolicy RootPolicy { get; }
+
+    /// <summary>Whether an L1 store into a shadowed last-level EPT table unsyncs its pages instead of zapping (KVM's unsync).</summary>
+    bool Unsync { get; }
 
     SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase);
 
@@ -98,6 +107,8 @@ public interface INestedEptVm : IDisposable
 
     NestedRootCounters Counters { get; }
 
+    NestedUnsyncCounters UnsyncCounters { get; }
+
     /// <summary>The EPTPs of the cached roots, current first (0 when there is none), then the previous ones, most recent first.</summary>
     IReadOnlyList<ulong> CachedRootEptps();
 
@@ -118,6 +129,7 @@ public interface INestedEptVm : IDisposable
 public static class NestedEptVm
 {
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPhyAddr"/> is outside 36..52.</exception>
-    public static INestedEptVm Create(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy = NestedRootPolicy.KeepAndResync) =>
-        new NestedEptMmu(maxPhyAddr, executeOnly, pool, policy);
+    /// <param name="unsync">Unsync shadowed leaf EPT tables on L1 stores (KVM) instead of zapping the entry written (strict).</param>
+    public static INestedEptVm Create(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy = NestedRootPolicy.KeepAndResync, bool unsync = false) =>
+        new NestedEptMmu(maxPhyAddr, executeOnly, pool, policy, unsync);
 }

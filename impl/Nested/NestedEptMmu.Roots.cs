@@ -90,6 +90,11 @@ internal sealed unsafe partial class NestedEptMmu
         if (_policy == NestedRootPolicy.KeepAndResync)
         {
             _rootsKeptAtInvept += matching;
+            if (_root is not null && Matches(_eptp))
+                SyncKeptRoot(_root);
+            foreach (var (rootEptp, root) in _previous)
+                if (Matches(rootEptp))
+                    SyncKeptRoot(root);
             return NestedOutcome.Ok;
         }
         _rootsFreedByInvept += matching;
@@ -115,6 +120,7 @@ internal sealed unsafe partial class NestedEptMmu
         var root = FindOrCreate(rootGfn, NestedRole.Create(levels, direct: false, accessedDirty, _executeOnly, access: 7));
         root.RootCount++;
         _rootsBuilt++;
+        SyncLoadedRoot(root);
         return root;
     }
 
@@ -169,6 +175,7 @@ internal sealed unsafe partial class NestedEptMmu
             foreach (var page in list)
                 if (!_hash.TryGetValue((gfn, page.Role.Bits), out var hashed) || hashed != page)
                     problems.Add($"tracked {page} is not hashed");
+        UnsyncProblems(problems);
         return problems;
     }
 }
