@@ -46,7 +46,7 @@ public sealed record NestedEptMachine(NestedEptState State, EptTlb? Tlb)
     /// gpa's mappings (<see cref="EptTlb.AllowedGuestPhysical"/>), L1's gpa still backed as the memslots back it now (the
     /// host's memslots are L0's business, not the cache's). Using a cached mapping walks nothing, so it writes no EPT A/D
     /// bit (§29.3.4: a flag cleared by software may not be set again while a translation is cached); but a write through
-    /// a mapping cached while its leaf was clean must set D (§29.3.4.2), so with EPT A/D a write is served from the cache
+    /// a mapping cached while its leaf was clean must set D (§29.3.4), so with EPT A/D a write is served from the cache
     /// only by a mapping whose leaf was dirty then. A cached fault on rights is a violation and invalidates as one.
     /// </summary>
     public NestedEptMachine? ServedFromCache(NestedEptOp.L2Access a, VmResult result, out string why)
