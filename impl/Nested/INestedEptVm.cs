@@ -6,7 +6,7 @@ namespace MmuSpec.Impl.Nested;
 /// <summary>What INVEPT does to a cached root whose EPTP it names (docs/nested-ept.md, "The impl").</summary>
 public enum NestedRootPolicy : byte
 {
-    /// <summary>Keep the root and resync it: its pages follow L1's EPT already (write tracking), so nothing is rebuilt.</summary>
+    /// <summary>Keep the root and resync it: its unsync pages are synced (the rest follow L1's EPT through write tracking); nothing is rebuilt.</summary>
     KeepAndResync,
 
     /// <summary>KVM's handle_invept: free every cached root whose EP4TA matches (all of them for all-context); the next L2 access rebuilds.</summary>
@@ -91,7 +91,7 @@ public interface INestedEptVm : IDisposable
     /// <summary>Zaps every shadow page and frees every root (KVM's memslot quirk); the slot's memory is gone.</summary>
     SlotStatus DeleteSlot(int id);
 
-    /// <summary>L1 stores 4 or 8 aligned bytes: Ok, MmioExit or Rejected. A store into a shadowed EPT table zaps what was built from the entry.</summary>
+    /// <summary>L1 stores 4 or 8 aligned bytes: Ok, MmioExit or Rejected. A store into a shadowed EPT table zaps what was built from the entry, or with <see cref="Unsync"/> unsyncs a last-level one.</summary>
     NestedOutcome L1Store(ulong gpa, ulong value, int size);
 
     /// <summary>L1 writes the EPTP field and enters L2 (nested_ept_new_eptp): Ok, or Rejected for an EPTP VM entry refuses.</summary>

@@ -74,9 +74,8 @@ internal sealed unsafe partial class NestedEptMmu
 
     /// <summary>
     /// INVEPT (SDM Vol. 3C §29.4.3.1). Under KVM's policy (handle_invept) the cached roots whose EP4TA matches a
-    /// single-context descriptor, or every root for all-context, are freed and rebuilt on the next L2 access. Under
-    /// keep-and-resync they stay: their pages follow L1's EPT through write tracking, so the resync has nothing to
-    /// do, and nothing is rebuilt. An invalid single-context EPTP fails the instruction (VMfailValid).
+    /// single-context descriptor, or every root for all-context, are freed and rebuilt on the next L2 access (the root
+    /// load syncs their unsync pages). Under keep-and-resync they stay and their unsync pages are synced; nothing is rebuilt. An invalid single-context EPTP fails the instruction (VMfailValid).
     /// </summary>
     public NestedOutcome Invept(InveptKind type, ulong eptp)
     {

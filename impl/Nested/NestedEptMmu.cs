@@ -13,8 +13,8 @@ namespace MmuSpec.Impl.Nested;
 /// write-tracked (an L1 store into one drops the shadow entries built from the entry it changed), and the cached
 /// roots (current and three previous, KVM's root and prev_roots) are keyed by EPTP (NestedEptMmu.Roots.cs).
 /// <para>
-/// Not modelled yet: unsync shadow EPT pages (every tracked store zaps, so the pages always follow L1's EPT and a
-/// resync finds nothing to do), write-flooding, MMIO caching, L2's own paging (accesses are by L2 gpa), and
+/// With unsync on (NestedEptMmu.Unsync.cs), a store into a table shadowed only by last-level pages unsyncs them
+/// instead of zapping. Not modelled yet: write-flooding, MMIO caching, L2's own paging (accesses are by L2 gpa), and
 /// write-protecting leaves that map L1's EPT tables (L2 accesses carry no data here, so that is unobservable).
 /// </para>
 /// Not thread-safe.
