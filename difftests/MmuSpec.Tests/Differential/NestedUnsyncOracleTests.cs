@@ -1,4 +1,6 @@
 using System.Collections.Immutable;
+using System.Text.Json.Nodes;
+using MmuSpec.Harness.Images;
 using MmuSpec.Harness.Nested;
 using MmuSpec.Harness.Running;
 using MmuSpec.Impl.Nested;
@@ -112,5 +114,19 @@ public sealed class NestedUnsyncOracleTests
         }
         Assert.Contains(Enumerable.Range(0, 40), s => NestedEptGen.Build(s, 30, new NestedEptGenOptions()).Config.Unsync);
         Assert.Contains(Enumerable.Range(0, 40), s => !NestedEptGen.Build(s, 30, new NestedEptGenOptions()).Config.Unsync);
+    }
+
+    [Fact]
+    public void The_unsync_switch_is_in_the_cases_JSON_and_a_file_without_it_is_a_strict_case()
+    {
+        var c = NestedEptGen.Build(5, size: 20, new NestedEptGenOptions(Unsync: true, StaleBursts: true));
+        string json = CaseJson.ToJson(c);
+        Assert.Equal(c, CaseJson.Parse(json));
+        var node = JsonNode.Parse(json)!;
+        ((JsonObject)node["config"]!).Remove("unsync");
+        Assert.Equal(c with { Config = c.Config with { Unsync = false } }, CaseJson.Parse(node.ToJsonString()));
+        node["config"]!["unsync"] = "yes";
+        var e = Assert.Throws<InputException>(() => CaseJson.Parse(node.ToJsonString()));
+        Assert.Contains("config.unsync", e.Message, StringComparison.Ordinal);
     }
 }
