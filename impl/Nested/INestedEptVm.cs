@@ -6,7 +6,7 @@ namespace MmuSpec.Impl.Nested;
 /// <summary>What INVEPT does to a cached root whose EPTP it names (docs/nested-ept.md, "The impl").</summary>
 public enum NestedRootPolicy : byte
 {
-    /// <summary>Keep the root and resync it: its pages follow L1's EPT already (write tracking), so nothing is rebuilt.</summary>
+    /// <summary>Keep the root and resync it: its unsync pages are synced (the rest follow L1's EPT through write tracking); nothing is rebuilt.</summary>
     KeepAndResync,
 
     /// <summary>KVM's handle_invept: free every cached root whose EP4TA matches (all of them for all-context); the next L2 access rebuilds.</summary>
@@ -59,6 +59,12 @@ public readonly record struct NestedOutcome(
 public readonly record struct NestedRootCounters(
     long RootsBuilt, long CachedRootHits, long RootsFreedByInvept, long RootsKeptAtInvept, long ShadowPagesCreated);
 
+/// <summary>Unsync bookkeeping (docs/nested-ept.md, "Unsync shadow EPT pages"): pages unsynced by L1 stores, pages synced at
+/// INVEPT (keep-and-resync), at a root load and when linked again, gpas synced when a violation was reflected, and entries
+/// a sync dropped because their rights ANDed to none.</summary>
+public readonly record struct NestedUnsyncCounters(
+    long PagesUnsynced, long PagesSyncedAtInvept, long PagesSyncedAtRootLoad, long PagesSyncedAtLink, long GpasSyncedAtViolation, long NoAccessEntriesDropped);
+
 /// <summary>One shadow EPT page as tests and the harness read it back (allocates).</summary>
 public readonly record struct NestedShadowPageInfo(ulong Gfn, int Level, bool Direct, bool AccessedDirty, byte Access, int RootCount, int PresentEntries);
 
@@ -77,12 +83,15 @@ public interface INestedEptVm : IDisposable
 
     NestedRootPolicy RootPolicy { get; }
 
+    /// <summary>Whether an L1 store into a shadowed last-level EPT table unsyncs its pages instead of zapping (KVM's unsync).</summary>
+    bool Unsync { get; }
+
     SlotStatus CreateSlot(int id, ulong baseGfn, ulong pages, ulong hostPfnBase);
 
     /// <summary>Zaps every shadow page and frees every root (KVM's memslot quirk); the slot's memory is gone.</summary>
     SlotStatus DeleteSlot(int id);
 
-    /// <summary>L1 stores 4 or 8 aligned bytes: Ok, MmioExit or Rejected. A store into a shadowed EPT table zaps what was built from the entry.</summary>
+    /// <summary>L1 stores 4 or 8 aligned bytes: Ok, MmioExit or Rejected. A store into a shadowed EPT table zaps what was built from the entry, or with <see cref="Unsync"/> unsyncs a last-level one.</summary>
     NestedOutcome L1Store(ulong gpa, ulong value, int size);
 
     /// <summary>L1 writes the EPTP field and enters L2 (nested_ept_new_eptp): Ok, or Rejected for an EPTP VM entry refuses.</summary>
@@ -97,6 +106,8 @@ public interface INestedEptVm : IDisposable
     string? LastRejection { get; }
 
     NestedRootCounters Counters { get; }
+
+    NestedUnsyncCounters UnsyncCounters { get; }
 
     /// <summary>The EPTPs of the cached roots, current first (0 when there is none), then the previous ones, most recent first.</summary>
     IReadOnlyList<ulong> CachedRootEptps();
@@ -118,6 +129,7 @@ public interface INestedEptVm : IDisposable
 public static class NestedEptVm
 {
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPhyAddr"/> is outside 36..52.</exception>
-    public static INestedEptVm Create(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy = NestedRootPolicy.KeepAndResync) =>
-        new NestedEptMmu(maxPhyAddr, executeOnly, pool, policy);
+    /// <param name="unsync">Unsync shadowed leaf EPT tables on L1 stores (KVM) instead of zapping the entry written (strict).</param>
+    public static INestedEptVm Create(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy = NestedRootPolicy.KeepAndResync, bool unsync = false) =>
+        new NestedEptMmu(maxPhyAddr, executeOnly, pool, policy, unsync);
 }

@@ -85,9 +85,8 @@ internal sealed unsafe partial class NestedEptMmu
 
     /// <summary>
     /// INVEPT (SDM Vol. 3C §29.4.3.1). Under KVM's policy (handle_invept) the cached roots whose EP4TA matches a
-    /// single-context descriptor, or every root for all-context, are freed and rebuilt on the next L2 access. Under
-    /// keep-and-resync they stay: their pages follow L1's EPT through write tracking, so the resync has nothing to
-    /// do, and nothing is rebuilt. An invalid single-context EPTP fails the instruction (VMfailValid).
+    /// single-context descriptor, or every root for all-context, are freed and rebuilt on the next L2 access (the root
+    /// load syncs their unsync pages). Under keep-and-resync they stay and their unsync pages are synced; nothing is rebuilt. An invalid single-context EPTP fails the instruction (VMfailValid).
     /// </summary>
     public NestedOutcome Invept(InveptKind type, ulong eptp)
     {
@@ -106,6 +105,11 @@ internal sealed unsafe partial class NestedEptMmu
         if (_policy == NestedRootPolicy.KeepAndResync)
         {
             _rootsKeptAtInvept += matching;
+            if (_root is not null && Matches(_eptp))
+                SyncKeptRoot(_root);
+            foreach (var (rootEptp, root) in _previous)
+                if (Matches(rootEptp))
+                    SyncKeptRoot(root);
             return NestedOutcome.Ok;
         }
         _rootsFreedByInvept += matching;
@@ -131,6 +135,7 @@ internal sealed unsafe partial class NestedEptMmu
         var root = FindOrCreate(rootGfn, NestedRole.Create(levels, direct: false, accessedDirty, _executeOnly, access: 7));
         root.RootCount++;
         _rootsBuilt++;
+        SyncLoadedRoot(root);
         return root;
     }
 
@@ -185,6 +190,7 @@ internal sealed unsafe partial class NestedEptMmu
             foreach (var page in list)
                 if (!_hash.TryGetValue((gfn, page.Role.Bits), out var hashed) || hashed != page)
                     problems.Add($"tracked {page} is not hashed");
+        UnsyncProblems(problems);
         return problems;
     }
 }

@@ -35,6 +35,8 @@ internal sealed unsafe partial class NestedEptMmu
         // kvm_mmu_page_fault on L0's EPT violation: walk L1's EPT; a fault there is reflected to L1.
         GuestWalk w = default;
         NestedOutcome walked = WalkL1Ept(gpa, type, ref w);
+        if (walked.Kind == NestedOutcomeKind.EptViolation)
+            SyncGpaAfterViolation(gpa);
         if (walked.Kind != NestedOutcomeKind.Translated)
             return walked;
         ulong gfn = w.L1Gpa >> PageShift;
@@ -195,6 +197,7 @@ internal sealed unsafe partial class NestedEptMmu
             if (child is null)
             {
                 child = FindOrCreate(gfn, role);
+                SyncLinked(child);
                 page.Children[index] = child;
                 child.Parents.Add((page, index));
                 page.Entry(index) = NestedSpte.Link(child);
@@ -208,6 +211,8 @@ internal sealed unsafe partial class NestedEptMmu
     {
         if (_hash.TryGetValue((gfn, role.Bits), out var page))
             return page;
+        if (!role.Direct && role.Level > 1)
+            SyncBeforeUpperLevel(gfn);
         page = new NestedShadowPage(_pool, gfn, role);
         _hash.Add((gfn, role.Bits), page);
         _pagesCreated++;
@@ -239,6 +244,7 @@ internal sealed unsafe partial class NestedEptMmu
             page.Free();
         _hash.Clear();
         _tracked.Clear();
+        _unsync.Clear();
         DropAllRootsAfterZap();
     }
 }

@@ -13,8 +13,8 @@ namespace MmuSpec.Impl.Nested;
 /// write-tracked (an L1 store into one drops the shadow entries built from the entry it changed), and the cached
 /// roots (current and three previous, KVM's root and prev_roots) are keyed by EPTP (NestedEptMmu.Roots.cs).
 /// <para>
-/// Not modelled yet: unsync shadow EPT pages (every tracked store zaps, so the pages always follow L1's EPT and a
-/// resync finds nothing to do), write-flooding, MMIO caching, L2's own paging (accesses are by L2 gpa), and
+/// With unsync on (NestedEptMmu.Unsync.cs), a store into a table shadowed only by last-level pages unsyncs them
+/// instead of zapping. Not modelled yet: write-flooding, MMIO caching, L2's own paging (accesses are by L2 gpa), and
 /// write-protecting leaves that map L1's EPT tables (L2 accesses carry no data here, so that is unobservable).
 /// </para>
 /// Not thread-safe.
@@ -28,6 +28,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
     private readonly int _maxPhyAddr;
     private readonly bool _executeOnly;
     private readonly NestedRootPolicy _policy;
+    private readonly bool _unsyncEnabled;
     private readonly ulong _gfnLimit;
 
     // L1 gpa bits N-1:12, the address field of an EPT entry and of the EPTP.
@@ -45,7 +46,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
     private long _pagesCreated;
     private bool _disposed;
 
-    public NestedEptMmu(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy)
+    public NestedEptMmu(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy, bool unsync = false)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (maxPhyAddr is < 36 or > 52)
@@ -56,6 +57,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
         _maxPhyAddr = maxPhyAddr;
         _executeOnly = executeOnly;
         _policy = policy;
+        _unsyncEnabled = unsync;
         _gfnLimit = 1UL << (maxPhyAddr - PageShift);
         _addressMask = ((1UL << maxPhyAddr) - 1) & ~0xFFFUL;
     }
@@ -63,6 +65,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
     public int MaxPhyAddr => _maxPhyAddr;
     public bool ExecuteOnly => _executeOnly;
     public NestedRootPolicy RootPolicy => _policy;
+    public bool Unsync => _unsyncEnabled;
     public string? LastRejection { get; private set; }
 
     public NestedRootCounters Counters => new(_rootsBuilt, _cachedRootHits, _rootsFreedByInvept, _rootsKeptAtInvept, _pagesCreated);
@@ -110,9 +113,10 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
         if (gfn >= _gfnLimit || _slots.Find(gfn) is not HostMemslot slot)
             return new NestedOutcome(NestedOutcomeKind.MmioExit, gpa, gpa);
         slot.Host.Store(((gfn - slot.BaseGfn) << PageShift) | (gpa & 0xFFF), value, size);
+        // A last-level table may be unsynced instead (mmu_try_to_unsync_pages, NestedEptMmu.Unsync.cs). Else
         // kvm_mmu_track_write: each shadow page of this table drops the entry built from the one written (both
         // halves of an 8-byte entry land in one index); the next L2 access through it walks L1's EPT again.
-        if (_tracked.TryGetValue(gfn, out var pages))
+        if (_tracked.TryGetValue(gfn, out var pages) && !(_unsyncEnabled && TryUnsync(pages)))
         {
             int index = (int)((gpa & 0xFFF) >> 3);
             foreach (var page in pages)

@@ -62,6 +62,9 @@ internal sealed unsafe class NestedShadowPage
     /// <summary>The entries that link this page: (parent, index).</summary>
     public List<(NestedShadowPage Page, int Index)> Parents { get; } = new();
 
+    /// <summary>An unsync last-level page: L1 stores into its table land without a trap; its entries may be stale until synced (NestedEptMmu.Unsync.cs).</summary>
+    public bool Unsync { get; set; }
+
     /// <summary>Cached roots (current and previous) that point at this page.</summary>
     public int RootCount { get; set; }
 

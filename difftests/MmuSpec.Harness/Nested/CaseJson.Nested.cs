@@ -27,6 +27,7 @@ public static partial class CaseJson
         w.WriteNumber("maxphyaddr", c.Config.MaxPhyAddr);
         w.WriteBoolean("execute_only", c.Config.ExecuteOnly);
         w.WriteString("root_policy", NestedPolicyNames.Single(p => p.Value == c.Config.RootPolicy).Key);
+        w.WriteBoolean("unsync", c.Config.Unsync);
         w.WriteEndObject();
         w.WriteStartArray("setup");
         foreach (var op in c.Setup) WriteOp(w, op);
@@ -67,12 +68,13 @@ public static partial class CaseJson
     public static NestedEptCase ReadNestedEpt(JsonElement e, string path)
     {
         var o = StrictObject.Open(e, path, "a nested-EPT case", "kind", "config", "setup", "ops");
-        var c = o.Object("config", "a nested VM configuration like {\"maxphyaddr\": 46, \"execute_only\": true, \"root_policy\": \"keep-and-resync\"}",
-            "maxphyaddr", "execute_only", "root_policy");
+        var c = o.Object("config", "a nested VM configuration like {\"maxphyaddr\": 46, \"execute_only\": true, \"root_policy\": \"keep-and-resync\", \"unsync\": true}",
+            "maxphyaddr", "execute_only", "root_policy", "unsync");
         int maxPhyAddr = c.Int("maxphyaddr");
         bool executeOnly = c.Bool("execute_only");
         var policy = c.Choice("root_policy", NestedPolicyNames);
-        var config = new NestedEptConfig(maxPhyAddr, executeOnly, policy);
+        // Files written before unsync shadow EPT pages ran the strict MMU.
+        var config = new NestedEptConfig(maxPhyAddr, executeOnly, policy, c.Has("unsync") && c.Bool("unsync"));
         Construct(c.At("maxphyaddr"), () => config.Caps);
         var setup = o.Array("setup").Select(s => ReadNestedOp(s.Element, s.Path)).ToImmutableArray();
         var ops = o.Array("ops").Select(s => ReadNestedOp(s.Element, s.Path)).ToImmutableArray();

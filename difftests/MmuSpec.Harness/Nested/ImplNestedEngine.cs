@@ -13,7 +13,7 @@ public sealed class ImplNestedEngine : IDisposable
     readonly INestedEptVm vm;
 
     public ImplNestedEngine(NestedEptConfig config, NativePagePool pool) =>
-        vm = NestedEptVm.Create(config.MaxPhyAddr, config.ExecuteOnly, pool, config.RootPolicy);
+        vm = NestedEptVm.Create(config.MaxPhyAddr, config.ExecuteOnly, pool, config.RootPolicy, config.Unsync);
 
     public INestedEptVm Vm => vm;
 

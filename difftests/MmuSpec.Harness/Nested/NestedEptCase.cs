@@ -7,15 +7,16 @@ namespace MmuSpec.Harness.Nested;
 
 /// <summary>
 /// A nested VM as a case configures it: L1's MAXPHYADDR, whether the processor offers L1 execute-only EPT entries, and
-/// the impl's policy for cached roots at INVEPT (the spec has no roots: both policies must give its answers).
+/// the impl's policy for cached roots at INVEPT (the spec has no roots: both policies must give its answers), and whether
+/// the impl unsyncs shadowed leaf EPT tables (then it may answer from stale entries, as oracle 2 allows).
 /// </summary>
-public sealed record NestedEptConfig(int MaxPhyAddr, bool ExecuteOnly, NestedRootPolicy RootPolicy)
+public sealed record NestedEptConfig(int MaxPhyAddr, bool ExecuteOnly, NestedRootPolicy RootPolicy, bool Unsync = false)
 {
     /// <summary>What the spec's EPT walk is told the processor offers: MBEC off (KVM does not offer it to L1), the rest on.</summary>
     public EptCapabilities Caps => EptCapabilities.Default.WithExecuteOnly(ExecuteOnly).WithMaxPhyAddr(MaxPhyAddr);
 
     public override string ToString() =>
-        $"MAXPHYADDR {MaxPhyAddr}, execute-only {(ExecuteOnly ? "offered" : "not offered")}, roots {(RootPolicy == NestedRootPolicy.Upstream ? "upstream" : "keep-and-resync")}";
+        $"MAXPHYADDR {MaxPhyAddr}, execute-only {(ExecuteOnly ? "offered" : "not offered")}, roots {(RootPolicy == NestedRootPolicy.Upstream ? "upstream" : "keep-and-resync")}{(Unsync ? ", unsync leaf pages" : "")}";
 }
 
 /// <summary>

@@ -7,15 +7,16 @@ using MmuSpec.Spec.Paging;
 
 namespace MmuSpec.Harness.Nested;
 
-/// <summary>What a nested-EPT property generates: the impl's cached-root policy at INVEPT (null: each case draws one).</summary>
-public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null)
+/// <summary>What a nested-EPT property generates: the impl's cached-root policy at INVEPT and whether it unsyncs leaf pages (null: each case draws).</summary>
+/// <param name="StaleBursts">Also draw stale bursts (NestedEptGen.Unsync.cs): only nested-ept-unsync turns it on, so the other draws stay.</param>
+public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null, bool? Unsync = null, bool StaleBursts = false)
 {
     public override string ToString() => RootPolicy switch
     {
         NestedRootPolicy.Upstream => "upstream root policy",
         NestedRootPolicy.KeepAndResync => "keep-and-resync roots",
         _ => "either root policy",
-    };
+    } + Unsync switch { true => ", unsync leaf pages", false => ", strict", _ => "" };
 }
 
 /// <summary>
@@ -37,6 +38,7 @@ public static class NestedEptGen
     public static Arbitrary<NestedEptCase> Arbitrary(NestedEptGenOptions options) => Arb.From(Case(options), NestedEptShrink.Candidates);
 
     static readonly int[] MaxPhyAddrs = [39, 40, 42, 46, 48, 52];
+    const int UnsyncStream = 0x5E_C0DE;
 
     public static NestedEptCase Build(int seed, int size, NestedEptGenOptions options)
     {
@@ -44,8 +46,10 @@ public static class NestedEptGen
         int maxPhyAddr = MaxPhyAddrs[rng.Next(MaxPhyAddrs.Length)];
         bool executeOnly = rng.Next(4) != 0;
         var policy = rng.Next(2) == 0 ? NestedRootPolicy.KeepAndResync : NestedRootPolicy.Upstream;
-        var config = new NestedEptConfig(maxPhyAddr, executeOnly, options.RootPolicy ?? policy);
-        var b = new NestedEptCaseBuilder(rng, config);
+        // Unsync comes from a stream of its own, so every case draws what it drew before the strict/unsync switch.
+        bool unsync = options.Unsync ?? new Random(seed ^ UnsyncStream).Next(2) == 0;
+        var config = new NestedEptConfig(maxPhyAddr, executeOnly, options.RootPolicy ?? policy, unsync);
+        var b = new NestedEptCaseBuilder(rng, config) { StaleBursts = options.StaleBursts };
         b.BuildSetup(hierarchies: 2 + rng.Next(4), pathsPerHierarchy: 3 + rng.Next(3 + size / 10));
         int count = 10 + rng.Next(10 + Math.Max(10, size));
         while (b.Ops.Count < count) b.NextOps();
@@ -54,7 +58,7 @@ public static class NestedEptGen
 }
 
 /// <summary>Builds one nested-EPT case; keeps the EPT entries it wrote, so most operations touch what the MMU shadows.</summary>
-internal sealed class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
+internal sealed partial class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
 {
     // ---- L1's physical layout ----
     public const int RamSlot = 0, DataSlot = 1, HoleSlot = 2;
@@ -187,6 +191,11 @@ internal sealed class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
 
     public void NextOps()
     {
+        if (StaleBursts && rng.Next(3) == 0)
+        {
+            StaleBurst();
+            return;
+        }
         int roll = rng.Next(100);
         if (roll < 38) Access(RecentOrPath());
         else if (roll < 58) EditEntry(entryList[rng.Next(entryList.Count)]);

@@ -85,7 +85,7 @@ public static class CaseRuns
         var d = report.Divergence;
         var rows = report.Records.Where(r => r.Kind != StepKind.End)
             .Select(r => new TraceRow(r.Diverges, r.Kind == StepKind.Boot ? "boot" : Step(r.Index), r.Op, r.Spec,
-                Same(r.ResultsDiffer, r.Impl, r.Diverges ? d : null)))
+                r.Allowance is { } why ? $"{r.Impl} (allowed: {why})" : Same(r.ResultsDiffer, r.Impl, r.Diverges ? d : null)))
             .ToImmutableArray();
         return new CaseTrace(c, d, report.Render(), rows, Tail(d, family.StepCount(c), family.WhenNoStep),
             report.State, report.StateRowsHidden, report.StateNote);

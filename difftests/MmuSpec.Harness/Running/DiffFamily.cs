@@ -139,6 +139,13 @@ public abstract class LockstepSession<TOp, TResult> : IDisposable where TResult 
     public virtual ImmutableArray<string> ResultDifference(TOp op, TResult? spec, TResult? impl) => StateDifferences();
 
     /// <summary>
+    /// For a spec that allows more than one result (oracle 2: a stale translation the architecture still allows): why
+    /// <paramref name="impl"/>, unlike <paramref name="spec"/>, is allowed too, the session then going on from the spec
+    /// state that goes with it; null (the default) when it is not.
+    /// </summary>
+    public virtual string? Allowance(TOp op, TResult spec, TResult impl) => null;
+
+    /// <summary>
     /// The checks after a step whose results agree, in the family's order, evaluated lazily: the runner
     /// stops at the first that yields lines. The default is the state comparison (oracle 1).
     /// </summary>

@@ -203,6 +203,10 @@ public static class DiffProperties
     [
         new DiffProperty<NestedEptCase>("nested-ept", "Spec_and_impl_nested_EPT_MMUs_agree_after_every_operation (either root policy)",
             CaseRules.Shrinking(NestedEptGen.Arbitrary(new NestedEptGenOptions())), Families.NestedEpt, NestedEptCoverage.Expected, NestedTestCases),
+        // Unsync leaf pages with stale bursts: the stale answers oracle 2 allows, and the syncs that must end them.
+        new DiffProperty<NestedEptCase>("nested-ept-unsync", "Spec_and_impl_nested_EPT_MMUs_agree_after_every_operation (unsync pages, stale bursts)",
+            CaseRules.Shrinking(NestedEptGen.Arbitrary(new NestedEptGenOptions(Unsync: true, StaleBursts: true))), Families.NestedEpt,
+            NestedEptCoverage.ExpectedUnsync, NestedTestCases),
     ];
 
     // The concurrent property comes after the sequential ones it had beside it: they keep their places in a campaign's first round.

@@ -50,9 +50,11 @@ public enum StepKind
 /// (<see cref="Op"/>): an agreeing step costs no text; <paramref name="Spec"/> and <paramref name="Impl"/> are the results as the family describes them (or
 /// "threw ..."); <paramref name="ResultsDiffer"/> is the family's structural comparison of the results;
 /// <paramref name="Differences"/> are the lines of the first check after the step that failed (state,
-/// oracle 2, the family's own checks), empty when every check held.
+/// oracle 2, the family's own checks), empty when every check held; <paramref name="Allowance"/>, when the impl's
+/// result differs from the spec's but the spec allows it too (<see cref="LockstepSession{TOp, TResult}.Allowance"/>), says why.
 /// </summary>
-public sealed record StepRecord(StepKind Kind, int Index, object Operation, string Spec, string Impl, bool ResultsDiffer, ImmutableArray<string> Differences)
+public sealed record StepRecord(StepKind Kind, int Index, object Operation, string Spec, string Impl, bool ResultsDiffer, ImmutableArray<string> Differences,
+    string? Allowance = null)
 {
     /// <summary>The operation as the trace prints it.</summary>
     public string Op => Operation as string ?? Operation.ToString()!;

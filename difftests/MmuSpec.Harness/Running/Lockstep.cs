@@ -78,8 +78,15 @@ public static class Lockstep
         catch (Exception e) { impl = null; ir = Threw(e); }
         // A side that threw agrees with nothing: the spec throws only on a case outside the rules.
         bool differ = spec is null || impl is null || !family.SameResult(spec, impl);
+        string? allowed = null;
+        if (differ && spec is not null && impl is not null)
+        {
+            try { allowed = session.Allowance(op, spec, impl); }
+            catch (Exception e) { return new StepRecord(StepKind.Op, index, op, sr, ir, true, [$"judging the impl's result {Threw(e)}"]); }
+            differ = allowed is null;
+        }
         var lines = differ ? Guard(() => session.ResultDifference(op, spec, impl)) : FirstFailing(session.Checks(op, spec!));
-        return new StepRecord(StepKind.Op, index, op, sr, ir, differ, lines);
+        return new StepRecord(StepKind.Op, index, op, sr, ir, differ, lines, allowed);
     }
 
     static ImmutableArray<string> FirstFailing(IEnumerable<ImmutableArray<string>> checks)
