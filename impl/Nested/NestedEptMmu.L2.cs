@@ -133,9 +133,10 @@ internal sealed unsafe partial class NestedEptMmu
         ulong gpa = pageBase | (gva & ((1UL << leaf.Shift) - 1));
 
         // The final access before L2's A/D writes, which happen only once the whole translation is allowed (KVM's
-        // walk_addr_generic order; the SDM does not order them).
+        // walk_addr_generic order; the SDM does not order them). An L1 gpa outside the slots still sets them: KVM
+        // emulates the MMIO access, walking L2's tables in software first.
         NestedOutcome final = FinalAccess(gpa, gva, type);
-        if (final.Kind != NestedOutcomeKind.Translated)
+        if (final.Kind is not (NestedOutcomeKind.Translated or NestedOutcomeKind.MmioExit))
             return final;
 
         // SDM §4.8: A in every entry used, top down, then D in a write's leaf; each write an access to a paging-structure

@@ -20,7 +20,7 @@ namespace MmuSpec.Harness.Nested;
 public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmResult>
 {
     public override string Name => DiffProperties.NestedEptFamily;
-    public override IReadOnlyList<string> Situations => NestedEptCoverage.All;
+    public override IReadOnlyList<string> Situations => NestedEptL2Coverage.Family;
 
     public override IReadOnlyList<NestedEptOp> Steps(NestedEptCase c) => [.. c.AllOps];
     public override int StepCount(NestedEptCase c) => c.Length;

@@ -8,14 +8,15 @@ using MmuSpec.Spec.Paging;
 namespace MmuSpec.Harness.Nested;
 
 /// <summary>What a nested-EPT property generates: the impl's cached-root policy at INVEPT (null: each case draws one).</summary>
-public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null)
+/// <paramref name="L2Paging"/>: L2 runs on its own page tables in L1's memory and accesses by linear address (NestedEptL2Gen.cs).
+public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null, bool L2Paging = false)
 {
     public override string ToString() => RootPolicy switch
     {
         NestedRootPolicy.Upstream => "upstream root policy",
         NestedRootPolicy.KeepAndResync => "keep-and-resync roots",
         _ => "either root policy",
-    };
+    } + (L2Paging ? ", L2 paging" : "");
 }
 
 /// <summary>
@@ -36,10 +37,11 @@ public static class NestedEptGen
 
     public static Arbitrary<NestedEptCase> Arbitrary(NestedEptGenOptions options) => Arb.From(Case(options), NestedEptShrink.Candidates);
 
-    static readonly int[] MaxPhyAddrs = [39, 40, 42, 46, 48, 52];
+    internal static readonly int[] MaxPhyAddrs = [39, 40, 42, 46, 48, 52];
 
     public static NestedEptCase Build(int seed, int size, NestedEptGenOptions options)
     {
+        if (options.L2Paging) return NestedEptCaseBuilder.BuildL2(seed, size, options);
         var rng = new Random(seed);
         int maxPhyAddr = MaxPhyAddrs[rng.Next(MaxPhyAddrs.Length)];
         bool executeOnly = rng.Next(4) != 0;
@@ -54,7 +56,7 @@ public static class NestedEptGen
 }
 
 /// <summary>Builds one nested-EPT case; keeps the EPT entries it wrote, so most operations touch what the MMU shadows.</summary>
-internal sealed class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
+internal sealed partial class NestedEptCaseBuilder(Random rng, NestedEptConfig config)
 {
     // ---- L1's physical layout ----
     public const int RamSlot = 0, DataSlot = 1, HoleSlot = 2;
