@@ -90,6 +90,8 @@ internal sealed partial class NestedEptCaseBuilder
 
     static ulong L1GpaOfL2(ulong l2Gpa) => (L2TableGfn << 12) + (l2Gpa - L2TableGpa);
 
+    static bool IsL2Table(ulong l2Gpa) => l2Gpa - L2TableGpa < (ulong)L2TablePages << 12;
+
     L2State BuildL2State()
     {
         var mode = rng.Next(8) switch { < 2 => PagingMode.Bits32, < 4 => PagingMode.Pae, < 7 => PagingMode.Long4, _ => PagingMode.Long5 };
@@ -143,7 +145,7 @@ internal sealed partial class NestedEptCaseBuilder
         for (; level > leafLevel; level--)
         {
             ulong entry = L1GpaOfL2(table + (ulong)(PagingLevels.Index(mode, level, gva) * entryBytes));
-            if (l2Entries.TryGetValue(entry, out var e) && (e.Value & 1) != 0 && (e.Value & 0x80) == 0 && e.Level == level)
+            if (l2Entries.TryGetValue(entry, out var e) && (e.Value & 1) != 0 && (e.Value & 0x80) == 0 && e.Level == level && IsL2Table(e.Value & 0xFFFF_FFFF_F000))
             {
                 table = e.Value & 0xFFFF_FFFF_F000;
                 continue;
