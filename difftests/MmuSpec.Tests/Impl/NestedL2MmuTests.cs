@@ -117,6 +117,20 @@ public sealed class NestedL2MmuTests : IDisposable
         Assert.Equal(NestedOutcomeKind.Translated, vm.L2GvaAccess(0x15123, AccessType.Read, Privilege.User).Kind);
     }
 
+    [Fact]
+    public void A_warm_gva_access_allocates_nothing()
+    {
+        Setup(EptpAD);
+        vm.L2GvaAccess(Gva, AccessType.Write, Privilege.User);
+        int faulted = 0;
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 1000; i++)
+            faulted += vm.L2GvaAccess(Gva + (ulong)(i & 0xF) * 8, AccessType.Write, Privilege.User).Faulted ? 1 : 0;
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(0, faulted);   // every level of both dimensions hits the shadow EPT
+        Assert.Equal(0, allocated);
+    }
+
     public void Dispose()
     {
         vm.Dispose();
