@@ -99,6 +99,8 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
             var lines = ImmutableArray.CreateBuilder<string>();
             if (op is NestedEptOp.L2Access a && implResult is not null && tlbBefore is not null)
                 lines.Add($"oracle 2 on the impl's result: {Judge(tlbBefore, a, implResult)}");
+            if (op is NestedEptOp.L2GvaAccess g && implResult is not null && tlbBefore is not null && spec.L2Cpu is { } l2Cpu)
+                lines.Add($"oracle 2 on the impl's result: {NestedEptL2Oracle.Judge(tlbBefore, l2Cpu, g.Access, implResult)}");
             try { lines.AddRange(StateDifferences()); }
             catch (Exception e) { lines.Add($"reading the impl's state {Lockstep.Threw(e)}"); }
             return lines.ToImmutable();

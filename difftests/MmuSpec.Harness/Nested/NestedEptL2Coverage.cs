@@ -61,3 +61,24 @@ public static class NestedEptL2Coverage
         if (walk.GuestUpdates.Length > 0) hit("L2 gva: A/D bits set in L2's tables");
     }
 }
+
+/// <summary>Oracle 2 for an L2 gva access whose results differ: what <see cref="EptTlb"/> says of the impl's answer.</summary>
+public static class NestedEptL2Oracle
+{
+    public static string Judge(EptTlb layer, CpuState l2Cpu, Access access, VmResult result)
+    {
+        NestedResult? observed = result switch
+        {
+            // Only the gpas matter to the comparison (EptTlb's Same): the rest of the EPT translation is filler.
+            NestedEptResult.Translated t => new NestedResult.Translated(t.L2Gpa, null, null, new EptResult.Translated(t.L1Gpa, PageSize.Size4K, EptRights.All, EptMemoryType.WriteBack, false)),
+            NestedEptResult.MmioExit m => null,
+            NestedEptResult.GuestFault f => new NestedResult.GuestFault(f.Fault),
+            NestedEptResult.EptExit e => new NestedResult.EptExit(e.Exit),
+            _ => null,
+        };
+        if (observed is null) return "not judged (an MMIO exit or a rejection)";
+        return layer.Violation(l2Cpu, access, observed) is { } why
+            ? $"not allowed: {why}"
+            : "allowed as a stale translation since the last invalidation (SDM Vol. 3C §29.4), though this MMU promises none";
+    }
+}

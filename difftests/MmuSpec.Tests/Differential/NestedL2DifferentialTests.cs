@@ -66,6 +66,18 @@ public sealed class NestedL2DifferentialTests
     }
 
     [Fact]
+    public void Oracle_2_allows_a_gva_translation_the_tables_gave_and_refuses_another()
+    {
+        var state = MmuSpec.Tests.Spec.NestedL2StateTests.Vm();
+        var layer = EptTlb.Start(state.Caps, state.L1Memory, state.Eptp!.Value);
+        var access = Access.Read(0x5123);
+        Assert.StartsWith("allowed", NestedEptL2Oracle.Judge(layer, state.L2Cpu!, access, new NestedEptResult.Translated(0x15123, 0x15123, 0x1015123)));
+        Assert.StartsWith("not allowed", NestedEptL2Oracle.Judge(layer, state.L2Cpu!, access, new NestedEptResult.Translated(0x16123, 0x16123, 0x1016123)));
+        Assert.StartsWith("not allowed", NestedEptL2Oracle.Judge(layer, state.L2Cpu!, access,
+            new NestedEptResult.GuestFault(new WalkResult.PageFault(PageFaultErrorCode.Write))));
+    }
+
+    [Fact]
     public void Generated_L2_cases_agree_and_free_every_native_page()
     {
         var pool = new NativePagePool();

@@ -21,7 +21,7 @@ public sealed class NestedL2StateTests
     const ulong EptA = 1 << 8, EptD = 1 << 9, L2A = 1 << 5, L2D = 1 << 6;
     static readonly CpuState Long4 = new(new PagingControls(PagingMode.Long4), 0x10000);
 
-    static NestedEptState Vm(ulong eptp = Eptp, ulong pdptPageEpt = EptLeaf, ulong dataEpt = EptLeaf, ulong l2Pdpte = 0x12007, ulong l2Pte = 0x15007)
+    internal static NestedEptState Vm(ulong eptp = Eptp, ulong pdptPageEpt = EptLeaf, ulong dataEpt = EptLeaf, ulong l2Pdpte = 0x12007, ulong l2Pte = 0x15007)
     {
         var s = NestedEptState.Create(EptCapabilities.Default);
         s = Ok(s, new NestedEptOp.CreateSlot(0, 0, 0x40, 0x1000));
