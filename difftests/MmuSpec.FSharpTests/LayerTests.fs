@@ -240,6 +240,8 @@ let private nestedEptOpCase =
     | NestedLoadEptp _ -> "LoadEptp"
     | NestedInvept _ -> "Invept"
     | NestedL2Access _ -> "L2Access"
+    | NestedL2Paging(NestedSetL2Paging _) -> "SetL2Paging"
+    | NestedL2Paging(NestedL2GvaAccess _) -> "L2GvaAccess"
 
 let private nestedEptResultCase =
     function
@@ -248,6 +250,7 @@ let private nestedEptResultCase =
     | NestedL2Translated _ -> "Translated"
     | NestedExitToL1 _ -> "EptExit"
     | NestedMmioExit _ -> "MmioExit"
+    | NestedL2Fault _ -> "GuestFault"
 
 /// Each hierarchy's base type and how the patterns name one of its values.
 let private classifiers: (Type * (obj -> string)) list =

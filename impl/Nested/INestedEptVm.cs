@@ -41,15 +41,20 @@ public enum NestedOutcomeKind : byte
     EptMisconfiguration,
     /// <summary>No memslot holds the L1 gpa (<see cref="NestedOutcome.L1Gpa"/>): the access exits to userspace.</summary>
     MmioExit,
+    /// <summary>L2's own tables raise #PF with <see cref="NestedOutcome.ErrorCode"/> (delivered to L2, no VM exit).</summary>
+    L2PageFault,
+    /// <summary>L2's linear address is not canonical: #GP for L2.</summary>
+    L2GeneralProtection,
 }
 
 /// <summary>
 /// What a nested operation returned. <see cref="Gpa"/> is L2's gpa (accesses) or L1's (stores);
-/// <see cref="Faulted"/>: the MMU walked L1's EPT (false: a shadow hit).
+/// <see cref="Faulted"/>: the MMU walked L1's EPT (false: a shadow hit). <see cref="Gla"/>: L2's linear address of a
+/// violation whose qualification sets bit 7; <see cref="ErrorCode"/>: an L2 #PF's.
 /// </summary>
 public readonly record struct NestedOutcome(
     NestedOutcomeKind Kind, ulong Gpa = 0, ulong L1Gpa = 0, ulong Hpa = 0, ulong Qualification = 0,
-    EptMisconfigKind Misconfig = default, int Level = 0, bool Faulted = false)
+    EptMisconfigKind Misconfig = default, int Level = 0, bool Faulted = false, ulong Gla = 0, uint ErrorCode = 0)
 {
     public static NestedOutcome Ok => new(NestedOutcomeKind.Ok);
     public static NestedOutcome Rejected => new(NestedOutcomeKind.Rejected);
@@ -102,6 +107,21 @@ public interface INestedEptVm : IDisposable
 
     /// <summary>L2 touches guest-physical <paramref name="gpa"/>: Translated, EptViolation, EptMisconfiguration, MmioExit or Rejected (no EPTP yet, or beyond MAXPHYADDR).</summary>
     NestedOutcome L2Access(ulong gpa, AccessType type);
+
+    /// <summary>
+    /// L1 enters L2 with L2's paging state (VMCS guest CR0/CR3/CR4/EFER; for PAE the guest PDPTE fields, 4 values):
+    /// Ok, or Rejected when VM entry's guest-state checks fail (CR3 beyond MAXPHYADDR or 32 bits, a present PDPTE with a
+    /// reserved bit). <paramref name="pagingOn"/> false: L2 runs with paging off.
+    /// </summary>
+    NestedOutcome SetL2Paging(bool pagingOn, in PagingControls controls, ulong cr3, ReadOnlySpan<ulong> pdptes);
+
+    /// <summary>
+    /// L2 accesses linear address <paramref name="gva"/>: L2's tables read (and their A/D bits written) by the processor
+    /// through the shadow EPT, a shadow miss handled as L0's EPT violation (install, or reflect to L1 with bits 7 and 8 of
+    /// the qualification). Translated, EptViolation, EptMisconfiguration, MmioExit, L2PageFault, L2GeneralProtection or
+    /// Rejected (no EPTP, or an address the walk cannot take).
+    /// </summary>
+    NestedOutcome L2GvaAccess(ulong gva, AccessType type, Privilege privilege);
 
     string? LastRejection { get; }
 

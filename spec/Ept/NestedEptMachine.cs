@@ -35,6 +35,9 @@ public sealed record NestedEptMachine(NestedEptState State, EptTlb? Tlb)
             case NestedEptOp.L2Access a when result is NestedEptResult.EptExit { Exit: EptResult.Violation } && tlb is not null:
                 tlb = tlb.Apply(new EptTlbOp.EptViolation(a.Gpa, null));
                 break;
+            case NestedEptOp.L2GvaAccess when result is NestedEptResult.EptExit { Exit: EptResult.Violation v } && tlb is not null:
+                tlb = tlb.Apply(new EptTlbOp.EptViolation(v.Gpa, v.LinearAddress));
+                break;
         }
         return (new NestedEptMachine(state, tlb), result);
     }

@@ -5,7 +5,7 @@ using MmuSpec.Spec.Paging;
 namespace MmuSpec.Spec.Ept;
 
 /// <summary>An operation on a VM whose L1 runs L2 on EPT (docs/nested-ept.md, "The nested VM"). Immutable values with no behaviour.</summary>
-public abstract record NestedEptOp
+public abstract partial record NestedEptOp
 {
     private NestedEptOp() { }
 
@@ -46,7 +46,7 @@ public abstract record NestedEptOp
 }
 
 /// <summary>What a nested operation returned: a <see cref="VmResult"/> case (ok, rejected) or one of these.</summary>
-public abstract record NestedEptResult : VmResult
+public abstract partial record NestedEptResult : VmResult
 {
     private NestedEptResult() { }
 
@@ -77,7 +77,7 @@ public abstract record NestedEptResult : VmResult
 /// </summary>
 /// <param name="Caps">What the processor offers L1 (execute-only, MAXPHYADDR, ...).</param>
 /// <param name="Eptp">The EPTP of the last VM entry, or null before the first.</param>
-public sealed record NestedEptState(EptCapabilities Caps, HostMemslots Slots, ImmutableSortedDictionary<ulong, ulong> Host, EptPointer? Eptp)
+public sealed partial record NestedEptState(EptCapabilities Caps, HostMemslots Slots, ImmutableSortedDictionary<ulong, ulong> Host, EptPointer? Eptp)
 {
     /// <summary>Host frames are below 2^40, as for the other MMUs' slots.</summary>
     public const ulong HostPfnLimit = 1UL << 40;
@@ -123,7 +123,7 @@ public sealed record NestedEptState(EptCapabilities Caps, HostMemslots Slots, Im
             case NestedEptOp.L2Access a:
                 return Access(a);
             default:
-                throw new ArgumentOutOfRangeException(nameof(op), op, "not a nested EPT operation");
+                return StepL2(op);   // L2's own paging: NestedEptState.L2.cs
         }
     }
 

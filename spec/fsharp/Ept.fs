@@ -36,8 +36,9 @@ let (|TlbInvept|TlbInvvpid|TlbVmEntry|TlbVmExit|TlbEptpSwitch|TlbEptViolation|) 
     | :? EptTlbOp.EptViolation as v -> TlbEptViolation(v.Gpa, Option.ofNullable v.Gla)
     | other -> unknown (nameof op) other
 
-/// An operation on the nested VM (NestedEptState): a memslot change, an L1 store, a VM entry with an EPTP, INVEPT, an L2 access by gpa.
-let (|NestedCreateSlot|NestedDeleteSlot|NestedL1Store|NestedLoadEptp|NestedInvept|NestedL2Access|) (op: NestedEptOp) =
+/// An operation on the nested VM (NestedEptState): a memslot change, an L1 store, a VM entry with an EPTP, INVEPT, an L2 access by gpa,
+/// or one of L2's own paging (NestedL2Paging: take it apart with NestedSetL2Paging | NestedL2GvaAccess; F# allows seven cases).
+let (|NestedCreateSlot|NestedDeleteSlot|NestedL1Store|NestedLoadEptp|NestedInvept|NestedL2Access|NestedL2Paging|) (op: NestedEptOp) =
     match op with
     | :? NestedEptOp.CreateSlot as c -> NestedCreateSlot(c.Id, c.BaseGfn, c.Pages, c.HostPfnBase)
     | :? NestedEptOp.DeleteSlot as d -> NestedDeleteSlot d.Id
@@ -45,16 +46,26 @@ let (|NestedCreateSlot|NestedDeleteSlot|NestedL1Store|NestedLoadEptp|NestedInvep
     | :? NestedEptOp.LoadEptp as l -> NestedLoadEptp l.Eptp
     | :? NestedEptOp.Invept as i -> NestedInvept(i.Type, i.Eptp)
     | :? NestedEptOp.L2Access as a -> NestedL2Access(a.Gpa, a.Type)
+    | :? NestedEptOp.SetL2Paging
+    | :? NestedEptOp.L2GvaAccess -> NestedL2Paging op
     | other -> unknown (nameof op) other
 
-/// What a nested VM step returned: ok, rejected (why), L2's gpa translated (L1 gpa, hpa), an EPT exit to L1, an MMIO exit at L1's gpa.
-let (|NestedOk|NestedRejected|NestedL2Translated|NestedExitToL1|NestedMmioExit|) (result: VmResult) =
+/// L2's own paging: L1 enters L2 with L2's CPU state (None: paging off), or L2 accesses a linear address (the 2D walk).
+let (|NestedSetL2Paging|NestedL2GvaAccess|) (op: NestedEptOp) =
+    match op with
+    | :? NestedEptOp.SetL2Paging as p -> NestedSetL2Paging(Option.ofObj p.Cpu)
+    | :? NestedEptOp.L2GvaAccess as a -> NestedL2GvaAccess a.Access
+    | other -> unknown (nameof op) other
+
+/// What a nested VM step returned: ok, rejected (why), L2's gpa translated (L1 gpa, hpa), an EPT exit to L1, an MMIO exit at L1's gpa, a fault L2's own tables raise.
+let (|NestedOk|NestedRejected|NestedL2Translated|NestedExitToL1|NestedMmioExit|NestedL2Fault|) (result: VmResult) =
     match result with
     | :? VmResult.Ok -> NestedOk
     | :? VmResult.Rejected as r -> NestedRejected r.Reason
     | :? NestedEptResult.Translated as t -> NestedL2Translated(t.L2Gpa, t.L1Gpa, t.Hpa)
     | :? NestedEptResult.EptExit as e -> NestedExitToL1 e.Exit
     | :? NestedEptResult.MmioExit as m -> NestedMmioExit m.L1Gpa
+    | :? NestedEptResult.GuestFault as f -> NestedL2Fault f.Fault
     | other -> unknown (nameof result) other
 
 /// One step of the nested VM: its state afterwards and the result.

@@ -59,7 +59,7 @@ public static partial class CaseJson
                 w.WriteString("eptp", Hex.Format(i.Eptp.Raw));
                 break;
             case NestedEptOp.L2Access a: w.WriteString("op", "l2_access"); w.WriteString("gpa", Hex.Format(a.Gpa)); w.WriteString("type", TypeName(a.Type)); break;
-            default: throw new ArgumentException($"no JSON form for the nested op {op.GetType().Name}", nameof(op));
+            default: WriteNestedL2Op(w, op); break;
         }
         w.WriteString("text", op.ToString());
         w.WriteEndObject();
@@ -91,6 +91,8 @@ public static partial class CaseJson
         ["load_eptp"] = ["eptp"],
         ["invept"] = ["type", "eptp"],
         ["l2_access"] = ["gpa", "type"],
+        ["set_l2_paging"] = ["controls", "cr3", "pdptes"],
+        ["l2_gva_access"] = ["access"],
     };
 
     static NestedEptOp ReadNestedOp(JsonElement e, string path)
@@ -104,7 +106,7 @@ public static partial class CaseJson
             "load_eptp" => new NestedEptOp.LoadEptp(new EptPointer(o.Hex("eptp"))),
             "invept" => new NestedEptOp.Invept(o.Choice("type", InveptNames), new EptPointer(o.Hex("eptp"))),
             "l2_access" => new NestedEptOp.L2Access(o.Hex("gpa"), o.Choice("type", TypeNames)),
-            _ => throw new InvalidOperationException(kind),
+            _ => ReadNestedL2Op(kind, o),
         };
     }
 }

@@ -130,6 +130,12 @@ public static class NestedEptCoverage
                             _ => "5-level EPT: misconfiguration",
                         });
                     break;
+                case NestedEptOp.SetL2Paging p:
+                    NestedEptL2Coverage.Paging(p, ok, hit);
+                    break;
+                case NestedEptOp.L2GvaAccess g when ok && before.Eptp is { } current:
+                    NestedEptL2Coverage.Access(before, current, g.Access, result, hit);
+                    break;
             }
         }
     }

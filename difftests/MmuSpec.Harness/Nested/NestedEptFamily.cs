@@ -19,7 +19,7 @@ namespace MmuSpec.Harness.Nested;
 public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmResult>
 {
     public override string Name => DiffProperties.NestedEptFamily;
-    public override IReadOnlyList<string> Situations => NestedEptCoverage.All;
+    public override IReadOnlyList<string> Situations => NestedEptL2Coverage.Family;
 
     public override IReadOnlyList<NestedEptOp> Steps(NestedEptCase c) => [.. c.AllOps];
     public override int StepCount(NestedEptCase c) => c.Length;
@@ -99,6 +99,8 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
                 before.ServedFromCache(a, implResult, out string why);
                 lines.Add($"oracle 2 on the impl's result: not allowed: {why}");
             }
+            if (op is NestedEptOp.L2GvaAccess g && implResult is not null && before.Tlb is { } tlbBefore && before.State.L2Cpu is { } l2Cpu)
+                lines.Add($"oracle 2 on the impl's result: {NestedEptL2Oracle.Judge(tlbBefore, l2Cpu, g.Access, implResult)}");
             try { lines.AddRange(StateDifferences()); }
             catch (Exception e) { lines.Add($"reading the impl's state {Lockstep.Threw(e)}"); }
             return lines.ToImmutable();

@@ -9,14 +9,15 @@ namespace MmuSpec.Harness.Nested;
 
 /// <summary>What a nested-EPT property generates: the impl's cached-root policy at INVEPT and whether it unsyncs leaf pages (null: each case draws).</summary>
 /// <param name="StaleBursts">Also draw stale bursts (NestedEptGen.Unsync.cs): only nested-ept-unsync turns it on, so the other draws stay.</param>
-public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null, bool? Unsync = null, bool StaleBursts = false)
+/// <param name="L2Paging">L2 runs on its own page tables in L1's memory and accesses by linear address (NestedEptL2Gen.cs): only nested-ept-l2 turns it on.</param>
+public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null, bool? Unsync = null, bool StaleBursts = false, bool L2Paging = false)
 {
     public override string ToString() => RootPolicy switch
     {
         NestedRootPolicy.Upstream => "upstream root policy",
         NestedRootPolicy.KeepAndResync => "keep-and-resync roots",
         _ => "either root policy",
-    } + Unsync switch { true => ", unsync leaf pages", false => ", strict", _ => "" };
+    } + Unsync switch { true => ", unsync leaf pages", false => ", strict", _ => "" } + (L2Paging ? ", L2 paging" : "");
 }
 
 /// <summary>
@@ -37,11 +38,12 @@ public static class NestedEptGen
 
     public static Arbitrary<NestedEptCase> Arbitrary(NestedEptGenOptions options) => Arb.From(Case(options), NestedEptShrink.Candidates);
 
-    static readonly int[] MaxPhyAddrs = [39, 40, 42, 46, 48, 52];
+    internal static readonly int[] MaxPhyAddrs = [39, 40, 42, 46, 48, 52];
     const int UnsyncStream = 0x5E_C0DE;
 
     public static NestedEptCase Build(int seed, int size, NestedEptGenOptions options)
     {
+        if (options.L2Paging) return NestedEptCaseBuilder.BuildL2(seed, size, options);
         var rng = new Random(seed);
         int maxPhyAddr = MaxPhyAddrs[rng.Next(MaxPhyAddrs.Length)];
         bool executeOnly = rng.Next(4) != 0;

@@ -39,6 +39,12 @@ public static class NestedEptShrink
             case NestedEptOp.LoadEptp { Eptp.AccessedDirtyEnabled: true } l:
                 yield return new NestedEptOp.LoadEptp(new EptPointer(l.Eptp.Raw & ~(1UL << EptPointer.AccessedDirtyBit)));
                 break;
+            case NestedEptOp.L2GvaAccess g:
+                // L2's gva accesses: page offset 0, a read, by the supervisor.
+                if ((g.Access.Gva & 0xFFF) != 0) yield return g with { Access = g.Access.WithGva(g.Access.Gva & ~0xFFFUL) };
+                if (g.Access.Type != AccessType.Read) yield return g with { Access = new Access(g.Access.Gva, AccessType.Read, g.Access.Privilege == Privilege.ImplicitSupervisor ? Privilege.Supervisor : g.Access.Privilege) };
+                if (g.Access.Privilege != Privilege.Supervisor) yield return g with { Access = g.Access.WithPrivilege(Privilege.Supervisor) };
+                break;
             case NestedEptOp.Invept { Type: InveptType.SingleContext }:
                 yield return new NestedEptOp.Invept(InveptType.AllContext, default);
                 break;

@@ -207,6 +207,8 @@ public static class DiffProperties
         new DiffProperty<NestedEptCase>("nested-ept-unsync", "Spec_and_impl_nested_EPT_MMUs_agree_after_every_operation (unsync pages, stale bursts)",
             CaseRules.Shrinking(NestedEptGen.Arbitrary(new NestedEptGenOptions(Unsync: true, StaleBursts: true))), Families.NestedEpt,
             NestedEptCoverage.ExpectedUnsync, NestedTestCases),
+        new DiffProperty<NestedEptCase>("nested-ept-l2", "Spec_and_impl_nested_EPT_MMUs_agree_on_L2_gva_accesses (L2's tables read through the shadow EPT)",
+            CaseRules.Shrinking(NestedEptGen.Arbitrary(new NestedEptGenOptions(L2Paging: true))), Families.NestedEpt, NestedEptL2Coverage.Expected, NestedTestCases),
     ];
 
     // The concurrent property comes after the sequential ones it had beside it: they keep their places in a campaign's first round.
