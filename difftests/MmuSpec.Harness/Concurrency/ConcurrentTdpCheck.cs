@@ -15,7 +15,7 @@ public sealed record ConcurrentTdpVerdict(
     bool Failed, int Schedules, int Checked, string Strategy, History<TdpOp, TdpLinResult>? History, string? Failure, string? Trace)
 {
     public override string ToString() => Failed
-        ? $"not linearizable in schedule {Schedules} ({Strategy})"
+        ? $"{(Failure?.StartsWith("no forward progress", StringComparison.Ordinal) == true ? "no forward progress" : "not linearizable")} in schedule {Schedules} ({Strategy})"
         : $"linearizable in {Schedules} schedules ({Checked} judged)";
 }
 
