@@ -84,6 +84,21 @@ public sealed class VcpuTlbs : IEquatable<VcpuTlbs>
     }
 
     /// <summary>
+    /// After a host unmap of <paramref name="unmapped"/> (an MMU notifier's invalidate_range_start: zap_range, or
+    /// host_invalidate_start) that returned at <paramref name="returnedAt"/>: from its return no vCPU may use a
+    /// translation into those gfns, whoever owed the flush, since the host may free or reuse the pages then. KVM's
+    /// notifier flushes only what it zapped itself (kvm_unmap_gfn_range's return value), so this holds only because
+    /// every zap flushes what it unmapped before it drops mmu_lock (KVM a835429cda91, "Ensure TLBs are flushed when
+    /// yielding during GFN range zap"): a notifier that runs while a zap yields finds the leaf gone and owes nothing.
+    /// </summary>
+    public VcpuTlbs Unmapped(GfnRanges unmapped, long returnedAt)
+    {
+        if (returnedAt == Pending || Stale.IsEmpty) return this;
+        var stale = Stale.Select(s => Flushed(s, unmapped, returnedAt)).ToImmutableList();
+        return stale.SequenceEqual(Stale) ? this : new VcpuTlbs(stale);
+    }
+
+    /// <summary>
     /// What an access to <paramref name="gpa"/> that entered the guest at <paramref name="enteredAt"/> may take from
     /// its vCPU's TLB besides what the tables say: a hit (nothing faulted, nothing changed) on every stale
     /// translation of that root covering the gfn with the rights the access needs, unless a flush over the gfn had

@@ -24,6 +24,7 @@ public readonly struct CoyoteSparseSchedulePoint : ISchedulePoint
 
     public static void Yield(SchedulePointKind what)
     {
+        RangeWalkWatch.AtSchedulePoint(what); // counts what the thread did since the last point; no decision of its own
         if (what is SchedulePointKind.SpteRead or SchedulePointKind.SpteExchange) last = what;
         exchanges = what == SchedulePointKind.SpteExchange ? exchanges + 1 : 0;
         if (exchanges > RunHead && exchanges % RunStride != 0) return;

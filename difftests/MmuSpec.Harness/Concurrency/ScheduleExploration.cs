@@ -130,7 +130,10 @@ public static class ScheduleExploration
             var history = recorder.ToHistory();
             if (error is not null)
             {
-                failure = $"thread {error.Value.Thread} threw {error.Value.Exception}\n{history.RenderTimeline()}";
+                // A liveness verdict is the harness's own judgement, not a crash: its message, without a stack.
+                failure = error.Value.Exception is NoForwardProgressException livelock
+                    ? $"{livelock.Message} (thread {error.Value.Thread}'s op stays pending)\n{history.RenderTimeline()}"
+                    : $"thread {error.Value.Thread} threw {error.Value.Exception}\n{history.RenderTimeline()}";
                 Specification.Assert(false, failure);
             }
             var verdict = subject.ObserveFinal is null ? Linearizability.Check(history, subject.Spec) : Linearizability.Check(history, subject.Spec, final!);

@@ -70,7 +70,7 @@ public sealed partial class TdpLinSpec : ISteppedSpec<TdpLinState, TdpOp, TdpLin
         }
         var walk = (RangeWalk)progress;
         return (HoleStops is null ? spec.StepWalk(walk) : spec.StepWalk(walk, HoleStops)).Select(s => s.Walk.IsDone
-            ? new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State, returnedAt), null, new TdpLinResult(TdpDiff.Comparable(TdpState.WalkResult(s.Walk))))
+            ? new OpStep<TdpLinState, TdpLinResult>(Unmapped(Same(state, s.State, returnedAt), op.Op, returnedAt), null, new TdpLinResult(TdpDiff.Comparable(TdpState.WalkResult(s.Walk))))
             : new OpStep<TdpLinState, TdpLinResult>(Same(state, s.State, returnedAt), s.Walk, null));
     }
 

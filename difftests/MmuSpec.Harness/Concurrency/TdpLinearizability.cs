@@ -133,7 +133,7 @@ public sealed partial class TdpLinSpec(TdpState initial) : ISequentialSpec<TdpLi
         var stepped = before.Step(op);
         // The spec's own Retry (an invalidation of the gfn in progress) is the concurrent Retry.
         var result = stepped.Result is TdpResult.Retry ? TdpLinResult.Retry : new TdpLinResult(TdpDiff.Comparable(stepped.Result));
-        return (result, new TdpLinState(stepped.State, state.Tlbs.Step(before, stepped.State, returnedAt)));
+        return (result, Unmapped(new TdpLinState(stepped.State, state.Tlbs.Step(before, stepped.State, returnedAt)), op, returnedAt));
     }
 
     public IEnumerable<(TdpLinResult Result, TdpLinState Next)> Outcomes(TdpLinState state, TdpOp op) =>

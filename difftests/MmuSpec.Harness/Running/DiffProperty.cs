@@ -189,7 +189,13 @@ public static class DiffProperties
     public static readonly IReadOnlyList<DiffProperty> ConcurrentMmus =
     [
         new DiffProperty<ConcurrentTdpCase>("tdp-concurrent", "Every_explored_schedule_of_the_concurrent_TDP_MMU_is_linearizable_to_the_spec (EPT)",
-            CaseRules.Shrinking(ConcurrentTdpGen.Arbitrary(new VmConfig(TdpFormat.Ept))), Families.ConcurrentTdp, ConcurrentCoverage.Names, ConcurrentTestCases)
+            CaseRules.Shrinking(ConcurrentTdpGen.Arbitrary(new VmConfig(TdpFormat.Ept))), Families.ConcurrentTdp, ConcurrentCoverage.GeneralNames, ConcurrentTestCases)
+        {
+            MaxBatchCases = ConcurrentBatchCases,
+        },
+        // Narrow windows the general programs seldom reach (ConcurrentTdpGen.Races.cs): its own draws, so tdp-concurrent's stay.
+        new DiffProperty<ConcurrentTdpCase>("tdp-concurrent-races", "Every_explored_schedule_of_a_targeted_race_is_linearizable_to_the_spec (EPT)",
+            CaseRules.Shrinking(ConcurrentTdpGen.RacesArbitrary(new VmConfig(TdpFormat.Ept))), Families.ConcurrentTdp, ConcurrentCoverage.RacesNames, ConcurrentTestCases)
         {
             MaxBatchCases = ConcurrentBatchCases,
         },

@@ -100,6 +100,49 @@ public sealed class VcpuTlbTests(ITestOutputHelper output)
         Assert.False(Linearizability.Check(racing, new TdpLinSpec(Initial)).IsLinearizable);
     }
 
+    /// <summary>
+    /// A host unmap's return ends every stale translation over its range, whoever owes the flush (VcpuTlbs.Unmapped;
+    /// KVM a835429cda91): T1's zap cleared the 2 MiB leaf and has not returned (it yields with its flush owed), T2's
+    /// invalidation of gfns [1, 8) finds nothing left and returns, and T0's read of gfn 5 that begins after that still
+    /// hits the old leaf: the host may already have freed the page. The same read racing the invalidation is allowed.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_vcpu_using_a_translation_after_a_host_unmap_over_it_returned_is_caught_even_while_the_zap_still_owes_the_flush(bool invalidation)
+    {
+        var spec = new TdpLinSpec(Run(Initial, Read(5)));
+        var zap = new TdpOp.ZapRange(0, 0x200);
+        TdpOp unmap = invalidation ? new TdpOp.HostInvalidateStart(1, 8) : new TdpOp.ZapRange(1, 8);
+        var after = History<TdpOp, TdpLinResult>.FromEvents([
+            Invoke(1, zap), Invoke(2, unmap), Respond(2, VmResult.Ok.Instance), Invoke(0, Read(5)), Respond(0, Hit2M(5)), Respond(1, VmResult.Ok.Instance)]);
+        var verdict = Linearizability.Check(after, spec);
+        output.WriteLine(verdict.Explanation);
+        Assert.False(verdict.IsLinearizable);
+        // The read began before the unmap returned: its vCPU may not have been reached yet.
+        var racing = History<TdpOp, TdpLinResult>.FromEvents([
+            Invoke(1, zap), Invoke(2, unmap), Invoke(0, Read(5)), Respond(2, VmResult.Ok.Instance), Respond(0, Hit2M(5)), Respond(1, VmResult.Ok.Instance)]);
+        Assert.True(Linearizability.Check(racing, spec).IsLinearizable);
+        // Outside the unmapped gfns the zap's own flush still decides: gfn 9 may hit until the zap returns.
+        var outside = History<TdpOp, TdpLinResult>.FromEvents([
+            Invoke(1, zap), Invoke(2, unmap), Respond(2, VmResult.Ok.Instance), Invoke(0, Read(9)), Respond(0, Hit2M(9)), Respond(1, VmResult.Ok.Instance)]);
+        Assert.True(Linearizability.Check(outside, spec).IsLinearizable);
+    }
+
+    [Fact]
+    public void Unmapped_stamps_the_unmap_s_return_on_the_stale_translations_it_covers_only()
+    {
+        var mapped = Run(Initial, Read(5));
+        var zapped = Run(mapped, new TdpOp.ZapRange(0, 0x200));
+        var tlbs = VcpuTlbs.Empty.Step(mapped, zapped, VcpuTlbs.Pending);
+        Assert.Single(tlbs.MayUse(Config, 5 << 12, AccessType.Read, enteredAt: 50));
+        var unmapped = tlbs.Unmapped(GfnRanges.Of(new GfnRange(1, 8)), returnedAt: 40);
+        Assert.Empty(unmapped.MayUse(Config, 5 << 12, AccessType.Read, enteredAt: 50));
+        Assert.Single(unmapped.MayUse(Config, 5 << 12, AccessType.Read, enteredAt: 39));
+        Assert.Single(unmapped.MayUse(Config, 9 << 12, AccessType.Read, enteredAt: 50));
+        Assert.Same(tlbs, tlbs.Unmapped(GfnRanges.Of(new GfnRange(1, 8)), VcpuTlbs.Pending)); // not returned: nothing ends yet
+    }
+
     [Fact]
     public void Under_coyote_a_vcpu_entering_between_a_zap_and_its_request_uses_its_stale_entry_and_every_history_is_linearizable()
     {
