@@ -232,9 +232,11 @@ public sealed class ConcurrentTdpFastFaultTests : IDisposable
         var vcpus = new[] { mmu.CreateVcpu(), mmu.CreateVcpu() };
         var logged = new HashSet<ulong>();
         var gfns = new List<ulong>();
+        long fetches = 0;
         var threads = vcpus.Select((v, t) => new Thread(() =>
         {
             for (int round = 0; round < 40; round++)
+            {
                 for (ulong i = 0; i < Pages; i++)
                 {
                     ulong gfn = t == 0 ? i : Pages - 1 - i;
@@ -242,13 +244,20 @@ public sealed class ConcurrentTdpFastFaultTests : IDisposable
                     while ((o = v.Access(gfn << 12, AccessType.Write)).IsRetry) { }
                     Assert.Equal(TdpAccessStatus.Mapped, o.Access.Status);
                 }
-        })).ToList();
+                // Two more fetches mean one began after this round's writes: it write-protected them, so the next
+                // round's writes meet write-protected leaves (the fast path) however the threads were scheduled.
+                long roundEnd = Interlocked.Read(ref fetches);
+                while (round < 39 && Interlocked.Read(ref fetches) < roundEnd + 2)
+                    Thread.Yield();
+            }
+        }) { IsBackground = true }).ToList(); // a failed fetch on this thread must not leave the writers waiting forever
         threads.ForEach(t => t.Start());
         while (threads.Any(t => t.IsAlive))
         {
             gfns.Clear();
             Assert.Equal(SlotStatus.Ok, mmu.GetDirtyLog(0, gfns));
             logged.UnionWith(gfns);
+            Interlocked.Increment(ref fetches);
         }
         threads.ForEach(t => t.Join());
         gfns.Clear();
