@@ -21,7 +21,7 @@ namespace MmuSpec.Impl.TdpConcurrent;
 /// Thread-safety: a vCPU (<see cref="CreateVcpu"/>) is used by one thread at a time; different vCPUs and
 /// the operations here may run on any threads at once. The state queries (<see cref="VisitPages"/>,
 /// <see cref="TablePages"/>, ...) are for a quiescent MMU, as in tests. Not built yet: guest memory and the
-/// guest's own paging, PreFault, zaps under the read side (see the doc).
+/// guest's own paging, PreFault, zaps under the read side other than the collapsible zap (see the doc).
 /// </para>
 /// </summary>
 public sealed partial class ConcurrentTdpMmu<TFormat, TSched> : IDisposable
