@@ -48,12 +48,9 @@ namespace MmuSpec.Bench;
 /// page count changed; no page is unsync. It then checks that a warm run of the impl sequence allocates
 /// nothing (<see cref="GC.GetAllocatedBytesForCurrentThread"/>). The spec is the baseline of each category.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
-public class CachedRootBenchmarks
+public class CachedRootBenchmarks : ImplVsSpecBenchmark
 {
     /// <summary>Address spaces (PCIDs 1..5): one more than the cached roots (current + 3 previous).</summary>
     public const int Spaces = 5;
@@ -121,7 +118,7 @@ public class CachedRootBenchmarks
     public void Cleanup()
     {
         _rig.Dispose();
-        CachedRootRig.DisposePool(_pool);
+        NativePageLeaks.DisposePool(_pool);
     }
 
     // ---- benchmarks ----
@@ -230,12 +227,9 @@ public class CachedRootBenchmarks
 /// policy and checks that every result agrees (and the cached roots after every operation), then re-runs the
 /// impl twice on fresh VMs and checks every outcome and the root statistics against the checked run.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByParams, BenchmarkLogicalGroupRule.ByCategory)]
-public class CachedRootWorkloadBenchmarks
+public class CachedRootWorkloadBenchmarks : ImplVsSpecBenchmark
 {
     public const int Ops = CachedRootWorkload.Length;
 
@@ -268,7 +262,7 @@ public class CachedRootWorkloadBenchmarks
     public void Cleanup()
     {
         _rig?.Dispose();
-        CachedRootRig.DisposePool(_pool);
+        NativePageLeaks.DisposePool(_pool);
     }
 
     /// <summary>A fresh impl VM, populated: where every measured invocation starts.</summary>
@@ -549,13 +543,6 @@ internal sealed class CachedRootRig : IDisposable
         after.Freed - before.Freed, after.PagesCreated - before.PagesCreated);
 
     public void Dispose() => Vm.Dispose();
-
-    public static void DisposePool(NativePagePool pool)
-    {
-        pool.Dispose();
-        if (pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {pool.PagesInUse} pages still in use after cleanup");
-    }
 
     public static ShadowState ExpectOk(ShadowState state, ShadowOp op)
     {
@@ -879,7 +866,7 @@ public sealed class CachedRootWorkload
             rig?.Dispose();
         }
         var timings = runs.Select(r => TimeImpl(workload, r.Policy, pool, r.ImplOutcomes)).ToArray();
-        CachedRootRig.DisposePool(pool);
+        NativePageLeaks.DisposePool(pool);
 
         var ops = workload.Ops;
         int movCr3 = ops.Count(o => o.Kind == CachedRootOpKind.MovCr3);
