@@ -5,6 +5,7 @@ using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
 using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Concurrency;
 

@@ -6,18 +6,14 @@ using Xunit;
 namespace MmuSpec.Tests.Concurrency;
 
 /// <summary>
-/// What the Coyote exploration tests share (import with <c>using static</c>): ops by gfn, the slot their setups
-/// start from, both strategies, and an exploration whose failure is replayed from its saved schedule and
+/// What the Coyote exploration tests share (import with <c>using static</c>, beside <see cref="TdpSteps"/>): the slot
+/// their setups start from, both strategies, and an exploration whose failure is replayed from its saved schedule and
 /// reported. Each test keeps its own program, setup, iteration count, seed and checks of what was reached.
 /// </summary>
 public static class CoyoteExploration
 {
     /// <summary>PCT switches threads at only a few points per schedule; the uniform strategy interleaves inside every op.</summary>
     public static IReadOnlyList<ScheduleStrategy> Strategies { get; } = [ScheduleStrategy.Prioritization, ScheduleStrategy.Random];
-
-    public static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-
-    public static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
 
     /// <summary>Slot 0: gfns [0, 0x400) on host frames from 0x100000, backed by host pages of <paramref name="hostPages"/>.</summary>
     public static TdpOp Slot(PageSize hostPages) =>

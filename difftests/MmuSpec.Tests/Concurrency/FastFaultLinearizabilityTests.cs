@@ -8,6 +8,7 @@ using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
 using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 using ImplAccess = MmuSpec.Impl.Paging.AccessType;
 using ImplTdp = MmuSpec.Impl.Tdp;
 
