@@ -48,12 +48,9 @@ namespace MmuSpec.Bench;
 /// page count changed; no page is unsync. It then checks that a warm run of the impl sequence allocates
 /// nothing (<see cref="GC.GetAllocatedBytesForCurrentThread"/>). The spec is the baseline of each category.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
-public class CachedRootBenchmarks
+public class CachedRootBenchmarks : ImplVsSpecBenchmark
 {
     /// <summary>Address spaces (PCIDs 1..5): one more than the cached roots (current + 3 previous).</summary>
     public const int Spaces = 5;
@@ -121,7 +118,7 @@ public class CachedRootBenchmarks
     public void Cleanup()
     {
         _rig.Dispose();
-        CachedRootRig.DisposePool(_pool);
+        NativePageLeaks.DisposePool(_pool);
     }
 
     // ---- benchmarks ----
@@ -186,7 +183,7 @@ public class CachedRootBenchmarks
             var (after, result) = spec.Step(new ShadowOp.GuestMovCr3(operands[i]));
             if (result is not VmResult.Ok)
                 throw new InvalidOperationException($"spec ({what}, switch {i}): {result}");
-            CachedRootRig.ImplOk(_vm.GuestMovCr3(operands[i]), $"{what}, switch {i}", _vm);
+            ShadowRig.ImplOk(_vm.GuestMovCr3(operands[i]), $"{what}, switch {i}", _vm);
             var delta = CachedRootRig.Delta(_vm.RootStats, stats);
             var expectedDelta = hit ? new ShadowRootStats(0, 1, 0, 0, 0) : new ShadowRootStats(1, 0, 0, 1, 0);
             if (delta != expectedDelta)
@@ -230,12 +227,9 @@ public class CachedRootBenchmarks
 /// policy and checks that every result agrees (and the cached roots after every operation), then re-runs the
 /// impl twice on fresh VMs and checks every outcome and the root statistics against the checked run.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByParams, BenchmarkLogicalGroupRule.ByCategory)]
-public class CachedRootWorkloadBenchmarks
+public class CachedRootWorkloadBenchmarks : ImplVsSpecBenchmark
 {
     public const int Ops = CachedRootWorkload.Length;
 
@@ -268,7 +262,7 @@ public class CachedRootWorkloadBenchmarks
     public void Cleanup()
     {
         _rig?.Dispose();
-        CachedRootRig.DisposePool(_pool);
+        NativePageLeaks.DisposePool(_pool);
     }
 
     /// <summary>A fresh impl VM, populated: where every measured invocation starts.</summary>
@@ -462,17 +456,17 @@ internal sealed class CachedRootRig : IDisposable
     {
         Guest = guest;
         Vm = ShadowVm.Create(MaxPhyAddr, allowUnsync: true, pool, policy);
-        ImplOk(Vm.CreateSlot(CachedRootGuest.SlotId, CachedRootGuest.SlotBaseGfn, guest.SlotPages, CachedRootGuest.HostPfnBase, readOnly: false), "create slot", Vm);
+        ShadowRig.ImplOk(Vm.CreateSlot(CachedRootGuest.SlotId, CachedRootGuest.SlotBaseGfn, guest.SlotPages, CachedRootGuest.HostPfnBase, readOnly: false), "create slot", Vm);
         foreach (var w in guest.Writes)
-            ImplOk(Vm.GuestStore(w.Gpa, w.Value, w.Size), $"table store at gpa {w.Gpa:X}", Vm);
-        ImplOk(Vm.GuestSetPaging(ImplControls, guest.Spaces[0].Cr3, pcide: true), "GuestSetPaging", Vm);
+            ShadowRig.ImplOk(Vm.GuestStore(w.Gpa, w.Value, w.Size), $"table store at gpa {w.Gpa:X}", Vm);
+        ShadowRig.ImplOk(Vm.GuestSetPaging(ImplControls, guest.Spaces[0].Cr3, pcide: true), "GuestSetPaging", Vm);
         if (!withSpec)
             return;
         var spec = ShadowState.Create(new ShadowConfig(MaxPhyAddr, allowUnsync: true, SpecPolicyOf(policy)));
-        spec = ExpectOk(spec, new ShadowOp.CreateSlot(CachedRootGuest.SlotId, CachedRootGuest.SlotBaseGfn, guest.SlotPages, CachedRootGuest.HostPfnBase, ReadOnly: false));
+        spec = ShadowRig.ExpectOk(spec, new ShadowOp.CreateSlot(CachedRootGuest.SlotId, CachedRootGuest.SlotBaseGfn, guest.SlotPages, CachedRootGuest.HostPfnBase, ReadOnly: false));
         foreach (var w in guest.Writes)
-            spec = ExpectOk(spec, new ShadowOp.GuestStore(w.Gpa, w.Value, w.Size));
-        Spec = ExpectOk(spec, new ShadowOp.GuestSetPaging(SpecControls, guest.Spaces[0].Cr3, Pcide: true));
+            spec = ShadowRig.ExpectOk(spec, new ShadowOp.GuestStore(w.Gpa, w.Value, w.Size));
+        Spec = ShadowRig.ExpectOk(spec, new ShadowOp.GuestSetPaging(SpecControls, guest.Spaces[0].Cr3, Pcide: true));
     }
 
     public CachedRootGuest Guest { get; }
@@ -549,31 +543,6 @@ internal sealed class CachedRootRig : IDisposable
         after.Freed - before.Freed, after.PagesCreated - before.PagesCreated);
 
     public void Dispose() => Vm.Dispose();
-
-    public static void DisposePool(NativePagePool pool)
-    {
-        pool.Dispose();
-        if (pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {pool.PagesInUse} pages still in use after cleanup");
-    }
-
-    public static ShadowState ExpectOk(ShadowState state, ShadowOp op)
-    {
-        var (after, result) = state.Step(op);
-        return result is VmResult.Ok ? after : throw new InvalidOperationException($"spec: {op} gave {result}");
-    }
-
-    public static void ImplOk(ShadowOutcome outcome, string what, IShadowVm vm)
-    {
-        if (outcome.Status != ShadowStatus.Ok)
-            throw new InvalidOperationException($"impl: {what} gave {outcome} {vm.LastRejection}");
-    }
-
-    public static void ImplOk(SlotStatus status, string what, IShadowVm vm)
-    {
-        if (status != SlotStatus.Ok)
-            throw new InvalidOperationException($"impl: {what} gave {status} {vm.LastRejection}");
-    }
 }
 
 public enum CachedRootOpKind : byte { MovCr3, Read, Write, Store, Invpcid, Invlpg, FlushTlb }
@@ -879,7 +848,7 @@ public sealed class CachedRootWorkload
             rig?.Dispose();
         }
         var timings = runs.Select(r => TimeImpl(workload, r.Policy, pool, r.ImplOutcomes)).ToArray();
-        CachedRootRig.DisposePool(pool);
+        NativePageLeaks.DisposePool(pool);
 
         var ops = workload.Ops;
         int movCr3 = ops.Count(o => o.Kind == CachedRootOpKind.MovCr3);

@@ -61,9 +61,7 @@ public class ConcurrentTdpFaultBenchmarks
         _v1.Dispose();
         _single.Dispose();
         _shared.Dispose();
-        _pool.Dispose();
-        if (_pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {_pool.PagesInUse} pages");
+        NativePageLeaks.DisposePool(_pool);
     }
 
     [Benchmark(Baseline = true, OperationsPerInvoke = Pages)]

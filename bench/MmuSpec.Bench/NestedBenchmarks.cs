@@ -29,12 +29,9 @@ namespace MmuSpec.Bench;
 /// flag of each, that a fault creates no shadow page, and that a warm invocation of each impl benchmark allocates
 /// nothing (<see cref="GC.GetAllocatedBytesForCurrentThread"/>). Cleanup throws if a native page is left.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
-public class NestedBenchmarks
+public class NestedBenchmarks : ImplVsSpecBenchmark
 {
     NestedRig _rig = null!;
 
@@ -105,12 +102,9 @@ public class NestedBenchmarks
 /// (Rebuild) and no page, every read gives the expected hpa on both sides; then that a warm invocation allocates
 /// nothing.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
-public class NestedEptpSwitchBenchmarks
+public class NestedEptpSwitchBenchmarks : ImplVsSpecBenchmark
 {
     public const int Switches = 64, MissCycles = 8, Misses = MissCycles * NestedRig.Roots;
 
@@ -171,12 +165,9 @@ public class NestedEptpSwitchBenchmarks
 /// built under Upstream, one kept and none built under keep-and-resync, no page created) and that a warm invocation
 /// allocates nothing. The spec (INVEPT changes no state there; the read walks) is the baseline.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByParams)]
-public class NestedInveptBenchmarks
+public class NestedInveptBenchmarks : ImplVsSpecBenchmark
 {
     public const int Invepts = 64;
 
@@ -468,7 +459,6 @@ internal sealed class NestedRig : IDisposable
     public void Dispose()
     {
         Vm.Dispose();
-        if (_pool.PagesInUse != 0)
-            throw new InvalidOperationException($"{_pool.PagesInUse} native pages still allocated after the VM was disposed");
+        NativePageLeaks.Check(_pool, "after the VM was disposed");
     }
 }

@@ -43,12 +43,9 @@ namespace MmuSpec.Bench;
 /// that a hit leaves the spec's state the same instance, that a fault creates no shadow page, and that
 /// neither side writes guest memory. The spec is the baseline of each category within each mode.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByParams, BenchmarkLogicalGroupRule.ByCategory)]
-public class ShadowBenchmarks
+public class ShadowBenchmarks : ImplVsSpecBenchmark
 {
     /// <summary>Guest page tables, 512 pages mapped by each.</summary>
     public const int LeafTables = 2;
@@ -228,10 +225,7 @@ public class ShadowBenchmarks
 /// hit, so 1 read in 8 faults in either order. Setup checks every translation and that count.</item>
 /// </list>
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
-public class ShadowSpreadBenchmarks
+public class ShadowSpreadBenchmarks : ImplVsSpecBenchmark
 {
     const int Pages32 = 32 * 512, Pages128 = 128 * 512, Pages512 = 512 * 512;
 
@@ -407,12 +401,9 @@ public class ShadowSpreadBenchmarks
 /// unsync-page counts before and after. The spec runs the impl's whole sequence (the Spec*Ops counts equal
 /// the impl's), from the same starting state, which it restarts from on every invocation (it is immutable).
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
-public class ShadowLong4Benchmarks
+public class ShadowLong4Benchmarks : ImplVsSpecBenchmark
 {
     /// <summary>Pages mapped by the cold-fault guest, each through its own PDPT, page directory and page table.</summary>
     public const int ColdChains = 256;
@@ -977,9 +968,7 @@ internal sealed class ShadowRig : IDisposable
     public void Dispose()
     {
         Vm.Dispose();
-        Pool.Dispose();
-        if (Pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {Pool.PagesInUse} pages still in use after cleanup");
+        NativePageLeaks.DisposePool(Pool);
     }
 
     /// <summary>A read of every mapping on both sides (the spec from <see cref="Spec"/>, which advances), each checked.</summary>

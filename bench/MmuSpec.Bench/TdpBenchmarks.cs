@@ -37,12 +37,9 @@ namespace MmuSpec.Bench;
 /// baseline of each category, so the Ratio column compares impl with spec from the same run; shown as
 /// a trend ("123.45x faster").
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
-public class TdpBenchmarks
+public class TdpBenchmarks : ImplVsSpecBenchmark
 {
     /// <summary>The slot: 1 GiB at gfn 0x40000 (gpa 1 GiB).</summary>
     public const ulong SlotBaseGfn = 0x40000, SlotPages = 0x40000;
@@ -117,9 +114,7 @@ public class TdpBenchmarks
     public void Cleanup()
     {
         _vm.Dispose();
-        _pool.Dispose();
-        if (_pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {_pool.PagesInUse} pages still in use after cleanup");
+        NativePageLeaks.DisposePool(_pool);
     }
 
     /// <summary>Every impl fault invocation starts from an empty MMU (the slot and the policy stay).</summary>
@@ -316,8 +311,7 @@ public class TdpBenchmarks
                 $"tables + headers = {tables} * ({NativePagePool.PageSize} + {TdpVm.PageHeaderBytes}) B = {tableBytes} B = {(double)tableBytes / leaves:F2} bytes per mapping; " +
                 $"MMU pool pages held (whole 64-page slabs) = {mmuPages} = {(double)poolBytes / leaves:F2} bytes per mapping");
         }
-        if (pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {pool.PagesInUse} pages still in use after the check");
+        NativePageLeaks.Check(pool, "after the check");
     }
 
 }

@@ -64,9 +64,7 @@ public class TdpFaultBenchmarks
     public void Cleanup()
     {
         _vm.Dispose();
-        _pool.Dispose();
-        if (_pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {_pool.PagesInUse} pages still in use after cleanup");
+        NativePageLeaks.DisposePool(_pool);
     }
 
     // ---- benchmarks ----

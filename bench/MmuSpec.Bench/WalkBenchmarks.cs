@@ -19,12 +19,9 @@ namespace MmuSpec.Bench;
 /// (Mode, Page) pair, so the Ratio column compares impl with spec from the same run; it is shown as
 /// a trend ("85.12x faster") because impl/spec is about 0.01, too small for the default 2 decimals.
 /// </summary>
-[Config(typeof(RatioAsTrendConfig))]
-[MemoryDiagnoser]
-[MedianColumn]
 [CategoriesColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByParams, BenchmarkLogicalGroupRule.ByCategory)]
-public class WalkBenchmarks
+public class WalkBenchmarks : ImplVsSpecBenchmark
 {
     /// <summary>Different gvas walked per invocation: consecutive leaf entries of one leaf table.</summary>
     public const int Walks = 64;
@@ -84,9 +81,7 @@ public class WalkBenchmarks
     public void Cleanup()
     {
         _implMemory.Dispose();
-        _pool.Dispose();
-        if (_pool.PagesInUse != 0)
-            throw new InvalidOperationException($"native page leak: {_pool.PagesInUse} pages still in use after cleanup");
+        NativePageLeaks.DisposePool(_pool);
     }
 
     [Benchmark(Baseline = true, OperationsPerInvoke = Walks), BenchmarkCategory("Read")]

@@ -4,6 +4,8 @@ using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
+using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Concurrency;
 
@@ -22,14 +24,11 @@ public class CollapsibleExplorationTests(ITestOutputHelper output)
     // A logging slot on 2 MiB host pages with 4 KiB leaves in its two 2 MiB ranges: logging off drops both links.
     static readonly TdpOp[] Setup =
     [
-        new TdpOp.CreateSlot(0, BaseGfn: 0, Pages: 0x400, HostPfnBase: 0x100000, PageSize.Size2M, ReadOnly: false),
+        Slot(PageSize.Size2M),
         new TdpOp.SetMaxPageSize(PageSize.Size2M),
         new TdpOp.SetDirtyLogging(0, true),
         Read(0x1), Read(0x5), Read(0x201),
     ];
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
 
     public static readonly ConcurrentProgram<TdpOp> ZapAndFaults = new(
     [
@@ -52,7 +51,7 @@ public class CollapsibleExplorationTests(ITestOutputHelper output)
     {
         var program = name == nameof(ZapAndFaults) ? ZapAndFaults : ZapLoggingAgainAndFaults;
         long zapped = 0, lost = 0, retired = 0;
-        foreach (var strategy in new[] { ScheduleStrategy.Prioritization, ScheduleStrategy.Random })
+        foreach (var strategy in Strategies)
         {
             int checkedRuns = 0;
             var subject = ConcurrentTdpSubject.Create<EptFormat, CoyoteSchedulePoint>(new VmConfig(TdpFormat.Ept, accessedDirty: ad), Setup,
@@ -63,9 +62,7 @@ public class CollapsibleExplorationTests(ITestOutputHelper output)
                     lost += vm.Mmu.RangeWalkExchangesLost;
                     retired += vm.Mmu.DeferredTablesRetired;
                 });
-            string trace = Path.Combine(Path.GetTempPath(), $"mmuspec-collapsible-{name}-{strategy}-{Environment.ProcessId}.json");
-            var result = ScheduleExploration.Explore(subject, program, new ExplorationSettings(Iterations, Seed, strategy, TraceFile: trace));
-            Assert.False(result.Failed, $"{name} {strategy}: {result}\nschedule saved to {trace}");
+            ExploreOrFail(subject, program, $"collapsible-{name}", strategy, Iterations, Seed);
             Assert.InRange(checkedRuns, (int)Iterations - 5, (int)Iterations);
             output.WriteLine($"{name} {strategy}: {Iterations} schedules, {checkedRuns} judged; links zapped {zapped}, exchanges lost {lost}, tables retired {retired} so far");
         }

@@ -6,6 +6,8 @@ using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
+using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Concurrency;
 
@@ -24,12 +26,9 @@ public class ConcurrentTdpAgingTests(ITestOutputHelper output)
 
     static readonly TdpOp[] Setup =
     [
-        new TdpOp.CreateSlot(0, BaseGfn: 0, Pages: 0x400, HostPfnBase: 0x100000, PageSize.Size2M, ReadOnly: false),
+        Slot(PageSize.Size2M),
         new TdpOp.SetMaxPageSize(PageSize.Size4K),
     ];
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
 
     /// <summary>Faults and hits on two gfns of one leaf table while the third thread ages and tests them.</summary>
     static readonly ConcurrentProgram<TdpOp> AgeRacesFaults = new(
@@ -58,31 +57,19 @@ public class ConcurrentTdpAgingTests(ITestOutputHelper output)
     (int Young, int Old) Explore<TFormat>(string vm, VmConfig config) where TFormat : struct, IPteFormat
     {
         int young = 0, old = 0;
-        foreach (var strategy in new[] { ScheduleStrategy.Prioritization, ScheduleStrategy.Random })
+        foreach (var strategy in Strategies)
         {
             int checkedRuns = 0;
-            var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSchedulePoint>(config, Setup, AgeRacesFaults.Threads.Count, _ => checkedRuns++);
-            var inner = subject.Apply;
-            subject = subject with
-            {
-                Apply = (v, thread, op) =>
+            var subject = ConcurrentTdpSubject.Create<TFormat, CoyoteSchedulePoint>(config, Setup, AgeRacesFaults.Threads.Count, _ => checkedRuns++)
+                .Observing((op, result) =>
                 {
-                    var result = inner(v, thread, op);
                     if (op is TdpOp.Age && result.Result is TdpResult.Young y)
                     {
                         if (y.IsYoung) young++;
                         else old++;
                     }
-                    return result;
-                },
-            };
-            string trace = Path.Combine(Path.GetTempPath(), $"mmuspec-tdp-aging-{vm}-{strategy}-{Environment.ProcessId}.json");
-            var result = ScheduleExploration.Explore(subject, AgeRacesFaults, new ExplorationSettings(Iterations, Seed, strategy, TraceFile: trace));
-            if (result.Failed)
-            {
-                var replay = ScheduleExploration.Replay(subject, AgeRacesFaults, File.ReadAllText(trace));
-                Assert.Fail($"{vm}, {strategy}: {result}\nschedule saved to {trace}; replayed: {(replay.Failed ? "fails again" : "NOT the same failure")}");
-            }
+                });
+            var result = ExploreOrFail(subject, AgeRacesFaults, $"tdp-aging-{vm}", strategy, Iterations, Seed);
             output.WriteLine($"{vm} {strategy}: {result.Iterations} schedules, {checkedRuns} checked");
             Assert.InRange(checkedRuns, (int)Iterations - 5, (int)Iterations);
         }

@@ -4,6 +4,8 @@ using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
+using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Concurrency;
 
@@ -27,12 +29,9 @@ public class ConcurrentTdpLinearizabilityTests(ITestOutputHelper output)
     // region's faults share one leaf table, and a later 2 MiB policy makes a fault replace that table.
     static readonly TdpOp[] Setup =
     [
-        new TdpOp.CreateSlot(0, BaseGfn: 0, Pages: 0x400, HostPfnBase: 0x100000, PageSize.Size2M, ReadOnly: false),
+        Slot(PageSize.Size2M),
         new TdpOp.SetMaxPageSize(PageSize.Size4K),
     ];
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
 
     /// <summary>Faults on shared tables while a third vCPU raises the policy to 2 MiB and faults (a huge leaf over a table).</summary>
     public static readonly ConcurrentProgram<TdpOp> FaultsAndPolicy = new(
@@ -63,7 +62,7 @@ public class ConcurrentTdpLinearizabilityTests(ITestOutputHelper output)
         var program = ProgramNamed(name);
         int retries = 0;
         long replacements = 0;
-        foreach (var strategy in new[] { ScheduleStrategy.Prioritization, ScheduleStrategy.Random })
+        foreach (var strategy in Strategies)
         {
             var run = Explore(name, program, strategy);
             output.WriteLine($"{name} {strategy}: {Iterations} schedules, {run.Checked} ran to the end and were checked, " +
@@ -92,27 +91,13 @@ public class ConcurrentTdpLinearizabilityTests(ITestOutputHelper output)
         int retries = 0, accesses = 0, checkedRuns = 0;
         long replacements = 0;
         var subject = ConcurrentTdpSubject.Create<EptFormat, CoyoteSchedulePoint>(Config, Setup, program.Threads.Count,
-            vm => { checkedRuns++; replacements += vm.Mmu.DeferredTablesRetired; });
-        var inner = subject.Apply;
-        subject = subject with
-        {
-            Apply = (vm, thread, op) =>
+            vm => { checkedRuns++; replacements += vm.Mmu.DeferredTablesRetired; })
+            .Observing((op, result) =>
             {
-                var result = inner(vm, thread, op);
                 if (op is TdpOp.AccessGpa) accesses++;
                 if (result.IsRetry) retries++;
-                return result;
-            },
-        };
-        string trace = Path.Combine(Path.GetTempPath(), $"mmuspec-tdp-lincheck-{name}-{strategy}-{Environment.ProcessId}.json");
-        var result = ScheduleExploration.Explore(subject, program, new ExplorationSettings(Iterations, Seed, strategy, TraceFile: trace));
-        if (result.Failed)
-        {
-            var replay = ScheduleExploration.Replay(subject, program, File.ReadAllText(trace));
-            bool same = replay.Failed && replay.FailingHistory?.RenderTimeline() == result.FailingHistory?.RenderTimeline();
-            Assert.Fail($"{name}, {strategy}: {result}\nschedule saved to {trace}; replayed: " +
-                (same ? "the same history fails again" : $"NOT the same failure:\n{replay}"));
-        }
+            });
+        var result = ExploreOrFail(subject, program, $"tdp-lincheck-{name}", strategy, Iterations, Seed);
         Assert.Equal((int)Iterations, result.Iterations);
         // The runner's count of judged histories and the subject's count of final reads agree.
         Assert.Equal(checkedRuns, result.Checked);

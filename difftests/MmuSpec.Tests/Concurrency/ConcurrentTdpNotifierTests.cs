@@ -4,6 +4,8 @@ using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
+using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Concurrency;
 
@@ -26,12 +28,9 @@ public class ConcurrentTdpNotifierTests(ITestOutputHelper output)
 
     static readonly TdpOp[] Setup =
     [
-        new TdpOp.CreateSlot(0, BaseGfn: 0, Pages: 0x400, HostPfnBase: 0x100000, PageSize.Size2M, ReadOnly: false),
+        Slot(PageSize.Size2M),
         new TdpOp.SetMaxPageSize(PageSize.Size4K),
     ];
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
 
     /// <summary>Two vCPUs fault on the gfn (and its neighbour) while a third invalidates the gfn: the host migrates its page.</summary>
     static readonly ConcurrentProgram<TdpOp> FaultsAndInvalidation = new(
@@ -41,45 +40,29 @@ public class ConcurrentTdpNotifierTests(ITestOutputHelper output)
         [new TdpOp.HostInvalidateStart(Gfn, Gfn + 1), new TdpOp.HostInvalidateEnd(Gfn, Gfn + 1)],
     ]);
 
-    sealed record Run(ExplorationResult<TdpOp, TdpLinResult> Result, int Retries, int MovedFrames, string Trace);
+    sealed record Run(ExplorationResult<TdpOp, TdpLinResult> Result, int Retries, int MovedFrames);
 
     static Run Explore(ScheduleStrategy strategy)
     {
         int retries = 0, moved = 0;
-        var subject = ConcurrentTdpSubject.Create<EptFormat, CoyoteSchedulePoint>(Config, Setup, FaultsAndInvalidation.Threads.Count);
-        var apply = subject.Apply;
-        subject = subject with
-        {
-            Apply = (vm, thread, op) =>
+        var subject = ConcurrentTdpSubject.Create<EptFormat, CoyoteSchedulePoint>(Config, Setup, FaultsAndInvalidation.Threads.Count)
+            .Observing((_, result) =>
             {
-                var result = apply(vm, thread, op);
                 if (result.IsRetry) retries++;
                 // A mapping of the moved page: its frame has the migration bit (TdpState.MigratedFrameBit).
                 if (result.Result is TdpResult.Mapped m && (m.Hpa >> 12 & TdpState.MigratedFrameBit) != 0) moved++;
-                return result;
-            },
-        };
-        string trace = Path.Combine(Path.GetTempPath(), $"mmuspec-tdp-notifier-{strategy}-{Environment.ProcessId}.json");
-        var result = ScheduleExploration.Explore(subject, FaultsAndInvalidation, new ExplorationSettings(Iterations, Seed, strategy, TraceFile: trace));
-        if (result.Failed)
-        {
-            // The counterexample is reproducible: its saved schedule fails the same way again.
-            var replay = ScheduleExploration.Replay(subject, FaultsAndInvalidation, File.ReadAllText(trace));
-            Assert.True(replay.Failed && replay.FailingHistory?.RenderTimeline() == result.FailingHistory?.RenderTimeline(),
-                $"the saved schedule {trace} did not replay the same failure:\n{replay}");
-        }
-        return new(result, retries, moved, trace);
+            });
+        return new(ExploreOrFail(subject, FaultsAndInvalidation, "tdp-notifier", strategy, Iterations, Seed), retries, moved);
     }
 
     [Fact]
     public void Faults_racing_a_host_invalidation_are_linearizable_to_the_spec()
     {
         int retries = 0, moved = 0;
-        foreach (var strategy in new[] { ScheduleStrategy.Prioritization, ScheduleStrategy.Random })
+        foreach (var strategy in Strategies)
         {
             var run = Explore(strategy);
             output.WriteLine($"{strategy}: {run.Result.Iterations} schedules, {run.Result.Checked} checked, {run.Retries} Retry answers, {run.MovedFrames} mappings of the moved frame");
-            Assert.False(run.Result.Failed, $"{strategy}: {run.Result}\nschedule saved to {run.Trace}");
             Assert.Equal((int)Iterations, run.Result.Iterations);
             Assert.InRange(run.Result.Checked, (int)Iterations - 5, (int)Iterations);
             retries += run.Retries;

@@ -7,6 +7,8 @@ using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
+using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 using ImplAccess = MmuSpec.Impl.Paging.AccessType;
 using ImplTdp = MmuSpec.Impl.Tdp;
 
@@ -31,13 +33,10 @@ public class FastFaultLinearizabilityTests(ITestOutputHelper output)
     // One logging slot mapped at 4 KiB: a read maps a read-only leaf that is still MMU-writable.
     static readonly TdpOp[] Setup =
     [
-        new TdpOp.CreateSlot(0, BaseGfn: 0, Pages: 0x400, HostPfnBase: 0x100000, PageSize.Size2M, ReadOnly: false),
+        Slot(PageSize.Size2M),
         new TdpOp.SetMaxPageSize(PageSize.Size4K),
         new TdpOp.SetDirtyLogging(0, On: true),
     ];
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
 
     /// <summary>Fast faults on two gfns while another thread fetches the log and turns logging off and on.</summary>
     public static readonly ConcurrentProgram<TdpOp> FastFaultsAndDirtyLog = new(
@@ -51,7 +50,7 @@ public class FastFaultLinearizabilityTests(ITestOutputHelper output)
     public void Fast_faults_racing_dirty_log_fetches_and_logging_changes_are_linearizable_to_the_spec()
     {
         long taken = 0, refused = 0;
-        foreach (var strategy in new[] { ScheduleStrategy.Prioritization, ScheduleStrategy.Random })
+        foreach (var strategy in Strategies)
         {
             int checkedRuns = 0;
             var subject = ConcurrentTdpSubject.Create<EptFormat, CoyoteSchedulePoint>(Config, Setup, 3, vm =>
@@ -60,9 +59,7 @@ public class FastFaultLinearizabilityTests(ITestOutputHelper output)
                 taken += vm.Mmu.FastFaultsTaken;
                 refused += vm.Mmu.FastFaultsRefused;
             });
-            string trace = Path.Combine(Path.GetTempPath(), $"mmuspec-fastpf-lincheck-{strategy}-{Environment.ProcessId}.json");
-            var result = ScheduleExploration.Explore(subject, FastFaultsAndDirtyLog, new ExplorationSettings(Iterations, Seed, strategy, TraceFile: trace));
-            Assert.False(result.Failed, $"{strategy}: {result}\nschedule saved to {trace}");
+            var result = ExploreOrFail(subject, FastFaultsAndDirtyLog, "fastpf-lincheck", strategy, Iterations, Seed);
             Assert.Equal((int)Iterations, result.Iterations);
             Assert.InRange(checkedRuns, (int)Iterations - 5, (int)Iterations);
             output.WriteLine($"{strategy}: {Iterations} schedules, {checkedRuns} checked; fast faults taken {taken}, refused {refused} so far");
@@ -174,7 +171,7 @@ public class FastFaultLinearizabilityTests(ITestOutputHelper output)
     public void Write_tracking_racing_fast_faults_never_leaves_a_tracked_gfn_writable()
     {
         long taken = 0, exits = 0;
-        foreach (var strategy in new[] { ScheduleStrategy.Prioritization, ScheduleStrategy.Random })
+        foreach (var strategy in Strategies)
         {
             int checkedRuns = 0;
             var subject = new ConcurrentSubject<TrackVm, TrackState, TrackOp, string>(
@@ -187,13 +184,7 @@ public class FastFaultLinearizabilityTests(ITestOutputHelper output)
                 },
                 new TrackSpec(),
                 vm => { checkedRuns++; taken += vm.Mmu.FastFaultsTaken; return vm.Observe(); });
-            string trace = Path.Combine(Path.GetTempPath(), $"mmuspec-fastpf-track-{strategy}-{Environment.ProcessId}.json");
-            var result = ScheduleExploration.Explore(subject, ReadsTrackingAndWrites, new ExplorationSettings(Iterations, Seed, strategy, TraceFile: trace));
-            if (result.Failed)
-            {
-                var replay = ScheduleExploration.Replay(subject, ReadsTrackingAndWrites, File.ReadAllText(trace));
-                Assert.Fail($"{strategy}: {result}\nschedule saved to {trace}; replayed: {(replay.Failed ? "fails again" : "passed")}");
-            }
+            ExploreOrFail(subject, ReadsTrackingAndWrites, "fastpf-track", strategy, Iterations, Seed);
             Assert.InRange(checkedRuns, (int)Iterations - 5, (int)Iterations);
             output.WriteLine($"{strategy}: {Iterations} schedules, {checkedRuns} checked; fast faults taken {taken}, writes exited {exits} so far");
         }

@@ -3,6 +3,7 @@ using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Concurrency;
 
@@ -22,8 +23,6 @@ public sealed class RangeStepLinearizabilityTests
         return s;
     }
 
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
     static TdpLinResult Faulted(ulong gfn, bool faulted = true) => new(new TdpResult.Mapped((gfn - 0x200 + 0x1000) << 12, PageSize.Size4K, faulted));
     static readonly TdpLinResult Ok = new(VmResult.Ok.Instance);
 

@@ -4,6 +4,8 @@ using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
 using Xunit.Abstractions;
+using static MmuSpec.Tests.Concurrency.CoyoteExploration;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Concurrency;
 
@@ -24,12 +26,9 @@ public class RangeWalkExplorationTests(ITestOutputHelper output)
     // 4 KiB leaves at gfns 1-6 of a slot on 4 KiB host pages: the walks meet leaves, holes and faults.
     static readonly TdpOp[] Setup =
     [
-        new TdpOp.CreateSlot(0, BaseGfn: 0, Pages: 0x400, HostPfnBase: 0x100000, PageSize.Size4K, ReadOnly: false),
+        Slot(PageSize.Size4K),
         .. Enumerable.Range(1, 6).Select(g => Read((ulong)g)),
     ];
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
 
     public static readonly ConcurrentProgram<TdpOp> ZapAndFaults = new(
     [
@@ -52,7 +51,7 @@ public class RangeWalkExplorationTests(ITestOutputHelper output)
     {
         var program = name == nameof(ZapAndFaults) ? ZapAndFaults : WriteProtectAgeAndWrites;
         long restarts = 0, lost = 0;
-        foreach (var strategy in new[] { ScheduleStrategy.Prioritization, ScheduleStrategy.Random })
+        foreach (var strategy in Strategies)
         {
             int checkedRuns = 0;
             var subject = ConcurrentTdpSubject.Create<EptFormat, CoyoteSchedulePoint>(Config, Setup, program.Threads.Count, vm =>
@@ -61,9 +60,7 @@ public class RangeWalkExplorationTests(ITestOutputHelper output)
                 restarts += vm.Mmu.RangeWalkRestarts;
                 lost += vm.Mmu.RangeWalkExchangesLost;
             });
-            string trace = Path.Combine(Path.GetTempPath(), $"mmuspec-rangewalk-{name}-{strategy}-{Environment.ProcessId}.json");
-            var result = ScheduleExploration.Explore(subject, program, new ExplorationSettings(Iterations, Seed, strategy, TraceFile: trace));
-            Assert.False(result.Failed, $"{name} {strategy}: {result}\nschedule saved to {trace}");
+            ExploreOrFail(subject, program, $"rangewalk-{name}", strategy, Iterations, Seed);
             Assert.InRange(checkedRuns, (int)Iterations - 5, (int)Iterations);
             output.WriteLine($"{name} {strategy}: {Iterations} schedules, {checkedRuns} judged; restarts {restarts}, exchanges lost {lost} so far");
         }

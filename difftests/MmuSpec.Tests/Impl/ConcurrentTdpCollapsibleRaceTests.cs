@@ -15,47 +15,16 @@ namespace MmuSpec.Tests.Impl;
 /// (it reads the link again and passes the huge leaf), the tables go by a deferred free, and every vCPU's TLB
 /// drops what the dropped link served. Races forced with <see cref="ScriptedSchedule"/>.
 /// </summary>
-public sealed class ConcurrentTdpCollapsibleRaceTests : IDisposable
+public sealed class ConcurrentTdpCollapsibleRaceTests : ScriptedTdpFixture
 {
-    const ulong HostBase = 0x100000;
-    readonly NativePagePool _pool = new();
-    readonly ConcurrentTdpMmu<EptFormat, ScriptedSchedule> _mmu;
-    readonly ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> _a, _b;
-
     public ConcurrentTdpCollapsibleRaceTests()
     {
-        _mmu = new ConcurrentTdpMmu<EptFormat, ScriptedSchedule>(sharedBit: null, _pool);
-        _a = _mmu.CreateVcpu();
-        _b = _mmu.CreateVcpu();
         // 16 MiB on 2 MiB host pages, logging: faults map 4 KiB leaves under 2 MiB links.
-        Assert.Equal(SlotStatus.Ok, _mmu.CreateSlot(0, 0, 0x1000, HostBase, 21, readOnly: false));
-        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(21));
+        CreateVm(maxPageSize: 21);
         Assert.Equal(SlotStatus.Ok, _mmu.SetDirtyLogging(0, true));
     }
 
-    public void Dispose()
-    {
-        ScriptedSchedule.Disarm();
-        _mmu.Dispose();
-        Assert.Equal(0, _pool.PagesInUse);
-        _pool.Dispose();
-    }
-
-    static TdpAccessOutcome Mapped(ulong gfn, int shift, bool faulted) => TdpAccessOutcome.Mapped((HostBase + gfn) << 12, shift, faulted);
-
-    static TdpAccessOutcome Access(ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> vcpu, ulong gfn, AccessType type)
-    {
-        var o = vcpu.Access(gfn << 12, type);
-        Assert.False(o.IsRetry);
-        return o.Access;
-    }
-
-    List<TdpEntryInfo> Entries()
-    {
-        var all = new List<TdpEntryInfo>();
-        _mmu.VisitPages((_, entries) => all.AddRange(entries));
-        return all;
-    }
+    static TdpAccessOutcome Access(ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> vcpu, ulong gfn, AccessType type) => NotRetried(vcpu.Access(gfn << 12, type));
 
     [Fact]
     public void The_single_threaded_mmu_frees_the_collapsible_tables_and_the_next_fault_maps_2M()

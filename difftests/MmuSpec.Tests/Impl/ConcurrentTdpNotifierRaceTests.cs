@@ -13,28 +13,12 @@ namespace MmuSpec.Tests.Impl;
 /// invalidation runs while the fault sits at its host-page lookup, after it read the sequence and before it
 /// took mmu_lock (KVM's window between mmu_invalidate_seq and is_page_fault_stale).
 /// </summary>
-public sealed class ConcurrentTdpNotifierRaceTests : IDisposable
+public sealed class ConcurrentTdpNotifierRaceTests : ScriptedTdpFixture
 {
-    const ulong HostBase = 0x100000, Moved = HostInvalidations.MigratedFrameBit;
-    readonly NativePagePool _pool = new();
-    readonly ConcurrentTdpMmu<EptFormat, ScriptedSchedule> _mmu;
-    readonly ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> _a;
+    const ulong Moved = HostInvalidations.MigratedFrameBit;
 
-    public ConcurrentTdpNotifierRaceTests()
-    {
-        _mmu = new ConcurrentTdpMmu<EptFormat, ScriptedSchedule>(sharedBit: null, _pool);
-        _a = _mmu.CreateVcpu();
-        Assert.Equal(SlotStatus.Ok, _mmu.CreateSlot(0, 0, 0x1000, HostBase, 21, readOnly: false));
-        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(12));
-    }
-
-    public void Dispose()
-    {
-        ScriptedSchedule.Disarm();
-        _mmu.Dispose();
-        Assert.Equal(0, _pool.PagesInUse);
-        _pool.Dispose();
-    }
+    // One vCPU: the invalidation runs inside its fault.
+    public ConcurrentTdpNotifierRaceTests() => CreateVm(maxPageSize: 12, vcpus: 1);
 
     TdpVcpuOutcome Read(ulong gfn) => _a.Access(gfn << 12, AccessType.Read);
 

@@ -48,31 +48,9 @@ public readonly struct ScriptedSchedule : ISchedulePoint
 /// answers Retry, its cache gets back the pages it took, nothing leaks (linked tables counted against
 /// the tree; every pool page back after Dispose), and its next attempt succeeds.
 /// </summary>
-public sealed class ConcurrentTdpRaceTests : IDisposable
+public sealed class ConcurrentTdpRaceTests : ScriptedTdpFixture
 {
-    const ulong HostBase = 0x100000;
-    readonly NativePagePool _pool = new();
-    readonly ConcurrentTdpMmu<EptFormat, ScriptedSchedule> _mmu;
-    readonly ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> _a, _b;
-
-    public ConcurrentTdpRaceTests()
-    {
-        _mmu = new ConcurrentTdpMmu<EptFormat, ScriptedSchedule>(sharedBit: null, _pool);
-        _a = _mmu.CreateVcpu();
-        _b = _mmu.CreateVcpu();
-        Assert.Equal(SlotStatus.Ok, _mmu.CreateSlot(0, 0, 0x1000, HostBase, 21, readOnly: false));
-        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(12));
-    }
-
-    public void Dispose()
-    {
-        ScriptedSchedule.Disarm();
-        _mmu.Dispose();
-        Assert.Equal(0, _pool.PagesInUse);
-        _pool.Dispose();
-    }
-
-    static TdpAccessOutcome Mapped(ulong gfn, int shift, bool faulted) => TdpAccessOutcome.Mapped((HostBase + gfn) << 12, shift, faulted);
+    public ConcurrentTdpRaceTests() => CreateVm(maxPageSize: 12);
 
     TdpVcpuOutcome Access(ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> vcpu, ulong gfn, AccessType type) => vcpu.Access(gfn << 12, type);
 

@@ -14,38 +14,14 @@ namespace MmuSpec.Tests.Impl;
 /// re-reads and decides again, losing nothing), and while a zap has dropped mmu_lock to yield (a fault behind
 /// the cursor stays, the entry at the cursor is still zapped: upstream 3a0f64de479c).
 /// </summary>
-public sealed class ConcurrentTdpRangeWalkRaceTests : IDisposable
+public sealed class ConcurrentTdpRangeWalkRaceTests : ScriptedTdpFixture
 {
-    const ulong HostBase = 0x100000;
-    readonly NativePagePool _pool = new();
-    ConcurrentTdpMmu<EptFormat, ScriptedSchedule> _mmu = null!;
-    ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> _a = null!, _b = null!;
-
-    void Vm(TdpAccessedDirty ad, int yieldEvery = 0)
-    {
-        _mmu = new ConcurrentTdpMmu<EptFormat, ScriptedSchedule>(sharedBit: null, _pool, ad) { RangeWalkYieldEvery = yieldEvery };
-        _a = _mmu.CreateVcpu();
-        _b = _mmu.CreateVcpu();
-        Assert.Equal(SlotStatus.Ok, _mmu.CreateSlot(0, 0, 0x1000, HostBase, 21, readOnly: false));
-        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(12));
-    }
-
-    public void Dispose()
-    {
-        ScriptedSchedule.Disarm();
-        _mmu?.Dispose();
-        Assert.Equal(0, _pool.PagesInUse);
-        _pool.Dispose();
-    }
+    // Each test picks its A/D mode and yield interval: the VM is built there.
+    void Vm(TdpAccessedDirty ad, int yieldEvery = 0) => CreateVm(maxPageSize: 12, ad: ad, yieldEvery: yieldEvery);
 
     TdpVcpuOutcome Access(ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> vcpu, ulong gfn, AccessType type) => vcpu.Access(gfn << 12, type);
 
-    List<TdpEntryInfo> Leaves()
-    {
-        var leaves = new List<TdpEntryInfo>();
-        _mmu.VisitPages((_, entries) => leaves.AddRange(entries.Where(e => e.IsLeaf)));
-        return leaves.OrderBy(l => l.LeafGfn).ToList();
-    }
+    List<TdpEntryInfo> Leaves() => Entries().Where(e => e.IsLeaf).OrderBy(l => l.LeafGfn).ToList();
 
     [Fact]
     public void Dirty_log_write_protection_runs_beside_a_fault_and_a_lost_exchange_reads_the_entry_again()

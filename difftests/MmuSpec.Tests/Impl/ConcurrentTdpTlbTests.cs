@@ -14,37 +14,12 @@ namespace MmuSpec.Tests.Impl;
 /// the MMU owes is a request every vCPU serves when it next enters, and a vCPU that enters between a change
 /// and its request may still use what it cached. Races forced with <see cref="ScriptedSchedule"/>.
 /// </summary>
-public sealed class ConcurrentTdpTlbTests : IDisposable
+public sealed class ConcurrentTdpTlbTests : ScriptedTdpFixture
 {
-    const ulong HostBase = 0x100000;
-    readonly NativePagePool _pool = new();
-    readonly ConcurrentTdpMmu<EptFormat, ScriptedSchedule> _mmu;
-    readonly ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> _a, _b;
+    // The MMU's own policy: faults map 2 MiB leaves, so neighbouring gfns hit one TLB entry.
+    public ConcurrentTdpTlbTests() => CreateVm(maxPageSize: null);
 
-    public ConcurrentTdpTlbTests()
-    {
-        _mmu = new ConcurrentTdpMmu<EptFormat, ScriptedSchedule>(sharedBit: null, _pool);
-        _a = _mmu.CreateVcpu();
-        _b = _mmu.CreateVcpu();
-        Assert.Equal(SlotStatus.Ok, _mmu.CreateSlot(0, 0, 0x1000, HostBase, 21, readOnly: false));
-    }
-
-    public void Dispose()
-    {
-        ScriptedSchedule.Disarm();
-        _mmu.Dispose();
-        Assert.Equal(0, _pool.PagesInUse);
-        _pool.Dispose();
-    }
-
-    static TdpAccessOutcome Mapped(ulong gfn, int shift, bool faulted) => TdpAccessOutcome.Mapped((HostBase + gfn) << 12, shift, faulted);
-
-    static TdpAccessOutcome Access(ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> vcpu, ulong gfn, AccessType type)
-    {
-        var o = vcpu.Access(gfn << 12, type);
-        Assert.False(o.IsRetry);
-        return o.Access;
-    }
+    static TdpAccessOutcome Access(ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> vcpu, ulong gfn, AccessType type) => NotRetried(vcpu.Access(gfn << 12, type));
 
     bool Maps(ulong gfn) => _mmu.TryTranslate(gfn << 12, out _, out _, out _);
 

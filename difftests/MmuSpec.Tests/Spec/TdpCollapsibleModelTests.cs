@@ -3,6 +3,7 @@ using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Spec;
 
@@ -13,19 +14,6 @@ namespace MmuSpec.Tests.Spec;
 /// </summary>
 public sealed class TdpCollapsibleModelTests
 {
-    static TdpState Run(TdpState s, params TdpOp[] ops)
-    {
-        foreach (var op in ops)
-        {
-            var stepped = s.Step(op);
-            Assert.IsNotType<VmResult.Rejected>(stepped.Result);
-            s = stepped.State;
-        }
-        return s;
-    }
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
     static readonly TdpOp On = new TdpOp.SetDirtyLogging(0, true), Off = new TdpOp.SetDirtyLogging(0, false);
 
     /// <summary>A slot of 2 MiB host pages over gfns [0x200, 0x800) logging, with 4 KiB leaves in its first two 2 MiB ranges.</summary>

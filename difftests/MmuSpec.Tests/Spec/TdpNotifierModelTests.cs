@@ -2,6 +2,7 @@ using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Spec;
 
@@ -15,21 +16,9 @@ public sealed class TdpNotifierModelTests
     static readonly VmConfig Ept = new(TdpFormat.Ept);
     const ulong Moved = TdpState.MigratedFrameBit;
 
-    static TdpState Run(TdpState s, params TdpOp[] ops)
-    {
-        foreach (var op in ops)
-        {
-            var stepped = s.Step(op);
-            Assert.IsNotType<VmResult.Rejected>(stepped.Result);
-            s = stepped.State;
-        }
-        return s;
-    }
-
     // 4 MiB at gfn 0x200, 2 MiB host pages, equally aligned: 2 MiB leaves fit.
     static readonly TdpOp Slot = new TdpOp.CreateSlot(0, 0x200, 0x400, 0x1200, PageSize.Size2M, ReadOnly: false);
 
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
 
     static List<Spte.Leaf> Leaves(TdpState s) => s.Leaves().Select(l => l.Leaf).OrderBy(l => l.Gfn).ToList();
 

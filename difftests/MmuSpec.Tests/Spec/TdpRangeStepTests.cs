@@ -3,6 +3,7 @@ using MmuSpec.Spec.Memory;
 using MmuSpec.Spec.Paging;
 using MmuSpec.Spec.Tdp;
 using Xunit;
+using static MmuSpec.Tests.TdpSteps;
 
 namespace MmuSpec.Tests.Spec;
 
@@ -93,20 +94,7 @@ public sealed class TdpRangeStepTests
 
     static readonly TdpOp Slot = new TdpOp.CreateSlot(0, 0x200, 0x400, 0x1000, PageSize.Size4K, ReadOnly: false);
 
-    static TdpState Vm(AccessedDirty ad, params TdpOp[] ops)
-    {
-        var s = TdpState.Create(new VmConfig(TdpFormat.Ept, accessedDirty: ad));
-        foreach (var op in ops.Prepend(Slot))
-        {
-            var stepped = s.Step(op);
-            Assert.IsNotType<VmResult.Rejected>(stepped.Result);
-            s = stepped.State;
-        }
-        return s;
-    }
-
-    static TdpOp Read(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Read);
-    static TdpOp Write(ulong gfn) => new TdpOp.AccessGpa(gfn << 12, AccessType.Write);
+    static TdpState Vm(AccessedDirty ad, params TdpOp[] ops) => Run(TdpState.Create(new VmConfig(TdpFormat.Ept, accessedDirty: ad)), ops.Prepend(Slot));
 
     [Fact]
     public void A_fault_behind_the_zap_cursor_stays_and_one_ahead_is_zapped()
