@@ -15,8 +15,9 @@ internal sealed unsafe partial class NestedEptMmu
     // KVM_MIN_ALLOC_MMU_PAGES, KVM_MIN_FREE_MMU_PAGES, KVM_REFILL_PAGES, KVM_PERMILLE_MMU_PAGES.
     private const int MinMaxPages = 64, MinFreePages = 5, RefillPages = 25, PermilleOfSlots = 20;
 
-    // Every live page, oldest first.
-    private readonly LinkedList<NestedShadowPage> _active = new();
+    // Every live page, linked through the pages from the oldest to the newest.
+    private NestedShadowPage? _oldest, _newest;
+    private int _activeCount;
 
     private int _maxPages = MinMaxPages;
     private bool _maxRequested;
@@ -76,30 +77,54 @@ internal sealed unsafe partial class NestedEptMmu
     private void ZapOldest(int count)
     {
         int goal = Math.Max(0, _hash.Count - count);
-        var node = _active.First;
-        while (node is not null && _hash.Count > goal)
+        var page = _oldest;
+        while (page is not null && _hash.Count > goal)
         {
-            var page = node.Value;
             if (page.RootCount > 0)
             {
-                node = node.Next;
+                page = page.Newer;
                 continue;
             }
             int before = _hash.Count;
             ZapPage(page);
             _zappedAtLimit += before - _hash.Count;
-            node = _active.First; // the zap may have taken any page: start again from the oldest
+            page = _oldest; // the zap may have taken any page: start again from the oldest
         }
     }
 
     /// <summary>A page created: the newest.</summary>
-    private void Activate(NestedShadowPage page) => page.Active = _active.AddLast(page);
+    private void Activate(NestedShadowPage page)
+    {
+        page.Older = _newest;
+        page.Newer = null;
+        if (_newest is not null)
+            _newest.Newer = page;
+        else
+            _oldest = page;
+        _newest = page;
+        _activeCount++;
+    }
 
+    /// <summary>A page zapped: out of the age list.</summary>
     private void Deactivate(NestedShadowPage page)
     {
-        if (page.Active is LinkedListNode<NestedShadowPage> node)
-            _active.Remove(node);
-        page.Active = null;
+        if (page.Older is not null)
+            page.Older.Newer = page.Newer;
+        else
+            _oldest = page.Newer;
+        if (page.Newer is not null)
+            page.Newer.Older = page.Older;
+        else
+            _newest = page.Older;
+        page.Older = page.Newer = null;
+        _activeCount--;
+    }
+
+    /// <summary>Every page freed at once (zap all): the age list is empty.</summary>
+    private void ClearAgeList()
+    {
+        _oldest = _newest = null;
+        _activeCount = 0;
     }
 
     /// <summary>The bound and the age list against the hash.</summary>
@@ -107,10 +132,15 @@ internal sealed unsafe partial class NestedEptMmu
     {
         if (_hash.Count > _maxPages)
             problems.Add($"{_hash.Count} shadow pages live, above the bound of {_maxPages}");
-        if (_active.Count != _hash.Count)
-            problems.Add($"{_active.Count} pages in the age list, {_hash.Count} hashed");
-        foreach (var page in _active)
-            if (!page.Live || page.Active?.Value != page || !_hash.TryGetValue((page.Gfn, page.Role.Bits), out var hashed) || hashed != page)
+        int listed = 0;
+        for (var page = _oldest; page is not null && listed <= _hash.Count; page = page.Newer, listed++)
+        {
+            if (!page.Live || !_hash.TryGetValue((page.Gfn, page.Role.Bits), out var hashed) || hashed != page)
                 problems.Add($"{page} is in the age list but freed or not hashed");
+            if (page.Newer is null ? _newest != page : page.Newer.Older != page)
+                problems.Add($"{page} is not linked back by the page after it in the age list");
+        }
+        if (listed != _hash.Count || _activeCount != _hash.Count)
+            problems.Add($"{listed} pages in the age list ({_activeCount} counted), {_hash.Count} hashed");
     }
 }

@@ -251,7 +251,7 @@ internal sealed unsafe partial class NestedEptMmu
         _hash.Clear();
         _tracked.Clear();
         _unsync.Clear();
-        _active.Clear();
+        ClearAgeList();
         DropAllRootsAfterZap();
     }
 }

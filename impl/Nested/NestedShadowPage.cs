@@ -71,8 +71,9 @@ internal sealed unsafe class NestedShadowPage
     /// <summary>L1 stores into this page's table since a fault last went through it (KVM's write_flooding_count; NestedEptMmu.Flood.cs).</summary>
     public int WriteFlooding { get; set; }
 
-    /// <summary>Its place in the MMU's pages by age (KVM's active_mmu_pages; NestedEptMmu.Recycle.cs), null once freed.</summary>
-    public LinkedListNode<NestedShadowPage>? Active { get; set; }
+    /// <summary>Its neighbours in the MMU's pages by age (KVM's active_mmu_pages link, intrusive: no node per page; NestedEptMmu.Recycle.cs).</summary>
+    public NestedShadowPage? Older { get; set; }
+    public NestedShadowPage? Newer { get; set; }
 
     public bool Live => _table != null;
 
