@@ -70,6 +70,12 @@ public readonly record struct NestedRootCounters(
 public readonly record struct NestedUnsyncCounters(
     long PagesUnsynced, long PagesSyncedAtInvept, long PagesSyncedAtRootLoad, long PagesSyncedAtLink, long GpasSyncedAtViolation, long NoAccessEntriesDropped);
 
+/// <summary>Write flooding and recycling (docs/nested-ept.md, "Write flooding and recycling"): pages live and the bound; pages
+/// zapped because L1 flooded their table, children zapped when their last parent went (upstream 2de4085cccea), pages zapped to
+/// stay under the bound, and every page zapped (all three and the unsync pages below a zapped one; not slot deletion's zap all).</summary>
+public readonly record struct NestedRecycleCounters(
+    int LivePages, int MaxPages, long ZappedForFlooding, long OrphansZapped, long ZappedAtLimit, long PagesZapped);
+
 /// <summary>One shadow EPT page as tests and the harness read it back (allocates).</summary>
 public readonly record struct NestedShadowPageInfo(ulong Gfn, int Level, bool Direct, bool AccessedDirty, byte Access, int RootCount, int PresentEntries);
 
@@ -128,6 +134,14 @@ public interface INestedEptVm : IDisposable
     NestedRootCounters Counters { get; }
 
     NestedUnsyncCounters UnsyncCounters { get; }
+
+    /// <summary>The bound on live shadow pages (KVM's n_max_mmu_pages): 20 per 1000 pages of the memslots, at least 64, unless set.</summary>
+    int MaxShadowPages { get; }
+
+    /// <summary>KVM_SET_NR_MMU_PAGES: Ok, the pages above the new bound zapped oldest first; Rejected below 64.</summary>
+    NestedOutcome SetMaxShadowPages(int pages);
+
+    NestedRecycleCounters RecycleCounters { get; }
 
     /// <summary>The EPTPs of the cached roots, current first (0 when there is none), then the previous ones, most recent first.</summary>
     IReadOnlyList<ulong> CachedRootEptps();

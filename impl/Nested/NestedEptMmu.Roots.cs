@@ -57,6 +57,7 @@ internal sealed unsafe partial class NestedEptMmu
             next = _previous[found].Root;
             _previous.RemoveAt(found);
             _cachedRootHits++;
+            InUse(next); // kvm_mmu_new_pgd: a root switched back in starts a new write-flooding count
         }
         if (_root is NestedShadowPage current)
         {
@@ -191,6 +192,7 @@ internal sealed unsafe partial class NestedEptMmu
                 if (!_hash.TryGetValue((gfn, page.Role.Bits), out var hashed) || hashed != page)
                     problems.Add($"tracked {page} is not hashed");
         UnsyncProblems(problems);
+        RecycleProblems(problems);
         return problems;
     }
 }

@@ -180,9 +180,11 @@ internal sealed unsafe partial class NestedEptMmu
     {
         int levels = EptpLevels(_eptp);
         bool accessedDirty = EptpAccessedDirty(_eptp);
+        MakePagesAvailable();
         NestedShadowPage page = _root ??= LoadRoot(w.TableGfn[levels], levels, accessedDirty);
         for (int level = levels; level > 1; level--)
         {
+            InUse(page); // the fault walks through L1's table at this level (direct pages never flood)
             int index = Index(level, gpa);
             int childLevel = level - 1;
             bool direct = childLevel < w.LeafLevel;
@@ -210,11 +212,15 @@ internal sealed unsafe partial class NestedEptMmu
     private NestedShadowPage FindOrCreate(ulong gfn, NestedRole role)
     {
         if (_hash.TryGetValue((gfn, role.Bits), out var page))
+        {
+            InUse(page);
             return page;
+        }
         if (!role.Direct && role.Level > 1)
             SyncBeforeUpperLevel(gfn);
         page = new NestedShadowPage(_pool, gfn, role);
         _hash.Add((gfn, role.Bits), page);
+        Activate(page);
         _pagesCreated++;
         if (!role.Direct)
         {
@@ -245,6 +251,7 @@ internal sealed unsafe partial class NestedEptMmu
         _hash.Clear();
         _tracked.Clear();
         _unsync.Clear();
+        ClearAgeList();
         DropAllRootsAfterZap();
     }
 }

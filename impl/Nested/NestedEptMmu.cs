@@ -87,6 +87,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
             return RejectSlot(hostProblem);
         // No MMIO entries are cached (a gpa outside the slots exits every time), so a new slot invalidates nothing.
         _slots.Add(new HostMemslot(id, baseGfn, pages, hostPfnBase, PageShift, readOnly: false, new HostMemory(_pool, pages)));
+        SlotsChanged();
         return SlotStatus.Ok;
     }
 
@@ -99,6 +100,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
         ZapAll();
         _slots.Remove(slot);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
+        SlotsChanged();
         return SlotStatus.Ok;
     }
 
@@ -114,14 +116,10 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
             return new NestedOutcome(NestedOutcomeKind.MmioExit, gpa, gpa);
         slot.Host.Store(((gfn - slot.BaseGfn) << PageShift) | (gpa & 0xFFF), value, size);
         // A last-level table may be unsynced instead (mmu_try_to_unsync_pages, NestedEptMmu.Unsync.cs). Else
-        // kvm_mmu_track_write: each shadow page of this table drops the entry built from the one written (both
-        // halves of an 8-byte entry land in one index); the next L2 access through it walks L1's EPT again.
+        // kvm_mmu_track_write (NestedEptMmu.Flood.cs): each shadow page of this table drops the entry built from the
+        // one written, or is zapped when flooded; the next L2 access through it walks L1's EPT again.
         if (_tracked.TryGetValue(gfn, out var pages) && !(_unsyncEnabled && TryUnsync(pages)))
-        {
-            int index = (int)((gpa & 0xFFF) >> 3);
-            foreach (var page in pages)
-                DropEntry(page, index);
-        }
+            TrackWrite(pages, gpa);
         return NestedOutcome.Ok;
     }
 

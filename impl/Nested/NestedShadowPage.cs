@@ -68,6 +68,13 @@ internal sealed unsafe class NestedShadowPage
     /// <summary>Cached roots (current and previous) that point at this page.</summary>
     public int RootCount { get; set; }
 
+    /// <summary>L1 stores into this page's table since a fault last went through it (KVM's write_flooding_count; NestedEptMmu.Flood.cs).</summary>
+    public int WriteFlooding { get; set; }
+
+    /// <summary>Its neighbours in the MMU's pages by age (KVM's active_mmu_pages link, intrusive: no node per page; NestedEptMmu.Recycle.cs).</summary>
+    public NestedShadowPage? Older { get; set; }
+    public NestedShadowPage? Newer { get; set; }
+
     public bool Live => _table != null;
 
     /// <summary>The table's address, as a parent entry holds it.</summary>

@@ -142,6 +142,7 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
         public override void Dispose()
         {
             if (observer is not null) NestedEptCoverage.Heard(impl.Vm.UnsyncCounters, observer);
+            if (observer is not null) NestedEptCoverage.Heard(impl.Vm.RecycleCounters, observer);
             impl.Dispose();
         }
     }
