@@ -15,7 +15,8 @@ namespace MmuSpec.Harness.Concurrency;
 /// must stay 4 KiB: the 4 KiB policy kept, X's writes tracked, or a host invalidation beside X in progress or its
 /// pages moved (the thread turning logging off does that first, so the reason holds when the walk looks). The links
 /// stay and so do X's and Y's leaves (KVM 9eba50f8d7fc: the max mapping level, not the host page size, decides);
-/// otherwise the policy was raised and the link collapses while the other threads fault in the region. X is left to
+/// otherwise the policy was raised and the link collapses while the other threads fault in the region. A leaf in the
+/// other 2 MiB region has no reason of its own: wherever the policy was raised its link collapses beside X's. X is left to
 /// the setup, so a leaf the zap must keep cannot come back by a later fault.</item>
 /// <item>A zap of the region that yields after its first two leaves and every two more (the property's VMs yield every
 /// 2), racing a host unmap of X (an invalidation, or a zap of X alone) by a thread that then reads X, and sometimes
@@ -56,8 +57,9 @@ public static partial class ConcurrentTdpGen
         ulong y = x + 2, between = x + 1;
         setup.Add(new TdpOp.AccessGpa(x << 12, AccessType.Read));
         setup.Add(new TdpOp.AccessGpa(y << 12, rng.Next(2) == 0 ? AccessType.Write : AccessType.Read));
-        ulong other = (region ^ 0x200) + 0x9; // a leaf in the other region: its link is judged too
-        if (rng.Next(2) == 0) setup.Add(new TdpOp.AccessGpa(other << 12, AccessType.Read));
+        // A leaf in the other region, with no reason of its own: under a raised policy its link collapses beside X's kept one.
+        ulong other = (region ^ 0x200) + 0x9;
+        setup.Add(new TdpOp.AccessGpa(other << 12, AccessType.Read));
         setup.Add(new TdpOp.SetDirtyLogging(0, true));
         var turner = new List<TdpOp>();
         int reason = rng.Next(10);
@@ -101,7 +103,7 @@ public static partial class ConcurrentTdpGen
     }
 
     /// <summary>
-    /// A zap of X's region (or from X to just past the leaves) over two to six 4 KiB leaves from X, so it yields after X
+    /// A zap of X's region (or of 16 frames from X) over two to six 4 KiB leaves from X, so it yields after X
     /// and X + 1 and after every two more; a host unmap of X (or X + 1) on a thread that then reads it itself (its vCPU
     /// holds it from the setup, and its read surely begins after the unmap returned); sometimes another reader.
     /// </summary>
@@ -109,7 +111,7 @@ public static partial class ConcurrentTdpGen
     {
         int leaves = 2 + rng.Next(5);
         for (ulong g = x; g < x + (ulong)leaves; g++) setup.Add(new TdpOp.AccessGpa(g << 12, AccessType.Read));
-        program.Add([rng.Next(2) == 0 ? new TdpOp.ZapRange(region, region + 0x200) : new TdpOp.ZapRange(x, x + (ulong)leaves + 1)]);
+        program.Add([rng.Next(2) == 0 ? new TdpOp.ZapRange(region, region + 0x200) : new TdpOp.ZapRange(x, x + 0x10)]);
         ulong target = rng.Next(3) == 0 ? x + 1 : x;
         var type = rng.Next(4) == 0 ? AccessType.Fetch : AccessType.Read;
         var reads = Enumerable.Range(0, 1 + rng.Next(2)).Select(_ => (TdpOp)new TdpOp.AccessGpa(target << 12, type));
