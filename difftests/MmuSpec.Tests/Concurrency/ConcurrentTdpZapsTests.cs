@@ -86,6 +86,40 @@ public sealed class ConcurrentTdpZapsTests(ITestOutputHelper output)
         Assert.Throws<InputException>(() => CaseJson.Parse(bad));
     }
 
+    /// <summary>
+    /// The coverage of c11's window: an unmap counts only when it releases mmu_lock while another thread's zap has
+    /// yielded and not returned. Each logical thread runs on its own OS thread, as under Coyote (the watch's current op is per thread).
+    /// </summary>
+    [Fact]
+    public void An_unmap_counts_as_inside_a_zap_s_yield_only_between_the_zap_s_first_yield_and_its_return()
+    {
+        var zap = new TdpOp.ZapRange(0, 0x10);
+        var unmap = new TdpOp.HostInvalidateStart(3, 4);
+        static void On(Action a) { var t = new Thread(() => a()); t.Start(); t.Join(); }
+        void Unmap(RangeWalkWatch w) => On(() =>
+        {
+            w.Enter(1, unmap);
+            RangeWalkWatch.AtSchedulePoint(SchedulePointKind.LockRelease);
+            w.Leave(1);
+        });
+        RangeWalkWatch Watch() => new(2, () => 0, () => 0, _ => 1000);
+
+        var inside = Watch();
+        On(() => { inside.Enter(0, zap); RangeWalkWatch.AtSchedulePoint(SchedulePointKind.Other); });
+        Unmap(inside);
+        Assert.Equal(1, inside.UnmapsInsideZapYield);
+
+        var before = Watch();
+        On(() => before.Enter(0, zap));               // begun, not yet yielded: it may not have cleared anything
+        Unmap(before);
+        Assert.Equal(0, before.UnmapsInsideZapYield);
+
+        var after = Watch();
+        On(() => { after.Enter(0, zap); RangeWalkWatch.AtSchedulePoint(SchedulePointKind.Other); after.Leave(0); });
+        Unmap(after);
+        Assert.Equal(0, after.UnmapsInsideZapYield);
+    }
+
     [Fact]
     public void Every_case_is_one_of_the_two_shapes_within_the_twelve_ops_the_catalog_shrinks_to()
     {
