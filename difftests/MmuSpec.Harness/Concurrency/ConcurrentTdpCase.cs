@@ -15,9 +15,12 @@ namespace MmuSpec.Harness.Concurrency;
 /// its random strategy, both from <see cref="ScheduleSeed"/>. <see cref="Schedule"/>, when set, is one
 /// schedule Coyote recorded (its reproducible trace): the case then runs exactly that schedule, once, which
 /// is what a counterexample file keeps so `replay` answers the same (docs/counterexample-format.md).
+/// <see cref="SetupOnEveryVcpu"/>: the setup's accesses run on every vCPU (vCPU 0 first), so each thread's TLB
+/// starts with what the setup read (the spec does not care which vCPU read it).
 /// </summary>
 public sealed record ConcurrentTdpCase(
-    VmConfig Config, ImmutableArray<TdpOp> Setup, ConcurrentProgram<TdpOp> Program, uint ScheduleSeed, uint Iterations, string? Schedule = null)
+    VmConfig Config, ImmutableArray<TdpOp> Setup, ConcurrentProgram<TdpOp> Program, uint ScheduleSeed, uint Iterations, string? Schedule = null,
+    bool SetupOnEveryVcpu = false)
 {
     /// <summary>Ops over every thread (the history the checker judges has one entry per op).</summary>
     public int OpCount => Program.OpCount;
@@ -41,7 +44,7 @@ public sealed record ConcurrentTdpCase(
     /// <summary>The case as a report prints it: setup, one line per thread, the bounds; <paramref name="highlightStep"/> marks op k (counted thread by thread).</summary>
     public string Render(int? highlightStep = null)
     {
-        var sb = new StringBuilder($"VM {Config}; setup: {string.Join(", ", Setup)}\n");
+        var sb = new StringBuilder($"VM {Config}; setup{(SetupOnEveryVcpu ? " (accesses on every vCPU)" : "")}: {string.Join(", ", Setup)}\n");
         int k = 0;
         for (int t = 0; t < Program.Threads.Count; t++)
         {
@@ -61,7 +64,7 @@ public sealed record ConcurrentTdpCase(
     /// <summary>Value equality, the program's threads and ops included (a case read back from JSON equals the one written).</summary>
     public bool Equals(ConcurrentTdpCase? other) =>
         other is not null && Config.Equals(other.Config) && Setup.SequenceEqual(other.Setup) && ScheduleSeed == other.ScheduleSeed
-        && Iterations == other.Iterations && Schedule == other.Schedule && Program.Threads.Count == other.Program.Threads.Count
+        && Iterations == other.Iterations && Schedule == other.Schedule && SetupOnEveryVcpu == other.SetupOnEveryVcpu && Program.Threads.Count == other.Program.Threads.Count
         && Program.Threads.Zip(other.Program.Threads).All(p => p.First.SequenceEqual(p.Second));
 
     public override int GetHashCode() => HashCode.Combine(Config, Setup.Length, Program.OpCount, ScheduleSeed, Iterations);
@@ -83,6 +86,7 @@ public sealed record ConcurrentTdpCase(
         w.WriteStartArray("setup");
         foreach (var op in c.Setup) CaseJson.WriteOp(w, op);
         w.WriteEndArray();
+        if (c.SetupOnEveryVcpu) w.WriteBoolean("setup_on_every_vcpu", true); // absent: vCPU 0 only, as files before it
         w.WriteStartArray("threads");
         foreach (var t in c.Program.Threads)
         {
@@ -105,7 +109,7 @@ public sealed record ConcurrentTdpCase(
 
     public static ConcurrentTdpCase ReadJson(JsonElement e, string path)
     {
-        var o = StrictObject.Open(e, path, "a concurrent TDP case", "kind", "config", "setup", "threads", "schedule_seed", "iterations", "schedule");
+        var o = StrictObject.Open(e, path, "a concurrent TDP case", "kind", "config", "setup", "setup_on_every_vcpu", "threads", "schedule_seed", "iterations", "schedule");
         var cfg = o.Object("config", "a VM configuration like {\"format\": \"ept\", \"shared_bit\": null}", "format", "shared_bit", "accessed_dirty");
         var format = cfg.Choice("format", CaseJson.FormatNames);
         int? bit = cfg.NullableInt("shared_bit");
@@ -123,7 +127,8 @@ public sealed record ConcurrentTdpCase(
         string? schedule = o.IsNull("schedule") ? null
             : o.Field("schedule").ValueKind == JsonValueKind.Object ? o.Field("schedule").GetRawText()
             : throw new InputException($"{o.At("schedule")}: expected a Coyote trace object or null, got {StrictObject.Kind(o.Field("schedule"))}");
-        var c = new ConcurrentTdpCase(config, setup, new ConcurrentProgram<TdpOp>(threads), (uint)seed, (uint)iterations, schedule);
+        bool everyVcpu = o.Has("setup_on_every_vcpu") && o.Bool("setup_on_every_vcpu");
+        var c = new ConcurrentTdpCase(config, setup, new ConcurrentProgram<TdpOp>(threads), (uint)seed, (uint)iterations, schedule, everyVcpu);
         CheckRules(c, path);
         return c;
     }

@@ -42,6 +42,8 @@ public sealed class ConcurrentRunEvents
     public long CollapsibleLinksZapped;
     /// <summary>Compare-and-exchanges dirty logging's write-protection lost to a racing change of the leaf (<see cref="RangeWalkWatch"/>).</summary>
     public int WriteProtectExchangesLost;
+    /// <summary>Host unmaps that ran inside another thread's zap yield, leaves it had cleared already gone (<see cref="RangeWalkWatch"/>).</summary>
+    public int UnmapsInsideZapYield;
     /// <summary>The most restarts one op's range walks took in the schedule, and that op's bound (<see cref="RangeWalkWatch.MaxRestarts"/>).</summary>
     public long MostWalkRestarts, MostWalkRestartsBound;
 }
@@ -74,7 +76,11 @@ public static class ConcurrentCoverage
         new("concurrent path: collapsible zap under the read lock", e => e.CollapsibleLinksZapped > 0),
         new(StaleTlbEntryUsed, e => e.StaleTlbHits > 0),
         new(WriteProtectExchangeLost, e => e.WriteProtectExchangesLost > 0),
+        new(UnmapInsideZapYield, e => e.UnmapsInsideZapYield > 0),
     ];
+
+    /// <summary>A host unmap ran while another thread's zap had dropped mmu_lock to yield (ConcurrentTdpGen.Zaps.cs).</summary>
+    public const string UnmapInsideZapYield = "concurrent path: host unmap inside a zap's yield";
 
     /// <summary>A vCPU's TLB answered with a translation the tables no longer grant (its flush request not yet set or served).</summary>
     public const string StaleTlbEntryUsed = "concurrent path: stale TLB entry used";
@@ -86,12 +92,19 @@ public static class ConcurrentCoverage
     /// What `tdp-concurrent` requires: every situation but the two narrow windows its general programs seldom
     /// reach (0 and 3 of 40 cases), which `tdp-concurrent-races` draws for (<see cref="RacesNames"/>).
     /// </summary>
-    public static IReadOnlyList<string> GeneralNames { get; } = [.. All.Select(s => s.Name).Except([StaleTlbEntryUsed, WriteProtectExchangeLost])];
+    public static IReadOnlyList<string> GeneralNames { get; } = [.. All.Select(s => s.Name).Except([StaleTlbEntryUsed, WriteProtectExchangeLost, UnmapInsideZapYield])];
 
     /// <summary>What `tdp-concurrent-races` requires (ConcurrentTdpGen.Races.cs).</summary>
     public static IReadOnlyList<string> RacesNames { get; } =
     [
         "concurrent path: range walk yielded and restarted", "concurrent path: remote flush served", StaleTlbEntryUsed, WriteProtectExchangeLost,
+    ];
+
+    /// <summary>What `tdp-concurrent-zaps` requires (ConcurrentTdpGen.Zaps.cs).</summary>
+    public static IReadOnlyList<string> ZapsNames { get; } =
+    [
+        "concurrent path: collapsible zap under the read lock", "concurrent path: range walk yielded and restarted", "concurrent path: remote flush served",
+        StaleTlbEntryUsed, UnmapInsideZapYield,
     ];
 
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(s => s.Name)];
@@ -138,12 +151,15 @@ public static class ConcurrentTdpCheck
             events.TlbEntriesFlushed = vm.Mmu.TlbEntriesFlushed - flushedInSetup;
             events.CollapsibleLinksZapped = vm.Mmu.CollapsibleLinksZapped;
             if (watch is not null)
+            {
                 (events.WriteProtectExchangesLost, events.MostWalkRestarts, events.MostWalkRestartsBound) = (watch.WriteProtectExchangesLost, watch.MostRestarts, watch.BoundOfMost);
+                events.UnmapsInsideZapYield = watch.UnmapsInsideZapYield;
+            }
             heard?.Invoke(events);
             if (hit is not null)
                 foreach (var s in ConcurrentCoverage.All)
                     if (s.Reached(events)) hit(s.Name);
-        });
+        }, c.SetupOnEveryVcpu);
         var create = subject.Create;
         var apply = subject.Apply;
         var observe = subject.ObserveFinal!;

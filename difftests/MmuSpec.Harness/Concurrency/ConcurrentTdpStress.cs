@@ -32,7 +32,7 @@ public static class ConcurrentTdpStress
     static ConcurrentTdpStressResult Run<TFormat>(ConcurrentTdpCase c, int rounds, TimeSpan? budget) where TFormat : struct, IPteFormat
     {
         DebugAssertions.ThrowOnFailure();
-        var subject = ConcurrentTdpSubject.Create<TFormat, NoSchedulePoints>(c.Config, c.Setup, c.Program.Threads.Count);
+        var subject = ConcurrentTdpSubject.Create<TFormat, NoSchedulePoints>(c.Config, c.Setup, c.Program.Threads.Count, setupOnEveryVcpu: c.SetupOnEveryVcpu);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         int retries = 0, round = 0;
         while (round < rounds && !(budget is { } b && clock.Elapsed >= b))

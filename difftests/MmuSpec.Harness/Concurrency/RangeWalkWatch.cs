@@ -19,7 +19,7 @@ public sealed class NoForwardProgressException(string message) : Exception(messa
 /// "no forward progress" (<see cref="NoForwardProgressException"/>). Without it a livelocked walk only ended
 /// at Coyote's step bound, which the harness counts as not judged.</item>
 /// <item>Coverage: exchanges lost by dirty logging's write-protection, told apart from aging's (both count in
-/// <c>RangeWalkExchangesLost</c>) by the op that lost them.</item>
+/// <c>RangeWalkExchangesLost</c>) by the op that lost them; and host unmaps run inside another thread's zap yield.</item>
 /// </list>
 /// The watch adds no schedule point: the schedules explored are the same with it.
 /// </summary>
@@ -32,6 +32,9 @@ public sealed class RangeWalkWatch
     readonly Func<TdpOp, long> bound;
     readonly TdpOp?[] ops;
     readonly long[] opRestarts;
+    // Per thread: the yields its zap has taken; whether its unmap released mmu_lock while another thread's zap had yielded.
+    readonly long[] zapYields;
+    readonly bool[] unmapInsideYield;
     long seenRestarts, seenLost;
 
     /// <param name="restarts">The MMU's restarts of range walks after a yield (over its life).</param>
@@ -42,6 +45,8 @@ public sealed class RangeWalkWatch
         (this.restarts, this.exchangesLost, this.bound) = (restarts, exchangesLost, bound);
         ops = new TdpOp?[threads];
         opRestarts = new long[threads];
+        zapYields = new long[threads];
+        unmapInsideYield = new bool[threads];
         seenRestarts = restarts();
         seenLost = exchangesLost();
     }
@@ -54,6 +59,13 @@ public sealed class RangeWalkWatch
 
     public long BoundOfMost { get; private set; }
 
+    /// <summary>
+    /// Host unmaps (`zap_range`, `host_invalidate_start`) that held mmu_lock for write while another thread's zap, begun
+    /// and yielded at least once, had not returned: that zap had dropped the lock to yield, with leaves already cleared
+    /// (KVM a835429cda91's window). Judged at the unmap's release of the lock, where it still holds it.
+    /// </summary>
+    public int UnmapsInsideZapYield { get; private set; }
+
     /// <summary>Thread <paramref name="thread"/> (the calling one) starts <paramref name="op"/>.</summary>
     public void Enter(int thread, TdpOp op)
     {
@@ -62,12 +74,15 @@ public sealed class RangeWalkWatch
         Account(thread);
         ops[thread] = op;
         opRestarts[thread] = 0;
+        zapYields[thread] = 0;
+        unmapInsideYield[thread] = false;
     }
 
     /// <summary>Thread <paramref name="thread"/>'s op returned.</summary>
     public void Leave(int thread)
     {
         Account(thread);
+        if (unmapInsideYield[thread]) UnmapsInsideZapYield++;
         ops[thread] = null;
         current = null;
     }
@@ -77,11 +92,24 @@ public sealed class RangeWalkWatch
     {
         if (current is not { } watch) return;
         watch.Account(currentThread);
+        watch.SeeZapsAndUnmaps(what);
         // Only where a walk has dropped mmu_lock (ConcurrentTdpMmu.Yield.cs's YieldLock): thrown there, it leaves no lock held.
         if (what == SchedulePointKind.Other && watch.ops[currentThread] is { } op && watch.opRestarts[currentThread] > watch.bound(op))
             throw new NoForwardProgressException(
                 $"no forward progress: T{currentThread}'s {op} restarted its range walk {watch.opRestarts[currentThread]} times; " +
                 $"a walk that yields only after its cursor moved restarts at most {watch.bound(op)} times over that range");
+    }
+
+    void SeeZapsAndUnmaps(SchedulePointKind what)
+    {
+        int me = currentThread;
+        // A write-side zap's only point of this kind is where it has dropped mmu_lock to yield.
+        if (what == SchedulePointKind.Other && ops[me] is TdpOp.ZapRange) zapYields[me]++;
+        // An unmap about to release the write side holds it: a zap of another thread that yielded before and has not
+        // returned cannot hold it, so it is inside a yield.
+        if (what == SchedulePointKind.LockRelease && ops[me] is TdpOp.ZapRange or TdpOp.HostInvalidateStart)
+            for (int t = 0; t < ops.Length; t++)
+                if (t != me && ops[t] is TdpOp.ZapRange && zapYields[t] > 0) unmapInsideYield[me] = true;
     }
 
     void Account(int thread)

@@ -172,14 +172,20 @@ public sealed class ConcurrentTdpVm<TFormat, TSched> : IDisposable
     readonly List<ConcurrentTdpVcpu<TFormat, TSched>> vcpus = new();
 
     public ConcurrentTdpVm(int? sharedBit, IEnumerable<TdpOp> setup, int vcpuCount,
-        ImplTdp.TdpAccessedDirty accessedDirty = ImplTdp.TdpAccessedDirty.Untracked)
+        ImplTdp.TdpAccessedDirty accessedDirty = ImplTdp.TdpAccessedDirty.Untracked, bool setupOnEveryVcpu = false)
     {
         // Range walks offer to yield every other entry, so an exploration sees them drop the lock (ConcurrentTdpMmu.Yield.cs).
         Mmu = new ConcurrentTdpMmu<TFormat, TSched>(sharedBit, pool, accessedDirty) { RangeWalkYieldEvery = 2 };
         for (int i = 0; i < vcpuCount; i++) vcpus.Add(Mmu.CreateVcpu());
-        // Setup accesses (tables faulted in before the threads start) run on vCPU 0.
+        // Setup accesses (tables faulted in before the threads start) run on vCPU 0, and then, when asked, on every
+        // other vCPU too (hits that fill its TLB: a thread then holds a translation from its start).
         foreach (var op in setup)
+        {
             if (Apply(-1, op) is not { Result: VmResult.Ok or TdpResult.Mapped }) throw new ArgumentException($"setup op {op} was not accepted", nameof(setup));
+            if (setupOnEveryVcpu && op is TdpOp.AccessGpa)
+                for (int v = 1; v < vcpuCount; v++)
+                    if (Apply(v, op) is not { Result: TdpResult.Mapped }) throw new ArgumentException($"setup op {op} was not accepted on vCPU {v}", nameof(setup));
+        }
     }
 
     public ConcurrentTdpMmu<TFormat, TSched> Mmu { get; }
@@ -245,10 +251,11 @@ public static class ConcurrentTdpSubject
     /// <summary>
     /// A fresh VM per run, with <paramref name="setup"/> applied to both sides first, <paramref name="vcpus"/>
     /// vCPUs, and the final state read back from the tables. <paramref name="observed"/>, when given, sees each
-    /// VM after its run (before it is disposed), e.g. to count the paths a run took.
+    /// VM after its run (before it is disposed), e.g. to count the paths a run took. <paramref name="setupOnEveryVcpu"/>:
+    /// the setup's accesses run on every vCPU (<see cref="ConcurrentTdpCase.SetupOnEveryVcpu"/>).
     /// </summary>
     public static ConcurrentSubject<ConcurrentTdpVm<TFormat, TSched>, TdpLinState, TdpOp, TdpLinResult> Create<TFormat, TSched>(
-        VmConfig config, IReadOnlyList<TdpOp> setup, int vcpus, Action<ConcurrentTdpVm<TFormat, TSched>>? observed = null)
+        VmConfig config, IReadOnlyList<TdpOp> setup, int vcpus, Action<ConcurrentTdpVm<TFormat, TSched>>? observed = null, bool setupOnEveryVcpu = false)
         where TFormat : struct, IPteFormat where TSched : struct, ISchedulePoint
     {
         var initial = TdpState.Create(config);
@@ -259,7 +266,7 @@ public static class ConcurrentTdpSubject
             initial = stepped.State;
         }
         return new(
-            () => new ConcurrentTdpVm<TFormat, TSched>(config.SharedBit, setup, vcpus, (ImplTdp.TdpAccessedDirty)config.AccessedDirty),
+            () => new ConcurrentTdpVm<TFormat, TSched>(config.SharedBit, setup, vcpus, (ImplTdp.TdpAccessedDirty)config.AccessedDirty, setupOnEveryVcpu),
             (vm, thread, op) => vm.Apply(thread, op),
             new TdpLinSpec(initial),
             vm => { observed?.Invoke(vm); return TdpLinState.Observe(vm.Mmu); });

@@ -199,6 +199,12 @@ public static class DiffProperties
         {
             MaxBatchCases = ConcurrentBatchCases,
         },
+        // Zaps beside vCPUs using what they drop (ConcurrentTdpGen.Zaps.cs): the collapsible zap with a reason to stay 4 KiB, an unmap inside a zap's yield.
+        new DiffProperty<ConcurrentTdpCase>("tdp-concurrent-zaps", "Every_explored_schedule_of_a_zap_beside_vcpus_using_its_range_is_linearizable_to_the_spec (EPT)",
+            CaseRules.Shrinking(ConcurrentTdpGen.ZapsArbitrary(new VmConfig(TdpFormat.Ept))), Families.ConcurrentTdp, ConcurrentCoverage.ZapsNames, ConcurrentTestCases)
+        {
+            MaxBatchCases = ConcurrentBatchCases,
+        },
     ];
 
     /// <summary>Cases of the nested EPT property in `dotnet test` and the least a default `check` runs, as for the shadow MMU.</summary>
