@@ -48,8 +48,16 @@ internal sealed unsafe partial class NestedEptMmu
         ThrowIfDisposed();
         if (EptpProblem(eptp) is string problem)
             return Reject(problem);
+        EnteredL2();
+        SwitchRoot(eptp);
+        return NestedOutcome.Ok;
+    }
+
+    /// <summary>The root switch of an EPTP load or a VMFUNC EPTP switch.</summary>
+    private void SwitchRoot(ulong eptp)
+    {
         if (eptp == _eptp)
-            return NestedOutcome.Ok;
+            return;
         int found = PreviousRootOf(eptp);
         NestedShadowPage? next = null;
         if (found >= 0)
@@ -69,7 +77,6 @@ internal sealed unsafe partial class NestedEptMmu
         }
         _eptp = eptp;
         _root = next;
-        return NestedOutcome.Ok;
     }
 
     /// <summary>The index of the previous root cached for <paramref name="eptp"/>, or -1 (a loop: a capturing lambda would allocate on every switch).</summary>
@@ -96,6 +103,7 @@ internal sealed unsafe partial class NestedEptMmu
         if (type == InveptKind.SingleContext && EptpProblem(eptp) is string problem)
             return Reject(problem);
         bool Matches(ulong rootEptp) => type == InveptKind.AllContext || (rootEptp & _addressMask) == (eptp & _addressMask);
+        FlushGvaEp4ta(type == InveptKind.AllContext ? null : eptp & _addressMask);
         int matching = _root is not null && Matches(_eptp) ? 1 : 0;
         foreach (var (rootEptp, _) in _previous) // no lambda: Matches stays a struct closure, so INVEPT allocates nothing
         {
