@@ -45,7 +45,12 @@ internal sealed unsafe partial class NestedEptMmu
 
     public NestedGvaTlbCounters GvaTlbCounters => new(_gvaHits, _gvaFills, _gvaFlushes);
 
-    private ushort CurrentPhysicalVpid => _vpid12Enabled ? Vpid02 : Vpid01;
+    // prepare_vmcs02_early_rare: L2 runs with vpid02 when VMCS12 enables VPID, else shares L1's vpid01 (VPID 0 to L1).
+    private ushort L2PhysicalVpid => _vpid12Enabled ? Vpid02 : Vpid01;
+
+    // vmx_get_current_vpid, what a guest TLB flush (KVM_REQ_TLB_FLUSH_GUEST) flushes: vpid02 only while L2 runs with VPID
+    // (upstream 2657b82a78f1).
+    private ushort CurrentVpid => _inL2 && _vpid12Enabled ? Vpid02 : Vpid01;
 
     public NestedOutcome VmExit()
     {
@@ -79,8 +84,8 @@ internal sealed unsafe partial class NestedEptMmu
     }
 
     /// <summary>
-    /// nested_vmx_transition_tlb_flush: without VPID for L2, L1 expects a full flush of L2's linear and combined mappings
-    /// at every entry and exit (KVM_REQ_TLB_FLUSH_GUEST: L2 ran, and L1 runs, on vpid01); with VPID, only a VM entry with
+    /// nested_vmx_transition_tlb_flush: without VPID for L2, VPID 0's linear and combined mappings go at every entry and
+    /// exit (KVM_REQ_TLB_FLUSH_GUEST, the current VPID: vpid01, which L2 shares then); with VPID, only a VM entry with
     /// a VPID12 other than the last one flushes vpid02 (KVM does not track VPID12 history). With EPT, L2 has its own tag.
     /// </summary>
     private void TransitionFlush(bool entry)
@@ -89,7 +94,7 @@ internal sealed unsafe partial class NestedEptMmu
             return;
         if (!_vpid12Enabled)
         {
-            FlushGva(Vpid01, gvaPage: null);
+            FlushGva(CurrentVpid, gvaPage: null);
             return;
         }
         if (entry && _vpid12 != _lastVpid12)
@@ -145,7 +150,7 @@ internal sealed unsafe partial class NestedEptMmu
         {
             SwitchRoot(next);
             if (!_vpid12Enabled && _gvaTlbEnabled)
-                FlushGva(Vpid01, gvaPage: null);
+                FlushGva(CurrentVpid, gvaPage: null);
         }
         return NestedOutcome.Ok;
     }
@@ -184,7 +189,7 @@ internal sealed unsafe partial class NestedEptMmu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool TryGvaHit(WalkContext ctx, ulong gva, AccessType type, Privilege privilege, uint pfec, out NestedOutcome hit)
     {
-        ushort vpid = CurrentPhysicalVpid;
+        ushort vpid = L2PhysicalVpid;
         ulong tag = GvaTag(_eptp), page = gva >> PageShift;
         for (int i = 0; i < _gvaTlb.Length; i++)
         {
@@ -213,7 +218,7 @@ internal sealed unsafe partial class NestedEptMmu
         _gvaFills++;
         ref GvaTlbEntry e = ref _gvaTlb[_gvaTlbNext];
         _gvaTlbNext = (_gvaTlbNext + 1) % GvaTlbEntries;
-        e.Vpid = CurrentPhysicalVpid;
+        e.Vpid = L2PhysicalVpid;
         e.Tag = GvaTag(_eptp);
         e.GvaPage = gva >> PageShift;
         e.L2GpaPage = final.Gpa >> PageShift;

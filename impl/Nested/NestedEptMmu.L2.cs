@@ -56,7 +56,7 @@ internal sealed unsafe partial class NestedEptMmu
         // Model: the layer keeps one address space per VPID, so a new paging state drops the VPID's mappings (hardware and
         // KVM keep them under VPID: L1 must INVVPID).
         if (_gvaTlbEnabled)
-            FlushGva(CurrentPhysicalVpid, gvaPage: null);
+            FlushGva(L2PhysicalVpid, gvaPage: null);
         return NestedOutcome.Ok;
     }
 
