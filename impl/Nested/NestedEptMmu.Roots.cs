@@ -103,13 +103,13 @@ internal sealed unsafe partial class NestedEptMmu
         if (type == InveptKind.SingleContext && EptpProblem(eptp) is string problem)
             return Reject(problem);
         bool Matches(ulong rootEptp) => type == InveptKind.AllContext || (rootEptp & _addressMask) == (eptp & _addressMask);
-        FlushGvaEp4ta(type == InveptKind.AllContext ? null : eptp & _addressMask);
         int matching = _root is not null && Matches(_eptp) ? 1 : 0;
         foreach (var (rootEptp, _) in _previous) // no lambda: Matches stays a struct closure, so INVEPT allocates nothing
         {
             if (Matches(rootEptp))
                 matching++;
         }
+        FlushGvaEp4ta(type == InveptKind.AllContext ? null : eptp & _addressMask); // combined mappings of the EP4TA, any VPID
         if (_policy == NestedRootPolicy.KeepAndResync)
         {
             _rootsKeptAtInvept += matching;

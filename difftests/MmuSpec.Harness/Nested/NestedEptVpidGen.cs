@@ -60,8 +60,9 @@ internal sealed partial class NestedEptCaseBuilder
         int roll = rng.Next(100);
         if (inL2)
         {
-            if (roll < 44) GvaAccess();
-            else if (roll < 58) GvaStaleBurst();
+            if (roll < 40) GvaAccess();
+            else if (roll < 52) GvaStaleBurst();
+            else if (roll < 58) VpidSwitchBurst();
             else if (roll < 68) Vmfunc();
             else if (roll < 88) Exit();
             else if (roll < 93) EditL2Entry(); // another vCPU of L1
@@ -137,6 +138,34 @@ internal sealed partial class NestedEptCaseBuilder
         if (rng.Next(3) == 0) Invvpid();
         if (rng.Next(4) != 0) Entry(); else { Emit(new NestedEptOp.VmEntry(vpidOn, vpidOn ? vpid12 : (ushort)0, listOn ? EptpListGpa : null)); inL2 = true; }
         if (inL2) Emit(rng.Next(3) == 0 ? new NestedEptOp.L2GvaAccess(new Access(gva, AccessType.Write, Privilege.Supervisor)) : read);
+    }
+
+    /// <summary>
+    /// L2 without VPID reads a gva (a combined mapping of VPID 0), L1 re-enters it with VPID (an entry whose exit the
+    /// sequence leaves implicit, as LoadEptp's), exits, changes the gva's leaf and enters without VPID: that entry must
+    /// flush VPID 0 again (KVM: vpid01, which L2 shares then; upstream 2657b82a78f1), so the read after it walks.
+    /// </summary>
+    void VpidSwitchBurst()
+    {
+        if (l2Current is not { Gvas.Count: > 0 } s) { GvaAccess(); return; }
+        ulong gva = s.Gvas[rng.Next(s.Gvas.Count)];
+        if (LeafOf(s, gva) is not { } leaf) { GvaAccess(); return; }
+        var read = new NestedEptOp.L2GvaAccess(new Access(gva, AccessType.Read, Privilege.Supervisor));
+        ulong? list = listOn ? EptpListGpa : null;
+        if (vpidOn)
+        {
+            Exit();
+            Emit(new NestedEptOp.VmEntry(false, 0, list));
+        }
+        Emit(read);
+        vpid12 = rng.Next(3) == 0 ? (ushort)(1 + rng.Next(3)) : vpid12 == 0 ? (ushort)1 : vpid12;
+        Emit(new NestedEptOp.VmEntry(true, vpid12, list));
+        Exit();
+        var (value, level, size) = l2Entries[leaf];
+        WriteL2(leaf, rng.Next(2) == 0 ? value & ~1UL : (value & 0xFFF) | (L2TableGpa + ((ulong)rng.Next(L2TablePages) << 12)) | (value & 0x8000_0000_0000_0000UL), level, size);
+        Emit(new NestedEptOp.VmEntry(false, 0, list));
+        (vpidOn, inL2) = (false, true);
+        Emit(read);
     }
 
     /// <summary>The L1 gpa of the L2 leaf that maps <paramref name="gva"/> in <paramref name="s"/>, as the builder believes the tables are, or null.</summary>
