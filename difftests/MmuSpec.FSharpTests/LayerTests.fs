@@ -234,6 +234,10 @@ let private eptTlbOpCase =
 
 let private nestedEptOpCase =
     function
+    | NestedVpidOp NestedVmExit -> "VmExit"
+    | NestedVpidOp(NestedVmEntry _) -> "VmEntry"
+    | NestedVpidOp(NestedInvvpid _) -> "Invvpid"
+    | NestedVpidOp(NestedVmfunc _) -> "Vmfunc"
     | NestedCreateSlot _ -> "CreateSlot"
     | NestedDeleteSlot _ -> "DeleteSlot"
     | NestedL1Store _ -> "L1Store"
@@ -251,6 +255,7 @@ let private nestedEptResultCase =
     | NestedExitToL1 _ -> "EptExit"
     | NestedMmioExit _ -> "MmioExit"
     | NestedL2Fault _ -> "GuestFault"
+    | NestedVmfuncExit _ -> "VmfuncExit"
 
 /// Each hierarchy's base type and how the patterns name one of its values.
 let private classifiers: (Type * (obj -> string)) list =

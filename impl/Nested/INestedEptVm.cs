@@ -45,7 +45,21 @@ public enum NestedOutcomeKind : byte
     L2PageFault,
     /// <summary>L2's linear address is not canonical: #GP for L2.</summary>
     L2GeneralProtection,
+    /// <summary>VMFUNC leaf 0 could not switch the EPTP: a VM exit to L1 (<see cref="NestedOutcome.Gpa"/> holds the index).</summary>
+    VmfuncExit,
 }
+
+/// <summary>The INVVPID types (the instruction's register operand).</summary>
+public enum InvvpidKind : byte
+{
+    IndividualAddress = 0,
+    SingleContext = 1,
+    AllContexts = 2,
+    SingleContextRetainingGlobals = 3,
+}
+
+/// <summary>The gva TLB's bookkeeping (docs/nested-ept.md, "VPIDs, VM entries and exits, EPTP switching"): hits, fills, flushes.</summary>
+public readonly record struct NestedGvaTlbCounters(long Hits, long Fills, long Flushes);
 
 /// <summary>
 /// What a nested operation returned. <see cref="Gpa"/> is L2's gpa (accesses) or L1's (stores);
@@ -129,6 +143,21 @@ public interface INestedEptVm : IDisposable
     /// </summary>
     NestedOutcome L2GvaAccess(ulong gva, AccessType type, Privilege privilege);
 
+    /// <summary>L2 exits to L1: Ok, or Rejected when L2 is not running.</summary>
+    NestedOutcome VmExit();
+
+    /// <summary>L1 enters L2 with VMCS12's enable VPID, VPID12 and EPTP switching with its list address: Ok, or Rejected (no EPTP, VPID 0 with enable VPID, a bad list address).</summary>
+    NestedOutcome VmEntry(bool vpidEnabled, ushort vpid, bool eptpSwitching, ulong eptpList);
+
+    /// <summary>L1's INVVPID: Ok, or Rejected (L2 running, VPID 0 for types 0, 1, 3).</summary>
+    NestedOutcome Invvpid(InvvpidKind type, ushort vpid, ulong gva);
+
+    /// <summary>L2's VMFUNC leaf 0 with ECX = <paramref name="index"/>: Ok (switched or the same EPTP), VmfuncExit, or Rejected (L2 not running).</summary>
+    NestedOutcome Vmfunc(uint index);
+
+    /// <summary>The gva TLB's counters (all zero when it is off).</summary>
+    NestedGvaTlbCounters GvaTlbCounters { get; }
+
     string? LastRejection { get; }
 
     NestedRootCounters Counters { get; }
@@ -164,6 +193,7 @@ public static class NestedEptVm
 {
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxPhyAddr"/> is outside 36..52.</exception>
     /// <param name="unsync">Unsync shadowed leaf EPT tables on L1 stores (KVM) instead of zapping the entry written (strict).</param>
-    public static INestedEptVm Create(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy = NestedRootPolicy.KeepAndResync, bool unsync = false) =>
-        new NestedEptMmu(maxPhyAddr, executeOnly, pool, policy, unsync);
+    /// <param name="gvaTlb">Cache L2's gva translations in a per-VPID TLB (the processor's combined mappings) and flush it as KVM does.</param>
+    public static INestedEptVm Create(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy = NestedRootPolicy.KeepAndResync, bool unsync = false, bool gvaTlb = false) =>
+        new NestedEptMmu(maxPhyAddr, executeOnly, pool, policy, unsync, gvaTlb);
 }

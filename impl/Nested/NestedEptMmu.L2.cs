@@ -29,6 +29,7 @@ internal sealed unsafe partial class NestedEptMmu
         if (!pagingOn)
         {
             _l2 = null;
+            EnteredL2();
             return NestedOutcome.Ok;
         }
         if (pdptes.Length != PdpteRegisters.Count)
@@ -51,6 +52,11 @@ internal sealed unsafe partial class NestedEptMmu
         _l2Root = cr3 & ctx.RootAddressMask;
         for (int i = 0; i < PdpteRegisters.Count; i++)
             _l2Pdptes[i] = ctx.UsesPdpteRegisters ? pdptes[i] : 0;
+        EnteredL2();
+        // Model: the layer keeps one address space per VPID, so a new paging state drops the VPID's mappings (hardware and
+        // KVM keep them under VPID: L1 must INVVPID).
+        if (_gvaTlbEnabled)
+            FlushGva(L2PhysicalVpid, gvaPage: null);
         return NestedOutcome.Ok;
     }
 
@@ -80,6 +86,8 @@ internal sealed unsafe partial class NestedEptMmu
 
         uint pfec = GuestVcpu.AccessErrorCode(type, privilege);
         uint reported = pfec & ctx.ReportedAccessBits;
+        if (_gvaTlbEnabled && TryGvaHit(ctx, gva, type, privilege, pfec, out NestedOutcome cached))
+            return cached;
         int level = ctx.RootLevel;
         ulong table = _l2Root;
         if (ctx.UsesPdpteRegisters)
@@ -153,6 +161,8 @@ internal sealed unsafe partial class NestedEptMmu
             if (written.Kind != NestedOutcomeKind.Ok)
                 return written;
         }
+        if (_gvaTlbEnabled && final.Kind == NestedOutcomeKind.Translated)
+            GvaFill(gva, final, type, rights, key);
         return final;
     }
 

@@ -48,8 +48,16 @@ internal sealed unsafe partial class NestedEptMmu
         ThrowIfDisposed();
         if (EptpProblem(eptp) is string problem)
             return Reject(problem);
+        EnteredL2();
+        SwitchRoot(eptp);
+        return NestedOutcome.Ok;
+    }
+
+    /// <summary>The root switch of an EPTP load or a VMFUNC EPTP switch.</summary>
+    private void SwitchRoot(ulong eptp)
+    {
         if (eptp == _eptp)
-            return NestedOutcome.Ok;
+            return;
         int found = PreviousRootOf(eptp);
         NestedShadowPage? next = null;
         if (found >= 0)
@@ -70,7 +78,6 @@ internal sealed unsafe partial class NestedEptMmu
         }
         _eptp = eptp;
         _root = next;
-        return NestedOutcome.Ok;
     }
 
     /// <summary>The index of the previous root cached for <paramref name="eptp"/>, or -1 (a loop: a capturing lambda would allocate on every switch).</summary>
@@ -103,6 +110,7 @@ internal sealed unsafe partial class NestedEptMmu
             if (Matches(rootEptp))
                 matching++;
         }
+        FlushGvaEp4ta(type == InveptKind.AllContext ? null : eptp & _addressMask); // combined mappings of the EP4TA, any VPID
         if (_policy == NestedRootPolicy.KeepAndResync)
         {
             _rootsKeptAtInvept += matching;

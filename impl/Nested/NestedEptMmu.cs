@@ -46,7 +46,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
     private long _pagesCreated;
     private bool _disposed;
 
-    public NestedEptMmu(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy, bool unsync = false)
+    public NestedEptMmu(int maxPhyAddr, bool executeOnly, NativePagePool pool, NestedRootPolicy policy, bool unsync = false, bool gvaTlb = false)
     {
         ArgumentNullException.ThrowIfNull(pool);
         if (maxPhyAddr is < 36 or > 52)
@@ -58,6 +58,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
         _executeOnly = executeOnly;
         _policy = policy;
         _unsyncEnabled = unsync;
+        _gvaTlbEnabled = gvaTlb;
         _gfnLimit = 1UL << (maxPhyAddr - PageShift);
         _addressMask = ((1UL << maxPhyAddr) - 1) & ~0xFFFUL;
     }
@@ -98,6 +99,7 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
             return RejectSlot($"no slot {id}");
         // KVM's memslot quirk: every shadow page goes, shadowed EPT tables and leaves into the slot alike.
         ZapAll();
+        FlushGvaEp4ta(null); // the zap's remote TLB flush
         _slots.Remove(slot);
         slot.Host.Free(); // the VMM unmapped it: a later slot on these host frames reads zero
         SlotsChanged();
@@ -119,7 +121,10 @@ internal sealed unsafe partial class NestedEptMmu : INestedEptVm
         // kvm_mmu_track_write (NestedEptMmu.Flood.cs): each shadow page of this table drops the entry built from the
         // one written, or is zapped when flooded; the next L2 access through it walks L1's EPT again.
         if (_tracked.TryGetValue(gfn, out var pages) && !(_unsyncEnabled && TryUnsync(pages)))
+        {
             TrackWrite(pages, gpa);
+            FlushGvaEp4ta(null); // kvm_mmu_track_write's remote TLB flush after the zap: every context
+        }
         return NestedOutcome.Ok;
     }
 

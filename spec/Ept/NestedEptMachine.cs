@@ -11,7 +11,7 @@ namespace MmuSpec.Spec.Ept;
 /// that covers it (<see cref="ServedFromCache"/>: no A/D write).
 /// </summary>
 /// <param name="Tlb">The architecture layer from the first VM entry on (null before: nothing can be cached).</param>
-public sealed record NestedEptMachine(NestedEptState State, EptTlb? Tlb)
+public sealed partial record NestedEptMachine(NestedEptState State, EptTlb? Tlb)
 {
     public static NestedEptMachine Create(EptCapabilities caps) => new(NestedEptState.Create(caps), null);
 
@@ -27,7 +27,7 @@ public sealed record NestedEptMachine(NestedEptState State, EptTlb? Tlb)
         {
             // Every VM entry is an EPTP switch for the layer: with VPID it invalidates nothing (§29.4.3.2).
             case NestedEptOp.LoadEptp l when ok:
-                tlb = tlb is null ? EptTlb.Start(state.Caps, state.L1Memory, l.Eptp) : tlb.Apply(new EptTlbOp.EptpSwitch(l.Eptp, ByVmfunc: false));
+                tlb = tlb is null ? EptTlb.Start(state.Caps, state.L1Memory, l.Eptp, globalPages: L2GlobalPages) : tlb.Apply(new EptTlbOp.EptpSwitch(l.Eptp, ByVmfunc: false));
                 break;
             case NestedEptOp.Invept i when ok && tlb is not null:
                 tlb = tlb.Apply(new EptTlbOp.Invept(i.Type, i.Eptp));
@@ -38,8 +38,11 @@ public sealed record NestedEptMachine(NestedEptState State, EptTlb? Tlb)
             case NestedEptOp.L2GvaAccess when result is NestedEptResult.EptExit { Exit: EptResult.Violation v } && tlb is not null:
                 tlb = tlb.Apply(new EptTlbOp.EptViolation(v.Gpa, v.LinearAddress));
                 break;
+            default:
+                tlb = tlb is null ? null : StepVpid(tlb, op, state, result);   // NestedEptMachine.Vpid.cs
+                break;
         }
-        return (new NestedEptMachine(state, tlb), result);
+        return (this with { State = state, Tlb = tlb }, result);
     }
 
     /// <summary>

@@ -40,7 +40,7 @@ public sealed partial record NestedEptState
     {
         NestedEptOp.SetL2Paging p => SetL2Paging(p.Cpu),
         NestedEptOp.L2GvaAccess a => GvaAccess(a.Access),
-        _ => throw new ArgumentOutOfRangeException(nameof(op), op, "not a nested EPT operation"),
+        _ => StepVpid(op),   // VPIDs, VM entry/exit, VMFUNC: NestedEptState.Vpid.cs
     };
 
     /// <summary>
@@ -50,7 +50,7 @@ public sealed partial record NestedEptState
     /// </summary>
     (NestedEptState, VmResult) SetL2Paging(CpuState? cpu)
     {
-        if (cpu is null) return (this with { L2Cpu = null }, VmResult.Ok.Instance);
+        if (cpu is null) return (this with { L2Cpu = null, Vpid = Vpid with { InL2 = true } }, VmResult.Ok.Instance);
         var c = cpu.Controls;
         if (!c.Mode.IsLongMode() && cpu.Cr3 > uint.MaxValue)
             return (this, new VmResult.Rejected($"CR3 {Bits.Hex(cpu.Cr3)} is wider than 32 bits in {c.Mode.Name()} paging"));
@@ -60,7 +60,7 @@ public sealed partial record NestedEptState
             for (int i = 0; i < 4; i++)
                 if (new PagingEntry(cpu.Pdptes[i]).Present && (cpu.Pdptes[i] & ReservedBits.PaePdpteMask(c)) != 0)
                     return (this, new VmResult.Rejected($"the guest PDPTE{i} field sets reserved bits: VM entry fails"));
-        return (this with { L2Cpu = cpu }, VmResult.Ok.Instance);
+        return (this with { L2Cpu = cpu, Vpid = Vpid with { InL2 = true } }, VmResult.Ok.Instance);
     }
 
     /// <summary>

@@ -115,7 +115,7 @@ public sealed partial record NestedEptState(EptCapabilities Caps, HostMemslots S
                     : (this, new NestedEptResult.MmioExit(s.Gpa));
             case NestedEptOp.LoadEptp l:
                 // SDM Vol. 3C §25.6.11: VM entry fails on an invalid EPTP; L2 does not run.
-                return l.Eptp.Problem(Caps) is { } bad ? (this, Reject(bad.Describe())) : (this with { Eptp = l.Eptp }, VmResult.Ok.Instance);
+                return l.Eptp.Problem(Caps) is { } bad ? (this, Reject(bad.Describe())) : (this with { Eptp = l.Eptp, Vpid = Vpid with { InL2 = true } }, VmResult.Ok.Instance);
             case NestedEptOp.Invept i:
                 // INVEPT changes no memory; what it invalidates is EptTlb's. An invalid single-context EPTP fails it (VMfailValid).
                 if (i.Type == InveptType.SingleContext && i.Eptp.Problem(Caps) is { } wrong) return (this, Reject(wrong.Describe()));

@@ -58,7 +58,26 @@ let (|NestedSetL2Paging|NestedL2GvaAccess|) (op: NestedEptOp) =
     | other -> unknown (nameof op) other
 
 /// What a nested VM step returned: ok, rejected (why), L2's gpa translated (L1 gpa, hpa), an EPT exit to L1, an MMIO exit at L1's gpa, a fault L2's own tables raise.
-let (|NestedOk|NestedRejected|NestedL2Translated|NestedExitToL1|NestedMmioExit|NestedL2Fault|) (result: VmResult) =
+/// VPIDs and VMFUNC (NestedEptState.Vpid.cs): Some op for a VM exit, a VM entry, INVVPID or VMFUNC, taken apart with
+/// NestedVmExit | NestedVmEntry | NestedInvvpid | NestedVmfunc. Match it before the seven-case pattern, which names the rest.
+let (|NestedVpidOp|_|) (op: NestedEptOp) =
+    match op with
+    | :? NestedEptOp.VmExit
+    | :? NestedEptOp.VmEntry
+    | :? NestedEptOp.Invvpid
+    | :? NestedEptOp.Vmfunc -> Some op
+    | _ -> None
+
+/// A VM exit; a VM entry (enable VPID, VPID, the EPTP-list address if EPTP switching is on); INVVPID (type, VPID, gva); VMFUNC leaf 0 (ECX).
+let (|NestedVmExit|NestedVmEntry|NestedInvvpid|NestedVmfunc|) (op: NestedEptOp) =
+    match op with
+    | :? NestedEptOp.VmExit -> NestedVmExit
+    | :? NestedEptOp.VmEntry as e -> NestedVmEntry(e.VpidEnabled, e.Vpid, Option.ofNullable e.EptpList)
+    | :? NestedEptOp.Invvpid as i -> NestedInvvpid(i.Type, i.Vpid, i.Gva)
+    | :? NestedEptOp.Vmfunc as f -> NestedVmfunc f.Index
+    | other -> unknown (nameof op) other
+
+let (|NestedOk|NestedRejected|NestedL2Translated|NestedExitToL1|NestedMmioExit|NestedL2Fault|NestedVmfuncExit|) (result: VmResult) =
     match result with
     | :? VmResult.Ok -> NestedOk
     | :? VmResult.Rejected as r -> NestedRejected r.Reason
@@ -66,6 +85,7 @@ let (|NestedOk|NestedRejected|NestedL2Translated|NestedExitToL1|NestedMmioExit|N
     | :? NestedEptResult.EptExit as e -> NestedExitToL1 e.Exit
     | :? NestedEptResult.MmioExit as m -> NestedMmioExit m.L1Gpa
     | :? NestedEptResult.GuestFault as f -> NestedL2Fault f.Fault
+    | :? NestedEptResult.VmfuncExit as v -> NestedVmfuncExit v.Index
     | other -> unknown (nameof result) other
 
 /// One step of the nested VM: its state afterwards and the result.

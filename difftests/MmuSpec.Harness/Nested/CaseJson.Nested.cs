@@ -28,6 +28,9 @@ public static partial class CaseJson
         w.WriteBoolean("execute_only", c.Config.ExecuteOnly);
         w.WriteString("root_policy", NestedPolicyNames.Single(p => p.Value == c.Config.RootPolicy).Key);
         w.WriteBoolean("unsync", c.Config.Unsync);
+        // Written only when on, so the other properties' files stay as they were.
+        if (c.Config.GvaTlb) w.WriteBoolean("gva_tlb", true);
+        if (c.Config.L2GlobalPages) w.WriteBoolean("l2_global_pages", true);
         w.WriteEndObject();
         w.WriteStartArray("setup");
         foreach (var op in c.Setup) WriteOp(w, op);
@@ -69,12 +72,13 @@ public static partial class CaseJson
     {
         var o = StrictObject.Open(e, path, "a nested-EPT case", "kind", "config", "setup", "ops");
         var c = o.Object("config", "a nested VM configuration like {\"maxphyaddr\": 46, \"execute_only\": true, \"root_policy\": \"keep-and-resync\", \"unsync\": true}",
-            "maxphyaddr", "execute_only", "root_policy", "unsync");
+            "maxphyaddr", "execute_only", "root_policy", "unsync", "gva_tlb", "l2_global_pages");
         int maxPhyAddr = c.Int("maxphyaddr");
         bool executeOnly = c.Bool("execute_only");
         var policy = c.Choice("root_policy", NestedPolicyNames);
         // Files written before unsync shadow EPT pages ran the strict MMU.
-        var config = new NestedEptConfig(maxPhyAddr, executeOnly, policy, c.Has("unsync") && c.Bool("unsync"));
+        var config = new NestedEptConfig(maxPhyAddr, executeOnly, policy, c.Has("unsync") && c.Bool("unsync"),
+            c.Has("gva_tlb") && c.Bool("gva_tlb"), c.Has("l2_global_pages") && c.Bool("l2_global_pages"));
         Construct(c.At("maxphyaddr"), () => config.Caps);
         var setup = o.Array("setup").Select(s => ReadNestedOp(s.Element, s.Path)).ToImmutableArray();
         var ops = o.Array("ops").Select(s => ReadNestedOp(s.Element, s.Path)).ToImmutableArray();
@@ -93,6 +97,10 @@ public static partial class CaseJson
         ["l2_access"] = ["gpa", "type"],
         ["set_l2_paging"] = ["controls", "cr3", "pdptes"],
         ["l2_gva_access"] = ["access"],
+        ["vm_exit"] = [],
+        ["vm_entry"] = ["vpid", "eptp_list"],
+        ["invvpid"] = ["type", "vpid", "gva"],
+        ["vmfunc"] = ["index"],
     };
 
     static NestedEptOp ReadNestedOp(JsonElement e, string path)

@@ -22,7 +22,7 @@ public static partial class CaseJson
                 w.WriteEndArray();
                 break;
             case NestedEptOp.L2GvaAccess a: w.WriteString("op", "l2_gva_access"); WriteAccess(w, a.Access); break;
-            default: throw new ArgumentException($"no JSON form for the nested op {op.GetType().Name}", nameof(op));
+            default: WriteNestedVpidOp(w, op); break;
         }
     }
 
@@ -31,7 +31,7 @@ public static partial class CaseJson
         "set_l2_paging" => new NestedEptOp.SetL2Paging(o.IsNull("controls") ? null
             : Construct(o.At("cr3"), () => new CpuState(ReadControls(o.Field("controls"), o.At("controls")), o.Hex("cr3"), ReadPdptes(o)))),
         "l2_gva_access" => new NestedEptOp.L2GvaAccess(ReadAccess(o.Field("access"), o.At("access"))),
-        _ => throw new InvalidOperationException(kind),
+        _ => ReadNestedVpidOp(kind, o),
     };
 
     static ulong[] ReadPdptes(StrictObject o)

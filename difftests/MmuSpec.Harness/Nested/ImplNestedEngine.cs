@@ -17,7 +17,7 @@ public sealed class ImplNestedEngine : IDisposable
     readonly INestedEptVm vm;
 
     public ImplNestedEngine(NestedEptConfig config, NativePagePool pool) =>
-        vm = NestedEptVm.Create(config.MaxPhyAddr, config.ExecuteOnly, pool, config.RootPolicy, config.Unsync);
+        vm = NestedEptVm.Create(config.MaxPhyAddr, config.ExecuteOnly, pool, config.RootPolicy, config.Unsync, config.GvaTlb);
 
     public INestedEptVm Vm => vm;
 
@@ -31,6 +31,10 @@ public sealed class ImplNestedEngine : IDisposable
         NestedEptOp.L2Access a => Result(vm.L2Access(a.Gpa, (ImplAccess)(int)a.Type)),
         NestedEptOp.SetL2Paging p => Result(SetL2Paging(p.Cpu)),
         NestedEptOp.L2GvaAccess a => Result(vm.L2GvaAccess(a.Access.Gva, (ImplAccess)(int)a.Access.Type, (ImplPrivilege)(int)a.Access.Privilege)),
+        NestedEptOp.VmExit => Result(vm.VmExit()),
+        NestedEptOp.VmEntry e => Result(vm.VmEntry(e.VpidEnabled, e.Vpid, e.EptpList is not null, e.EptpList ?? 0)),
+        NestedEptOp.Invvpid i => Result(vm.Invvpid((InvvpidKind)(int)i.Type, i.Vpid, i.Gva)),
+        NestedEptOp.Vmfunc f => Result(vm.Vmfunc(f.Index)),
         _ => throw new ArgumentOutOfRangeException(nameof(op), op, "not a nested EPT operation"),
     };
 
@@ -51,6 +55,7 @@ public sealed class ImplNestedEngine : IDisposable
         NestedOutcomeKind.MmioExit => new NestedEptResult.MmioExit(o.L1Gpa),
         NestedOutcomeKind.L2PageFault => new NestedEptResult.GuestFault(new WalkResult.PageFault((PageFaultErrorCode)o.ErrorCode)),
         NestedOutcomeKind.L2GeneralProtection => new NestedEptResult.GuestFault(new WalkResult.GeneralProtection(GpReason.NonCanonical)),
+        NestedOutcomeKind.VmfuncExit => new NestedEptResult.VmfuncExit((uint)o.Gpa),
         _ => throw new InvalidOperationException($"unknown outcome {o.Kind}"),
     };
 

@@ -10,13 +10,15 @@ namespace MmuSpec.Harness.Nested;
 /// the impl's policy for cached roots at INVEPT (the spec has no roots: both policies must give its answers), and whether
 /// the impl unsyncs shadowed leaf EPT tables (then it may answer from stale entries, as oracle 2 allows).
 /// </summary>
-public sealed record NestedEptConfig(int MaxPhyAddr, bool ExecuteOnly, NestedRootPolicy RootPolicy, bool Unsync = false)
+/// <param name="GvaTlb">The impl caches L2's gva translations per VPID (nested-ept-vpid); oracle 2 then judges its stale ones.</param>
+/// <param name="L2GlobalPages">L2 runs with CR4.PGE: a leaf with G makes a global combined mapping.</param>
+public sealed record NestedEptConfig(int MaxPhyAddr, bool ExecuteOnly, NestedRootPolicy RootPolicy, bool Unsync = false, bool GvaTlb = false, bool L2GlobalPages = false)
 {
     /// <summary>What the spec's EPT walk is told the processor offers: MBEC off (KVM does not offer it to L1), the rest on.</summary>
     public EptCapabilities Caps => EptCapabilities.Default.WithExecuteOnly(ExecuteOnly).WithMaxPhyAddr(MaxPhyAddr);
 
     public override string ToString() =>
-        $"MAXPHYADDR {MaxPhyAddr}, execute-only {(ExecuteOnly ? "offered" : "not offered")}, roots {(RootPolicy == NestedRootPolicy.Upstream ? "upstream" : "keep-and-resync")}{(Unsync ? ", unsync leaf pages" : "")}";
+        $"MAXPHYADDR {MaxPhyAddr}, execute-only {(ExecuteOnly ? "offered" : "not offered")}, roots {(RootPolicy == NestedRootPolicy.Upstream ? "upstream" : "keep-and-resync")}{(Unsync ? ", unsync leaf pages" : "")}{(GvaTlb ? ", gva TLB" : "")}{(L2GlobalPages ? ", L2 CR4.PGE" : "")}";
 }
 
 /// <summary>

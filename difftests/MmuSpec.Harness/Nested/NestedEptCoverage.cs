@@ -72,8 +72,9 @@ public static class NestedEptCoverage
     public static void Classify(NestedEptCase c, Action<string> hit)
     {
         Spec(c, hit);
-        // The unsync situations are the impl's and oracle 2's: the case runs once more, in lockstep, heard.
-        if (c.Config.Unsync) new NestedEptFamily(hit).Run(c);
+        if (c.Config.GvaTlb) NestedEptVpidCoverage.Spec(c, hit);
+        // The unsync and gva TLB situations are the impl's and oracle 2's: the case runs once more, in lockstep, heard.
+        if (c.Config.Unsync || c.Config.GvaTlb) new NestedEptFamily(hit).Run(c);
         else Impl(c, hit);
     }
 

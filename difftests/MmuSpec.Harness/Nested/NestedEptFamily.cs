@@ -55,7 +55,7 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
     sealed class Session(NestedEptCase c, NativePagePool pool, Action<string>? observer) : LockstepSession<NestedEptOp, VmResult>
     {
         // The spec's VM with its architecture layer; the one before the current step judges a result the walk now did not give.
-        NestedEptMachine spec = NestedEptMachine.Create(c.Config.Caps), before = NestedEptMachine.Create(c.Config.Caps);
+        NestedEptMachine spec = NestedEptMachine.Create(c.Config.Caps, c.Config.L2GlobalPages), before = NestedEptMachine.Create(c.Config.Caps, c.Config.L2GlobalPages);
         readonly ImplNestedEngine impl = new(c.Config, pool);
 
         public override VmResult SpecStep(NestedEptOp op)
@@ -68,6 +68,13 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
         /// <summary>Oracle 2: the impl answered from a mapping the processor may still have cached; the spec goes on without the walk's A/D writes.</summary>
         public override string? Allowance(NestedEptOp op, VmResult specResult, VmResult implResult)
         {
+            if (op is NestedEptOp.L2GvaAccess g && c.Config.GvaTlb)   // the gva TLB's stale combined mappings (NestedEptVpidGen.cs)
+            {
+                if (before.ServedFromCombined(g, implResult, out string used) is not { } combined) return null;
+                spec = combined;
+                observer?.Invoke(NestedEptVpidCoverage.StaleCombinedUsed);
+                return used;
+            }
             if (op is not NestedEptOp.L2Access a || before.ServedFromCache(a, implResult, out string why) is not { } cached) return null;
             spec = cached;
             observer?.Invoke(NestedEptCoverage.StaleUsed);
@@ -100,7 +107,9 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
                 lines.Add($"oracle 2 on the impl's result: not allowed: {why}");
             }
             if (op is NestedEptOp.L2GvaAccess g && implResult is not null && before.Tlb is { } tlbBefore && before.State.L2Cpu is { } l2Cpu)
-                lines.Add($"oracle 2 on the impl's result: {NestedEptL2Oracle.Judge(tlbBefore, l2Cpu, g.Access, implResult)}");
+                lines.Add(c.Config.GvaTlb && before.ServedFromCombined(g, implResult, out string why) is null
+                    ? $"oracle 2 on the impl's result: not allowed: {why}"
+                    : $"oracle 2 on the impl's result: {NestedEptL2Oracle.Judge(tlbBefore, l2Cpu, g.Access, implResult)}");
             try { lines.AddRange(StateDifferences()); }
             catch (Exception e) { lines.Add($"reading the impl's state {Lockstep.Threw(e)}"); }
             return lines.ToImmutable();
@@ -110,7 +119,13 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
         {
             var differences = StateDifferences();
             // The same answer from a cached mapping (an impl hit) writes no EPT A/D bit: the spec's other allowed state.
-            if (differences.Length > 0 && op is NestedEptOp.L2Access a && before.ServedFromCache(a, result, out _) is { } cached)
+            NestedEptMachine? cached = differences.Length == 0 ? null : op switch
+            {
+                NestedEptOp.L2Access a => before.ServedFromCache(a, result, out _),
+                NestedEptOp.L2GvaAccess g when c.Config.GvaTlb => before.ServedFromCombined(g, result, out _),
+                _ => null,
+            };
+            if (cached is not null)
             {
                 var walked = spec;
                 spec = cached;
@@ -143,6 +158,7 @@ public sealed class NestedEptFamily : DiffFamily<NestedEptCase, NestedEptOp, VmR
         {
             if (observer is not null) NestedEptCoverage.Heard(impl.Vm.UnsyncCounters, observer);
             if (observer is not null) NestedEptCoverage.Heard(impl.Vm.RecycleCounters, observer);
+            if (observer is not null && impl.Vm.GvaTlbCounters.Hits > 0) observer(NestedEptVpidCoverage.GvaTlbHit);
             impl.Dispose();
         }
     }

@@ -10,14 +10,15 @@ namespace MmuSpec.Harness.Nested;
 /// <summary>What a nested-EPT property generates: the impl's cached-root policy at INVEPT and whether it unsyncs leaf pages (null: each case draws).</summary>
 /// <param name="StaleBursts">Also draw stale bursts (NestedEptGen.Unsync.cs): only nested-ept-unsync turns it on, so the other draws stay.</param>
 /// <param name="L2Paging">L2 runs on its own page tables in L1's memory and accesses by linear address (NestedEptL2Gen.cs): only nested-ept-l2 turns it on.</param>
-public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null, bool? Unsync = null, bool StaleBursts = false, bool L2Paging = false)
+/// <param name="Vpid">VM entries and exits with VPIDs, INVVPID and VMFUNC over the L2 layout, the impl's gva TLB on (NestedEptVpidGen.cs): only nested-ept-vpid.</param>
+public sealed record NestedEptGenOptions(NestedRootPolicy? RootPolicy = null, bool? Unsync = null, bool StaleBursts = false, bool L2Paging = false, bool Vpid = false)
 {
     public override string ToString() => RootPolicy switch
     {
         NestedRootPolicy.Upstream => "upstream root policy",
         NestedRootPolicy.KeepAndResync => "keep-and-resync roots",
         _ => "either root policy",
-    } + Unsync switch { true => ", unsync leaf pages", false => ", strict", _ => "" } + (L2Paging ? ", L2 paging" : "");
+    } + Unsync switch { true => ", unsync leaf pages", false => ", strict", _ => "" } + (L2Paging ? ", L2 paging" : "") + (Vpid ? ", VPIDs" : "");
 }
 
 /// <summary>
@@ -43,6 +44,7 @@ public static class NestedEptGen
 
     public static NestedEptCase Build(int seed, int size, NestedEptGenOptions options)
     {
+        if (options.Vpid) return NestedEptCaseBuilder.BuildVpid(seed, size, options);
         if (options.L2Paging) return NestedEptCaseBuilder.BuildL2(seed, size, options);
         var rng = new Random(seed);
         int maxPhyAddr = MaxPhyAddrs[rng.Next(MaxPhyAddrs.Length)];

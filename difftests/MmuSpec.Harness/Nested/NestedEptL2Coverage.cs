@@ -17,7 +17,7 @@ public static class NestedEptL2Coverage
     ];
 
     /// <summary>The nested family's situations: the nested-ept ones, then these.</summary>
-    public static readonly IReadOnlyList<string> Family = [.. NestedEptCoverage.All, .. Situations];
+    public static readonly IReadOnlyList<string> Family = [.. NestedEptCoverage.All, .. Situations, .. NestedEptVpidCoverage.Situations];
 
     /// <summary>What `nested-ept-l2` is expected to reach: the EPT basics it shares with nested-ept, and every L2 situation.</summary>
     public static IReadOnlyList<string> Expected { get; } =

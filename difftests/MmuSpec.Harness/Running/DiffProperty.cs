@@ -221,6 +221,9 @@ public static class DiffProperties
             NestedEptCoverage.ExpectedUnsync, NestedTestCases),
         new DiffProperty<NestedEptCase>("nested-ept-l2", "Spec_and_impl_nested_EPT_MMUs_agree_on_L2_gva_accesses (L2's tables read through the shadow EPT)",
             CaseRules.Shrinking(NestedEptGen.Arbitrary(new NestedEptGenOptions(L2Paging: true))), Families.NestedEpt, NestedEptL2Coverage.Expected, NestedTestCases),
+        // VPIDs, VM entries/exits, INVVPID and VMFUNC with the impl's gva TLB: its own draws, so nested-ept-l2's stay.
+        new DiffProperty<NestedEptCase>("nested-ept-vpid", "Spec_and_impl_nested_EPT_MMUs_agree_across_VPIDs_INVVPID_and_VMFUNC (the impl's gva TLB judged by oracle 2)",
+            CaseRules.Shrinking(NestedEptGen.Arbitrary(new NestedEptGenOptions(Vpid: true))), Families.NestedEpt, NestedEptVpidCoverage.Expected, NestedTestCases),
     ];
 
     // The concurrent property comes after the sequential ones it had beside it: they keep their places in a campaign's first round.

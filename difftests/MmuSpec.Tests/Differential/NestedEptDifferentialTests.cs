@@ -124,7 +124,7 @@ public sealed class NestedEptDifferentialTests(ITestOutputHelper output, Propert
             (n => n["config"]!["maxphyaddr"] = 30, "config.maxphyaddr: MAXPHYADDR"),
             (n => n["setup"]![2]!["size"] = 3, "setup[2].size: a guest write is 4 or 8 bytes"),
             (n => n["setup"]![0]!["pages"] = "0x100001", "setup[0].pages: 0x100001 pages is more than a memslot may have here"),
-            (n => n["ops"]![0]!["op"] = "invvpid", "ops[0].op: unknown nested-EPT op kind 'invvpid'"),
+            (n => n["ops"]![0]!["op"] = "vmcall", "ops[0].op: unknown nested-EPT op kind 'vmcall'"),   // invvpid is an op now (nested-ept-vpid)
         })
         {
             var node = JsonNode.Parse(json)!;
