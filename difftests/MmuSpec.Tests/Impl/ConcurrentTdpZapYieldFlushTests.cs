@@ -13,35 +13,17 @@ namespace MmuSpec.Tests.Impl;
 /// run inside the yield finds the leaf gone and owes nothing, so only the zap's own requests keep a vCPU off it.
 /// Forced with <see cref="ScriptedSchedule"/> at the zap's first yield (catalog entry c11 moves the flush after the walk).
 /// </summary>
-public sealed class ConcurrentTdpZapYieldFlushTests : IDisposable
+public sealed class ConcurrentTdpZapYieldFlushTests : ScriptedTdpFixture
 {
-    const ulong HostBase = 0x100000;
-    readonly NativePagePool _pool = new();
-    readonly ConcurrentTdpMmu<EptFormat, ScriptedSchedule> _mmu;
-    readonly ConcurrentTdpVcpu<EptFormat, ScriptedSchedule> _a, _b;
-
     public ConcurrentTdpZapYieldFlushTests()
     {
-        _mmu = new ConcurrentTdpMmu<EptFormat, ScriptedSchedule>(sharedBit: null, _pool) { RangeWalkYieldEvery = 2 };
-        _a = _mmu.CreateVcpu();
-        _b = _mmu.CreateVcpu();
-        Assert.Equal(SlotStatus.Ok, _mmu.CreateSlot(0, 0, 0x400, HostBase, 21, readOnly: false));
-        Assert.Equal(TdpStatus.Ok, _mmu.SetMaxPageSize(12));
+        // 4 KiB leaves; the range walk yields every two frames.
+        CreateVm(maxPageSize: 12, yieldEvery: 2);
         // Gfns 3 to 6 mapped 4 KiB; B holds gfn 3 in its TLB (a hit on its second read).
         for (ulong g = 3; g < 7; g++) Assert.False(_a.Access(g << 12, AccessType.Read).IsRetry);
         Assert.False(_b.Access(3 << 12, AccessType.Read).IsRetry);
         Assert.False(_b.Access(3 << 12, AccessType.Read).Access.Faulted);
         Assert.Equal(1, _b.TlbHitCount);
-    }
-
-    public void Dispose()
-    {
-        ScriptedSchedule.Disarm();
-        _b.Dispose();
-        _a.Dispose();
-        _mmu.Dispose();
-        Assert.Equal(0, _pool.PagesInUse);
-        _pool.Dispose();
     }
 
     [Fact]
